@@ -1,0 +1,1 @@
+//! Comparison benches live in `benches/`; this library is empty.

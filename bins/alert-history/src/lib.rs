@@ -1,0 +1,1 @@
+//! alert-history: being written.

@@ -1,0 +1,3 @@
+//! alert-history binary.
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! vm-watchdog: being written.

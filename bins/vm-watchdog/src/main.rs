@@ -1,0 +1,3 @@
+//! vm-watchdog binary.
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! keel-exec: being written.

@@ -1,0 +1,1 @@
+//! keel-idempotency: being written.

@@ -1,0 +1,1 @@
+//! keel-notify: being written.

@@ -1,0 +1,1 @@
+//! keel-retry: being written.

@@ -1,0 +1,1 @@
+//! keel-telemetry: being written.

@@ -1,0 +1,1 @@
+//! keel-tx: being written.
