@@ -1,1 +1,157 @@
-//! alert-history: being written.
+//! alert-history: an Alertmanager webhook receiver that keeps every alert
+//! event, because Alertmanager itself forgets resolved alerts.
+//!
+//! Point an Alertmanager `webhook_config` at `POST /webhook`; each alert of
+//! each delivery becomes an event keyed by (fingerprint, status, startsAt,
+//! endsAt), stored idempotently (redeliveries update `last_seen` and
+//! `occurrences`, they never add rows) in SQLite or PostgreSQL, one
+//! transaction per delivery. `GET /history`, `GET /alerts/{fingerprint}`,
+//! `GET /report` and the `/dashboard` read it back; `/metrics`, `/healthz`,
+//! `/readyz` and `/health/*` serve operators. The routes and response shapes
+//! of the Python predecessor are kept; Keel's additions are extra fields.
+//!
+//! Modules: [`config`] (the clap struct), [`model`] (the webhook payload),
+//! [`store`] (SQLite/PostgreSQL), [`pipeline`] (ingest stages),
+//! [`http`] (the API), [`dashboard`] (HTML + JSON), [`metrics`],
+//! [`retention`], [`timeline`].
+//!
+//! Serving the API in-process over a temporary SQLite file:
+//!
+//! ```
+//! use alert_history::{AppState, Config, Store, router};
+//! use axum::body::Body;
+//! use axum::http::{Request, StatusCode};
+//! use http_body_util::BodyExt;
+//! use tower::ServiceExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let url = format!("sqlite://{}", dir.path().join("history.db").display());
+//! let config = Config::for_database(&url);
+//! let store = Store::connect(&url, 4).await?;
+//! let app = router(AppState::new(store, &config, Default::default())?);
+//!
+//! let payload = r#"{"version":"4","status":"firing","alerts":[{"status":"firing",
+//!   "labels":{"alertname":"DiskFull","instance":"node-1","severity":"critical"},
+//!   "annotations":{"summary":"disk 95% full"},"startsAt":"2026-11-22T12:51:10Z",
+//!   "endsAt":"0001-01-01T00:00:00Z","fingerprint":"12a9e0cfd9b7b39d"}]}"#;
+//! for expected_saved in [1, 0] {
+//!     // Alertmanager redelivers: the second delivery stores nothing new.
+//!     let request = Request::post("/webhook").body(Body::from(payload))?;
+//!     let response = app.clone().oneshot(request).await?;
+//!     assert_eq!(response.status(), StatusCode::OK);
+//!     let body: serde_json::Value =
+//!         serde_json::from_slice(&response.into_body().collect().await?.to_bytes())?;
+//!     assert_eq!(body["saved"], expected_saved);
+//! }
+//!
+//! let response = app.oneshot(Request::get("/history?alertname=DiskFull").body(Body::empty())?).await?;
+//! let history: serde_json::Value =
+//!     serde_json::from_slice(&response.into_body().collect().await?.to_bytes())?;
+//! assert_eq!(history.as_array().unwrap().len(), 1);
+//! assert_eq!(history[0]["occurrences"], 2);
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod config;
+pub mod dashboard;
+mod error;
+pub mod http;
+pub mod metrics;
+pub mod model;
+pub mod pipeline;
+pub mod retention;
+pub mod store;
+pub mod timeline;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use keel_telemetry::{DrainReport, Shutdown};
+use tokio::net::TcpListener;
+
+pub use config::{Backend, Config};
+pub use error::{Error, PayloadError, QueryError};
+pub use http::{AppState, router};
+pub use metrics::Metrics;
+pub use model::{NewEvent, Status, parse_webhook};
+pub use pipeline::{Batch, Pipeline, Stage, StageError};
+pub use store::{HistoryQuery, IngestOutcome, ReportQuery, Store};
+
+/// A running service: HTTP server and retention task, both tracked by one
+/// [`Shutdown`].
+#[derive(Debug)]
+pub struct Service {
+    local_addr: SocketAddr,
+    shutdown: Shutdown,
+    state: AppState,
+}
+
+impl Service {
+    /// Connects to the database (running migrations), binds
+    /// `config.listen_addr`, and starts serving and the retention task.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an invalid configuration, the database, migration
+    /// or bind error otherwise.
+    pub async fn start(config: &Config) -> Result<Service, Error> {
+        config.validate()?;
+        let shutdown = Shutdown::new();
+        let store = Store::connect(&config.database_url, config.db_max_connections).await?;
+        let state = AppState::new(store.clone(), config, shutdown.token())?;
+        state.metrics().set_db_alerts(store.count_events().await?);
+        let listener = TcpListener::bind(config.listen_addr).await?;
+        let local_addr = listener.local_addr()?;
+        let app = router(state.clone());
+        let stop = shutdown.triggered();
+        shutdown.spawn(async move {
+            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+        shutdown.spawn(retention::task(
+            store.clone(),
+            state.metrics().clone(),
+            config.retention(),
+            shutdown.token(),
+        ));
+        tracing::info!(
+            addr = %local_addr,
+            backend = store.backend_name(),
+            retention_days = config.retention_days,
+            "alert-history listening"
+        );
+        Ok(Service {
+            local_addr,
+            shutdown,
+            state,
+        })
+    }
+
+    /// The address the HTTP server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The shutdown coordinator (wait for SIGTERM with
+    /// [`Shutdown::signal`]).
+    pub fn shutdown(&self) -> &Shutdown {
+        &self.shutdown
+    }
+
+    /// The shared state (store, metrics).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Stops taking requests (readiness turns 503, the listener closes),
+    /// lets in-flight requests finish within `drain`, then closes the
+    /// database.
+    pub async fn stop(self, drain: Duration) -> DrainReport {
+        let report = self.shutdown.drain(drain).await;
+        self.state.store().close().await;
+        report
+    }
+}

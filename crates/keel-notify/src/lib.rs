@@ -1,1 +1,117 @@
-//! keel-notify: being written.
+//! Alert queues and senders: get an alert to people once, promptly, in the
+//! right order, without flooding them and without losing it when the chat
+//! service is down.
+//!
+//! Use it wherever a program raises alerts (a VM stopped, a webhook fired)
+//! and hands them to a chat or paging service. A [`Notifier`] takes
+//! [`Notification`]s synchronously and never blocks on a sink; sender workers
+//! deliver them to every [`Sink`] (Telegram built in, any other by
+//! implementing the trait):
+//!
+//! * **Priorities**: critical first, then warning, then info; first in,
+//!   first out within one priority.
+//! * **Dedup window** (5 min by default) per dedup key; critical
+//!   notifications always go out.
+//! * **Debounce** per priority (warning 30 s, info 10 s): repeats of a key
+//!   inside the window collapse into one message carrying the latest state
+//!   and the count, shown as `"VM stuck (×4)"`.
+//! * **Bounded queue** (1,000 deliveries): on overflow the oldest message of
+//!   the lowest priority is dropped, counted and logged. Nothing else is
+//!   ever dropped except a sink's permanent rejection (also counted and
+//!   logged).
+//! * **Rate limits** declared by each sink and enforced exactly (Telegram: 1
+//!   message/s per chat, 20/min per group, 30/s per bot), following tokio's
+//!   clock, so paused-time tests drive them.
+//! * **Retries** through `keel-retry`, honouring the sink's retry-after; a
+//!   retry-after above the cap (60 s) pauses the sink and requeues the
+//!   message instead of holding a worker, and is logged and counted as an
+//!   escalation. While a sink is down its messages wait in the queue and
+//!   one probe at a time retries with growing pauses.
+//! * **Spool**: queued messages survive a restart (JSON lines, atomic
+//!   replace); [`Notifier::shutdown`] flushes what it can within a timeout
+//!   and spools the rest.
+//! * **Metrics** (feature `metrics`): queued, sent, deduplicated, debounced,
+//!   dropped, retried by sink and priority, queue depth, latencies; see
+//!   [`metrics`].
+//!
+//! ```
+//! use std::sync::{Arc, Mutex};
+//! use std::time::Duration;
+//! use keel_notify::{Admitted, Message, Notification, Notifier, Priority, Sink, SinkError};
+//!
+//! /// A sink that keeps what it is given.
+//! #[derive(Clone, Default)]
+//! struct Inbox(Arc<Mutex<Vec<String>>>);
+//!
+//! impl Sink for Inbox {
+//!     fn name(&self) -> &str {
+//!         "inbox"
+//!     }
+//!     async fn send(&self, message: &Message) -> Result<(), SinkError> {
+//!         self.0.lock().unwrap().push(message.display_title());
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+//! let inbox = Inbox::default();
+//! let notifier = Notifier::builder().sink(inbox.clone()).build().unwrap();
+//!
+//! // Warnings are debounced for 30 s: repeats collapse into one message.
+//! let stuck = || Notification::warning("vm-7:STARTING", "VM vm-7 stuck").field("vm", "vm-7");
+//! assert!(matches!(notifier.notify(stuck()).unwrap(), Admitted::Held { .. }));
+//! assert_eq!(notifier.notify(stuck()).unwrap(), Admitted::Debounced { count: 2 });
+//!
+//! // Critical notifications go out at once, before anything else queued.
+//! notifier.notify(Notification::critical("vm-3:STOPPED", "VM vm-3 stopped")).unwrap();
+//!
+//! tokio::time::sleep(Duration::from_secs(31)).await; // paused time: instant
+//! // Within the dedup window a repeat is suppressed.
+//! assert_eq!(notifier.notify(stuck()).unwrap(), Admitted::Deduplicated);
+//!
+//! let report = notifier.shutdown(Duration::from_secs(5)).await;
+//! assert_eq!((report.spooled, report.dropped), (0, 0));
+//! assert_eq!(*inbox.0.lock().unwrap(), ["VM vm-3 stopped", "VM vm-7 stuck (×2)"]);
+//! # }
+//! ```
+//!
+//! With Telegram (the `telegram` feature, on by default):
+//!
+//! ```no_run
+//! # #[cfg(feature = "telegram")]
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use keel_notify::{ChatId, Notifier, Priority, TelegramSink};
+//!
+//! let chat: ChatId = std::env::var("GROUP_CHAT_ID")?.parse()?;
+//! let telegram = TelegramSink::builder(std::env::var("BOT_TOKEN")?, chat)
+//!     .thread_id(std::env::var("TOPIC_ID")?.parse()?)
+//!     .silent_at_or_below(Priority::Info)
+//!     .build()?;
+//! let notifier = Notifier::builder()
+//!     .sink(telegram)
+//!     .spool("/var/lib/watchdog/notify.spool")
+//!     .build()?;
+//! # let _ = notifier; Ok(()) }
+//! ```
+
+mod admission;
+pub mod config;
+mod error;
+pub mod metrics;
+mod notification;
+mod notifier;
+mod queue;
+mod rate;
+mod sink;
+mod spool;
+#[cfg(feature = "telegram")]
+pub mod telegram;
+
+pub use config::NotifierBuilder;
+pub use error::{ConfigError, NotifyError, QueueClosed, SinkError, UnknownSink};
+pub use metrics::Stats;
+pub use notification::{Message, Notification, Priority};
+pub use notifier::{Admitted, Notifier, ShutdownReport};
+pub use sink::{RateLimit, Sink};
+#[cfg(feature = "telegram")]
+pub use telegram::{ChatId, TelegramSink, TelegramSinkBuilder, TooLong};

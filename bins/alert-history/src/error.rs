@@ -1,0 +1,75 @@
+//! The service's errors.
+
+use thiserror::Error;
+
+/// Everything that can go wrong in alert-history.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A configuration value is invalid; `variable` is the environment
+    /// variable to fix.
+    #[error("invalid {variable}: {reason}")]
+    Config {
+        /// The environment variable.
+        variable: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A webhook body was rejected.
+    #[error(transparent)]
+    Payload(#[from] PayloadError),
+    /// A query parameter was rejected.
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    /// The database failed.
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    /// Migrations failed.
+    #[error("database migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Binding or serving HTTP failed.
+    #[error("HTTP server error")]
+    Io(#[from] std::io::Error),
+    /// Telemetry setup failed.
+    #[error("telemetry setup failed")]
+    Telemetry(#[from] keel_telemetry::TelemetryError),
+}
+
+/// A webhook body that cannot be stored.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum PayloadError {
+    /// Not JSON (HTTP 400).
+    #[error("malformed JSON: {reason}")]
+    Malformed {
+        /// The parser's message.
+        reason: String,
+    },
+    /// JSON of the wrong shape (HTTP 422).
+    #[error("invalid field {field}: {reason}")]
+    Invalid {
+        /// The path of the offending field, e.g. `alerts[0].startsAt`.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// A rejected query parameter (HTTP 422).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("invalid query parameter {param}: {reason}")]
+pub struct QueryError {
+    /// The parameter's name.
+    pub param: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl QueryError {
+    pub(crate) fn new(param: &str, reason: impl Into<String>) -> Self {
+        QueryError {
+            param: param.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}

@@ -1,0 +1,689 @@
+//! The HTTP API: webhook, history, alert timelines, report, health, metrics
+//! and admin routes. Build it with [`router`] and test it with
+//! `tower::ServiceExt::oneshot`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{MatchedPath, Path, RawQuery, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::Utc;
+use keel_telemetry::{CancellationToken, CheckStatus, MetricsRegistry, Readiness};
+use serde_json::{Value, json};
+
+use crate::config::Config;
+use crate::error::{PayloadError, QueryError};
+use crate::metrics::Metrics;
+use crate::model::{Status, format_time, parse_time, parse_webhook};
+use crate::pipeline::{Batch, IngestError, Pipeline, RecordMetrics};
+use crate::store::{Cursor, EventRow, HistoryQuery, ReportQuery, StateRow, Store};
+use crate::timeline::{self, Point};
+use crate::{dashboard, retention};
+
+/// Default page size of `GET /history`.
+pub const DEFAULT_LIMIT: u32 = 100;
+/// Largest page size of `GET /history`.
+pub const MAX_LIMIT: u32 = 1000;
+
+/// Everything the handlers share. Cloning is cheap.
+#[derive(Clone)]
+pub struct AppState {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) store: Store,
+    pub(crate) metrics: Metrics,
+    pub(crate) registry: MetricsRegistry,
+    pub(crate) readiness: Readiness,
+    pub(crate) pipeline: Pipeline,
+    pub(crate) webhook_token: Option<String>,
+    pub(crate) api_token: Option<String>,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) retention: Duration,
+    pub(crate) retention_days: u32,
+    pub(crate) shutting_down: CancellationToken,
+    pub(crate) started: tokio::time::Instant,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("backend", &self.inner.store.backend_name())
+            .field("pipeline", &self.inner.pipeline)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// State over an open store, configured from `config`, with the default
+    /// pipeline (metrics) and a database readiness check. `shutting_down`
+    /// makes readiness answer 503 once cancelled.
+    ///
+    /// # Errors
+    /// [`crate::Error::Telemetry`] when the metrics registry or readiness
+    /// check cannot be set up.
+    pub fn new(
+        store: Store,
+        config: &Config,
+        shutting_down: CancellationToken,
+    ) -> Result<AppState, crate::Error> {
+        let metrics = Metrics::default();
+        let registry = MetricsRegistry::new("alert_history")?;
+        registry.register_with(|r| metrics.register(r));
+        let readiness = Readiness::new().with_timeout(Duration::from_secs(2))?;
+        let ping_store = store.clone();
+        readiness.add_fn("database", move || {
+            let store = ping_store.clone();
+            async move { store.ping().await }
+        })?;
+        Ok(AppState {
+            inner: Arc::new(Inner {
+                pipeline: Pipeline::new().stage(RecordMetrics(metrics.clone())),
+                store,
+                metrics,
+                registry,
+                readiness,
+                webhook_token: config.webhook_token.clone(),
+                api_token: config.api_token.clone(),
+                max_body_bytes: config.max_body_bytes,
+                retention: config.retention(),
+                retention_days: config.retention_days,
+                shutting_down,
+                started: tokio::time::Instant::now(),
+            }),
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+}
+
+/// The whole HTTP API.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/webhook", post(webhook))
+        .route("/webhook/", post(webhook))
+        .route("/history", get(history))
+        .route("/alerts/{fingerprint}", get(alert_timeline))
+        .route("/report", get(report))
+        .route("/healthz", get(healthz))
+        .route("/health/liveness", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/health/readiness", get(readyz))
+        .route("/health/detailed", get(health_detailed))
+        .route("/health/database", get(health_database))
+        .route("/metrics", get(metrics))
+        .route("/admin/retention", post(admin_retention))
+        .merge(dashboard::routes())
+        .layer(middleware::from_fn_with_state(state.clone(), track_latency))
+        .with_state(state)
+}
+
+async fn track_latency(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let endpoint = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let started = tokio::time::Instant::now();
+    let response = next.run(request).await;
+    state
+        .inner
+        .metrics
+        .observe_latency(&endpoint, started.elapsed().as_secs_f64());
+    response
+}
+
+// ---------------------------------------------------------------- errors
+
+/// An error answer: `{"detail": ..., "error": ...}`; 422s use FastAPI's
+/// `detail: [{loc, msg, type}]` list so the predecessor's clients can read
+/// them, plus `field`.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    body: Value,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        let message = message.into();
+        ApiError {
+            status,
+            body: json!({ "detail": message, "error": message }),
+        }
+    }
+
+    fn unprocessable(location: &str, field: &str, message: String) -> Self {
+        let mut loc = vec![json!(location)];
+        loc.extend(field.split('.').filter(|s| !s.is_empty()).map(|s| json!(s)));
+        ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            body: json!({
+                "detail": [{ "loc": loc, "msg": message, "type": "value_error" }],
+                "error": message,
+                "field": field,
+            }),
+        }
+    }
+
+    fn database(error: &sqlx::Error) -> Self {
+        tracing::warn!(error = %error, "database error");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "database unavailable")
+    }
+}
+
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> Self {
+        let message = e.to_string();
+        ApiError::unprocessable("query", &e.param, message)
+    }
+}
+
+impl From<PayloadError> for ApiError {
+    fn from(e: PayloadError) -> Self {
+        match &e {
+            PayloadError::Malformed { .. } => ApiError::new(StatusCode::BAD_REQUEST, e.to_string()),
+            PayloadError::Invalid { field, .. } => {
+                ApiError::unprocessable("body", field, e.to_string())
+            }
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        ApiError::database(&e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, axum::Json(self.body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// Checks `Authorization: Bearer <token>` in constant time.
+fn authorized(headers: &HeaderMap, expected: Option<&str>) -> bool {
+    let Some(expected) = expected else {
+        return true;
+    };
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+    else {
+        return false;
+    };
+    let (a, b) = (given.trim().as_bytes(), expected.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+// ---------------------------------------------------------------- webhook
+
+async fn webhook(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    match ingest(&state, &headers, body).await {
+        Ok(response) => response,
+        Err(e) => {
+            state.inner.metrics.webhook_error();
+            e.into_response()
+        }
+    }
+}
+
+async fn ingest(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let inner = &state.inner;
+    if !authorized(headers, inner.webhook_token.as_deref()) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or invalid bearer token",
+        ));
+    }
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body larger than {} bytes", inner.max_body_bytes),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > inner.max_body_bytes as u64) {
+        return Err(too_large());
+    }
+    let bytes = axum::body::to_bytes(body, inner.max_body_bytes)
+        .await
+        .map_err(|_| too_large())?;
+    let events = parse_webhook(&bytes)?;
+    let batch = Batch {
+        received: events.len(),
+        events,
+        received_at_ms: Utc::now().timestamp_millis(),
+    };
+    let outcome = inner
+        .pipeline
+        .run(&inner.store, batch)
+        .await
+        .map_err(|e| match e {
+            IngestError::Database(e) => ApiError::database(&e),
+            other => {
+                tracing::warn!(error = %other, "delivery refused");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string())
+            }
+        })?;
+    tracing::debug!(saved = outcome.saved, processed = outcome.processed, "webhook stored");
+    Ok(axum::Json(json!({
+        "result": "ok",
+        "saved": outcome.saved,
+        "processed_alerts": outcome.processed,
+    }))
+    .into_response())
+}
+
+// ---------------------------------------------------------------- queries
+
+/// The query string as `(name, value)` pairs, in order.
+pub(crate) fn query_pairs(raw: Option<&str>) -> Vec<(String, String)> {
+    form_urlencoded::parse(raw.unwrap_or("").as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+/// The last value of `name`, empty values treated as absent (FastAPI's
+/// clients send `alertname=` for "no filter").
+pub(crate) fn last<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .filter(|v| !v.is_empty())
+}
+
+fn text(pairs: &[(String, String)], name: &str) -> Option<String> {
+    last(pairs, name).map(str::to_owned)
+}
+
+pub(crate) fn number<T: std::str::FromStr>(
+    pairs: &[(String, String)],
+    name: &str,
+    min: T,
+    max: T,
+) -> Result<Option<T>, QueryError>
+where
+    T: PartialOrd + std::fmt::Display + Copy,
+{
+    let Some(v) = last(pairs, name) else {
+        return Ok(None);
+    };
+    let n: T = v
+        .parse()
+        .map_err(|_| QueryError::new(name, format!("not an integer: {v:?}")))?;
+    if n < min || n > max {
+        return Err(QueryError::new(
+            name,
+            format!("must be between {min} and {max}"),
+        ));
+    }
+    Ok(Some(n))
+}
+
+/// A time: RFC 3339, a naive ISO time (taken as UTC), a date, or Unix
+/// seconds.
+pub(crate) fn time_param(pairs: &[(String, String)], name: &str) -> Result<Option<i64>, QueryError> {
+    let Some(v) = last(pairs, name) else {
+        return Ok(None);
+    };
+    if let Some(ms) = parse_time(v) {
+        return Ok(Some(ms));
+    }
+    if let Ok(t) = chrono::NaiveDateTime::parse_from_str(v, "%Y-%m-%dT%H:%M:%S%.f") {
+        return Ok(Some(t.and_utc().timestamp_millis()));
+    }
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(v, "%Y-%m-%d") {
+        return Ok(Some(d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc().timestamp_millis()));
+    }
+    if let Ok(secs) = v.parse::<f64>()
+        && secs.is_finite()
+        && secs.abs() < 1e13
+    {
+        return Ok(Some((secs * 1000.0).round() as i64));
+    }
+    Err(QueryError::new(
+        name,
+        format!("not a time (RFC 3339 or Unix seconds): {v:?}"),
+    ))
+}
+
+fn is_label_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Parses the parameters of `GET /history`.
+///
+/// # Errors
+/// [`QueryError`] naming the first bad parameter.
+pub fn parse_history_query(raw: Option<&str>) -> Result<HistoryQuery, QueryError> {
+    let pairs = query_pairs(raw);
+    let status = match last(&pairs, "status") {
+        None => None,
+        Some(s) => Some(Status::parse(s).ok_or_else(|| {
+            QueryError::new("status", "must be \"firing\" or \"resolved\"")
+        })?),
+    };
+    let mut labels = Vec::new();
+    for (k, v) in &pairs {
+        if k != "label" {
+            continue;
+        }
+        let (name, value) = v
+            .split_once('=')
+            .ok_or_else(|| QueryError::new("label", format!("expected name=value, got {v:?}")))?;
+        if !is_label_name(name) {
+            return Err(QueryError::new("label", format!("invalid label name {name:?}")));
+        }
+        labels.push((name.to_owned(), value.to_owned()));
+    }
+    let cursor = match last(&pairs, "cursor") {
+        None => None,
+        Some(c) => Some(
+            Cursor::decode(c).ok_or_else(|| QueryError::new("cursor", "not a cursor from a Link header"))?,
+        ),
+    };
+    let offset = number::<u64>(&pairs, "offset", 0, i64::MAX as u64)?.unwrap_or(0);
+    if cursor.is_some() && offset > 0 {
+        return Err(QueryError::new("offset", "use either cursor or offset, not both"));
+    }
+    Ok(HistoryQuery {
+        alertname: text(&pairs, "alertname"),
+        status,
+        fingerprint: text(&pairs, "fingerprint"),
+        namespace: text(&pairs, "namespace"),
+        severity: text(&pairs, "severity"),
+        since: time_param(&pairs, "since")?,
+        until: time_param(&pairs, "until")?,
+        labels,
+        limit: number(&pairs, "limit", 1, MAX_LIMIT)?.unwrap_or(DEFAULT_LIMIT),
+        offset,
+        cursor,
+    })
+}
+
+/// The JSON of one event: the predecessor's fields, then Keel's.
+pub(crate) fn event_json(row: &EventRow) -> Value {
+    json!({
+        "alertname": row.alertname,
+        "fingerprint": row.fingerprint,
+        "status": row.status,
+        "labels": row.labels.0,
+        "startsAt": format_time(row.starts_at),
+        "endsAt": format_time(row.ends_at),
+        "updatedAt": format_time(row.received_at),
+        "namespace": row.namespace,
+        "severity": row.severity,
+        "annotations": row.annotations.0,
+        "generatorURL": row.generator_url,
+        "occurrences": row.occurrences,
+        "lastSeen": format_time(row.last_seen),
+    })
+}
+
+/// The JSON of one current-state row.
+pub(crate) fn state_json(row: &StateRow) -> Value {
+    json!({
+        "alertname": row.alertname,
+        "fingerprint": row.fingerprint,
+        "status": row.status,
+        "labels": row.labels.0,
+        "annotations": row.annotations.0,
+        "startsAt": format_time(row.starts_at),
+        "endsAt": format_time(row.ends_at),
+        "namespace": row.namespace,
+        "severity": row.severity,
+        "updatedAt": format_time(row.updated_at),
+    })
+}
+
+async fn history(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+    let query = parse_history_query(raw.as_deref())?;
+    let rows = state.inner.store.history(&query).await?;
+    state.inner.metrics.history_query();
+    let body: Vec<Value> = rows.iter().map(event_json).collect();
+    let mut response = axum::Json(body).into_response();
+    if rows.len() == query.limit as usize
+        && let Some(last_row) = rows.last()
+    {
+        let cursor = Cursor {
+            event_at: last_row.event_at,
+            id: last_row.id,
+        };
+        let mut next = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in query_pairs(raw.as_deref()) {
+            if k != "cursor" && k != "offset" {
+                next.append_pair(&k, &v);
+            }
+        }
+        next.append_pair("cursor", &cursor.encode());
+        let link = format!("</history?{}>; rel=\"next\"", next.finish());
+        if let Ok(value) = HeaderValue::from_str(&link) {
+            response.headers_mut().insert(header::LINK, value);
+        }
+    }
+    Ok(response)
+}
+
+async fn alert_timeline(State(state): State<AppState>, Path(fingerprint): Path<String>) -> Result<Response, ApiError> {
+    let (events, current) = state.inner.store.alert(&fingerprint).await?;
+    let Some(first) = events.first() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no events for fingerprint {fingerprint}"),
+        ));
+    };
+    let points: Vec<Point> = events
+        .iter()
+        .filter_map(|e| {
+            Some(Point {
+                status: Status::parse(&e.status)?,
+                starts_at: e.starts_at,
+                ends_at: e.ends_at,
+            })
+        })
+        .collect();
+    let stats = timeline::stats(&points, Utc::now().timestamp_millis());
+    let latest = events.last().unwrap_or(first);
+    Ok(axum::Json(json!({
+        "fingerprint": fingerprint,
+        "alertname": latest.alertname,
+        "namespace": latest.namespace,
+        "severity": latest.severity,
+        "labels": latest.labels.0,
+        "status": current.as_ref().map_or(latest.status.as_str(), |c| c.status.as_str()),
+        "firing_seconds": stats.firing_ms as f64 / 1000.0,
+        "flaps": stats.flaps,
+        "firing_periods": stats.periods,
+        "first_seen": format_time(first.received_at),
+        "last_seen": format_time(events.iter().map(|e| e.last_seen).max().unwrap_or(first.last_seen)),
+        "events": events.iter().map(event_json).collect::<Vec<_>>(),
+    }))
+    .into_response())
+}
+
+/// Parses the parameters of `GET /report`.
+///
+/// # Errors
+/// [`QueryError`] naming the first bad parameter.
+pub fn parse_report_query(raw: Option<&str>) -> Result<ReportQuery, QueryError> {
+    let pairs = query_pairs(raw);
+    let defaults = ReportQuery::default();
+    Ok(ReportQuery {
+        alertname: text(&pairs, "alertname"),
+        namespace: text(&pairs, "namespace"),
+        since: time_param(&pairs, "since")?,
+        until: time_param(&pairs, "until")?,
+        min_flap: number(&pairs, "min_flap", 1, 1_000_000)?.unwrap_or(defaults.min_flap),
+        top: number(&pairs, "top", 1, 1000)?.unwrap_or(defaults.top),
+    })
+}
+
+async fn report(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+    let query = parse_report_query(raw.as_deref())?;
+    let report = state.inner.store.report(&query).await?;
+    state.inner.metrics.report_query();
+    Ok(axum::Json(report_json(&report)).into_response())
+}
+
+pub(crate) fn report_json(report: &crate::store::Report) -> Value {
+    json!({
+        "total_events": report.total_events,
+        "unique_alerts": report.unique_alerts,
+        "top_alerts": report.top_alerts.iter().map(|g| json!({
+            "alertname": g.alertname, "namespace": g.namespace, "events": g.n,
+        })).collect::<Vec<_>>(),
+        "flapping_alerts": report.flapping_alerts.iter().map(|g| json!({
+            "alertname": g.alertname, "namespace": g.namespace, "flaps": g.n,
+        })).collect::<Vec<_>>(),
+        "summary": {
+            "firing_now": report.firing_now,
+            "resolved_now": report.resolved_now,
+            "firing_by_severity": report.firing_by_severity,
+            "by_severity": report.events_by_severity,
+            "by_namespace": report.events_by_namespace,
+        },
+    })
+}
+
+// ---------------------------------------------------------------- health
+
+async fn healthz() -> Response {
+    axum::Json(json!({ "status": "ok" })).into_response()
+}
+
+async fn database_check(state: &AppState) -> (bool, Value) {
+    let report = state.inner.readiness.evaluate().await;
+    let mut deps = serde_json::Map::new();
+    for check in &report.checks {
+        let mut v = json!({
+            "status": if check.status == CheckStatus::Pass { "ok" } else { "error" },
+            "latency_ms": check.duration_ms,
+        });
+        if check.name == "database" {
+            v["backend"] = json!(state.inner.store.backend_name());
+        }
+        if let Some(e) = &check.error {
+            v["error"] = json!(e);
+        }
+        deps.insert(check.name.clone(), v);
+    }
+    (report.ready, Value::Object(deps))
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.inner.shutting_down.is_cancelled() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "status": "shutting_down", "dependencies": {} })),
+        )
+            .into_response();
+    }
+    let (ready, deps) = database_check(&state).await;
+    if ready {
+        axum::Json(json!({ "status": "ready", "dependencies": deps })).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "status": "not_ready", "dependencies": deps })),
+        )
+            .into_response()
+    }
+}
+
+async fn health_database(State(state): State<AppState>) -> Response {
+    let (ready, deps) = database_check(&state).await;
+    let mut body = deps.get("database").cloned().unwrap_or_else(|| json!({}));
+    if ready {
+        if let Ok(n) = state.inner.store.count_events().await {
+            body["events"] = json!(n);
+        }
+        axum::Json(body).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+    }
+}
+
+async fn health_detailed(State(state): State<AppState>) -> Response {
+    let (ready, deps) = database_check(&state).await;
+    let shutting_down = state.inner.shutting_down.is_cancelled();
+    let status = if shutting_down {
+        "shutting_down"
+    } else if ready {
+        "healthy"
+    } else {
+        "unhealthy"
+    };
+    let body = json!({
+        "status": status,
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": state.inner.started.elapsed().as_secs(),
+        "backend": state.inner.store.backend_name(),
+        "retention_days": state.inner.retention_days,
+        "stored_events": state.inner.metrics.db_alerts(),
+        "pipeline": state.inner.pipeline.names(),
+        "dependencies": deps,
+    });
+    let code = if ready && !shutting_down {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, axum::Json(body)).into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    match state.inner.registry.encode() {
+        Ok(text) => (
+            [(header::CONTENT_TYPE, keel_telemetry::OPENMETRICS_CONTENT_TYPE)],
+            text,
+        )
+            .into_response(),
+        Err(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "metrics encoding failed")
+            .into_response(),
+    }
+}
+
+// ---------------------------------------------------------------- admin
+
+async fn admin_retention(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    if !authorized(&headers, state.inner.api_token.as_deref()) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or invalid bearer token",
+        ));
+    }
+    let cutoff = retention::cutoff_ms(Utc::now().timestamp_millis(), state.inner.retention);
+    let deleted = retention::purge(&state.inner.store, &state.inner.metrics, cutoff).await?;
+    Ok(axum::Json(json!({ "deleted": deleted, "cutoff": format_time(cutoff) })).into_response())
+}

@@ -1,0 +1,811 @@
+//! The event store: SQLite or PostgreSQL behind one API.
+//!
+//! Every query is written once with `$N` placeholders (SQLite accepts them
+//! too) and run on whichever pool is configured; the few dialect differences
+//! (label filters) are chosen in [`Store::history`]. Times are stored as
+//! Unix epoch milliseconds, so ordering, keyset pagination and bucketing are
+//! plain integer arithmetic on both databases.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::types::Json;
+
+use crate::config::Backend;
+use crate::error::Error;
+use crate::model::{NewEvent, Status};
+
+/// Most rows per multi-row `INSERT` (15 parameters each, well under both
+/// databases' parameter limits).
+const INSERT_CHUNK: usize = 500;
+
+/// The migrations for SQLite (`migrations/sqlite`).
+static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+/// The migrations for PostgreSQL (`migrations/postgres`).
+static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+#[derive(Debug, Clone)]
+enum Pools {
+    /// One writer connection (SQLite allows one writer at a time; queueing
+    /// in the pool is cheaper than `SQLITE_BUSY` retries) and a read pool.
+    Sqlite { write: SqlitePool, read: SqlitePool },
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to the pool for reads.
+macro_rules! on_read {
+    ($self:expr, |$pool:ident| $body:expr) => {
+        match &$self.pools {
+            Pools::Sqlite { read: $pool, .. } => $body,
+            Pools::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Runs `$body` with `$pool` bound to the pool for writes.
+macro_rules! on_write {
+    ($self:expr, |$pool:ident| $body:expr) => {
+        match &$self.pools {
+            Pools::Sqlite { write: $pool, .. } => $body,
+            Pools::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// A bind parameter of a dynamically built query.
+#[derive(Debug, Clone)]
+enum Param {
+    I64(i64),
+    Text(String),
+    OptText(Option<String>),
+    Json(Value),
+}
+
+macro_rules! bind_all {
+    ($query:expr, $params:expr) => {{
+        let mut query = $query;
+        for param in $params.iter() {
+            query = match param {
+                Param::I64(v) => query.bind(*v),
+                Param::Text(v) => query.bind(v.as_str()),
+                Param::OptText(v) => query.bind(v.as_deref()),
+                Param::Json(v) => query.bind(Json(v)),
+            };
+        }
+        query
+    }};
+}
+
+/// Collects `WHERE` conditions and their parameters, numbering `$N`.
+#[derive(Debug, Default)]
+struct Filter {
+    conditions: Vec<String>,
+    params: Vec<Param>,
+}
+
+impl Filter {
+    fn param(&mut self, p: Param) -> String {
+        self.params.push(p);
+        format!("${}", self.params.len())
+    }
+
+    fn eq(&mut self, column: &str, value: &Option<String>) {
+        if let Some(v) = value {
+            let p = self.param(Param::Text(v.clone()));
+            self.conditions.push(format!("{column} = {p}"));
+        }
+    }
+
+    fn cmp(&mut self, column: &str, op: &str, value: Option<i64>) {
+        if let Some(v) = value {
+            let p = self.param(Param::I64(v));
+            self.conditions.push(format!("{column} {op} {p}"));
+        }
+    }
+
+    fn sql(&self) -> String {
+        if self.conditions.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", self.conditions.join(" AND "))
+        }
+    }
+}
+
+/// A position in the history, newest first: the last row of a page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    /// The row's `event_at`.
+    pub event_at: i64,
+    /// The row's id.
+    pub id: i64,
+}
+
+impl Cursor {
+    /// The opaque text form used in `cursor=` and the `Link` header.
+    pub fn encode(&self) -> String {
+        format!("{:x}-{:x}", self.event_at as u64, self.id as u64)
+    }
+
+    /// Parses [`Cursor::encode`]'s output.
+    pub fn decode(text: &str) -> Option<Cursor> {
+        let (a, b) = text.split_once('-')?;
+        Some(Cursor {
+            event_at: u64::from_str_radix(a, 16).ok()? as i64,
+            id: u64::from_str_radix(b, 16).ok()? as i64,
+        })
+    }
+}
+
+/// Filters of `GET /history`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HistoryQuery {
+    /// `alertname` equals.
+    pub alertname: Option<String>,
+    /// Firing or resolved events only.
+    pub status: Option<Status>,
+    /// `fingerprint` equals.
+    pub fingerprint: Option<String>,
+    /// `namespace` label equals.
+    pub namespace: Option<String>,
+    /// `severity` label equals.
+    pub severity: Option<String>,
+    /// Events at or after (epoch ms).
+    pub since: Option<i64>,
+    /// Events at or before (epoch ms).
+    pub until: Option<i64>,
+    /// Every `(name, value)` label must match.
+    pub labels: Vec<(String, String)>,
+    /// Page size, 1..=1000.
+    pub limit: u32,
+    /// Rows to skip (the predecessor's pagination; slow on deep pages).
+    pub offset: u64,
+    /// Keyset position: rows strictly older than it.
+    pub cursor: Option<Cursor>,
+}
+
+/// One stored event.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct EventRow {
+    /// Row id (insertion order).
+    pub id: i64,
+    /// Alertmanager fingerprint.
+    pub fingerprint: String,
+    /// `alertname` label.
+    pub alertname: String,
+    /// `namespace` label.
+    pub namespace: Option<String>,
+    /// `severity` label.
+    pub severity: Option<String>,
+    /// `firing` or `resolved`.
+    pub status: String,
+    /// `startsAt`, epoch ms.
+    pub starts_at: i64,
+    /// `endsAt`, epoch ms.
+    pub ends_at: i64,
+    /// When the state change happened, epoch ms.
+    pub event_at: i64,
+    /// Labels.
+    pub labels: Json<BTreeMap<String, String>>,
+    /// Annotations.
+    pub annotations: Json<Map<String, Value>>,
+    /// `generatorURL`.
+    pub generator_url: Option<String>,
+    /// First delivery, epoch ms.
+    pub received_at: i64,
+    /// Latest delivery, epoch ms.
+    pub last_seen: i64,
+    /// Deliveries that carried this event.
+    pub occurrences: i64,
+}
+
+const EVENT_COLUMNS: &str = "id, fingerprint, alertname, namespace, severity, status, starts_at, \
+    ends_at, event_at, labels, annotations, generator_url, received_at, last_seen, occurrences";
+
+/// The current state of one alert.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct StateRow {
+    /// Alertmanager fingerprint.
+    pub fingerprint: String,
+    /// `alertname` label.
+    pub alertname: String,
+    /// `namespace` label.
+    pub namespace: Option<String>,
+    /// `severity` label.
+    pub severity: Option<String>,
+    /// `firing` or `resolved`.
+    pub status: String,
+    /// `startsAt`, epoch ms.
+    pub starts_at: i64,
+    /// `endsAt`, epoch ms.
+    pub ends_at: i64,
+    /// Labels.
+    pub labels: Json<BTreeMap<String, String>>,
+    /// Annotations.
+    pub annotations: Json<Map<String, Value>>,
+    /// Latest delivery that changed or confirmed it, epoch ms.
+    pub updated_at: i64,
+}
+
+/// What one ingest did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IngestOutcome {
+    /// New events stored.
+    pub saved: u64,
+    /// Alerts in the delivery.
+    pub processed: u64,
+}
+
+/// Filters of `GET /report`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportQuery {
+    /// `alertname` equals.
+    pub alertname: Option<String>,
+    /// `namespace` equals.
+    pub namespace: Option<String>,
+    /// Events at or after (epoch ms).
+    pub since: Option<i64>,
+    /// Events at or before (epoch ms).
+    pub until: Option<i64>,
+    /// Smallest flap count listed.
+    pub min_flap: u32,
+    /// Rows in each top list.
+    pub top: u32,
+}
+
+impl Default for ReportQuery {
+    fn default() -> Self {
+        ReportQuery {
+            alertname: None,
+            namespace: None,
+            since: None,
+            until: None,
+            min_flap: 2,
+            top: 10,
+        }
+    }
+}
+
+/// One `(alertname, namespace)` group and a count.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct GroupCount {
+    /// `alertname`.
+    pub alertname: String,
+    /// `namespace` (none: `null`).
+    pub namespace: Option<String>,
+    /// Events, or status changes for the flapping list.
+    pub n: i64,
+}
+
+/// The numbers behind `GET /report`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Report {
+    /// Events matching the filters.
+    pub total_events: i64,
+    /// Distinct fingerprints among them.
+    pub unique_alerts: i64,
+    /// Groups with the most events.
+    pub top_alerts: Vec<GroupCount>,
+    /// Groups whose status changed at least `min_flap` times, in time order.
+    pub flapping_alerts: Vec<GroupCount>,
+    /// Alerts firing now (current state, same `alertname`/`namespace` filter).
+    pub firing_now: i64,
+    /// Alerts resolved now.
+    pub resolved_now: i64,
+    /// Firing-now alerts by severity (`none` when unlabelled).
+    pub firing_by_severity: BTreeMap<String, i64>,
+    /// Matching events by severity.
+    pub events_by_severity: BTreeMap<String, i64>,
+    /// Matching events by namespace (`none` when unlabelled).
+    pub events_by_namespace: BTreeMap<String, i64>,
+}
+
+/// One bucket of the events-over-time chart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct Bucket {
+    /// Bucket start, epoch ms.
+    pub start: i64,
+    /// Firing events in it.
+    pub firing: i64,
+    /// Resolved events in it.
+    pub resolved: i64,
+}
+
+/// The event store. Cloning is cheap (pools are shared).
+#[derive(Debug, Clone)]
+pub struct Store {
+    pools: Pools,
+}
+
+impl Store {
+    /// Connects to `url` (creating a SQLite file if missing), applies the
+    /// migrations for that database and returns the store.
+    ///
+    /// SQLite runs in WAL mode with `synchronous=NORMAL` (a commit survives
+    /// a process crash; an OS crash may lose the last commits, never corrupt
+    /// the file), one writer connection and `max_connections` readers.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an unknown scheme, [`Error::Database`] when the
+    /// database cannot be reached, [`Error::Migrate`] when a migration fails.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Store, Error> {
+        let backend = crate::Config::for_database(url).backend()?;
+        let pools = match backend {
+            Backend::Sqlite => {
+                let options = SqliteConnectOptions::from_str(url)?
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(10))
+                    .pragma("temp_store", "memory");
+                let write = SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .min_connections(1)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .connect_with(options.clone())
+                    .await?;
+                SQLITE_MIGRATOR.run(&write).await?;
+                let read = SqlitePoolOptions::new()
+                    .max_connections(max_connections.clamp(1, 8))
+                    .min_connections(0)
+                    .connect_with(options)
+                    .await?;
+                Pools::Sqlite { write, read }
+            }
+            Backend::Postgres => {
+                let options = PgConnectOptions::from_str(url)?;
+                let pool = PgPoolOptions::new()
+                    .max_connections(max_connections)
+                    .min_connections(0)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(options)
+                    .await?;
+                POSTGRES_MIGRATOR.run(&pool).await?;
+                Pools::Postgres(pool)
+            }
+        };
+        Ok(Store { pools })
+    }
+
+    /// Which database this store uses.
+    pub fn backend(&self) -> Backend {
+        match self.pools {
+            Pools::Sqlite { .. } => Backend::Sqlite,
+            Pools::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// `"sqlite"` or `"postgres"`.
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend() {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+
+    /// Closes every connection.
+    pub async fn close(&self) {
+        match &self.pools {
+            Pools::Sqlite { write, read } => {
+                read.close().await;
+                write.close().await;
+            }
+            Pools::Postgres(pool) => pool.close().await,
+        }
+    }
+
+    /// One round trip to the database.
+    ///
+    /// # Errors
+    /// The database error.
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        on_read!(self, |pool| sqlx::query("SELECT 1").execute(pool).await.map(|_| ()))
+    }
+
+    /// Stores a delivery in one transaction: each event is inserted, or, if
+    /// the same (fingerprint, status, startsAt, endsAt) is already stored,
+    /// its `last_seen`, `occurrences`, annotations and raw JSON are updated;
+    /// the current-state row of each fingerprint moves forward (never back to
+    /// an older state). Nothing is visible before the commit, and a failure
+    /// rolls everything back.
+    ///
+    /// Rows are written in key order, so concurrent deliveries on PostgreSQL
+    /// take row locks in the same order and cannot deadlock each other; the
+    /// unique index makes concurrent inserts of one event race-safe.
+    ///
+    /// Cost: two multi-row statements per 500 distinct events, one commit.
+    ///
+    /// # Errors
+    /// The database error (the transaction is rolled back).
+    pub async fn ingest(&self, events: &[NewEvent], now_ms: i64) -> Result<IngestOutcome, sqlx::Error> {
+        let processed = events.len() as u64;
+        // Deduplicate within the delivery (PostgreSQL refuses to update one
+        // row twice in a statement) and sort by key for lock ordering.
+        let mut unique: BTreeMap<_, &NewEvent> = BTreeMap::new();
+        for event in events {
+            unique.insert(event.key(), event);
+        }
+        let unique: Vec<&NewEvent> = unique.into_values().collect();
+        // The newest event of each fingerprint feeds the state table.
+        let mut latest: BTreeMap<&str, &NewEvent> = BTreeMap::new();
+        for event in &unique {
+            let newer = latest.get(event.fingerprint.as_str()).is_none_or(|cur| {
+                (event.starts_at, event.status) > (cur.starts_at, cur.status)
+            });
+            if newer {
+                latest.insert(&event.fingerprint, event);
+            }
+        }
+        if unique.is_empty() {
+            return Ok(IngestOutcome { saved: 0, processed });
+        }
+        let mut saved = 0u64;
+        on_write!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            for chunk in unique.chunks(INSERT_CHUNK) {
+                let (sql, params) = insert_events_sql(chunk, now_ms);
+                let rows: Vec<(i64,)> = bind_all!(sqlx::query_as(&sql), params)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                saved += rows.iter().filter(|(occurrences,)| *occurrences == 1).count() as u64;
+            }
+            let latest: Vec<&NewEvent> = latest.into_values().collect();
+            for chunk in latest.chunks(INSERT_CHUNK) {
+                let (sql, params) = upsert_state_sql(chunk, now_ms);
+                bind_all!(sqlx::query(&sql), params).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(IngestOutcome { saved, processed })
+    }
+
+    /// A page of history, newest first (by event time, then id).
+    ///
+    /// # Errors
+    /// The database error.
+    pub async fn history(&self, q: &HistoryQuery) -> Result<Vec<EventRow>, sqlx::Error> {
+        let mut f = Filter::default();
+        f.eq("alertname", &q.alertname);
+        f.eq("status", &q.status.map(|s| s.as_str().to_owned()));
+        f.eq("fingerprint", &q.fingerprint);
+        f.eq("namespace", &q.namespace);
+        f.eq("severity", &q.severity);
+        f.cmp("event_at", ">=", q.since);
+        f.cmp("event_at", "<=", q.until);
+        for (name, value) in &q.labels {
+            match self.backend() {
+                Backend::Postgres => {
+                    let mut object = Map::new();
+                    object.insert(name.clone(), Value::String(value.clone()));
+                    let p = f.param(Param::Json(Value::Object(object)));
+                    f.conditions.push(format!("labels @> {p}"));
+                }
+                Backend::Sqlite => {
+                    // Label names are validated as Prometheus names, so the
+                    // quoted JSON path needs no escaping.
+                    let path = f.param(Param::Text(format!("$.\"{name}\"")));
+                    let v = f.param(Param::Text(value.clone()));
+                    f.conditions.push(format!("json_extract(labels, {path}) = {v}"));
+                }
+            }
+        }
+        if let Some(c) = q.cursor {
+            let a = f.param(Param::I64(c.event_at));
+            let b = f.param(Param::I64(c.id));
+            f.conditions.push(format!("(event_at, id) < ({a}, {b})"));
+        }
+        let limit = f.param(Param::I64(i64::from(q.limit)));
+        let offset = f.param(Param::I64(q.offset.min(i64::MAX as u64) as i64));
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM alert_events{} ORDER BY event_at DESC, id DESC LIMIT {limit} OFFSET {offset}",
+            f.sql()
+        );
+        on_read!(self, |pool| bind_all!(sqlx::query_as::<_, EventRow>(&sql), f.params)
+            .fetch_all(pool)
+            .await)
+    }
+
+    /// Every event of one alert, oldest first, and its current state.
+    ///
+    /// # Errors
+    /// The database error.
+    pub async fn alert(&self, fingerprint: &str) -> Result<(Vec<EventRow>, Option<StateRow>), sqlx::Error> {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM alert_events WHERE fingerprint = $1 ORDER BY event_at, id"
+        );
+        let state_sql = format!("SELECT {STATE_COLUMNS} FROM alert_state WHERE fingerprint = $1");
+        on_read!(self, |pool| {
+            let events = sqlx::query_as::<_, EventRow>(&sql)
+                .bind(fingerprint)
+                .fetch_all(pool)
+                .await?;
+            let state = sqlx::query_as::<_, StateRow>(&state_sql)
+                .bind(fingerprint)
+                .fetch_optional(pool)
+                .await?;
+            Ok((events, state))
+        })
+    }
+
+    /// The report: totals, top and flapping `(alertname, namespace)` groups
+    /// and a summary of current state.
+    ///
+    /// Flaps of a group = status changes between consecutive events of that
+    /// group in time order (the predecessor's definition), computed in SQL
+    /// with a window function.
+    ///
+    /// # Errors
+    /// The database error.
+    pub async fn report(&self, q: &ReportQuery) -> Result<Report, sqlx::Error> {
+        let mut f = Filter::default();
+        f.eq("alertname", &q.alertname);
+        f.eq("namespace", &q.namespace);
+        f.cmp("event_at", ">=", q.since);
+        f.cmp("event_at", "<=", q.until);
+        let filter = f.sql();
+        let mut top_params = f.params.clone();
+        top_params.push(Param::I64(i64::from(q.top)));
+        let top_sql = format!(
+            "SELECT alertname, namespace, COUNT(*) AS n FROM alert_events{filter} \
+             GROUP BY alertname, namespace ORDER BY n DESC, alertname, namespace LIMIT ${}",
+            top_params.len()
+        );
+        let mut flap_params = f.params.clone();
+        flap_params.push(Param::I64(i64::from(q.min_flap)));
+        flap_params.push(Param::I64(i64::from(q.top)));
+        let flap_sql = format!(
+            "SELECT alertname, namespace, SUM(changed) AS n FROM (\
+                SELECT alertname, namespace, CASE WHEN LAG(status) OVER w IS NOT NULL \
+                    AND LAG(status) OVER w <> status THEN 1 ELSE 0 END AS changed \
+                FROM alert_events{filter} \
+                WINDOW w AS (PARTITION BY alertname, namespace ORDER BY event_at, id)\
+             ) AS t GROUP BY alertname, namespace HAVING SUM(changed) >= ${} \
+             ORDER BY n DESC, alertname, namespace LIMIT ${}",
+            flap_params.len() - 1,
+            flap_params.len()
+        );
+        let totals_sql = format!(
+            "SELECT COUNT(*), COUNT(DISTINCT fingerprint) FROM alert_events{filter}"
+        );
+        let severity_sql = format!(
+            "SELECT COALESCE(severity, 'none') AS k, COUNT(*) FROM alert_events{filter} GROUP BY COALESCE(severity, 'none')"
+        );
+        let namespace_sql = format!(
+            "SELECT COALESCE(namespace, 'none') AS k, COUNT(*) FROM alert_events{filter} GROUP BY COALESCE(namespace, 'none')"
+        );
+        let mut sf = Filter::default();
+        sf.eq("alertname", &q.alertname);
+        sf.eq("namespace", &q.namespace);
+        let state_filter = sf.sql();
+        let status_sql = format!("SELECT status, COUNT(*) FROM alert_state{state_filter} GROUP BY status");
+        let firing_sev_sql = format!(
+            "SELECT COALESCE(severity, 'none') AS k, COUNT(*) FROM alert_state{} GROUP BY COALESCE(severity, 'none')",
+            if state_filter.is_empty() {
+                " WHERE status = 'firing'".to_owned()
+            } else {
+                format!("{state_filter} AND status = 'firing'")
+            }
+        );
+        on_read!(self, |pool| {
+            let (total_events, unique_alerts): (i64, i64) =
+                bind_all!(sqlx::query_as(&totals_sql), f.params).fetch_one(pool).await?;
+            let top_alerts = bind_all!(sqlx::query_as::<_, GroupCount>(&top_sql), top_params)
+                .fetch_all(pool)
+                .await?;
+            let flapping_alerts = bind_all!(sqlx::query_as::<_, GroupCount>(&flap_sql), flap_params)
+                .fetch_all(pool)
+                .await?;
+            let by_sev: Vec<(String, i64)> =
+                bind_all!(sqlx::query_as(&severity_sql), f.params).fetch_all(pool).await?;
+            let by_ns: Vec<(String, i64)> =
+                bind_all!(sqlx::query_as(&namespace_sql), f.params).fetch_all(pool).await?;
+            let statuses: Vec<(String, i64)> =
+                bind_all!(sqlx::query_as(&status_sql), sf.params).fetch_all(pool).await?;
+            let firing_sev: Vec<(String, i64)> =
+                bind_all!(sqlx::query_as(&firing_sev_sql), sf.params).fetch_all(pool).await?;
+            let count = |s: &str| statuses.iter().find(|(k, _)| k == s).map_or(0, |(_, n)| *n);
+            Ok(Report {
+                total_events,
+                unique_alerts,
+                top_alerts,
+                flapping_alerts,
+                firing_now: count("firing"),
+                resolved_now: count("resolved"),
+                firing_by_severity: firing_sev.into_iter().collect(),
+                events_by_severity: by_sev.into_iter().collect(),
+                events_by_namespace: by_ns.into_iter().collect(),
+            })
+        })
+    }
+
+    /// Alerts whose current state is firing, most recently started first.
+    ///
+    /// # Errors
+    /// The database error.
+    pub async fn firing_now(&self, limit: u32) -> Result<Vec<StateRow>, sqlx::Error> {
+        let sql = format!(
+            "SELECT {STATE_COLUMNS} FROM alert_state WHERE status = 'firing' \
+             ORDER BY starts_at DESC, fingerprint LIMIT $1"
+        );
+        on_read!(self, |pool| sqlx::query_as::<_, StateRow>(&sql)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await)
+    }
+
+    /// Events per bucket of `bucket_ms` in `[since, until)`, every bucket
+    /// present (zeros included).
+    ///
+    /// # Errors
+    /// The database error.
+    pub async fn chart(&self, since: i64, until: i64, bucket_ms: i64) -> Result<Vec<Bucket>, sqlx::Error> {
+        let bucket_ms = bucket_ms.max(1);
+        let sql = "SELECT (event_at - $1) / $3 AS b, status, COUNT(*) FROM alert_events \
+                   WHERE event_at >= $1 AND event_at < $2 GROUP BY (event_at - $1) / $3, status";
+        let rows: Vec<(i64, String, i64)> = on_read!(self, |pool| sqlx::query_as(sql)
+            .bind(since)
+            .bind(until)
+            .bind(bucket_ms)
+            .fetch_all(pool)
+            .await)?;
+        let count = ((until - since).max(0) + bucket_ms - 1) / bucket_ms;
+        let mut buckets: Vec<Bucket> = (0..count)
+            .map(|i| Bucket {
+                start: since + i * bucket_ms,
+                ..Bucket::default()
+            })
+            .collect();
+        for (b, status, n) in rows {
+            if let Some(bucket) = usize::try_from(b).ok().and_then(|b| buckets.get_mut(b)) {
+                match Status::parse(&status) {
+                    Some(Status::Firing) => bucket.firing += n,
+                    Some(Status::Resolved) => bucket.resolved += n,
+                    None => {}
+                }
+            }
+        }
+        Ok(buckets)
+    }
+
+    /// How many events are stored.
+    ///
+    /// # Errors
+    /// The database error.
+    pub async fn count_events(&self) -> Result<i64, sqlx::Error> {
+        on_read!(self, |pool| sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM alert_events")
+            .fetch_one(pool)
+            .await)
+    }
+
+    /// Deletes at most `batch` events whose last delivery is before
+    /// `cutoff_ms` (oldest ids first), in its own short transaction, and
+    /// returns how many went. Call it repeatedly until it returns less than
+    /// `batch`, so a large purge never holds the write lock for long.
+    /// Resolved current-state rows older than the cutoff go too.
+    ///
+    /// # Errors
+    /// The database error.
+    pub async fn delete_batch(&self, cutoff_ms: i64, batch: u32) -> Result<u64, sqlx::Error> {
+        let sql = "DELETE FROM alert_events WHERE id IN \
+                   (SELECT id FROM alert_events WHERE last_seen < $1 ORDER BY id LIMIT $2)";
+        let state_sql = "DELETE FROM alert_state WHERE fingerprint IN \
+                   (SELECT fingerprint FROM alert_state WHERE status = 'resolved' AND updated_at < $1 \
+                    ORDER BY fingerprint LIMIT $2)";
+        on_write!(self, |pool| {
+            let deleted = sqlx::query(sql)
+                .bind(cutoff_ms)
+                .bind(i64::from(batch))
+                .execute(pool)
+                .await?
+                .rows_affected();
+            sqlx::query(state_sql)
+                .bind(cutoff_ms)
+                .bind(i64::from(batch))
+                .execute(pool)
+                .await?;
+            Ok(deleted)
+        })
+    }
+}
+
+const STATE_COLUMNS: &str = "fingerprint, alertname, namespace, severity, status, starts_at, ends_at, \
+    labels, annotations, updated_at";
+
+fn insert_events_sql(events: &[&NewEvent], now_ms: i64) -> (String, Vec<Param>) {
+    let mut sql = String::from(
+        "INSERT INTO alert_events (fingerprint, alertname, namespace, severity, status, starts_at, \
+         ends_at, event_at, labels, annotations, generator_url, raw, received_at, last_seen, occurrences) VALUES ",
+    );
+    let mut params = Vec::with_capacity(events.len() * 14);
+    for (i, e) in events.iter().enumerate() {
+        if i > 0 {
+            sql.push(',');
+        }
+        let base = params.len();
+        sql.push('(');
+        for j in 1..=14 {
+            sql.push_str(&format!("${},", base + j));
+        }
+        sql.push_str("1)");
+        params.extend([
+            Param::Text(e.fingerprint.clone()),
+            Param::Text(e.alertname.clone()),
+            Param::OptText(e.namespace.clone()),
+            Param::OptText(e.severity.clone()),
+            Param::Text(e.status.as_str().to_owned()),
+            Param::I64(e.starts_at),
+            Param::I64(e.ends_at),
+            Param::I64(e.event_at()),
+            Param::Json(labels_json(&e.labels)),
+            Param::Json(Value::Object(e.annotations.clone())),
+            Param::OptText(e.generator_url.clone()),
+            Param::Json(e.raw.clone()),
+            Param::I64(now_ms),
+            Param::I64(now_ms),
+        ]);
+    }
+    sql.push_str(
+        " ON CONFLICT (fingerprint, status, starts_at, ends_at) DO UPDATE SET \
+         last_seen = CASE WHEN excluded.last_seen > alert_events.last_seen \
+             THEN excluded.last_seen ELSE alert_events.last_seen END, \
+         occurrences = alert_events.occurrences + 1, \
+         annotations = excluded.annotations, raw = excluded.raw \
+         RETURNING occurrences",
+    );
+    (sql, params)
+}
+
+fn upsert_state_sql(events: &[&NewEvent], now_ms: i64) -> (String, Vec<Param>) {
+    let mut sql = String::from(
+        "INSERT INTO alert_state (fingerprint, alertname, namespace, severity, status, starts_at, \
+         ends_at, labels, annotations, updated_at) VALUES ",
+    );
+    let mut params = Vec::with_capacity(events.len() * 10);
+    for (i, e) in events.iter().enumerate() {
+        if i > 0 {
+            sql.push(',');
+        }
+        let base = params.len();
+        let placeholders: Vec<String> = (1..=10).map(|j| format!("${}", base + j)).collect();
+        sql.push_str(&format!("({})", placeholders.join(",")));
+        params.extend([
+            Param::Text(e.fingerprint.clone()),
+            Param::Text(e.alertname.clone()),
+            Param::OptText(e.namespace.clone()),
+            Param::OptText(e.severity.clone()),
+            Param::Text(e.status.as_str().to_owned()),
+            Param::I64(e.starts_at),
+            Param::I64(e.ends_at),
+            Param::Json(labels_json(&e.labels)),
+            Param::Json(Value::Object(e.annotations.clone())),
+            Param::I64(now_ms),
+        ]);
+    }
+    // Move forward only: a newer startsAt wins; at the same startsAt a
+    // resolution wins over firing, and firing never undoes a resolution.
+    sql.push_str(
+        " ON CONFLICT (fingerprint) DO UPDATE SET alertname = excluded.alertname, \
+         namespace = excluded.namespace, severity = excluded.severity, status = excluded.status, \
+         starts_at = excluded.starts_at, ends_at = excluded.ends_at, labels = excluded.labels, \
+         annotations = excluded.annotations, updated_at = excluded.updated_at \
+         WHERE excluded.starts_at > alert_state.starts_at \
+            OR (excluded.starts_at = alert_state.starts_at \
+                AND (excluded.status = 'resolved' OR alert_state.status = 'firing'))",
+    );
+    (sql, params)
+}
+
+fn labels_json(labels: &BTreeMap<String, String>) -> Value {
+    Value::Object(
+        labels
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect(),
+    )
+}

@@ -1,0 +1,272 @@
+//! Errors: the crate's [`Error`] enum, the rejection structs callers match
+//! on, and [`ExecuteError`], which adds the operation's own error.
+
+use std::fmt;
+use std::time::Duration;
+
+use keel_core::{BoxError, ErrorOutcome, Outcome};
+
+use crate::key::IdempotencyKey;
+
+/// Everything that can go wrong in this crate, apart from the operation's own
+/// error (see [`ExecuteError`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The key is held by a running operation and the call chose not to wait
+    /// (or waited past its limit).
+    #[error(transparent)]
+    InFlight(#[from] RequestInFlight),
+    /// The key was used before with a different request fingerprint.
+    #[error(transparent)]
+    FingerprintMismatch(#[from] FingerprintMismatch),
+    /// The store could not be reached or answered something unexpected.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A result could not be serialized for storage, or a stored result could
+    /// not be deserialized (for instance after its type changed).
+    #[error("stored idempotency result could not be encoded or decoded")]
+    Codec(#[source] serde_json::Error),
+    /// A configuration value is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+impl ErrorOutcome for Error {
+    /// An in-flight rejection is an overload (try again after the holder's
+    /// lease), a mismatch or a configuration problem is the caller's own
+    /// (neutral), a store or codec failure counts as a failure.
+    fn outcome(&self) -> Outcome {
+        match self {
+            Error::InFlight(e) => e.outcome(),
+            Error::FingerprintMismatch(_) | Error::Config(_) => Outcome::Neutral,
+            Error::Store(_) | Error::Codec(_) => Outcome::Failure,
+        }
+    }
+}
+
+/// Another call holds the key and is still running.
+///
+/// Returned when a call rejects instead of waiting, or when a waiting call
+/// reached its wait limit. HTTP: 409 Conflict.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a request with idempotency key {key} is still in flight")]
+pub struct RequestInFlight {
+    /// The contended key.
+    pub key: IdempotencyKey,
+    /// How long the holder's lease still runs, when the store said: a retry
+    /// before then will most likely be rejected again.
+    pub retry_after: Option<Duration>,
+    /// `true` when this call waited for the holder and gave up at its limit.
+    pub waited: bool,
+}
+
+impl ErrorOutcome for RequestInFlight {
+    fn outcome(&self) -> Outcome {
+        Outcome::Overloaded {
+            retry_after: self.retry_after,
+        }
+    }
+}
+
+/// The key was used before with a different request fingerprint: the client
+/// reused a key for a different request. HTTP: 422 Unprocessable Content.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("idempotency key {key} was already used for a different request")]
+pub struct FingerprintMismatch {
+    /// The reused key.
+    pub key: IdempotencyKey,
+}
+
+/// A store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[error("idempotency store ({backend}) failed during {operation}")]
+pub struct StoreError {
+    /// The backend: `"memory"`, `"redis"`, `"postgres"`, or a custom name.
+    pub backend: &'static str,
+    /// The store operation: `"begin"`, `"finish"`, `"renew"`...
+    pub operation: &'static str,
+    #[source]
+    source: BoxError,
+}
+
+impl StoreError {
+    /// A failure of `operation` in `backend`, caused by `source`.
+    pub fn new(
+        backend: &'static str,
+        operation: &'static str,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        StoreError {
+            backend,
+            operation,
+            source: source.into(),
+        }
+    }
+}
+
+/// An invalid configuration value; `field` names it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid idempotency configuration: {field}: {reason}")]
+pub struct ConfigError {
+    /// The offending field, as named by its builder method.
+    pub field: &'static str,
+    /// Why it is invalid.
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        ConfigError {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A string that is not the 64-character hex form of a SHA-256 digest.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expected 64 hex characters for a SHA-256 digest, got {len} characters")]
+pub struct InvalidDigest {
+    /// The length of the rejected string.
+    pub len: usize,
+}
+
+/// The error of [`Call::run`](crate::Call::run) and
+/// [`Idempotency::execute`](crate::Idempotency::execute): either the
+/// operation's own error (run now, or replayed from the store), or an
+/// idempotency [`Error`].
+#[non_exhaustive]
+pub enum ExecuteError<E> {
+    /// The operation failed with `E`: in this call, or in an earlier call
+    /// whose non-retryable failure was stored and is replayed now.
+    Operation(E),
+    /// The idempotency machinery refused or failed.
+    Idempotency(Error),
+}
+
+impl<E> ExecuteError<E> {
+    /// The operation's error, if that is what this is.
+    pub fn into_operation(self) -> Option<E> {
+        match self {
+            ExecuteError::Operation(e) => Some(e),
+            ExecuteError::Idempotency(_) => None,
+        }
+    }
+
+    /// The idempotency error, if that is what this is.
+    pub fn as_idempotency(&self) -> Option<&Error> {
+        match self {
+            ExecuteError::Idempotency(e) => Some(e),
+            ExecuteError::Operation(_) => None,
+        }
+    }
+
+    /// The in-flight rejection, if that is what this is.
+    pub fn as_in_flight(&self) -> Option<&RequestInFlight> {
+        match self {
+            ExecuteError::Idempotency(Error::InFlight(e)) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The fingerprint mismatch, if that is what this is.
+    pub fn as_fingerprint_mismatch(&self) -> Option<&FingerprintMismatch> {
+        match self {
+            ExecuteError::Idempotency(Error::FingerprintMismatch(e)) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl<E> From<Error> for ExecuteError<E> {
+    fn from(e: Error) -> Self {
+        ExecuteError::Idempotency(e)
+    }
+}
+
+impl<E: fmt::Debug> fmt::Debug for ExecuteError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExecuteError::Operation(e) => f.debug_tuple("Operation").field(e).finish(),
+            ExecuteError::Idempotency(e) => f.debug_tuple("Idempotency").field(e).finish(),
+        }
+    }
+}
+
+impl<E> fmt::Display for ExecuteError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            // The operation's error is the source; do not repeat it.
+            ExecuteError::Operation(_) => f.write_str("idempotent operation failed"),
+            ExecuteError::Idempotency(e) => fmt::Display::fmt(e, f),
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for ExecuteError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ExecuteError::Operation(e) => Some(e),
+            // Transparent: same source as the inner error.
+            ExecuteError::Idempotency(e) => e.source(),
+        }
+    }
+}
+
+impl<E: ErrorOutcome> ErrorOutcome for ExecuteError<E> {
+    fn outcome(&self) -> Outcome {
+        match self {
+            ExecuteError::Operation(e) => e.outcome(),
+            ExecuteError::Idempotency(e) => e.outcome(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn display_does_not_repeat_source() {
+        let e = StoreError::new("redis", "begin", "connection refused");
+        assert_eq!(
+            e.to_string(),
+            "idempotency store (redis) failed during begin"
+        );
+        assert_eq!(e.source().unwrap().to_string(), "connection refused");
+        let wrapped = Error::from(e);
+        assert!(!wrapped.to_string().contains("refused"));
+
+        #[derive(Debug, thiserror::Error)]
+        #[error("boom")]
+        struct Boom;
+        let op: ExecuteError<Boom> = ExecuteError::Operation(Boom);
+        assert_eq!(op.to_string(), "idempotent operation failed");
+        assert_eq!(op.source().unwrap().to_string(), "boom");
+    }
+
+    #[test]
+    fn outcomes() {
+        let key = IdempotencyKey::from_digest([0; 32]);
+        let busy = Error::from(RequestInFlight {
+            key,
+            retry_after: Some(Duration::from_secs(2)),
+            waited: false,
+        });
+        assert_eq!(
+            busy.outcome(),
+            Outcome::overloaded_for(Duration::from_secs(2))
+        );
+        assert_eq!(
+            Error::from(FingerprintMismatch { key }).outcome(),
+            Outcome::Neutral
+        );
+        assert!(
+            Error::from(StoreError::new("memory", "begin", "x"))
+                .outcome()
+                .is_retryable()
+        );
+    }
+}

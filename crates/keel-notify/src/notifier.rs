@@ -1,0 +1,1043 @@
+//! [`Notifier`]: the queue, its workers, shutdown and the spool.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use keel_core::{ErrorOutcome, Outcome};
+use keel_retry::RetryError;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::admission::{Admission, Decision};
+use crate::config::{MAX_PAUSE, NotifierBuilder, Settings};
+use crate::error::{ConfigError, NotifyError, QueueClosed, SinkError, UnknownSink};
+use crate::metrics::{Counters, DropReason, Metrics, Stats};
+use crate::notification::{Message, Notification, Priority};
+use crate::queue::{Delivery, Pushed, Queue};
+use crate::rate::RateLimits;
+use crate::sink::DynSink;
+use crate::spool::{self, SpoolRecord};
+
+/// What [`Notifier::notify`] did with a notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Admitted {
+    /// Queued for its sinks.
+    Queued,
+    /// The first of its key at a debounced priority: held until `until`,
+    /// then queued carrying the count of the repeats that arrived meanwhile.
+    Held {
+        /// When it will be queued.
+        until: Instant,
+    },
+    /// Collapsed into the held notification with the same key, which now
+    /// stands for `count` notifications and carries this one's content.
+    Debounced {
+        /// Notifications collapsed so far, this one included.
+        count: u32,
+    },
+    /// Suppressed: a notification with the same key was queued within the
+    /// dedup window.
+    Deduplicated,
+    /// The queue was full of messages that outrank this one, so it was
+    /// dropped (counted in `dropped{reason="overflow"}` and logged).
+    Dropped,
+}
+
+/// What [`Notifier::shutdown`] achieved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ShutdownReport {
+    /// Deliveries sent during the shutdown.
+    pub sent: u64,
+    /// Deliveries (and held notifications) written to the spool.
+    pub spooled: usize,
+    /// Deliveries lost: no spool configured, or the spool write failed
+    /// (each counted in `dropped{reason="shutdown"}` and logged).
+    pub dropped: usize,
+    /// Whether the timeout cut the flush short (in-flight sends were
+    /// cancelled and their messages spooled).
+    pub timed_out: bool,
+}
+
+/// A bounded, prioritised alert queue with sender workers.
+///
+/// `notify` is synchronous and never blocks on a sink: it applies the dedup
+/// window and the debounce, then queues one delivery per sink. Workers (3 by
+/// default) take deliveries critical first, respect each sink's rate limits
+/// and pauses, retry quick failures through `keel-retry`, put the message
+/// back in the queue when a sink stays down (pausing that sink with backoff,
+/// probing it with one message at a time), requeue instead of sleeping when
+/// a sink asks for a retry-after above the cap, and drop only on overflow or
+/// a permanent rejection, always counting and logging it.
+///
+/// Cloning is cheap (two `Arc`s); every clone feeds the same queue. When the
+/// last clone is dropped without [`shutdown`](Self::shutdown), the workers
+/// stop and what is still queued is lost (logged and counted as
+/// `abandoned`).
+///
+/// Cost: `notify` takes one short lock and clones the notification once per
+/// extra sink; each delivery costs one more clone (kept for the spool while
+/// in flight).
+#[derive(Clone)]
+pub struct Notifier {
+    shared: Arc<Shared>,
+    _guard: Arc<DropGuard>,
+}
+
+impl std::fmt::Debug for Notifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notifier")
+            .field(
+                "sinks",
+                &self
+                    .shared
+                    .sinks
+                    .iter()
+                    .map(|s| &s.name)
+                    .collect::<Vec<_>>(),
+            )
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+struct SinkEntry {
+    sink: Arc<dyn DynSink>,
+    name: String,
+    limits: Vec<usize>,
+}
+
+#[derive(Debug, Default)]
+struct SinkHealth {
+    /// No send to this sink before this instant.
+    paused_until: Option<Instant>,
+    /// Consecutive rounds of attempts that ended in failure; while above
+    /// zero, only one delivery at a time probes the sink.
+    failed_rounds: u32,
+    in_flight: usize,
+}
+
+struct State {
+    queue: Queue,
+    admission: Admission,
+    rate: RateLimits,
+    health: Vec<SinkHealth>,
+    in_flight: HashMap<u64, Delivery>,
+    next_id: u64,
+    closed: bool,
+}
+
+struct Shared {
+    settings: Settings,
+    sinks: Vec<SinkEntry>,
+    state: Mutex<State>,
+    /// Wakes idle workers: something was queued, requeued or closed.
+    wake: Notify,
+    /// Wakes `flush`: a delivery finished one way or another.
+    idle: Notify,
+    /// Cancelled when shutdown starts: background tasks stop.
+    closing: CancellationToken,
+    /// Cancelled when the shutdown timeout passes or the last handle is
+    /// dropped: in-flight sends are abandoned (and requeued).
+    abort: CancellationToken,
+    counters: Counters,
+    metrics: Metrics,
+    tasks: tokio::sync::Mutex<Option<JoinSet<()>>>,
+    /// Generation of the latest spool snapshot, taken under the state lock
+    /// so generations follow the state's history.
+    spool_gen: AtomicU64,
+    /// The generation last written. Locked by the blocking writer itself,
+    /// so a write outlives a cancelled caller and an older snapshot never
+    /// overwrites a newer one.
+    spool_written: Arc<Mutex<u64>>,
+}
+
+struct DropGuard {
+    shared: Arc<Shared>,
+}
+
+impl Drop for DropGuard {
+    fn drop(&mut self) {
+        let shared = &self.shared;
+        let lost: Vec<Delivery> = {
+            let mut st = shared.state.lock();
+            st.closed = true;
+            let mut lost = st.queue.drain();
+            lost.extend(st.in_flight.drain().map(|(_, d)| d));
+            lost
+        };
+        shared.abort.cancel();
+        shared.closing.cancel();
+        if !lost.is_empty() {
+            warn!(
+                lost = lost.len(),
+                "notifier dropped without shutdown; queued messages are lost"
+            );
+            for d in &lost {
+                shared.count_drop(d, DropReason::Abandoned);
+            }
+        }
+    }
+}
+
+enum Step {
+    Deliver(Delivery),
+    Wait(Option<Instant>),
+    Exit,
+}
+
+impl Notifier {
+    /// A builder with the defaults (see [`NotifierBuilder`]).
+    pub fn builder() -> NotifierBuilder {
+        NotifierBuilder::new()
+    }
+
+    pub(crate) fn start(
+        settings: Settings,
+        sinks: Vec<Arc<dyn DynSink>>,
+    ) -> Result<Notifier, NotifyError> {
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| NotifyError::NoRuntime)?;
+        let mut rate = RateLimits::default();
+        let sinks: Vec<SinkEntry> = sinks
+            .into_iter()
+            .map(|sink| {
+                let limits = sink
+                    .rate_limits()
+                    .iter()
+                    .map(|l| rate.register(l))
+                    .collect();
+                SinkEntry {
+                    name: sink.name().to_owned(),
+                    sink,
+                    limits,
+                }
+            })
+            .collect();
+        let state = State {
+            queue: Queue::new(settings.capacity, sinks.len()),
+            admission: Admission::new(
+                settings.dedup_window,
+                settings.debounce,
+                settings.max_pending,
+            ),
+            rate,
+            health: sinks.iter().map(|_| SinkHealth::default()).collect(),
+            in_flight: HashMap::new(),
+            next_id: 0,
+            closed: false,
+        };
+        let shared = Arc::new(Shared {
+            settings,
+            sinks,
+            state: Mutex::new(state),
+            wake: Notify::new(),
+            idle: Notify::new(),
+            closing: CancellationToken::new(),
+            abort: CancellationToken::new(),
+            counters: Counters::default(),
+            metrics: Metrics::default(),
+            tasks: tokio::sync::Mutex::new(None),
+            spool_gen: AtomicU64::new(1),
+            spool_written: Arc::new(Mutex::new(0)),
+        });
+        if let Some(path) = &shared.settings.spool {
+            shared.load_spool(path)?;
+        }
+        let mut set = JoinSet::new();
+        for _ in 0..shared.settings.workers {
+            set.spawn_on(worker(shared.clone()), &handle);
+        }
+        if let Some(interval) = shared.settings.spool_interval {
+            set.spawn_on(spool_loop(shared.clone(), interval), &handle);
+        }
+        *shared
+            .tasks
+            .try_lock()
+            .expect("nobody else holds the new notifier") = Some(set);
+        Ok(Notifier {
+            _guard: Arc::new(DropGuard {
+                shared: shared.clone(),
+            }),
+            shared,
+        })
+    }
+
+    /// Admits one notification: suppressed by the dedup window, collapsed
+    /// or held by the debounce, or queued for its sinks (see [`Admitted`]).
+    /// Never waits for a sink.
+    ///
+    /// # Errors
+    /// [`NotifyError::Closed`] once [`shutdown`](Self::shutdown) has begun;
+    /// [`NotifyError::UnknownSink`] when the notification names a sink this
+    /// notifier does not have.
+    pub fn notify(&self, notification: Notification) -> Result<Admitted, NotifyError> {
+        let shared = &self.shared;
+        shared.targets(&notification)?;
+        let priority = notification.priority();
+        let now = Instant::now();
+        let admitted = {
+            let mut st = shared.state.lock();
+            if st.closed {
+                return Err(QueueClosed.into());
+            }
+            let admitted = match st.admission.admit(notification, now) {
+                Decision::Deduplicated => {
+                    Counters::add(&shared.counters.deduplicated);
+                    shared.metrics.deduplicated(priority);
+                    Admitted::Deduplicated
+                }
+                Decision::Merged { count } => {
+                    Counters::add(&shared.counters.debounced);
+                    shared.metrics.debounced(priority);
+                    Admitted::Debounced { count }
+                }
+                Decision::Held { until } => Admitted::Held { until },
+                Decision::Release(n) => {
+                    if shared.release(&mut st, n, 1, now) > 0 {
+                        Admitted::Queued
+                    } else {
+                        Admitted::Dropped
+                    }
+                }
+            };
+            shared.update_gauges(&st);
+            admitted
+        };
+        if !matches!(
+            admitted,
+            Admitted::Deduplicated | Admitted::Debounced { .. }
+        ) {
+            // One new delivery (or one earlier deadline) needs one worker;
+            // waking them all costs a lock round per idle worker.
+            shared.wake.notify_one();
+        }
+        Ok(admitted)
+    }
+
+    /// Counters since the notifier was built, and the current depth.
+    pub fn stats(&self) -> Stats {
+        let mut stats = self.shared.counters.snapshot();
+        let st = self.shared.state.lock();
+        stats.depth = st.queue.len();
+        stats.held = st.admission.pending_len();
+        stats.in_flight = st.in_flight.len();
+        stats
+    }
+
+    /// The sink names, in the order they were added.
+    pub fn sink_names(&self) -> Vec<&str> {
+        self.shared.sinks.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    /// Registers the notifier's metrics (see [`crate::metrics`]) in
+    /// `registry`, unprefixed: give a sub-registry with your prefix.
+    #[cfg(feature = "metrics")]
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.shared.metrics.register(registry);
+    }
+
+    /// Releases every held notification now and waits until nothing is
+    /// queued or in flight, or until `timeout`. Returns whether everything
+    /// went out. Keeps accepting notifications meanwhile; a sink that stays
+    /// down keeps its messages queued, so this returns `false` then.
+    pub async fn flush(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let shared = &self.shared;
+        {
+            let mut st = shared.state.lock();
+            let now = Instant::now();
+            for (n, count) in st.admission.release_all() {
+                shared.release(&mut st, n, count, now);
+            }
+            shared.update_gauges(&st);
+        }
+        shared.wake.notify_waiters();
+        loop {
+            let idle = shared.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            {
+                let st = shared.state.lock();
+                if st.queue.is_empty() && st.in_flight.is_empty() && st.admission.pending_len() == 0
+                {
+                    return true;
+                }
+            }
+            tokio::select! {
+                () = &mut idle => {}
+                () = tokio::time::sleep_until(deadline) => return false,
+            }
+        }
+    }
+
+    /// Writes what is queued, in flight and held to the spool now
+    /// (atomically), and returns how many records it wrote.
+    ///
+    /// # Errors
+    /// [`NotifyError::Config`] when no spool is configured;
+    /// [`NotifyError::Spool`] when the write fails (the previous spool is
+    /// left intact).
+    pub async fn save_spool(&self) -> Result<usize, NotifyError> {
+        if self.shared.settings.spool.is_none() {
+            return Err(ConfigError::new("spool", "no spool file is configured").into());
+        }
+        self.shared.save_spool().await
+    }
+
+    /// Stops taking notifications, releases the held ones, and lets the
+    /// workers send what they can until the queue is empty or `timeout`
+    /// passes; then cancels the sends still in flight, and writes what is
+    /// left to the spool (or, without a spool, drops it with a warning and
+    /// counts it). Later calls return at once with an empty report.
+    pub async fn shutdown(&self, timeout: Duration) -> ShutdownReport {
+        let shared = &self.shared;
+        let deadline = Instant::now() + timeout;
+        let mut tasks = shared.tasks.lock().await;
+        let Some(mut set) = tasks.take() else {
+            return ShutdownReport::default();
+        };
+        let sent_before = shared.counters.snapshot().sent;
+        {
+            let mut st = shared.state.lock();
+            st.closed = true;
+            let now = Instant::now();
+            for (n, count) in st.admission.release_all() {
+                shared.release(&mut st, n, count, now);
+            }
+            shared.update_gauges(&st);
+            info!(
+                queued = st.queue.len(),
+                in_flight = st.in_flight.len(),
+                timeout_ms = timeout.as_millis() as u64,
+                "notifier shutting down"
+            );
+        }
+        shared.closing.cancel();
+        shared.wake.notify_waiters();
+        let drained =
+            tokio::time::timeout_at(deadline, async { while set.join_next().await.is_some() {} })
+                .await;
+        let timed_out = drained.is_err();
+        if timed_out {
+            shared.abort.cancel();
+            while set.join_next().await.is_some() {}
+        }
+        let mut report = ShutdownReport {
+            sent: shared.counters.snapshot().sent - sent_before,
+            timed_out,
+            ..ShutdownReport::default()
+        };
+        let (remaining, generation) = {
+            let mut st = shared.state.lock();
+            let mut rest: Vec<Delivery> = st.in_flight.drain().map(|(_, d)| d).collect();
+            rest.extend(st.queue.drain());
+            rest.sort_by_key(|d| (d.priority().lane(), d.seq()));
+            shared.update_gauges(&st);
+            (rest, shared.spool_gen.fetch_add(1, Ordering::Relaxed))
+        };
+        match &shared.settings.spool {
+            Some(path) => {
+                let records: Vec<SpoolRecord> =
+                    remaining.iter().map(|d| shared.record(d)).collect();
+                match shared.write_spool(path, records, generation).await {
+                    Ok(n) => report.spooled = n,
+                    Err(e) => {
+                        error!(
+                            error = %e,
+                            lost = remaining.len(),
+                            "could not write the spool; queued messages are lost"
+                        );
+                        for d in &remaining {
+                            shared.count_drop(d, DropReason::Shutdown);
+                        }
+                        report.dropped = remaining.len();
+                    }
+                }
+            }
+            None => {
+                if !remaining.is_empty() {
+                    warn!(
+                        lost = remaining.len(),
+                        "notifier shut down with messages queued and no spool; they are lost"
+                    );
+                }
+                for d in &remaining {
+                    shared.count_drop(d, DropReason::Shutdown);
+                }
+                report.dropped = remaining.len();
+            }
+        }
+        shared.idle.notify_waiters();
+        info!(
+            sent = report.sent,
+            spooled = report.spooled,
+            dropped = report.dropped,
+            timed_out = report.timed_out,
+            "notifier shut down"
+        );
+        report
+    }
+}
+
+impl Shared {
+    /// The sink indices a notification goes to.
+    fn targets(&self, n: &Notification) -> Result<Vec<usize>, UnknownSink> {
+        if n.sinks().is_empty() {
+            return Ok((0..self.sinks.len()).collect());
+        }
+        let mut out = Vec::with_capacity(n.sinks().len());
+        for name in n.sinks() {
+            let i = self
+                .sinks
+                .iter()
+                .position(|s| &s.name == name)
+                .ok_or_else(|| UnknownSink { name: name.clone() })?;
+            if !out.contains(&i) {
+                out.push(i);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Queues `n` (collapsed from `count` notifications) for each of its
+    /// sinks; starts its dedup window. Returns how many deliveries stayed
+    /// queued.
+    fn release(&self, st: &mut State, n: Notification, count: u32, now: Instant) -> usize {
+        st.admission.released(&n, now);
+        let targets = match self.targets(&n) {
+            Ok(t) => t,
+            Err(e) => {
+                // Only reachable for spooled notifications whose sink is gone.
+                error!(key = n.key(), error = %e, "notification dropped");
+                Counters::add(&self.counters.dropped);
+                self.metrics
+                    .dropped(&e.name, n.priority(), DropReason::UnknownSink);
+                return 0;
+            }
+        };
+        let mut queued = 0;
+        let last = targets.len().saturating_sub(1);
+        let mut n = Some(n);
+        for (i, &sink) in targets.iter().enumerate() {
+            let notification = if i == last {
+                n.take().expect("moved only at the last target")
+            } else {
+                n.clone().expect("present until the last target")
+            };
+            let id = st.next_id;
+            st.next_id += 1;
+            let d = Delivery {
+                sink,
+                message: Message {
+                    id,
+                    notification,
+                    count,
+                },
+                queued_at: now,
+                attempts: 0,
+            };
+            Counters::add(&self.counters.queued);
+            self.metrics.queued(&self.sinks[sink].name, d.priority());
+            if self.push(st, d) {
+                queued += 1;
+            }
+        }
+        queued
+    }
+
+    /// Pushes onto the queue, accounting for an overflow. Returns whether
+    /// `d` itself stayed queued.
+    fn push(&self, st: &mut State, d: Delivery) -> bool {
+        match st.queue.push(d) {
+            Pushed::Queued => true,
+            Pushed::Evicted(victim) => {
+                self.overflowed(&victim);
+                true
+            }
+            Pushed::Rejected(d) => {
+                self.overflowed(&d);
+                false
+            }
+        }
+    }
+
+    fn overflowed(&self, d: &Delivery) {
+        warn!(
+            sink = %self.sinks[d.sink].name,
+            priority = %d.priority(),
+            key = d.message.key(),
+            capacity = self.settings.capacity,
+            "notification queue full; dropped the oldest lowest-priority message"
+        );
+        self.count_drop(d, DropReason::Overflow);
+    }
+
+    fn count_drop(&self, d: &Delivery, reason: DropReason) {
+        Counters::add(&self.counters.dropped);
+        self.metrics
+            .dropped(&self.sinks[d.sink].name, d.priority(), reason);
+    }
+
+    fn update_gauges(&self, st: &State) {
+        self.metrics.gauges(
+            Priority::ALL.map(|p| st.queue.len_of(p)),
+            st.admission.pending_len(),
+        );
+    }
+
+    /// When sink `i` may next be sent to (ignoring the one-probe rule).
+    fn ready_at(&self, st: &State, i: usize, now: Instant) -> Instant {
+        self.ready_at_parts(&st.health, &st.rate, i, now)
+    }
+
+    fn ready_at_parts(
+        &self,
+        health: &[SinkHealth],
+        rate: &RateLimits,
+        i: usize,
+        now: Instant,
+    ) -> Instant {
+        let paused = health[i].paused_until.unwrap_or(now).max(now);
+        rate.ready_at(&self.sinks[i].limits, now).max(paused)
+    }
+
+    fn next_step(&self, now: Instant) -> Step {
+        let mut st = self.state.lock();
+        let st = &mut *st;
+        for (n, count) in st.admission.due(now) {
+            self.release(st, n, count, now);
+        }
+        let State {
+            queue,
+            rate,
+            health,
+            ..
+        } = &mut *st;
+        let picked = queue.take_first(|i| {
+            let h = &health[i];
+            // A failing sink is probed by one delivery at a time.
+            let probing_busy = h.failed_rounds > 0 && h.in_flight > 0;
+            !probing_busy && self.ready_at_parts(health, rate, i, now) <= now
+        });
+        if let Some(d) = picked {
+            let acquired = st.rate.try_acquire(&self.sinks[d.sink].limits, now);
+            debug_assert!(acquired.is_ok(), "the sink was ready");
+            st.health[d.sink].in_flight += 1;
+            st.in_flight.insert(d.seq(), d.clone());
+            self.update_gauges(st);
+            return Step::Deliver(d);
+        }
+        self.update_gauges(st);
+        if st.closed && st.queue.is_empty() && st.admission.pending_len() == 0 {
+            return Step::Exit;
+        }
+        let mut wake = st.admission.next_deadline();
+        for i in 0..self.sinks.len() {
+            let h = &st.health[i];
+            if st.queue.waiting_for(i) == 0 || (h.failed_rounds > 0 && h.in_flight > 0) {
+                // Nothing to send, or the probe's completion will wake us.
+                continue;
+            }
+            let at = self.ready_at(st, i, now);
+            wake = Some(wake.map_or(at, |w| w.min(at)));
+        }
+        Step::Wait(wake)
+    }
+
+    /// Waits until sink `i` is neither paused nor rate limited, and takes a
+    /// rate-limit slot.
+    async fn acquire(&self, i: usize) {
+        loop {
+            let wait = {
+                let mut st = self.state.lock();
+                let now = Instant::now();
+                let at = self.ready_at(&st, i, now);
+                if at <= now && st.rate.try_acquire(&self.sinks[i].limits, now).is_ok() {
+                    return;
+                }
+                at.max(now)
+            };
+            tokio::time::sleep_until(wait).await;
+        }
+    }
+
+    fn pause(&self, i: usize, for_: Duration) {
+        let until = Instant::now() + for_.min(MAX_PAUSE);
+        let mut st = self.state.lock();
+        let h = &mut st.health[i];
+        h.paused_until = Some(h.paused_until.map_or(until, |p| p.max(until)));
+    }
+
+    async fn deliver(&self, mut d: Delivery) {
+        let entry = &self.sinks[d.sink];
+        let cap = self.settings.max_retry_after;
+        // A retry-after above the cap is not waited out here: it ends the
+        // round at once (neutral = not retried) and is handled below.
+        let classifier = |r: &Result<(), SinkError>| match r {
+            Ok(()) => Outcome::Success,
+            Err(e) => match e.outcome() {
+                Outcome::Overloaded {
+                    retry_after: Some(ra),
+                } if ra > cap => Outcome::Neutral,
+                o => o,
+            },
+        };
+        let made = AtomicU32::new(0);
+        let result = {
+            let d = &d;
+            let made = &made;
+            let run = self
+                .settings
+                .retry
+                .retry_classified(&classifier, |attempt| async move {
+                    if attempt.is_retry() {
+                        self.acquire(d.sink).await;
+                    }
+                    if d.attempts + made.fetch_add(1, Ordering::Relaxed) > 0 {
+                        Counters::add(&self.counters.retried);
+                        self.metrics.retried(&entry.name, d.priority());
+                    }
+                    // Clock reads only when someone reads the histogram.
+                    let started = Metrics::ENABLED.then(Instant::now);
+                    let r = entry.sink.send(&d.message).await;
+                    if let Some(started) = started {
+                        self.metrics.send_duration(&entry.name, started.elapsed());
+                    }
+                    if let Err(e) = &r {
+                        debug!(
+                            sink = %entry.name,
+                            key = d.message.key(),
+                            attempt = attempt.number,
+                            error = %e,
+                            "send attempt failed"
+                        );
+                        if let Some(ra) = e.retry_after() {
+                            // Every worker honours the sink's request, not
+                            // only this one.
+                            self.pause(d.sink, ra);
+                        }
+                    }
+                    r
+                });
+            tokio::select! {
+                r = run => Some(r),
+                () = self.abort.cancelled() => None,
+            }
+        };
+        d.attempts += made.load(Ordering::Relaxed);
+        match result {
+            None => self.requeue(d, false),
+            Some(Ok(())) => self.delivered(d),
+            Some(Err(e)) => self.failed(d, e),
+        }
+    }
+
+    fn finish(&self, st: &mut State, d: &Delivery) {
+        st.in_flight.remove(&d.seq());
+        let h = &mut st.health[d.sink];
+        h.in_flight = h.in_flight.saturating_sub(1);
+    }
+
+    fn delivered(&self, d: Delivery) {
+        let entry = &self.sinks[d.sink];
+        let recovered = {
+            let mut st = self.state.lock();
+            self.finish(&mut st, &d);
+            let h = &mut st.health[d.sink];
+            let recovered = h.failed_rounds > 0;
+            if recovered {
+                info!(
+                    sink = %entry.name,
+                    failed_rounds = h.failed_rounds,
+                    "sink recovered"
+                );
+                h.failed_rounds = 0;
+            }
+            self.update_gauges(&st);
+            recovered
+        };
+        Counters::add(&self.counters.sent);
+        if Metrics::ENABLED {
+            self.metrics
+                .sent(&entry.name, d.priority(), d.queued_at.elapsed());
+        }
+        debug!(
+            sink = %entry.name,
+            priority = %d.priority(),
+            key = d.message.key(),
+            attempts = d.attempts,
+            "notification sent"
+        );
+        if recovered {
+            // Workers held back by the one-probe rule may all go now.
+            self.wake.notify_waiters();
+        }
+        self.idle.notify_waiters();
+    }
+
+    fn failed(&self, d: Delivery, err: RetryError<SinkError>) {
+        let entry = &self.sinks[d.sink];
+        let cap = self.settings.max_retry_after;
+        match err.last_error() {
+            Some(e @ SinkError::Permanent { .. }) => {
+                error!(
+                    sink = %entry.name,
+                    priority = %d.priority(),
+                    key = d.message.key(),
+                    error = %e,
+                    "sink rejected the notification; dropped"
+                );
+                {
+                    let mut st = self.state.lock();
+                    self.finish(&mut st, &d);
+                    // A rejection is an answer: the sink is up.
+                    st.health[d.sink].failed_rounds = 0;
+                    self.update_gauges(&st);
+                }
+                Counters::add(&self.counters.rejected);
+                self.count_drop(&d, DropReason::Permanent);
+                self.wake.notify_waiters();
+                self.idle.notify_waiters();
+            }
+            Some(e) if e.retry_after().is_some_and(|ra| ra > cap) => {
+                let ra = e.retry_after().unwrap_or_default();
+                error!(
+                    sink = %entry.name,
+                    priority = %d.priority(),
+                    key = d.message.key(),
+                    retry_after_s = ra.as_secs(),
+                    max_retry_after_s = cap.as_secs(),
+                    "sink asked to wait longer than the cap; sink paused, message requeued"
+                );
+                Counters::add(&self.counters.escalations);
+                self.metrics.escalation(&entry.name);
+                // `pause` already ran in the attempt.
+                self.requeue(d, true);
+            }
+            _ => {
+                let pause = {
+                    let mut st = self.state.lock();
+                    let h = &mut st.health[d.sink];
+                    h.failed_rounds = h.failed_rounds.saturating_add(1);
+                    self.settings.sink_backoff.delay_for(h.failed_rounds)
+                };
+                self.pause(d.sink, pause);
+                warn!(
+                    sink = %entry.name,
+                    priority = %d.priority(),
+                    key = d.message.key(),
+                    attempts = d.attempts,
+                    error = %err,
+                    pause_ms = pause.as_millis() as u64,
+                    "sink failing; message requeued and sink paused"
+                );
+                self.requeue(d, true);
+            }
+        }
+    }
+
+    fn requeue(&self, d: Delivery, count: bool) {
+        {
+            let mut st = self.state.lock();
+            self.finish(&mut st, &d);
+            if count {
+                Counters::add(&self.counters.requeued);
+            }
+            self.push(&mut st, d);
+            self.update_gauges(&st);
+        }
+        self.wake.notify_waiters();
+        self.idle.notify_waiters();
+    }
+
+    fn record(&self, d: &Delivery) -> SpoolRecord {
+        SpoolRecord {
+            v: spool::VERSION,
+            sink: Some(self.sinks[d.sink].name.clone()),
+            count: d.message.count,
+            attempts: d.attempts,
+            notification: d.message.notification.clone(),
+        }
+    }
+
+    async fn save_spool(&self) -> Result<usize, NotifyError> {
+        let Some(path) = &self.settings.spool else {
+            return Ok(0);
+        };
+        let (records, generation) = {
+            let st = self.state.lock();
+            let mut all: Vec<&Delivery> = st.queue.iter().chain(st.in_flight.values()).collect();
+            all.sort_by_key(|d| (d.priority().lane(), d.seq()));
+            let mut records: Vec<SpoolRecord> = all.into_iter().map(|d| self.record(d)).collect();
+            records.extend(
+                st.admission
+                    .held()
+                    .into_iter()
+                    .map(|(notification, count)| SpoolRecord {
+                        v: spool::VERSION,
+                        sink: None,
+                        count,
+                        attempts: 0,
+                        notification,
+                    }),
+            );
+            (records, self.spool_gen.fetch_add(1, Ordering::Relaxed))
+        };
+        self.write_spool(path, records, generation).await
+    }
+
+    async fn write_spool(
+        &self,
+        path: &Path,
+        records: Vec<SpoolRecord>,
+        generation: u64,
+    ) -> Result<usize, NotifyError> {
+        let n = records.len();
+        let p = path.to_owned();
+        let written_gen = self.spool_written.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let mut last = written_gen.lock();
+            if *last > generation {
+                // A newer snapshot is already on disk.
+                return Ok(());
+            }
+            spool::write(&p, &records)?;
+            *last = generation;
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|join| Err(std::io::Error::other(join.to_string())));
+        written.map_err(|source| NotifyError::Spool {
+            path: path.to_owned(),
+            source,
+        })?;
+        debug!(path = %path.display(), records = n, "spool written");
+        Ok(n)
+    }
+
+    fn load_spool(&self, path: &Path) -> Result<(), NotifyError> {
+        let spool_err = |source| NotifyError::Spool {
+            path: path.to_owned(),
+            source,
+        };
+        let (records, bad) = spool::read(path).map_err(spool_err)?;
+        for b in &bad {
+            error!(
+                path = %path.display(),
+                line = b.line,
+                error = %b.error,
+                "unreadable spool line skipped"
+            );
+            Counters::add(&self.counters.dropped);
+        }
+        if records.is_empty() && bad.is_empty() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let mut restored = 0usize;
+        {
+            let mut st = self.state.lock();
+            let st = &mut *st;
+            for r in records {
+                let count = r.count.max(1);
+                match r.sink {
+                    None => restored += self.release(st, r.notification, count, now),
+                    Some(name) => {
+                        let Some(sink) = self.sinks.iter().position(|s| s.name == name) else {
+                            error!(
+                                sink = %name,
+                                key = r.notification.key(),
+                                "spooled message for a sink that no longer exists; dropped"
+                            );
+                            Counters::add(&self.counters.dropped);
+                            self.metrics.dropped(
+                                &name,
+                                r.notification.priority(),
+                                DropReason::UnknownSink,
+                            );
+                            continue;
+                        };
+                        let id = st.next_id;
+                        st.next_id += 1;
+                        let d = Delivery {
+                            sink,
+                            message: Message {
+                                id,
+                                notification: r.notification,
+                                count,
+                            },
+                            queued_at: now,
+                            attempts: r.attempts,
+                        };
+                        if self.push(st, d) {
+                            restored += 1;
+                        }
+                    }
+                }
+            }
+            self.update_gauges(st);
+        }
+        for _ in 0..restored {
+            Counters::add(&self.counters.restored);
+        }
+        info!(
+            path = %path.display(),
+            restored,
+            skipped = bad.len(),
+            "notification spool loaded"
+        );
+        spool::remove(path).map_err(spool_err)
+    }
+}
+
+async fn worker(shared: Arc<Shared>) {
+    loop {
+        let notified = shared.wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if shared.abort.is_cancelled() {
+            return;
+        }
+        match shared.next_step(Instant::now()) {
+            Step::Exit => return,
+            Step::Deliver(d) => shared.deliver(d).await,
+            Step::Wait(at) => {
+                let sleep = async {
+                    match at {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    () = &mut notified => {}
+                    () = sleep => {}
+                    () = shared.abort.cancelled() => return,
+                }
+            }
+        }
+    }
+}
+
+async fn spool_loop(shared: Arc<Shared>, every: Duration) {
+    let mut ticks = tokio::time::interval_at(Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = shared.closing.cancelled() => return,
+        }
+        // Not raced against `closing`: shutdown waits for this write, then
+        // writes its own, newer snapshot.
+        if let Err(e) = shared.save_spool().await {
+            error!(error = %e, "periodic spool write failed");
+        }
+    }
+}

@@ -1,0 +1,509 @@
+//! A retry budget shared by any number of policies.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use keel_core::Clock;
+use tokio::time::Instant;
+
+use crate::error::{ConfigError, RetryBudgetExhausted};
+
+/// Slots the window is divided into: the window slides in steps of
+/// `window / SLOTS`.
+const SLOTS: usize = 10;
+/// Fixed-point unit: one retry costs `UNIT`, one request deposits
+/// `ratio · UNIT` (so the ratio has a resolution of 0.1 %).
+const UNIT: i64 = 1000;
+/// Each slot is one `AtomicU64`: the slot's period number (mod 2^24) in the
+/// high bits, a signed 40-bit balance in the low bits. Packing both in one
+/// word lets a writer move a slot to a new period and add to it with one
+/// compare-and-swap, without a lock.
+const COUNT_BITS: u32 = 40;
+const EPOCH_BITS: u32 = 64 - COUNT_BITS;
+const EPOCH_MASK: u64 = (1 << EPOCH_BITS) - 1;
+const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
+const COUNT_MAX: i64 = (1 << (COUNT_BITS - 1)) - 1;
+const COUNT_MIN: i64 = -(1 << (COUNT_BITS - 1));
+
+/// A retry budget: retries may add at most `retry_ratio` of the recent
+/// requests, plus `min_per_sec` retries per second, over a sliding `window`
+/// (the model of tower's `TpsBudget` and Finagle's `RetryBudget`). The
+/// default is 20 % + 10/s over 10 s.
+///
+/// Every call through a policy that holds the budget [deposits](Self::deposit)
+/// once; every retry [withdraws](Self::try_withdraw) one. When the balance is
+/// spent, the retry is refused with [`RetryBudgetExhausted`]
+/// ([`RetryError::BudgetExhausted`](crate::RetryError::BudgetExhausted)
+/// from a policy), so an outage does not multiply the load on a dependency
+/// by the number of retries.
+///
+/// Cloning shares one budget (an `Arc`), so several policies (say one per
+/// endpoint of one service) can draw from it.
+///
+/// Cost: a deposit is one compare-and-swap on one of ten atomic slots; a
+/// withdrawal reads the ten slots and does one compare-and-swap. No lock.
+/// The check and the withdrawal are not one atomic step, so under
+/// contention concurrent withdrawers can overdraw by at most one retry each.
+/// The window slides in steps of `window / 10`, so a deposit counts for
+/// between 0.9 and 1 window.
+#[derive(Clone)]
+pub struct RetryBudget {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    slots: [AtomicU64; SLOTS],
+    clock: Clock,
+    origin: Instant,
+    slot_nanos: u64,
+    deposit: i64,
+    reserve: i64,
+    retry_ratio: f64,
+    min_per_sec: u32,
+    window: Duration,
+}
+
+/// A token withdrawn for one retry, handed back if the retry never runs.
+#[derive(Debug)]
+pub(crate) struct Withdrawal<'a> {
+    budget: &'a RetryBudget,
+    period: u64,
+    committed: bool,
+}
+
+impl Withdrawal<'_> {
+    /// The retry is starting: the token is spent for good.
+    pub(crate) fn commit(mut self) {
+        self.committed = true;
+    }
+}
+
+impl Drop for Withdrawal<'_> {
+    fn drop(&mut self) {
+        if !self.committed {
+            self.budget.refund(self.period);
+        }
+    }
+}
+
+impl RetryBudget {
+    /// A budget allowing retries of `retry_ratio` of recent requests (a
+    /// fraction: `0.2` = 20 %, up to 1000) plus `min_per_sec` retries per
+    /// second, over a sliding `window` (100 ms to 24 h). Reads time from
+    /// tokio's clock, so paused-time tests drive it.
+    pub fn new(retry_ratio: f64, min_per_sec: u32, window: Duration) -> Result<Self, ConfigError> {
+        Self::with_clock(retry_ratio, min_per_sec, window, Clock::tokio())
+    }
+
+    /// [`RetryBudget::new`] reading time from `clock` (for instance a
+    /// [`keel_core::ManualClock`] in tests of synchronous code).
+    pub fn with_clock(
+        retry_ratio: f64,
+        min_per_sec: u32,
+        window: Duration,
+        clock: Clock,
+    ) -> Result<Self, ConfigError> {
+        if !(retry_ratio.is_finite() && (0.0..=1000.0).contains(&retry_ratio)) {
+            return Err(ConfigError::new(
+                "retry_ratio",
+                "must be a fraction in [0, 1000] (0.2 = 20 %)",
+            ));
+        }
+        if window < Duration::from_millis(100) || window > Duration::from_secs(86_400) {
+            return Err(ConfigError::new(
+                "window",
+                "must be between 100 ms and 24 h",
+            ));
+        }
+        let slot_nanos = u64::try_from(window.as_nanos() / SLOTS as u128).unwrap_or(u64::MAX);
+        // At most 2^32 · 86 400 · 1000 ≈ 3.7e17: fits in i64.
+        let reserve = (f64::from(min_per_sec) * window.as_secs_f64() * UNIT as f64) as i64;
+        let origin = clock.now();
+        Ok(RetryBudget {
+            inner: Arc::new(Inner {
+                slots: Default::default(),
+                clock,
+                origin,
+                slot_nanos,
+                deposit: (retry_ratio * UNIT as f64).round() as i64,
+                reserve,
+                retry_ratio,
+                min_per_sec,
+                window,
+            }),
+        })
+    }
+
+    /// The configured ratio of retries to requests.
+    pub fn retry_ratio(&self) -> f64 {
+        self.inner.retry_ratio
+    }
+
+    /// The configured floor of retries per second.
+    pub fn min_per_sec(&self) -> u32 {
+        self.inner.min_per_sec
+    }
+
+    /// The configured window.
+    pub fn window(&self) -> Duration {
+        self.inner.window
+    }
+
+    /// Records one request (policies call this once per call, not per
+    /// attempt). Call it yourself for requests made outside a policy that
+    /// should still fund retries.
+    pub fn deposit(&self) {
+        self.deposit_at(None);
+    }
+
+    /// [`deposit`](Self::deposit) reusing a tokio clock reading the caller
+    /// already has (ignored when the budget runs on another clock).
+    #[inline]
+    pub(crate) fn deposit_at(&self, now: Option<Instant>) {
+        let period = self.period_at(now);
+        self.inner.add(period, self.inner.deposit);
+    }
+
+    /// Takes one retry from the budget, or refuses when it is spent.
+    pub fn try_withdraw(&self) -> Result<(), RetryBudgetExhausted> {
+        self.withdraw().map(Withdrawal::commit)
+    }
+
+    /// Whole retries available now.
+    pub fn available(&self) -> u64 {
+        u64::try_from(self.balance(self.period()) / UNIT).unwrap_or(0)
+    }
+
+    pub(crate) fn withdraw(&self) -> Result<Withdrawal<'_>, RetryBudgetExhausted> {
+        self.withdraw_at(None)
+    }
+
+    /// [`withdraw`](Self::withdraw) reusing a tokio clock reading.
+    #[inline]
+    pub(crate) fn withdraw_at(
+        &self,
+        now: Option<Instant>,
+    ) -> Result<Withdrawal<'_>, RetryBudgetExhausted> {
+        let period = self.period_at(now);
+        if self.balance(period) < UNIT {
+            return Err(RetryBudgetExhausted::new());
+        }
+        self.inner.add(period, -UNIT);
+        Ok(Withdrawal {
+            budget: self,
+            period,
+            committed: false,
+        })
+    }
+
+    /// Hands back a withdrawal made in `period`, if it has not expired yet
+    /// (an expired one no longer counts against the balance anyway).
+    #[inline]
+    fn refund(&self, period: u64) {
+        let slot = &self.inner.slots[period as usize % SLOTS];
+        let _ = slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
+            let (epoch, count) = unpack(word);
+            (epoch == period & EPOCH_MASK).then(|| pack(period, count.saturating_add(UNIT)))
+        });
+    }
+
+    fn period(&self) -> u64 {
+        self.period_at(None)
+    }
+
+    /// The current slot period; `now` is a tokio clock reading to reuse when
+    /// this budget follows tokio's clock.
+    #[inline]
+    fn period_at(&self, now: Option<Instant>) -> u64 {
+        let now = match now {
+            Some(now) if !self.inner.clock.is_manual() => now,
+            _ => self.inner.clock.now(),
+        };
+        let since = now.saturating_duration_since(self.inner.origin);
+        // u64 division: a u128 one is a library call costing more than the
+        // rest of a deposit. 2^64 ns is 584 years.
+        let since = u64::try_from(since.as_nanos()).unwrap_or(u64::MAX);
+        since / self.inner.slot_nanos
+    }
+
+    /// Reserve plus every slot of the current window, in `UNIT`s.
+    #[inline]
+    fn balance(&self, period: u64) -> i64 {
+        let mut sum = self.inner.reserve;
+        for slot in &self.inner.slots {
+            let (epoch, count) = unpack(slot.load(Ordering::Acquire));
+            let age = (period & EPOCH_MASK).wrapping_sub(epoch) & EPOCH_MASK;
+            // `age` near 2^24 means the slot is a period or two ahead: a
+            // writer that read the clock just after us.
+            if age < SLOTS as u64 || age > EPOCH_MASK - SLOTS as u64 {
+                sum = sum.saturating_add(count);
+            }
+        }
+        sum
+    }
+}
+
+impl Inner {
+    #[inline]
+    fn add(&self, period: u64, delta: i64) {
+        if delta == 0 {
+            return;
+        }
+        let slot = &self.slots[period as usize % SLOTS];
+        let mine = period & EPOCH_MASK;
+        let _ = slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
+            let (epoch, count) = unpack(word);
+            let age = mine.wrapping_sub(epoch) & EPOCH_MASK;
+            Some(if age == 0 || age > EPOCH_MASK / 2 {
+                // Same period, or a writer already moved the slot ahead of
+                // our (slightly stale) clock reading: add to what is there.
+                pack(epoch, count.saturating_add(delta))
+            } else {
+                // The slot holds an expired period: start it afresh.
+                pack(mine, delta)
+            })
+        });
+    }
+}
+
+#[inline]
+fn pack(epoch: u64, count: i64) -> u64 {
+    let count = count.clamp(COUNT_MIN, COUNT_MAX);
+    ((epoch & EPOCH_MASK) << COUNT_BITS) | (count as u64 & COUNT_MASK)
+}
+
+#[inline]
+fn unpack(word: u64) -> (u64, i64) {
+    let epoch = word >> COUNT_BITS;
+    // Sign-extend the low 40 bits.
+    let count = ((word << EPOCH_BITS) as i64) >> EPOCH_BITS;
+    (epoch, count)
+}
+
+impl Default for RetryBudget {
+    /// 20 % of requests plus 10 retries per second over 10 s (Finagle's and
+    /// tower's defaults).
+    fn default() -> Self {
+        RetryBudget::new(0.2, 10, Duration::from_secs(10))
+            .unwrap_or_else(|_| unreachable!("the default budget is valid"))
+    }
+}
+
+impl fmt::Debug for RetryBudget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryBudget")
+            .field("retry_ratio", &self.inner.retry_ratio)
+            .field("min_per_sec", &self.inner.min_per_sec)
+            .field("window", &self.inner.window)
+            .field("available", &self.available())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_core::ManualClock;
+    use proptest::prelude::*;
+
+    fn manual(ratio: f64, min_per_sec: u32, window: Duration) -> (RetryBudget, ManualClock) {
+        let (clock, handle) = Clock::manual();
+        (
+            RetryBudget::with_clock(ratio, min_per_sec, window, clock).unwrap(),
+            handle,
+        )
+    }
+
+    fn drain(b: &RetryBudget) -> u64 {
+        let mut n = 0;
+        while b.try_withdraw().is_ok() {
+            n += 1;
+            assert!(n < 10_000_000, "budget never ran out");
+        }
+        n
+    }
+
+    #[test]
+    fn pack_round_trips_signed_counts() {
+        for (e, c) in [
+            (0, 0),
+            (5, -1),
+            (EPOCH_MASK, COUNT_MAX),
+            (7, COUNT_MIN),
+            (1, 200),
+        ] {
+            assert_eq!(unpack(pack(e, c)), (e, c));
+        }
+        // Clamped, not wrapped.
+        assert_eq!(unpack(pack(0, i64::MAX)).1, COUNT_MAX);
+    }
+
+    #[test]
+    fn validation_names_the_argument() {
+        let s = Duration::from_secs(1);
+        assert_eq!(
+            RetryBudget::new(-0.1, 1, s).unwrap_err().field(),
+            "retry_ratio"
+        );
+        assert_eq!(
+            RetryBudget::new(f64::NAN, 1, s).unwrap_err().field(),
+            "retry_ratio"
+        );
+        assert_eq!(
+            RetryBudget::new(0.2, 1, Duration::from_millis(10))
+                .unwrap_err()
+                .field(),
+            "window"
+        );
+    }
+
+    #[test]
+    fn default_is_twenty_percent_plus_ten_per_second_over_ten_seconds() {
+        let b = RetryBudget::default();
+        assert_eq!(b.retry_ratio(), 0.2);
+        assert_eq!(b.min_per_sec(), 10);
+        assert_eq!(b.window(), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn floor_only_budget_allows_min_per_sec_times_window() {
+        let (b, _clock) = manual(0.0, 10, Duration::from_secs(10));
+        for _ in 0..1000 {
+            b.deposit();
+        }
+        assert_eq!(drain(&b), 100);
+    }
+
+    #[test]
+    fn deposits_fund_a_ratio_of_retries() {
+        let (b, _clock) = manual(0.2, 0, Duration::from_secs(10));
+        assert_eq!(drain(&b), 0);
+        for _ in 0..100 {
+            b.deposit();
+        }
+        assert_eq!(b.available(), 20);
+        assert_eq!(drain(&b), 20);
+    }
+
+    #[test]
+    fn withdrawals_and_deposits_expire_after_the_window() {
+        let (b, clock) = manual(0.5, 1, Duration::from_secs(10));
+        for _ in 0..10 {
+            b.deposit();
+        }
+        // 10 (floor · window) + 5 (50 % of 10 requests).
+        assert_eq!(drain(&b), 15);
+        clock.advance(Duration::from_secs(5));
+        assert_eq!(drain(&b), 0, "spent retries still count within the window");
+        clock.advance(Duration::from_secs(5));
+        // Everything from the first slot expired: the floor is back, the
+        // deposits are gone.
+        assert_eq!(drain(&b), 10);
+    }
+
+    #[test]
+    fn refund_returns_a_token_only_while_it_counts() {
+        let (b, clock) = manual(0.0, 1, Duration::from_secs(1));
+        assert_eq!(b.available(), 1);
+        let w = b.withdraw().unwrap();
+        assert_eq!(b.available(), 0);
+        drop(w);
+        assert_eq!(b.available(), 1);
+
+        let w = b.withdraw().unwrap();
+        clock.advance(Duration::from_secs(1));
+        // The withdrawal expired with its slot; refunding it must not mint
+        // a second token.
+        drop(w);
+        assert_eq!(b.available(), 1);
+
+        let w = b.withdraw().unwrap();
+        w.commit();
+        assert_eq!(b.available(), 0);
+    }
+
+    #[test]
+    fn clones_share_one_balance() {
+        let (a, _clock) = manual(0.0, 2, Duration::from_secs(1));
+        let b = a.clone();
+        assert!(a.try_withdraw().is_ok());
+        assert!(b.try_withdraw().is_ok());
+        assert!(a.try_withdraw().is_err());
+        assert!(b.try_withdraw().is_err());
+    }
+
+    #[test]
+    fn concurrent_withdrawals_overdraw_by_at_most_one_each() {
+        let (b, _clock) = manual(0.0, 100, Duration::from_secs(10));
+        let threads = 8;
+        let taken: u64 = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|_| s.spawn(|| drain(&b.clone())))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert!((1000..=1000 + threads).contains(&taken), "took {taken}");
+    }
+
+    proptest! {
+        /// Within one window: retries granted = floor · window + ratio · requests
+        /// (to the fixed-point resolution), whatever the interleaving.
+        #[test]
+        fn grants_match_the_formula(
+            ratio_permille in 0u32..=3000,
+            min_per_sec in 0u32..50,
+            window_secs in 1u64..60,
+            requests in 0u32..2000,
+        ) {
+            let ratio = f64::from(ratio_permille) / 1000.0;
+            let window = Duration::from_secs(window_secs);
+            let (b, _clock) = manual(ratio, min_per_sec, window);
+            for _ in 0..requests {
+                b.deposit();
+            }
+            let expected = (u64::from(min_per_sec) * window_secs * 1000
+                + u64::from(ratio_permille) * u64::from(requests)) / 1000;
+            prop_assert_eq!(b.available(), expected);
+            prop_assert_eq!(drain(&b), expected);
+        }
+
+        /// After any sequence of deposits, withdrawals and clock moves, the
+        /// balance is exactly floor · window + ratio · (deposits still in the
+        /// window) − (grants still in the window), and a retry is granted
+        /// exactly when that balance covers one.
+        #[test]
+        fn balance_follows_the_sliding_window(
+            steps in proptest::collection::vec((0u8..3, 0u64..4000), 1..200),
+        ) {
+            let window = Duration::from_secs(10);
+            let slot = window / SLOTS as u32;
+            let (b, clock) = manual(0.2, 1, window);
+            // (time, is_deposit) of every deposit and granted withdrawal.
+            let mut log: Vec<(Duration, bool)> = Vec::new();
+            let expected = |log: &[(Duration, bool)], now: Duration| {
+                // The budget counts the current slot and the nine before it.
+                let current = now.as_nanos() / slot.as_nanos();
+                let counted = |t: &Duration| t.as_nanos() / slot.as_nanos() + SLOTS as u128 > current;
+                let deposits = log.iter().filter(|(t, d)| *d && counted(t)).count() as i64;
+                let grants = log.iter().filter(|(t, d)| !*d && counted(t)).count() as i64;
+                10 * UNIT + deposits * 200 - grants * UNIT
+            };
+            for (kind, millis) in steps {
+                let now = clock.elapsed();
+                match kind {
+                    0 => { b.deposit(); log.push((now, true)); }
+                    1 => {
+                        let covered = expected(&log, now) >= UNIT;
+                        let granted = b.try_withdraw().is_ok();
+                        prop_assert_eq!(granted, covered);
+                        if granted { log.push((now, false)); }
+                    }
+                    _ => clock.advance(Duration::from_millis(millis)),
+                }
+                prop_assert_eq!(b.balance(b.period()), expected(&log, clock.elapsed()));
+            }
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! Per-policy counters.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A snapshot of one policy's counters since it was built (clones of a
+/// policy share them). Read with [`RetryPolicy::stats`](crate::RetryPolicy::stats).
+///
+/// Every call ends in exactly one of `successes`, `not_retryable`,
+/// `exhausted`, `budget_refusals` or `deadline_exceeded`, unless it is still
+/// running or was cancelled (dropped): `calls` minus their sum is those.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RetryStats {
+    /// Calls started (one per `retry*` invocation).
+    pub calls: u64,
+    /// Attempts started, first attempts included.
+    pub attempts: u64,
+    /// Retries started (attempts after the first).
+    pub retries: u64,
+    /// Calls that ended with a result classified as success.
+    pub successes: u64,
+    /// Of `successes`, those that needed at least one retry.
+    pub successes_after_retry: u64,
+    /// Calls that ended with a result the classifier does not retry
+    /// (neutral, or an error it calls a success).
+    pub not_retryable: u64,
+    /// Calls that used every allowed retry and still failed.
+    pub exhausted: u64,
+    /// Calls whose retry the shared budget refused.
+    pub budget_refusals: u64,
+    /// Calls stopped by the maximum elapsed time.
+    pub deadline_exceeded: u64,
+    /// Attempts cut off by the per-attempt timeout (not a call count).
+    pub attempt_timeouts: u64,
+}
+
+/// The live counters. Attempts are not counted separately: every call makes
+/// exactly one first attempt, as soon as it starts, so attempts = calls +
+/// retries, and each attempt costs one atomic increment instead of two.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) calls: AtomicU64,
+    pub(crate) retries: AtomicU64,
+    /// Successes are split so each costs one increment; `successes` is the sum.
+    pub(crate) successes_first_try: AtomicU64,
+    pub(crate) successes_after_retry: AtomicU64,
+    pub(crate) not_retryable: AtomicU64,
+    pub(crate) exhausted: AtomicU64,
+    pub(crate) budget_refusals: AtomicU64,
+    pub(crate) deadline_exceeded: AtomicU64,
+    pub(crate) attempt_timeouts: AtomicU64,
+}
+
+#[inline]
+pub(crate) fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self) -> RetryStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let calls = get(&self.calls);
+        let retries = get(&self.retries);
+        let successes_after_retry = get(&self.successes_after_retry);
+        RetryStats {
+            calls,
+            attempts: calls + retries,
+            retries,
+            successes: get(&self.successes_first_try) + successes_after_retry,
+            successes_after_retry,
+            not_retryable: get(&self.not_retryable),
+            exhausted: get(&self.exhausted),
+            budget_refusals: get(&self.budget_refusals),
+            deadline_exceeded: get(&self.deadline_exceeded),
+            attempt_timeouts: get(&self.attempt_timeouts),
+        }
+    }
+}

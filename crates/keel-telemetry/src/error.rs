@@ -1,0 +1,90 @@
+use std::io;
+use std::net::SocketAddr;
+
+/// Everything that can go wrong while setting up or running a program's
+/// telemetry.
+///
+/// Configuration errors name the environment variable or field at fault, so
+/// a binary can print the error and exit with code 64 without adding context.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TelemetryError {
+    /// `LOG_FORMAT` (or the value passed as a log format) is neither `json`
+    /// nor `text`.
+    #[error("invalid {variable}={value:?}: expected `json` or `text`")]
+    InvalidLogFormat {
+        /// The variable that held the value (`LOG_FORMAT`).
+        variable: &'static str,
+        /// The rejected value.
+        value: String,
+    },
+    /// `RUST_LOG` (or the filter passed in) is not a valid
+    /// `tracing-subscriber` filter directive list.
+    #[error("invalid {variable}={value:?}")]
+    InvalidLogFilter {
+        /// The variable that held the filter (`RUST_LOG`).
+        variable: &'static str,
+        /// The rejected filter.
+        value: String,
+        /// Why the filter parser rejected it.
+        #[source]
+        source: tracing_subscriber::filter::ParseError,
+    },
+    /// A global tracing subscriber is already installed in this process.
+    #[error("a global tracing subscriber is already installed")]
+    TracingAlreadyInitialized,
+    /// A metric prefix or readiness check name is not a valid identifier.
+    #[error("invalid {field} {value:?}: {reason}")]
+    InvalidName {
+        /// Which field was rejected (`metric prefix`, `readiness check name`).
+        field: &'static str,
+        /// The rejected value.
+        value: String,
+        /// What a valid value looks like.
+        reason: &'static str,
+    },
+    /// A readiness check with this name is already registered.
+    #[error("readiness check {name:?} is already registered")]
+    DuplicateCheck {
+        /// The duplicated name.
+        name: String,
+    },
+    /// The status route path is malformed or collides with a built-in route.
+    #[error("invalid status route {path:?}: {reason}")]
+    InvalidStatusPath {
+        /// The rejected path.
+        path: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+    /// A configuration value that must be positive is zero.
+    #[error("{field} must be greater than zero")]
+    ZeroDuration {
+        /// The field at fault (`readiness check timeout`).
+        field: &'static str,
+    },
+    /// The admin server could not bind its listening socket.
+    #[error("cannot bind the admin server to {addr}")]
+    Bind {
+        /// The requested address.
+        addr: SocketAddr,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The admin server failed while serving.
+    #[error("the admin server stopped with an I/O error")]
+    Serve(#[source] io::Error),
+    /// The admin server task panicked or was cancelled.
+    #[error("the admin server task did not finish cleanly")]
+    ServerTask(#[source] tokio::task::JoinError),
+    /// Installing a SIGTERM or SIGINT handler failed.
+    #[error("cannot install the {signal} handler")]
+    Signal {
+        /// `SIGTERM` or `SIGINT`.
+        signal: &'static str,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+}

@@ -1,0 +1,166 @@
+//! A prometheus-client registry with the program's prefix.
+
+use std::fmt;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::registry::Registry;
+
+use crate::TelemetryError;
+
+/// The `Content-Type` of the OpenMetrics text exposition served on
+/// `/metrics`.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The program's metrics registry: a prometheus-client [`Registry`] whose
+/// every metric is prefixed with the program's name (`vm_watchdog_...`).
+///
+/// Libraries expose `register(&mut Registry)` with short, unprefixed names;
+/// the program hands them the root registry or a sub-registry with an extra
+/// prefix through [`MetricsRegistry::register_with`] and
+/// [`MetricsRegistry::register_with_prefix`]. Cloning is cheap and shares the
+/// registry, so the admin server can encode it while the program keeps
+/// registering.
+///
+/// Registering takes a write lock and encoding a read lock; metric updates
+/// themselves never touch the lock (prometheus-client metrics are atomics
+/// shared by `Arc`).
+#[derive(Clone)]
+pub struct MetricsRegistry {
+    prefix: Arc<str>,
+    registry: Arc<RwLock<Registry>>,
+}
+
+impl MetricsRegistry {
+    /// A registry whose metrics are all named `<prefix>_<name>`.
+    ///
+    /// # Errors
+    /// [`TelemetryError::InvalidName`] when `prefix` is not a metric name
+    /// (ASCII letters, digits and underscores, not starting with a digit).
+    pub fn new(prefix: &str) -> Result<Self, TelemetryError> {
+        validate_metric_name("metric prefix", prefix)?;
+        Ok(MetricsRegistry {
+            prefix: prefix.into(),
+            registry: Arc::new(RwLock::new(Registry::with_prefix(prefix))),
+        })
+    }
+
+    /// The program's prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Runs `f` with the root registry (names get `<prefix>_`), for
+    /// `some_library::metrics::register(registry)`-style APIs.
+    pub fn register_with<R>(&self, f: impl FnOnce(&mut Registry) -> R) -> R {
+        f(&mut self.registry.write())
+    }
+
+    /// Runs `f` with a sub-registry whose names get `<prefix>_<sub_prefix>_`,
+    /// so two instances of one library (`breaker_ec2`, `breaker_s3`) do not
+    /// collide.
+    ///
+    /// # Errors
+    /// [`TelemetryError::InvalidName`] when `sub_prefix` is not a metric name.
+    pub fn register_with_prefix<R>(
+        &self,
+        sub_prefix: &str,
+        f: impl FnOnce(&mut Registry) -> R,
+    ) -> Result<R, TelemetryError> {
+        validate_metric_name("metric prefix", sub_prefix)?;
+        let mut registry = self.registry.write();
+        Ok(f(registry.sub_registry_with_prefix(sub_prefix)))
+    }
+
+    /// Encodes every registered metric as OpenMetrics text (ending in
+    /// `# EOF`).
+    ///
+    /// # Errors
+    /// `fmt::Error` when a custom collector fails to encode.
+    pub fn encode(&self) -> Result<String, fmt::Error> {
+        let mut out = String::new();
+        encode(&mut out, &self.registry.read())?;
+        Ok(out)
+    }
+}
+
+impl fmt::Debug for MetricsRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MetricsRegistry")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn validate_metric_name(field: &'static str, name: &str) -> Result<(), TelemetryError> {
+    let mut chars = name.chars();
+    let valid = match chars.next() {
+        Some(first) => {
+            (first.is_ascii_alphabetic() || first == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        }
+        None => false,
+    };
+    if valid {
+        Ok(())
+    } else {
+        Err(TelemetryError::InvalidName {
+            field,
+            value: name.to_owned(),
+            reason: "use ASCII letters, digits and underscores, not starting with a digit",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus_client::metrics::counter::Counter;
+    use prometheus_client::metrics::gauge::Gauge;
+
+    use super::*;
+
+    #[test]
+    fn metrics_carry_the_program_prefix_and_sub_prefixes() {
+        let metrics = MetricsRegistry::new("vm_watchdog").unwrap();
+        let checks: Counter = Counter::default();
+        let open: Gauge = Gauge::default();
+        metrics.register_with(|r| r.register("checks", "VM status checks", checks.clone()));
+        metrics
+            .register_with_prefix("breaker", |r| {
+                r.register("open", "Open circuit breakers", open.clone());
+            })
+            .unwrap();
+        checks.inc_by(3);
+        open.set(2);
+        let text = metrics.encode().unwrap();
+        assert!(text.contains("# TYPE vm_watchdog_checks counter"), "{text}");
+        assert!(text.contains("vm_watchdog_checks_total 3"), "{text}");
+        assert!(text.contains("vm_watchdog_breaker_open 2"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert_eq!(metrics.prefix(), "vm_watchdog");
+    }
+
+    #[test]
+    fn clones_share_the_registry() {
+        let metrics = MetricsRegistry::new("p").unwrap();
+        let clone = metrics.clone();
+        let c: Counter = Counter::default();
+        clone.register_with(|r| r.register("late", "Registered through a clone", c.clone()));
+        assert!(metrics.encode().unwrap().contains("p_late_total 0"));
+    }
+
+    #[test]
+    fn invalid_prefixes_are_rejected_with_the_field_name() {
+        for bad in ["", "vm-watchdog", "9lives", "a b", "é"] {
+            let err = MetricsRegistry::new(bad).unwrap_err();
+            assert!(
+                matches!(&err, TelemetryError::InvalidName { field: "metric prefix", value, .. } if value == bad),
+                "{bad}: {err}"
+            );
+        }
+        let metrics = MetricsRegistry::new("_ok_1").unwrap();
+        assert!(metrics.register_with_prefix("bad-sub", |_| ()).is_err());
+    }
+}

@@ -1,0 +1,691 @@
+//! A fake of the Telegram Bot API's `sendMessage`, speaking the real wire
+//! format over a real loopback socket.
+//!
+//! * `POST /bot{token}/sendMessage` with a JSON body, a form body
+//!   (`application/x-www-form-urlencoded`) or query parameters, as Telegram
+//!   accepts. Method names are case-insensitive; any other method is a 404.
+//! * A wrong token answers 401 `{"ok":false,"error_code":401,"description":"Unauthorized"}`.
+//! * Validation with Telegram's error texts: a missing `chat_id` (`Bad
+//!   Request: chat_id is empty`), a chat outside [`FakeTelegram::restrict_chats`]
+//!   (`Bad Request: chat not found`), an empty text (`Bad Request: message
+//!   text is empty`), a text over 4,096 UTF-16 code units after entity
+//!   parsing (`Bad Request: message is too long`), and with `parse_mode =
+//!   HTML` malformed markup (`Bad Request: can't parse entities: ...`): an
+//!   unsupported or unbalanced tag, or an `&` or `<` that is not part of a
+//!   tag or entity. The fake is stricter than Telegram about a bare `&`
+//!   (Telegram's documentation requires it escaped; its parser sometimes lets
+//!   one through), so escaping bugs show up here first.
+//! * Accepted messages are recorded ([`SentMessage`]: chat, topic, text,
+//!   parse mode, receive time) and answered `{"ok":true,"result":{"message_id":N,...}}`.
+//! * Telegram faults, scripted per request in order ([`FakeTelegram::inject`])
+//!   or for every request until cleared ([`FakeTelegram::set_down`]): 429
+//!   with `parameters.retry_after`, the older 429 with the delay only in
+//!   `description`, a 5xx, or a delay before answering.
+//! * The generic faults of keel-testkit's fault layer, through
+//!   [`FakeTelegram::server`]: seeded error rates, latency, connection drops
+//!   ([`Fault::Drop`](crate::Fault::Drop)), one-shot faults; errors and 429s
+//!   are rendered in the Bot API's JSON ([`TelegramRenderer`]). Every
+//!   request, faulted or not, is recorded there too.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! use keel_testkit::fakes::telegram::{FakeTelegram, TelegramFault};
+//!
+//! let tg = FakeTelegram::start().await;
+//! tg.inject(TelegramFault::TooManyRequests { retry_after: 5 });
+//! let url = format!("{}/bot{}/sendMessage", tg.base_url(), tg.token());
+//! # let _ = url;
+//! // ... point the code under test at `tg.base_url()`, then:
+//! assert!(tg.messages().is_empty());
+//! # }
+//! ```
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use serde_json::{Map, Value, json};
+use tokio::time::Instant;
+
+use crate::{FakeServer, FaultRenderer, RecordedRequest, retry_after_secs};
+
+/// The token [`FakeTelegram::start`] accepts.
+pub const DEFAULT_TOKEN: &str = "123456:TEST-fake-token";
+
+/// Telegram's text limit, in UTF-16 code units after entity parsing.
+pub const TEXT_LIMIT: usize = 4_096;
+
+/// One message the fake accepted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SentMessage {
+    /// The `message_id` the fake answered (1, 2, 3... per fake).
+    pub message_id: i64,
+    /// `chat_id` as sent: a number's decimal form or an `@username`.
+    pub chat_id: String,
+    /// The forum topic (`message_thread_id`), if any.
+    pub message_thread_id: Option<i64>,
+    /// The text as sent (with markup).
+    pub text: String,
+    /// The text as a reader sees it: tags removed and entities decoded when
+    /// `parse_mode` is `HTML`.
+    pub plain_text: String,
+    /// `parse_mode`, if any.
+    pub parse_mode: Option<String>,
+    /// `disable_notification`.
+    pub disable_notification: bool,
+    /// Every parameter received.
+    pub params: Map<String, Value>,
+    /// When the fake received it (tokio's clock: paused time applies).
+    pub received_at: Instant,
+}
+
+/// A fault the fake plays instead of (or before) a normal answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TelegramFault {
+    /// 429 `{"ok":false,"error_code":429,"description":"Too Many Requests:
+    /// retry after N","parameters":{"retry_after":N}}`.
+    TooManyRequests {
+        /// Seconds.
+        retry_after: u64,
+    },
+    /// The older 429 with the delay only in `description`.
+    TooManyRequestsLegacy {
+        /// Seconds.
+        retry_after: u64,
+    },
+    /// This status (a 5xx) with a Bot API error body.
+    Status(u16),
+    /// Answer normally, after this delay.
+    Delay(Duration),
+}
+
+#[derive(Debug)]
+struct Inner {
+    token: String,
+    messages: Vec<SentMessage>,
+    script: VecDeque<TelegramFault>,
+    down: Option<TelegramFault>,
+    chats: Option<Vec<String>>,
+    next_id: i64,
+}
+
+/// The fake's shared state; [`app`] serves it.
+#[derive(Debug, Clone)]
+pub struct FakeTelegramState {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl FakeTelegramState {
+    /// State accepting `token`.
+    pub fn new(token: impl Into<String>) -> Self {
+        FakeTelegramState {
+            inner: Arc::new(Mutex::new(Inner {
+                token: token.into(),
+                messages: Vec::new(),
+                script: VecDeque::new(),
+                down: None,
+                chats: None,
+                next_id: 1,
+            })),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panicking test thread must not hide the state from the others.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Renders the fault layer's injected errors and 429s as the Bot API does:
+/// `{"ok":false,"error_code":N,"description":...}`, with
+/// `parameters.retry_after` for a 429.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TelegramRenderer;
+
+impl FaultRenderer for TelegramRenderer {
+    fn error(&self, status: StatusCode, _request: &RecordedRequest) -> Response {
+        error(
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("Server Error"),
+        )
+    }
+
+    fn rate_limited(&self, retry_after: Duration, _request: &RecordedRequest) -> Response {
+        too_many_requests(retry_after_secs(retry_after))
+    }
+}
+
+/// A running fake: a loopback HTTP server (keel-testkit's [`FakeServer`])
+/// and a handle to script it and read what it received. Dropping it stops
+/// the server.
+#[derive(Debug)]
+pub struct FakeTelegram {
+    server: FakeServer,
+    state: FakeTelegramState,
+}
+
+impl FakeTelegram {
+    /// Starts a fake accepting [`DEFAULT_TOKEN`] on `127.0.0.1` (a free
+    /// port).
+    pub async fn start() -> Self {
+        Self::start_with_token(DEFAULT_TOKEN).await
+    }
+
+    /// Starts a fake accepting `token`.
+    ///
+    /// # Panics
+    /// When no loopback port can be bound.
+    pub async fn start_with_token(token: impl Into<String>) -> Self {
+        let state = FakeTelegramState::new(token);
+        let server = FakeServer::builder()
+            .renderer(TelegramRenderer)
+            .start(app(state.clone()))
+            .await;
+        FakeTelegram { server, state }
+    }
+
+    /// `http://127.0.0.1:{port}`: the Bot API base URL to configure.
+    pub fn base_url(&self) -> String {
+        self.server.base_url()
+    }
+
+    /// The underlying fake server: generic faults (error rates, latency,
+    /// drops), every recorded request, waiting for requests.
+    pub fn server(&self) -> &FakeServer {
+        &self.server
+    }
+
+    /// The token the fake accepts.
+    pub fn token(&self) -> String {
+        self.state.lock().token.clone()
+    }
+
+    /// The state, for [`app`] in `oneshot` tests.
+    pub fn state(&self) -> &FakeTelegramState {
+        &self.state
+    }
+
+    /// Every accepted message, in arrival order.
+    pub fn messages(&self) -> Vec<SentMessage> {
+        self.state.lock().messages.clone()
+    }
+
+    /// Requests received, accepted, refused or faulted.
+    pub fn requests(&self) -> usize {
+        self.server.request_count()
+    }
+
+    /// Plays `fault` on the next request (after earlier scripted faults).
+    pub fn inject(&self, fault: TelegramFault) {
+        self.inject_times(fault, 1);
+    }
+
+    /// Plays `fault` on the next `times` requests.
+    pub fn inject_times(&self, fault: TelegramFault, times: usize) {
+        self.state
+            .lock()
+            .script
+            .extend(std::iter::repeat_n(fault, times));
+    }
+
+    /// The next request gets a 429 with `parameters.retry_after`.
+    pub fn inject_429(&self, retry_after: u64) {
+        self.inject(TelegramFault::TooManyRequests { retry_after });
+    }
+
+    /// The next request gets the older 429, delay only in `description`.
+    pub fn inject_429_legacy(&self, retry_after: u64) {
+        self.inject(TelegramFault::TooManyRequestsLegacy { retry_after });
+    }
+
+    /// The next request gets `status` (a 5xx).
+    pub fn inject_status(&self, status: u16) {
+        self.inject(TelegramFault::Status(status));
+    }
+
+    /// The next request is answered after `delay`.
+    pub fn inject_delay(&self, delay: Duration) {
+        self.inject(TelegramFault::Delay(delay));
+    }
+
+    /// Plays `fault` on every request (after the scripted ones) until
+    /// `set_down(None)`.
+    pub fn set_down(&self, fault: Option<TelegramFault>) {
+        self.state.lock().down = fault;
+    }
+
+    /// Accepts only these chats (as sent: `"-100123"`, `"@name"`); others get
+    /// `Bad Request: chat not found`.
+    pub fn restrict_chats<I, S>(&self, chats: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.state.lock().chats = Some(chats.into_iter().map(Into::into).collect());
+    }
+}
+
+/// The fake's router: serve it with `axum::serve`, or call it with
+/// `tower::ServiceExt::oneshot` in tests that need no socket.
+pub fn app(state: FakeTelegramState) -> Router {
+    Router::new()
+        .route("/{bot}/{method}", any(handle))
+        .with_state(state)
+}
+
+fn reply(status: u16, body: Value) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, axum::Json(body)).into_response()
+}
+
+fn error(status: u16, description: &str) -> Response {
+    reply(
+        status,
+        json!({ "ok": false, "error_code": status, "description": description }),
+    )
+}
+
+fn too_many_requests(retry_after: u64) -> Response {
+    reply(
+        429,
+        json!({
+            "ok": false,
+            "error_code": 429,
+            "description": format!("Too Many Requests: retry after {retry_after}"),
+            "parameters": { "retry_after": retry_after },
+        }),
+    )
+}
+
+fn fault_response(fault: TelegramFault) -> Option<Response> {
+    match fault {
+        TelegramFault::TooManyRequests { retry_after } => Some(too_many_requests(retry_after)),
+        TelegramFault::TooManyRequestsLegacy { retry_after } => Some(error(
+            429,
+            &format!("Too Many Requests: retry after {retry_after}"),
+        )),
+        TelegramFault::Status(status) => {
+            let text = StatusCode::from_u16(status)
+                .ok()
+                .and_then(|s| s.canonical_reason())
+                .unwrap_or("Server Error");
+            Some(error(status, text))
+        }
+        TelegramFault::Delay(_) => None,
+    }
+}
+
+async fn handle(
+    State(state): State<FakeTelegramState>,
+    Path((bot, method)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let fault = {
+        let mut inner = state.lock();
+        let Some(token) = bot.strip_prefix("bot") else {
+            return error(404, "Not Found");
+        };
+        if token != inner.token {
+            return error(401, "Unauthorized");
+        }
+        inner.script.pop_front().or(inner.down)
+    };
+    if let Some(fault) = fault {
+        if let TelegramFault::Delay(d) = fault {
+            tokio::time::sleep(d).await;
+        } else if let Some(response) = fault_response(fault) {
+            return response;
+        }
+    }
+    if !method.eq_ignore_ascii_case("sendMessage") {
+        return error(404, "Not Found");
+    }
+    let params = match params(query.as_deref(), &headers, &body) {
+        Ok(p) => p,
+        Err(description) => return error(400, &description),
+    };
+    send_message(&state, params)
+}
+
+/// Query parameters, then the body's (JSON object or form), later ones
+/// winning.
+fn params(
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Map<String, Value>, String> {
+    let mut params = Map::new();
+    if let Some(q) = query {
+        for (k, v) in form_decode(q) {
+            params.insert(k, Value::String(v));
+        }
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(params);
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if content_type.starts_with("application/x-www-form-urlencoded") {
+        let text = std::str::from_utf8(body).map_err(|_| "Bad Request: invalid form body")?;
+        for (k, v) in form_decode(text) {
+            params.insert(k, Value::String(v));
+        }
+    } else if content_type.is_empty() || content_type.contains("json") {
+        match serde_json::from_slice::<Value>(body) {
+            Ok(Value::Object(map)) => params.extend(map),
+            Ok(_) => return Err("Bad Request: parameters must be a JSON object".into()),
+            Err(_) => return Err("Bad Request: can't parse JSON object".into()),
+        }
+    } else {
+        return Err(format!(
+            "Bad Request: unsupported content type {content_type}"
+        ));
+    }
+    Ok(params)
+}
+
+fn as_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn send_message(state: &FakeTelegramState, params: Map<String, Value>) -> Response {
+    let chat_id = params
+        .get("chat_id")
+        .and_then(as_text)
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    if chat_id.is_empty() {
+        return error(400, "Bad Request: chat_id is empty");
+    }
+    let numeric_chat = chat_id.parse::<i64>().ok();
+    if numeric_chat.is_none() && !chat_id.starts_with('@') {
+        return error(400, "Bad Request: chat not found");
+    }
+    let thread = match params.get("message_thread_id").and_then(as_text) {
+        None => None,
+        Some(t) => match t.parse::<i64>() {
+            Ok(t) => Some(t),
+            Err(_) => return error(400, "Bad Request: message thread not found"),
+        },
+    };
+    let text = params.get("text").and_then(as_text).unwrap_or_default();
+    let parse_mode = params
+        .get("parse_mode")
+        .and_then(as_text)
+        .filter(|p| !p.is_empty());
+    let plain = match parse_mode.as_deref() {
+        None | Some("Markdown" | "MarkdownV2") => text.clone(),
+        Some(mode) if mode.eq_ignore_ascii_case("html") => match parse_html(&text) {
+            Ok(plain) => plain,
+            Err(e) => return error(400, &format!("Bad Request: can't parse entities: {e}")),
+        },
+        Some(_) => return error(400, "Bad Request: unsupported parse_mode"),
+    };
+    if plain.trim().is_empty() {
+        return error(400, "Bad Request: message text is empty");
+    }
+    if plain.encode_utf16().count() > TEXT_LIMIT {
+        return error(400, "Bad Request: message is too long");
+    }
+    let disable_notification = params
+        .get("disable_notification")
+        .and_then(as_text)
+        .is_some_and(|v| v == "true" || v == "1");
+    let mut inner = state.lock();
+    if let Some(chats) = &inner.chats
+        && !chats.contains(&chat_id)
+    {
+        return error(400, "Bad Request: chat not found");
+    }
+    let message_id = inner.next_id;
+    inner.next_id += 1;
+    inner.messages.push(SentMessage {
+        message_id,
+        chat_id: chat_id.clone(),
+        message_thread_id: thread,
+        text,
+        plain_text: plain.clone(),
+        parse_mode,
+        disable_notification,
+        params,
+        received_at: Instant::now(),
+    });
+    drop(inner);
+    let chat = match numeric_chat {
+        Some(id) if id < 0 => json!({ "id": id, "type": "supergroup", "title": "Fake group" }),
+        Some(id) => json!({ "id": id, "type": "private", "first_name": "Fake" }),
+        None => {
+            json!({ "id": -1_000_000_000_001_i64, "type": "channel", "username": chat_id.trim_start_matches('@') })
+        }
+    };
+    let date = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut result = json!({
+        "message_id": message_id,
+        "from": { "id": 123_456, "is_bot": true, "first_name": "Fake bot", "username": "fake_bot" },
+        "chat": chat,
+        "date": date,
+        "text": plain,
+    });
+    if let Some(t) = thread {
+        result["message_thread_id"] = json!(t);
+        result["is_topic_message"] = json!(true);
+    }
+    reply(200, json!({ "ok": true, "result": result }))
+}
+
+/// Decodes `a=1&b=x+y%21` (form and query encoding).
+fn form_decode(s: &str) -> Vec<(String, String)> {
+    fn decode(s: &str) -> String {
+        let bytes = s.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < bytes.len() => {
+                    let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
+                        .ok()
+                        .and_then(|h| u8::from_str_radix(h, 16).ok());
+                    match hex {
+                        Some(b) => {
+                            out.push(b);
+                            i += 2;
+                        }
+                        None => out.push(b'%'),
+                    }
+                }
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    s.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+/// Tags Telegram's HTML parse mode supports.
+const TAGS: &[&str] = &[
+    "b",
+    "strong",
+    "i",
+    "em",
+    "u",
+    "ins",
+    "s",
+    "strike",
+    "del",
+    "span",
+    "tg-spoiler",
+    "a",
+    "code",
+    "pre",
+    "blockquote",
+    "tg-emoji",
+];
+
+/// Parses Telegram HTML into the text a reader sees, or says what is wrong
+/// (with Telegram's wording where known).
+pub fn parse_html(html: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(html.len());
+    let mut open: Vec<String> = Vec::new();
+    let mut rest = html;
+    let offset = |rest: &str| html.len() - rest.len();
+    while let Some(c) = rest.chars().next() {
+        match c {
+            '<' => {
+                let Some(end) = rest.find('>') else {
+                    return Err(format!(
+                        "Unclosed start tag at byte offset {}",
+                        offset(rest)
+                    ));
+                };
+                let inner = &rest[1..end];
+                if let Some(name) = inner.strip_prefix('/') {
+                    let name = name.trim().to_ascii_lowercase();
+                    match open.pop() {
+                        Some(top) if top == name => {}
+                        Some(top) => {
+                            return Err(format!(
+                                "Unmatched end tag at byte offset {}, expected \"</{top}>\", found \"</{name}>\"",
+                                offset(rest)
+                            ));
+                        }
+                        None => {
+                            return Err(format!(
+                                "Unexpected end tag at byte offset {}",
+                                offset(rest)
+                            ));
+                        }
+                    }
+                } else {
+                    let name_end = inner
+                        .find(|c: char| c.is_whitespace() || c == '/')
+                        .unwrap_or(inner.len());
+                    let name = inner[..name_end].to_ascii_lowercase();
+                    if !TAGS.contains(&name.as_str()) {
+                        return Err(format!(
+                            "Unsupported start tag \"{name}\" at byte offset {}",
+                            offset(rest)
+                        ));
+                    }
+                    open.push(name);
+                }
+                rest = &rest[end + 1..];
+            }
+            '&' => {
+                let end = rest.find(';').filter(|&e| e > 1 && e <= 10);
+                let decoded = end.and_then(|e| decode_entity(&rest[1..e]));
+                let (Some(end), Some(ch)) = (end, decoded) else {
+                    return Err(format!(
+                        "Can't find end of the entity starting at byte offset {}",
+                        offset(rest)
+                    ));
+                };
+                out.push(ch);
+                rest = &rest[end + 1..];
+            }
+            c => {
+                out.push(c);
+                rest = &rest[c.len_utf8()..];
+            }
+        }
+    }
+    if let Some(top) = open.pop() {
+        return Err(format!(
+            "Can't find end tag corresponding to start tag \"{top}\""
+        ));
+    }
+    Ok(out)
+}
+
+fn decode_entity(body: &str) -> Option<char> {
+    match body {
+        "lt" => Some('<'),
+        "gt" => Some('>'),
+        "amp" => Some('&'),
+        "quot" => Some('"'),
+        _ => {
+            let code =
+                if let Some(hex) = body.strip_prefix("#x").or_else(|| body.strip_prefix("#X")) {
+                    u32::from_str_radix(hex, 16).ok()?
+                } else {
+                    body.strip_prefix('#')?.parse().ok()?
+                };
+            char::from_u32(code)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn html_parsing() {
+        assert_eq!(
+            parse_html("<b>a &amp; b</b> &lt;c&gt;").unwrap(),
+            "a & b <c>"
+        );
+        assert_eq!(parse_html("<a href=\"https://x\">x</a>").unwrap(), "x");
+        assert_eq!(parse_html("&#128512;").unwrap(), "😀");
+        assert!(
+            parse_html("<b>open")
+                .unwrap_err()
+                .contains("start tag \"b\"")
+        );
+        assert!(
+            parse_html("a < b")
+                .unwrap_err()
+                .contains("Unclosed start tag")
+        );
+        assert!(
+            parse_html("1 < 2 > 0")
+                .unwrap_err()
+                .contains("Unsupported start tag")
+        );
+        assert!(
+            parse_html("<b><i>x</b></i>")
+                .unwrap_err()
+                .contains("Unmatched end tag")
+        );
+        assert!(parse_html("a & b").unwrap_err().contains("entity"));
+        assert!(parse_html("<foo>x</foo>").is_err());
+    }
+
+    #[test]
+    fn form_decoding() {
+        assert_eq!(
+            form_decode("chat_id=-100&text=a+b%21%3C&x"),
+            vec![
+                ("chat_id".into(), "-100".into()),
+                ("text".into(), "a b!<".into()),
+                ("x".into(), String::new())
+            ]
+        );
+        assert_eq!(form_decode("t=100%"), vec![("t".into(), "100%".into())]);
+    }
+}

@@ -1,0 +1,1 @@
+//! Fake of the Yandex Cloud Compute API and the proxy API (owned by the vm-watchdog work).

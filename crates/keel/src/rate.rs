@@ -1,0 +1,203 @@
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use governor::clock::Clock as GovernorClock;
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed, keyed::DashMapStateStore};
+use governor::{Quota, RateLimiter};
+use keel_core::Clock;
+use tokio::time::Instant;
+
+use crate::ConfigError;
+
+/// A rate: `per_second(10).burst(5)` admits 10 calls per second on average
+/// with bursts of at most 5 (GCRA, as governor implements it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    period: Duration,
+    burst: u32,
+}
+
+impl RateLimit {
+    /// `n` calls per second; the burst defaults to `n`.
+    pub const fn per_second(n: u32) -> Self {
+        RateLimit {
+            period: if n == 0 {
+                Duration::ZERO
+            } else {
+                Duration::from_nanos(1_000_000_000 / n as u64)
+            },
+            burst: n,
+        }
+    }
+
+    /// One call every `period`; the burst defaults to 1.
+    pub const fn every(period: Duration) -> Self {
+        RateLimit { period, burst: 1 }
+    }
+
+    /// Allows bursts of up to `burst` calls.
+    pub const fn burst(mut self, burst: u32) -> Self {
+        self.burst = burst;
+        self
+    }
+
+    /// The interval at which one call's worth of capacity comes back.
+    pub const fn period(&self) -> Duration {
+        self.period
+    }
+
+    /// The largest burst admitted at once.
+    pub const fn max_burst(&self) -> u32 {
+        self.burst
+    }
+
+    fn quota(&self) -> Result<Quota, ConfigError> {
+        let quota = Quota::with_period(self.period)
+            .ok_or(ConfigError::new("rate_limit.rate", "must be above zero"))?;
+        let burst = NonZeroU32::new(self.burst)
+            .ok_or(ConfigError::new("rate_limit.burst", "must be at least 1"))?;
+        Ok(quota.allow_burst(burst))
+    }
+}
+
+/// governor's clock over keel-core's, so paused tokio time (or a manual
+/// clock) drives the limiter in tests.
+#[derive(Debug, Clone)]
+pub(crate) struct KeelGovernorClock {
+    clock: Clock,
+    origin: Instant,
+}
+
+impl GovernorClock for KeelGovernorClock {
+    type Instant = Duration;
+
+    fn now(&self) -> Duration {
+        self.clock.now().saturating_duration_since(self.origin)
+    }
+}
+
+type Direct = RateLimiter<NotKeyed, InMemoryState, KeelGovernorClock, NoOpMiddleware<Duration>>;
+type Keyed = RateLimiter<u64, DashMapStateStore<u64>, KeelGovernorClock, NoOpMiddleware<Duration>>;
+
+/// The pipeline's limiter: one shared rate, or one rate per key.
+#[derive(Debug)]
+pub(crate) enum Limiter {
+    Direct(Direct, KeelGovernorClock),
+    Keyed(Keyed, KeelGovernorClock),
+}
+
+impl Limiter {
+    pub(crate) fn direct(limit: RateLimit, clock: Clock) -> Result<Self, ConfigError> {
+        let clock = KeelGovernorClock {
+            origin: clock.now(),
+            clock,
+        };
+        Ok(Limiter::Direct(
+            RateLimiter::direct_with_clock(limit.quota()?, clock.clone()),
+            clock,
+        ))
+    }
+
+    pub(crate) fn keyed(limit: RateLimit, clock: Clock) -> Result<Self, ConfigError> {
+        let clock = KeelGovernorClock {
+            origin: clock.now(),
+            clock,
+        };
+        Ok(Limiter::Keyed(
+            RateLimiter::dashmap_with_clock(limit.quota()?, clock.clone()),
+            clock,
+        ))
+    }
+
+    /// Takes a slot now, or says how long until one frees up.
+    pub(crate) fn check(&self, key: Option<&str>) -> Result<(), Duration> {
+        match self {
+            Limiter::Direct(limiter, clock) => limiter
+                .check()
+                .map_err(|not_until| not_until.wait_time_from(clock.now())),
+            Limiter::Keyed(limiter, clock) => limiter
+                .check_key(&key_hash(key.unwrap_or_default()))
+                .map_err(|not_until| not_until.wait_time_from(clock.now())),
+        }
+    }
+
+    /// Forgets keys whose rate state has fully recovered (keyed limiters
+    /// only), so a limiter keyed by short-lived ids does not grow forever.
+    pub(crate) fn retain_recent(&self) {
+        if let Limiter::Keyed(limiter, _) = self {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Limiter::Direct(..) => 1,
+            Limiter::Keyed(limiter, _) => limiter.len(),
+        }
+    }
+}
+
+/// Keys are hashed to 64 bits so a check never allocates; two distinct keys
+/// that collide would merely share a rate.
+fn key_hash(key: &str) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    key.hash(&mut hasher);
+    hasher.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotas_validate() {
+        assert!(RateLimit::per_second(10).burst(5).quota().is_ok());
+        assert_eq!(
+            RateLimit::per_second(10)
+                .burst(0)
+                .quota()
+                .unwrap_err()
+                .field(),
+            "rate_limit.burst"
+        );
+        assert_eq!(
+            RateLimit::per_second(0).quota().unwrap_err().field(),
+            "rate_limit.rate"
+        );
+        assert_eq!(
+            RateLimit::per_second(10).period(),
+            Duration::from_millis(100)
+        );
+    }
+
+    #[test]
+    fn burst_then_one_per_period_on_a_manual_clock() {
+        let (clock, hand) = Clock::manual();
+        let limiter = Limiter::direct(RateLimit::per_second(10).burst(5), clock).unwrap();
+        for _ in 0..5 {
+            assert!(limiter.check(None).is_ok());
+        }
+        let wait = limiter.check(None).unwrap_err();
+        assert_eq!(wait, Duration::from_millis(100));
+        hand.advance(Duration::from_millis(100));
+        assert!(limiter.check(None).is_ok());
+        assert!(limiter.check(None).is_err());
+    }
+
+    #[test]
+    fn keyed_limits_are_per_key_and_retain_recent_forgets() {
+        let (clock, hand) = Clock::manual();
+        let limiter = Limiter::keyed(RateLimit::per_second(1).burst(1), clock).unwrap();
+        assert!(limiter.check(Some("vm-a")).is_ok());
+        assert!(limiter.check(Some("vm-a")).is_err());
+        assert!(limiter.check(Some("vm-b")).is_ok());
+        assert_eq!(limiter.len(), 2);
+        hand.advance(Duration::from_secs(5));
+        limiter.retain_recent();
+        assert_eq!(limiter.len(), 0);
+    }
+}
