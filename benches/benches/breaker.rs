@@ -90,14 +90,18 @@ fn single_thread(c: &mut Criterion) {
     let mut group = c.benchmark_group("breaker_closed_call/1_thread");
 
     let b = keel_default();
-    group.bench_function("keel/default_count_window", |bench| bench.iter(|| keel_call(&b)));
+    group.bench_function("keel/default_count_window", |bench| {
+        bench.iter(|| keel_call(&b));
+    });
     let b = keel_consecutive();
     group.bench_function("keel/consecutive", |bench| bench.iter(|| keel_call(&b)));
     let b = keel_goman_ec2();
-    group.bench_function("keel/goman_ec2_bulkhead", |bench| bench.iter(|| keel_call(&b)));
+    group.bench_function("keel/goman_ec2_bulkhead", |bench| {
+        bench.iter(|| keel_call(&b));
+    });
     let b = keel_time_window_and_consecutive();
     group.bench_function("keel/time_window_and_consecutive", |bench| {
-        bench.iter(|| keel_call(&b))
+        bench.iter(|| keel_call(&b));
     });
 
     let f = failsafe_default();
@@ -106,10 +110,10 @@ fn single_thread(c: &mut Criterion) {
             if black_box(f.is_call_permitted()) {
                 f.on_success();
             }
-        })
+        });
     });
     group.bench_function("failsafe/default_call", |bench| {
-        bench.iter(|| black_box(f.call(|| Ok::<_, ()>(()))))
+        bench.iter(|| black_box(f.call(|| Ok::<_, ()>(()))));
     });
     let f = failsafe_consecutive();
     group.bench_function("failsafe/consecutive", |bench| {
@@ -117,7 +121,7 @@ fn single_thread(c: &mut Criterion) {
             if black_box(f.is_call_permitted()) {
                 f.on_success();
             }
-        })
+        });
     });
     group.finish();
 }
@@ -163,21 +167,21 @@ fn two_threads(c: &mut Criterion) {
         bench.iter_custom(|iters| {
             let b = b.clone();
             contended(iters, move || keel_call(&b))
-        })
+        });
     });
     let b = keel_consecutive();
     group.bench_function("keel/consecutive", |bench| {
         bench.iter_custom(|iters| {
             let b = b.clone();
             contended(iters, move || keel_call(&b))
-        })
+        });
     });
     let b = keel_goman_ec2();
     group.bench_function("keel/goman_ec2_bulkhead", |bench| {
         bench.iter_custom(|iters| {
             let b = b.clone();
             contended(iters, move || keel_call(&b))
-        })
+        });
     });
     let f = failsafe_default();
     group.bench_function("failsafe/default", |bench| {
@@ -188,7 +192,7 @@ fn two_threads(c: &mut Criterion) {
                     f.on_success();
                 }
             })
-        })
+        });
     });
     let f = failsafe_consecutive();
     group.bench_function("failsafe/consecutive", |bench| {
@@ -199,7 +203,7 @@ fn two_threads(c: &mut Criterion) {
                     f.on_success();
                 }
             })
-        })
+        });
     });
     group.finish();
 }

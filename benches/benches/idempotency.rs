@@ -30,8 +30,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use keel_idempotency::{
-    Fingerprint, Idempotency, IdempotencyKey, IdempotencyStore, MemoryStore, PostgresStore,
-    RedisStore,
+    Fingerprint, Idempotency, IdempotencyKey, IdempotencyStore, PostgresStore, RedisStore,
 };
 use redis::aio::ConnectionManager;
 use serde_json::json;
@@ -110,40 +109,118 @@ where
 
 fn keys(c: &mut Criterion) {
     let mut g = c.benchmark_group("keys");
-    let params = json!({"cluster": "prod", "instance_type": "t3.small", "count": 2, "zone": "eu-west-1a"});
+    let params =
+        json!({"cluster": "prod", "instance_type": "t3.small", "count": 2, "zone": "eu-west-1a"});
     g.bench_function("derive_key", |b| {
-        b.iter(|| IdempotencyKey::from_value(black_box("create-instances"), black_box(&params)))
+        b.iter(|| IdempotencyKey::from_value(black_box("create-instances"), black_box(&params)));
     });
     g.bench_function("fingerprint_fields", |b| {
-        b.iter(|| Fingerprint::of_fields(black_box(&params), &["/count", "/instance_type"]))
+        b.iter(|| Fingerprint::of_fields(black_box(&params), &["/count", "/instance_type"]));
     });
     g.finish();
+}
+
+/// On-CPU time of the calling thread (`/proc/thread-self/schedstat`): what
+/// a single-threaded measurement costs whatever else the machine runs. The
+/// yield makes the kernel account the running slice first, so the figure is
+/// exact to the nanosecond rather than to the scheduler tick.
+fn thread_cpu() -> Duration {
+    std::thread::yield_now();
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+    let ns = stat
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    Duration::from_nanos(ns)
+}
+
+/// `true` when per-thread CPU time can be read (Linux).
+fn has_thread_cpu() -> bool {
+    std::fs::metadata("/proc/thread-self/schedstat").is_ok()
+}
+
+/// Times `iters` sequential runs of `op` on a current-thread runtime, by
+/// wall clock or by this thread's CPU time.
+fn sequential<F, Fut>(rt: &Runtime, iters: u64, cpu: bool, mut op: F) -> Duration
+where
+    F: FnMut(u64) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    rt.block_on(async {
+        let (wall, on_cpu) = (Instant::now(), thread_cpu());
+        for i in 0..iters {
+            op(i).await;
+        }
+        if cpu {
+            thread_cpu() - on_cpu
+        } else {
+            wall.elapsed()
+        }
+    })
 }
 
 fn memory(c: &mut Criterion) {
     let mut g = c.benchmark_group("memory");
     let fp = Fingerprint::empty();
+    let modes: &[(&str, bool)] = if has_thread_cpu() {
+        &[("1t", false), ("1t_cpu", true)]
+    } else {
+        &[("1t", false)]
+    };
+
+    // The hand-written minimum of an in-memory replay: a mutex-guarded map
+    // lookup, a clone of the stored bytes, and decoding them.
+    {
+        let rt = current_thread();
+        let map: std::sync::Mutex<std::collections::HashMap<[u8; 32], bytes_like::Stored>> =
+            std::sync::Mutex::new(
+                (0..64u64)
+                    .map(|i| {
+                        let bytes = serde_json::to_vec(&created(1).unwrap()).unwrap();
+                        (
+                            *counter_key(u64::MAX, i).digest(),
+                            bytes_like::Stored::from(bytes),
+                        )
+                    })
+                    .collect(),
+            );
+        for (mode, cpu) in modes {
+            g.bench_function(format!("baseline_map_decode/{mode}"), |b| {
+                b.iter_custom(|iters| {
+                    sequential(&rt, iters, *cpu, |i| {
+                        let key = counter_key(u64::MAX, i & 63);
+                        let bytes = map.lock().unwrap().get(key.digest()).cloned().unwrap();
+                        let value: Created = serde_json::from_slice(&bytes).unwrap();
+                        black_box(value);
+                        std::future::ready(())
+                    })
+                });
+            });
+        }
+    }
 
     // Replay, one thread.
     {
         let rt = current_thread();
         let idem = Idempotency::new();
         let keys = rt.block_on(completed_keys(&idem, 64));
-        let mut i = 0usize;
-        g.bench_function("replay/1t", |b| {
-            b.to_async(&rt).iter(|| {
-                i = (i + 1) & 63;
-                let key = keys[i];
-                let idem = &idem;
-                async move {
-                    black_box(
-                        idem.execute(&key, &fp, || async { created(2) })
-                            .await
-                            .unwrap(),
-                    )
-                }
-            })
-        });
+        for (mode, cpu) in modes {
+            g.bench_function(format!("replay/{mode}"), |b| {
+                b.iter_custom(|iters| {
+                    sequential(&rt, iters, *cpu, |i| {
+                        let (idem, key) = (&idem, keys[(i as usize) & 63]);
+                        async move {
+                            black_box(
+                                idem.execute(&key, &fp, || async { created(2) })
+                                    .await
+                                    .unwrap(),
+                            );
+                        }
+                    })
+                });
+            });
+        }
     }
 
     // Replay, two threads.
@@ -164,7 +241,7 @@ fn memory(c: &mut Criterion) {
                         );
                     }
                 })
-            })
+            });
         });
     }
 
@@ -172,24 +249,24 @@ fn memory(c: &mut Criterion) {
     {
         let rt = current_thread();
         let base = AtomicU64::new(0);
-        g.bench_function("new_key/1t", |b| {
-            b.iter_custom(|iters| {
-                let idem = Idempotency::new();
-                let base = base.fetch_add(1, Ordering::Relaxed);
-                rt.block_on(async {
-                    let start = Instant::now();
-                    for n in 0..iters {
-                        let key = counter_key(base, n);
-                        black_box(
-                            idem.execute(&key, &fp, || async { created(3) })
-                                .await
-                                .unwrap(),
-                        );
-                    }
-                    start.elapsed()
-                })
-            })
-        });
+        for (mode, cpu) in modes {
+            g.bench_function(format!("new_key/{mode}"), |b| {
+                b.iter_custom(|iters| {
+                    let idem = Idempotency::new();
+                    let base = base.fetch_add(1, Ordering::Relaxed);
+                    sequential(&rt, iters, *cpu, |n| {
+                        let (idem, key) = (&idem, counter_key(base, n));
+                        async move {
+                            black_box(
+                                idem.execute(&key, &fp, || async { created(3) })
+                                    .await
+                                    .unwrap(),
+                            );
+                        }
+                    })
+                });
+            });
+        }
     }
 
     // New key, two threads.
@@ -211,10 +288,15 @@ fn memory(c: &mut Criterion) {
                         );
                     }
                 })
-            })
+            });
         });
     }
     g.finish();
+}
+
+/// Stored bytes with a cheap clone, as the memory store keeps them.
+mod bytes_like {
+    pub(crate) type Stored = std::sync::Arc<[u8]>;
 }
 
 fn redis_url() -> String {
@@ -275,7 +357,7 @@ fn redis(c: &mut Criterion) {
                             black_box(v);
                         }
                     })
-                })
+                });
             });
         }
         {
@@ -300,7 +382,7 @@ fn redis(c: &mut Criterion) {
                                 .unwrap();
                         }
                     })
-                })
+                });
             });
         }
         {
@@ -318,7 +400,7 @@ fn redis(c: &mut Criterion) {
                             );
                         }
                     })
-                })
+                });
             });
         }
         {
@@ -340,7 +422,7 @@ fn redis(c: &mut Criterion) {
                             );
                         }
                     })
-                })
+                });
             });
         }
     }
@@ -383,11 +465,7 @@ fn postgres(c: &mut Criterion) {
         return;
     };
     let schema = format!("keel_bench_idem_{}", std::process::id());
-    let store = rt.block_on(
-        PostgresStore::builder(pool.clone())
-            .schema(&schema)
-            .build(),
-    );
+    let store = rt.block_on(PostgresStore::builder(pool.clone()).schema(&schema).build());
     let store = store.unwrap();
     let plain = format!("\"{schema}\".plain");
     rt.block_on(async {
@@ -409,8 +487,10 @@ fn postgres(c: &mut Criterion) {
     let keys = Arc::new(rt.block_on(completed_keys(&idem, 64)));
     let value = serde_json::to_vec(&created(1).unwrap()).unwrap();
     let select_sql: Arc<str> = format!("SELECT result FROM {plain} WHERE key = $1").into();
-    let insert_sql: Arc<str> =
-        format!("INSERT INTO {plain} (key, result, expires_at) VALUES ($1, $2, now() + interval '1 hour')").into();
+    let insert_sql: Arc<str> = format!(
+        "INSERT INTO {plain} (key, result, expires_at) VALUES ($1, $2, now() + interval '1 hour')"
+    )
+    .into();
     let base = Arc::new(AtomicU64::new(0));
 
     let mut g = c.benchmark_group("postgres");
@@ -432,12 +512,16 @@ fn postgres(c: &mut Criterion) {
                             black_box(row);
                         }
                     })
-                })
+                });
             });
         }
         {
-            let (pool, sql, value, base) =
-                (pool.clone(), insert_sql.clone(), value.clone(), base.clone());
+            let (pool, sql, value, base) = (
+                pool.clone(),
+                insert_sql.clone(),
+                value.clone(),
+                base.clone(),
+            );
             g.bench_function(format!("plain_insert/{suffix}"), |b| {
                 b.iter_custom(|iters| {
                     let (pool, sql, value) = (pool.clone(), sql.clone(), value.clone());
@@ -453,7 +537,7 @@ fn postgres(c: &mut Criterion) {
                                 .unwrap();
                         }
                     })
-                })
+                });
             });
         }
         {
@@ -471,7 +555,7 @@ fn postgres(c: &mut Criterion) {
                             );
                         }
                     })
-                })
+                });
             });
         }
         {
@@ -491,7 +575,7 @@ fn postgres(c: &mut Criterion) {
                             );
                         }
                     })
-                })
+                });
             });
         }
     }

@@ -17,8 +17,8 @@ use std::future::{Ready, ready};
 use std::hint::black_box;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use backoff::backoff::Backoff as _;
+use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use criterion::{Criterion, criterion_group, criterion_main};
 use keel_core::Rng;
 use keel_retry::{Backoff, Jitter, RetryBudget, RetryPolicy};

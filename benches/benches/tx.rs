@@ -9,6 +9,8 @@
 //!   appending one JSON line of the same size as the commit record to a file
 //!   and calling `fdatasync` (the durability floor of any write-ahead log on
 //!   this disk).
+//!   `baseline_append_fdatasync_again` repeats it after the keel runs, to
+//!   show how much the disk's latency drifted meanwhile.
 //! * `tx_file/keel_16_resources_concurrently`: sixteen such transactions on
 //!   sixteen resources at once (throughput per transaction), where
 //!   concurrent commits share one `fdatasync`.
@@ -105,17 +107,20 @@ fn file(c: &mut Criterion) {
         line
     };
     let baseline_dir = tempfile::tempdir().expect("tempdir");
-    group.bench_function("baseline_append_fdatasync", |b| {
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(baseline_dir.path().join("log.jsonl"))
-            .expect("open");
-        b.iter(|| {
-            file.write_all(&line).expect("write");
-            file.sync_data().expect("fdatasync");
+    let mut baseline_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(baseline_dir.path().join("log.jsonl"))
+        .expect("open");
+    let mut baseline = |group: &mut criterion::BenchmarkGroup<'_, _>, name: &str| {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                baseline_file.write_all(&line).expect("write");
+                baseline_file.sync_data().expect("fdatasync");
+            });
         });
-    });
+    };
+    baseline(&mut group, "baseline_append_fdatasync");
 
     let dir = tempfile::tempdir().expect("tempdir");
     let journal = FileJournal::open(dir.path()).expect("journal");
@@ -143,9 +148,17 @@ fn file(c: &mut Criterion) {
         b.to_async(&rt).iter(|| {
             n += 1;
             let (manager, resources) = (&manager, &resources);
-            async move { futures::future::join_all(resources.iter().map(|r| on_resource(manager, r, n))).await }
+            async move {
+                futures::future::join_all(resources.iter().map(|r| on_resource(manager, r, n)))
+                    .await
+            }
         });
     });
+
+    // The baseline again, after the keel runs, to show how much fdatasync
+    // latency drifted during the run.
+    group.throughput(Throughput::Elements(1));
+    baseline(&mut group, "baseline_append_fdatasync_again");
     group.finish();
 }
 

@@ -32,7 +32,10 @@ struct Payment {
 }
 
 /// The handler that must not run twice for one payment.
-async fn charge(State(charges): State<Arc<AtomicU32>>, Json(p): Json<Payment>) -> (StatusCode, Json<Value>) {
+async fn charge(
+    State(charges): State<Arc<AtomicU32>>,
+    Json(p): Json<Payment>,
+) -> (StatusCode, Json<Value>) {
     let n = charges.fetch_add(1, Ordering::SeqCst) + 1;
     (
         StatusCode::CREATED,
@@ -60,8 +63,7 @@ fn app(charges: Arc<AtomicU32>) -> anyhow::Result<Router> {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
 
@@ -69,11 +71,14 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        axum::serve(listener, app(charges.clone())?).with_graceful_shutdown(async {
-            let _ = stop_rx.await;
-        }),
-    );
+    let router = app(charges.clone())?;
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async {
+                let _ = stop_rx.await;
+            })
+            .await
+    });
     println!("server listening on http://{addr}");
 
     let client = reqwest::Client::new();
@@ -93,7 +98,10 @@ async fn main() -> anyhow::Result<()> {
         if let Some(key) = key {
             req = req.header("Idempotency-Key", key);
         }
-        let res = req.send().await.with_context(|| format!("sending {label}"))?;
+        let res = req
+            .send()
+            .await
+            .with_context(|| format!("sending {label}"))?;
         let status = res.status();
         let replayed = res
             .headers()

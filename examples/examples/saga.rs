@@ -65,7 +65,9 @@ impl std::error::Error for CloudError {}
 async fn create(cloud: &SharedCloud, kind: &str, token: &str, spec: Value) -> Value {
     let mut cloud = cloud.lock().await;
     if let Some(id) = cloud.tokens.get(token).cloned() {
-        cloud.log.push(format!("create {kind}: token seen, returning {id}"));
+        cloud
+            .log
+            .push(format!("create {kind}: token seen, returning {id}"));
         return json!({ "id": id });
     }
     cloud.created += 1;
@@ -94,20 +96,37 @@ fn registry(cloud: &SharedCloud) -> SagaRegistry {
         _ => Outcome::Failure,
     };
 
-    let (c1, c2, c3, c4, c5) = (cloud.clone(), cloud.clone(), cloud.clone(), cloud.clone(), cloud.clone());
+    let (c1, c2, c3, c4, c5) = (
+        cloud.clone(),
+        cloud.clone(),
+        cloud.clone(),
+        cloud.clone(),
+        cloud.clone(),
+    );
     SagaRegistry::new()
         .register(
             Step::new("create_vpc", move |ctx| {
                 let cloud = c1.clone();
                 async move {
                     let cidr = ctx.input()["cidr"].clone();
-                    Ok::<_, CloudError>(create(&cloud, "vpc", ctx.idempotency_key(), json!({ "cidr": cidr })).await)
+                    Ok::<_, CloudError>(
+                        create(
+                            &cloud,
+                            "vpc",
+                            ctx.idempotency_key(),
+                            json!({ "cidr": cidr }),
+                        )
+                        .await,
+                    )
                 }
             })
             .compensate(move |ctx| {
                 let cloud = c2.clone();
                 async move {
-                    let id = ctx.output().and_then(|o| o["id"].as_str()).unwrap_or_default();
+                    let id = ctx
+                        .output()
+                        .and_then(|o| o["id"].as_str())
+                        .unwrap_or_default();
                     delete(&cloud, id).await;
                     Ok::<_, CloudError>(())
                 }
@@ -121,14 +140,23 @@ fn registry(cloud: &SharedCloud) -> SagaRegistry {
                     let vpc = ctx.output_of("create_vpc").cloned().unwrap_or_default();
                     let count = ctx.input()["instances"].clone();
                     Ok::<_, CloudError>(
-                        create(&cloud, "instances", ctx.idempotency_key(), json!({ "vpc": vpc, "count": count })).await,
+                        create(
+                            &cloud,
+                            "instances",
+                            ctx.idempotency_key(),
+                            json!({ "vpc": vpc, "count": count }),
+                        )
+                        .await,
                     )
                 }
             })
             .compensate(move |ctx| {
                 let cloud = c4.clone();
                 async move {
-                    let id = ctx.output().and_then(|o| o["id"].as_str()).unwrap_or_default();
+                    let id = ctx
+                        .output()
+                        .and_then(|o| o["id"].as_str())
+                        .unwrap_or_default();
                     delete(&cloud, id).await;
                     Ok::<_, CloudError>(())
                 }
@@ -143,11 +171,17 @@ fn registry(cloud: &SharedCloud) -> SagaRegistry {
                     cloud.dns_calls += 1;
                     let attempt = ctx.attempt();
                     if cloud.dns_calls <= 2 {
-                        cloud.log.push(format!("register_dns attempt {attempt}: throttled"));
+                        cloud
+                            .log
+                            .push(format!("register_dns attempt {attempt}: throttled"));
                         return Err(CloudError::Throttled);
                     }
-                    cloud.log.push(format!("register_dns attempt {attempt}: zone does not exist"));
-                    Err::<Value, _>(CloudError::Invalid("hosted zone example.internal does not exist"))
+                    cloud.log.push(format!(
+                        "register_dns attempt {attempt}: zone does not exist"
+                    ));
+                    Err::<Value, _>(CloudError::Invalid(
+                        "hosted zone example.internal does not exist",
+                    ))
                 }
             })
             .retry(quick)
@@ -175,9 +209,15 @@ async fn main() -> anyhow::Result<()> {
     for line in &cloud.lock().await.log {
         println!("  {line}");
     }
-    println!("  resources left: {:?}", cloud.lock().await.resources.keys().collect::<Vec<_>>());
+    println!(
+        "  resources left: {:?}",
+        cloud.lock().await.resources.keys().collect::<Vec<_>>()
+    );
 
-    println!("\n== saga report: {:?}", report.status().context("the saga finished")?);
+    println!(
+        "\n== saga report: {:?}",
+        report.status().context("the saga finished")?
+    );
     for step in &report.steps {
         println!(
             "  {:<17} {:<12} attempts={} key={}… error={}",
@@ -197,9 +237,16 @@ async fn main() -> anyhow::Result<()> {
         let event = &record["event"];
         let detail = match event["kind"].as_str() {
             Some("started") => format!("steps={}", event["steps"]),
-            Some("step_started") | Some("compensation_started") => format!("index={}", event["index"]),
-            Some("step_completed") => format!("index={} output={}", event["index"], event["output"]),
-            Some("step_failed") => format!("index={} attempts={} error={}", event["index"], event["attempts"], event["error"]),
+            Some("step_started") | Some("compensation_started") => {
+                format!("index={}", event["index"])
+            }
+            Some("step_completed") => {
+                format!("index={} output={}", event["index"], event["output"])
+            }
+            Some("step_failed") => format!(
+                "index={} attempts={} error={}",
+                event["index"], event["attempts"], event["error"]
+            ),
             Some("compensated") => format!("index={}", event["index"]),
             Some("aborted") => format!("reason={}", event["reason"]),
             Some("finished") => format!("status={}", event["status"]),
@@ -212,6 +259,9 @@ async fn main() -> anyhow::Result<()> {
         report.compensated_steps() == ["create_instances", "create_vpc"],
         "compensations must run in reverse order"
     );
-    anyhow::ensure!(cloud.lock().await.resources.is_empty(), "everything created was deleted");
+    anyhow::ensure!(
+        cloud.lock().await.resources.is_empty(),
+        "everything created was deleted"
+    );
     Ok(())
 }

@@ -183,7 +183,7 @@ async function showTimeline(fp) {
       el("td", {}, fmtTime(e.startsAt)),
       el("td", {}, fmtTime(e.endsAt)),
       el("td", { class: "r" }, e.occurrences))));
-  $("#timeline-panel").scrollIntoView({ behavior: "smooth" });
+  $("#timeline-panel").scrollIntoView();
 }
 
 async function refresh() {

@@ -17,7 +17,11 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
 pub struct Config {
     /// Database URL: `sqlite://PATH` (created if missing) or
     /// `postgres://USER@HOST/DB`.
-    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://alert-history.db")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://alert-history.db"
+    )]
     pub database_url: String,
 
     /// Address to serve HTTP on.
@@ -182,19 +186,49 @@ mod tests {
     fn invalid_values_name_the_variable() {
         let mut config = parse(&[]).unwrap();
         config.database_url = "mysql://x".into();
-        assert!(config.validate().unwrap_err().to_string().contains("DATABASE_URL"));
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("DATABASE_URL")
+        );
         let mut config = parse(&[]).unwrap();
         config.retention_days = 0;
-        assert!(config.validate().unwrap_err().to_string().contains("RETENTION_DAYS"));
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("RETENTION_DAYS")
+        );
         let mut config = parse(&[]).unwrap();
         config.max_body_bytes = 10;
-        assert!(config.validate().unwrap_err().to_string().contains("MAX_BODY_BYTES"));
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("MAX_BODY_BYTES")
+        );
         let mut config = parse(&[]).unwrap();
         config.webhook_token = Some(String::new());
-        assert!(config.validate().unwrap_err().to_string().contains("WEBHOOK_TOKEN"));
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("WEBHOOK_TOKEN")
+        );
         let mut config = parse(&[]).unwrap();
         config.log_format = "xml".into();
-        assert!(config.validate().unwrap_err().to_string().contains("LOG_FORMAT"));
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("LOG_FORMAT")
+        );
         let err = parse(&["--retention-days", "abc"]).unwrap_err().to_string();
         assert!(err.contains("RETENTION_DAYS"), "{err}");
     }

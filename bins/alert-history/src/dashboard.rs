@@ -56,7 +56,10 @@ async fn style() -> Response {
 
 /// `GET /api/dashboard/overview?hours=24`: the report over the last
 /// `hours` (1..=8760) plus every alert firing now.
-async fn overview(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+async fn overview(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
     let pairs = query_pairs(raw.as_deref());
     let hours: i64 = number(&pairs, "hours", 1, 8760)?.unwrap_or(24);
     let now = Utc::now().timestamp_millis();
@@ -78,7 +81,10 @@ async fn overview(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Res
 }
 
 /// `GET /api/dashboard/charts?hours=24&buckets=48`: events per bucket.
-async fn charts(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+async fn charts(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
     let pairs = query_pairs(raw.as_deref());
     let hours: i64 = number(&pairs, "hours", 1, 8760)?.unwrap_or(24);
     let buckets: i64 = number(&pairs, "buckets", 1, 500)?.unwrap_or(48);
@@ -99,7 +105,10 @@ async fn charts(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Resul
 }
 
 /// `GET /api/dashboard/alerts/recent?limit=20`: the newest events.
-async fn recent(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+async fn recent(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
     let pairs = query_pairs(raw.as_deref());
     let limit: u32 = number(&pairs, "limit", 1, 200)?.unwrap_or(20);
     let rows = state

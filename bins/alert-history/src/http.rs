@@ -229,7 +229,10 @@ fn authorized(headers: &HeaderMap, expected: Option<&str>) -> bool {
     let Some(given) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
     else {
         return false;
     };
@@ -290,7 +293,11 @@ async fn ingest(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Res
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string())
             }
         })?;
-    tracing::debug!(saved = outcome.saved, processed = outcome.processed, "webhook stored");
+    tracing::debug!(
+        saved = outcome.saved,
+        processed = outcome.processed,
+        "webhook stored"
+    );
     Ok(axum::Json(json!({
         "result": "ok",
         "saved": outcome.saved,
@@ -349,7 +356,10 @@ where
 
 /// A time: RFC 3339, a naive ISO time (taken as UTC), a date, or Unix
 /// seconds.
-pub(crate) fn time_param(pairs: &[(String, String)], name: &str) -> Result<Option<i64>, QueryError> {
+pub(crate) fn time_param(
+    pairs: &[(String, String)],
+    name: &str,
+) -> Result<Option<i64>, QueryError> {
     let Some(v) = last(pairs, name) else {
         return Ok(None);
     };
@@ -360,7 +370,12 @@ pub(crate) fn time_param(pairs: &[(String, String)], name: &str) -> Result<Optio
         return Ok(Some(t.and_utc().timestamp_millis()));
     }
     if let Ok(d) = chrono::NaiveDate::parse_from_str(v, "%Y-%m-%d") {
-        return Ok(Some(d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc().timestamp_millis()));
+        return Ok(Some(
+            d.and_hms_opt(0, 0, 0)
+                .unwrap_or_default()
+                .and_utc()
+                .timestamp_millis(),
+        ));
     }
     if let Ok(secs) = v.parse::<f64>()
         && secs.is_finite()
@@ -390,9 +405,10 @@ pub fn parse_history_query(raw: Option<&str>) -> Result<HistoryQuery, QueryError
     let pairs = query_pairs(raw);
     let status = match last(&pairs, "status") {
         None => None,
-        Some(s) => Some(Status::parse(s).ok_or_else(|| {
-            QueryError::new("status", "must be \"firing\" or \"resolved\"")
-        })?),
+        Some(s) => Some(
+            Status::parse(s)
+                .ok_or_else(|| QueryError::new("status", "must be \"firing\" or \"resolved\""))?,
+        ),
     };
     let mut labels = Vec::new();
     for (k, v) in &pairs {
@@ -403,19 +419,26 @@ pub fn parse_history_query(raw: Option<&str>) -> Result<HistoryQuery, QueryError
             .split_once('=')
             .ok_or_else(|| QueryError::new("label", format!("expected name=value, got {v:?}")))?;
         if !is_label_name(name) {
-            return Err(QueryError::new("label", format!("invalid label name {name:?}")));
+            return Err(QueryError::new(
+                "label",
+                format!("invalid label name {name:?}"),
+            ));
         }
         labels.push((name.to_owned(), value.to_owned()));
     }
     let cursor = match last(&pairs, "cursor") {
         None => None,
         Some(c) => Some(
-            Cursor::decode(c).ok_or_else(|| QueryError::new("cursor", "not a cursor from a Link header"))?,
+            Cursor::decode(c)
+                .ok_or_else(|| QueryError::new("cursor", "not a cursor from a Link header"))?,
         ),
     };
     let offset = number::<u64>(&pairs, "offset", 0, i64::MAX as u64)?.unwrap_or(0);
     if cursor.is_some() && offset > 0 {
-        return Err(QueryError::new("offset", "use either cursor or offset, not both"));
+        return Err(QueryError::new(
+            "offset",
+            "use either cursor or offset, not both",
+        ));
     }
     Ok(HistoryQuery {
         alertname: text(&pairs, "alertname"),
@@ -467,7 +490,10 @@ pub(crate) fn state_json(row: &StateRow) -> Value {
     })
 }
 
-async fn history(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+async fn history(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
     let query = parse_history_query(raw.as_deref())?;
     let rows = state.inner.store.history(&query).await?;
     state.inner.metrics.history_query();
@@ -495,8 +521,12 @@ async fn history(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Resu
     Ok(response)
 }
 
-async fn alert_timeline(State(state): State<AppState>, Path(fingerprint): Path<String>) -> Result<Response, ApiError> {
+async fn alert_timeline(
+    State(state): State<AppState>,
+    Path(fingerprint): Path<String>,
+) -> Result<Response, ApiError> {
     let (events, current) = state.inner.store.alert(&fingerprint).await?;
+    let raw = state.inner.store.raw_events(&fingerprint).await?;
     let Some(first) = events.first() else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -527,7 +557,11 @@ async fn alert_timeline(State(state): State<AppState>, Path(fingerprint): Path<S
         "firing_periods": stats.periods,
         "first_seen": format_time(first.received_at),
         "last_seen": format_time(events.iter().map(|e| e.last_seen).max().unwrap_or(first.last_seen)),
-        "events": events.iter().map(event_json).collect::<Vec<_>>(),
+        "events": events.iter().zip(raw.into_iter().map(Some).chain(std::iter::repeat(None))).map(|(e, raw)| {
+            let mut v = event_json(e);
+            v["raw"] = raw.unwrap_or(Value::Null);
+            v
+        }).collect::<Vec<_>>(),
     }))
     .into_response())
 }
@@ -549,7 +583,10 @@ pub fn parse_report_query(raw: Option<&str>) -> Result<ReportQuery, QueryError> 
     })
 }
 
-async fn report(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+async fn report(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
     let query = parse_report_query(raw.as_deref())?;
     let report = state.inner.store.report(&query).await?;
     state.inner.metrics.report_query();
@@ -665,7 +702,10 @@ async fn health_detailed(State(state): State<AppState>) -> Response {
 async fn metrics(State(state): State<AppState>) -> Response {
     match state.inner.registry.encode() {
         Ok(text) => (
-            [(header::CONTENT_TYPE, keel_telemetry::OPENMETRICS_CONTENT_TYPE)],
+            [(
+                header::CONTENT_TYPE,
+                keel_telemetry::OPENMETRICS_CONTENT_TYPE,
+            )],
             text,
         )
             .into_response(),
@@ -676,7 +716,10 @@ async fn metrics(State(state): State<AppState>) -> Response {
 
 // ---------------------------------------------------------------- admin
 
-async fn admin_retention(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn admin_retention(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     if !authorized(&headers, state.inner.api_token.as_deref()) {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,

@@ -107,7 +107,10 @@ impl Service {
         let app = router(state.clone());
         let stop = shutdown.triggered();
         shutdown.spawn(async move {
-            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+            {
                 tracing::error!(error = %e, "HTTP server failed");
             }
         });

@@ -30,7 +30,10 @@ fn main() -> ExitCode {
         eprintln!("alert-history: configuration is valid");
         return ExitCode::SUCCESS;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("alert-history: cannot start the runtime: {e}");

@@ -101,10 +101,26 @@ impl Metrics {
             "Webhook deliveries rejected or failed",
             self.webhook_errors.clone(),
         );
-        registry.register(HISTORY_QUERIES, "History queries served", self.history_queries.clone());
-        registry.register(REPORT_QUERIES, "Report queries served", self.report_queries.clone());
-        registry.register(DB_ALERTS, "Alert events stored in the database", self.db_alerts.clone());
-        registry.register(REQUEST_LATENCY, "HTTP request latency by route", self.latency.clone());
+        registry.register(
+            HISTORY_QUERIES,
+            "History queries served",
+            self.history_queries.clone(),
+        );
+        registry.register(
+            REPORT_QUERIES,
+            "Report queries served",
+            self.report_queries.clone(),
+        );
+        registry.register(
+            DB_ALERTS,
+            "Alert events stored in the database",
+            self.db_alerts.clone(),
+        );
+        registry.register(
+            REQUEST_LATENCY,
+            "HTTP request latency by route",
+            self.latency.clone(),
+        );
     }
 
     /// Counts the alerts of a stored delivery.
@@ -217,7 +233,10 @@ mod tests {
             m.record_events(&parse_webhook(body.as_bytes()).unwrap());
         }
         let text = encode(&m);
-        let series = text.lines().filter(|l| l.starts_with("alert_history_webhook_events_total{")).count();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("alert_history_webhook_events_total{"))
+            .count();
         assert_eq!(series, 4, "{text}");
         assert!(text.contains("alertname=\"other\",namespace=\"other\",status=\"firing\"} 7"));
     }

@@ -158,7 +158,10 @@ fn convert(i: usize, alert: AlertIn, raw: Value) -> Result<NewEvent, PayloadErro
     let field = |name: &str| format!("alerts[{i}].{name}");
     let status = Status::parse(&alert.status).ok_or_else(|| PayloadError::Invalid {
         field: field("status"),
-        reason: format!("expected \"firing\" or \"resolved\", got {:?}", alert.status),
+        reason: format!(
+            "expected \"firing\" or \"resolved\", got {:?}",
+            alert.status
+        ),
     })?;
     let alertname = alert
         .labels
@@ -267,7 +270,10 @@ mod tests {
     #[test]
     fn fingerprint_matches_alertmanager() {
         let firing = parse_webhook(FIRING.as_bytes()).unwrap();
-        assert_eq!(alertmanager_fingerprint(&firing[0].labels), "12a9e0cfd9b7b39d");
+        assert_eq!(
+            alertmanager_fingerprint(&firing[0].labels),
+            "12a9e0cfd9b7b39d"
+        );
     }
 
     #[test]
@@ -285,17 +291,28 @@ mod tests {
         let err = parse_webhook(b"{not json").unwrap_err();
         assert!(matches!(err, PayloadError::Malformed { .. }));
         let err = parse_webhook(br#"{"alerts": 3}"#).unwrap_err();
-        assert!(matches!(&err, PayloadError::Invalid { field, .. } if field == "alerts"), "{err:?}");
+        assert!(
+            matches!(&err, PayloadError::Invalid { field, .. } if field == "alerts"),
+            "{err:?}"
+        );
         let err = parse_webhook(
             br#"{"alerts":[{"status":"firing","labels":{"alertname":"A"},"startsAt":"x"}]}"#,
         )
         .unwrap_err();
-        assert!(matches!(&err, PayloadError::Invalid { field, .. } if field == "alerts[0].startsAt"));
+        assert!(
+            matches!(&err, PayloadError::Invalid { field, .. } if field == "alerts[0].startsAt")
+        );
         let err = parse_webhook(br#"{"alerts":[{"status":"firing","labels":{"alertname":"A"}}]}"#)
             .unwrap_err();
-        assert!(matches!(&err, PayloadError::Invalid { field, .. } if field == "alerts[0].startsAt"), "{err:?}");
+        assert!(
+            matches!(&err, PayloadError::Invalid { field, .. } if field == "alerts[0].startsAt"),
+            "{err:?}"
+        );
         let err = parse_webhook(br#"{"receiver":"x"}"#).unwrap_err();
-        assert!(matches!(&err, PayloadError::Invalid { field, .. } if field == "alerts"), "{err:?}");
+        assert!(
+            matches!(&err, PayloadError::Invalid { field, .. } if field == "alerts"),
+            "{err:?}"
+        );
         let err = parse_webhook(
             br#"{"alerts":[{"status":"gone","labels":{"alertname":"A"},"startsAt":"2026-01-01T00:00:00Z"}]}"#,
         )
@@ -305,7 +322,10 @@ mod tests {
             br#"{"alerts":[{"status":"firing","labels":{"alertname":7},"startsAt":"2026-01-01T00:00:00Z"}]}"#,
         )
         .unwrap_err();
-        assert!(matches!(&err, PayloadError::Invalid { field, .. } if field == "alerts[0].labels.alertname"), "{err:?}");
+        assert!(
+            matches!(&err, PayloadError::Invalid { field, .. } if field == "alerts[0].labels.alertname"),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -89,7 +89,10 @@ mod tests {
 
     #[test]
     fn cutoff_subtracts_the_period() {
-        assert_eq!(cutoff_ms(100 * 86_400_000, Duration::from_secs(90 * 86_400)), 10 * 86_400_000);
+        assert_eq!(
+            cutoff_ms(100 * 86_400_000, Duration::from_secs(90 * 86_400)),
+            10 * 86_400_000
+        );
         assert_eq!(cutoff_ms(i64::MIN + 5, Duration::from_secs(10)), i64::MIN);
     }
 

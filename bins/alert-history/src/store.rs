@@ -34,7 +34,10 @@ static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/p
 enum Pools {
     /// One writer connection (SQLite allows one writer at a time; queueing
     /// in the pool is cheaper than `SQLITE_BUSY` retries) and a read pool.
-    Sqlite { write: SqlitePool, read: SqlitePool },
+    Sqlite {
+        write: SqlitePool,
+        read: SqlitePool,
+    },
     Postgres(PgPool),
 }
 
@@ -405,7 +408,10 @@ impl Store {
     /// # Errors
     /// The database error.
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
-        on_read!(self, |pool| sqlx::query("SELECT 1").execute(pool).await.map(|_| ()))
+        on_read!(self, |pool| sqlx::query("SELECT 1")
+            .execute(pool)
+            .await
+            .map(|_| ()))
     }
 
     /// Stores a delivery in one transaction: each event is inserted, or, if
@@ -423,7 +429,11 @@ impl Store {
     ///
     /// # Errors
     /// The database error (the transaction is rolled back).
-    pub async fn ingest(&self, events: &[NewEvent], now_ms: i64) -> Result<IngestOutcome, sqlx::Error> {
+    pub async fn ingest(
+        &self,
+        events: &[NewEvent],
+        now_ms: i64,
+    ) -> Result<IngestOutcome, sqlx::Error> {
         let processed = events.len() as u64;
         // Deduplicate within the delivery (PostgreSQL refuses to update one
         // row twice in a statement) and sort by key for lock ordering.
@@ -435,15 +445,18 @@ impl Store {
         // The newest event of each fingerprint feeds the state table.
         let mut latest: BTreeMap<&str, &NewEvent> = BTreeMap::new();
         for event in &unique {
-            let newer = latest.get(event.fingerprint.as_str()).is_none_or(|cur| {
-                (event.starts_at, event.status) > (cur.starts_at, cur.status)
-            });
+            let newer = latest
+                .get(event.fingerprint.as_str())
+                .is_none_or(|cur| (event.starts_at, event.status) > (cur.starts_at, cur.status));
             if newer {
                 latest.insert(&event.fingerprint, event);
             }
         }
         if unique.is_empty() {
-            return Ok(IngestOutcome { saved: 0, processed });
+            return Ok(IngestOutcome {
+                saved: 0,
+                processed,
+            });
         }
         let mut saved = 0u64;
         on_write!(self, |pool| {
@@ -453,12 +466,17 @@ impl Store {
                 let rows: Vec<(i64,)> = bind_all!(sqlx::query_as(&sql), params)
                     .fetch_all(&mut *tx)
                     .await?;
-                saved += rows.iter().filter(|(occurrences,)| *occurrences == 1).count() as u64;
+                saved += rows
+                    .iter()
+                    .filter(|(occurrences,)| *occurrences == 1)
+                    .count() as u64;
             }
             let latest: Vec<&NewEvent> = latest.into_values().collect();
             for chunk in latest.chunks(INSERT_CHUNK) {
                 let (sql, params) = upsert_state_sql(chunk, now_ms);
-                bind_all!(sqlx::query(&sql), params).execute(&mut *tx).await?;
+                bind_all!(sqlx::query(&sql), params)
+                    .execute(&mut *tx)
+                    .await?;
             }
             tx.commit().await?;
         });
@@ -491,7 +509,8 @@ impl Store {
                     // quoted JSON path needs no escaping.
                     let path = f.param(Param::Text(format!("$.\"{name}\"")));
                     let v = f.param(Param::Text(value.clone()));
-                    f.conditions.push(format!("json_extract(labels, {path}) = {v}"));
+                    f.conditions
+                        .push(format!("json_extract(labels, {path}) = {v}"));
                 }
             }
         }
@@ -506,16 +525,36 @@ impl Store {
             "SELECT {EVENT_COLUMNS} FROM alert_events{} ORDER BY event_at DESC, id DESC LIMIT {limit} OFFSET {offset}",
             f.sql()
         );
-        on_read!(self, |pool| bind_all!(sqlx::query_as::<_, EventRow>(&sql), f.params)
+        on_read!(self, |pool| bind_all!(
+            sqlx::query_as::<_, EventRow>(&sql),
+            f.params
+        )
+        .fetch_all(pool)
+        .await)
+    }
+
+    /// The raw alert JSON of every event of one alert, oldest first, exactly
+    /// as delivered (unknown fields included).
+    ///
+    /// # Errors
+    /// The database error.
+    pub async fn raw_events(&self, fingerprint: &str) -> Result<Vec<Value>, sqlx::Error> {
+        let sql = "SELECT raw FROM alert_events WHERE fingerprint = $1 ORDER BY event_at, id";
+        let rows: Vec<(Json<Value>,)> = on_read!(self, |pool| sqlx::query_as(sql)
+            .bind(fingerprint)
             .fetch_all(pool)
-            .await)
+            .await)?;
+        Ok(rows.into_iter().map(|(raw,)| raw.0).collect())
     }
 
     /// Every event of one alert, oldest first, and its current state.
     ///
     /// # Errors
     /// The database error.
-    pub async fn alert(&self, fingerprint: &str) -> Result<(Vec<EventRow>, Option<StateRow>), sqlx::Error> {
+    pub async fn alert(
+        &self,
+        fingerprint: &str,
+    ) -> Result<(Vec<EventRow>, Option<StateRow>), sqlx::Error> {
         let sql = format!(
             "SELECT {EVENT_COLUMNS} FROM alert_events WHERE fingerprint = $1 ORDER BY event_at, id"
         );
@@ -570,9 +609,8 @@ impl Store {
             flap_params.len() - 1,
             flap_params.len()
         );
-        let totals_sql = format!(
-            "SELECT COUNT(*), COUNT(DISTINCT fingerprint) FROM alert_events{filter}"
-        );
+        let totals_sql =
+            format!("SELECT COUNT(*), COUNT(DISTINCT fingerprint) FROM alert_events{filter}");
         let severity_sql = format!(
             "SELECT COALESCE(severity, 'none') AS k, COUNT(*) FROM alert_events{filter} GROUP BY COALESCE(severity, 'none')"
         );
@@ -583,7 +621,8 @@ impl Store {
         sf.eq("alertname", &q.alertname);
         sf.eq("namespace", &q.namespace);
         let state_filter = sf.sql();
-        let status_sql = format!("SELECT status, COUNT(*) FROM alert_state{state_filter} GROUP BY status");
+        let status_sql =
+            format!("SELECT status, COUNT(*) FROM alert_state{state_filter} GROUP BY status");
         let firing_sev_sql = format!(
             "SELECT COALESCE(severity, 'none') AS k, COUNT(*) FROM alert_state{} GROUP BY COALESCE(severity, 'none')",
             if state_filter.is_empty() {
@@ -594,21 +633,29 @@ impl Store {
         );
         on_read!(self, |pool| {
             let (total_events, unique_alerts): (i64, i64) =
-                bind_all!(sqlx::query_as(&totals_sql), f.params).fetch_one(pool).await?;
+                bind_all!(sqlx::query_as(&totals_sql), f.params)
+                    .fetch_one(pool)
+                    .await?;
             let top_alerts = bind_all!(sqlx::query_as::<_, GroupCount>(&top_sql), top_params)
                 .fetch_all(pool)
                 .await?;
-            let flapping_alerts = bind_all!(sqlx::query_as::<_, GroupCount>(&flap_sql), flap_params)
+            let flapping_alerts =
+                bind_all!(sqlx::query_as::<_, GroupCount>(&flap_sql), flap_params)
+                    .fetch_all(pool)
+                    .await?;
+            let by_sev: Vec<(String, i64)> = bind_all!(sqlx::query_as(&severity_sql), f.params)
                 .fetch_all(pool)
                 .await?;
-            let by_sev: Vec<(String, i64)> =
-                bind_all!(sqlx::query_as(&severity_sql), f.params).fetch_all(pool).await?;
-            let by_ns: Vec<(String, i64)> =
-                bind_all!(sqlx::query_as(&namespace_sql), f.params).fetch_all(pool).await?;
-            let statuses: Vec<(String, i64)> =
-                bind_all!(sqlx::query_as(&status_sql), sf.params).fetch_all(pool).await?;
+            let by_ns: Vec<(String, i64)> = bind_all!(sqlx::query_as(&namespace_sql), f.params)
+                .fetch_all(pool)
+                .await?;
+            let statuses: Vec<(String, i64)> = bind_all!(sqlx::query_as(&status_sql), sf.params)
+                .fetch_all(pool)
+                .await?;
             let firing_sev: Vec<(String, i64)> =
-                bind_all!(sqlx::query_as(&firing_sev_sql), sf.params).fetch_all(pool).await?;
+                bind_all!(sqlx::query_as(&firing_sev_sql), sf.params)
+                    .fetch_all(pool)
+                    .await?;
             let count = |s: &str| statuses.iter().find(|(k, _)| k == s).map_or(0, |(_, n)| *n);
             Ok(Report {
                 total_events,
@@ -644,7 +691,12 @@ impl Store {
     ///
     /// # Errors
     /// The database error.
-    pub async fn chart(&self, since: i64, until: i64, bucket_ms: i64) -> Result<Vec<Bucket>, sqlx::Error> {
+    pub async fn chart(
+        &self,
+        since: i64,
+        until: i64,
+        bucket_ms: i64,
+    ) -> Result<Vec<Bucket>, sqlx::Error> {
         let bucket_ms = bucket_ms.max(1);
         let sql = "SELECT (event_at - $1) / $3 AS b, status, COUNT(*) FROM alert_events \
                    WHERE event_at >= $1 AND event_at < $2 GROUP BY (event_at - $1) / $3, status";
@@ -678,9 +730,11 @@ impl Store {
     /// # Errors
     /// The database error.
     pub async fn count_events(&self) -> Result<i64, sqlx::Error> {
-        on_read!(self, |pool| sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM alert_events")
-            .fetch_one(pool)
-            .await)
+        on_read!(self, |pool| sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM alert_events"
+        )
+        .fetch_one(pool)
+        .await)
     }
 
     /// Deletes at most `batch` events whose last delivery is before

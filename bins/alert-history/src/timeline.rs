@@ -85,8 +85,18 @@ mod tests {
 
     #[test]
     fn resolved_periods_add_up() {
-        let s = stats(&[firing(0), resolved(0, 10), firing(20), resolved(20, 25)], 100);
-        assert_eq!(s, Stats { firing_ms: 15, flaps: 3, periods: 2 });
+        let s = stats(
+            &[firing(0), resolved(0, 10), firing(20), resolved(20, 25)],
+            100,
+        );
+        assert_eq!(
+            s,
+            Stats {
+                firing_ms: 15,
+                flaps: 3,
+                periods: 2
+            }
+        );
     }
 
     #[test]

@@ -1,1 +1,82 @@
-//! vm-watchdog: being written.
+//! vm-watchdog: keeps Yandex Cloud VMs running and tells a Telegram topic
+//! within seconds when one stops, gets stuck, or recovers.
+//!
+//! The program is a thin `main.rs` over this library. Its policy lives here;
+//! surviving failures comes from the Keel crates:
+//!
+//! * [`config`]: one clap struct (every field an environment variable),
+//!   validated into [`Settings`]; a bad value is a [`ConfigError`] naming
+//!   the variable (exit code 64).
+//! * [`vms_yaml`]: the watched `vms.yaml` (Compute instances by id, or the
+//!   original bot's proxy API by URL; optional `folder_id`).
+//! * [`status`] and [`schedule`]: the status table (interval, action, stuck
+//!   timeout per status) and the adaptive, jittered schedule.
+//! * [`yandex`], [`proxy`], [`iam`]: the API clients and IAM tokens;
+//!   [`api`] runs every call through the API worker pool and a
+//!   `keel::Pipeline` (deadline → retry with the `watchdog` preset →
+//!   circuit breaker → per-VM rate limit of 10/s, burst 5), and shares one
+//!   paginated `instances.list` per poll among a folder's VMs.
+//! * [`engine`] (the coordinator) and the per-VM task: one task per VM,
+//!   reconfigured without a restart; a TCP probe (keel-health) of each
+//!   running VM's SSH port between API checks.
+//! * [`alerts`] over keel-notify (priorities, dedup, debounce, Telegram);
+//!   [`metrics`]; [`http`] for `/health` and `/metrics`; [`watch`] for
+//!   reloading `vms.yaml`; [`app`] assembles everything.
+//!
+//! The status table, as the engine applies it:
+//!
+//! ```
+//! use std::time::Duration;
+//! use vm_watchdog::schedule::{Bounds, Schedule};
+//! use vm_watchdog::status::{Action, VmStatus};
+//! use vm_watchdog::vms_yaml;
+//!
+//! let file = vms_yaml::parse(
+//!     "vms:\n  - name: web-1\n    instance_id: fhm123\n",
+//!     std::path::Path::new("vms.yaml"),
+//! )?;
+//! assert_eq!(file.vms[0].ssh_port, 22);
+//!
+//! // STOPPED: alert and start at once, check every 5 s.
+//! assert_eq!(VmStatus::Stopped.action(), Action::AlertAndStart);
+//! assert_eq!(VmStatus::Stopped.table_interval(), Duration::from_secs(5));
+//!
+//! // A VM that keeps RUNNING is checked less and less often, up to 60 s.
+//! let mut schedule = Schedule::new(Bounds::default());
+//! let mut intervals = Vec::new();
+//! for _ in 0..6 {
+//!     schedule.observed(VmStatus::Running);
+//!     intervals.push(schedule.base_interval().as_secs());
+//! }
+//! assert_eq!(intervals, [5, 10, 20, 40, 60, 60]);
+//! # Ok::<(), vm_watchdog::VmsFileError>(())
+//! ```
+
+pub mod alerts;
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod engine;
+mod error;
+pub mod http;
+pub mod iam;
+pub mod metrics;
+pub mod proxy;
+pub mod schedule;
+pub mod status;
+mod task;
+pub mod vms_yaml;
+pub mod watch;
+pub mod yandex;
+
+pub use alerts::Alerts;
+pub use api::{Api, ApiSettings, CallError, HttpApi, RawApi};
+pub use app::{Options, StopReport, Watchdog};
+pub use config::{Config, Credentials, Settings};
+pub use engine::{ApplyReport, Engine, EngineSettings, Prober};
+pub use error::{ApiError, ConfigError, Error, TokenError, VmsFileError};
+pub use metrics::Metrics;
+pub use schedule::{Bounds, Schedule};
+pub use status::{Action, VmStatus};
+pub use task::START_GRACE;
+pub use vms_yaml::{VmSource, VmSpec, VmsFile};

@@ -1,5 +1,6 @@
 //! [`Idempotency`]: execute-once over any [`IdempotencyStore`].
 
+use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
@@ -57,7 +58,6 @@ pub(crate) struct Inner<S> {
     heartbeat: Duration,
     in_flight: InFlightPolicy,
     instance: u64,
-    counter: AtomicU64,
     pub(crate) recorder: Recorder,
 }
 
@@ -119,6 +119,25 @@ pub struct Executed<T, E> {
     pub kind: ExecutionKind,
 }
 
+/// Execution numbers are unique in the process; each thread takes them in
+/// blocks so that concurrent calls do not contend on one counter.
+fn next_execution() -> u64 {
+    const BLOCK: u64 = 1024;
+    static NEXT_BLOCK: AtomicU64 = AtomicU64::new(0);
+    thread_local! {
+        static RANGE: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+    }
+    RANGE.with(|range| {
+        let (mut next, mut end) = range.get();
+        if next == end {
+            next = NEXT_BLOCK.fetch_add(BLOCK, Ordering::Relaxed);
+            end = next + BLOCK;
+        }
+        range.set((next + 1, end));
+        next
+    })
+}
+
 /// What the raw engine hands back.
 pub(crate) enum RawOutcome<R> {
     Ran { value: R, previous: Previous },
@@ -158,7 +177,6 @@ impl<S: IdempotencyStore> Idempotency<S> {
                 heartbeat,
                 in_flight: b.in_flight,
                 instance: rng.next_u64(),
-                counter: AtomicU64::new(0),
                 recorder: Recorder {
                     #[cfg(feature = "metrics")]
                     metrics: b.metrics,
@@ -245,8 +263,7 @@ impl<S: IdempotencyStore> Idempotency<S> {
     }
 
     fn next_owner(&self) -> OwnerId {
-        let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
-        OwnerId((u128::from(self.inner.instance) << 64) | u128::from(n))
+        OwnerId((u128::from(self.inner.instance) << 64) | u128::from(next_execution()))
     }
 
     /// The engine under [`Call::run_detailed`] and the HTTP layer: claims the
@@ -282,16 +299,18 @@ impl<S: IdempotencyStore> Idempotency<S> {
         let owner = self.next_owner();
         let mut wait_deadline: Option<Instant> = None;
         loop {
-            let begin = inner
-                .store
-                .begin(BeginRequest {
-                    key,
-                    fingerprint,
-                    owner,
-                    lease: inner.lease,
-                    ttl,
-                })
-                .await?;
+            let req = BeginRequest {
+                key,
+                fingerprint,
+                owner,
+                lease: inner.lease,
+                ttl,
+            };
+            // Stores that answer without I/O skip the boxed future.
+            let begin = match inner.store.begin_now(req) {
+                Some(done) => done?,
+                None => inner.store.begin(req).await?,
+            };
             let coalesced = wait_deadline.is_some();
             match begin {
                 Begin::Completed(bytes) => {

@@ -1,6 +1,7 @@
 //! The in-memory store: sharded maps in this process, tokio time.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,8 +33,84 @@ use crate::store::{
 /// entries, which are otherwise only replaced when their key is used again.
 #[derive(Clone)]
 pub struct MemoryStore {
-    shards: Arc<[Mutex<HashMap<IdempotencyKey, Entry>>]>,
+    shards: Arc<[Mutex<Shard>]>,
     mask: usize,
+}
+
+type Shard = HashMap<IdempotencyKey, Entry, KeyHashBuilder>;
+
+/// Hashes keys with a folded multiply keyed by per-store random seeds.
+///
+/// Keys are SHA-256 digests, so a few multiplies spread them as well as
+/// SipHash does, at a fraction of its cost; the random seeds keep a client
+/// who grinds digests from aiming many keys at one bucket.
+#[derive(Clone)]
+struct KeyHashBuilder {
+    seed: u64,
+    multiplier: u64,
+}
+
+struct KeyHasher {
+    state: u64,
+    multiplier: u64,
+}
+
+impl KeyHashBuilder {
+    fn new() -> Self {
+        let rng = keel_core::Rng::from_entropy();
+        KeyHashBuilder {
+            seed: rng.next_u64(),
+            // Odd, with high bits set, so the multiply mixes well.
+            multiplier: rng.next_u64() | 0x8000_0000_0000_0001,
+        }
+    }
+}
+
+impl BuildHasher for KeyHashBuilder {
+    type Hasher = KeyHasher;
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher {
+            state: self.seed,
+            multiplier: self.multiplier,
+        }
+    }
+}
+
+impl KeyHasher {
+    #[inline]
+    fn mix(&mut self, word: u64) {
+        let full = u128::from(self.state ^ word) * u128::from(self.multiplier);
+        // Truncations intended: fold the 128-bit product into 64 bits.
+        self.state = (full as u64) ^ ((full >> 64) as u64);
+    }
+}
+
+impl Hasher for KeyHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.mix(u64::from_le_bytes(word));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0u8; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.mix(u64::from_le_bytes(word));
+        }
+    }
+
+    #[inline]
+    fn write_usize(&mut self, n: usize) {
+        self.mix(n as u64);
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.state
+    }
 }
 
 struct Entry {
@@ -74,8 +151,11 @@ impl MemoryStore {
     /// A store with `shards` shards, rounded up to a power of two (at least 1).
     pub fn with_shards(shards: usize) -> Self {
         let n = shards.max(1).next_power_of_two();
+        let hasher = KeyHashBuilder::new();
         MemoryStore {
-            shards: (0..n).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..n)
+                .map(|_| Mutex::new(HashMap::with_hasher(hasher.clone())))
+                .collect(),
             mask: n - 1,
         }
     }
@@ -95,7 +175,7 @@ impl MemoryStore {
         self.len() == 0
     }
 
-    fn shard(&self, key: &IdempotencyKey) -> &Mutex<HashMap<IdempotencyKey, Entry>> {
+    fn shard(&self, key: &IdempotencyKey) -> &Mutex<Shard> {
         // Keys are SHA-256 digests: their first bytes are uniformly spread.
         let d = key.digest();
         let h = u64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]);
@@ -103,7 +183,7 @@ impl MemoryStore {
         &self.shards[(h as usize) & self.mask]
     }
 
-    fn begin_now(&self, req: BeginRequest<'_>) -> Begin {
+    fn begin_locked(&self, req: BeginRequest<'_>) -> Begin {
         let now = Instant::now();
         let mut shard = self.shard(req.key).lock();
         let (previous, notify) = match shard.get_mut(req.key) {
@@ -166,7 +246,7 @@ impl MemoryStore {
         &self,
         key: &IdempotencyKey,
         owner: OwnerId,
-        f: impl FnOnce(&mut HashMap<IdempotencyKey, Entry>, Instant) -> R,
+        f: impl FnOnce(&mut Shard, Instant) -> R,
     ) -> Option<R> {
         let now = Instant::now();
         let mut shard = self.shard(key).lock();
@@ -339,8 +419,12 @@ impl IdempotencyStore for MemoryStore {
     }
 
     fn begin<'a>(&'a self, req: BeginRequest<'a>) -> StoreFuture<'a, Result<Begin, StoreError>> {
-        let result = self.begin_now(req);
+        let result = self.begin_locked(req);
         Box::pin(std::future::ready(Ok(result)))
+    }
+
+    fn begin_now(&self, req: BeginRequest<'_>) -> Option<Result<Begin, StoreError>> {
+        Some(Ok(self.begin_locked(req)))
     }
 
     fn renew<'a>(
@@ -415,7 +499,7 @@ mod tests {
         for i in 0..256u32 {
             let key = IdempotencyKey::new("op", &i).unwrap();
             let fp = Fingerprint::empty();
-            store.begin_now(BeginRequest {
+            store.begin_locked(BeginRequest {
                 key: &key,
                 fingerprint: &fp,
                 owner: OwnerId(1),

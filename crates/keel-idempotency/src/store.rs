@@ -177,6 +177,15 @@ pub trait IdempotencyStore: Send + Sync + 'static {
     /// Claims `req.key` for `req.owner`, or reports what holds it.
     fn begin<'a>(&'a self, req: BeginRequest<'a>) -> StoreFuture<'a, Result<Begin, StoreError>>;
 
+    /// [`begin`](Self::begin) for stores that can answer at once, without
+    /// I/O: `Some(answer)` saves the boxed future on the hot path (a
+    /// replay). The default, `None`, means "call `begin`". When it answers,
+    /// it must answer exactly what `begin` would.
+    fn begin_now(&self, req: BeginRequest<'_>) -> Option<Result<Begin, StoreError>> {
+        let _ = req;
+        None
+    }
+
     /// Extends the lease of `owner` on `key` to `lease` from now. `false`
     /// when `owner` no longer holds the key.
     fn renew<'a>(
@@ -233,6 +242,9 @@ macro_rules! forward_store {
             }
             fn begin<'a>(&'a self, req: BeginRequest<'a>) -> StoreFuture<'a, Result<Begin, StoreError>> {
                 (**self).begin(req)
+            }
+            fn begin_now(&self, req: BeginRequest<'_>) -> Option<Result<Begin, StoreError>> {
+                (**self).begin_now(req)
             }
             fn renew<'a>(&'a self, key: &'a IdempotencyKey, owner: OwnerId, lease: Duration) -> StoreFuture<'a, Result<bool, StoreError>> {
                 (**self).renew(key, owner, lease)

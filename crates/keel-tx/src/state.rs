@@ -398,7 +398,10 @@ mod tests {
             finished_sagas: 10,
         });
         assert_eq!(state.history["r"].len(), 2);
-        assert_eq!(state.history["r"][1].status, TxStatus::Committed { version: 5 });
+        assert_eq!(
+            state.history["r"][1].status,
+            TxStatus::Committed { version: 5 }
+        );
     }
 
     #[test]

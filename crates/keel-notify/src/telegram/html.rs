@@ -72,58 +72,70 @@ fn entity_units(body: &str) -> usize {
     code.and_then(char::from_u32).map_or(1, char::len_utf16)
 }
 
-/// Splits well-formed Telegram HTML into tokens. A stray `<` or `&` that
+/// The token at the start of a non-empty `rest`. A stray `<` or `&` that
 /// does not start a tag or an entity is a plain character (our own output
 /// never has one: text is escaped).
-fn tokenize(html: &str) -> Vec<Token<'_>> {
-    let mut tokens = Vec::new();
-    let mut rest = html;
-    while let Some(c) = rest.chars().next() {
-        let token = match c {
-            '<' => rest.find('>').map(|end| {
-                let raw = &rest[..=end];
-                if raw.starts_with("</") {
-                    Token::Close { raw }
-                } else {
-                    let inner = &raw[1..raw.len() - 1];
-                    let name_end = inner
-                        .find(|c: char| c.is_whitespace() || c == '/')
-                        .unwrap_or(inner.len());
-                    Token::Open {
-                        raw,
-                        name: &inner[..name_end],
-                    }
+fn next_token(rest: &str) -> Token<'_> {
+    let c = rest.chars().next().expect("rest is not empty");
+    let token = match c {
+        '<' => rest.find('>').map(|end| {
+            let raw = &rest[..=end];
+            if raw.starts_with("</") {
+                Token::Close { raw }
+            } else {
+                let inner = &raw[1..raw.len() - 1];
+                let name_end = inner
+                    .find(|c: char| c.is_whitespace() || c == '/')
+                    .unwrap_or(inner.len());
+                Token::Open {
+                    raw,
+                    name: &inner[..name_end],
                 }
+            }
+        }),
+        // Entities are short: look no further than `&#1114111;`.
+        '&' => rest.as_bytes()[..rest.len().min(11)]
+            .iter()
+            .position(|&b| b == b';')
+            .filter(|&end| {
+                end > 1
+                    && rest[1..end]
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '#')
+            })
+            .map(|end| Token::Entity {
+                raw: &rest[..=end],
+                units: entity_units(&rest[1..end]),
             }),
-            '&' => rest
-                .find(';')
-                .filter(|&end| {
-                    end > 1
-                        && end <= 10
-                        && rest[1..end]
-                            .chars()
-                            .all(|c| c.is_ascii_alphanumeric() || c == '#')
-                })
-                .map(|end| Token::Entity {
-                    raw: &rest[..=end],
-                    units: entity_units(&rest[1..end]),
-                }),
-            _ => None,
+        _ => None,
+    };
+    token.unwrap_or_else(|| Token::Char {
+        raw: &rest[..c.len_utf8()],
+        units: c.len_utf16(),
+    })
+}
+
+/// The tokens of `html`, lazily.
+fn tokens(html: &str) -> impl Iterator<Item = Token<'_>> {
+    let mut rest = html;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
         }
-        .unwrap_or_else(|| Token::Char {
-            raw: &rest[..c.len_utf8()],
-            units: c.len_utf16(),
-        });
-        rest = &rest[token.raw().len()..];
-        tokens.push(token);
-    }
-    tokens
+        let t = next_token(rest);
+        rest = &rest[t.raw().len()..];
+        Some(t)
+    })
+}
+
+fn tokenize(html: &str) -> Vec<Token<'_>> {
+    tokens(html).collect()
 }
 
 /// The length of `html` as Telegram counts it: UTF-16 code units of the
 /// text after tags are removed and entities decoded.
 pub fn visible_len(html: &str) -> usize {
-    tokenize(html).iter().map(Token::units).sum()
+    tokens(html).map(|t| t.units()).sum()
 }
 
 /// Open tags: (name, the opening tag as written).
@@ -220,7 +232,7 @@ pub fn truncate(html: &str, limit: usize) -> String {
     let mut open: OpenTags<'_> = Vec::new();
     let mut units = 0usize;
     // Keep one unit for the ellipsis.
-    for t in tokenize(html) {
+    for t in tokens(html) {
         if units + t.units() > limit - 1 {
             break;
         }

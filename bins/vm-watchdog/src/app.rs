@@ -1,0 +1,277 @@
+//! The whole program assembled: configuration → notifier (Telegram) →
+//! guarded API → engine → admin server → `vms.yaml` watcher, and the
+//! bounded stop on SIGTERM.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_notify::{Notifier, RateLimit, TelegramSink};
+use keel_telemetry::{AdminServer, Shutdown};
+use parking_lot::RwLock;
+use prometheus_client::registry::Registry;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::alerts::Alerts;
+use crate::api::{Api, ApiSettings, BreakerHook, HttpApi};
+use crate::config::Settings;
+use crate::engine::{Engine, EngineSettings};
+use crate::error::Error;
+use crate::iam::TokenSource;
+use crate::metrics::Metrics;
+use crate::proxy::ProxyClient;
+use crate::vms_yaml::VmsFile;
+use crate::watch::{self, Reloader};
+use crate::yandex::YandexClient;
+
+/// The stop budget: SIGTERM to exit.
+pub const STOP_BUDGET: Duration = Duration::from_secs(10);
+
+/// Knobs the environment does not expose (tests and the load program).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// API policies (default: [`ApiSettings::new`] with
+    /// `API_WORKER_POOL_SIZE` workers).
+    pub api: Option<ApiSettings>,
+    /// Replaces the Telegram rate limits the sink declares (default:
+    /// Telegram's own: 1/s per chat, 20/min per group, 30/s per bot).
+    pub telegram_rate_limits: Option<Vec<RateLimit>>,
+    /// Engine settings beyond the bounds (default: TCP probes, entropy seed).
+    pub engine: Option<EngineSettings>,
+    /// Quiet time before a changed `vms.yaml` is reloaded.
+    pub debounce: Duration,
+    /// Whether to serve the admin routes on `HEALTH_ADDR`.
+    pub serve_admin: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            api: None,
+            telegram_rate_limits: None,
+            engine: None,
+            debounce: watch::DEFAULT_DEBOUNCE,
+            serve_admin: true,
+        }
+    }
+}
+
+/// A running watchdog.
+#[derive(Debug)]
+pub struct Watchdog {
+    engine: Arc<Engine<HttpApi>>,
+    notifier: Notifier,
+    shutdown: Shutdown,
+    server: Option<AdminServer>,
+    watcher: JoinHandle<()>,
+    watch_cancel: CancellationToken,
+    registry: Arc<RwLock<Registry>>,
+    metrics: Metrics,
+}
+
+/// What [`Watchdog::stop`] achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StopReport {
+    /// Every VM task ended in time.
+    pub tasks_stopped: bool,
+    /// Alerts sent during the stop.
+    pub alerts_sent: u64,
+    /// Alerts written to the spool.
+    pub alerts_spooled: usize,
+    /// Alerts lost (no spool, or the spool failed).
+    pub alerts_dropped: usize,
+    /// How long the stop took.
+    pub elapsed: Duration,
+}
+
+impl Watchdog {
+    /// Starts everything for `settings`, monitoring `vms` (already loaded
+    /// from `settings.vms_config`, which is then watched).
+    ///
+    /// # Errors
+    /// [`Error`] when the notifier, the admin server or the watcher cannot
+    /// start.
+    pub async fn start(settings: &Settings, vms: VmsFile, options: Options) -> Result<Self, Error> {
+        let metrics = Metrics::new();
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+
+        let mut telegram = TelegramSink::builder(settings.bot_token.clone(), settings.chat.clone())
+            .base_url(settings.telegram_url.clone());
+        if let Some(topic) = settings.topic_id {
+            telegram = telegram.thread_id(topic);
+        }
+        if let Some(limits) = options.telegram_rate_limits.clone() {
+            telegram = telegram.rate_limits(limits);
+        }
+        let telegram = telegram
+            .build()
+            .map_err(|e| Error::Notify(keel_notify::NotifyError::Config(e)))?;
+        let (sink, timing) = Alerts::timed(telegram, metrics.clone());
+        let mut notifier = Notifier::builder()
+            .sink(sink)
+            .workers(settings.telegram_workers);
+        if let Some(spool) = &settings.alert_spool {
+            notifier = notifier.spool(spool.clone());
+        }
+        let notifier = notifier.build().map_err(Error::Notify)?;
+        notifier.register_metrics(registry.sub_registry_with_prefix("vm_watchdog_notify"));
+        let alerts = Alerts::new(notifier.clone(), timing);
+
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .map_err(|e| Error::Io {
+                context: "cannot build the HTTP client".into(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        let tokens = Arc::new(TokenSource::new(
+            &settings.credentials,
+            &settings.iam_url,
+            &settings.metadata_url,
+            client.clone(),
+        ));
+        let raw = HttpApi::new(
+            YandexClient::new(
+                client.clone(),
+                &settings.compute_url,
+                &settings.operation_url,
+                tokens,
+            ),
+            ProxyClient::new(client),
+        );
+        let hook_alerts = alerts.clone();
+        let hook: BreakerHook = Arc::new(move |group: &str, open: bool| {
+            if open {
+                tracing::warn!(group, "cloud API circuit opened");
+                hook_alerts.api_down(group);
+            } else {
+                tracing::info!(group, "cloud API circuit closed");
+                hook_alerts.api_up(group);
+            }
+        });
+        let api_settings = options
+            .api
+            .clone()
+            .unwrap_or_else(|| ApiSettings::new(settings.api_workers));
+        let api = Api::new(raw, api_settings, metrics.clone(), Some(hook)).map_err(|e| {
+            Error::Config(crate::error::ConfigError::new(
+                "API_WORKER_POOL_SIZE",
+                format!("invalid API policies: {e}"),
+            ))
+        })?;
+        let mut engine_settings = options
+            .engine
+            .clone()
+            .unwrap_or_else(|| EngineSettings::new(settings.bounds));
+        engine_settings.bounds = settings.bounds;
+        let engine = Arc::new(Engine::new(api, alerts, metrics.clone(), engine_settings));
+        let report = engine.apply(&vms);
+        tracing::info!(vms = report.added.len(), folder = ?vms.folder_id, "monitoring started");
+
+        let registry = Arc::new(RwLock::new(registry));
+        let shutdown = Shutdown::new();
+        let server = if options.serve_admin {
+            let app = crate::http::router(engine.clone(), registry.clone(), &shutdown)
+                .map_err(Error::Telemetry)?;
+            Some(
+                AdminServer::bind(settings.health_addr, app, &shutdown)
+                    .await
+                    .map_err(Error::Telemetry)?,
+            )
+        } else {
+            None
+        };
+        let watch_cancel = CancellationToken::new();
+        let watcher = watch::spawn(
+            Reloader::new(engine.clone(), settings.vms_config.clone(), vms),
+            options.debounce,
+            watch_cancel.clone(),
+        )?;
+        Ok(Watchdog {
+            engine,
+            notifier,
+            shutdown,
+            server,
+            watcher,
+            watch_cancel,
+            registry,
+            metrics,
+        })
+    }
+
+    /// The engine (VM tasks, `/health` document).
+    pub fn engine(&self) -> &Arc<Engine<HttpApi>> {
+        &self.engine
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The registry behind `/metrics`.
+    pub fn registry(&self) -> &Arc<RwLock<Registry>> {
+        &self.registry
+    }
+
+    /// The notifier.
+    pub fn notifier(&self) -> &Notifier {
+        &self.notifier
+    }
+
+    /// The admin server's address, when serving.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.server.as_ref().map(AdminServer::local_addr)
+    }
+
+    /// The shutdown handle: `signal()` waits for SIGTERM/SIGINT.
+    pub fn shutdown(&self) -> &Shutdown {
+        &self.shutdown
+    }
+
+    /// Stops within `budget`: stops watching, ends every VM task, flushes
+    /// queued alerts to Telegram (spooling what does not make it), drains
+    /// the admin server.
+    pub async fn stop(self, budget: Duration) -> StopReport {
+        let started = Instant::now();
+        let deadline = started + budget;
+        self.shutdown.trigger();
+        self.watch_cancel.cancel();
+        let tasks_stopped = self.engine.shutdown(budget / 5).await;
+        let _ = tokio::time::timeout(Duration::from_millis(200), self.watcher).await;
+        // Leave a second for the drain below.
+        let notify_budget = deadline
+            .saturating_duration_since(Instant::now())
+            .saturating_sub(Duration::from_secs(1));
+        let report = self.notifier.shutdown(notify_budget).await;
+        let drain = self
+            .shutdown
+            .drain(deadline.saturating_duration_since(Instant::now()))
+            .await;
+        if let Some(server) = self.server {
+            drop(server);
+        }
+        let stop = StopReport {
+            tasks_stopped,
+            alerts_sent: report.sent,
+            alerts_spooled: report.spooled,
+            alerts_dropped: report.dropped,
+            elapsed: started.elapsed(),
+        };
+        tracing::info!(
+            tasks_stopped,
+            alerts_sent = report.sent,
+            alerts_spooled = report.spooled,
+            alerts_dropped = report.dropped,
+            drain_clean = drain.is_clean(),
+            elapsed_ms = stop.elapsed.as_millis() as u64,
+            "vm-watchdog stopped"
+        );
+        stop
+    }
+}

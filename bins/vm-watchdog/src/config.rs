@@ -1,0 +1,349 @@
+//! The program's configuration: one clap struct, every field also an
+//! environment variable, validated into typed settings.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use keel_notify::ChatId;
+
+use crate::error::ConfigError;
+use crate::schedule::Bounds;
+
+/// The real Compute API.
+pub const DEFAULT_COMPUTE_URL: &str = "https://compute.api.cloud.yandex.net";
+/// The real Operation API.
+pub const DEFAULT_OPERATION_URL: &str = "https://operation.api.cloud.yandex.net";
+/// The real IAM API.
+pub const DEFAULT_IAM_URL: &str = "https://iam.api.cloud.yandex.net";
+/// The real Telegram Bot API.
+pub const DEFAULT_TELEGRAM_URL: &str = "https://api.telegram.org";
+/// The VM metadata service.
+pub const DEFAULT_METADATA_URL: &str = "http://169.254.169.254";
+
+/// vm-watchdog: keeps Yandex Cloud VMs running and tells a Telegram topic
+/// when one stops, gets stuck, or recovers.
+///
+/// Every option is also an environment variable (the name in capitals).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "vm-watchdog", version, about, long_about = None)]
+pub struct Config {
+    /// Telegram bot token (`123456:ABC...`).
+    #[arg(long, env = "BOT_TOKEN", hide_env_values = true)]
+    pub bot_token: String,
+
+    /// Telegram chat to alert: a numeric id (`-100...` for a group) or
+    /// `@channel`.
+    #[arg(long, env = "GROUP_CHAT_ID")]
+    pub group_chat_id: String,
+
+    /// Forum topic (`message_thread_id`) inside the group, if any.
+    #[arg(long, env = "TOPIC_ID")]
+    pub topic_id: Option<i64>,
+
+    /// Fastest check interval, seconds: fast-poll mode, after failures,
+    /// and the TCP probe period of running VMs.
+    #[arg(long, env = "MIN_CHECK_INTERVAL", default_value_t = 5)]
+    pub min_check_interval: u64,
+
+    /// Slowest check interval, seconds (caps the status table).
+    #[arg(long, env = "MAX_CHECK_INTERVAL", default_value_t = 60)]
+    pub max_check_interval: u64,
+
+    /// Concurrent cloud API calls at most.
+    #[arg(long, env = "API_WORKER_POOL_SIZE", default_value_t = 10)]
+    pub api_worker_pool_size: usize,
+
+    /// Telegram sender workers.
+    #[arg(long, env = "TELEGRAM_WORKERS", default_value_t = 3)]
+    pub telegram_workers: usize,
+
+    /// Path of `vms.yaml` (watched; changes apply without a restart).
+    #[arg(long, env = "VMS_CONFIG", default_value = "vms.yaml")]
+    pub vms_config: PathBuf,
+
+    /// Address of the HTTP server with `/health`, `/healthz`, `/readyz` and
+    /// `/metrics`.
+    #[arg(long, env = "HEALTH_ADDR", default_value = "0.0.0.0:8080")]
+    pub health_addr: String,
+
+    /// Base URL of the Compute API.
+    #[arg(long, env = "YC_COMPUTE_URL", default_value = DEFAULT_COMPUTE_URL)]
+    pub yc_compute_url: String,
+
+    /// Base URL of the Operation API.
+    #[arg(long, env = "YC_OPERATION_URL", default_value = DEFAULT_OPERATION_URL)]
+    pub yc_operation_url: String,
+
+    /// Base URL of the IAM API (OAuth token exchange).
+    #[arg(long, env = "YC_IAM_URL", default_value = DEFAULT_IAM_URL)]
+    pub yc_iam_url: String,
+
+    /// Base URL of the Telegram Bot API.
+    #[arg(long, env = "TELEGRAM_API_URL", default_value = DEFAULT_TELEGRAM_URL)]
+    pub telegram_api_url: String,
+
+    /// A fixed IAM token (it expires within 12 h: for tests and short runs).
+    #[arg(long, env = "YC_IAM_TOKEN", hide_env_values = true)]
+    pub yc_iam_token: Option<String>,
+
+    /// An OAuth token, exchanged for IAM tokens and refreshed hourly.
+    #[arg(long, env = "YC_OAUTH_TOKEN", hide_env_values = true)]
+    pub yc_oauth_token: Option<String>,
+
+    /// The metadata service, used for IAM tokens when neither token is
+    /// set (a VM with a service account).
+    #[arg(long, env = "YC_METADATA_URL", default_value = DEFAULT_METADATA_URL)]
+    pub yc_metadata_url: String,
+
+    /// File that keeps alerts still queued at shutdown, resent at the next
+    /// start (optional).
+    #[arg(long, env = "ALERT_SPOOL")]
+    pub alert_spool: Option<PathBuf>,
+
+    /// Validate the configuration and `vms.yaml`, then exit (0 when valid,
+    /// 64 otherwise).
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+/// How the program gets IAM tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credentials {
+    /// `YC_IAM_TOKEN`, used as is.
+    Static(String),
+    /// `YC_OAUTH_TOKEN`, exchanged at `YC_IAM_URL` and refreshed hourly.
+    OAuth(String),
+    /// The metadata service at `YC_METADATA_URL`.
+    Metadata,
+}
+
+/// The validated settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Bot token.
+    pub bot_token: String,
+    /// Chat.
+    pub chat: ChatId,
+    /// Topic.
+    pub topic_id: Option<i64>,
+    /// Interval bounds.
+    pub bounds: Bounds,
+    /// API worker pool size.
+    pub api_workers: usize,
+    /// Telegram workers.
+    pub telegram_workers: usize,
+    /// `vms.yaml`.
+    pub vms_config: PathBuf,
+    /// Admin address.
+    pub health_addr: SocketAddr,
+    /// Compute base URL (no trailing slash).
+    pub compute_url: String,
+    /// Operation base URL.
+    pub operation_url: String,
+    /// IAM base URL.
+    pub iam_url: String,
+    /// Metadata base URL.
+    pub metadata_url: String,
+    /// Telegram base URL.
+    pub telegram_url: String,
+    /// Credentials.
+    pub credentials: Credentials,
+    /// Alert spool file.
+    pub alert_spool: Option<PathBuf>,
+}
+
+fn url(variable: &'static str, value: &str) -> Result<String, ConfigError> {
+    let trimmed = value.trim().trim_end_matches('/');
+    let parsed = reqwest::Url::parse(trimmed)
+        .map_err(|e| ConfigError::new(variable, format!("`{value}` is not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(ConfigError::new(
+            variable,
+            format!("`{value}` must be an http or https URL with a host"),
+        ));
+    }
+    Ok(trimmed.to_owned())
+}
+
+fn non_empty(variable: &'static str, value: Option<&String>) -> Result<Option<String>, ConfigError> {
+    match value.map(|v| v.trim()) {
+        None => Ok(None),
+        Some("") => Err(ConfigError::new(variable, "is set but empty")),
+        Some(v) => Ok(Some(v.to_owned())),
+    }
+}
+
+impl Config {
+    /// Validates every field into [`Settings`].
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the first variable at fault.
+    pub fn validate(&self) -> Result<Settings, ConfigError> {
+        let bot_token = self.bot_token.trim();
+        if bot_token.is_empty() || bot_token.contains(|c: char| c.is_whitespace() || c == '/') {
+            return Err(ConfigError::new(
+                "BOT_TOKEN",
+                "must be a bot token like `123456:ABC...` (non-empty, no spaces or slashes)",
+            ));
+        }
+        let chat: ChatId = self.group_chat_id.trim().parse().map_err(|e| {
+            ConfigError::new(
+                "GROUP_CHAT_ID",
+                format!("`{}`: {e}", self.group_chat_id),
+            )
+        })?;
+        if self.min_check_interval == 0 {
+            return Err(ConfigError::new("MIN_CHECK_INTERVAL", "must be at least 1 second"));
+        }
+        if self.max_check_interval < self.min_check_interval {
+            return Err(ConfigError::new(
+                "MAX_CHECK_INTERVAL",
+                format!(
+                    "must be at least MIN_CHECK_INTERVAL ({} s), got {} s",
+                    self.min_check_interval, self.max_check_interval
+                ),
+            ));
+        }
+        if self.max_check_interval > 24 * 3_600 {
+            return Err(ConfigError::new("MAX_CHECK_INTERVAL", "must be at most a day"));
+        }
+        if self.api_worker_pool_size == 0 || self.api_worker_pool_size > 1_000 {
+            return Err(ConfigError::new("API_WORKER_POOL_SIZE", "must be within 1..=1000"));
+        }
+        if self.telegram_workers == 0 || self.telegram_workers > 100 {
+            return Err(ConfigError::new("TELEGRAM_WORKERS", "must be within 1..=100"));
+        }
+        if self.vms_config.as_os_str().is_empty() {
+            return Err(ConfigError::new("VMS_CONFIG", "must name a file"));
+        }
+        let health_addr: SocketAddr = self.health_addr.trim().parse().map_err(|e| {
+            ConfigError::new(
+                "HEALTH_ADDR",
+                format!("`{}` is not an address like 0.0.0.0:8080: {e}", self.health_addr),
+            )
+        })?;
+        let iam = non_empty("YC_IAM_TOKEN", self.yc_iam_token.as_ref())?;
+        let oauth = non_empty("YC_OAUTH_TOKEN", self.yc_oauth_token.as_ref())?;
+        let credentials = match (iam, oauth) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    "YC_IAM_TOKEN",
+                    "set either YC_IAM_TOKEN or YC_OAUTH_TOKEN, not both",
+                ));
+            }
+            (Some(token), None) => Credentials::Static(token),
+            (None, Some(token)) => Credentials::OAuth(token),
+            (None, None) => Credentials::Metadata,
+        };
+        Ok(Settings {
+            bot_token: bot_token.to_owned(),
+            chat,
+            topic_id: self.topic_id,
+            bounds: Bounds {
+                min: Duration::from_secs(self.min_check_interval),
+                max: Duration::from_secs(self.max_check_interval),
+            },
+            api_workers: self.api_worker_pool_size,
+            telegram_workers: self.telegram_workers,
+            vms_config: self.vms_config.clone(),
+            health_addr,
+            compute_url: url("YC_COMPUTE_URL", &self.yc_compute_url)?,
+            operation_url: url("YC_OPERATION_URL", &self.yc_operation_url)?,
+            iam_url: url("YC_IAM_URL", &self.yc_iam_url)?,
+            metadata_url: url("YC_METADATA_URL", &self.yc_metadata_url)?,
+            telegram_url: url("TELEGRAM_API_URL", &self.telegram_api_url)?,
+            credentials,
+            alert_spool: self.alert_spool.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        let mut all = vec!["vm-watchdog", "--bot-token", "1:x", "--group-chat-id", "-100"];
+        all.extend_from_slice(args);
+        Config::try_parse_from(all)
+    }
+
+    #[test]
+    fn defaults_follow_the_plan() {
+        let settings = parse(&[]).unwrap().validate().unwrap();
+        assert_eq!(settings.bounds, Bounds::default());
+        assert_eq!((settings.api_workers, settings.telegram_workers), (10, 3));
+        assert_eq!(settings.health_addr, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(settings.compute_url, DEFAULT_COMPUTE_URL);
+        assert_eq!(settings.credentials, Credentials::Metadata);
+        assert_eq!(settings.vms_config, PathBuf::from("vms.yaml"));
+    }
+
+    #[test]
+    fn each_error_names_its_variable() {
+        let cases: [(&[&str], &str); 9] = [
+            (&["--min-check-interval", "0"], "MIN_CHECK_INTERVAL"),
+            (
+                &["--min-check-interval", "10", "--max-check-interval", "5"],
+                "MAX_CHECK_INTERVAL",
+            ),
+            (&["--api-worker-pool-size", "0"], "API_WORKER_POOL_SIZE"),
+            (&["--telegram-workers", "0"], "TELEGRAM_WORKERS"),
+            (&["--health-addr", "nowhere"], "HEALTH_ADDR"),
+            (&["--yc-compute-url", "ftp://x"], "YC_COMPUTE_URL"),
+            (&["--telegram-api-url", "not a url"], "TELEGRAM_API_URL"),
+            (
+                &["--yc-iam-token", "a", "--yc-oauth-token", "b"],
+                "YC_IAM_TOKEN",
+            ),
+            (&["--yc-oauth-token", " "], "YC_OAUTH_TOKEN"),
+        ];
+        for (args, variable) in cases {
+            let err = parse(args).unwrap().validate().unwrap_err();
+            assert_eq!(err.variable(), variable, "{args:?}");
+            assert!(err.to_string().contains(variable), "{err}");
+        }
+        let err = Config::try_parse_from([
+            "vm-watchdog",
+            "--bot-token",
+            "has space",
+            "--group-chat-id",
+            "-1",
+        ])
+        .unwrap()
+        .validate()
+        .unwrap_err();
+        assert_eq!(err.variable(), "BOT_TOKEN");
+        let err = Config::try_parse_from([
+            "vm-watchdog",
+            "--bot-token",
+            "1:x",
+            "--group-chat-id",
+            "group",
+        ])
+        .unwrap()
+        .validate()
+        .unwrap_err();
+        assert_eq!(err.variable(), "GROUP_CHAT_ID");
+    }
+
+    #[test]
+    fn credentials_pick_one_source() {
+        let s = parse(&["--yc-oauth-token", "y0_x"]).unwrap().validate().unwrap();
+        assert_eq!(s.credentials, Credentials::OAuth("y0_x".into()));
+        let s = parse(&["--yc-iam-token", "t1.x", "--topic-id", "7"])
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(s.credentials, Credentials::Static("t1.x".into()));
+        assert_eq!(s.topic_id, Some(7));
+    }
+
+    #[test]
+    fn a_non_number_is_a_parse_error_naming_the_variable() {
+        let err = parse(&["--min-check-interval", "soon"]).unwrap_err();
+        assert!(err.to_string().contains("MIN_CHECK_INTERVAL"), "{err}");
+    }
+}

@@ -1,0 +1,397 @@
+//! The coordinator: one task per VM, added, removed and reconfigured from
+//! `vms.yaml` without a restart, and the status board behind `/health`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use keel_core::Rng;
+use keel_health::{BoxProbe, Probe, TcpProbe};
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::alerts::Alerts;
+use crate::api::{Api, RawApi};
+use crate::metrics::Metrics;
+use crate::schedule::Bounds;
+use crate::status::VmStatus;
+use crate::task::{Exit, Reconfigure, VmTask};
+use crate::vms_yaml::{VmSpec, VmsFile};
+
+/// Makes the probe of `host:port` (a TCP connect by default).
+pub type Prober = Arc<dyn Fn(&str, u16) -> BoxProbe + Send + Sync>;
+
+/// The default prober: a TCP connect closed with a reset (no `TIME_WAIT`
+/// left behind by a probe every few seconds per VM).
+pub fn tcp_prober() -> Prober {
+    Arc::new(|host: &str, port: u16| TcpProbe::new(host, port).reset_on_close(true).boxed())
+}
+
+/// Settings of the engine.
+#[derive(Clone)]
+pub struct EngineSettings {
+    /// `MIN_CHECK_INTERVAL` / `MAX_CHECK_INTERVAL`.
+    pub bounds: Bounds,
+    /// Seed of the jitter RNG (`None`: from entropy).
+    pub seed: Option<u64>,
+    /// How long one port probe may take.
+    pub probe_timeout: Duration,
+    /// Makes port probes.
+    pub prober: Prober,
+}
+
+impl std::fmt::Debug for EngineSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineSettings")
+            .field("bounds", &self.bounds)
+            .field("seed", &self.seed)
+            .field("probe_timeout", &self.probe_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EngineSettings {
+    /// TCP probes, a probe timeout of `min(MIN_CHECK_INTERVAL, 3 s)`, an
+    /// entropy-seeded RNG.
+    pub fn new(bounds: Bounds) -> Self {
+        EngineSettings {
+            bounds,
+            seed: None,
+            probe_timeout: bounds.min.min(Duration::from_secs(3)),
+            prober: tcp_prober(),
+        }
+    }
+}
+
+/// One row of `/health`.
+#[derive(Debug, Clone)]
+struct Row {
+    status: Option<VmStatus>,
+    last_check: Option<chrono::DateTime<chrono::Utc>>,
+    next_check: Instant,
+}
+
+/// What every VM task last reported, for `/health`.
+#[derive(Debug, Default)]
+pub(crate) struct StatusBoard {
+    rows: Mutex<BTreeMap<String, Row>>,
+}
+
+impl StatusBoard {
+    pub(crate) fn update(&self, vm: &str, status: Option<VmStatus>, next_check: Instant) {
+        let mut rows = self.rows.lock();
+        match rows.get_mut(vm) {
+            Some(row) => {
+                row.status = status;
+                row.next_check = next_check;
+            }
+            None => {
+                rows.insert(
+                    vm.to_owned(),
+                    Row {
+                        status,
+                        last_check: None,
+                        next_check,
+                    },
+                );
+            }
+        }
+    }
+
+    pub(crate) fn checked(&self, vm: &str) {
+        if let Some(row) = self.rows.lock().get_mut(vm) {
+            row.last_check = Some(chrono::Utc::now());
+        }
+    }
+
+    fn remove(&self, vm: &str) {
+        self.rows.lock().remove(vm);
+    }
+}
+
+/// What the tasks share.
+pub(crate) struct Shared<R> {
+    pub(crate) api: Api<R>,
+    pub(crate) alerts: Alerts,
+    pub(crate) metrics: Metrics,
+    pub(crate) board: StatusBoard,
+    pub(crate) rng: Rng,
+    pub(crate) bounds: Bounds,
+    pub(crate) probe_timeout: Duration,
+    pub(crate) prober: Prober,
+    pub(crate) api_settings_deadline: Duration,
+    pub(crate) live: AtomicUsize,
+    tasks: Mutex<HashMap<String, Entry>>,
+    retired: Mutex<Vec<JoinHandle<()>>>,
+    next_id: AtomicU64,
+}
+
+struct Entry {
+    id: u64,
+    spec: VmSpec,
+    folder: Option<String>,
+    control: mpsc::Sender<Reconfigure>,
+    cancel: CancellationToken,
+    join: JoinHandle<()>,
+}
+
+/// What [`Engine::apply`] changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// VMs that got a new task.
+    pub added: Vec<String>,
+    /// VMs whose task was stopped.
+    pub removed: Vec<String>,
+    /// VMs whose task got new settings (probe target, folder) and kept its
+    /// state, or was replaced because its API source changed.
+    pub reconfigured: Vec<String>,
+}
+
+impl ApplyReport {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.reconfigured.is_empty()
+    }
+}
+
+/// The coordinator: owns one task per configured VM.
+pub struct Engine<R> {
+    shared: Arc<Shared<R>>,
+    cancel: CancellationToken,
+    started: Instant,
+}
+
+impl<R> std::fmt::Debug for Engine<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("vms", &self.shared.tasks.lock().len())
+            .field("live_tasks", &self.shared.live.load(Ordering::Acquire))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: RawApi> Engine<R> {
+    /// An engine with no VMs yet; call [`apply`](Self::apply). Must run
+    /// inside a tokio runtime when VMs are applied.
+    pub fn new(api: Api<R>, alerts: Alerts, metrics: Metrics, settings: EngineSettings) -> Self {
+        let rng = settings.seed.map_or_else(Rng::from_entropy, Rng::with_seed);
+        Engine {
+            shared: Arc::new(Shared {
+                api_settings_deadline: api.settings().deadline,
+                api,
+                alerts,
+                metrics,
+                board: StatusBoard::default(),
+                rng,
+                bounds: settings.bounds,
+                probe_timeout: settings.probe_timeout,
+                prober: settings.prober,
+                live: AtomicUsize::new(0),
+                tasks: Mutex::new(HashMap::new()),
+                retired: Mutex::new(Vec::new()),
+                next_id: AtomicU64::new(1),
+            }),
+            cancel: CancellationToken::new(),
+            started: Instant::now(),
+        }
+    }
+
+    /// The guarded API.
+    pub fn api(&self) -> &Api<R> {
+        &self.shared.api
+    }
+
+    /// The alerts.
+    pub fn alerts(&self) -> &Alerts {
+        &self.shared.alerts
+    }
+
+    /// Makes the running tasks match `file`: new VMs get a task, VMs no
+    /// longer listed lose theirs, changed VMs are reconfigured in place (or
+    /// replaced when their API source changed). Unchanged VMs are not
+    /// touched.
+    pub fn apply(&self, file: &VmsFile) -> ApplyReport {
+        let mut report = ApplyReport::default();
+        if self.cancel.is_cancelled() {
+            return report;
+        }
+        let shared = &self.shared;
+        let mut tasks = shared.tasks.lock();
+        let wanted: HashMap<&str, &VmSpec> =
+            file.vms.iter().map(|v| (v.name.as_str(), v)).collect();
+        let mut retired = Vec::new();
+        let gone: Vec<String> = tasks
+            .keys()
+            .filter(|name| !wanted.contains_key(name.as_str()))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(entry) = tasks.remove(&name) {
+                entry.cancel.cancel();
+                retired.push(entry.join);
+                report.removed.push(name);
+            }
+        }
+        for name in &report.removed {
+            shared.board.remove(name);
+            shared.metrics.remove_vm(name);
+        }
+        for spec in &file.vms {
+            let folder = match spec.source {
+                crate::vms_yaml::VmSource::Instance { .. } => file.folder_id.clone(),
+                crate::vms_yaml::VmSource::Proxy { .. } => None,
+            };
+            match tasks.get(&spec.name) {
+                None => {
+                    let entry = self.spawn(spec.clone(), folder);
+                    tasks.insert(spec.name.clone(), entry);
+                    report.added.push(spec.name.clone());
+                }
+                Some(entry) if entry.spec == *spec && entry.folder == folder => {}
+                Some(entry) if entry.spec.source == spec.source => {
+                    let update = Reconfigure {
+                        spec: spec.clone(),
+                        folder: folder.clone(),
+                    };
+                    if entry.control.try_send(update).is_ok() {
+                        let entry = tasks.get_mut(&spec.name).expect("present");
+                        entry.spec = spec.clone();
+                        entry.folder = folder;
+                    } else {
+                        // The task is not keeping up with reloads: replace it.
+                        let old = tasks.remove(&spec.name).expect("present");
+                        old.cancel.cancel();
+                        retired.push(old.join);
+                        let entry = self.spawn(spec.clone(), folder);
+                        tasks.insert(spec.name.clone(), entry);
+                    }
+                    report.reconfigured.push(spec.name.clone());
+                }
+                Some(_) => {
+                    let old = tasks.remove(&spec.name).expect("present");
+                    old.cancel.cancel();
+                    retired.push(old.join);
+                    let entry = self.spawn(spec.clone(), folder);
+                    tasks.insert(spec.name.clone(), entry);
+                    report.reconfigured.push(spec.name.clone());
+                }
+            }
+        }
+        drop(tasks);
+        let mut all_retired = shared.retired.lock();
+        all_retired.retain(|j| !j.is_finished());
+        all_retired.extend(retired);
+        if !report.removed.is_empty() {
+            shared.api.retain_recent();
+        }
+        report
+    }
+
+    fn spawn(&self, spec: VmSpec, folder: Option<String>) -> Entry {
+        let shared = self.shared.clone();
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let cancel = self.cancel.child_token();
+        let (control, rx) = mpsc::channel(4);
+        let task = VmTask::new(spec.clone(), folder.clone(), shared.clone());
+        let name = spec.name.clone();
+        let token = cancel.clone();
+        let join = tokio::spawn(async move {
+            let exit = task.run(rx, token).await;
+            if exit == Exit::Gone {
+                let mut tasks = shared.tasks.lock();
+                if tasks.get(&name).is_some_and(|e| e.id == id) {
+                    tasks.remove(&name);
+                }
+                drop(tasks);
+                shared.board.remove(&name);
+                shared.metrics.remove_vm(&name);
+            }
+        });
+        Entry {
+            id,
+            spec,
+            folder,
+            control,
+            cancel,
+            join,
+        }
+    }
+
+    /// VMs configured and monitored now.
+    pub fn vms_monitored(&self) -> usize {
+        self.shared.tasks.lock().len()
+    }
+
+    /// Tasks alive now (equals [`vms_monitored`](Self::vms_monitored) once
+    /// removed tasks have ended: a leak shows as a difference).
+    pub fn live_tasks(&self) -> usize {
+        self.shared.live.load(Ordering::Acquire)
+    }
+
+    /// The names of the monitored VMs, sorted.
+    pub fn vm_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.shared.tasks.lock().keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// The last status seen of `vm`.
+    pub fn status_of(&self, vm: &str) -> Option<VmStatus> {
+        self.shared.board.rows.lock().get(vm).and_then(|r| r.status)
+    }
+
+    /// The `/health` document: `status` (`healthy`, `degraded` while an API
+    /// breaker is open, `shutting_down`), `vms_monitored`, `tasks`,
+    /// `uptime_seconds`, and per VM `name`, `status`, `last_check` (RFC
+    /// 3339) and `next_check_in_s`.
+    pub fn health(&self) -> Value {
+        let now = Instant::now();
+        let status = if self.cancel.is_cancelled() {
+            "shutting_down"
+        } else if self.shared.api.any_breaker_open() {
+            "degraded"
+        } else {
+            "healthy"
+        };
+        let vms: Vec<Value> = self
+            .shared
+            .board
+            .rows
+            .lock()
+            .iter()
+            .map(|(name, row)| {
+                json!({
+                    "name": name,
+                    "status": row.status.map(VmStatus::as_str),
+                    "last_check": row.last_check.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                    "next_check_in_s": row.next_check.saturating_duration_since(now).as_secs_f64(),
+                })
+            })
+            .collect();
+        json!({
+            "status": status,
+            "vms_monitored": self.vms_monitored(),
+            "tasks": self.live_tasks(),
+            "uptime_seconds": now.saturating_duration_since(self.started).as_secs(),
+            "vms": vms,
+        })
+    }
+
+    /// Stops every task and waits for them, at most `timeout`. Returns
+    /// whether they all ended.
+    pub async fn shutdown(&self, timeout: Duration) -> bool {
+        self.cancel.cancel();
+        let mut joins: Vec<JoinHandle<()>> = {
+            let mut tasks = self.shared.tasks.lock();
+            tasks.drain().map(|(_, e)| e.join).collect()
+        };
+        joins.extend(self.shared.retired.lock().drain(..));
+        let all = futures::future::join_all(joins);
+        tokio::time::timeout(timeout, all).await.is_ok()
+    }
+}

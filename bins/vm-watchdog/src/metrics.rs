@@ -1,0 +1,241 @@
+//! The watchdog's Prometheus metrics, named as the issue names them (no
+//! program prefix; see the README):
+//!
+//! | name | type | labels |
+//! |---|---|---|
+//! | `vm_checks_total` | counter | `vm`, `status` (the status seen, or `FAILED`) |
+//! | `vm_check_duration_seconds` | histogram | `vm` |
+//! | `api_errors_total` | counter | `endpoint` (`instances.get`, `instances.list`, `instances.start`, `operations.get`, `proxy.info`, `proxy.start`, `iam`) |
+//! | `alerts_sent_total` | counter | `priority` (accepted by Telegram) |
+//! | `alert_reaction_seconds` | histogram | `priority`: status change observed → alert accepted by Telegram |
+//!
+//! `vm` values are the names in `vms.yaml` (bounded by the configuration);
+//! a VM's series are removed when it leaves the file.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_notify::Priority;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::status::VmStatus;
+
+/// The `status` label of a check that could not read the status.
+pub const FAILED: &str = "FAILED";
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CheckLabels {
+    vm: String,
+    status: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct VmLabel {
+    vm: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct EndpointLabel {
+    endpoint: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PriorityLabel {
+    priority: &'static str,
+}
+
+fn check_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.01, 2.0, 12))
+}
+
+fn reaction_buckets() -> Histogram {
+    Histogram::new([
+        0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0,
+    ])
+}
+
+#[derive(Debug)]
+struct Inner {
+    checks: Family<CheckLabels, Counter>,
+    check_duration: Family<VmLabel, Histogram, fn() -> Histogram>,
+    api_errors: Family<EndpointLabel, Counter>,
+    alerts_sent: Family<PriorityLabel, Counter>,
+    reaction: Family<PriorityLabel, Histogram, fn() -> Histogram>,
+}
+
+/// The metrics, shared by clones. Updates are atomic; nothing locks except
+/// the first use of a label set.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Fresh metrics, not registered anywhere yet.
+    pub fn new() -> Self {
+        Metrics {
+            inner: Arc::new(Inner {
+                checks: Family::default(),
+                check_duration: Family::new_with_constructor(check_buckets),
+                api_errors: Family::default(),
+                alerts_sent: Family::default(),
+                reaction: Family::new_with_constructor(reaction_buckets),
+            }),
+        }
+    }
+
+    /// Registers every metric in `registry` under the names above.
+    pub fn register(&self, registry: &mut Registry) {
+        let i = &self.inner;
+        registry.register("vm_checks", "VM status checks by result", i.checks.clone());
+        registry.register_with_unit(
+            "vm_check_duration",
+            "Duration of one VM status check, retries included",
+            Unit::Seconds,
+            i.check_duration.clone(),
+        );
+        registry.register(
+            "api_errors",
+            "Failed cloud API attempts by endpoint",
+            i.api_errors.clone(),
+        );
+        registry.register(
+            "alerts_sent",
+            "Alerts accepted by Telegram by priority",
+            i.alerts_sent.clone(),
+        );
+        registry.register_with_unit(
+            "alert_reaction",
+            "Status change observed to alert accepted by Telegram",
+            Unit::Seconds,
+            i.reaction.clone(),
+        );
+    }
+
+    /// One check of `vm` that saw `status` (`None`: it failed) in `took`.
+    pub fn check(&self, vm: &str, status: Option<VmStatus>, took: Duration) {
+        let status = status.map_or(FAILED, VmStatus::as_str);
+        self.inner
+            .checks
+            .get_or_create(&CheckLabels {
+                vm: vm.to_owned(),
+                status,
+            })
+            .inc();
+        self.inner
+            .check_duration
+            .get_or_create(&VmLabel { vm: vm.to_owned() })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Checks of `vm` that saw `status` (or [`FAILED`]) so far.
+    pub fn checks(&self, vm: &str, status: &'static str) -> u64 {
+        self.inner
+            .checks
+            .get_or_create(&CheckLabels {
+                vm: vm.to_owned(),
+                status,
+            })
+            .get()
+    }
+
+    /// One failed API attempt at `endpoint`.
+    pub fn api_error(&self, endpoint: &'static str) {
+        self.inner
+            .api_errors
+            .get_or_create(&EndpointLabel { endpoint })
+            .inc();
+    }
+
+    /// Failed API attempts at `endpoint` so far.
+    pub fn api_errors(&self, endpoint: &'static str) -> u64 {
+        self.inner
+            .api_errors
+            .get_or_create(&EndpointLabel { endpoint })
+            .get()
+    }
+
+    /// One alert of `priority` accepted by the chat; `reaction` is the time
+    /// since the status change it reports was observed, when known.
+    pub fn alert_sent(&self, priority: Priority, reaction: Option<Duration>) {
+        let label = PriorityLabel {
+            priority: priority.as_str(),
+        };
+        self.inner.alerts_sent.get_or_create(&label).inc();
+        if let Some(r) = reaction {
+            self.inner
+                .reaction
+                .get_or_create(&label)
+                .observe(r.as_secs_f64());
+        }
+    }
+
+    /// Alerts of `priority` accepted so far.
+    pub fn alerts_sent(&self, priority: Priority) -> u64 {
+        self.inner
+            .alerts_sent
+            .get_or_create(&PriorityLabel {
+                priority: priority.as_str(),
+            })
+            .get()
+    }
+
+    /// Drops the series of a VM that left the configuration.
+    pub fn remove_vm(&self, vm: &str) {
+        for status in VmStatus::ALL
+            .iter()
+            .map(|s| s.as_str())
+            .chain(std::iter::once(FAILED))
+        {
+            self.inner.checks.remove(&CheckLabels {
+                vm: vm.to_owned(),
+                status,
+            });
+        }
+        self.inner.check_duration.remove(&VmLabel { vm: vm.to_owned() });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus_client::encoding::text::encode;
+
+    use super::*;
+
+    #[test]
+    fn names_match_the_issue() {
+        let metrics = Metrics::new();
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        metrics.check("web-1", Some(VmStatus::Running), Duration::from_millis(20));
+        metrics.check("web-1", None, Duration::from_millis(20));
+        metrics.api_error("instances.get");
+        metrics.alert_sent(Priority::Critical, Some(Duration::from_secs(3)));
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        for needle in [
+            r#"vm_checks_total{vm="web-1",status="RUNNING"} 1"#,
+            r#"vm_checks_total{vm="web-1",status="FAILED"} 1"#,
+            r#"vm_check_duration_seconds_count{vm="web-1"} 2"#,
+            r#"api_errors_total{endpoint="instances.get"} 1"#,
+            r#"alerts_sent_total{priority="critical"} 1"#,
+            r#"alert_reaction_seconds_bucket{le="4.0",priority="critical"} 1"#,
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+        metrics.remove_vm("web-1");
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        assert!(!text.contains("web-1"), "{text}");
+    }
+}

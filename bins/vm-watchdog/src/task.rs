@@ -1,0 +1,422 @@
+//! One VM's monitor: checks its status on the adaptive schedule, probes its
+//! SSH port while it runs, and acts by the status table.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use keel_health::{BoxProbe, Probe};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::api::RawApi;
+use crate::engine::Shared;
+use crate::schedule::{Schedule, jitter};
+use crate::status::{Action, VmStatus};
+use crate::vms_yaml::{VmSource, VmSpec};
+use crate::yandex::{Observation, OperationState, StartAck};
+
+/// How long a start without an operation to poll (the proxy API, or an
+/// "already running" answer) counts as in progress before it is retried.
+pub const START_GRACE: Duration = Duration::from_secs(30);
+
+/// A change pushed to a running task by a configuration reload.
+#[derive(Debug, Clone)]
+pub(crate) struct Reconfigure {
+    pub(crate) spec: VmSpec,
+    pub(crate) folder: Option<String>,
+}
+
+/// Why a task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Exit {
+    /// Removed from the configuration, or shutdown.
+    Cancelled,
+    /// The VM was deleted (404 after `DELETING`).
+    Gone,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reason {
+    Scheduled,
+    ProbeFailed,
+}
+
+#[derive(Debug)]
+struct Incident {
+    since: Instant,
+    alerted: VmStatus,
+}
+
+#[derive(Debug)]
+struct PendingStart {
+    at: Instant,
+    operation: Option<String>,
+}
+
+pub(crate) struct VmTask<R> {
+    spec: VmSpec,
+    folder: Option<String>,
+    shared: Arc<Shared<R>>,
+    schedule: Schedule,
+    status: Option<VmStatus>,
+    status_since: Instant,
+    nat_ip: Option<String>,
+    incident: Option<Incident>,
+    incidents: u64,
+    pending_start: Option<PendingStart>,
+    stuck_alerted: bool,
+    missing_alerted: bool,
+    probe: Option<(String, u16, BoxProbe)>,
+    probe_suspect: bool,
+    next_check: Instant,
+    next_probe: Instant,
+    gone: bool,
+}
+
+/// Decrements the live-task count however the task ends.
+struct LiveGuard<R>(Arc<Shared<R>>);
+
+impl<R> Drop for LiveGuard<R> {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl<R: RawApi> VmTask<R> {
+    pub(crate) fn new(spec: VmSpec, folder: Option<String>, shared: Arc<Shared<R>>) -> Self {
+        let now = Instant::now();
+        let schedule = Schedule::new(shared.bounds);
+        // Spread the first checks over one minimum interval so a thousand
+        // VMs do not hit the API in the same instant.
+        let first = shared
+            .rng
+            .duration_between(Duration::ZERO, shared.bounds.min / 2);
+        VmTask {
+            spec,
+            folder,
+            shared,
+            schedule,
+            status: None,
+            status_since: now,
+            nat_ip: None,
+            incident: None,
+            incidents: 0,
+            pending_start: None,
+            stuck_alerted: false,
+            missing_alerted: false,
+            probe: None,
+            probe_suspect: false,
+            next_check: now + first,
+            next_probe: now,
+            gone: false,
+        }
+    }
+
+    fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    pub(crate) async fn run(
+        mut self,
+        mut control: mpsc::Receiver<Reconfigure>,
+        cancel: CancellationToken,
+    ) -> Exit {
+        self.shared.live.fetch_add(1, Ordering::AcqRel);
+        let _live = LiveGuard(self.shared.clone());
+        self.publish();
+        loop {
+            let probing = self.status == Some(VmStatus::Running) && self.probe_target().is_some();
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => return Exit::Cancelled,
+                update = control.recv() => match update {
+                    Some(update) => self.reconfigure(update),
+                    None => return Exit::Cancelled,
+                },
+                () = sleep_until(self.next_check) => {
+                    tokio::select! {
+                        biased;
+                        () = cancel.cancelled() => return Exit::Cancelled,
+                        () = self.check(Reason::Scheduled) => {}
+                    }
+                }
+                () = sleep_until(self.next_probe), if probing => {
+                    tokio::select! {
+                        biased;
+                        () = cancel.cancelled() => return Exit::Cancelled,
+                        () = self.probe_once() => {}
+                    }
+                }
+            }
+            if self.gone {
+                return Exit::Gone;
+            }
+        }
+    }
+
+    fn reconfigure(&mut self, update: Reconfigure) {
+        info!(vm = %self.name(), "configuration changed");
+        if update.spec.ssh_host != self.spec.ssh_host || update.spec.ssh_port != self.spec.ssh_port {
+            self.probe = None;
+            self.probe_suspect = false;
+        }
+        self.spec = update.spec;
+        self.folder = update.folder;
+    }
+
+    fn publish(&self) {
+        self.shared
+            .board
+            .update(self.name(), self.status, self.next_check);
+    }
+
+    async fn check(&mut self, reason: Reason) {
+        let started = Instant::now();
+        let shared = self.shared.clone();
+        let name = self.spec.name.clone();
+        let result = match (&self.folder, &self.spec.source) {
+            (Some(folder), VmSource::Instance { id }) => {
+                // A scheduled check takes a listing up to half a minimum
+                // interval old; a failed probe needs a fresh one.
+                let fresh_since = match reason {
+                    Reason::Scheduled => started
+                        .checked_sub(shared.bounds.min / 2)
+                        .unwrap_or(started),
+                    Reason::ProbeFailed => started,
+                };
+                match shared.api.folder_status(folder, id, fresh_since).await {
+                    Ok(Some(obs)) => Ok(obs),
+                    // Not in the folder: ask for it directly.
+                    Ok(None) => shared.api.status(&name, &self.spec.source).await,
+                    Err(e) => Err(e),
+                }
+            }
+            _ => shared.api.status(&name, &self.spec.source).await,
+        };
+        let took = started.elapsed();
+        match result {
+            Ok(obs) => {
+                shared.metrics.check(&name, Some(obs.status), took);
+                shared.board.checked(&name);
+                self.observe(obs).await;
+            }
+            Err(e) if e.not_found => {
+                shared.metrics.check(&name, None, took);
+                shared.board.checked(&name);
+                self.on_missing();
+            }
+            Err(e) => {
+                shared.metrics.check(&name, None, took);
+                self.schedule.failed();
+                warn!(
+                    vm = %name,
+                    error = %e,
+                    kind = e.kind,
+                    failures = self.schedule.failures(),
+                    last_status = ?self.status,
+                    "status check failed; keeping the last known status"
+                );
+            }
+        }
+        self.next_check = Instant::now() + self.schedule.next_interval(&shared.rng);
+        self.publish();
+    }
+
+    fn on_missing(&mut self) {
+        if self.status == Some(VmStatus::Deleting) {
+            info!(vm = %self.name(), "VM deleted; no longer monitored");
+            self.gone = true;
+            return;
+        }
+        self.schedule.observed(VmStatus::Unspecified);
+        if !self.missing_alerted {
+            warn!(vm = %self.name(), "the API does not know this VM (404)");
+            self.shared.alerts.missing(self.name());
+            self.missing_alerted = true;
+        }
+    }
+
+    async fn observe(&mut self, obs: Observation) {
+        let now = Instant::now();
+        let previous = self.status;
+        let status = obs.status;
+        self.schedule.observed(status);
+        self.missing_alerted = false;
+        if obs.nat_ip.is_some() && obs.nat_ip != self.nat_ip {
+            self.nat_ip = obs.nat_ip;
+            if self.spec.ssh_host.is_none() {
+                self.probe = None;
+            }
+        }
+        if previous != Some(status) {
+            self.status = Some(status);
+            self.status_since = now;
+            self.stuck_alerted = false;
+            info!(
+                vm = %self.name(),
+                from = previous.map_or("UNKNOWN", VmStatus::as_str),
+                to = %status,
+                "status changed"
+            );
+        }
+        match status.action() {
+            Action::AlertAndStart => {
+                match &mut self.incident {
+                    None => {
+                        self.incidents += 1;
+                        self.incident = Some(Incident {
+                            since: now,
+                            alerted: status,
+                        });
+                        warn!(vm = %self.name(), %status, "critical status; starting the VM");
+                        self.shared.alerts.critical_status(self.name(), status, now);
+                    }
+                    Some(incident) if incident.alerted != status => {
+                        incident.alerted = status;
+                        self.shared.alerts.critical_status(&self.spec.name, status, now);
+                    }
+                    Some(_) => {}
+                }
+                self.schedule.set_fast(true);
+                self.ensure_started().await;
+            }
+            Action::Probe => {
+                self.schedule.set_fast(false);
+                self.pending_start = None;
+                if let Some(incident) = self.incident.take() {
+                    let downtime = now.saturating_duration_since(incident.since);
+                    info!(vm = %self.name(), downtime_s = downtime.as_secs(), "VM recovered");
+                    self.shared
+                        .alerts
+                        .recovered(self.name(), downtime, self.incidents, now);
+                }
+                if previous != Some(VmStatus::Running) {
+                    self.probe_suspect = false;
+                    self.next_probe = now + jitter(self.shared.bounds.min, &self.shared.rng);
+                }
+            }
+            Action::WatchStuck(limit) => {
+                // Poll fast through the start's transitions until RUNNING.
+                self.schedule.set_fast(self.incident.is_some());
+                let stuck_for = now.saturating_duration_since(self.status_since);
+                if stuck_for >= limit && !self.stuck_alerted {
+                    warn!(vm = %self.name(), %status, stuck_s = stuck_for.as_secs(), "VM stuck");
+                    self.shared
+                        .alerts
+                        .stuck(self.name(), status, stuck_for, now);
+                    self.stuck_alerted = true;
+                }
+            }
+            Action::LogOnly => {
+                self.schedule.set_fast(false);
+                if previous != Some(status) {
+                    info!(vm = %self.name(), %status, "VM is being deleted; watching until it is gone");
+                }
+            }
+        }
+    }
+
+    /// Issues a start unless one is in progress; follows the operation of
+    /// the previous one.
+    async fn ensure_started(&mut self) {
+        let shared = self.shared.clone();
+        let name = self.spec.name.clone();
+        if let Some(pending) = &self.pending_start {
+            match &pending.operation {
+                Some(op) => match shared.api.operation(&name, op).await {
+                    Ok(OperationState {
+                        done: true,
+                        error: Some(error),
+                    }) => {
+                        warn!(vm = %name, operation = %op, %error, "start operation failed");
+                        shared.alerts.start_failed(&name, &error);
+                        self.pending_start = None;
+                    }
+                    Ok(OperationState { done: true, .. }) => {
+                        // Finished, yet the VM was seen stopped: start again
+                        // at the next check if it still is.
+                        self.pending_start = None;
+                        return;
+                    }
+                    Ok(_) => return,
+                    Err(e) => {
+                        debug!(vm = %name, error = %e, "cannot read the start operation");
+                        if pending.at.elapsed() < shared.api_settings_deadline {
+                            return;
+                        }
+                        self.pending_start = None;
+                    }
+                },
+                None if pending.at.elapsed() < START_GRACE => return,
+                None => self.pending_start = None,
+            }
+        }
+        info!(vm = %name, "starting VM");
+        match shared.api.start(&name, &self.spec.source).await {
+            Ok(StartAck::Started { operation }) => {
+                info!(vm = %name, operation = ?operation, "start accepted");
+                self.pending_start = Some(PendingStart {
+                    at: Instant::now(),
+                    operation,
+                });
+            }
+            Ok(StartAck::AlreadyRunning) => {
+                info!(vm = %name, "start answered: already running");
+                self.pending_start = Some(PendingStart {
+                    at: Instant::now(),
+                    operation: None,
+                });
+            }
+            Err(e) => {
+                warn!(vm = %name, error = %e, kind = e.kind, "start failed; retrying at the next check");
+                if e.kind != "circuit_rejected" {
+                    shared.alerts.start_failed(&name, &e.message);
+                }
+            }
+        }
+    }
+
+    fn probe_target(&self) -> Option<(&str, u16)> {
+        let host = self.spec.ssh_host.as_deref().or(self.nat_ip.as_deref())?;
+        Some((host, self.spec.ssh_port))
+    }
+
+    async fn probe_once(&mut self) {
+        let shared = self.shared.clone();
+        self.next_probe = Instant::now() + jitter(shared.bounds.min, &shared.rng);
+        let Some((host, port)) = self.probe_target() else {
+            return;
+        };
+        let probe = match &self.probe {
+            Some((h, p, probe)) if h == host && *p == port => probe.clone(),
+            _ => {
+                let probe = (shared.prober)(host, port);
+                self.probe = Some((host.to_owned(), port, probe.clone()));
+                probe
+            }
+        };
+        let ok = matches!(
+            tokio::time::timeout(shared.probe_timeout, probe.check()).await,
+            Ok(Ok(()))
+        );
+        if ok {
+            if self.probe_suspect {
+                info!(vm = %self.name(), "SSH port reachable again");
+                self.probe_suspect = false;
+            }
+            return;
+        }
+        if self.probe_suspect {
+            return;
+        }
+        debug!(vm = %self.name(), "SSH probe failed; checking the API now");
+        self.check(Reason::ProbeFailed).await;
+        if self.status == Some(VmStatus::Running) {
+            warn!(vm = %self.name(), "SSH port unreachable but the API says RUNNING");
+            self.probe_suspect = true;
+        }
+    }
+}

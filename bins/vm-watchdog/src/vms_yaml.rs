@@ -1,0 +1,281 @@
+//! `vms.yaml`: which VMs to watch and how to reach them.
+//!
+//! ```yaml
+//! folder_id: b1g0123456789abcdef   # optional: one instances.list per poll
+//! vms:
+//!   - name: web-1
+//!     instance_id: fhm0123456789abcdef
+//!   - name: worker-2
+//!     instance_id: fhm9876543210fedcba
+//!     ssh_host: 10.0.0.12            # default: the VM's NAT address
+//!     ssh_port: 2222                 # default: 22
+//!   - name: legacy
+//!     proxy_url: http://proxy.internal:8000/legacy   # GET /info, POST /start
+//! ```
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::VmsFileError;
+
+/// The default SSH port probed on running VMs.
+pub const DEFAULT_SSH_PORT: u16 = 22;
+
+/// The parsed, validated file.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VmsFile {
+    /// The folder whose `instances.list` refreshes every Compute VM's
+    /// status in one call per poll.
+    pub folder_id: Option<String>,
+    /// The VMs, in file order, names unique.
+    pub vms: Vec<VmSpec>,
+}
+
+/// One VM to watch.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct VmSpec {
+    /// Unique name: alert text, metric label, `/health` entry.
+    pub name: String,
+    /// Where its status comes from and how it is started.
+    pub source: VmSource,
+    /// Host probed on port `ssh_port` while running (default: the NAT
+    /// address the API reports).
+    pub ssh_host: Option<String>,
+    /// Port probed while running.
+    pub ssh_port: u16,
+}
+
+/// Where a VM's status comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum VmSource {
+    /// The Yandex Compute API.
+    Instance {
+        /// The instance id.
+        id: String,
+    },
+    /// The original bot's proxy API (`GET {url}/info`, `POST {url}/start`).
+    Proxy {
+        /// Base URL without a trailing slash.
+        url: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    folder_id: Option<String>,
+    #[serde(default)]
+    vms: Option<Vec<RawVm>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVm {
+    name: String,
+    #[serde(default)]
+    instance_id: Option<String>,
+    #[serde(default)]
+    proxy_url: Option<String>,
+    #[serde(default)]
+    ssh_host: Option<String>,
+    #[serde(default)]
+    ssh_port: Option<u16>,
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
+/// Parses and validates the text of a `vms.yaml` read from `path` (used in
+/// error messages only).
+///
+/// # Errors
+/// A [`VmsFileError`] with the YAML error's line and column, or naming the
+/// entry (`vms[2] (web-3)`) and field at fault.
+pub fn parse(text: &str, path: &Path) -> Result<VmsFile, VmsFileError> {
+    let fail = |reason: String| VmsFileError {
+        path: path.to_owned(),
+        reason,
+    };
+    let raw: RawFile = if text.trim().is_empty() {
+        return Err(fail("the file is empty; expected a `vms:` list".into()));
+    } else {
+        serde_yaml::from_str(text).map_err(|e| fail(e.to_string()))?
+    };
+    let folder_id = match raw.folder_id.as_deref().map(str::trim) {
+        None => None,
+        Some(id) if valid_id(id) => Some(id.to_owned()),
+        Some(id) => {
+            return Err(fail(format!(
+                "folder_id `{id}` is not a folder id (letters, digits and dashes)"
+            )));
+        }
+    };
+    let Some(raw_vms) = raw.vms else {
+        return Err(fail("missing `vms:` list".into()));
+    };
+    let mut names = HashSet::new();
+    let mut vms = Vec::with_capacity(raw_vms.len());
+    for (i, vm) in raw_vms.into_iter().enumerate() {
+        let name = vm.name.trim().to_owned();
+        let at = format!("vms[{i}] ({name})");
+        if !valid_name(&name) {
+            return Err(fail(format!(
+                "{at}: name must be 1-128 letters, digits, `-`, `_` or `.`"
+            )));
+        }
+        if !names.insert(name.clone()) {
+            return Err(fail(format!("{at}: duplicate name `{name}`")));
+        }
+        let source = match (vm.instance_id, vm.proxy_url) {
+            (Some(id), None) => {
+                let id = id.trim().to_owned();
+                if !valid_id(&id) {
+                    return Err(fail(format!(
+                        "{at}: instance_id `{id}` is not an instance id"
+                    )));
+                }
+                VmSource::Instance { id }
+            }
+            (None, Some(url)) => {
+                let url = url.trim().trim_end_matches('/').to_owned();
+                match reqwest::Url::parse(&url) {
+                    Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
+                    _ => {
+                        return Err(fail(format!(
+                            "{at}: proxy_url `{url}` must be an http or https URL"
+                        )));
+                    }
+                }
+                VmSource::Proxy { url }
+            }
+            (Some(_), Some(_)) => {
+                return Err(fail(format!(
+                    "{at}: set either instance_id or proxy_url, not both"
+                )));
+            }
+            (None, None) => {
+                return Err(fail(format!("{at}: needs instance_id or proxy_url")));
+            }
+        };
+        let ssh_host = match vm.ssh_host.as_deref().map(str::trim) {
+            None => None,
+            Some("") => return Err(fail(format!("{at}: ssh_host is empty"))),
+            Some(h) => Some(h.to_owned()),
+        };
+        let ssh_port = match vm.ssh_port {
+            None => DEFAULT_SSH_PORT,
+            Some(0) => return Err(fail(format!("{at}: ssh_port must be 1-65535"))),
+            Some(p) => p,
+        };
+        vms.push(VmSpec {
+            name,
+            source,
+            ssh_host,
+            ssh_port,
+        });
+    }
+    Ok(VmsFile { folder_id, vms })
+}
+
+/// Reads and parses `path`.
+///
+/// # Errors
+/// As [`parse`], or when the file cannot be read.
+pub async fn load(path: &Path) -> Result<VmsFile, VmsFileError> {
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|e| VmsFileError {
+            path: path.to_owned(),
+            reason: format!("cannot read: {e}"),
+        })?;
+    parse(&text, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(text: &str) -> Result<VmsFile, VmsFileError> {
+        parse(text, Path::new("vms.yaml"))
+    }
+
+    #[test]
+    fn parses_the_documented_example() {
+        let file = p(r"
+folder_id: b1g0123456789abcdef
+vms:
+  - name: web-1
+    instance_id: fhm0123456789abcdef
+  - name: worker-2
+    instance_id: fhm9876543210fedcba
+    ssh_host: 10.0.0.12
+    ssh_port: 2222
+  - name: legacy
+    proxy_url: http://proxy.internal:8000/legacy/
+")
+        .unwrap();
+        assert_eq!(file.folder_id.as_deref(), Some("b1g0123456789abcdef"));
+        assert_eq!(file.vms.len(), 3);
+        assert_eq!(file.vms[0].ssh_port, 22);
+        assert_eq!(file.vms[0].ssh_host, None);
+        assert_eq!(
+            file.vms[1].source,
+            VmSource::Instance {
+                id: "fhm9876543210fedcba".into()
+            }
+        );
+        assert_eq!((file.vms[1].ssh_host.as_deref(), file.vms[1].ssh_port), (Some("10.0.0.12"), 2222));
+        assert_eq!(
+            file.vms[2].source,
+            VmSource::Proxy {
+                url: "http://proxy.internal:8000/legacy".into()
+            }
+        );
+        let empty = p("vms: []").unwrap();
+        assert!(empty.vms.is_empty() && empty.folder_id.is_none());
+    }
+
+    #[test]
+    fn errors_say_exactly_what_is_wrong() {
+        let cases = [
+            ("", "empty"),
+            ("vms: [", "line"),
+            ("folder_id: x", "missing `vms:`"),
+            ("vms:\n  - name: a\n", "vms[0] (a): needs instance_id or proxy_url"),
+            (
+                "vms:\n  - name: a\n    instance_id: i1\n  - name: a\n    instance_id: i2\n",
+                "vms[1] (a): duplicate name",
+            ),
+            (
+                "vms:\n  - name: a\n    instance_id: i1\n    proxy_url: http://x\n",
+                "not both",
+            ),
+            ("vms:\n  - name: a\n    proxy_url: ftp://x\n", "must be an http"),
+            ("vms:\n  - name: a b\n    instance_id: i1\n", "vms[0] (a b): name"),
+            ("vms:\n  - name: a\n    instance_id: i1\n    ssh_port: 0\n", "ssh_port"),
+            ("vms:\n  - name: a\n    instance_id: i1\n    ssh_port: 70000\n", "line 4"),
+            ("vms:\n  - name: a\n    instanceid: i1\n", "unknown field `instanceid`"),
+            ("folder_id: 'a b'\nvms: []\n", "folder_id"),
+        ];
+        for (text, expected) in cases {
+            let err = p(text).unwrap_err();
+            assert!(
+                err.to_string().contains(expected),
+                "{text:?}: {err} does not contain {expected:?}"
+            );
+            assert!(err.to_string().starts_with("vms.yaml: "), "{err}");
+        }
+    }
+}
