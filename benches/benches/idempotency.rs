@@ -435,9 +435,13 @@ fn redis(c: &mut Criterion) {
             .arg(format!("{prefix}*"))
             .query_async(&mut c)
             .await
-            .unwrap_or_default();
+            .expect("list the bench's keys");
         for chunk in keys.chunks(1000) {
-            let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query_async(&mut c).await;
+            let _: () = redis::cmd("DEL")
+                .arg(chunk)
+                .query_async(&mut c)
+                .await
+                .expect("delete the bench's keys");
         }
     });
 }

@@ -105,7 +105,7 @@ async fn main() -> anyhow::Result<()> {
             match result {
                 Ok((status, _)) => println!("{label}: HTTP {status} after {took:?}"),
                 Err(PipelineError::Rejected(rejected)) => {
-                    println!("{label}: rejected by the breaker ({rejected}) after {took:?}")
+                    println!("{label}: rejected by the breaker ({rejected}) after {took:?}");
                 }
                 Err(other) => println!("{label}: failed: {other} after {took:?}"),
             }

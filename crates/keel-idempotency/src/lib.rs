@@ -24,6 +24,21 @@
 //! repeat. Do not use it as a cache: it stores one result per key and never
 //! refreshes it.
 //!
+//! # Guarantees and limits
+//!
+//! * "At most once per key" holds while the owner keeps its lease: a run
+//!   that stalls (not just runs long: heartbeats renew the lease every
+//!   third of it) past its lease can be taken over and run a second time;
+//!   the stalled owner then finds it lost the key, its result is not stored
+//!   and `lost_leases` is counted.
+//! * A cancelled run (its future dropped, a panic) releases its key at once,
+//!   so the next caller runs without waiting for the lease.
+//! * If the store fails after the operation ran, the caller still gets the
+//!   value; the key stays pending until its lease runs out.
+//! * By default every `Err` is a retryable failure (keel-core's
+//!   [`classify::Default`](keel_core::classify::Default)); pass a classifier
+//!   with [`Call::classify`] to store and replay non-retryable errors.
+//!
 //! Backends implement [`IdempotencyStore`]: [`MemoryStore`] (default; one
 //! process), `RedisStore` (feature `redis`) and `PostgresStore` (feature
 //! `postgres`) for several replicas. Feature `axum` adds
@@ -75,7 +90,10 @@ mod error;
 mod executor;
 mod key;
 mod memory;
+#[cfg(feature = "metrics")]
 pub mod metrics;
+#[cfg(not(feature = "metrics"))]
+mod metrics;
 mod store;
 
 #[cfg(feature = "axum")]

@@ -22,44 +22,43 @@ pub const DEFAULT_PREFIX: &str = "keel:idempotency:";
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 // Every transition is one Lua script, so it is atomic in Redis and costs one
-// round trip. Entries are hashes: s = state (p|c|f), fp = fingerprint,
-// o = owner, l = lease end (ms, server clock), r = stored bytes,
-// rt = retryable (1|0). The key's own PEXPIRE is the TTL, so Redis drops
-// expired entries itself. Times come from the server's TIME, never from
-// the client's clock.
-
-const NOW_MS: &str = "local t = redis.call('TIME')\n\
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n";
+// round trip. An entry is two keys sharing a hash tag (same cluster slot):
+// * the entry, a hash under `prefix{hex}`: s = state (p|c|f),
+//   fp = fingerprint, o = owner while pending, r = stored bytes,
+//   rt = retryable (1|0); its PEXPIRE is the TTL, so Redis drops expired
+//   entries itself;
+// * the lease, a string under `prefix{hex}:lease` holding the owner, claimed
+//   with `SET ... NX PX lease`: it exists exactly while an owner's lease
+//   runs, and it expires on the server's clock, never the client's.
 
 const BEGIN: &str = r"
-local cur = redis.call('HMGET', KEYS[1], 's', 'fp', 'l', 'r', 'rt')
+local cur = redis.call('HMGET', KEYS[1], 's', 'fp', 'r', 'rt')
 local prev = 'vacant'
 if cur[1] then
   if cur[2] ~= ARGV[1] then return {'mismatch'} end
-  if cur[1] == 'c' then return {'completed', cur[4] or ''} end
+  if cur[1] == 'c' then return {'completed', cur[3] or ''} end
   if cur[1] == 'f' then
-    if cur[5] ~= '1' then return {'failed', cur[4] or ''} end
+    if cur[4] ~= '1' then return {'failed', cur[3] or ''} end
     prev = 'retry'
   else
-    local lease = tonumber(cur[3]) or 0
-    if lease > now then return {'inflight', lease - now} end
     prev = 'takeover'
   end
-  redis.call('HDEL', KEYS[1], 'r', 'rt')
 end
-local lease_ms = tonumber(ARGV[3])
-redis.call('HSET', KEYS[1], 's', 'p', 'fp', ARGV[1], 'o', ARGV[2], 'l', string.format('%d', now + lease_ms))
-redis.call('PEXPIRE', KEYS[1], math.max(tonumber(ARGV[4]), lease_ms))
+if not redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then
+  return {'inflight', redis.call('PTTL', KEYS[2])}
+end
+redis.call('HSET', KEYS[1], 's', 'p', 'fp', ARGV[1], 'o', ARGV[2])
+redis.call('HDEL', KEYS[1], 'r', 'rt')
+redis.call('PEXPIRE', KEYS[1], math.max(tonumber(ARGV[4]), tonumber(ARGV[3])))
 return {'acquired', prev}
 ";
 
 const RENEW: &str = r"
 local cur = redis.call('HMGET', KEYS[1], 's', 'o')
 if cur[1] ~= 'p' or cur[2] ~= ARGV[1] then return 0 end
-local lease_ms = tonumber(ARGV[2])
-redis.call('HSET', KEYS[1], 'l', string.format('%d', now + lease_ms))
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 local pttl = redis.call('PTTL', KEYS[1])
-if pttl >= 0 and pttl < lease_ms then redis.call('PEXPIRE', KEYS[1], lease_ms) end
+if pttl >= 0 and pttl < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 1
 ";
 
@@ -67,7 +66,8 @@ const FINISH: &str = r"
 local cur = redis.call('HMGET', KEYS[1], 's', 'o')
 if cur[1] ~= 'p' or cur[2] ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 's', ARGV[2], 'r', ARGV[3], 'rt', ARGV[4])
-redis.call('HDEL', KEYS[1], 'o', 'l')
+redis.call('HDEL', KEYS[1], 'o')
+redis.call('DEL', KEYS[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return 1
 ";
@@ -75,16 +75,22 @@ return 1
 const RELEASE: &str = r"
 local cur = redis.call('HMGET', KEYS[1], 's', 'o')
 if cur[1] ~= 'p' or cur[2] ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[2])
 return 1
 ";
 
 const GET: &str = r"
-local cur = redis.call('HMGET', KEYS[1], 's', 'fp', 'o', 'l', 'r', 'rt')
+local cur = redis.call('HMGET', KEYS[1], 's', 'fp', 'o', 'r', 'rt')
 if not cur[1] then return {} end
 local lease = 0
-if cur[1] == 'p' then lease = math.max(0, (tonumber(cur[4]) or 0) - now) end
-return {cur[1], cur[2] or '', cur[3] or '', lease, cur[5] or '', cur[6] or '0', redis.call('PTTL', KEYS[1])}
+if cur[1] == 'p' then lease = math.max(0, redis.call('PTTL', KEYS[2])) end
+return {cur[1], cur[2] or '', cur[3] or '', lease, cur[4] or '', cur[5] or '0', redis.call('PTTL', KEYS[1])}
+";
+
+const REMOVE: &str = r"
+local n = redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[2])
+return n
 ";
 
 struct Scripts {
@@ -93,17 +99,18 @@ struct Scripts {
     finish: Script,
     release: Script,
     get: Script,
+    remove: Script,
 }
 
 impl Scripts {
     fn new() -> Self {
-        let timed = |body: &str| Script::new(&format!("{NOW_MS}{body}"));
         Scripts {
-            begin: timed(BEGIN),
-            renew: timed(RENEW),
+            begin: Script::new(BEGIN),
+            renew: Script::new(RENEW),
             finish: Script::new(FINISH),
             release: Script::new(RELEASE),
-            get: timed(GET),
+            get: Script::new(GET),
+            remove: Script::new(REMOVE),
         }
     }
 }
@@ -113,12 +120,13 @@ impl Scripts {
 ///
 /// Each transition (begin, renew, finish, release) is one Lua script, so it
 /// is atomic and costs one round trip; a replay is a single `EVALSHA`.
-/// Entries are hashes under `prefix + hex(key)`; their TTL is the key's
+/// Entries are hashes under `prefix{hex(key)}`; their TTL is the key's
 /// `PEXPIRE`, so Redis drops expired entries itself and
 /// [`purge_expired`](IdempotencyStore::purge_expired) has nothing to do
 /// (returns 0; expirations are therefore not counted with this backend).
-/// Leases are measured with the server's `TIME`: paused tokio time in tests
-/// does not move them.
+/// A lease is its own key, claimed with `SET ... NX PX` inside the begin
+/// script, so it expires on the server's clock: paused tokio time in tests
+/// does not move it.
 ///
 /// Waiting callers poll the key every poll interval (default 20 ms); a
 /// result is seen at most one interval late.
@@ -153,7 +161,8 @@ pub struct RedisStoreBuilder {
 impl RedisStoreBuilder {
     /// The prefix of every key (default [`DEFAULT_PREFIX`]); use one per
     /// application (or per test) so entries do not collide. Must not be
-    /// empty.
+    /// empty nor contain `{` or `}` (they would break the hash tag that
+    /// keeps an entry and its lease in one cluster slot).
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
         self
@@ -170,6 +179,9 @@ impl RedisStoreBuilder {
     pub fn build(self) -> Result<RedisStore, ConfigError> {
         if self.prefix.is_empty() {
             return Err(ConfigError::new("prefix", "must not be empty"));
+        }
+        if self.prefix.contains(['{', '}']) {
+            return Err(ConfigError::new("prefix", "must not contain '{' or '}'"));
         }
         if self.poll_interval.is_zero() {
             return Err(ConfigError::new(
@@ -232,20 +244,33 @@ impl RedisStore {
         &self.conn
     }
 
-    fn redis_key(&self, key: &IdempotencyKey) -> String {
-        let mut s = String::with_capacity(self.prefix.len() + 64);
+    /// The Redis key of `key`'s entry: `prefix{hex}` (the braces are a
+    /// cluster hash tag shared with its lease key, `prefix{hex}:lease`).
+    pub fn entry_key(&self, key: &IdempotencyKey) -> String {
+        let mut s = String::with_capacity(self.prefix.len() + 66);
         s.push_str(&self.prefix);
+        s.push('{');
         s.push_str(&key.to_hex());
+        s.push('}');
         s
+    }
+
+    /// The entry key and the lease key of `key`.
+    fn redis_keys(&self, key: &IdempotencyKey) -> (String, String) {
+        let entry = self.entry_key(key);
+        let lease = format!("{entry}:lease");
+        (entry, lease)
     }
 
     async fn begin_impl(&self, req: BeginRequest<'_>) -> Result<Begin, StoreError> {
         let err = |e: keel_core::BoxError| StoreError::new(BACKEND, "begin", e);
         let mut conn = self.conn.clone();
+        let keys = self.redis_keys(req.key);
         let reply: Vec<Value> = self
             .scripts
             .begin
-            .key(self.redis_key(req.key))
+            .key(&keys.0)
+            .key(&keys.1)
             .arg(req.fingerprint.to_hex())
             .arg(req.owner.to_hex())
             .arg(millis_ceil(req.lease))
@@ -279,10 +304,12 @@ impl RedisStore {
         lease: Duration,
     ) -> Result<bool, StoreError> {
         let mut conn = self.conn.clone();
+        let keys = self.redis_keys(key);
         let n: i64 = self
             .scripts
             .renew
-            .key(self.redis_key(key))
+            .key(&keys.0)
+            .key(&keys.1)
             .arg(owner.to_hex())
             .arg(millis_ceil(lease))
             .invoke_async(&mut conn)
@@ -303,10 +330,12 @@ impl RedisStore {
             Settle::Failed { error, retryable } => ("f", error, if retryable { "1" } else { "0" }),
         };
         let mut conn = self.conn.clone();
+        let keys = self.redis_keys(key);
         let n: i64 = self
             .scripts
             .finish
-            .key(self.redis_key(key))
+            .key(&keys.0)
+            .key(&keys.1)
             .arg(owner.to_hex())
             .arg(state)
             .arg(bytes.as_ref())
@@ -320,10 +349,12 @@ impl RedisStore {
 
     async fn release_impl(&self, key: &IdempotencyKey, owner: OwnerId) -> Result<bool, StoreError> {
         let mut conn = self.conn.clone();
+        let keys = self.redis_keys(key);
         let n: i64 = self
             .scripts
             .release
-            .key(self.redis_key(key))
+            .key(&keys.0)
+            .key(&keys.1)
             .arg(owner.to_hex())
             .invoke_async(&mut conn)
             .await
@@ -334,10 +365,12 @@ impl RedisStore {
     async fn get_impl(&self, key: &IdempotencyKey) -> Result<Option<Record>, StoreError> {
         let err = |e: keel_core::BoxError| StoreError::new(BACKEND, "get", e);
         let mut conn = self.conn.clone();
+        let keys = self.redis_keys(key);
         let reply: Vec<Value> = self
             .scripts
             .get
-            .key(self.redis_key(key))
+            .key(&keys.0)
+            .key(&keys.1)
             .invoke_async(&mut conn)
             .await
             .map_err(|e| err(e.into()))?;
@@ -376,9 +409,13 @@ impl RedisStore {
 
     async fn remove_impl(&self, key: &IdempotencyKey) -> Result<bool, StoreError> {
         let mut conn = self.conn.clone();
-        let n: i64 = redis::cmd("DEL")
-            .arg(self.redis_key(key))
-            .query_async(&mut conn)
+        let keys = self.redis_keys(key);
+        let n: i64 = self
+            .scripts
+            .remove
+            .key(&keys.0)
+            .key(&keys.1)
+            .invoke_async(&mut conn)
             .await
             .map_err(|e| StoreError::new(BACKEND, "remove", e))?;
         Ok(n > 0)
