@@ -330,14 +330,14 @@ fn text(pairs: &[(String, String)], name: &str) -> Option<String> {
     last(pairs, name).map(str::to_owned)
 }
 
-pub(crate) fn number<T: std::str::FromStr>(
+pub(crate) fn number<T>(
     pairs: &[(String, String)],
     name: &str,
     min: T,
     max: T,
 ) -> Result<Option<T>, QueryError>
 where
-    T: PartialOrd + std::fmt::Display + Copy,
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
 {
     let Some(v) = last(pairs, name) else {
         return Ok(None);

@@ -16,6 +16,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::types::Json;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Backend;
 use crate::error::Error;
@@ -37,6 +38,7 @@ enum Pools {
     Sqlite {
         write: SqlitePool,
         read: SqlitePool,
+        jobs: mpsc::Sender<WriteJob>,
     },
     Postgres(PgPool),
 }
@@ -83,6 +85,109 @@ macro_rules! bind_all {
         }
         query
     }};
+}
+
+/// Writes one delivery's events and state rows inside the open transaction
+/// `$tx`; evaluates to the number of new events.
+macro_rules! write_delivery {
+    ($tx:expr, $unique:expr, $latest:expr, $now_ms:expr) => {{
+        let mut saved = 0u64;
+        for chunk in $unique.chunks(INSERT_CHUNK) {
+            let (sql, params) = insert_events_sql(chunk, $now_ms);
+            let rows: Vec<(i64,)> = bind_all!(sqlx::query_as(&sql), params)
+                .fetch_all(&mut *$tx)
+                .await?;
+            saved += rows
+                .iter()
+                .filter(|(occurrences,)| *occurrences == 1)
+                .count() as u64;
+        }
+        for chunk in $latest.chunks(INSERT_CHUNK) {
+            let (sql, params) = upsert_state_sql(chunk, $now_ms);
+            bind_all!(sqlx::query(&sql), params)
+                .execute(&mut *$tx)
+                .await?;
+        }
+        saved
+    }};
+}
+
+/// Most deliveries the SQLite writer commits in one transaction.
+pub const GROUP_COMMIT_MAX: usize = 64;
+
+/// A delivery waiting for the SQLite writer.
+#[derive(Debug)]
+struct WriteJob {
+    events: Vec<NewEvent>,
+    now_ms: i64,
+    reply: oneshot::Sender<Result<u64, sqlx::Error>>,
+}
+
+fn writer_gone() -> sqlx::Error {
+    sqlx::Error::PoolClosed
+}
+
+/// Deduplicates a delivery by event key (PostgreSQL refuses to update one
+/// row twice in a statement) in key order (so concurrent transactions lock
+/// rows in the same order), and picks the newest event per fingerprint for
+/// the state table.
+fn prepare(events: &[NewEvent]) -> (Vec<&NewEvent>, Vec<&NewEvent>) {
+    let mut unique: BTreeMap<_, &NewEvent> = BTreeMap::new();
+    for event in events {
+        unique.insert(event.key(), event);
+    }
+    let unique: Vec<&NewEvent> = unique.into_values().collect();
+    let mut latest: BTreeMap<&str, &NewEvent> = BTreeMap::new();
+    for event in &unique {
+        let newer = latest
+            .get(event.fingerprint.as_str())
+            .is_none_or(|cur| (event.starts_at, event.status) > (cur.starts_at, cur.status));
+        if newer {
+            latest.insert(&event.fingerprint, event);
+        }
+    }
+    (unique, latest.into_values().collect())
+}
+
+/// The SQLite writer: takes the deliveries waiting now, commits them in one
+/// transaction, answers each. Ends when every sender is gone.
+async fn sqlite_writer(pool: SqlitePool, mut jobs: mpsc::Receiver<WriteJob>) {
+    while let Some(first) = jobs.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < GROUP_COMMIT_MAX {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let result: Result<Vec<u64>, sqlx::Error> = async {
+            let mut tx = pool.begin().await?;
+            let mut saved = Vec::with_capacity(batch.len());
+            for job in &batch {
+                let (unique, latest) = prepare(&job.events);
+                saved.push(write_delivery!(tx, unique, latest, job.now_ms));
+            }
+            tx.commit().await?;
+            Ok(saved)
+        }
+        .await;
+        match result {
+            Ok(saved) => {
+                for (job, n) in batch.into_iter().zip(saved) {
+                    let _ = job.reply.send(Ok(n));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, deliveries = batch.len(), "SQLite group commit failed");
+                let message = e.to_string();
+                for job in batch {
+                    let _ = job
+                        .reply
+                        .send(Err(sqlx::Error::Io(std::io::Error::other(message.clone()))));
+                }
+            }
+        }
+    }
 }
 
 /// Collects `WHERE` conditions and their parameters, numbering `$N`.
@@ -359,7 +464,9 @@ impl Store {
                     .min_connections(0)
                     .connect_with(options)
                     .await?;
-                Pools::Sqlite { write, read }
+                let (jobs, queue) = mpsc::channel(1024);
+                tokio::spawn(sqlite_writer(write.clone(), queue));
+                Pools::Sqlite { write, read, jobs }
             }
             Backend::Postgres => {
                 let options = PgConnectOptions::from_str(url)?;
@@ -395,7 +502,7 @@ impl Store {
     /// Closes every connection.
     pub async fn close(&self) {
         match &self.pools {
-            Pools::Sqlite { write, read } => {
+            Pools::Sqlite { write, read, .. } => {
                 read.close().await;
                 write.close().await;
             }
@@ -426,6 +533,11 @@ impl Store {
     /// unique index makes concurrent inserts of one event race-safe.
     ///
     /// Cost: two multi-row statements per 500 distinct events, one commit.
+    /// On SQLite (one writer at a time) deliveries are handed to a single
+    /// writer task that commits the deliveries waiting at that moment (up to
+    /// [`GROUP_COMMIT_MAX`]) in one transaction, each with its own
+    /// statements and `saved` count; every caller is answered only after
+    /// that commit, and if it fails every delivery in it gets the error.
     ///
     /// # Errors
     /// The database error (the transaction is rolled back).
@@ -435,51 +547,31 @@ impl Store {
         now_ms: i64,
     ) -> Result<IngestOutcome, sqlx::Error> {
         let processed = events.len() as u64;
-        // Deduplicate within the delivery (PostgreSQL refuses to update one
-        // row twice in a statement) and sort by key for lock ordering.
-        let mut unique: BTreeMap<_, &NewEvent> = BTreeMap::new();
-        for event in events {
-            unique.insert(event.key(), event);
-        }
-        let unique: Vec<&NewEvent> = unique.into_values().collect();
-        // The newest event of each fingerprint feeds the state table.
-        let mut latest: BTreeMap<&str, &NewEvent> = BTreeMap::new();
-        for event in &unique {
-            let newer = latest
-                .get(event.fingerprint.as_str())
-                .is_none_or(|cur| (event.starts_at, event.status) > (cur.starts_at, cur.status));
-            if newer {
-                latest.insert(&event.fingerprint, event);
-            }
-        }
-        if unique.is_empty() {
+        if events.is_empty() {
             return Ok(IngestOutcome {
                 saved: 0,
                 processed,
             });
         }
-        let mut saved = 0u64;
-        on_write!(self, |pool| {
-            let mut tx = pool.begin().await?;
-            for chunk in unique.chunks(INSERT_CHUNK) {
-                let (sql, params) = insert_events_sql(chunk, now_ms);
-                let rows: Vec<(i64,)> = bind_all!(sqlx::query_as(&sql), params)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                saved += rows
-                    .iter()
-                    .filter(|(occurrences,)| *occurrences == 1)
-                    .count() as u64;
+        let saved = match &self.pools {
+            Pools::Postgres(pool) => {
+                let (unique, latest) = prepare(events);
+                let mut tx = pool.begin().await?;
+                let saved = write_delivery!(tx, unique, latest, now_ms);
+                tx.commit().await?;
+                saved
             }
-            let latest: Vec<&NewEvent> = latest.into_values().collect();
-            for chunk in latest.chunks(INSERT_CHUNK) {
-                let (sql, params) = upsert_state_sql(chunk, now_ms);
-                bind_all!(sqlx::query(&sql), params)
-                    .execute(&mut *tx)
-                    .await?;
+            Pools::Sqlite { jobs, .. } => {
+                let (reply, answer) = oneshot::channel();
+                let job = WriteJob {
+                    events: events.to_vec(),
+                    now_ms,
+                    reply,
+                };
+                jobs.send(job).await.map_err(|_| writer_gone())?;
+                answer.await.map_err(|_| writer_gone())??
             }
-            tx.commit().await?;
-        });
+        };
         Ok(IngestOutcome { saved, processed })
     }
 

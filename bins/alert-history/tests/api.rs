@@ -29,6 +29,7 @@ on_both_backends!(
     retention_deletes_old_events_in_batches,
     dashboard_api_matches_report,
     dashboard_page_is_self_contained,
+    concurrent_deliveries_store_each_event_once,
 );
 
 fn rows(v: &Value) -> &Vec<Value> {
@@ -735,4 +736,39 @@ async fn dashboard_page_is_self_contained(db: TestDb) {
         let body = body.as_str().unwrap();
         assert!(!body.contains("https://"), "{path} loads nothing external");
     }
+}
+
+/// Many deliveries at once (on SQLite they share group commits): each event
+/// is saved once and `saved` adds up to the distinct events.
+async fn concurrent_deliveries_store_each_event_once(db: TestDb) {
+    let t = std::sync::Arc::new(TestApp::new(db).await);
+    let mut distinct = std::collections::HashSet::new();
+    let mut tasks = Vec::new();
+    for d in 0..60i64 {
+        let alerts: Vec<Value> = (0..10i64)
+            .map(|k| {
+                let n = (d * 7 + k) % 30;
+                distinct.insert(n);
+                firing("Burst", &format!("b000{n:012}"), n, &[])
+            })
+            .collect();
+        let t = t.clone();
+        let body = payload(alerts);
+        tasks.push(tokio::spawn(async move { t.deliver(&body).await }));
+    }
+    let mut saved = 0;
+    for task in tasks {
+        saved += task.await.unwrap();
+    }
+    assert_eq!(saved, distinct.len() as u64);
+    assert_eq!(
+        t.store().count_events().await.unwrap(),
+        distinct.len() as i64
+    );
+    let (_, v) = t.get("/history?limit=1000").await;
+    let total: i64 = rows(&v)
+        .iter()
+        .map(|e| e["occurrences"].as_i64().unwrap())
+        .sum();
+    assert_eq!(total, 600, "every delivery of every event counted");
 }

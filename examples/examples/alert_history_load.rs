@@ -1,0 +1,424 @@
+//! Load program for alert-history: spawns the release binary, posts
+//! Alertmanager-shaped webhooks (10 alerts each; a mix of new, redelivered
+//! and resolved alerts over realistic label sets) at a chosen concurrency or
+//! rate, and reports alerts/s, p50/p99 latency, time to ready on an existing
+//! database, and the service's idle and peak RSS (`/proc/<pid>/status`).
+//!
+//! ```text
+//! cargo build --release -p alert-history
+//! cargo run --release -p keel-examples --example alert_history_load -- \
+//!     --database sqlite --concurrency 32 --seconds 20
+//! cargo run --release -p keel-examples --example alert_history_load -- \
+//!     --database postgres --concurrency 32 --seconds 20 --rate 6000
+//! ```
+#![allow(clippy::disallowed_types, clippy::print_stdout)]
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+/// Load generator for alert-history.
+#[derive(Debug, Parser)]
+struct Args {
+    /// The alert-history binary (default: the one beside this example's
+    /// profile directory, e.g. `target/release/alert-history`).
+    #[arg(long)]
+    bin: Option<PathBuf>,
+    /// `sqlite` (temporary file on disk), `postgres` (a fresh schema in
+    /// --postgres-url), or a full database URL.
+    #[arg(long, default_value = "sqlite")]
+    database: String,
+    /// PostgreSQL server for `--database postgres`.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
+    postgres_url: String,
+    /// Concurrent senders.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Seconds of load.
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// Target alerts/s over all senders (0: as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Alerts per webhook.
+    #[arg(long, default_value_t = 10)]
+    alerts_per_webhook: usize,
+}
+
+struct Service {
+    child: Child,
+    pid: u32,
+    base: String,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn start(bin: &PathBuf, url: &str) -> anyhow::Result<(Service, Duration)> {
+    let port = free_port()?;
+    let started = Instant::now();
+    let child = Command::new(bin)
+        .env("DATABASE_URL", url)
+        .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("spawning {}", bin.display()))?;
+    let pid = child.id().context("no pid")?;
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    loop {
+        if let Ok(r) = client.get(format!("{base}/readyz")).send().await
+            && r.status().is_success()
+        {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("alert-history not ready after 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok((Service { child, pid, base }, started.elapsed()))
+}
+
+async fn stop(mut service: Service) -> anyhow::Result<()> {
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(service.pid.to_string())
+        .status()
+        .await?;
+    if !status.success() {
+        bail!("kill failed");
+    }
+    let code = tokio::time::timeout(Duration::from_secs(15), service.child.wait()).await??;
+    if !code.success() {
+        bail!("alert-history exited with {code}");
+    }
+    Ok(())
+}
+
+fn proc_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// xorshift64*: deterministic per sender, no dependency.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+const ALERTS: [(&str, &str); 8] = [
+    ("KubePodCrashLooping", "warning"),
+    ("KubePodNotReady", "warning"),
+    ("NodeFilesystemSpaceFillingUp", "critical"),
+    ("HighRequestLatency", "warning"),
+    ("TargetDown", "critical"),
+    ("KubeJobFailed", "warning"),
+    ("CPUThrottlingHigh", "info"),
+    ("PostgresReplicationLag", "critical"),
+];
+const NAMESPACES: [&str; 6] = [
+    "payments",
+    "checkout",
+    "search",
+    "monitoring",
+    "kube-system",
+    "batch",
+];
+
+/// One sender's view of alerts: currently firing ones it may redeliver or
+/// resolve.
+struct Workload {
+    rng: Rng,
+    sender: u64,
+    seq: u64,
+    firing: Vec<Value>,
+}
+
+impl Workload {
+    fn new_alert(&mut self) -> Value {
+        let (name, severity) = ALERTS[self.rng.below(ALERTS.len() as u64) as usize];
+        let ns = NAMESPACES[self.rng.below(NAMESPACES.len() as u64) as usize];
+        self.seq += 1;
+        let pod = format!(
+            "{ns}-{}-{:05x}",
+            name.to_lowercase().chars().take(6).collect::<String>(),
+            self.rng.below(1 << 20)
+        );
+        let start_ms = now_ms() - self.rng.below(3_600_000) as i64;
+        json!({
+            "status": "firing",
+            "labels": {
+                "alertname": name, "severity": severity, "namespace": ns, "pod": pod,
+                "container": "app", "job": "kube-state-metrics", "cluster": "prod-eu-1",
+                "instance": format!("10.{}.{}.{}:8080", self.sender % 250, self.seq % 250, self.rng.below(250)),
+                "prometheus": "monitoring/k8s", "team": ns,
+            },
+            "annotations": {
+                "summary": format!("{name} in {ns}"),
+                "description": format!("Pod {ns}/{pod} has been in a bad state for more than 5 minutes."),
+                "runbook_url": format!("https://runbooks.example/{name}"),
+            },
+            "startsAt": rfc3339(start_ms),
+            "endsAt": "0001-01-01T00:00:00Z",
+            "generatorURL": "http://prometheus-k8s.monitoring:9090/graph?g0.expr=up+%3D%3D+0&g0.tab=1",
+            "fingerprint": format!("{:016x}", (self.sender << 40) ^ self.seq.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+        })
+    }
+
+    /// 10 alerts: ~50 % new, ~30 % redelivered, ~20 % resolved.
+    fn webhook(&mut self, n: usize) -> Value {
+        let mut alerts = Vec::with_capacity(n);
+        for _ in 0..n {
+            let roll = self.rng.below(10);
+            if roll < 5 || self.firing.is_empty() {
+                let a = self.new_alert();
+                self.firing.push(a.clone());
+                alerts.push(a);
+            } else if roll < 8 {
+                let i = self.rng.below(self.firing.len() as u64) as usize;
+                alerts.push(self.firing[i].clone());
+            } else {
+                let i = self.rng.below(self.firing.len() as u64) as usize;
+                let mut a = self.firing.swap_remove(i);
+                a["status"] = json!("resolved");
+                a["endsAt"] = json!(rfc3339(now_ms()));
+                alerts.push(a);
+            }
+        }
+        if self.firing.len() > 2000 {
+            self.firing.drain(..1000);
+        }
+        json!({
+            "receiver": "alert-history", "status": "firing", "alerts": alerts,
+            "groupLabels": { "alertname": "mixed" }, "commonLabels": {}, "commonAnnotations": {},
+            "externalURL": "http://alertmanager:9093", "version": "4",
+            "groupKey": "{}:{alertname=\"mixed\"}", "truncatedAlerts": 0,
+        })
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Epoch milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ` (civil-from-days).
+fn rfc3339(ms: i64) -> String {
+    let (secs, millis) = (ms.div_euclid(1000), ms.rem_euclid(1000));
+    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn psql(url: &str, sql: &str) -> anyhow::Result<()> {
+    let status = std::process::Command::new("psql")
+        .arg(url)
+        .arg("-qc")
+        .arg(sql)
+        .status()?;
+    if !status.success() {
+        bail!("psql failed: {sql}");
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    // Default: the alert-history binary of the same profile, beside this
+    // example (`<target>/release/examples/..`).
+    let bin = match args.bin.clone() {
+        Some(bin) => bin,
+        None => std::env::current_exe()?
+            .parent()
+            .and_then(|examples| examples.parent())
+            .context("cannot locate the target directory")?
+            .join("alert-history"),
+    };
+    let dir = tempfile::tempdir()?;
+    let mut schema = None;
+    let url = match args.database.as_str() {
+        "sqlite" => format!("sqlite://{}", dir.path().join("load.db").display()),
+        "postgres" => {
+            let name = format!("alert_history_load_{}", std::process::id());
+            psql(&args.postgres_url, &format!("CREATE SCHEMA {name}"))?;
+            schema = Some(name.clone());
+            format!("{}?options=-c%20search_path%3D{name}", args.postgres_url)
+        }
+        other => other.to_owned(),
+    };
+
+    // First start creates the database; the second measures time to ready on
+    // an existing one.
+    let (first, fresh_ready) = start(&bin, &url).await?;
+    stop(first).await?;
+    let (service, ready) = start(&bin, &url).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle_rss = proc_kib(service.pid, "VmRSS:");
+
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .build()?;
+    let stop_flag = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let per_sender_interval = (args.rate > 0).then(|| {
+        Duration::from_secs_f64(
+            args.concurrency as f64 * args.alerts_per_webhook as f64 / args.rate as f64,
+        )
+    });
+    let began = Instant::now();
+    let mut senders = Vec::new();
+    for s in 0..args.concurrency {
+        let client = client.clone();
+        let url = format!("{}/webhook", service.base);
+        let stop_flag = stop_flag.clone();
+        let errors = errors.clone();
+        let n = args.alerts_per_webhook;
+        senders.push(tokio::spawn(async move {
+            let mut work = Workload {
+                rng: Rng(0x1234_5678 ^ ((s as u64 + 1) * 0x9E37)),
+                sender: s as u64,
+                seq: 0,
+                firing: Vec::new(),
+            };
+            let mut latencies = Vec::new();
+            let mut sent = 0u64;
+            let mut ticker = per_sender_interval.map(|d| {
+                let mut t = tokio::time::interval(d);
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                t
+            });
+            while !stop_flag.load(Ordering::Relaxed) {
+                if let Some(t) = ticker.as_mut() {
+                    t.tick().await;
+                }
+                let body = serde_json::to_vec(&work.webhook(n)).unwrap();
+                let t0 = Instant::now();
+                match client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status().is_success() => {
+                        let _ = r.bytes().await;
+                        latencies.push(t0.elapsed());
+                        sent += n as u64;
+                    }
+                    _ => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            (latencies, sent)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+    stop_flag.store(true, Ordering::Relaxed);
+    let mut latencies = Vec::new();
+    let mut alerts = 0;
+    for s in senders {
+        let (l, n) = s.await?;
+        latencies.extend(l);
+        alerts += n;
+    }
+    let elapsed = began.elapsed();
+    latencies.sort_unstable();
+    let peak_rss = proc_kib(service.pid, "VmHWM:");
+    let stored: Value = client
+        .get(format!("{}/health/database", service.base))
+        .send()
+        .await?
+        .json()
+        .await?;
+    stop(service).await?;
+    if let Some(name) = schema {
+        psql(&args.postgres_url, &format!("DROP SCHEMA {name} CASCADE"))?;
+    }
+
+    let rate = alerts as f64 / elapsed.as_secs_f64();
+    println!("database            {}", args.database);
+    println!("concurrency         {}", args.concurrency);
+    println!(
+        "target rate         {}",
+        if args.rate == 0 {
+            "unlimited".to_owned()
+        } else {
+            format!("{} alerts/s", args.rate)
+        }
+    );
+    println!("duration            {:.1} s", elapsed.as_secs_f64());
+    println!(
+        "webhooks            {} ({} alerts each), errors {}",
+        latencies.len(),
+        args.alerts_per_webhook,
+        errors.load(Ordering::Relaxed)
+    );
+    println!(
+        "throughput          {rate:.0} alerts/s ({:.1}x the predecessor's 755 alerts/s)",
+        rate / 755.0
+    );
+    println!(
+        "latency p50         {:.2} ms",
+        percentile(&latencies, 0.50).as_secs_f64() * 1e3
+    );
+    println!(
+        "latency p99         {:.2} ms",
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3
+    );
+    println!("stored events       {}", stored["events"]);
+    println!("ready (fresh db)    {} ms", fresh_ready.as_millis());
+    println!("ready (existing db) {} ms", ready.as_millis());
+    println!("idle RSS            {:.1} MiB", idle_rss as f64 / 1024.0);
+    println!("peak RSS (VmHWM)    {:.1} MiB", peak_rss as f64 / 1024.0);
+    Ok(())
+}
