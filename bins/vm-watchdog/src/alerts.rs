@@ -117,13 +117,10 @@ impl Alerts {
 
     /// Critical: `vm` is `status` (STOPPED, CRASHED, ERROR); starting it.
     pub fn critical_status(&self, vm: &str, status: VmStatus, observed_at: Instant) {
-        let n = Notification::critical(
-            format!("{vm}:{status}"),
-            format!("VM {vm} is {status}"),
-        )
-        .body("Starting it now; polling every few seconds until it is RUNNING.")
-        .field("vm", vm)
-        .field("status", status.as_str());
+        let n = Notification::critical(format!("{vm}:{status}"), format!("VM {vm} is {status}"))
+            .body("Starting it now; polling every few seconds until it is RUNNING.")
+            .field("vm", vm)
+            .field("status", status.as_str());
         self.send(n, Some(observed_at));
     }
 
@@ -143,7 +140,10 @@ impl Alerts {
     pub fn stuck(&self, vm: &str, status: VmStatus, stuck_for: Duration, observed_at: Instant) {
         let n = Notification::warning(
             format!("{vm}:stuck:{status}"),
-            format!("VM {vm} stuck in {status} for {}", human_duration(stuck_for)),
+            format!(
+                "VM {vm} stuck in {status} for {}",
+                human_duration(stuck_for)
+            ),
         )
         .field("vm", vm)
         .field("status", status.as_str());

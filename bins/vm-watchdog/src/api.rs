@@ -167,10 +167,13 @@ impl ApiSettings {
     }
 }
 
+/// The statuses of a folder's instances by id, or why listing failed.
+type Listing = Result<Arc<HashMap<String, Observation>>, CallError>;
+
 struct FolderSnapshot {
     folder: String,
     /// When the last listing started, and what it returned.
-    fetched: Option<(Instant, Result<Arc<HashMap<String, Observation>>, CallError>)>,
+    fetched: Option<(Instant, Listing)>,
 }
 
 /// Guarded access to the cloud APIs, shared by every VM task.
@@ -228,7 +231,10 @@ impl<R: RawApi> Api<R> {
             VmSource::Proxy { url } => {
                 let host = reqwest::Url::parse(url)
                     .ok()
-                    .and_then(|u| u.host_str().map(|h| format!("{h}:{}", u.port_or_known_default().unwrap_or(0))))
+                    .and_then(|u| {
+                        u.host_str()
+                            .map(|h| format!("{h}:{}", u.port_or_known_default().unwrap_or(0)))
+                    })
                     .unwrap_or_else(|| url.clone());
                 format!("proxy:{host}")
             }
@@ -253,7 +259,9 @@ impl<R: RawApi> Api<R> {
                 }
             });
         }
-        let breaker_config = config.build().unwrap_or_else(|_| self.settings.breaker.clone());
+        let breaker_config = config
+            .build()
+            .unwrap_or_else(|_| self.settings.breaker.clone());
         let pipeline = Arc::new(
             build_pipeline(&self.settings, CircuitBreaker::new(group, breaker_config))
                 .expect("the settings were validated by Api::new"),

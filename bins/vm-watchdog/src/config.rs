@@ -35,7 +35,7 @@ pub struct Config {
 
     /// Telegram chat to alert: a numeric id (`-100...` for a group) or
     /// `@channel`.
-    #[arg(long, env = "GROUP_CHAT_ID")]
+    #[arg(long, env = "GROUP_CHAT_ID", allow_hyphen_values = true)]
     pub group_chat_id: String,
 
     /// Forum topic (`message_thread_id`) inside the group, if any.
@@ -167,7 +167,10 @@ fn url(variable: &'static str, value: &str) -> Result<String, ConfigError> {
     Ok(trimmed.to_owned())
 }
 
-fn non_empty(variable: &'static str, value: Option<&String>) -> Result<Option<String>, ConfigError> {
+fn non_empty(
+    variable: &'static str,
+    value: Option<&String>,
+) -> Result<Option<String>, ConfigError> {
     match value.map(|v| v.trim()) {
         None => Ok(None),
         Some("") => Err(ConfigError::new(variable, "is set but empty")),
@@ -189,13 +192,13 @@ impl Config {
             ));
         }
         let chat: ChatId = self.group_chat_id.trim().parse().map_err(|e| {
-            ConfigError::new(
-                "GROUP_CHAT_ID",
-                format!("`{}`: {e}", self.group_chat_id),
-            )
+            ConfigError::new("GROUP_CHAT_ID", format!("`{}`: {e}", self.group_chat_id))
         })?;
         if self.min_check_interval == 0 {
-            return Err(ConfigError::new("MIN_CHECK_INTERVAL", "must be at least 1 second"));
+            return Err(ConfigError::new(
+                "MIN_CHECK_INTERVAL",
+                "must be at least 1 second",
+            ));
         }
         if self.max_check_interval < self.min_check_interval {
             return Err(ConfigError::new(
@@ -207,13 +210,22 @@ impl Config {
             ));
         }
         if self.max_check_interval > 24 * 3_600 {
-            return Err(ConfigError::new("MAX_CHECK_INTERVAL", "must be at most a day"));
+            return Err(ConfigError::new(
+                "MAX_CHECK_INTERVAL",
+                "must be at most a day",
+            ));
         }
         if self.api_worker_pool_size == 0 || self.api_worker_pool_size > 1_000 {
-            return Err(ConfigError::new("API_WORKER_POOL_SIZE", "must be within 1..=1000"));
+            return Err(ConfigError::new(
+                "API_WORKER_POOL_SIZE",
+                "must be within 1..=1000",
+            ));
         }
         if self.telegram_workers == 0 || self.telegram_workers > 100 {
-            return Err(ConfigError::new("TELEGRAM_WORKERS", "must be within 1..=100"));
+            return Err(ConfigError::new(
+                "TELEGRAM_WORKERS",
+                "must be within 1..=100",
+            ));
         }
         if self.vms_config.as_os_str().is_empty() {
             return Err(ConfigError::new("VMS_CONFIG", "must name a file"));
@@ -221,7 +233,10 @@ impl Config {
         let health_addr: SocketAddr = self.health_addr.trim().parse().map_err(|e| {
             ConfigError::new(
                 "HEALTH_ADDR",
-                format!("`{}` is not an address like 0.0.0.0:8080: {e}", self.health_addr),
+                format!(
+                    "`{}` is not an address like 0.0.0.0:8080: {e}",
+                    self.health_addr
+                ),
             )
         })?;
         let iam = non_empty("YC_IAM_TOKEN", self.yc_iam_token.as_ref())?;
@@ -265,7 +280,13 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Config, clap::Error> {
-        let mut all = vec!["vm-watchdog", "--bot-token", "1:x", "--group-chat-id", "-100"];
+        let mut all = vec![
+            "vm-watchdog",
+            "--bot-token",
+            "1:x",
+            "--group-chat-id",
+            "-100",
+        ];
         all.extend_from_slice(args);
         Config::try_parse_from(all)
     }
@@ -331,7 +352,10 @@ mod tests {
 
     #[test]
     fn credentials_pick_one_source() {
-        let s = parse(&["--yc-oauth-token", "y0_x"]).unwrap().validate().unwrap();
+        let s = parse(&["--yc-oauth-token", "y0_x"])
+            .unwrap()
+            .validate()
+            .unwrap();
         assert_eq!(s.credentials, Credentials::OAuth("y0_x".into()));
         let s = parse(&["--yc-iam-token", "t1.x", "--topic-id", "7"])
             .unwrap()

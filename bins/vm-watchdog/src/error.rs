@@ -150,9 +150,7 @@ impl ErrorOutcome for ApiError {
             } => Outcome::Overloaded {
                 retry_after: *retry_after,
             },
-            ApiError::Status { status, .. } if *status >= 500 || *status == 408 => {
-                Outcome::Failure
-            }
+            ApiError::Status { status, .. } if *status >= 500 || *status == 408 => Outcome::Failure,
             ApiError::Status { .. } => Outcome::Neutral,
             ApiError::Transport { .. } | ApiError::Decode { .. } | ApiError::Token(_) => {
                 Outcome::Failure

@@ -128,7 +128,11 @@ impl TokenSource {
         }
         match self.fetch().await {
             Ok((token, lifetime)) => {
-                tracing::info!(source = self.source_name(), lifetime_s = lifetime.as_secs(), "IAM token refreshed");
+                tracing::info!(
+                    source = self.source_name(),
+                    lifetime_s = lifetime.as_secs(),
+                    "IAM token refreshed"
+                );
                 *cache = Some(Cached {
                     token: token.clone(),
                     fetched_at: now,

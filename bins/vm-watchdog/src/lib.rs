@@ -78,5 +78,5 @@ pub use error::{ApiError, ConfigError, Error, TokenError, VmsFileError};
 pub use metrics::Metrics;
 pub use schedule::{Bounds, Schedule};
 pub use status::{Action, VmStatus};
-pub use task::START_GRACE;
+pub use task::{START_GRACE, START_OPERATION_TIMEOUT};
 pub use vms_yaml::{VmSource, VmSpec, VmsFile};

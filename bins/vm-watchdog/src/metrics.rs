@@ -202,7 +202,9 @@ impl Metrics {
                 status,
             });
         }
-        self.inner.check_duration.remove(&VmLabel { vm: vm.to_owned() });
+        self.inner
+            .check_duration
+            .remove(&VmLabel { vm: vm.to_owned() });
     }
 }
 

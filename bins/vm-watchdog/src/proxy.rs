@@ -22,7 +22,11 @@ impl ProxyClient {
     /// # Errors
     /// The API's error, a transport error, or an answer without `status`.
     pub async fn info(&self, base: &str) -> Result<Observation, ApiError> {
-        let json = send_json(endpoint::PROXY_INFO, self.client.get(format!("{base}/info"))).await?;
+        let json = send_json(
+            endpoint::PROXY_INFO,
+            self.client.get(format!("{base}/info")),
+        )
+        .await?;
         Observation::from_json(&json).ok_or_else(|| ApiError::Decode {
             endpoint: endpoint::PROXY_INFO,
             message: "no `status` in /info".into(),
@@ -34,7 +38,12 @@ impl ProxyClient {
     /// # Errors
     /// As [`info`](Self::info).
     pub async fn start(&self, base: &str) -> Result<StartAck, ApiError> {
-        match send_json(endpoint::PROXY_START, self.client.post(format!("{base}/start"))).await {
+        match send_json(
+            endpoint::PROXY_START,
+            self.client.post(format!("{base}/start")),
+        )
+        .await
+        {
             Ok(_) => Ok(StartAck::Started { operation: None }),
             Err(e) if e.is_failed_precondition() => Ok(StartAck::AlreadyRunning),
             Err(e) => Err(e),

@@ -36,7 +36,9 @@ impl Default for Bounds {
 impl Bounds {
     /// The status table's interval clamped to `[min, max]`.
     pub fn target(&self, status: VmStatus) -> Duration {
-        status.table_interval().clamp(self.min, self.max.max(self.min))
+        status
+            .table_interval()
+            .clamp(self.min, self.max.max(self.min))
     }
 }
 
@@ -47,8 +49,9 @@ impl Bounds {
 ///   just changed is watched closely, a stable one cheaply.
 /// * Each consecutive failed check (API error) halves the interval, down
 ///   to `min`.
-/// * In fast-poll mode (a start was issued and the VM is not yet running)
-///   the interval is `min`.
+/// * In fast-poll mode (from a critical status until the VM runs again) a
+///   critical status is checked at its table value (`STOPPED` and `CRASHED`
+///   5 s, `ERROR` 10 s) and every other status at `min`.
 /// * The result is jittered by ±10 % with a seeded [`Rng`].
 #[derive(Debug, Clone)]
 pub struct Schedule {
@@ -124,10 +127,12 @@ impl Schedule {
         let Some(status) = self.status else {
             return min;
         };
-        if self.fast {
-            return min;
-        }
         let target = self.bounds.target(status);
+        if self.fast {
+            // Critical statuses keep their table value (STOPPED 5 s, ERROR
+            // 10 s); the transitions of a start are polled at the minimum.
+            return if status.is_critical() { target } else { min };
+        }
         if self.failures > 0 {
             let shrunk = target
                 .checked_div(1u32 << self.failures.min(16))
@@ -192,8 +197,9 @@ mod tests {
         s.failed();
         s.failed();
         assert_eq!(s.base_interval(), S(5));
+        // The first success after failures: one check into the streak.
         s.observed(VmStatus::Running);
-        assert_eq!((s.failures(), s.base_interval()), (0, S(5)));
+        assert_eq!((s.failures(), s.base_interval()), (0, S(10)));
         s.observed(VmStatus::Stopping);
         assert_eq!((s.streak(), s.base_interval()), (0, S(5)));
         s.observed(VmStatus::Stopping);
@@ -214,10 +220,15 @@ mod tests {
         assert_eq!(s.base_interval(), S(20), "capped by MAX_CHECK_INTERVAL");
         s.set_fast(true);
         assert_eq!(s.base_interval(), S(2));
+        s.observed(VmStatus::Error);
+        assert_eq!(s.base_interval(), S(10), "critical: the table value");
         s.set_fast(false);
         s.observed(VmStatus::Stopped);
+        assert_eq!(s.base_interval(), S(2));
         s.observed(VmStatus::Stopped);
-        assert_eq!(s.base_interval(), S(5));
+        assert_eq!(s.base_interval(), S(4));
+        s.observed(VmStatus::Stopped);
+        assert_eq!(s.base_interval(), S(5), "the table value caps the streak");
     }
 
     proptest! {
@@ -230,7 +241,7 @@ mod tests {
         ) {
             let bounds = Bounds { min: S(min_s), max: S(min_s + extra) };
             let mut s = Schedule::new(bounds);
-            let rng = Rng::with_seed(seed);
+            let rng = keel_core::Rng::with_seed(seed);
             for (i, fail) in events {
                 if fail || i == 11 {
                     s.failed();

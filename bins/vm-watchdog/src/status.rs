@@ -101,10 +101,9 @@ impl VmStatus {
     pub const fn table_interval(self) -> Duration {
         let secs = match self {
             VmStatus::Stopped | VmStatus::Crashed => 5,
-            VmStatus::Error
-            | VmStatus::Starting
-            | VmStatus::Restarting
-            | VmStatus::Unspecified => 10,
+            VmStatus::Error | VmStatus::Starting | VmStatus::Restarting | VmStatus::Unspecified => {
+                10
+            }
             VmStatus::Provisioning | VmStatus::Stopping => 15,
             VmStatus::Updating => 30,
             VmStatus::Running | VmStatus::Deleting => 60,
@@ -172,7 +171,11 @@ mod tests {
             (VmStatus::Deleting, 60),
         ];
         for (status, secs) in expected {
-            assert_eq!(status.table_interval(), Duration::from_secs(secs), "{status}");
+            assert_eq!(
+                status.table_interval(),
+                Duration::from_secs(secs),
+                "{status}"
+            );
         }
     }
 
@@ -182,7 +185,11 @@ mod tests {
             assert_eq!(s.action(), Action::AlertAndStart);
             assert!(s.is_critical());
         }
-        for s in [VmStatus::Starting, VmStatus::Provisioning, VmStatus::Restarting] {
+        for s in [
+            VmStatus::Starting,
+            VmStatus::Provisioning,
+            VmStatus::Restarting,
+        ] {
             assert_eq!(s.action(), Action::WatchStuck(Duration::from_secs(300)));
         }
         assert_eq!(

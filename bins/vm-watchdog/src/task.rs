@@ -22,6 +22,10 @@ use crate::yandex::{Observation, OperationState, StartAck};
 /// "already running" answer) counts as in progress before it is retried.
 pub const START_GRACE: Duration = Duration::from_secs(30);
 
+/// How long a start operation may stay unfinished before the watchdog
+/// stops waiting for it and starts the VM again.
+pub const START_OPERATION_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// A change pushed to a running task by a configuration reload.
 #[derive(Debug, Clone)]
 pub(crate) struct Reconfigure {
@@ -54,6 +58,10 @@ struct Incident {
 struct PendingStart {
     at: Instant,
     operation: Option<String>,
+    /// A non-critical status (PROVISIONING, STARTING...) was seen since: if
+    /// the VM is critical again, this start is over, whatever its
+    /// operation says.
+    progressed: bool,
 }
 
 pub(crate) struct VmTask<R> {
@@ -159,7 +167,8 @@ impl<R: RawApi> VmTask<R> {
 
     fn reconfigure(&mut self, update: Reconfigure) {
         info!(vm = %self.name(), "configuration changed");
-        if update.spec.ssh_host != self.spec.ssh_host || update.spec.ssh_port != self.spec.ssh_port {
+        if update.spec.ssh_host != self.spec.ssh_host || update.spec.ssh_port != self.spec.ssh_port
+        {
             self.probe = None;
             self.probe_suspect = false;
         }
@@ -262,6 +271,11 @@ impl<R: RawApi> VmTask<R> {
                 "status changed"
             );
         }
+        if !status.is_critical()
+            && let Some(pending) = &mut self.pending_start
+        {
+            pending.progressed = true;
+        }
         match status.action() {
             Action::AlertAndStart => {
                 match &mut self.incident {
@@ -276,7 +290,9 @@ impl<R: RawApi> VmTask<R> {
                     }
                     Some(incident) if incident.alerted != status => {
                         incident.alerted = status;
-                        self.shared.alerts.critical_status(&self.spec.name, status, now);
+                        self.shared
+                            .alerts
+                            .critical_status(&self.spec.name, status, now);
                     }
                     Some(_) => {}
                 }
@@ -325,6 +341,15 @@ impl<R: RawApi> VmTask<R> {
         let shared = self.shared.clone();
         let name = self.spec.name.clone();
         if let Some(pending) = &self.pending_start {
+            if pending.progressed {
+                info!(vm = %name, "the VM fell back to a critical status during its start; starting it again");
+                self.pending_start = None;
+            } else if pending.at.elapsed() >= START_OPERATION_TIMEOUT {
+                warn!(vm = %name, "the start has not finished in time; starting the VM again");
+                self.pending_start = None;
+            }
+        }
+        if let Some(pending) = &self.pending_start {
             match &pending.operation {
                 Some(op) => match shared.api.operation(&name, op).await {
                     Ok(OperationState {
@@ -361,6 +386,7 @@ impl<R: RawApi> VmTask<R> {
                 self.pending_start = Some(PendingStart {
                     at: Instant::now(),
                     operation,
+                    progressed: false,
                 });
             }
             Ok(StartAck::AlreadyRunning) => {
@@ -368,6 +394,7 @@ impl<R: RawApi> VmTask<R> {
                 self.pending_start = Some(PendingStart {
                     at: Instant::now(),
                     operation: None,
+                    progressed: false,
                 });
             }
             Err(e) => {

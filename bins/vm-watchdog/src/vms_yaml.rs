@@ -236,7 +236,10 @@ vms:
                 id: "fhm9876543210fedcba".into()
             }
         );
-        assert_eq!((file.vms[1].ssh_host.as_deref(), file.vms[1].ssh_port), (Some("10.0.0.12"), 2222));
+        assert_eq!(
+            (file.vms[1].ssh_host.as_deref(), file.vms[1].ssh_port),
+            (Some("10.0.0.12"), 2222)
+        );
         assert_eq!(
             file.vms[2].source,
             VmSource::Proxy {
@@ -253,7 +256,10 @@ vms:
             ("", "empty"),
             ("vms: [", "line"),
             ("folder_id: x", "missing `vms:`"),
-            ("vms:\n  - name: a\n", "vms[0] (a): needs instance_id or proxy_url"),
+            (
+                "vms:\n  - name: a\n",
+                "vms[0] (a): needs instance_id or proxy_url",
+            ),
             (
                 "vms:\n  - name: a\n    instance_id: i1\n  - name: a\n    instance_id: i2\n",
                 "vms[1] (a): duplicate name",
@@ -262,11 +268,26 @@ vms:
                 "vms:\n  - name: a\n    instance_id: i1\n    proxy_url: http://x\n",
                 "not both",
             ),
-            ("vms:\n  - name: a\n    proxy_url: ftp://x\n", "must be an http"),
-            ("vms:\n  - name: a b\n    instance_id: i1\n", "vms[0] (a b): name"),
-            ("vms:\n  - name: a\n    instance_id: i1\n    ssh_port: 0\n", "ssh_port"),
-            ("vms:\n  - name: a\n    instance_id: i1\n    ssh_port: 70000\n", "line 4"),
-            ("vms:\n  - name: a\n    instanceid: i1\n", "unknown field `instanceid`"),
+            (
+                "vms:\n  - name: a\n    proxy_url: ftp://x\n",
+                "must be an http",
+            ),
+            (
+                "vms:\n  - name: a b\n    instance_id: i1\n",
+                "vms[0] (a b): name",
+            ),
+            (
+                "vms:\n  - name: a\n    instance_id: i1\n    ssh_port: 0\n",
+                "ssh_port",
+            ),
+            (
+                "vms:\n  - name: a\n    instance_id: i1\n    ssh_port: 70000\n",
+                "line 4",
+            ),
+            (
+                "vms:\n  - name: a\n    instanceid: i1\n",
+                "unknown field `instanceid`",
+            ),
             ("folder_id: 'a b'\nvms: []\n", "folder_id"),
         ];
         for (text, expected) in cases {

@@ -114,7 +114,9 @@ pub fn spawn<R: RawApi>(
         let relevant = match &event {
             Ok(e) => {
                 !matches!(e.kind, EventKind::Access(_))
-                    && e.paths.iter().any(|p| p.file_name() == file_name.as_deref())
+                    && e.paths
+                        .iter()
+                        .any(|p| p.file_name() == file_name.as_deref())
             }
             // Errors (queue overflow...) may hide a change: reload to be sure.
             Err(_) => true,
@@ -168,7 +170,11 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         tokio::time::sleep(Duration::from_millis(350)).await;
-        assert_eq!(reloads.load(Ordering::SeqCst), 0, "still within the quiet time");
+        assert_eq!(
+            reloads.load(Ordering::SeqCst),
+            0,
+            "still within the quiet time"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(reloads.load(Ordering::SeqCst), 1);
         // A later event reloads again.

@@ -130,13 +130,22 @@ async fn read_json(endpoint: &'static str, response: Response) -> Result<Value, 
         // `null`; callers that need fields report the missing ones.
         return Ok(json.unwrap_or(Value::Null));
     }
-    let code = json.as_ref().and_then(|j| j.get("code")).and_then(Value::as_i64);
+    let code = json
+        .as_ref()
+        .and_then(|j| j.get("code"))
+        .and_then(Value::as_i64);
     let message = json
         .as_ref()
         .and_then(|j| j.get("message"))
         .and_then(Value::as_str)
         .map_or_else(
-            || String::from_utf8_lossy(&body).trim().chars().take(200).collect(),
+            || {
+                String::from_utf8_lossy(&body)
+                    .trim()
+                    .chars()
+                    .take(200)
+                    .collect()
+            },
             str::to_owned,
         );
     Err(ApiError::Status {

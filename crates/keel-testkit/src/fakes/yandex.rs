@@ -17,7 +17,8 @@
 //!   the instance then walks `STOPPED → PROVISIONING → STARTING → RUNNING`
 //!   with the configured [`StepDelays`] (tokio's clock, so paused time
 //!   drives it) and the operation completes with the instance as its
-//!   `response`. Starting an instance that is not `STOPPED`, `CRASHED` or
+//!   `response` (or, when the instance is stopped or crashed meanwhile,
+//!   with an error, code 10 ABORTED). Starting an instance that is not `STOPPED`, `CRASHED` or
 //!   `ERROR` answers 409 `{"code": 9, "message": "... RUNNING ..."}`
 //!   (FAILED_PRECONDITION).
 //! * `GET /operations/{id}`: the operation, or 404.
@@ -166,7 +167,11 @@ impl FaultRenderer for YandexRenderer {
 }
 
 fn grpc_error(status: StatusCode, code: u32, message: &str) -> Response {
-    (status, axum::Json(json!({ "code": code, "message": message }))).into_response()
+    (
+        status,
+        axum::Json(json!({ "code": code, "message": message })),
+    )
+        .into_response()
 }
 
 fn rfc3339_now() -> String {
@@ -338,6 +343,14 @@ impl YandexState {
                 return false;
             };
             if instance.generation != generation || instance.status != from {
+                // Someone stopped, crashed or restarted it meanwhile: the
+                // operation ends with an error, as an aborted start does.
+                let status = instance.status.clone();
+                if let Some(op) = inner.operations.get_mut(&op_id) {
+                    op.done = true;
+                    op.modified_at = rfc3339_now();
+                    op.error = Some((10, format!("start interrupted: instance is {status}")));
+                }
                 return false;
             }
             instance.status = to.to_owned();
@@ -634,7 +647,10 @@ async fn list_instances(
     };
     let start = match query.get("pageToken").filter(|t| !t.is_empty()) {
         None => 0,
-        Some(t) => match t.strip_prefix("page-").and_then(|n| n.parse::<usize>().ok()) {
+        Some(t) => match t
+            .strip_prefix("page-")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
             Some(n) => n,
             None => return grpc_error(StatusCode::BAD_REQUEST, 3, "page_token: invalid"),
         },
@@ -768,7 +784,10 @@ async fn exchange_token(State(state): State<YandexState>, body: Bytes) -> Respon
     let Ok(request) = serde_json::from_slice::<Value>(&body) else {
         return grpc_error(StatusCode::BAD_REQUEST, 3, "invalid JSON body");
     };
-    let Some(oauth) = request.get("yandexPassportOauthToken").and_then(Value::as_str) else {
+    let Some(oauth) = request
+        .get("yandexPassportOauthToken")
+        .and_then(Value::as_str)
+    else {
         return grpc_error(
             StatusCode::BAD_REQUEST,
             3,
@@ -794,11 +813,7 @@ async fn exchange_token(State(state): State<YandexState>, body: Bytes) -> Respon
 }
 
 async fn metadata_token(headers: HeaderMap) -> Response {
-    if headers
-        .get("metadata-flavor")
-        .and_then(|v| v.to_str().ok())
-        != Some("Google")
-    {
+    if headers.get("metadata-flavor").and_then(|v| v.to_str().ok()) != Some("Google") {
         return (
             StatusCode::FORBIDDEN,
             "Missing required header: Metadata-Flavor: Google",
@@ -1037,14 +1052,26 @@ mod tests {
 
         // A stop during a start cancels the remaining steps.
         yc.stop_vm("i-1");
-        client
+        let op: Value = client
             .post(format!("{}/compute/v1/instances/i-1:start", yc.base_url()))
             .send()
             .await
+            .unwrap()
+            .json()
+            .await
             .unwrap();
-        yc.stop_vm("i-1");
+        yc.set_status("i-1", "CRASHED");
         tokio::time::sleep(Duration::from_secs(20)).await;
-        assert_eq!(yc.status("i-1").as_deref(), Some("STOPPED"));
+        assert_eq!(yc.status("i-1").as_deref(), Some("CRASHED"));
+        let op: Value = client
+            .get(format!("{}/operations/{}", yc.base_url(), op["id"].as_str().unwrap()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!((op["done"].as_bool(), op["error"]["code"].as_u64()), (Some(true), Some(10)));
     }
 
     #[tokio::test]
@@ -1176,7 +1203,10 @@ mod tests {
             .unwrap();
         assert_eq!(conflict.status(), StatusCode::CONFLICT);
         let body: Value = conflict.json().await.unwrap();
-        assert_eq!((body["code"].as_u64(), body["message"].as_str()), (Some(9), Some("RUNNING")));
+        assert_eq!(
+            (body["code"].as_u64(), body["message"].as_str()),
+            (Some(9), Some("RUNNING"))
+        );
         assert_eq!(proxy.start_requests("vm-a"), 2);
     }
 }
