@@ -1,8 +1,14 @@
 //! Cloud API access for the VM tasks: the raw calls ([`RawApi`], over HTTP
 //! in [`HttpApi`]) and the guarded access ([`Api`]) that runs every call
-//! through the API worker pool and a `keel::Pipeline` (deadline → retry with
-//! the `watchdog` preset → circuit breaker → per-VM rate limiter), and
-//! shares one paginated `instances.list` per poll among the VMs of a folder.
+//! through, from the outside in: a deadline, retries (the `watchdog` preset
+//! for starts, quick retries for reads), a `keel::Pipeline` per API (circuit
+//! breaker → per-VM rate limiter, one limiter shared by reads and starts),
+//! and a permit of the API worker pool per attempt. It also shares one
+//! paginated `instances.list` per poll among the VMs of a folder.
+//!
+//! Retries sit outside the pipeline rather than in it only because reads
+//! and starts retry differently yet must share one breaker and one per-VM
+//! rate limit; the order is the pipeline's own.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -11,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel::breaker::{BreakerConfig, BreakerEvent, CircuitBreaker, State};
-use keel::retry::RetryPolicy;
+use keel::retry::{Backoff, Jitter, RetryError, RetryPolicy};
 use keel::{Pipeline, PipelineError, RateLimit};
 use keel_core::classify;
 use parking_lot::Mutex;
@@ -98,6 +104,23 @@ pub struct CallError {
 }
 
 impl CallError {
+    fn from_retry(e: &RetryError<PipelineError<ApiError>>) -> Self {
+        match e.last_error() {
+            Some(last) => {
+                let mut error = Self::from_pipeline(last);
+                if let RetryError::Exhausted { attempts, .. } = e {
+                    error.message = format!("{} (after {attempts} attempts)", error.message);
+                }
+                error
+            }
+            None => CallError {
+                kind: "attempt_timeout",
+                not_found: false,
+                message: e.to_string(),
+            },
+        }
+    }
+
     fn from_pipeline(e: &PipelineError<ApiError>) -> Self {
         let not_found = matches!(e, PipelineError::Inner(inner) if inner.is_not_found());
         let mut message = e.to_string();
@@ -125,11 +148,18 @@ pub struct ApiSettings {
     pub workers: usize,
     /// Per-VM rate limit (10 requests/s, burst 5).
     pub rate: RateLimit,
-    /// Retry policy (the `watchdog` preset: 1, 2, 4, 8, 16 s ±20 %).
+    /// Retry policy of starts (the `watchdog` preset: 1, 2, 4, 8, 16 s
+    /// ±20 %).
     pub retry: RetryPolicy,
+    /// Retry policy of status and operation reads: 3 retries after 0.2,
+    /// 0.4 and 0.8 s (±20 %). Reads repeat on their own schedule anyway; a
+    /// quick retry keeps one lost answer from adding a second to the
+    /// reaction time.
+    pub read_retry: RetryPolicy,
     /// The breaker of each group (5 consecutive failures open it for 30 s).
     pub breaker: BreakerConfig,
-    /// Overall deadline of one start, retries included.
+    /// Overall deadline of one start, retries included (the `watchdog`
+    /// preset sleeps 31 s ±20 % in all).
     pub deadline: Duration,
     /// Overall deadline of one status read, retries included: a read that
     /// cannot finish by then fails, and the VM keeps its last status.
@@ -157,6 +187,13 @@ impl ApiSettings {
             workers,
             rate: RateLimit::per_second(10).burst(5),
             retry: RetryPolicy::watchdog(),
+            read_retry: RetryPolicy::builder()
+                .max_retries(3)
+                .backoff(Backoff::exponential(Duration::from_millis(200), 2.0))
+                .max_delay(Duration::from_secs(2))
+                .jitter(Jitter::Proportional(0.2))
+                .build()
+                .expect("valid preset"),
             breaker: BreakerConfig::consecutive(5, Duration::from_secs(30), 1)
                 .no_bulkhead()
                 .build()
@@ -291,29 +328,44 @@ impl<R: RawApi> Api<R> {
         }
     }
 
-    async fn call<T, F, Fut>(&self, group: &str, key: &str, op: F) -> Result<T, CallError>
+    /// Runs `op` with `policy`'s retries around the group's pipeline
+    /// (breaker → per-key rate limit), one worker-pool permit per attempt.
+    async fn call<T, F, Fut>(
+        &self,
+        group: &str,
+        key: &str,
+        policy: &RetryPolicy,
+        op: F,
+    ) -> Result<T, CallError>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, ApiError>>,
     {
         let pipeline = self.pipeline(group);
+        let pipeline = &*pipeline;
         let pool = &self.pool;
         let metrics = &self.metrics;
         let op = &op;
-        pipeline
-            .call_keyed_classified(key, &classify::ByError, move |_attempt| async move {
-                // A permit per attempt, not per call: a VM waiting out a
-                // backoff holds no worker.
-                let _permit = pool.acquire().await.ok();
-                let result = op().await;
-                if let Err(e) = &result {
-                    metrics.api_error(e.endpoint());
-                    tracing::debug!(error = %e, key, "API attempt failed");
-                }
-                result
+        policy
+            .retry_classified(&classify::ByError, move |_retry| {
+                pipeline.call_keyed_classified(
+                    key,
+                    &classify::ByError,
+                    move |_attempt| async move {
+                        // A permit per attempt, not per call: a VM waiting out a
+                        // backoff holds no worker.
+                        let _permit = pool.acquire().await.ok();
+                        let result = op().await;
+                        if let Err(e) = &result {
+                            metrics.api_error(e.endpoint());
+                            tracing::debug!(error = %e, key, "API attempt failed");
+                        }
+                        result
+                    },
+                )
             })
             .await
-            .map_err(|e| CallError::from_pipeline(&e))
+            .map_err(|e| CallError::from_retry(&e))
     }
 
     /// Reads one VM's status through the pipeline, within the read
@@ -324,7 +376,7 @@ impl<R: RawApi> Api<R> {
     pub async fn status(&self, name: &str, vm: &VmSource) -> Result<Observation, CallError> {
         let group = Self::group_of(vm);
         let raw = &*self.raw;
-        let read = self.call(&group, name, || raw.get(vm));
+        let read = self.call(&group, name, &self.settings.read_retry, || raw.get(vm));
         match tokio::time::timeout(self.settings.read_deadline, read).await {
             Ok(result) => result,
             Err(_) => Err(CallError {
@@ -345,7 +397,15 @@ impl<R: RawApi> Api<R> {
     pub async fn start(&self, name: &str, vm: &VmSource) -> Result<StartAck, CallError> {
         let group = Self::group_of(vm);
         let raw = &*self.raw;
-        self.call(&group, name, || raw.start(vm)).await
+        let start = self.call(&group, name, &self.settings.retry, || raw.start(vm));
+        match tokio::time::timeout(self.settings.deadline, start).await {
+            Ok(result) => result,
+            Err(_) => Err(CallError {
+                kind: "deadline_exceeded",
+                not_found: false,
+                message: format!("start did not finish within {:?}", self.settings.deadline),
+            }),
+        }
     }
 
     /// Reads a start operation (one read, within the read deadline).
@@ -354,7 +414,9 @@ impl<R: RawApi> Api<R> {
     /// [`CallError`].
     pub async fn operation(&self, name: &str, id: &str) -> Result<OperationState, CallError> {
         let raw = &*self.raw;
-        let read = self.call(COMPUTE_GROUP, name, || raw.operation(id));
+        let read = self.call(COMPUTE_GROUP, name, &self.settings.read_retry, || {
+            raw.operation(id)
+        });
         match tokio::time::timeout(self.settings.read_deadline, read).await {
             Ok(result) => result,
             Err(_) => Err(CallError {
@@ -405,7 +467,9 @@ impl<R: RawApi> Api<R> {
         let read = async {
             loop {
                 let page = self
-                    .call(COMPUTE_GROUP, &key, || raw.list(folder, token.as_deref()))
+                    .call(COMPUTE_GROUP, &key, &self.settings.read_retry, || {
+                        raw.list(folder, token.as_deref())
+                    })
                     .await?;
                 all.extend(page.instances);
                 match page.next_page_token {
@@ -432,8 +496,6 @@ fn build_pipeline(
     breaker: CircuitBreaker,
 ) -> Result<Pipeline, keel::ConfigError> {
     Pipeline::builder()
-        .deadline(settings.deadline)
-        .retry(settings.retry.clone())
         .breaker(breaker)
         .keyed_rate_limit(settings.rate)
         .build()

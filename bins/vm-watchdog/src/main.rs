@@ -48,6 +48,13 @@ fn main() -> ExitCode {
                 return ExitCode::from(EXIT_CONFIG);
             }
         };
+        let log = match keel_telemetry::LogConfig::from_env() {
+            Ok(log) => log,
+            Err(e) => {
+                eprintln!("vm-watchdog: invalid configuration: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
         if config.check_config {
             eprintln!(
                 "vm-watchdog: configuration is valid ({} VMs)",
@@ -55,9 +62,9 @@ fn main() -> ExitCode {
             );
             return ExitCode::SUCCESS;
         }
-        if let Err(e) = keel_telemetry::init_from_env() {
-            eprintln!("vm-watchdog: {e}");
-            return ExitCode::from(EXIT_CONFIG);
+        if let Err(e) = log.init() {
+            eprintln!("vm-watchdog: cannot set up logging: {e}");
+            return ExitCode::FAILURE;
         }
         let watchdog = match Watchdog::start(&settings, vms, Options::default()).await {
             Ok(w) => w,

@@ -3,7 +3,7 @@
 //! is already running).
 
 use crate::error::ApiError;
-use crate::yandex::{Observation, StartAck, endpoint, send_json};
+use crate::yandex::{Observation, StartAck, endpoint, parse_observation, send};
 
 /// A proxy API client (one attempt per call).
 #[derive(Debug, Clone)]
@@ -22,15 +22,12 @@ impl ProxyClient {
     /// # Errors
     /// The API's error, a transport error, or an answer without `status`.
     pub async fn info(&self, base: &str) -> Result<Observation, ApiError> {
-        let json = send_json(
+        let body = send(
             endpoint::PROXY_INFO,
             self.client.get(format!("{base}/info")),
         )
         .await?;
-        Observation::from_json(&json).ok_or_else(|| ApiError::Decode {
-            endpoint: endpoint::PROXY_INFO,
-            message: "no `status` in /info".into(),
-        })
+        parse_observation(endpoint::PROXY_INFO, &body)
     }
 
     /// `POST {base}/start`; 409 code 9 is [`StartAck::AlreadyRunning`].
@@ -38,7 +35,7 @@ impl ProxyClient {
     /// # Errors
     /// As [`info`](Self::info).
     pub async fn start(&self, base: &str) -> Result<StartAck, ApiError> {
-        match send_json(
+        match send(
             endpoint::PROXY_START,
             self.client.post(format!("{base}/start")),
         )

@@ -54,6 +54,12 @@ struct Incident {
     alerted: VmStatus,
 }
 
+#[derive(Debug, Clone, Copy)]
+struct Suspect {
+    next_check: Instant,
+    backoff: Duration,
+}
+
 #[derive(Debug)]
 struct PendingStart {
     at: Instant,
@@ -78,7 +84,12 @@ pub(crate) struct VmTask<R> {
     stuck_alerted: bool,
     missing_alerted: bool,
     probe: Option<(String, u16, BoxProbe)>,
-    probe_suspect: bool,
+    /// The port is down but the API said RUNNING: further failed probes
+    /// check the API at most once per this backoff (doubling from twice
+    /// `MIN_CHECK_INTERVAL` up to the RUNNING interval), so a VM whose SSH
+    /// is firewalled costs few calls, yet a VM that stops after its SSH
+    /// died is still noticed well before its next routine check.
+    probe_suspect: Option<Suspect>,
     next_check: Instant,
     next_probe: Instant,
     gone: bool,
@@ -116,7 +127,7 @@ impl<R: RawApi> VmTask<R> {
             stuck_alerted: false,
             missing_alerted: false,
             probe: None,
-            probe_suspect: false,
+            probe_suspect: None,
             next_check: now + first,
             next_probe: now,
             gone: false,
@@ -170,7 +181,7 @@ impl<R: RawApi> VmTask<R> {
         if update.spec.ssh_host != self.spec.ssh_host || update.spec.ssh_port != self.spec.ssh_port
         {
             self.probe = None;
-            self.probe_suspect = false;
+            self.probe_suspect = None;
         }
         self.spec = update.spec;
         self.folder = update.folder;
@@ -188,13 +199,15 @@ impl<R: RawApi> VmTask<R> {
         let name = self.spec.name.clone();
         let result = match (&self.folder, &self.spec.source) {
             (Some(folder), VmSource::Instance { id }) => {
-                // A scheduled check takes a listing up to half a minimum
-                // interval old; a failed probe needs a fresh one.
-                let fresh_since = match reason {
-                    Reason::Scheduled => started
+                // A routine check takes a listing up to half a minimum
+                // interval old; a failed probe, or a VM being recovered
+                // (fast-poll mode), needs one that started after now.
+                let fresh_since = if reason == Reason::Scheduled && !self.schedule.is_fast() {
+                    started
                         .checked_sub(shared.bounds.min / 2)
-                        .unwrap_or(started),
-                    Reason::ProbeFailed => started,
+                        .unwrap_or(started)
+                } else {
+                    started
                 };
                 match shared.api.folder_status(folder, id, fresh_since).await {
                     Ok(Some(obs)) => Ok(obs),
@@ -310,7 +323,7 @@ impl<R: RawApi> VmTask<R> {
                         .recovered(self.name(), downtime, self.incidents, now);
                 }
                 if previous != Some(VmStatus::Running) {
-                    self.probe_suspect = false;
+                    self.probe_suspect = None;
                     self.next_probe = now + jitter(self.shared.bounds.min, &self.shared.rng);
                 }
             }
@@ -430,20 +443,31 @@ impl<R: RawApi> VmTask<R> {
             Ok(Ok(()))
         );
         if ok {
-            if self.probe_suspect {
+            if self.probe_suspect.take().is_some() {
                 info!(vm = %self.name(), "SSH port reachable again");
-                self.probe_suspect = false;
             }
             return;
         }
-        if self.probe_suspect {
+        let now = Instant::now();
+        if let Some(suspect) = self.probe_suspect
+            && now < suspect.next_check
+        {
             return;
         }
         debug!(vm = %self.name(), "SSH probe failed; checking the API now");
         self.check(Reason::ProbeFailed).await;
         if self.status == Some(VmStatus::Running) {
-            warn!(vm = %self.name(), "SSH port unreachable but the API says RUNNING");
-            self.probe_suspect = true;
+            let backoff = match self.probe_suspect {
+                None => {
+                    warn!(vm = %self.name(), "SSH port unreachable but the API says RUNNING");
+                    shared.bounds.min * 2
+                }
+                Some(s) => (s.backoff * 2).min(shared.bounds.target(VmStatus::Running)),
+            };
+            self.probe_suspect = Some(Suspect {
+                next_check: Instant::now() + backoff,
+                backoff,
+            });
         }
     }
 }

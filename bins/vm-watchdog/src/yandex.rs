@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use reqwest::{Response, header};
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::ApiError;
@@ -38,6 +40,75 @@ impl Observation {
             });
         Some(Observation { status, nat_ip })
     }
+}
+
+/// The fields of an instance (or proxy `/info`) the watchdog reads; the
+/// rest of the document is skipped while parsing, so a 1,000-instance page
+/// never becomes a JSON tree in memory.
+#[derive(Debug, Deserialize)]
+struct InstanceDoc {
+    #[serde(default)]
+    id: Option<String>,
+    status: String,
+    #[serde(default, rename = "networkInterfaces")]
+    network_interfaces: Vec<NicDoc>,
+}
+
+#[derive(Debug, Deserialize)]
+struct NicDoc {
+    #[serde(default, rename = "primaryV4Address")]
+    primary_v4_address: Option<AddrDoc>,
+}
+
+#[derive(Debug, Deserialize)]
+struct AddrDoc {
+    #[serde(default, rename = "oneToOneNat")]
+    one_to_one_nat: Option<NatDoc>,
+}
+
+#[derive(Debug, Deserialize)]
+struct NatDoc {
+    #[serde(default)]
+    address: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ListDoc {
+    #[serde(default)]
+    instances: Vec<InstanceDoc>,
+    #[serde(default, rename = "nextPageToken")]
+    next_page_token: Option<String>,
+}
+
+impl InstanceDoc {
+    fn observation(&self) -> Observation {
+        let nat_ip = self.network_interfaces.iter().find_map(|nic| {
+            nic.primary_v4_address
+                .as_ref()?
+                .one_to_one_nat
+                .as_ref()?
+                .address
+                .clone()
+                .filter(|a| !a.is_empty())
+        });
+        Observation {
+            status: VmStatus::parse(&self.status),
+            nat_ip,
+        }
+    }
+}
+
+/// Parses an instance (or proxy `/info`) document.
+pub(crate) fn parse_observation(
+    endpoint: &'static str,
+    body: &[u8],
+) -> Result<Observation, ApiError> {
+    serde_json::from_slice::<InstanceDoc>(body)
+        .map(|doc| doc.observation())
+        .map_err(|e| ApiError::Decode {
+            endpoint,
+            message: format!("not an instance: {e}"),
+        })
 }
 
 /// One page of `instances.list`.
@@ -99,20 +170,30 @@ pub struct YandexClient {
     tokens: Arc<TokenSource>,
 }
 
-/// Sends `request` and returns the body as JSON for a 2xx, or the API's
+/// Sends `request` and returns the body of a 2xx answer, or the API's
 /// error (with the gRPC code and `Retry-After`) otherwise.
-pub(crate) async fn send_json(
+pub(crate) async fn send(
     endpoint: &'static str,
     request: reqwest::RequestBuilder,
-) -> Result<Value, ApiError> {
+) -> Result<Bytes, ApiError> {
     let response = request
         .send()
         .await
         .map_err(|source| ApiError::Transport { endpoint, source })?;
-    read_json(endpoint, response).await
+    read_body(endpoint, response).await
 }
 
-async fn read_json(endpoint: &'static str, response: Response) -> Result<Value, ApiError> {
+/// [`send`], with the body parsed as JSON (`null` when a 2xx body is not
+/// JSON: the proxy's `/start` may answer plain text).
+pub(crate) async fn send_json(
+    endpoint: &'static str,
+    request: reqwest::RequestBuilder,
+) -> Result<Value, ApiError> {
+    let body = send(endpoint, request).await?;
+    Ok(serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+async fn read_body(endpoint: &'static str, response: Response) -> Result<Bytes, ApiError> {
     let status = response.status();
     let retry_after = response
         .headers()
@@ -124,12 +205,10 @@ async fn read_json(endpoint: &'static str, response: Response) -> Result<Value, 
         .bytes()
         .await
         .map_err(|source| ApiError::Transport { endpoint, source })?;
-    let json: Option<Value> = serde_json::from_slice(&body).ok();
     if status.is_success() {
-        // A 2xx without JSON (the proxy's `/start` may answer plain text) is
-        // `null`; callers that need fields report the missing ones.
-        return Ok(json.unwrap_or(Value::Null));
+        return Ok(body);
     }
+    let json: Option<Value> = serde_json::from_slice(&body).ok();
     let code = json
         .as_ref()
         .and_then(|j| j.get("code"))
@@ -191,11 +270,8 @@ impl YandexClient {
     pub async fn get(&self, id: &str) -> Result<Observation, ApiError> {
         let url = format!("{}/compute/v1/instances/{id}", self.compute_url);
         let request = self.authorized(self.client.get(url)).await?;
-        let json = send_json(endpoint::GET, request).await?;
-        Observation::from_json(&json).ok_or_else(|| ApiError::Decode {
-            endpoint: endpoint::GET,
-            message: "no `status` in the instance".into(),
-        })
+        let body = send(endpoint::GET, request).await?;
+        parse_observation(endpoint::GET, &body)
     }
 
     /// One page of `GET /compute/v1/instances?folderId=..&pageSize=1000`.
@@ -210,27 +286,24 @@ impl YandexClient {
             query.push(("pageToken", t));
         }
         let request = self.authorized(self.client.get(url).query(&query)).await?;
-        let json = send_json(endpoint::LIST, request).await?;
-        let mut page = Page::default();
-        if let Some(items) = json.get("instances").and_then(Value::as_array) {
-            for item in items {
-                let (Some(id), Some(obs)) = (
-                    item.get("id").and_then(Value::as_str),
-                    Observation::from_json(item),
-                ) else {
-                    return Err(ApiError::Decode {
-                        endpoint: endpoint::LIST,
-                        message: "an instance without `id` or `status`".into(),
-                    });
-                };
-                page.instances.push((id.to_owned(), obs));
-            }
+        let body = send(endpoint::LIST, request).await?;
+        let doc: ListDoc = serde_json::from_slice(&body).map_err(|e| ApiError::Decode {
+            endpoint: endpoint::LIST,
+            message: format!("not an instance list: {e}"),
+        })?;
+        let mut page = Page {
+            instances: Vec::with_capacity(doc.instances.len()),
+            next_page_token: doc.next_page_token.filter(|t| !t.is_empty()),
+        };
+        for item in &doc.instances {
+            let Some(id) = &item.id else {
+                return Err(ApiError::Decode {
+                    endpoint: endpoint::LIST,
+                    message: "an instance without `id`".into(),
+                });
+            };
+            page.instances.push((id.clone(), item.observation()));
         }
-        page.next_page_token = json
-            .get("nextPageToken")
-            .and_then(Value::as_str)
-            .filter(|t| !t.is_empty())
-            .map(str::to_owned);
         Ok(page)
     }
 
@@ -304,5 +377,8 @@ mod tests {
             }
         );
         assert_eq!(Observation::from_json(&json!({ "id": "x" })), None);
+        let typed = parse_observation("instances.get", instance.to_string().as_bytes()).unwrap();
+        assert_eq!(Some(typed), Observation::from_json(&instance));
+        assert!(parse_observation("instances.get", b"{}").is_err());
     }
 }

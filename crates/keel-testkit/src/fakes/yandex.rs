@@ -1064,14 +1064,21 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(20)).await;
         assert_eq!(yc.status("i-1").as_deref(), Some("CRASHED"));
         let op: Value = client
-            .get(format!("{}/operations/{}", yc.base_url(), op["id"].as_str().unwrap()))
+            .get(format!(
+                "{}/operations/{}",
+                yc.base_url(),
+                op["id"].as_str().unwrap()
+            ))
             .send()
             .await
             .unwrap()
             .json()
             .await
             .unwrap();
-        assert_eq!((op["done"].as_bool(), op["error"]["code"].as_u64()), (Some(true), Some(10)));
+        assert_eq!(
+            (op["done"].as_bool(), op["error"]["code"].as_u64()),
+            (Some(true), Some(10))
+        );
     }
 
     #[tokio::test]

@@ -1,0 +1,160 @@
+//! Chaos: the whole watchdog in-process against the Yandex fake failing
+//! half its requests with 100–2,000 ms of latency, and a flaky Telegram.
+//! Alerts still arrive, every stopped VM is started, no task leaks. Real
+//! time (sockets); assertions are about outcomes, not timings.
+
+mod support;
+
+use std::time::Duration;
+
+use clap::Parser;
+use http::StatusCode;
+use keel::breaker::BreakerConfig;
+use keel_testkit::FaultConfig;
+use keel_testkit::fakes::telegram::FakeTelegram;
+use keel_testkit::fakes::yandex::{FakeYandex, StepDelays};
+use tokio::net::TcpListener;
+use vm_watchdog::{ApiSettings, Config, Options, Watchdog, vms_yaml};
+
+use support::{eventually, free_port};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_the_api_failing_still_alerts_and_starts_every_stopped_vm() {
+    let yc = FakeYandex::builder()
+        .seed(42)
+        .steps(StepDelays::uniform(Duration::from_millis(300)))
+        .faults(
+            FaultConfig::none()
+                .with_errors(0.5, StatusCode::SERVICE_UNAVAILABLE)
+                .with_latency(Duration::from_millis(100), Duration::from_millis(2_000)),
+        )
+        .start()
+        .await;
+    let tg = FakeTelegram::start().await;
+    tg.server()
+        .faults()
+        .set(FaultConfig::none().with_errors(0.3, StatusCode::BAD_GATEWAY))
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vms.yaml");
+    let mut listeners = Vec::new();
+    let mut text = String::from("vms:\n");
+    for i in 0..10 {
+        let id = format!("fhm-chaos-{i}");
+        yc.add_instance(&id, &format!("vm-{i}"), "b1g", "RUNNING");
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        text.push_str(&format!(
+            "  - name: vm-{i}\n    instance_id: {id}\n    ssh_host: 127.0.0.1\n    ssh_port: {}\n",
+            l.local_addr().unwrap().port()
+        ));
+        listeners.push(Some(l));
+    }
+    std::fs::write(&path, &text).unwrap();
+
+    let token = tg.token();
+    let health = format!("127.0.0.1:{}", free_port());
+    let base = yc.base_url();
+    let tg_base = tg.base_url();
+    let config = Config::try_parse_from([
+        "vm-watchdog",
+        "--bot-token",
+        token.as_str(),
+        "--group-chat-id=-100777",
+        "--min-check-interval",
+        "1",
+        "--max-check-interval",
+        "5",
+        "--vms-config",
+        path.to_str().unwrap(),
+        "--health-addr",
+        health.as_str(),
+        "--yc-compute-url",
+        base.as_str(),
+        "--yc-operation-url",
+        base.as_str(),
+        "--yc-iam-token",
+        "t1.static",
+        "--telegram-api-url",
+        tg_base.as_str(),
+    ])
+    .unwrap();
+    let settings = config.validate().unwrap();
+    let vms = vms_yaml::load(&path).await.unwrap();
+    let options = Options {
+        api: Some(ApiSettings {
+            breaker: BreakerConfig::consecutive(5, Duration::from_secs(2), 1)
+                .no_bulkhead()
+                .build()
+                .unwrap(),
+            read_deadline: Duration::from_secs(20),
+            ..ApiSettings::new(10)
+        }),
+        ..Options::default()
+    };
+    let watchdog = Watchdog::start(&settings, vms, options).await.unwrap();
+    let engine = watchdog.engine().clone();
+    eventually(Duration::from_secs(60), "every VM seen RUNNING", || {
+        (0..10)
+            .all(|i| engine.status_of(&format!("vm-{i}")) == Some(vm_watchdog::VmStatus::Running))
+            .then_some(())
+    })
+    .await;
+
+    // Five VMs stop.
+    for i in [0, 2, 4, 6, 8] {
+        listeners[i] = None;
+        yc.stop_vm(&format!("fhm-chaos-{i}"));
+    }
+    // A reload in the middle of it: vm-9 leaves, vm-10 arrives.
+    yc.add_instance("fhm-chaos-10", "vm-10", "b1g", "RUNNING");
+    let text = text.replace(
+        "vm-9\n    instance_id: fhm-chaos-9",
+        "vm-10\n    instance_id: fhm-chaos-10",
+    );
+    std::fs::write(&path, text).unwrap();
+
+    for i in [0, 2, 4, 6, 8] {
+        let needle = format!("VM vm-{i} is STOPPED");
+        eventually(Duration::from_secs(90), &needle, || {
+            tg.messages()
+                .iter()
+                .any(|m| m.plain_text.contains(&needle))
+                .then_some(())
+        })
+        .await;
+    }
+    for i in [0, 2, 4, 6, 8] {
+        let id = format!("fhm-chaos-{i}");
+        eventually(Duration::from_secs(90), "the VM started", || {
+            (yc.status(&id).as_deref() == Some("RUNNING")).then_some(())
+        })
+        .await;
+        assert!(yc.start_requests(&id) >= 1);
+    }
+    eventually(Duration::from_secs(30), "the reload", || {
+        let names = engine.vm_names();
+        (names.contains(&"vm-10".to_owned()) && !names.contains(&"vm-9".to_owned())).then_some(())
+    })
+    .await;
+    assert_eq!(engine.vms_monitored(), 10);
+    eventually(Duration::from_secs(10), "no leaked task", || {
+        (engine.live_tasks() == 10).then_some(())
+    })
+    .await;
+    // Chaos really happened.
+    assert!(
+        watchdog.metrics().api_errors("instances.get")
+            + watchdog.metrics().api_errors("instances.start")
+            > 5
+    );
+    // Never started a VM that did not stop.
+    for i in [1, 3, 5, 7] {
+        assert_eq!(yc.start_requests(&format!("fhm-chaos-{i}")), 0);
+    }
+
+    let report = watchdog.stop(Duration::from_secs(10)).await;
+    assert!(report.tasks_stopped);
+    assert!(report.elapsed < Duration::from_secs(10));
+    assert_eq!(engine.live_tasks(), 0);
+}

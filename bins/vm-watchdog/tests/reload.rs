@@ -1,0 +1,86 @@
+//! `vms.yaml` watching with real file events (real time; the debounce
+//! itself is proved under paused time in `watch.rs`).
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_notify::Priority;
+use tokio_util::sync::CancellationToken;
+use vm_watchdog::watch::{self, Reloader};
+use vm_watchdog::{ApiSettings, VmStatus, vms_yaml};
+
+use support::{ScriptedApi, eventually, harness_custom};
+
+fn yaml(names: &[&str]) -> String {
+    let mut text = String::from("vms:\n");
+    for n in names {
+        text.push_str(&format!("  - name: {n}\n    instance_id: i-{n}\n"));
+    }
+    text
+}
+
+#[tokio::test]
+async fn valid_changes_apply_and_invalid_ones_keep_the_running_configuration() {
+    let api = ScriptedApi::default();
+    for n in ["a", "b", "c", "d"] {
+        api.add(&format!("i-{n}"), VmStatus::Running, None);
+    }
+    let h = harness_custom(api, ApiSettings::new(10), |b| {
+        b.debounce(Priority::Warning, Duration::ZERO)
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vms.yaml");
+    std::fs::write(&path, yaml(&["a", "b"])).unwrap();
+    let first = vms_yaml::load(&path).await.unwrap();
+    h.engine.apply(&first);
+    let cancel = CancellationToken::new();
+    let watcher = watch::spawn(
+        Reloader::new(Arc::clone(&h.engine), path.clone(), first),
+        Duration::from_millis(100),
+        cancel.clone(),
+    )
+    .unwrap();
+
+    std::fs::write(&path, yaml(&["a", "b", "c"])).unwrap();
+    eventually(Duration::from_secs(10), "VM c added", || {
+        (h.engine.vm_names() == ["a", "b", "c"]).then_some(())
+    })
+    .await;
+
+    // An invalid file: kept running as before, one warning with the error.
+    std::fs::write(
+        &path,
+        "vms:\n  - name: a\n    instance_id: i-a\n  - name: a\n    instance_id: i-b\n",
+    )
+    .unwrap();
+    let warning = eventually(Duration::from_secs(10), "the warning", || {
+        h.inbox.titled("vms.yaml is invalid").into_iter().next()
+    })
+    .await;
+    assert_eq!(warning.priority, Priority::Warning);
+    assert_eq!(h.engine.vm_names(), ["a", "b", "c"]);
+    // Saving the same broken file again does not alert again.
+    std::fs::write(
+        &path,
+        "vms:\n  - name: a\n    instance_id: i-a\n  - name: a\n    instance_id: i-b\n",
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(h.inbox.titled("vms.yaml is invalid").len(), 1);
+
+    // Replaced by rename, as editors do.
+    let tmp = dir.path().join(".vms.yaml.tmp");
+    std::fs::write(&tmp, yaml(&["d"])).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    eventually(Duration::from_secs(10), "only d left", || {
+        (h.engine.vm_names() == ["d"] && h.engine.live_tasks() == 1).then_some(())
+    })
+    .await;
+
+    cancel.cancel();
+    watcher.await.unwrap();
+    assert!(h.engine.shutdown(Duration::from_secs(1)).await);
+    assert_eq!(h.engine.live_tasks(), 0);
+}
