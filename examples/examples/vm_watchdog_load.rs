@@ -478,10 +478,11 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("API requests: {requests} ({:.1}/s)", requests as f64 / wall);
     let messages = tg.messages();
+    // Matched on the title line only (bodies quote API errors).
     let count = |needle: &str| {
         messages
             .iter()
-            .filter(|m| m.plain_text.contains(needle))
+            .filter(|m| m.plain_text.lines().next().unwrap_or("").contains(needle))
             .count()
     };
     println!(

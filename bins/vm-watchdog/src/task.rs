@@ -22,6 +22,9 @@ use crate::yandex::{Observation, OperationState, StartAck};
 /// "already running" answer) counts as in progress before it is retried.
 pub const START_GRACE: Duration = Duration::from_secs(30);
 
+/// gRPC ABORTED: an operation cut short by a concurrent state change.
+const ABORTED: i64 = 10;
+
 /// How long a start operation may stay unfinished before the watchdog
 /// stops waiting for it and starts the VM again.
 pub const START_OPERATION_TIMEOUT: Duration = Duration::from_secs(120);
@@ -368,9 +371,17 @@ impl<R: RawApi> VmTask<R> {
                     Ok(OperationState {
                         done: true,
                         error: Some(error),
+                        error_code,
                     }) => {
-                        warn!(vm = %name, operation = %op, %error, "start operation failed");
-                        shared.alerts.start_failed(&name, &error);
+                        if error_code == Some(ABORTED) {
+                            // The VM changed state during the start (it
+                            // crashed or was stopped): already alerted as
+                            // such, and started again right below.
+                            info!(vm = %name, operation = %op, %error, "start aborted by a state change");
+                        } else {
+                            warn!(vm = %name, operation = %op, %error, "start operation failed");
+                            shared.alerts.start_failed(&name, &error);
+                        }
                         self.pending_start = None;
                     }
                     Ok(OperationState { done: true, .. }) => {

@@ -140,6 +140,8 @@ pub struct OperationState {
     pub done: bool,
     /// Its error message, when it finished with one.
     pub error: Option<String>,
+    /// The error's gRPC code (10, ABORTED: the VM changed state meanwhile).
+    pub error_code: Option<i64>,
 }
 
 /// Endpoint labels (bounded metric label values).
@@ -334,14 +336,17 @@ impl YandexClient {
         let url = format!("{}/operations/{id}", self.operation_url);
         let request = self.authorized(self.client.get(url)).await?;
         let json = send_json(endpoint::OPERATION, request).await?;
+        let error_code = json
+            .get("error")
+            .map(|e| e.get("code").and_then(Value::as_i64).unwrap_or(0));
         let error = json.get("error").map(|e| {
-            let code = e.get("code").and_then(Value::as_i64).unwrap_or(0);
             let message = e.get("message").and_then(Value::as_str).unwrap_or("");
-            format!("code {code}: {message}")
+            format!("code {}: {message}", error_code.unwrap_or(0))
         });
         Ok(OperationState {
             done: json.get("done").and_then(Value::as_bool).unwrap_or(false),
             error,
+            error_code,
         })
     }
 }

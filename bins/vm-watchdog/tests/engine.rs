@@ -332,6 +332,31 @@ async fn a_closed_port_on_a_running_vm_backs_off_but_still_catches_a_stop() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_failed_start_operation_warns_and_an_aborted_one_does_not() {
+    for (code, warned) in [(8, true), (10, false)] {
+        let api = ScriptedApi::default();
+        api.add("i-1", VmStatus::Stopped, None);
+        {
+            let mut s = api.inner.lock();
+            s.start_sticks = true;
+            s.op_error = Some((code, "nope".into()));
+        }
+        let h = harness(api.clone());
+        h.engine.apply(&file(vec![instance("web-1", "i-1")]));
+        run_for(S(60)).await;
+        let warnings = h.inbox.titled("Could not start VM web-1");
+        assert_eq!(
+            !warnings.is_empty(),
+            warned,
+            "code {code}: {:?}",
+            h.inbox.all()
+        );
+        // Either way the start is issued again after the failed operation.
+        assert!(api.calls_to("start", "i-1").len() >= 3, "code {code}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_slow_vm_never_delays_another() {
     let api = ScriptedApi::default();
     api.add("i-slow", VmStatus::Running, None);

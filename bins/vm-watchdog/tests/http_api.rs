@@ -81,6 +81,7 @@ async fn compute_calls_retry_and_already_running_counts_as_success() {
     };
     let state = api.operation("a", &op).await.unwrap();
     assert_eq!(state.error.as_deref(), Some("code 8: quota exceeded"));
+    assert_eq!(state.error_code, Some(8));
 
     // Unknown VMs are 404: not retried, not counted as API failures.
     let err = api

@@ -49,6 +49,8 @@ pub struct Script {
     /// Folder → instance ids, in listing order.
     pub folders: HashMap<String, Vec<String>>,
     pub page_size: usize,
+    /// Every operation ends with this error (gRPC code, message).
+    pub op_error: Option<(i64, String)>,
     ops: HashMap<String, String>,
     next_op: u64,
 }
@@ -264,12 +266,23 @@ impl RawApi for ScriptedApi {
             return Err(unavailable("operations.get"));
         }
         let s = self.inner.lock();
+        if let Some((code, message)) = &s.op_error {
+            return Ok(OperationState {
+                done: true,
+                error: Some(format!("code {code}: {message}")),
+                error_code: Some(*code),
+            });
+        }
         let done = s
             .ops
             .get(id)
             .and_then(|vm| s.vms.get(vm))
             .is_some_and(|sim| sim.status == VmStatus::Running);
-        Ok(OperationState { done, error: None })
+        Ok(OperationState {
+            done,
+            error: None,
+            error_code: None,
+        })
     }
 }
 
