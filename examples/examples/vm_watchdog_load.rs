@@ -36,9 +36,8 @@ use clap::Parser;
 use keel_core::Rng;
 use keel_testkit::FaultConfig;
 use keel_testkit::fakes::telegram::FakeTelegram;
-use keel_testkit::fakes::yandex::{FakeYandex, StepDelays};
+use keel_testkit::fakes::yandex::{FakeYandex, SshPort, StepDelays};
 use reqwest::StatusCode;
-use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 use vm_watchdog::{Config, Options, VmStatus, Watchdog, vms_yaml};
@@ -134,8 +133,9 @@ fn summary(name: &str, mut v: Vec<Duration>) -> (Duration, Duration) {
 
 struct Vm {
     id: String,
-    port: u16,
-    listener: Option<TcpListener>,
+    /// The SSH stand-in: closed while the VM is down, without ever
+    /// releasing its port (another socket could take a freed one).
+    ssh: SshPort,
 }
 
 /// Waits until the Telegram fake has a message containing `needle`
@@ -202,20 +202,14 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..args.vms {
         let id = format!("fhm-load-{i:05}");
         let name = format!("vm-{i:05}");
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .context("binding a VM port")?;
-        let port = listener.local_addr()?.port();
+        let ssh = SshPort::open_new().context("binding a VM port")?;
+        let port = ssh.port();
         yc.add_instance(&id, &name, "b1g-load", "RUNNING");
         yc.set_nat_ip(&id, Some("127.0.0.1"));
         yaml.push_str(&format!(
             "  - name: {name}\n    instance_id: {id}\n    ssh_port: {port}\n"
         ));
-        vms.push(Vm {
-            id,
-            port,
-            listener: Some(listener),
-        });
+        vms.push(Vm { id, ssh });
     }
     std::fs::write(&path, yaml)?;
 
@@ -343,8 +337,9 @@ async fn main() -> anyhow::Result<()> {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 let mut vms = vms.lock().await;
                 for vm in vms.iter_mut() {
-                    if vm.listener.is_none() && yc.status(&vm.id).as_deref() == Some("RUNNING") {
-                        vm.listener = TcpListener::bind(("127.0.0.1", vm.port)).await.ok();
+                    if !vm.ssh.is_open() && yc.status(&vm.id).as_deref() == Some("RUNNING") {
+                        // A failure leaves it closed: tried again next round.
+                        let _ = vm.ssh.open();
                     }
                 }
             }
@@ -379,7 +374,7 @@ async fn main() -> anyhow::Result<()> {
         let at = Instant::now();
         let (id, name) = {
             let mut all = vms.lock().await;
-            all[i].listener = None;
+            all[i].ssh.close().context("closing a VM port")?;
             yc.stop_vm(&all[i].id);
             (all[i].id.clone(), format!("vm-{i:05}"))
         };
@@ -440,12 +435,7 @@ async fn main() -> anyhow::Result<()> {
     // Every stopped VM must be running again.
     let end = Instant::now() + Duration::from_secs(120);
     loop {
-        let down = vms
-            .lock()
-            .await
-            .iter()
-            .filter(|v| v.listener.is_none())
-            .count();
+        let down = vms.lock().await.iter().filter(|v| !v.ssh.is_open()).count();
         if down == 0 {
             break;
         }

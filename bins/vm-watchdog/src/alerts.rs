@@ -7,7 +7,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_notify::{Admitted, Message, Notification, Notifier, RateLimit, Sink, SinkError};
+use keel_notify::{Admitted, Message, Notification, Notifier, Pacer, RateLimit, Sink, SinkError};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
@@ -32,6 +32,14 @@ pub struct TimedSink<S> {
     metrics: Metrics,
 }
 
+impl<S: Sink> TimedSink<S> {
+    fn accepted(&self, message: &Message) {
+        let observed = self.pending.lock().remove(message.key());
+        self.metrics
+            .alert_sent(message.priority(), observed.map(|t| t.elapsed()));
+    }
+}
+
 impl<S: Sink> Sink for TimedSink<S> {
     fn name(&self) -> &str {
         self.inner.name()
@@ -40,9 +48,17 @@ impl<S: Sink> Sink for TimedSink<S> {
     async fn send(&self, message: &Message) -> Result<(), SinkError> {
         let result = self.inner.send(message).await;
         if result.is_ok() {
-            let observed = self.pending.lock().remove(message.key());
-            self.metrics
-                .alert_sent(message.priority(), observed.map(|t| t.elapsed()));
+            self.accepted(message);
+        }
+        result
+    }
+
+    /// Forwarded, so the parts of a split message keep taking the sink's
+    /// rate-limit slots.
+    async fn send_paced(&self, message: &Message, pacer: &Pacer<'_>) -> Result<(), SinkError> {
+        let result = self.inner.send_paced(message, pacer).await;
+        if result.is_ok() {
+            self.accepted(message);
         }
         result
     }
@@ -206,3 +222,42 @@ impl Alerts {
 /// The timing state shared by [`TimedSink`] and [`Alerts`].
 #[derive(Debug, Clone)]
 pub struct AlertsTiming(Pending);
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    /// Records whether it was sent to with a pacer.
+    struct Recorder(Arc<AtomicBool>);
+
+    impl Sink for Recorder {
+        fn name(&self) -> &str {
+            "recorder"
+        }
+
+        async fn send(&self, _: &Message) -> Result<(), SinkError> {
+            Ok(())
+        }
+
+        async fn send_paced(&self, _: &Message, _: &Pacer<'_>) -> Result<(), SinkError> {
+            self.0.store(true, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn the_timed_sink_forwards_paced_sends_and_counts_them() {
+        let paced = Arc::new(AtomicBool::new(false));
+        let metrics = Metrics::new();
+        let (sink, _timing) = Alerts::timed(Recorder(paced.clone()), metrics.clone());
+        let message = Message::new(1, Notification::critical("vm:STOPPED", "stopped"), 1);
+        sink.send_paced(&message, &Pacer::none()).await.unwrap();
+        assert!(
+            paced.load(Ordering::SeqCst),
+            "split parts keep their pacing"
+        );
+        assert_eq!(metrics.alerts_sent(keel_notify::Priority::Critical), 1);
+    }
+}

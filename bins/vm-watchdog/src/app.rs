@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_notify::{Notifier, RateLimit, TelegramSink};
-use keel_telemetry::{AdminServer, Shutdown};
-use parking_lot::RwLock;
-use prometheus_client::registry::Registry;
+use keel_telemetry::{AdminServer, MetricsRegistry, Shutdown};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -67,7 +65,7 @@ pub struct Watchdog {
     server: Option<AdminServer>,
     watcher: JoinHandle<()>,
     watch_cancel: CancellationToken,
-    registry: Arc<RwLock<Registry>>,
+    registry: MetricsRegistry,
     metrics: Metrics,
 }
 
@@ -95,8 +93,9 @@ impl Watchdog {
     /// start.
     pub async fn start(settings: &Settings, vms: VmsFile, options: Options) -> Result<Self, Error> {
         let metrics = Metrics::new();
-        let mut registry = Registry::default();
-        metrics.register(&mut registry);
+        // The issue names the metrics without a program prefix.
+        let registry = MetricsRegistry::unprefixed();
+        registry.register_with(|r| metrics.register(r));
 
         let mut telegram = TelegramSink::builder(settings.bot_token.clone(), settings.chat.clone())
             .base_url(settings.telegram_url.clone());
@@ -117,7 +116,9 @@ impl Watchdog {
             notifier = notifier.spool(spool.clone());
         }
         let notifier = notifier.build().map_err(Error::Notify)?;
-        notifier.register_metrics(registry.sub_registry_with_prefix("vm_watchdog_notify"));
+        registry
+            .register_with_prefix("vm_watchdog_notify", |r| notifier.register_metrics(r))
+            .map_err(Error::Telemetry)?;
         let alerts = Alerts::new(notifier.clone(), timing);
 
         let client = reqwest::Client::builder()
@@ -173,7 +174,6 @@ impl Watchdog {
         let report = engine.apply(&vms);
         tracing::info!(vms = report.added.len(), folder = ?vms.folder_id, "monitoring started");
 
-        let registry = Arc::new(RwLock::new(registry));
         let shutdown = Shutdown::new();
         let server = if options.serve_admin {
             let app = crate::http::router(engine.clone(), registry.clone(), &shutdown)
@@ -214,8 +214,9 @@ impl Watchdog {
         &self.metrics
     }
 
-    /// The registry behind `/metrics`.
-    pub fn registry(&self) -> &Arc<RwLock<Registry>> {
+    /// The registry behind `/metrics` (unprefixed; keel-notify's metrics
+    /// under `vm_watchdog_notify_`).
+    pub fn registry(&self) -> &MetricsRegistry {
         &self.registry
     }
 

@@ -13,9 +13,15 @@
 //!   timeout per status) and the adaptive, jittered schedule.
 //! * [`yandex`], [`proxy`], [`iam`]: the API clients and IAM tokens;
 //!   [`api`] runs every call through the API worker pool and a
-//!   `keel::Pipeline` (deadline → retry with the `watchdog` preset →
-//!   circuit breaker → per-VM rate limit of 10/s, burst 5), and shares one
-//!   paginated `instances.list` per poll among a folder's VMs.
+//!   `keel::Pipeline` (deadline → retry → circuit breaker → per-VM rate
+//!   limit of 10/s, burst 5), and shares one paginated `instances.list` per
+//!   poll among a folder's VMs.
+//! * Retries: starts use the `watchdog` preset (1, 2, 4, 8, 16 s, ±20 %),
+//!   as the plan asks. Status and operation reads deliberately use a
+//!   quicker policy (3 retries after 0.2, 0.4 and 0.8 s, ±20 %;
+//!   [`ApiSettings::read_retry`]): a read repeats on the VM's own schedule
+//!   anyway, and a 1 s first backoff would add a second to the reaction
+//!   time whenever one answer is lost. Both are fields of [`ApiSettings`].
 //! * [`engine`] (the coordinator) and the per-VM task: one task per VM,
 //!   reconfigured without a restart; a TCP probe (keel-health) of each
 //!   running VM's SSH port between API checks.

@@ -73,7 +73,11 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        tracing::info!(addr = ?watchdog.local_addr(), "vm-watchdog started");
+        // `health_addr` is the bound address (HEALTH_ADDR may ask for port 0).
+        let health_addr = watchdog
+            .local_addr()
+            .map_or_else(String::new, |a| a.to_string());
+        tracing::info!(%health_addr, "vm-watchdog started");
         let reason = match watchdog.shutdown().signal().await {
             Ok(reason) => reason.to_string(),
             Err(e) => {

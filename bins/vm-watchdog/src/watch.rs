@@ -1,7 +1,9 @@
 //! Watching `vms.yaml`: file events (the `notify` crate) are debounced,
 //! then the file is reloaded; a valid change is applied to the engine, an
 //! invalid one keeps the running configuration, is logged with its exact
-//! error and raises one warning alert.
+//! error and raises one warning alert: one per distinct error, however often
+//! or however long apart the broken file is saved again, until a valid file
+//! has been loaded.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -50,6 +52,9 @@ pub struct Reloader<R> {
     engine: Arc<Engine<R>>,
     path: PathBuf,
     current: VmsFile,
+    /// The error of the last invalid load, already alerted; cleared by a
+    /// valid load.
+    invalid: Option<String>,
 }
 
 impl<R: RawApi> Reloader<R> {
@@ -59,14 +64,21 @@ impl<R: RawApi> Reloader<R> {
             engine,
             path,
             current,
+            invalid: None,
         }
     }
 
     /// Reads the file; applies it when valid and different; otherwise keeps
-    /// the running configuration, logs the error and raises a warning.
-    /// Returns whether something was applied.
+    /// the running configuration, logs the error and raises a warning (once
+    /// per distinct error: the alert's dedup window alone would repeat it
+    /// every 5 minutes while the file stays broken). Returns whether
+    /// something was applied.
     pub async fn reload(&mut self) -> bool {
-        match vms_yaml::load(&self.path).await {
+        let loaded = vms_yaml::load(&self.path).await;
+        if loaded.is_ok() && self.invalid.take().is_some() {
+            tracing::info!(path = %self.path.display(), "vms.yaml is valid again");
+        }
+        match loaded {
             Ok(file) if file == self.current => {
                 tracing::debug!(path = %self.path.display(), "vms.yaml unchanged");
                 false
@@ -85,8 +97,12 @@ impl<R: RawApi> Reloader<R> {
                 true
             }
             Err(e) => {
-                tracing::error!(error = %e, "vms.yaml is invalid; keeping the running configuration");
-                self.engine.alerts().config_invalid(&e.to_string());
+                let error = e.to_string();
+                tracing::error!(%error, "vms.yaml is invalid; keeping the running configuration");
+                if self.invalid.as_deref() != Some(error.as_str()) {
+                    self.engine.alerts().config_invalid(&error);
+                    self.invalid = Some(error);
+                }
                 false
             }
         }

@@ -12,11 +12,10 @@ use http::StatusCode;
 use keel::breaker::BreakerConfig;
 use keel_testkit::FaultConfig;
 use keel_testkit::fakes::telegram::FakeTelegram;
-use keel_testkit::fakes::yandex::{FakeYandex, StepDelays};
-use tokio::net::TcpListener;
+use keel_testkit::fakes::yandex::{FakeYandex, SshPort, StepDelays};
 use vm_watchdog::{ApiSettings, Config, Options, Watchdog, vms_yaml};
 
-use support::{eventually, free_port};
+use support::eventually;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_the_api_failing_still_alerts_and_starts_every_stopped_vm() {
@@ -38,22 +37,23 @@ async fn half_the_api_failing_still_alerts_and_starts_every_stopped_vm() {
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("vms.yaml");
-    let mut listeners = Vec::new();
+    // SSH stand-ins: a stopped VM's port refuses connects but is never
+    // released, so no other socket can answer on it.
+    let mut ports = Vec::new();
     let mut text = String::from("vms:\n");
     for i in 0..10 {
         let id = format!("fhm-chaos-{i}");
         yc.add_instance(&id, &format!("vm-{i}"), "b1g", "RUNNING");
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = SshPort::open_new().unwrap();
         text.push_str(&format!(
             "  - name: vm-{i}\n    instance_id: {id}\n    ssh_host: 127.0.0.1\n    ssh_port: {}\n",
-            l.local_addr().unwrap().port()
+            port.port()
         ));
-        listeners.push(Some(l));
+        ports.push(port);
     }
     std::fs::write(&path, &text).unwrap();
 
     let token = tg.token();
-    let health = format!("127.0.0.1:{}", free_port());
     let base = yc.base_url();
     let tg_base = tg.base_url();
     let config = Config::try_parse_from([
@@ -67,8 +67,9 @@ async fn half_the_api_failing_still_alerts_and_starts_every_stopped_vm() {
         "5",
         "--vms-config",
         path.to_str().unwrap(),
+        // Bound by the watchdog itself: no port is picked here and handed over.
         "--health-addr",
-        health.as_str(),
+        "127.0.0.1:0",
         "--yc-compute-url",
         base.as_str(),
         "--yc-operation-url",
@@ -93,6 +94,8 @@ async fn half_the_api_failing_still_alerts_and_starts_every_stopped_vm() {
         ..Options::default()
     };
     let watchdog = Watchdog::start(&settings, vms, options).await.unwrap();
+    let admin = watchdog.local_addr().expect("serving the admin routes");
+    assert!(admin.port() != 0);
     let engine = watchdog.engine().clone();
     eventually(Duration::from_secs(60), "every VM seen RUNNING", || {
         (0..10)
@@ -103,7 +106,7 @@ async fn half_the_api_failing_still_alerts_and_starts_every_stopped_vm() {
 
     // Five VMs stop.
     for i in [0, 2, 4, 6, 8] {
-        listeners[i] = None;
+        ports[i].close().unwrap();
         yc.stop_vm(&format!("fhm-chaos-{i}"));
     }
     // A reload in the middle of it: vm-9 leaves, vm-10 arrives.
@@ -142,6 +145,16 @@ async fn half_the_api_failing_still_alerts_and_starts_every_stopped_vm() {
         (engine.live_tasks() == 10).then_some(())
     })
     .await;
+    let health: serde_json::Value = reqwest::get(format!("http://{admin}/health"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (health["vms_monitored"].as_u64(), health["tasks"].as_u64()),
+        (Some(10), Some(10))
+    );
     // Chaos really happened.
     assert!(
         watchdog.metrics().api_errors("instances.get")

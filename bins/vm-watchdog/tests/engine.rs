@@ -58,6 +58,30 @@ async fn a_running_vm_that_stops_is_alerted_started_and_reported_recovered() {
     assert_eq!(h.engine.status_of("web-1"), Some(VmStatus::Running));
     assert_eq!(h.metrics.alerts_sent(Priority::Critical), 1);
     assert_eq!(h.metrics.alerts_sent(Priority::Info), 1);
+    // Reaction time runs from the observed change to the alert's acceptance:
+    // the critical one went at once, the recovery waited out its 10 s info
+    // debounce.
+    let reaction = |priority: &str| reaction_sum(&h.metrics, priority);
+    assert!(reaction("critical") < 0.5, "{}", reaction("critical"));
+    assert!(
+        (10.0..10.5).contains(&reaction("info")),
+        "{}",
+        reaction("info")
+    );
+}
+
+/// `alert_reaction_seconds_sum` of `priority`, from the encoded metrics.
+fn reaction_sum(metrics: &vm_watchdog::Metrics, priority: &str) -> f64 {
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    let prefix = format!("alert_reaction_seconds_sum{{priority=\"{priority}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+        .parse()
+        .unwrap()
 }
 
 #[tokio::test(start_paused = true)]

@@ -1,5 +1,6 @@
 //! `vms.yaml` watching with real file events (real time; the debounce
-//! itself is proved under paused time in `watch.rs`).
+//! itself is proved under paused time in `watch.rs`), and the reloader's
+//! one-alert-per-error rule under paused time.
 
 mod support;
 
@@ -11,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use vm_watchdog::watch::{self, Reloader};
 use vm_watchdog::{ApiSettings, VmStatus, vms_yaml};
 
-use support::{ScriptedApi, eventually, harness_custom};
+use support::{ScriptedApi, eventually, harness_custom, run_for};
 
 fn yaml(names: &[&str]) -> String {
     let mut text = String::from("vms:\n");
@@ -83,4 +84,55 @@ async fn valid_changes_apply_and_invalid_ones_keep_the_running_configuration() {
     watcher.await.unwrap();
     assert!(h.engine.shutdown(Duration::from_secs(1)).await);
     assert_eq!(h.engine.live_tasks(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_invalid_file_alerts_once_per_error_however_long_it_stays_broken() {
+    let api = ScriptedApi::default();
+    for n in ["a", "b"] {
+        api.add(&format!("i-{n}"), VmStatus::Running, None);
+    }
+    let h = harness_custom(api, ApiSettings::new(10), |b| {
+        b.debounce(Priority::Warning, Duration::ZERO)
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vms.yaml");
+    std::fs::write(&path, yaml(&["a"])).unwrap();
+    let first = vms_yaml::load(&path).await.unwrap();
+    h.engine.apply(&first);
+    let mut reloader = Reloader::new(Arc::clone(&h.engine), path.clone(), first);
+    let alerts = || h.inbox.titled("vms.yaml is invalid").len();
+    let duplicate = "vms:\n  - name: a\n    instance_id: i-a\n  - name: a\n    instance_id: i-b\n";
+
+    std::fs::write(&path, duplicate).unwrap();
+    assert!(!reloader.reload().await);
+    run_for(Duration::from_secs(1)).await;
+    assert_eq!(alerts(), 1);
+    // Saved again and again, well past the 5 min dedup window: the same
+    // error, no new alert; the running configuration stays.
+    for _ in 0..3 {
+        run_for(Duration::from_secs(400)).await;
+        std::fs::write(&path, duplicate).unwrap();
+        assert!(!reloader.reload().await);
+    }
+    run_for(Duration::from_secs(1)).await;
+    assert_eq!(alerts(), 1, "{:?}", h.inbox.all());
+    assert_eq!(h.engine.vm_names(), ["a"]);
+
+    // Another error is news.
+    std::fs::write(&path, "vms:\n  - name: b\n").unwrap();
+    assert!(!reloader.reload().await);
+    run_for(Duration::from_secs(1)).await;
+    assert_eq!(alerts(), 2);
+
+    // Fixed, then broken again the first way: alerted again.
+    std::fs::write(&path, yaml(&["a", "b"])).unwrap();
+    assert!(reloader.reload().await);
+    assert_eq!(h.engine.vm_names(), ["a", "b"]);
+    run_for(Duration::from_secs(400)).await;
+    std::fs::write(&path, duplicate).unwrap();
+    assert!(!reloader.reload().await);
+    run_for(Duration::from_secs(1)).await;
+    assert_eq!(alerts(), 3);
+    assert!(h.engine.shutdown(Duration::from_secs(1)).await);
 }

@@ -112,6 +112,6 @@ pub use error::{ConfigError, NotifyError, QueueClosed, SinkError, UnknownSink};
 pub use metrics::Stats;
 pub use notification::{Message, Notification, Priority};
 pub use notifier::{Admitted, Notifier, ShutdownReport};
-pub use sink::{RateLimit, Sink};
+pub use sink::{Pacer, RateLimit, Sink};
 #[cfg(feature = "telegram")]
 pub use telegram::{ChatId, TelegramSink, TelegramSinkBuilder, TooLong};

@@ -12,8 +12,8 @@
 //! | `sent` | counter | `sink`, `priority` |
 //! | `retried` | counter | `sink`, `priority` |
 //! | `dropped` | counter | `sink`, `priority`, `reason` (`overflow`, `permanent`, `shutdown`, `unknown_sink`, `abandoned`) |
-//! | `deduplicated` | counter | `priority` |
-//! | `debounced` | counter | `priority` |
+//! | `deduplicated` | counter | `sink`, `priority` (one per sink the notification was for) |
+//! | `debounced` | counter | `sink`, `priority` (one per sink the notification was for) |
 //! | `retry_after_escalations` | counter | `sink` |
 //! | `queue_depth` | gauge | `priority` |
 //! | `held` | gauge | none (notifications waiting out their debounce) |
@@ -207,8 +207,8 @@ mod prom {
         sent: Family<SinkPriority, Counter>,
         retried: Family<SinkPriority, Counter>,
         dropped: Family<Dropped, Counter>,
-        deduplicated: Family<PriorityOnly, Counter>,
-        debounced: Family<PriorityOnly, Counter>,
+        deduplicated: Family<SinkPriority, Counter>,
+        debounced: Family<SinkPriority, Counter>,
         escalations: Family<SinkOnly, Counter>,
         depth: Family<PriorityOnly, Gauge>,
         held: Gauge,
@@ -323,19 +323,11 @@ mod prom {
                 })
                 .inc();
         }
-        pub(crate) fn deduplicated(&self, p: Priority) {
-            self.deduplicated
-                .get_or_create(&PriorityOnly {
-                    priority: p.as_str(),
-                })
-                .inc();
+        pub(crate) fn deduplicated(&self, sink: &str, p: Priority) {
+            self.deduplicated.get_or_create(&sp(sink, p)).inc();
         }
-        pub(crate) fn debounced(&self, p: Priority) {
-            self.debounced
-                .get_or_create(&PriorityOnly {
-                    priority: p.as_str(),
-                })
-                .inc();
+        pub(crate) fn debounced(&self, sink: &str, p: Priority) {
+            self.debounced.get_or_create(&sp(sink, p)).inc();
         }
         pub(crate) fn escalation(&self, sink: &str) {
             self.escalations
@@ -387,9 +379,9 @@ impl Metrics {
     #[inline]
     pub(crate) fn dropped(&self, _: &str, _: Priority, _: DropReason) {}
     #[inline]
-    pub(crate) fn deduplicated(&self, _: Priority) {}
+    pub(crate) fn deduplicated(&self, _: &str, _: Priority) {}
     #[inline]
-    pub(crate) fn debounced(&self, _: Priority) {}
+    pub(crate) fn debounced(&self, _: &str, _: Priority) {}
     #[inline]
     pub(crate) fn escalation(&self, _: &str) {}
     #[inline]

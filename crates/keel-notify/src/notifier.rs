@@ -22,7 +22,7 @@ use crate::metrics::{Counters, DropReason, Metrics, Stats};
 use crate::notification::{Message, Notification, Priority};
 use crate::queue::{Delivery, Pushed, Queue};
 use crate::rate::RateLimits;
-use crate::sink::DynSink;
+use crate::sink::{BoxFuture, DynSink, PaceSource, Pacer};
 use crate::spool::{self, SpoolRecord};
 
 /// What [`Notifier::notify`] did with a notification.
@@ -188,6 +188,18 @@ impl Drop for DropGuard {
     }
 }
 
+/// The pace of one sink's extra requests: its rate limits and pauses.
+struct SinkPace<'a> {
+    shared: &'a Shared,
+    sink: usize,
+}
+
+impl PaceSource for SinkPace<'_> {
+    fn next_request(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.shared.acquire(self.sink))
+    }
+}
+
 enum Step {
     Deliver(Delivery),
     Wait(Option<Instant>),
@@ -280,7 +292,7 @@ impl Notifier {
     /// notifier does not have.
     pub fn notify(&self, notification: Notification) -> Result<Admitted, NotifyError> {
         let shared = &self.shared;
-        shared.targets(&notification)?;
+        let targets = shared.targets(&notification)?;
         let priority = notification.priority();
         let now = Instant::now();
         let admitted = {
@@ -291,12 +303,16 @@ impl Notifier {
             let admitted = match st.admission.admit(notification, now) {
                 Decision::Deduplicated => {
                     Counters::add(&shared.counters.deduplicated);
-                    shared.metrics.deduplicated(priority);
+                    for &i in &targets {
+                        shared.metrics.deduplicated(&shared.sinks[i].name, priority);
+                    }
                     Admitted::Deduplicated
                 }
                 Decision::Merged { count } => {
                     Counters::add(&shared.counters.debounced);
-                    shared.metrics.debounced(priority);
+                    for &i in &targets {
+                        shared.metrics.debounced(&shared.sinks[i].name, priority);
+                    }
                     Admitted::Debounced { count }
                 }
                 Decision::Held { until } => Admitted::Held { until },
@@ -707,7 +723,13 @@ impl Shared {
                     }
                     // Clock reads only when someone reads the histogram.
                     let started = Metrics::ENABLED.then(Instant::now);
-                    let r = entry.sink.send(&d.message).await;
+                    // Requests after a message's first (split parts) take
+                    // rate-limit slots of their own.
+                    let pace = SinkPace {
+                        shared: self,
+                        sink: d.sink,
+                    };
+                    let r = entry.sink.send_paced(&d.message, &Pacer::new(&pace)).await;
                     if let Some(started) = started {
                         self.metrics.send_duration(&entry.name, started.elapsed());
                     }

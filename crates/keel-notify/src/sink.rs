@@ -48,6 +48,22 @@ pub trait Sink: Send + Sync + 'static {
     /// Sends one message, once.
     fn send(&self, message: &Message) -> impl Future<Output = Result<(), SinkError>> + Send;
 
+    /// Sends one message, once, taking `pacer.next_request()` before every
+    /// request after the first when the message needs several (a long
+    /// Telegram message split into parts), so each request counts against
+    /// the sink's [`rate_limits`](Self::rate_limits) like a message of its
+    /// own. The notifier calls this method; the default ignores the pacer
+    /// and calls [`send`](Self::send), which is right for a sink that sends
+    /// one request per message. A wrapper sink must forward it.
+    fn send_paced(
+        &self,
+        message: &Message,
+        pacer: &Pacer<'_>,
+    ) -> impl Future<Output = Result<(), SinkError>> + Send {
+        let _ = pacer;
+        self.send(message)
+    }
+
     /// The rate limits every send to this sink must respect (all of them at
     /// once). Limits with the same key, count and period are shared by every
     /// sink of one notifier that declares them: two Telegram sinks posting to
@@ -55,6 +71,49 @@ pub trait Sink: Send + Sync + 'static {
     /// the notifier is built. No limits by default.
     fn rate_limits(&self) -> Vec<RateLimit> {
         Vec::new()
+    }
+}
+
+/// Where a [`Pacer`] takes its slots from (the notifier, for one sink).
+pub(crate) trait PaceSource: Send + Sync {
+    /// Waits until one more request conforms, and counts it.
+    fn next_request(&self) -> BoxFuture<'_, ()>;
+}
+
+/// Rate-limit slots for the extra requests of one message: see
+/// [`Sink::send_paced`]. The notifier hands one to each send; outside a
+/// notifier, [`Pacer::none`] paces nothing.
+pub struct Pacer<'a> {
+    source: Option<&'a dyn PaceSource>,
+}
+
+impl<'a> Pacer<'a> {
+    /// A pacer that never waits (for calling a sink directly).
+    pub fn none() -> Self {
+        Pacer { source: None }
+    }
+
+    pub(crate) fn new(source: &'a dyn PaceSource) -> Self {
+        Pacer {
+            source: Some(source),
+        }
+    }
+
+    /// Waits until one more request to this sink conforms to its rate
+    /// limits and to any pause it asked for (a retry-after), then counts the
+    /// request against the limits. Returns at once for [`Pacer::none`].
+    pub async fn next_request(&self) {
+        if let Some(source) = self.source {
+            source.next_request().await;
+        }
+    }
+}
+
+impl std::fmt::Debug for Pacer<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pacer")
+            .field("paced", &self.source.is_some())
+            .finish()
     }
 }
 
@@ -118,6 +177,14 @@ impl<S: Sink> Sink for std::sync::Arc<S> {
         (**self).send(message)
     }
 
+    fn send_paced(
+        &self,
+        message: &Message,
+        pacer: &Pacer<'_>,
+    ) -> impl Future<Output = Result<(), SinkError>> + Send {
+        (**self).send_paced(message, pacer)
+    }
+
     fn rate_limits(&self) -> Vec<RateLimit> {
         (**self).rate_limits()
     }
@@ -129,7 +196,11 @@ pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// different types.
 pub(crate) trait DynSink: Send + Sync + 'static {
     fn name(&self) -> &str;
-    fn send<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Result<(), SinkError>>;
+    fn send_paced<'a>(
+        &'a self,
+        message: &'a Message,
+        pacer: &'a Pacer<'_>,
+    ) -> BoxFuture<'a, Result<(), SinkError>>;
     fn rate_limits(&self) -> Vec<RateLimit>;
 }
 
@@ -138,8 +209,12 @@ impl<S: Sink> DynSink for S {
         Sink::name(self)
     }
 
-    fn send<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Result<(), SinkError>> {
-        Box::pin(Sink::send(self, message))
+    fn send_paced<'a>(
+        &'a self,
+        message: &'a Message,
+        pacer: &'a Pacer<'_>,
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(Sink::send_paced(self, message, pacer))
     }
 
     fn rate_limits(&self) -> Vec<RateLimit> {

@@ -653,11 +653,39 @@ async fn metrics_count_by_sink_and_priority() {
         r#"watchdog_notify_retried_total{sink="mem",priority="critical"} 1"#,
         r#"watchdog_notify_dropped_total{sink="mem",priority="critical",reason="permanent"} 1"#,
         r#"watchdog_notify_dropped_total{sink="mem",priority="info",reason="overflow"} 1"#,
-        r#"watchdog_notify_deduplicated_total{priority="warning"} 1"#,
+        r#"watchdog_notify_deduplicated_total{sink="mem",priority="warning"} 1"#,
         r#"watchdog_notify_queue_depth{priority="critical"} 0"#,
         r#"watchdog_notify_send_duration_seconds_count{sink="mem"} 3"#,
         r#"watchdog_notify_delivery_latency_seconds_count{sink="mem",priority="warning"} 1"#,
     ] {
         assert!(text.contains(line), "missing {line} in\n{text}");
     }
+    // Dedup and debounce count once per sink the notification was for.
+    let n = notifier()
+        .sink(MemorySink::new("a"))
+        .sink(MemorySink::new("b"))
+        .build()
+        .unwrap();
+    let mut registry = Registry::default();
+    n.register_metrics(&mut registry);
+    for _ in 0..2 {
+        n.notify(Notification::warning("w", "w")).unwrap();
+        n.notify(Notification::info("i", "i").to("b")).unwrap();
+    }
+    assert!(n.flush(secs(60)).await);
+    n.notify(Notification::info("i", "i").to("b")).unwrap(); // deduplicated
+    let mut text = String::new();
+    encode(&mut text, &registry).unwrap();
+    for line in [
+        r#"debounced_total{sink="a",priority="warning"} 1"#,
+        r#"debounced_total{sink="b",priority="warning"} 1"#,
+        r#"debounced_total{sink="b",priority="info"} 1"#,
+        r#"deduplicated_total{sink="b",priority="info"} 1"#,
+    ] {
+        assert!(text.contains(line), "missing {line} in\n{text}");
+    }
+    assert!(
+        !text.contains(r#"sink="a",priority="info""#),
+        "nothing for a sink the notification was not for:\n{text}"
+    );
 }

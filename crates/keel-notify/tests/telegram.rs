@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use keel_core::{ErrorOutcome, Outcome};
 use keel_notify::telegram::{TEXT_LIMIT, TooLong};
-use keel_notify::{Message, Notification, Notifier, Sink, SinkError, TelegramSink};
+use keel_notify::{
+    Message, Notification, Notifier, Priority, RateLimit, Sink, SinkError, TelegramSink,
+};
 use keel_retry::{Backoff, Jitter, RetryPolicy};
 use keel_testkit::Fault;
 use keel_testkit::fakes::telegram::{FakeTelegram, TelegramFault};
@@ -102,6 +104,38 @@ async fn splits_into_parts_without_breaking_markup() {
         joined,
         keel_testkit::fakes::telegram::parse_html(&split.render_html(&m)).unwrap()
     );
+}
+
+#[tokio::test]
+async fn under_a_notifier_each_part_of_a_split_message_takes_a_rate_limit_slot() {
+    let tg = FakeTelegram::start().await;
+    let window = Duration::from_millis(800);
+    let split = TelegramSink::builder(tg.token(), CHAT)
+        .base_url(tg.base_url())
+        .too_long(TooLong::Split { max_parts: 5 })
+        .part_interval(Duration::ZERO)
+        .rate_limits(vec![RateLimit::new("chat", 2, window)])
+        .build()
+        .unwrap();
+    let notifier = Notifier::builder()
+        .sink(split)
+        .debounce(Priority::Warning, Duration::ZERO)
+        .build()
+        .unwrap();
+    notifier.notify(long_notification()).unwrap(); // three parts
+    notifier
+        .notify(Notification::critical("short", "short"))
+        .unwrap();
+    let report = notifier.shutdown(Duration::from_secs(20)).await;
+    assert_eq!((report.sent, report.dropped), (2, 0));
+    let got = tg.messages();
+    assert_eq!(got.len(), 4);
+    // At most two requests in any 800 ms: the parts count like messages
+    // (a little slack for the time each request spends on the wire).
+    for w in got.windows(3) {
+        let spread = w[2].received_at - w[0].received_at;
+        assert!(spread >= window - Duration::from_millis(150), "{spread:?}");
+    }
 }
 
 #[tokio::test]

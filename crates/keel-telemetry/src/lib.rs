@@ -8,7 +8,9 @@
 //!   `LOG_FORMAT=json|text`; a bad value is a typed error naming the
 //!   variable, and a second call returns an error instead of panicking.
 //! * [`MetricsRegistry`] is a prometheus-client registry with the program's
-//!   prefix (`vm_watchdog_...`); libraries keep their `register(&mut
+//!   prefix (`alert_history_...`), or without one
+//!   ([`MetricsRegistry::unprefixed`], for programs whose metric names are
+//!   fixed by an existing dashboard); libraries keep their `register(&mut
 //!   Registry)` API with short names.
 //! * [`router`] builds the admin routes: `/healthz` (alive), `/readyz` (the
 //!   program's [`Readiness`] checks, with a timeout; 503 naming the failing

@@ -1,4 +1,5 @@
-//! A prometheus-client registry with the program's prefix.
+//! A prometheus-client registry with the program's prefix (or, for
+//! programs whose metric names are fixed by a spec, none).
 
 use std::fmt;
 use std::sync::Arc;
@@ -15,7 +16,10 @@ pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// The program's metrics registry: a prometheus-client [`Registry`] whose
-/// every metric is prefixed with the program's name (`vm_watchdog_...`).
+/// every metric is prefixed with the program's name (`vm_watchdog_...`),
+/// or, built with [`MetricsRegistry::unprefixed`], a registry without a
+/// program prefix for metrics whose exact names are specified elsewhere
+/// (a dashboard, an issue, a predecessor's exporter).
 ///
 /// Libraries expose `register(&mut Registry)` with short, unprefixed names;
 /// the program hands them the root registry or a sub-registry with an extra
@@ -47,20 +51,36 @@ impl MetricsRegistry {
         })
     }
 
-    /// The program's prefix.
+    /// A registry without a program prefix: metrics keep the names they are
+    /// registered with (`vm_checks_total`, not `vm_watchdog_vm_checks_total`).
+    ///
+    /// Use it when the names are fixed by something outside the program (a
+    /// specification, existing dashboards); libraries registered in it should
+    /// then go through [`register_with_prefix`](Self::register_with_prefix)
+    /// so their short names (`queued`, `sent`) cannot collide with the
+    /// program's or with each other. [`prefix`](Self::prefix) is `""`.
+    pub fn unprefixed() -> Self {
+        MetricsRegistry {
+            prefix: "".into(),
+            registry: Arc::new(RwLock::new(Registry::default())),
+        }
+    }
+
+    /// The program's prefix (`""` for [`unprefixed`](Self::unprefixed)).
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
 
-    /// Runs `f` with the root registry (names get `<prefix>_`), for
+    /// Runs `f` with the root registry (names get `<prefix>_`, or nothing
+    /// when unprefixed), for
     /// `some_library::metrics::register(registry)`-style APIs.
     pub fn register_with<R>(&self, f: impl FnOnce(&mut Registry) -> R) -> R {
         f(&mut self.registry.write())
     }
 
-    /// Runs `f` with a sub-registry whose names get `<prefix>_<sub_prefix>_`,
-    /// so two instances of one library (`breaker_ec2`, `breaker_s3`) do not
-    /// collide.
+    /// Runs `f` with a sub-registry whose names get `<prefix>_<sub_prefix>_`
+    /// (`<sub_prefix>_` when unprefixed), so two instances of one library
+    /// (`breaker_ec2`, `breaker_s3`) do not collide.
     ///
     /// # Errors
     /// [`TelemetryError::InvalidName`] when `sub_prefix` is not a metric name.
@@ -140,6 +160,29 @@ mod tests {
         assert!(text.contains("vm_watchdog_breaker_open 2"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
         assert_eq!(metrics.prefix(), "vm_watchdog");
+    }
+
+    #[test]
+    fn unprefixed_registries_keep_the_registered_names() {
+        let metrics = MetricsRegistry::unprefixed();
+        assert_eq!(metrics.prefix(), "");
+        let checks: Counter = Counter::default();
+        let queued: Counter = Counter::default();
+        metrics.register_with(|r| r.register("vm_checks", "VM status checks", checks.clone()));
+        metrics
+            .register_with_prefix("notify", |r| {
+                r.register("queued", "Queued alerts", queued.clone());
+            })
+            .unwrap();
+        checks.inc_by(2);
+        queued.inc();
+        let text = metrics.encode().unwrap();
+        assert!(text.contains("# TYPE vm_checks counter"), "{text}");
+        assert!(text.contains("\nvm_checks_total 2\n"), "{text}");
+        assert!(text.contains("\nnotify_queued_total 1\n"), "{text}");
+        assert!(!text.contains("_vm_checks"), "no prefix at all: {text}");
+        assert!(metrics.register_with_prefix("bad-sub", |_| ()).is_err());
+        assert!(format!("{metrics:?}").contains("prefix: \"\""));
     }
 
     #[test]

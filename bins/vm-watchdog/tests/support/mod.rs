@@ -51,6 +51,9 @@ pub struct Script {
     pub page_size: usize,
     /// Every operation ends with this error (gRPC code, message).
     pub op_error: Option<(i64, String)>,
+    /// `get` calls running now, and the most at once so far.
+    pub in_flight: usize,
+    pub max_in_flight: usize,
     ops: HashMap<String, String>,
     next_op: u64,
 }
@@ -165,8 +168,27 @@ impl ScriptedApi {
     }
 }
 
+/// Counts one running `get` until dropped.
+struct InFlight(Arc<Mutex<Script>>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.lock().in_flight -= 1;
+    }
+}
+
+impl ScriptedApi {
+    fn enter(&self) -> InFlight {
+        let mut s = self.inner.lock();
+        s.in_flight += 1;
+        s.max_in_flight = s.max_in_flight.max(s.in_flight);
+        InFlight(self.inner.clone())
+    }
+}
+
 impl RawApi for ScriptedApi {
     async fn get(&self, vm: &VmSource) -> Result<Observation, ApiError> {
+        let _running = self.enter();
         let k = key(vm);
         let (fail, delay) = self.record("get", &k);
         if !delay.is_zero() {
@@ -484,10 +506,4 @@ pub async fn eventually<T>(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// A loopback port nothing listens on right now.
-pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
 }

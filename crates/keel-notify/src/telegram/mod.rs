@@ -33,7 +33,7 @@ use serde_json::{Value, json};
 
 use crate::error::{ConfigError, SinkError};
 use crate::notification::{Message, Priority};
-use crate::sink::{RateLimit, Sink};
+use crate::sink::{Pacer, RateLimit, Sink};
 
 /// Telegram's limit on one message's text, in UTF-16 code units after
 /// entity parsing.
@@ -116,9 +116,10 @@ pub enum TooLong {
     #[default]
     Truncate,
     /// Post it in up to `max_parts` messages (cut at line breaks where
-    /// possible, 1 s apart, for the chat's rate limit); the last part is
-    /// truncated when even that is not enough. A retry resumes at the first
-    /// part not yet accepted.
+    /// possible, 1 s apart, and, under a notifier, each part taking a slot
+    /// of the sink's rate limits like a message of its own); the last part
+    /// is truncated when even that is not enough. A retry resumes at the
+    /// first part not yet accepted.
     Split {
         /// At least 1.
         max_parts: usize,
@@ -445,12 +446,8 @@ impl TelegramSink {
     }
 }
 
-impl Sink for TelegramSink {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    async fn send(&self, message: &Message) -> Result<(), SinkError> {
+impl TelegramSink {
+    async fn send_parts(&self, message: &Message, pacer: &Pacer<'_>) -> Result<(), SinkError> {
         let parts = self.render(message);
         let first = self
             .progress
@@ -461,6 +458,8 @@ impl Sink for TelegramSink {
         for (i, part) in parts.iter().enumerate().skip(first) {
             if i > first {
                 tokio::time::sleep(self.part_interval).await;
+                // Each part is a message to Telegram's limits.
+                pacer.next_request().await;
             }
             if let Err(e) = self.post(part, message.priority()).await {
                 let mut progress = self.progress.lock();
@@ -476,6 +475,23 @@ impl Sink for TelegramSink {
             self.progress.lock().remove(&message.id());
         }
         Ok(())
+    }
+}
+
+impl Sink for TelegramSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn send(&self, message: &Message) -> Result<(), SinkError> {
+        self.send_parts(message, &Pacer::none()).await
+    }
+
+    /// Under a notifier, every part of a split message after the first
+    /// also takes a slot of the declared rate limits (1/s per chat, 20/min
+    /// per group...), so a long message cannot push a chat past them.
+    async fn send_paced(&self, message: &Message, pacer: &Pacer<'_>) -> Result<(), SinkError> {
+        self.send_parts(message, pacer).await
     }
 
     fn rate_limits(&self) -> Vec<RateLimit> {

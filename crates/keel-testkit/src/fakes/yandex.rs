@@ -995,9 +995,103 @@ async fn proxy_start(State(state): State<ProxyState>, Path(name): Path<String>) 
     axum::Json(json!({ "status": "starting" })).into_response()
 }
 
+/// A TCP port on 127.0.0.1 standing in for a VM's SSH port: connects succeed
+/// while it is [open](Self::open) and are refused while it is
+/// [closed](Self::close), and the port number stays this port's throughout.
+///
+/// Closing a plain listener and binding its port again later races with
+/// every other socket on the machine (anything may take the freed number in
+/// between). Here the port is never released: before the listener is
+/// dropped, a second socket bound to the same address with `SO_REUSEPORT`
+/// (but not listening, so connects to it are refused) keeps it reserved, and
+/// opening again turns that socket into the listener. Connections are never
+/// accepted: the kernel completes handshakes into the backlog (1,024 per
+/// opening), which is all a TCP probe needs for a test's lifetime.
+#[derive(Debug)]
+pub struct SshPort {
+    addr: std::net::SocketAddr,
+    listener: Option<tokio::net::TcpListener>,
+    reserved: Option<tokio::net::TcpSocket>,
+}
+
+impl SshPort {
+    /// Binds a fresh port on 127.0.0.1 and listens on it.
+    ///
+    /// # Errors
+    /// When no socket can be bound.
+    pub fn open_new() -> std::io::Result<Self> {
+        let socket = Self::socket(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        let addr = socket.local_addr()?;
+        Ok(SshPort {
+            addr,
+            listener: Some(socket.listen(1_024)?),
+            reserved: None,
+        })
+    }
+
+    fn socket(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_reuseport(true)?;
+        socket.bind(addr)?;
+        Ok(socket)
+    }
+
+    /// The port number.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Whether connects succeed now.
+    pub fn is_open(&self) -> bool {
+        self.listener.is_some()
+    }
+
+    /// Refuses connects from now on, keeping the port. Closing a closed
+    /// port does nothing.
+    ///
+    /// # Errors
+    /// When the reserving socket cannot be bound.
+    pub fn close(&mut self) -> std::io::Result<()> {
+        if self.listener.is_some() {
+            self.reserved = Some(Self::socket(self.addr)?);
+            self.listener = None;
+        }
+        Ok(())
+    }
+
+    /// Accepts connects again, on the same port. Opening an open port does
+    /// nothing.
+    ///
+    /// # Errors
+    /// When the reserved socket cannot listen.
+    pub fn open(&mut self) -> std::io::Result<()> {
+        if let Some(socket) = self.reserved.take() {
+            self.listener = Some(socket.listen(1_024)?);
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_ssh_port_closes_and_reopens_without_releasing_its_number() {
+        let mut ssh = SshPort::open_new().unwrap();
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], ssh.port()));
+        assert!(tokio::net::TcpStream::connect(addr).await.is_ok());
+        ssh.close().unwrap();
+        assert!(!ssh.is_open());
+        let refused = tokio::net::TcpStream::connect(addr).await.unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+        // The number is still taken: a plain bind fails.
+        assert!(std::net::TcpListener::bind(addr).is_err());
+        ssh.open().unwrap();
+        assert!(tokio::net::TcpStream::connect(addr).await.is_ok());
+        ssh.open().unwrap();
+        assert!(ssh.is_open());
+    }
 
     #[test]
     fn rfc3339_matches_known_dates() {
