@@ -119,6 +119,23 @@ fn proc_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU seconds (user + system) a process has used so far, from
+/// `/proc/<pid>/stat` (fields 14 and 15, in clock ticks of 1/100 s).
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name (field 2) may contain spaces: count from the `)`.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // After `)`: field 3 is index 0, so utime (14) is 11 and stime (15) is 12.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 /// xorshift64*: deterministic per sender, no dependency.
 struct Rng(u64);
 impl Rng {
@@ -314,9 +331,12 @@ async fn main() -> anyhow::Result<()> {
             args.concurrency as f64 * args.alerts_per_webhook as f64 / args.rate as f64,
         )
     });
+    let service_cpu0 = cpu_seconds(&service.pid.to_string());
+    let own_cpu0 = cpu_seconds("self");
     let began = Instant::now();
     let mut senders = Vec::new();
-    for s in 0..args.concurrency {
+    let concurrency = args.concurrency;
+    for s in 0..concurrency {
         let client = client.clone();
         let url = format!("{}/webhook", service.base);
         let stop_flag = stop_flag.clone();
@@ -331,17 +351,23 @@ async fn main() -> anyhow::Result<()> {
             };
             let mut latencies = Vec::new();
             let mut sent = 0u64;
+            // Open loop at a fixed rate: senders are spread evenly over
+            // one interval (no synchronized bursts), and latency counts from
+            // the moment a webhook was due, so a sender held up by a slow
+            // answer does not hide the delay (no coordinated omission).
             let mut ticker = per_sender_interval.map(|d| {
-                let mut t = tokio::time::interval(d);
+                let phase = d.mul_f64(s as f64 / concurrency as f64);
+                let mut t = tokio::time::interval_at(tokio::time::Instant::now() + phase, d);
                 t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
                 t
             });
             while !stop_flag.load(Ordering::Relaxed) {
-                if let Some(t) = ticker.as_mut() {
-                    t.tick().await;
-                }
+                let due = match ticker.as_mut() {
+                    Some(t) => Some(t.tick().await.into_std()),
+                    None => None,
+                };
                 let body = serde_json::to_vec(&work.webhook(n)).unwrap();
-                let t0 = Instant::now();
+                let t0 = due.unwrap_or_else(Instant::now);
                 match client
                     .post(&url)
                     .header("content-type", "application/json")
@@ -372,6 +398,8 @@ async fn main() -> anyhow::Result<()> {
         alerts += n;
     }
     let elapsed = began.elapsed();
+    let service_cpu = cpu_seconds(&service.pid.to_string()) - service_cpu0;
+    let own_cpu = cpu_seconds("self") - own_cpu0;
     latencies.sort_unstable();
     let peak_rss = proc_kib(service.pid, "VmHWM:");
     let stored: Value = client
@@ -412,10 +440,28 @@ async fn main() -> anyhow::Result<()> {
         percentile(&latencies, 0.50).as_secs_f64() * 1e3
     );
     println!(
+        "latency p90         {:.2} ms",
+        percentile(&latencies, 0.90).as_secs_f64() * 1e3
+    );
+    println!(
         "latency p99         {:.2} ms",
         percentile(&latencies, 0.99).as_secs_f64() * 1e3
     );
+    println!(
+        "latency p99.9 / max {:.2} / {:.2} ms",
+        percentile(&latencies, 0.999).as_secs_f64() * 1e3,
+        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3
+    );
     println!("stored events       {}", stored["events"]);
+    println!(
+        "service CPU         {:.2} cores ({:.1} µs per alert)",
+        service_cpu / elapsed.as_secs_f64(),
+        service_cpu * 1e6 / alerts.max(1) as f64
+    );
+    println!(
+        "generator CPU       {:.2} cores",
+        own_cpu / elapsed.as_secs_f64()
+    );
     println!("ready (fresh db)    {} ms", fresh_ready.as_millis());
     println!("ready (existing db) {} ms", ready.as_millis());
     println!("idle RSS            {:.1} MiB", idle_rss as f64 / 1024.0);

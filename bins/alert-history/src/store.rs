@@ -22,9 +22,8 @@ use crate::config::Backend;
 use crate::error::Error;
 use crate::model::{NewEvent, Status};
 
-/// Most rows per multi-row `INSERT` (15 parameters each, well under both
-/// databases' parameter limits).
-const INSERT_CHUNK: usize = 500;
+mod write;
+use write::Delivery;
 
 /// The migrations for SQLite (`migrations/sqlite`).
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -40,7 +39,12 @@ enum Pools {
         read: SqlitePool,
         jobs: mpsc::Sender<WriteJob>,
     },
-    Postgres(PgPool),
+    /// The pool, and the queue of the group-commit dispatcher
+    /// ([`postgres_writer`]).
+    Postgres {
+        pool: PgPool,
+        jobs: mpsc::Sender<WriteJob>,
+    },
 }
 
 /// Runs `$body` with `$pool` bound to the pool for reads.
@@ -48,7 +52,7 @@ macro_rules! on_read {
     ($self:expr, |$pool:ident| $body:expr) => {
         match &$self.pools {
             Pools::Sqlite { read: $pool, .. } => $body,
-            Pools::Postgres($pool) => $body,
+            Pools::Postgres { pool: $pool, .. } => $body,
         }
     };
 }
@@ -58,7 +62,7 @@ macro_rules! on_write {
     ($self:expr, |$pool:ident| $body:expr) => {
         match &$self.pools {
             Pools::Sqlite { write: $pool, .. } => $body,
-            Pools::Postgres($pool) => $body,
+            Pools::Postgres { pool: $pool, .. } => $body,
         }
     };
 }
@@ -68,7 +72,6 @@ macro_rules! on_write {
 enum Param {
     I64(i64),
     Text(String),
-    OptText(Option<String>),
     Json(Value),
 }
 
@@ -79,36 +82,10 @@ macro_rules! bind_all {
             query = match param {
                 Param::I64(v) => query.bind(*v),
                 Param::Text(v) => query.bind(v.as_str()),
-                Param::OptText(v) => query.bind(v.as_deref()),
                 Param::Json(v) => query.bind(Json(v)),
             };
         }
         query
-    }};
-}
-
-/// Writes one delivery's events and state rows inside the open transaction
-/// `$tx`; evaluates to the number of new events.
-macro_rules! write_delivery {
-    ($tx:expr, $unique:expr, $latest:expr, $now_ms:expr) => {{
-        let mut saved = 0u64;
-        for chunk in $unique.chunks(INSERT_CHUNK) {
-            let (sql, params) = insert_events_sql(chunk, $now_ms);
-            let rows: Vec<(i64,)> = bind_all!(sqlx::query_as(&sql), params)
-                .fetch_all(&mut *$tx)
-                .await?;
-            saved += rows
-                .iter()
-                .filter(|(occurrences,)| *occurrences == 1)
-                .count() as u64;
-        }
-        for chunk in $latest.chunks(INSERT_CHUNK) {
-            let (sql, params) = upsert_state_sql(chunk, $now_ms);
-            bind_all!(sqlx::query(&sql), params)
-                .execute(&mut *$tx)
-                .await?;
-        }
-        saved
     }};
 }
 
@@ -118,8 +95,7 @@ pub const GROUP_COMMIT_MAX: usize = 64;
 /// A delivery waiting for the SQLite writer.
 #[derive(Debug)]
 struct WriteJob {
-    events: Vec<NewEvent>,
-    now_ms: i64,
+    delivery: Delivery,
     reply: oneshot::Sender<Result<u64, sqlx::Error>>,
 }
 
@@ -127,26 +103,65 @@ fn writer_gone() -> sqlx::Error {
     sqlx::Error::PoolClosed
 }
 
-/// Deduplicates a delivery by event key (PostgreSQL refuses to update one
-/// row twice in a statement) in key order (so concurrent transactions lock
-/// rows in the same order), and picks the newest event per fingerprint for
-/// the state table.
-fn prepare(events: &[NewEvent]) -> (Vec<&NewEvent>, Vec<&NewEvent>) {
-    let mut unique: BTreeMap<_, &NewEvent> = BTreeMap::new();
-    for event in events {
-        unique.insert(event.key(), event);
+/// Group commits in flight at once on PostgreSQL.
+pub const POSTGRES_WRITERS: usize = 8;
+
+/// The PostgreSQL group-commit dispatcher: takes the deliveries waiting now
+/// (up to [`GROUP_COMMIT_MAX`]) and commits them in one transaction on its
+/// own task, up to [`POSTGRES_WRITERS`] transactions at a time; deliveries
+/// that arrive meanwhile form the next group. Fewer, larger transactions
+/// cost the server far less than one per delivery (one WAL flush, one
+/// statement per table and chunk). Rows are locked in key order, so
+/// concurrent groups, and other instances, cannot deadlock. Ends when every
+/// sender is gone.
+async fn postgres_writer(pool: PgPool, mut jobs: mpsc::Receiver<WriteJob>) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(POSTGRES_WRITERS));
+    while let Some(first) = jobs.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < GROUP_COMMIT_MAX {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let result: Result<Vec<u64>, sqlx::Error> = async {
+                let deliveries: Vec<&Delivery> = batch.iter().map(|job| &job.delivery).collect();
+                let mut tx = pool.begin().await?;
+                let saved = write::write_postgres(&mut tx, &deliveries).await?;
+                tx.commit().await?;
+                Ok(saved)
+            }
+            .await;
+            answer(batch, result, "PostgreSQL");
+            drop(slot);
+        });
     }
-    let unique: Vec<&NewEvent> = unique.into_values().collect();
-    let mut latest: BTreeMap<&str, &NewEvent> = BTreeMap::new();
-    for event in &unique {
-        let newer = latest
-            .get(event.fingerprint.as_str())
-            .is_none_or(|cur| (event.starts_at, event.status) > (cur.starts_at, cur.status));
-        if newer {
-            latest.insert(&event.fingerprint, event);
+}
+
+/// Answers every delivery of a group with its own count, or the group's
+/// error.
+fn answer(batch: Vec<WriteJob>, result: Result<Vec<u64>, sqlx::Error>, database: &str) {
+    match result {
+        Ok(saved) => {
+            for (job, n) in batch.into_iter().zip(saved) {
+                let _ = job.reply.send(Ok(n));
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, deliveries = batch.len(), database, "group commit failed");
+            let message = e.to_string();
+            for job in batch {
+                let _ = job
+                    .reply
+                    .send(Err(sqlx::Error::Io(std::io::Error::other(message.clone()))));
+            }
         }
     }
-    (unique, latest.into_values().collect())
 }
 
 /// The SQLite writer: takes the deliveries waiting now, commits them in one
@@ -161,31 +176,43 @@ async fn sqlite_writer(pool: SqlitePool, mut jobs: mpsc::Receiver<WriteJob>) {
             }
         }
         let result: Result<Vec<u64>, sqlx::Error> = async {
+            let deliveries: Vec<&Delivery> = batch.iter().map(|job| &job.delivery).collect();
             let mut tx = pool.begin().await?;
-            let mut saved = Vec::with_capacity(batch.len());
-            for job in &batch {
-                let (unique, latest) = prepare(&job.events);
-                saved.push(write_delivery!(tx, unique, latest, job.now_ms));
-            }
+            let saved = write::write_sqlite(&mut tx, &deliveries).await?;
             tx.commit().await?;
             Ok(saved)
         }
         .await;
-        match result {
-            Ok(saved) => {
-                for (job, n) in batch.into_iter().zip(saved) {
-                    let _ = job.reply.send(Ok(n));
-                }
+        answer(batch, result, "SQLite");
+    }
+}
+
+/// How often the SQLite checkpointer copies the write-ahead log back into
+/// the database file.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Checkpoints the SQLite write-ahead log every [`CHECKPOINT_INTERVAL`]
+/// from a reader connection (`PASSIVE`: it copies what no reader still
+/// needs and never blocks the writer) until the pool closes. The writer has
+/// automatic checkpoints turned off, so a commit never waits for the copy or
+/// its `fsync`.
+async fn sqlite_checkpointer(read: SqlitePool) {
+    let mut tick = tokio::time::interval(CHECKPOINT_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if read.is_closed() {
+            return;
+        }
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&read)
+            .await
+        {
+            if read.is_closed() {
+                return;
             }
-            Err(e) => {
-                tracing::warn!(error = %e, deliveries = batch.len(), "SQLite group commit failed");
-                let message = e.to_string();
-                for job in batch {
-                    let _ = job
-                        .reply
-                        .send(Err(sqlx::Error::Io(std::io::Error::other(message.clone()))));
-                }
-            }
+            tracing::warn!(error = %e, "SQLite checkpoint failed");
         }
     }
 }
@@ -437,7 +464,11 @@ impl Store {
     ///
     /// SQLite runs in WAL mode with `synchronous=NORMAL` (a commit survives
     /// a process crash; an OS crash may lose the last commits, never corrupt
-    /// the file), one writer connection and `max_connections` readers.
+    /// the file), one writer connection (with a 32 MiB page cache) and
+    /// `max_connections` readers. The writer never checkpoints: a background
+    /// task runs a `PASSIVE` checkpoint from a reader connection every
+    /// [`CHECKPOINT_INTERVAL`], so the copy back into the database file and
+    /// its `fsync` never stall a commit.
     ///
     /// # Errors
     /// [`Error::Config`] for an unknown scheme, [`Error::Database`] when the
@@ -456,7 +487,13 @@ impl Store {
                     .max_connections(1)
                     .min_connections(1)
                     .acquire_timeout(Duration::from_secs(30))
-                    .connect_with(options.clone())
+                    .connect_with(
+                        options
+                            .clone()
+                            .pragma("cache_size", "-32768")
+                            .pragma("wal_autocheckpoint", "0")
+                            .pragma("journal_size_limit", "67108864"),
+                    )
                     .await?;
                 SQLITE_MIGRATOR.run(&write).await?;
                 let read = SqlitePoolOptions::new()
@@ -466,6 +503,7 @@ impl Store {
                     .await?;
                 let (jobs, queue) = mpsc::channel(1024);
                 tokio::spawn(sqlite_writer(write.clone(), queue));
+                tokio::spawn(sqlite_checkpointer(read.clone()));
                 Pools::Sqlite { write, read, jobs }
             }
             Backend::Postgres => {
@@ -477,7 +515,9 @@ impl Store {
                     .connect_with(options)
                     .await?;
                 POSTGRES_MIGRATOR.run(&pool).await?;
-                Pools::Postgres(pool)
+                let (jobs, queue) = mpsc::channel(1024);
+                tokio::spawn(postgres_writer(pool.clone(), queue));
+                Pools::Postgres { pool, jobs }
             }
         };
         Ok(Store { pools })
@@ -487,7 +527,7 @@ impl Store {
     pub fn backend(&self) -> Backend {
         match self.pools {
             Pools::Sqlite { .. } => Backend::Sqlite,
-            Pools::Postgres(_) => Backend::Postgres,
+            Pools::Postgres { .. } => Backend::Postgres,
         }
     }
 
@@ -506,7 +546,7 @@ impl Store {
                 read.close().await;
                 write.close().await;
             }
-            Pools::Postgres(pool) => pool.close().await,
+            Pools::Postgres { pool, .. } => pool.close().await,
         }
     }
 
@@ -532,12 +572,20 @@ impl Store {
     /// take row locks in the same order and cannot deadlock each other; the
     /// unique index makes concurrent inserts of one event race-safe.
     ///
-    /// Cost: two multi-row statements per 500 distinct events, one commit.
+    /// The delivery is encoded on the caller's task (JSON columns serialized
+    /// once, repeats within it folded); rows are then written with one
+    /// multi-row upsert per table and power-of-two chunk of at most 256 rows
+    /// (so every statement stays prepared), and one commit.
+    ///
     /// On SQLite (one writer at a time) deliveries are handed to a single
     /// writer task that commits the deliveries waiting at that moment (up to
-    /// [`GROUP_COMMIT_MAX`]) in one transaction, each with its own
-    /// statements and `saved` count; every caller is answered only after
-    /// that commit, and if it fails every delivery in it gets the error.
+    /// [`GROUP_COMMIT_MAX`]) in one transaction. Their rows are merged first,
+    /// exactly as if written one after the other (an event carried by two
+    /// deliveries gains two occurrences and counts as saved for the first;
+    /// state rows still only move forward), so a group costs the statements
+    /// of one large delivery. Every caller is answered only after that
+    /// commit, with its own `saved` count, and if the commit fails every
+    /// delivery in it gets the error.
     ///
     /// # Errors
     /// The database error (the transaction is rolled back).
@@ -554,18 +602,10 @@ impl Store {
             });
         }
         let saved = match &self.pools {
-            Pools::Postgres(pool) => {
-                let (unique, latest) = prepare(events);
-                let mut tx = pool.begin().await?;
-                let saved = write_delivery!(tx, unique, latest, now_ms);
-                tx.commit().await?;
-                saved
-            }
-            Pools::Sqlite { jobs, .. } => {
+            Pools::Sqlite { jobs, .. } | Pools::Postgres { jobs, .. } => {
                 let (reply, answer) = oneshot::channel();
                 let job = WriteJob {
-                    events: events.to_vec(),
-                    now_ms,
+                    delivery: Delivery::encode(events, now_ms),
                     reply,
                 };
                 jobs.send(job).await.map_err(|_| writer_gone())?;
@@ -830,7 +870,7 @@ impl Store {
     }
 
     /// Deletes at most `batch` events whose last delivery is before
-    /// `cutoff_ms` (oldest ids first), in its own short transaction, and
+    /// `cutoff_ms` (oldest event times first), in its own short transaction, and
     /// returns how many went. Call it repeatedly until it returns less than
     /// `batch`, so a large purge never holds the write lock for long.
     /// Resolved current-state rows older than the cutoff go too.
@@ -838,8 +878,13 @@ impl Store {
     /// # Errors
     /// The database error.
     pub async fn delete_batch(&self, cutoff_ms: i64, batch: u32) -> Result<u64, sqlx::Error> {
+        // Walks the (event_at, id) index: an event last delivered before
+        // the cutoff happened before it too (event time <= delivery time), so
+        // no separate index on last_seen is kept up to date on every
+        // redelivery. An event still redelivered stays, however old.
         let sql = "DELETE FROM alert_events WHERE id IN \
-                   (SELECT id FROM alert_events WHERE last_seen < $1 ORDER BY id LIMIT $2)";
+                   (SELECT id FROM alert_events WHERE event_at < $1 AND last_seen < $1 \
+                    ORDER BY event_at, id LIMIT $2)";
         let state_sql = "DELETE FROM alert_state WHERE fingerprint IN \
                    (SELECT fingerprint FROM alert_state WHERE status = 'resolved' AND updated_at < $1 \
                     ORDER BY fingerprint LIMIT $2)";
@@ -862,96 +907,3 @@ impl Store {
 
 const STATE_COLUMNS: &str = "fingerprint, alertname, namespace, severity, status, starts_at, ends_at, \
     labels, annotations, updated_at";
-
-fn insert_events_sql(events: &[&NewEvent], now_ms: i64) -> (String, Vec<Param>) {
-    let mut sql = String::from(
-        "INSERT INTO alert_events (fingerprint, alertname, namespace, severity, status, starts_at, \
-         ends_at, event_at, labels, annotations, generator_url, raw, received_at, last_seen, occurrences) VALUES ",
-    );
-    let mut params = Vec::with_capacity(events.len() * 14);
-    for (i, e) in events.iter().enumerate() {
-        if i > 0 {
-            sql.push(',');
-        }
-        let base = params.len();
-        sql.push('(');
-        for j in 1..=14 {
-            sql.push_str(&format!("${},", base + j));
-        }
-        sql.push_str("1)");
-        params.extend([
-            Param::Text(e.fingerprint.clone()),
-            Param::Text(e.alertname.clone()),
-            Param::OptText(e.namespace.clone()),
-            Param::OptText(e.severity.clone()),
-            Param::Text(e.status.as_str().to_owned()),
-            Param::I64(e.starts_at),
-            Param::I64(e.ends_at),
-            Param::I64(e.event_at()),
-            Param::Json(labels_json(&e.labels)),
-            Param::Json(Value::Object(e.annotations.clone())),
-            Param::OptText(e.generator_url.clone()),
-            Param::Json(e.raw.clone()),
-            Param::I64(now_ms),
-            Param::I64(now_ms),
-        ]);
-    }
-    sql.push_str(
-        " ON CONFLICT (fingerprint, status, starts_at, ends_at) DO UPDATE SET \
-         last_seen = CASE WHEN excluded.last_seen > alert_events.last_seen \
-             THEN excluded.last_seen ELSE alert_events.last_seen END, \
-         occurrences = alert_events.occurrences + 1, \
-         annotations = excluded.annotations, raw = excluded.raw \
-         RETURNING occurrences",
-    );
-    (sql, params)
-}
-
-fn upsert_state_sql(events: &[&NewEvent], now_ms: i64) -> (String, Vec<Param>) {
-    let mut sql = String::from(
-        "INSERT INTO alert_state (fingerprint, alertname, namespace, severity, status, starts_at, \
-         ends_at, labels, annotations, updated_at) VALUES ",
-    );
-    let mut params = Vec::with_capacity(events.len() * 10);
-    for (i, e) in events.iter().enumerate() {
-        if i > 0 {
-            sql.push(',');
-        }
-        let base = params.len();
-        let placeholders: Vec<String> = (1..=10).map(|j| format!("${}", base + j)).collect();
-        sql.push_str(&format!("({})", placeholders.join(",")));
-        params.extend([
-            Param::Text(e.fingerprint.clone()),
-            Param::Text(e.alertname.clone()),
-            Param::OptText(e.namespace.clone()),
-            Param::OptText(e.severity.clone()),
-            Param::Text(e.status.as_str().to_owned()),
-            Param::I64(e.starts_at),
-            Param::I64(e.ends_at),
-            Param::Json(labels_json(&e.labels)),
-            Param::Json(Value::Object(e.annotations.clone())),
-            Param::I64(now_ms),
-        ]);
-    }
-    // Move forward only: a newer startsAt wins; at the same startsAt a
-    // resolution wins over firing, and firing never undoes a resolution.
-    sql.push_str(
-        " ON CONFLICT (fingerprint) DO UPDATE SET alertname = excluded.alertname, \
-         namespace = excluded.namespace, severity = excluded.severity, status = excluded.status, \
-         starts_at = excluded.starts_at, ends_at = excluded.ends_at, labels = excluded.labels, \
-         annotations = excluded.annotations, updated_at = excluded.updated_at \
-         WHERE excluded.starts_at > alert_state.starts_at \
-            OR (excluded.starts_at = alert_state.starts_at \
-                AND (excluded.status = 'resolved' OR alert_state.status = 'firing'))",
-    );
-    (sql, params)
-}
-
-fn labels_json(labels: &BTreeMap<String, String>) -> Value {
-    Value::Object(
-        labels
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-            .collect(),
-    )
-}

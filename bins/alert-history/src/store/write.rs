@@ -1,0 +1,639 @@
+//! The write path of ingest: encoding a delivery, merging the deliveries of
+//! one SQLite group commit, and the multi-row upserts both databases run.
+//!
+//! A delivery is encoded on the caller's task ([`Delivery::encode`]: JSON
+//! columns serialized once, duplicates within the delivery folded), so the
+//! single SQLite writer only binds and executes. Rows are written in chunks
+//! whose sizes are powers of two (at most [`MAX_CHUNK`]), so each table has
+//! at most nine distinct statements and every one stays in sqlx's
+//! per-connection statement cache instead of being parsed again.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::sync::OnceLock;
+
+use sqlx::{Postgres, Sqlite, Transaction};
+
+use crate::config::Backend;
+use crate::model::{NewEvent, Status};
+
+/// The largest number of rows in one statement (15 parameters each: 3,840
+/// parameters, under both databases' limits).
+pub(super) const MAX_CHUNK: usize = 256;
+
+/// Power-of-two chunk sizes from 1 to [`MAX_CHUNK`].
+const SIZES: usize = MAX_CHUNK.trailing_zeros() as usize + 1;
+
+/// One alert event, ready to bind: JSON columns already serialized.
+#[derive(Debug)]
+pub(super) struct Encoded {
+    fingerprint: String,
+    alertname: String,
+    namespace: Option<String>,
+    severity: Option<String>,
+    status: Status,
+    starts_at: i64,
+    ends_at: i64,
+    labels: String,
+    annotations: String,
+    generator_url: Option<String>,
+    raw: String,
+}
+
+impl Encoded {
+    fn new(event: &NewEvent) -> Encoded {
+        Encoded {
+            fingerprint: event.fingerprint.clone(),
+            alertname: event.alertname.clone(),
+            namespace: event.namespace.clone(),
+            severity: event.severity.clone(),
+            status: event.status,
+            starts_at: event.starts_at,
+            ends_at: event.ends_at,
+            labels: json_text(&event.labels),
+            annotations: json_text(&event.annotations),
+            generator_url: event.generator_url.clone(),
+            raw: json_text(&event.raw),
+        }
+    }
+
+    fn key(&self) -> (&str, Status, i64, i64) {
+        (&self.fingerprint, self.status, self.starts_at, self.ends_at)
+    }
+
+    fn event_at(&self) -> i64 {
+        match self.status {
+            Status::Firing => self.starts_at,
+            Status::Resolved => self.ends_at,
+        }
+    }
+
+    /// The order of states of one fingerprint: a later `startsAt` is newer;
+    /// at the same `startsAt`, resolved is newer than firing.
+    fn state_order(&self) -> (i64, Status) {
+        (self.starts_at, self.status)
+    }
+}
+
+fn json_text<T: serde::Serialize + ?Sized>(value: &T) -> String {
+    // Maps of strings and `serde_json::Value`s always serialize.
+    serde_json::to_string(value).unwrap_or_else(|_| "{}".to_owned())
+}
+
+/// One delivery, encoded: its distinct events in key order, and for each
+/// fingerprint the index of its newest event (the state-table row).
+#[derive(Debug)]
+pub(super) struct Delivery {
+    events: Vec<Encoded>,
+    latest: Vec<usize>,
+    now_ms: i64,
+}
+
+impl Delivery {
+    /// Folds repeated events (PostgreSQL refuses to update one row twice in
+    /// a statement; the last copy wins, as if delivered one after the
+    /// other) in key order (so concurrent PostgreSQL transactions lock rows
+    /// in the same order and cannot deadlock), and picks each fingerprint's
+    /// newest event for the state table.
+    pub(super) fn encode(events: &[NewEvent], now_ms: i64) -> Delivery {
+        let mut unique: std::collections::BTreeMap<_, &NewEvent> = Default::default();
+        for event in events {
+            unique.insert(event.key(), event);
+        }
+        let events: Vec<Encoded> = unique.into_values().map(Encoded::new).collect();
+        let mut newest: HashMap<&str, usize> = HashMap::with_capacity(events.len());
+        for (i, event) in events.iter().enumerate() {
+            match newest.entry(&event.fingerprint) {
+                Entry::Vacant(v) => {
+                    v.insert(i);
+                }
+                Entry::Occupied(mut o) => {
+                    if event.state_order() > events[*o.get()].state_order() {
+                        o.insert(i);
+                    }
+                }
+            }
+        }
+        let mut latest: Vec<usize> = newest.into_values().collect();
+        latest.sort_unstable();
+        Delivery {
+            events,
+            latest,
+            now_ms,
+        }
+    }
+}
+
+/// An `alert_events` row of one statement: the event as first delivered,
+/// annotations and raw JSON as last delivered, and how many deliveries
+/// carried it.
+#[derive(Debug, Clone, Copy)]
+struct EventWrite<'a> {
+    first: &'a Encoded,
+    last: &'a Encoded,
+    received_at: i64,
+    last_seen: i64,
+    occurrences: i64,
+    /// The delivery (index in the group) that saved it if it is new.
+    delivery: usize,
+}
+
+/// An `alert_state` row of one statement.
+#[derive(Debug, Clone, Copy)]
+struct StateWrite<'a> {
+    event: &'a Encoded,
+    updated_at: i64,
+}
+
+/// The rows that a group of deliveries writes, as if the deliveries were
+/// written one after the other in order.
+#[derive(Debug)]
+struct Merged<'a> {
+    events: Vec<EventWrite<'a>>,
+    states: Vec<StateWrite<'a>>,
+}
+
+fn merge<'a>(deliveries: &[&'a Delivery]) -> Merged<'a> {
+    let capacity = deliveries.iter().map(|d| d.events.len()).sum();
+    let mut index: HashMap<(&str, Status, i64, i64), usize> = HashMap::with_capacity(capacity);
+    let mut events: Vec<EventWrite<'_>> = Vec::with_capacity(capacity);
+    let mut state_index: HashMap<&str, usize> = HashMap::with_capacity(capacity);
+    let mut states: Vec<StateWrite<'_>> = Vec::with_capacity(capacity);
+    for (d, delivery) in deliveries.iter().enumerate() {
+        for event in &delivery.events {
+            match index.entry(event.key()) {
+                Entry::Vacant(v) => {
+                    v.insert(events.len());
+                    events.push(EventWrite {
+                        first: event,
+                        last: event,
+                        received_at: delivery.now_ms,
+                        last_seen: delivery.now_ms,
+                        occurrences: 1,
+                        delivery: d,
+                    });
+                }
+                Entry::Occupied(o) => {
+                    let w = &mut events[*o.get()];
+                    w.last = event;
+                    w.last_seen = w.last_seen.max(delivery.now_ms);
+                    w.occurrences += 1;
+                }
+            }
+        }
+        for &i in &delivery.latest {
+            let event = &delivery.events[i];
+            let write = StateWrite {
+                event,
+                updated_at: delivery.now_ms,
+            };
+            match state_index.entry(&event.fingerprint) {
+                Entry::Vacant(v) => {
+                    v.insert(states.len());
+                    states.push(write);
+                }
+                Entry::Occupied(o) => {
+                    // A later delivery's state replaces an earlier one unless
+                    // it is older (the statement's WHERE, applied in order).
+                    let cur = &mut states[*o.get()];
+                    if event.state_order() >= cur.event.state_order() {
+                        *cur = write;
+                    }
+                }
+            }
+        }
+    }
+    Merged { events, states }
+}
+
+/// Chunk sizes for `n` rows: at most [`MAX_CHUNK`] each.
+///
+/// SQLite (one writer, statements run on sqlx's worker thread, cheap round
+/// trips) gets powers of two, largest first, so a few cached statements
+/// cover every size. PostgreSQL (a network round trip per statement, many
+/// connections) gets as few statements as possible: the exact size, which
+/// its per-connection statement cache keeps for the common delivery sizes.
+fn chunks(backend: Backend, mut n: usize) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        if n == 0 {
+            return None;
+        }
+        let size = if n >= MAX_CHUNK {
+            MAX_CHUNK
+        } else {
+            match backend {
+                Backend::Sqlite => 1 << (usize::BITS - 1 - n.leading_zeros()),
+                Backend::Postgres => n,
+            }
+        };
+        n -= size;
+        Some(size)
+    })
+}
+
+const EVENT_PARAMS: usize = 15;
+const STATE_PARAMS: usize = 10;
+
+/// The `VALUES` tuples for `rows` rows of `params` parameters each.
+///
+/// PostgreSQL gets `$1, $2, ...` with a `::jsonb` cast at the `json`
+/// positions (0-based). SQLite gets anonymous `?`: sqlx looks up each named
+/// parameter's name, which SQLite finds by a linear scan, so `$N` names cost
+/// O(n²) in a statement of thousands of parameters.
+fn values(backend: Backend, rows: usize, params: usize, json: &[usize]) -> String {
+    let mut sql = String::with_capacity(rows * params * 8);
+    for r in 0..rows {
+        if r > 0 {
+            sql.push(',');
+        }
+        sql.push('(');
+        for p in 0..params {
+            if p > 0 {
+                sql.push(',');
+            }
+            match backend {
+                Backend::Sqlite => sql.push('?'),
+                Backend::Postgres => {
+                    sql.push('$');
+                    sql.push_str(&(r * params + p + 1).to_string());
+                    if json.contains(&p) {
+                        sql.push_str("::jsonb");
+                    }
+                }
+            }
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+fn build_event_sql(backend: Backend, rows: usize) -> String {
+    format!(
+        "INSERT INTO alert_events (fingerprint, alertname, namespace, severity, status, \
+         starts_at, ends_at, event_at, labels, annotations, generator_url, raw, \
+         received_at, last_seen, occurrences) VALUES {} \
+         ON CONFLICT (fingerprint, status, starts_at, ends_at) DO UPDATE SET \
+         last_seen = CASE WHEN excluded.last_seen > alert_events.last_seen \
+             THEN excluded.last_seen ELSE alert_events.last_seen END, \
+         occurrences = alert_events.occurrences + excluded.occurrences, \
+         annotations = excluded.annotations, raw = excluded.raw{}",
+        values(backend, rows, EVENT_PARAMS, &[8, 9, 11]),
+        match backend {
+            // SQLite finds its new rows after the statements (see
+            // `write_sqlite`): one row back, not one per event.
+            Backend::Sqlite => "",
+            Backend::Postgres => " RETURNING fingerprint, status, starts_at, ends_at, occurrences",
+        }
+    )
+}
+
+fn build_state_sql(backend: Backend, rows: usize) -> String {
+    // Move forward only: a newer startsAt wins; at the same startsAt a
+    // resolution wins over firing, and firing never undoes a resolution.
+    format!(
+        "INSERT INTO alert_state (fingerprint, alertname, namespace, severity, status, \
+         starts_at, ends_at, labels, annotations, updated_at) VALUES {} \
+         ON CONFLICT (fingerprint) DO UPDATE SET alertname = excluded.alertname, \
+         namespace = excluded.namespace, severity = excluded.severity, \
+         status = excluded.status, starts_at = excluded.starts_at, \
+         ends_at = excluded.ends_at, labels = excluded.labels, \
+         annotations = excluded.annotations, updated_at = excluded.updated_at \
+         WHERE excluded.starts_at > alert_state.starts_at \
+            OR (excluded.starts_at = alert_state.starts_at \
+                AND (excluded.status = 'resolved' OR alert_state.status = 'firing'))",
+        values(backend, rows, STATE_PARAMS, &[7, 8])
+    )
+}
+
+/// The SQLite statements for power-of-two row counts, built once.
+fn sqlite_sql(
+    cache: &'static OnceLock<Vec<String>>,
+    build: fn(Backend, usize) -> String,
+    rows: usize,
+) -> &'static str {
+    debug_assert!(rows.is_power_of_two() && rows <= MAX_CHUNK);
+    let all = cache.get_or_init(|| (0..SIZES).map(|i| build(Backend::Sqlite, 1 << i)).collect());
+    &all[rows.trailing_zeros() as usize]
+}
+
+fn sqlite_event_sql(rows: usize) -> &'static str {
+    static SQL: OnceLock<Vec<String>> = OnceLock::new();
+    sqlite_sql(&SQL, build_event_sql, rows)
+}
+
+fn sqlite_state_sql(rows: usize) -> &'static str {
+    static SQL: OnceLock<Vec<String>> = OnceLock::new();
+    sqlite_sql(&SQL, build_state_sql, rows)
+}
+
+/// Binds the `alert_events` parameters of `rows`.
+macro_rules! bind_events {
+    ($query:expr, $rows:expr) => {{
+        let mut query = $query;
+        for w in $rows {
+            let (e, last) = (w.first, w.last);
+            query = query
+                .bind(e.fingerprint.as_str())
+                .bind(e.alertname.as_str())
+                .bind(e.namespace.as_deref())
+                .bind(e.severity.as_deref())
+                .bind(e.status.as_str())
+                .bind(e.starts_at)
+                .bind(e.ends_at)
+                .bind(e.event_at())
+                .bind(e.labels.as_str())
+                .bind(last.annotations.as_str())
+                .bind(e.generator_url.as_deref())
+                .bind(last.raw.as_str())
+                .bind(w.received_at)
+                .bind(w.last_seen)
+                .bind(w.occurrences);
+        }
+        query
+    }};
+}
+
+/// Binds the `alert_state` parameters of `rows`.
+macro_rules! bind_states {
+    ($query:expr, $rows:expr) => {{
+        let mut query = $query;
+        for w in $rows {
+            let e = w.event;
+            query = query
+                .bind(e.fingerprint.as_str())
+                .bind(e.alertname.as_str())
+                .bind(e.namespace.as_deref())
+                .bind(e.severity.as_deref())
+                .bind(e.status.as_str())
+                .bind(e.starts_at)
+                .bind(e.ends_at)
+                .bind(e.labels.as_str())
+                .bind(e.annotations.as_str())
+                .bind(w.updated_at);
+        }
+        query
+    }};
+}
+
+/// Writes the deliveries of one SQLite group commit in the open
+/// transaction, as if one after the other; returns each one's new events.
+///
+/// The upserts return nothing: sqlx hands each returned row from its
+/// SQLite thread to the async side one at a time, which cost more than the
+/// upsert itself. The transaction is the database's only writer and ids
+/// only grow (`AUTOINCREMENT`), so the new events are exactly those with an
+/// id above the largest before the statements; one query returns their keys
+/// as a single JSON array.
+pub(super) async fn write_sqlite(
+    tx: &mut Transaction<'_, Sqlite>,
+    deliveries: &[&Delivery],
+) -> Result<Vec<u64>, sqlx::Error> {
+    let merged = merge(deliveries);
+    let (before,): (i64,) = sqlx::query_as("SELECT coalesce(max(id), 0) FROM alert_events")
+        .fetch_one(&mut **tx)
+        .await?;
+    let mut at = 0;
+    for size in chunks(Backend::Sqlite, merged.events.len()) {
+        let rows = &merged.events[at..at + size];
+        at += size;
+        bind_events!(sqlx::query(sqlite_event_sql(size)), rows)
+            .execute(&mut **tx)
+            .await?;
+    }
+    let (new,): (String,) = sqlx::query_as(
+        "SELECT coalesce(json_group_array(json_array(fingerprint, status, starts_at, ends_at)), \
+         '[]') FROM alert_events WHERE id > $1",
+    )
+    .bind(before)
+    .fetch_one(&mut **tx)
+    .await?;
+    let new: Vec<(String, String, i64, i64)> = serde_json::from_str(&new)
+        .map_err(|e| sqlx::Error::Decode(format!("new event keys: {e}").into()))?;
+    let index: HashMap<(&str, &str, i64, i64), usize> = merged
+        .events
+        .iter()
+        .map(|w| {
+            let e = w.first;
+            (
+                (
+                    e.fingerprint.as_str(),
+                    e.status.as_str(),
+                    e.starts_at,
+                    e.ends_at,
+                ),
+                w.delivery,
+            )
+        })
+        .collect();
+    let mut saved = vec![0u64; deliveries.len()];
+    for (fingerprint, status, starts_at, ends_at) in &new {
+        if let Some(&d) = index.get(&(fingerprint.as_str(), status.as_str(), *starts_at, *ends_at))
+        {
+            saved[d] += 1;
+        }
+    }
+    let mut at = 0;
+    for size in chunks(Backend::Sqlite, merged.states.len()) {
+        let rows = &merged.states[at..at + size];
+        at += size;
+        bind_states!(sqlx::query(sqlite_state_sql(size)), rows)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(saved)
+}
+
+/// Writes the deliveries of one PostgreSQL group commit in the open
+/// transaction, as if one after the other; returns each one's new events
+/// (rows whose occurrences are exactly the ones just written).
+///
+/// Rows go in key order (events by identity, states by fingerprint), so
+/// concurrent transactions lock them in the same order and cannot
+/// deadlock.
+pub(super) async fn write_postgres(
+    tx: &mut Transaction<'_, Postgres>,
+    deliveries: &[&Delivery],
+) -> Result<Vec<u64>, sqlx::Error> {
+    let mut merged = merge(deliveries);
+    merged
+        .events
+        .sort_unstable_by(|a, b| a.first.key().cmp(&b.first.key()));
+    merged
+        .states
+        .sort_unstable_by(|a, b| a.event.fingerprint.cmp(&b.event.fingerprint));
+    let mut saved = vec![0u64; deliveries.len()];
+    let mut at = 0;
+    for size in chunks(Backend::Postgres, merged.events.len()) {
+        let rows = &merged.events[at..at + size];
+        at += size;
+        let sql = build_event_sql(Backend::Postgres, size);
+        let returned: Vec<(String, String, i64, i64, i64)> =
+            bind_events!(sqlx::query_as(&sql), rows)
+                .fetch_all(&mut **tx)
+                .await?;
+        // RETURNING order is unspecified: match rows by key.
+        let by_key: HashMap<(&str, &str, i64, i64), i64> = returned
+            .iter()
+            .map(|(f, s, start, end, n)| ((f.as_str(), s.as_str(), *start, *end), *n))
+            .collect();
+        for w in rows {
+            let e = w.first;
+            let key = (
+                e.fingerprint.as_str(),
+                e.status.as_str(),
+                e.starts_at,
+                e.ends_at,
+            );
+            if by_key.get(&key) == Some(&w.occurrences) {
+                saved[w.delivery] += 1;
+            }
+        }
+    }
+    let mut at = 0;
+    for size in chunks(Backend::Postgres, merged.states.len()) {
+        let rows = &merged.states[at..at + size];
+        at += size;
+        let sql = build_state_sql(Backend::Postgres, size);
+        bind_states!(sqlx::query(&sql), rows)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(saved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::parse_webhook;
+
+    #[test]
+    fn chunks_are_powers_of_two_that_sum_to_n() {
+        for n in 0..2000 {
+            let sizes: Vec<usize> = chunks(Backend::Sqlite, n).collect();
+            assert_eq!(sizes.iter().sum::<usize>(), n);
+            assert!(sizes.iter().all(|s| s.is_power_of_two() && *s <= MAX_CHUNK));
+            assert!(sizes.windows(2).all(|w| w[0] >= w[1]), "{sizes:?}");
+        }
+        assert_eq!(
+            chunks(Backend::Sqlite, 100).collect::<Vec<_>>(),
+            [64, 32, 4]
+        );
+        assert_eq!(chunks(Backend::Postgres, 100).collect::<Vec<_>>(), [100]);
+        assert_eq!(
+            chunks(Backend::Postgres, 600).collect::<Vec<_>>(),
+            [256, 256, 88]
+        );
+    }
+
+    #[test]
+    fn statements_have_the_right_parameter_count() {
+        for size in [1, 2, 64, MAX_CHUNK] {
+            let sql = build_event_sql(Backend::Postgres, size);
+            assert!(sql.contains(&format!("${})", size * EVENT_PARAMS)));
+            assert!(!sql.contains(&format!("${}", size * EVENT_PARAMS + 1)));
+            let sql = build_state_sql(Backend::Postgres, size);
+            assert!(sql.contains(&format!("${})", size * STATE_PARAMS)));
+            assert!(!sql.contains(&format!("${}", size * STATE_PARAMS + 1)));
+            let sql = sqlite_event_sql(size);
+            assert_eq!(sql.matches('?').count(), size * EVENT_PARAMS);
+            assert!(!sql.contains('$'));
+            let sql = sqlite_state_sql(size);
+            assert_eq!(sql.matches('?').count(), size * STATE_PARAMS);
+        }
+        assert!(
+            build_event_sql(Backend::Postgres, 1)
+                .contains("$9::jsonb,$10::jsonb,$11,$12::jsonb,$13,$14,$15)")
+        );
+        assert!(build_state_sql(Backend::Postgres, 1).contains("$8::jsonb,$9::jsonb,$10)"));
+    }
+
+    fn alert(fingerprint: &str, status: &str, starts: &str, ends: &str, summary: &str) -> String {
+        format!(
+            r#"{{"status":"{status}","labels":{{"alertname":"A"}},"annotations":{{"summary":"{summary}"}},"startsAt":"{starts}","endsAt":"{ends}","fingerprint":"{fingerprint}"}}"#
+        )
+    }
+
+    fn delivery(alerts: &[String], now_ms: i64) -> Delivery {
+        let body = format!(r#"{{"alerts":[{}]}}"#, alerts.join(","));
+        Delivery::encode(&parse_webhook(body.as_bytes()).unwrap(), now_ms)
+    }
+
+    const T0: &str = "2026-01-01T00:00:00Z";
+    const T1: &str = "2026-01-01T01:00:00Z";
+    const ZERO: &str = "0001-01-01T00:00:00Z";
+
+    #[test]
+    fn a_delivery_folds_repeats_and_keeps_the_newest_state() {
+        let d = delivery(
+            &[
+                alert("f1", "firing", T0, ZERO, "old"),
+                alert("f1", "firing", T0, ZERO, "new"),
+                alert("f1", "resolved", T0, T1, "done"),
+                alert("f2", "firing", T0, ZERO, "x"),
+            ],
+            5,
+        );
+        assert_eq!(d.events.len(), 3);
+        let latest: Vec<_> = d
+            .latest
+            .iter()
+            .map(|&i| (d.events[i].fingerprint.as_str(), d.events[i].status))
+            .collect();
+        assert_eq!(latest, [("f1", Status::Resolved), ("f2", Status::Firing)]);
+        assert!(d.events[0].annotations.contains("new"), "last copy wins");
+    }
+
+    #[test]
+    fn merging_deliveries_counts_occurrences_and_keeps_first_and_last() {
+        let a = delivery(&[alert("f1", "firing", T0, ZERO, "one")], 10);
+        let b = delivery(
+            &[
+                alert("f1", "firing", T0, ZERO, "two"),
+                alert("f2", "firing", T1, ZERO, "x"),
+            ],
+            20,
+        );
+        let c = delivery(&[alert("f1", "resolved", T0, T1, "three")], 30);
+        let m = merge(&[&a, &b, &c]);
+        assert_eq!(m.events.len(), 3);
+        let f1 = m
+            .events
+            .iter()
+            .find(|w| w.first.fingerprint == "f1" && w.first.status == Status::Firing)
+            .unwrap();
+        assert_eq!((f1.occurrences, f1.received_at, f1.last_seen), (2, 10, 20));
+        assert_eq!(f1.delivery, 0);
+        assert!(f1.first.annotations.contains("one"));
+        assert!(f1.last.annotations.contains("two"));
+        let f2 = m
+            .events
+            .iter()
+            .find(|w| w.first.fingerprint == "f2")
+            .unwrap();
+        assert_eq!((f2.delivery, f2.occurrences), (1, 1));
+        // f1's state: the resolution of the third delivery.
+        let s1 = m
+            .states
+            .iter()
+            .find(|s| s.event.fingerprint == "f1")
+            .unwrap();
+        assert_eq!((s1.event.status, s1.updated_at), (Status::Resolved, 30));
+    }
+
+    #[test]
+    fn an_older_state_in_a_later_delivery_does_not_win() {
+        let a = delivery(&[alert("f1", "firing", T1, ZERO, "new")], 10);
+        let b = delivery(&[alert("f1", "firing", T0, ZERO, "old")], 20);
+        let m = merge(&[&a, &b]);
+        assert_eq!(m.states.len(), 1);
+        assert_eq!(m.states[0].event.starts_at, a.events[0].starts_at);
+        // Same state again later: it replaces (updated_at moves forward).
+        let c = delivery(&[alert("f1", "firing", T1, ZERO, "again")], 30);
+        let m = merge(&[&a, &c]);
+        assert_eq!(m.states[0].updated_at, 30);
+        // A firing never undoes a resolution at the same startsAt.
+        let r = delivery(&[alert("f1", "resolved", T1, T1, "r")], 40);
+        let m = merge(&[&r, &c]);
+        assert_eq!(m.states[0].event.status, Status::Resolved);
+    }
+}
