@@ -124,13 +124,9 @@ impl NewEvent {
 /// # Errors
 /// As above.
 pub fn parse_webhook(body: &[u8]) -> Result<Vec<NewEvent>, PayloadError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| PayloadError::Malformed {
+    let mut value: Value = serde_json::from_slice(body).map_err(|e| PayloadError::Malformed {
         reason: e.to_string(),
     })?;
-    let raw_alerts: Vec<Value> = match value.get("alerts") {
-        Some(Value::Array(items)) => items.clone(),
-        _ => Vec::new(),
-    };
     let payload: Payload = serde_path_to_error::deserialize(&value).map_err(|e| {
         let path = e.path().to_string();
         let reason = e.into_inner().to_string();
@@ -145,6 +141,11 @@ pub fn parse_webhook(body: &[u8]) -> Result<Vec<NewEvent>, PayloadError> {
         };
         PayloadError::Invalid { field, reason }
     })?;
+    // The typed view is taken; the alerts themselves are kept as delivered.
+    let raw_alerts: Vec<Value> = match value.get_mut("alerts").map(Value::take) {
+        Some(Value::Array(items)) => items,
+        _ => Vec::new(),
+    };
     payload
         .alerts
         .into_iter()
