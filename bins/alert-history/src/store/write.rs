@@ -1,9 +1,9 @@
 //! The write path of ingest: encoding a delivery, merging the deliveries of
-//! one SQLite group commit, and the multi-row upserts both databases run.
+//! one group commit, and the multi-row upserts both databases run.
 //!
 //! A delivery is encoded on the caller's task ([`Delivery::encode`]: JSON
 //! columns serialized once, duplicates within the delivery folded), so the
-//! single SQLite writer only binds and executes. Rows are written in chunks
+//! writers only bind and execute. Rows are written in chunks
 //! whose sizes are powers of two (at most [`MAX_CHUNK`]), so each table has
 //! at most nine distinct statements and every one stays in sqlx's
 //! per-connection statement cache instead of being parsed again.
@@ -206,14 +206,12 @@ fn merge<'a>(deliveries: &[&'a Delivery]) -> Merged<'a> {
     Merged { events, states }
 }
 
-/// Chunk sizes for `n` rows: at most [`MAX_CHUNK`] each.
-///
-/// SQLite (one writer, statements run on sqlx's worker thread, cheap round
-/// trips) gets powers of two, largest first, so a few cached statements
-/// cover every size. PostgreSQL (a network round trip per statement, many
-/// connections) gets as few statements as possible: the exact size, which
-/// its per-connection statement cache keeps for the common delivery sizes.
-fn chunks(backend: Backend, mut n: usize) -> impl Iterator<Item = usize> {
+/// Chunk sizes for `n` rows: powers of two of at most [`MAX_CHUNK`],
+/// largest first, so a few statements per table cover every size and stay
+/// in sqlx's per-connection statement cache (PostgreSQL plans a statement
+/// of thousands of parameters slowly; re-preparing one for every distinct
+/// group size cost more than the extra statements).
+fn chunks(mut n: usize) -> impl Iterator<Item = usize> {
     std::iter::from_fn(move || {
         if n == 0 {
             return None;
@@ -221,10 +219,7 @@ fn chunks(backend: Backend, mut n: usize) -> impl Iterator<Item = usize> {
         let size = if n >= MAX_CHUNK {
             MAX_CHUNK
         } else {
-            match backend {
-                Backend::Sqlite => 1 << (usize::BITS - 1 - n.leading_zeros()),
-                Backend::Postgres => n,
-            }
+            1 << (usize::BITS - 1 - n.leading_zeros())
         };
         n -= size;
         Some(size)
@@ -305,25 +300,30 @@ fn build_state_sql(backend: Backend, rows: usize) -> String {
     )
 }
 
-/// The SQLite statements for power-of-two row counts, built once.
-fn sqlite_sql(
-    cache: &'static OnceLock<Vec<String>>,
+/// The statements for power-of-two row counts, built once per backend.
+fn cached_sql(
+    cache: &'static [OnceLock<Vec<String>>; 2],
     build: fn(Backend, usize) -> String,
+    backend: Backend,
     rows: usize,
 ) -> &'static str {
     debug_assert!(rows.is_power_of_two() && rows <= MAX_CHUNK);
-    let all = cache.get_or_init(|| (0..SIZES).map(|i| build(Backend::Sqlite, 1 << i)).collect());
+    let slot = match backend {
+        Backend::Sqlite => &cache[0],
+        Backend::Postgres => &cache[1],
+    };
+    let all = slot.get_or_init(|| (0..SIZES).map(|i| build(backend, 1 << i)).collect());
     &all[rows.trailing_zeros() as usize]
 }
 
-fn sqlite_event_sql(rows: usize) -> &'static str {
-    static SQL: OnceLock<Vec<String>> = OnceLock::new();
-    sqlite_sql(&SQL, build_event_sql, rows)
+fn event_sql(backend: Backend, rows: usize) -> &'static str {
+    static SQL: [OnceLock<Vec<String>>; 2] = [OnceLock::new(), OnceLock::new()];
+    cached_sql(&SQL, build_event_sql, backend, rows)
 }
 
-fn sqlite_state_sql(rows: usize) -> &'static str {
-    static SQL: OnceLock<Vec<String>> = OnceLock::new();
-    sqlite_sql(&SQL, build_state_sql, rows)
+fn state_sql(backend: Backend, rows: usize) -> &'static str {
+    static SQL: [OnceLock<Vec<String>>; 2] = [OnceLock::new(), OnceLock::new()];
+    cached_sql(&SQL, build_state_sql, backend, rows)
 }
 
 /// Binds the `alert_events` parameters of `rows`.
@@ -393,10 +393,10 @@ pub(super) async fn write_sqlite(
         .fetch_one(&mut **tx)
         .await?;
     let mut at = 0;
-    for size in chunks(Backend::Sqlite, merged.events.len()) {
+    for size in chunks(merged.events.len()) {
         let rows = &merged.events[at..at + size];
         at += size;
-        bind_events!(sqlx::query(sqlite_event_sql(size)), rows)
+        bind_events!(sqlx::query(event_sql(Backend::Sqlite, size)), rows)
             .execute(&mut **tx)
             .await?;
     }
@@ -433,10 +433,10 @@ pub(super) async fn write_sqlite(
         }
     }
     let mut at = 0;
-    for size in chunks(Backend::Sqlite, merged.states.len()) {
+    for size in chunks(merged.states.len()) {
         let rows = &merged.states[at..at + size];
         at += size;
-        bind_states!(sqlx::query(sqlite_state_sql(size)), rows)
+        bind_states!(sqlx::query(state_sql(Backend::Sqlite, size)), rows)
             .execute(&mut **tx)
             .await?;
     }
@@ -463,12 +463,11 @@ pub(super) async fn write_postgres(
         .sort_unstable_by(|a, b| a.event.fingerprint.cmp(&b.event.fingerprint));
     let mut saved = vec![0u64; deliveries.len()];
     let mut at = 0;
-    for size in chunks(Backend::Postgres, merged.events.len()) {
+    for size in chunks(merged.events.len()) {
         let rows = &merged.events[at..at + size];
         at += size;
-        let sql = build_event_sql(Backend::Postgres, size);
         let returned: Vec<(String, String, i64, i64, i64)> =
-            bind_events!(sqlx::query_as(&sql), rows)
+            bind_events!(sqlx::query_as(event_sql(Backend::Postgres, size)), rows)
                 .fetch_all(&mut **tx)
                 .await?;
         // RETURNING order is unspecified: match rows by key.
@@ -490,11 +489,10 @@ pub(super) async fn write_postgres(
         }
     }
     let mut at = 0;
-    for size in chunks(Backend::Postgres, merged.states.len()) {
+    for size in chunks(merged.states.len()) {
         let rows = &merged.states[at..at + size];
         at += size;
-        let sql = build_state_sql(Backend::Postgres, size);
-        bind_states!(sqlx::query(&sql), rows)
+        bind_states!(sqlx::query(state_sql(Backend::Postgres, size)), rows)
             .execute(&mut **tx)
             .await?;
     }
@@ -509,42 +507,35 @@ mod tests {
     #[test]
     fn chunks_are_powers_of_two_that_sum_to_n() {
         for n in 0..2000 {
-            let sizes: Vec<usize> = chunks(Backend::Sqlite, n).collect();
+            let sizes: Vec<usize> = chunks(n).collect();
             assert_eq!(sizes.iter().sum::<usize>(), n);
             assert!(sizes.iter().all(|s| s.is_power_of_two() && *s <= MAX_CHUNK));
             assert!(sizes.windows(2).all(|w| w[0] >= w[1]), "{sizes:?}");
         }
-        assert_eq!(
-            chunks(Backend::Sqlite, 100).collect::<Vec<_>>(),
-            [64, 32, 4]
-        );
-        assert_eq!(chunks(Backend::Postgres, 100).collect::<Vec<_>>(), [100]);
-        assert_eq!(
-            chunks(Backend::Postgres, 600).collect::<Vec<_>>(),
-            [256, 256, 88]
-        );
+        assert_eq!(chunks(100).collect::<Vec<_>>(), [64, 32, 4]);
+        assert_eq!(chunks(600).collect::<Vec<_>>(), [256, 256, 64, 16, 8]);
     }
 
     #[test]
     fn statements_have_the_right_parameter_count() {
         for size in [1, 2, 64, MAX_CHUNK] {
-            let sql = build_event_sql(Backend::Postgres, size);
+            let sql = event_sql(Backend::Postgres, size);
             assert!(sql.contains(&format!("${})", size * EVENT_PARAMS)));
             assert!(!sql.contains(&format!("${}", size * EVENT_PARAMS + 1)));
-            let sql = build_state_sql(Backend::Postgres, size);
+            let sql = state_sql(Backend::Postgres, size);
             assert!(sql.contains(&format!("${})", size * STATE_PARAMS)));
             assert!(!sql.contains(&format!("${}", size * STATE_PARAMS + 1)));
-            let sql = sqlite_event_sql(size);
+            let sql = event_sql(Backend::Sqlite, size);
             assert_eq!(sql.matches('?').count(), size * EVENT_PARAMS);
             assert!(!sql.contains('$'));
-            let sql = sqlite_state_sql(size);
+            let sql = state_sql(Backend::Sqlite, size);
             assert_eq!(sql.matches('?').count(), size * STATE_PARAMS);
         }
         assert!(
-            build_event_sql(Backend::Postgres, 1)
+            event_sql(Backend::Postgres, 1)
                 .contains("$9::jsonb,$10::jsonb,$11,$12::jsonb,$13,$14,$15)")
         );
-        assert!(build_state_sql(Backend::Postgres, 1).contains("$8::jsonb,$9::jsonb,$10)"));
+        assert!(state_sql(Backend::Postgres, 1).contains("$8::jsonb,$9::jsonb,$10)"));
     }
 
     fn alert(fingerprint: &str, status: &str, starts: &str, ends: &str, summary: &str) -> String {
