@@ -119,6 +119,62 @@ fn proc_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The service's own `/webhook` latency histogram: (upper bound in
+/// seconds, cumulative count) per bucket, from its `/metrics`.
+async fn webhook_buckets(client: &reqwest::Client, base: &str) -> Vec<(f64, f64)> {
+    let text = match client.get(format!("{base}/metrics")).send().await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    text.lines()
+        .filter(|l| {
+            l.starts_with("alert_history_request_latency_seconds_bucket{")
+                && l.contains("endpoint=\"/webhook\"")
+        })
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            let count = l.rsplit(' ').next()?.parse().ok()?;
+            Some((le, count))
+        })
+        .collect()
+}
+
+/// The `p` quantile of the observations between two scrapes of a
+/// cumulative histogram, interpolated linearly inside its bucket (as
+/// Prometheus' `histogram_quantile` does).
+fn histogram_quantile(before: &[(f64, f64)], after: &[(f64, f64)], p: f64) -> Option<f64> {
+    let counts: Vec<(f64, f64)> = after
+        .iter()
+        .map(|&(le, n)| {
+            let old = before.iter().find(|b| b.0 == le).map_or(0.0, |b| b.1);
+            (le, n - old)
+        })
+        .collect();
+    let total = counts.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = p * total;
+    let (mut lower, mut below) = (0.0, 0.0);
+    for &(le, cumulative) in &counts {
+        if cumulative >= rank {
+            if le.is_infinite() {
+                return Some(lower);
+            }
+            let inside = cumulative - below;
+            return Some(lower + (le - lower) * (rank - below) / inside.max(1.0));
+        }
+        lower = le;
+        below = cumulative;
+    }
+    None
+}
+
 /// CPU seconds (user + system) a process has used so far, from
 /// `/proc/<pid>/stat` (fields 14 and 15, in clock ticks of 1/100 s).
 fn cpu_seconds(pid: &str) -> f64 {
@@ -331,6 +387,7 @@ async fn main() -> anyhow::Result<()> {
             args.concurrency as f64 * args.alerts_per_webhook as f64 / args.rate as f64,
         )
     });
+    let buckets0 = webhook_buckets(&client, &service.base).await;
     let service_cpu0 = cpu_seconds(&service.pid.to_string());
     let own_cpu0 = cpu_seconds("self");
     let began = Instant::now();
@@ -402,6 +459,9 @@ async fn main() -> anyhow::Result<()> {
     let own_cpu = cpu_seconds("self") - own_cpu0;
     latencies.sort_unstable();
     let peak_rss = proc_kib(service.pid, "VmHWM:");
+    let buckets1 = webhook_buckets(&client, &service.base).await;
+    let server_p50 = histogram_quantile(&buckets0, &buckets1, 0.50);
+    let server_p99 = histogram_quantile(&buckets0, &buckets1, 0.99);
     let stored: Value = client
         .get(format!("{}/health/database", service.base))
         .send()
@@ -452,6 +512,14 @@ async fn main() -> anyhow::Result<()> {
         percentile(&latencies, 0.999).as_secs_f64() * 1e3,
         latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3
     );
+    match (server_p50, server_p99) {
+        (Some(p50), Some(p99)) => println!(
+            "service-side        p50 {:.2} ms, p99 {:.2} ms (its own /webhook histogram, interpolated)",
+            p50 * 1e3,
+            p99 * 1e3
+        ),
+        _ => println!("service-side        no /webhook histogram"),
+    }
     println!("stored events       {}", stored["events"]);
     println!(
         "service CPU         {:.2} cores ({:.1} µs per alert)",
