@@ -120,13 +120,7 @@ async fn postgres_writer(pool: PgPool, mut jobs: mpsc::Receiver<WriteJob>) {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let mut batch = vec![first];
-        while batch.len() < GROUP_COMMIT_MAX {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
+        let batch = take_group(first, &mut jobs);
         let pool = pool.clone();
         tokio::spawn(async move {
             let result: Result<Vec<u64>, sqlx::Error> = async {
@@ -141,6 +135,19 @@ async fn postgres_writer(pool: PgPool, mut jobs: mpsc::Receiver<WriteJob>) {
             drop(slot);
         });
     }
+}
+
+/// `first` and the deliveries waiting behind it now, up to
+/// [`GROUP_COMMIT_MAX`].
+fn take_group(first: WriteJob, jobs: &mut mpsc::Receiver<WriteJob>) -> Vec<WriteJob> {
+    let mut batch = vec![first];
+    while batch.len() < GROUP_COMMIT_MAX {
+        match jobs.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
+        }
+    }
+    batch
 }
 
 /// Answers every delivery of a group with its own count, or the group's
@@ -168,13 +175,7 @@ fn answer(batch: Vec<WriteJob>, result: Result<Vec<u64>, sqlx::Error>, database:
 /// transaction, answers each. Ends when every sender is gone.
 async fn sqlite_writer(pool: SqlitePool, mut jobs: mpsc::Receiver<WriteJob>) {
     while let Some(first) = jobs.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < GROUP_COMMIT_MAX {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
+        let batch = take_group(first, &mut jobs);
         let result: Result<Vec<u64>, sqlx::Error> = async {
             let deliveries: Vec<&Delivery> = batch.iter().map(|job| &job.delivery).collect();
             let mut tx = pool.begin().await?;

@@ -61,6 +61,16 @@ impl Encoded {
         (&self.fingerprint, self.status, self.starts_at, self.ends_at)
     }
 
+    /// [`key`](Self::key) as the database returns it (status as text).
+    fn row_key(&self) -> (&str, &str, i64, i64) {
+        (
+            &self.fingerprint,
+            self.status.as_str(),
+            self.starts_at,
+            self.ends_at,
+        )
+    }
+
     fn event_at(&self) -> i64 {
         match self.status {
             Status::Firing => self.starts_at,
@@ -226,6 +236,16 @@ fn chunks(mut n: usize) -> impl Iterator<Item = usize> {
     })
 }
 
+/// `rows` cut into the chunks of [`chunks`].
+fn chunked<T>(rows: &[T]) -> impl Iterator<Item = &[T]> {
+    let mut at = 0;
+    chunks(rows.len()).map(move |size| {
+        let chunk = &rows[at..at + size];
+        at += size;
+        chunk
+    })
+}
+
 const EVENT_PARAMS: usize = 15;
 const STATE_PARAMS: usize = 10;
 
@@ -375,6 +395,17 @@ macro_rules! bind_states {
     }};
 }
 
+/// Writes the state rows of `$merged` in the open transaction `$tx`.
+macro_rules! write_states {
+    ($tx:expr, $backend:expr, $merged:expr) => {
+        for rows in chunked(&$merged.states) {
+            bind_states!(sqlx::query(state_sql($backend, rows.len())), rows)
+                .execute(&mut **$tx)
+                .await?;
+        }
+    };
+}
+
 /// Writes the deliveries of one SQLite group commit in the open
 /// transaction, as if one after the other; returns each one's new events.
 ///
@@ -392,11 +423,8 @@ pub(super) async fn write_sqlite(
     let (before,): (i64,) = sqlx::query_as("SELECT coalesce(max(id), 0) FROM alert_events")
         .fetch_one(&mut **tx)
         .await?;
-    let mut at = 0;
-    for size in chunks(merged.events.len()) {
-        let rows = &merged.events[at..at + size];
-        at += size;
-        bind_events!(sqlx::query(event_sql(Backend::Sqlite, size)), rows)
+    for rows in chunked(&merged.events) {
+        bind_events!(sqlx::query(event_sql(Backend::Sqlite, rows.len())), rows)
             .execute(&mut **tx)
             .await?;
     }
@@ -412,18 +440,7 @@ pub(super) async fn write_sqlite(
     let index: HashMap<(&str, &str, i64, i64), usize> = merged
         .events
         .iter()
-        .map(|w| {
-            let e = w.first;
-            (
-                (
-                    e.fingerprint.as_str(),
-                    e.status.as_str(),
-                    e.starts_at,
-                    e.ends_at,
-                ),
-                w.delivery,
-            )
-        })
+        .map(|w| (w.first.row_key(), w.delivery))
         .collect();
     let mut saved = vec![0u64; deliveries.len()];
     for (fingerprint, status, starts_at, ends_at) in &new {
@@ -432,14 +449,7 @@ pub(super) async fn write_sqlite(
             saved[d] += 1;
         }
     }
-    let mut at = 0;
-    for size in chunks(merged.states.len()) {
-        let rows = &merged.states[at..at + size];
-        at += size;
-        bind_states!(sqlx::query(state_sql(Backend::Sqlite, size)), rows)
-            .execute(&mut **tx)
-            .await?;
-    }
+    write_states!(tx, Backend::Sqlite, merged);
     Ok(saved)
 }
 
@@ -462,40 +472,25 @@ pub(super) async fn write_postgres(
         .states
         .sort_unstable_by(|a, b| a.event.fingerprint.cmp(&b.event.fingerprint));
     let mut saved = vec![0u64; deliveries.len()];
-    let mut at = 0;
-    for size in chunks(merged.events.len()) {
-        let rows = &merged.events[at..at + size];
-        at += size;
-        let returned: Vec<(String, String, i64, i64, i64)> =
-            bind_events!(sqlx::query_as(event_sql(Backend::Postgres, size)), rows)
-                .fetch_all(&mut **tx)
-                .await?;
+    for rows in chunked(&merged.events) {
+        let returned: Vec<(String, String, i64, i64, i64)> = bind_events!(
+            sqlx::query_as(event_sql(Backend::Postgres, rows.len())),
+            rows
+        )
+        .fetch_all(&mut **tx)
+        .await?;
         // RETURNING order is unspecified: match rows by key.
         let by_key: HashMap<(&str, &str, i64, i64), i64> = returned
             .iter()
             .map(|(f, s, start, end, n)| ((f.as_str(), s.as_str(), *start, *end), *n))
             .collect();
         for w in rows {
-            let e = w.first;
-            let key = (
-                e.fingerprint.as_str(),
-                e.status.as_str(),
-                e.starts_at,
-                e.ends_at,
-            );
-            if by_key.get(&key) == Some(&w.occurrences) {
+            if by_key.get(&w.first.row_key()) == Some(&w.occurrences) {
                 saved[w.delivery] += 1;
             }
         }
     }
-    let mut at = 0;
-    for size in chunks(merged.states.len()) {
-        let rows = &merged.states[at..at + size];
-        at += size;
-        bind_states!(sqlx::query(state_sql(Backend::Postgres, size)), rows)
-            .execute(&mut **tx)
-            .await?;
-    }
+    write_states!(tx, Backend::Postgres, merged);
     Ok(saved)
 }
 
