@@ -50,6 +50,12 @@ struct Args {
     /// Alerts per webhook.
     #[arg(long, default_value_t = 10)]
     alerts_per_webhook: usize,
+    /// The service's `RUST_LOG`.
+    #[arg(long, default_value = "warn")]
+    service_log: String,
+    /// Append the service's log to this file (default: discarded).
+    #[arg(long)]
+    service_log_file: Option<PathBuf>,
 }
 
 struct Service {
@@ -64,14 +70,24 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-async fn start(bin: &PathBuf, url: &str) -> anyhow::Result<(Service, Duration)> {
+async fn start(bin: &PathBuf, url: &str, args: &Args) -> anyhow::Result<(Service, Duration)> {
     let port = free_port()?;
+    let log = match &args.service_log_file {
+        Some(path) => Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening {}", path.display()))?,
+        ),
+        None => Stdio::null(),
+    };
     let started = Instant::now();
     let child = Command::new(bin)
         .env("DATABASE_URL", url)
         .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
+        .env("RUST_LOG", &args.service_log)
+        .stdout(log)
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("spawning {}", bin.display()))?;
@@ -371,9 +387,9 @@ async fn main() -> anyhow::Result<()> {
 
     // First start creates the database; the second measures time to ready on
     // an existing one.
-    let (first, fresh_ready) = start(&bin, &url).await?;
+    let (first, fresh_ready) = start(&bin, &url, &args).await?;
     stop(first).await?;
-    let (service, ready) = start(&bin, &url).await?;
+    let (service, ready) = start(&bin, &url, &args).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle_rss = proc_kib(service.pid, "VmRSS:");
 
@@ -459,6 +475,12 @@ async fn main() -> anyhow::Result<()> {
     let own_cpu = cpu_seconds("self") - own_cpu0;
     latencies.sort_unstable();
     let peak_rss = proc_kib(service.pid, "VmHWM:");
+    // The log file only grows (SQLite reuses it from its start once a
+    // checkpoint has copied all of it), so its size is its high-water mark.
+    let wal_bytes = (args.database == "sqlite")
+        .then(|| std::fs::metadata(dir.path().join("load.db-wal")).ok())
+        .flatten()
+        .map(|m| m.len());
     let buckets1 = webhook_buckets(&client, &service.base).await;
     let server_p50 = histogram_quantile(&buckets0, &buckets1, 0.50);
     let server_p99 = histogram_quantile(&buckets0, &buckets1, 0.99);
@@ -521,6 +543,12 @@ async fn main() -> anyhow::Result<()> {
         _ => println!("service-side        no /webhook histogram"),
     }
     println!("stored events       {}", stored["events"]);
+    if let Some(bytes) = wal_bytes {
+        println!(
+            "SQLite log (WAL)    {:.1} MiB at most",
+            bytes as f64 / (1024.0 * 1024.0)
+        );
+    }
     println!(
         "service CPU         {:.2} cores ({:.1} µs per alert)",
         service_cpu / elapsed.as_secs_f64(),

@@ -42,6 +42,10 @@ pub struct Config {
     #[arg(long, env = "RETENTION_DAYS", default_value_t = 90)]
     pub retention_days: u32,
 
+    /// Seconds between retention purges (the first runs at start).
+    #[arg(long, env = "RETENTION_INTERVAL_SECONDS", default_value_t = 3600)]
+    pub retention_interval_seconds: u64,
+
     /// Largest accepted webhook body, in bytes (larger: 413).
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
@@ -82,6 +86,7 @@ impl Config {
             webhook_token: None,
             api_token: None,
             retention_days: 90,
+            retention_interval_seconds: 3600,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             db_max_connections: 16,
             log_format: "text".to_owned(),
@@ -104,6 +109,12 @@ impl Config {
         };
         if self.retention_days == 0 || self.retention_days > 36_500 {
             return bad("RETENTION_DAYS", "must be between 1 and 36500");
+        }
+        if self.retention_interval_seconds == 0 || self.retention_interval_seconds > 7 * 86_400 {
+            return bad(
+                "RETENTION_INTERVAL_SECONDS",
+                "must be between 1 and 604800 (a week)",
+            );
         }
         if self.max_body_bytes < 1024 || self.max_body_bytes > 1024 * 1024 * 1024 {
             return bad("MAX_BODY_BYTES", "must be between 1024 and 1073741824");
@@ -148,6 +159,11 @@ impl Config {
         Duration::from_secs(u64::from(self.retention_days) * 86_400)
     }
 
+    /// The time between retention purges.
+    pub fn retention_interval(&self) -> Duration {
+        Duration::from_secs(self.retention_interval_seconds)
+    }
+
     /// The logging configuration from `LOG_FORMAT` and `RUST_LOG`.
     ///
     /// # Errors
@@ -178,6 +194,7 @@ mod tests {
         let config = parse(&[]).unwrap();
         config.validate().unwrap();
         assert_eq!(config.retention_days, 90);
+        assert_eq!(config.retention_interval(), Duration::from_secs(3600));
         assert_eq!(config.max_body_bytes, 10 * 1024 * 1024);
         assert_eq!(config.backend().unwrap(), Backend::Sqlite);
     }
@@ -202,6 +219,17 @@ mod tests {
                 .to_string()
                 .contains("RETENTION_DAYS")
         );
+        for seconds in [0, 8 * 86_400] {
+            let mut config = parse(&[]).unwrap();
+            config.retention_interval_seconds = seconds;
+            assert!(
+                config
+                    .validate()
+                    .unwrap_err()
+                    .to_string()
+                    .contains("RETENTION_INTERVAL_SECONDS")
+            );
+        }
         let mut config = parse(&[]).unwrap();
         config.max_body_bytes = 10;
         assert!(

@@ -118,12 +118,14 @@ impl Service {
             store.clone(),
             state.metrics().clone(),
             config.retention(),
+            config.retention_interval(),
             shutdown.token(),
         ));
         tracing::info!(
             addr = %local_addr,
             backend = store.backend_name(),
             retention_days = config.retention_days,
+            retention_interval_seconds = config.retention_interval_seconds,
             "alert-history listening"
         );
         Ok(Service {

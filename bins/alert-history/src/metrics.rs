@@ -4,11 +4,15 @@
 //! Label values stay bounded: `endpoint` is the matched route template
 //! (`/alerts/{fingerprint}`, never a fingerprint), `status` is
 //! `firing`/`resolved`, and the `(alertname, namespace)` pairs of
-//! `webhook_events` are capped at [`LABEL_SET_CAP`] distinct pairs per
-//! process: later pairs are counted under `alertname="other",
-//! namespace="other"`.
+//! `webhook_events` are capped at [`LABEL_SET_CAP`] distinct pairs: a new
+//! pair past the cap first frees the slots of pairs idle for
+//! [`LABEL_SET_IDLE_MS`] (their series are dropped, as a Prometheus
+//! exporter's TTL does; a pair seen again later restarts from zero, which
+//! `rate()` reads as a counter reset), and is counted under
+//! `alertname="other", namespace="other"` only while every slot is in
+//! recent use.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -18,11 +22,17 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::model::NewEvent;
+use crate::model::{NewEvent, Status};
 
 /// Most distinct `(alertname, namespace)` label pairs on
 /// `webhook_events_total`; the rest fold into `other`.
 pub const LABEL_SET_CAP: usize = 1000;
+/// A pair not seen for this long (1 hour, by the deliveries' receive time)
+/// gives its slot up when a new pair needs one.
+pub const LABEL_SET_IDLE_MS: i64 = 3_600_000;
+/// Idle pairs are looked for at most this often (1 minute), so a flood of
+/// new pairs past the cap costs one scan a minute, not one per alert.
+const LABEL_SET_SWEEP_MS: i64 = 60_000;
 /// Alerts received, by alertname, namespace and status.
 pub const WEBHOOK_EVENTS: &str = "webhook_events";
 /// Webhook deliveries rejected or failed.
@@ -64,8 +74,82 @@ pub struct Metrics {
     report_queries: Counter,
     db_alerts: Gauge,
     latency: LatencyFamily,
-    seen: std::sync::Arc<Mutex<HashSet<(String, String)>>>,
+    seen: std::sync::Arc<Mutex<LabelSets>>,
     cap: usize,
+}
+
+/// The admitted `(alertname, namespace)` pairs and when each was last seen
+/// (epoch ms). Nested maps, so a lookup by `&str` needs no allocation.
+#[derive(Debug, Default)]
+struct LabelSets {
+    last_seen: HashMap<String, HashMap<String, i64>>,
+    len: usize,
+    last_sweep_ms: Option<i64>,
+}
+
+impl LabelSets {
+    /// Whether the pair has (or now gets) its own series.
+    fn admit(
+        &mut self,
+        alertname: &str,
+        namespace: &str,
+        now_ms: i64,
+        cap: usize,
+        family: &Family<EventLabels, Counter>,
+    ) -> bool {
+        if let Some(seen) = self
+            .last_seen
+            .get_mut(alertname)
+            .and_then(|m| m.get_mut(namespace))
+        {
+            *seen = (*seen).max(now_ms);
+            return true;
+        }
+        if self.len >= cap
+            && self
+                .last_sweep_ms
+                .is_none_or(|at| now_ms - at >= LABEL_SET_SWEEP_MS)
+        {
+            self.sweep(now_ms, family);
+        }
+        if self.len >= cap {
+            return false;
+        }
+        self.last_seen
+            .entry(alertname.to_owned())
+            .or_default()
+            .insert(namespace.to_owned(), now_ms);
+        self.len += 1;
+        true
+    }
+
+    /// Drops the pairs idle for [`LABEL_SET_IDLE_MS`], and their series.
+    fn sweep(&mut self, now_ms: i64, family: &Family<EventLabels, Counter>) {
+        self.last_sweep_ms = Some(now_ms);
+        let cutoff = now_ms.saturating_sub(LABEL_SET_IDLE_MS);
+        let mut removed = 0;
+        self.last_seen.retain(|alertname, namespaces| {
+            namespaces.retain(|namespace, seen| {
+                if *seen >= cutoff {
+                    return true;
+                }
+                for status in [Status::Firing, Status::Resolved] {
+                    family.remove(&EventLabels {
+                        alertname: alertname.clone(),
+                        namespace: namespace.clone(),
+                        status: status.as_str().to_owned(),
+                    });
+                }
+                removed += 1;
+                false
+            });
+            !namespaces.is_empty()
+        });
+        self.len -= removed;
+        if removed > 0 {
+            tracing::debug!(removed, "idle webhook_events label pairs dropped");
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -123,32 +207,30 @@ impl Metrics {
         );
     }
 
-    /// Counts the alerts of a stored delivery.
-    pub fn record_events(&self, events: &[NewEvent]) {
+    /// Counts the alerts of a delivery received at `now_ms` (epoch ms).
+    pub fn record_events(&self, events: &[NewEvent], now_ms: i64) {
+        let mut seen = self.seen.lock();
         for e in events {
-            let (alertname, namespace) =
-                self.bounded(&e.alertname, e.namespace.as_deref().unwrap_or("none"));
+            let namespace = e.namespace.as_deref().unwrap_or("none");
+            let (alertname, namespace) = if seen.admit(
+                &e.alertname,
+                namespace,
+                now_ms,
+                self.cap,
+                &self.webhook_events,
+            ) {
+                (e.alertname.as_str(), namespace)
+            } else {
+                ("other", "other")
+            };
             self.webhook_events
                 .get_or_create(&EventLabels {
-                    alertname,
-                    namespace,
+                    alertname: alertname.to_owned(),
+                    namespace: namespace.to_owned(),
                     status: e.status.as_str().to_owned(),
                 })
                 .inc();
         }
-    }
-
-    fn bounded(&self, alertname: &str, namespace: &str) -> (String, String) {
-        let key = (alertname.to_owned(), namespace.to_owned());
-        let mut seen = self.seen.lock();
-        if seen.contains(&key) {
-            return key;
-        }
-        if seen.len() < self.cap {
-            seen.insert(key.clone());
-            return key;
-        }
-        ("other".to_owned(), "other".to_owned())
     }
 
     /// Counts a rejected or failed delivery.
@@ -208,7 +290,7 @@ mod tests {
     fn names_match_the_predecessor() {
         let m = Metrics::default();
         let events = parse_webhook(include_bytes!("../tests/data/webhook-firing.json")).unwrap();
-        m.record_events(&events);
+        m.record_events(&events, 0);
         m.observe_latency("/webhook", 0.01);
         let text = encode(&m);
         for name in [
@@ -230,7 +312,7 @@ mod tests {
             let body = format!(
                 r#"{{"alerts":[{{"status":"firing","labels":{{"alertname":"A{i}"}},"startsAt":"2026-01-01T00:00:00Z"}}]}}"#
             );
-            m.record_events(&parse_webhook(body.as_bytes()).unwrap());
+            m.record_events(&parse_webhook(body.as_bytes()).unwrap(), 0);
         }
         let text = encode(&m);
         let series = text
@@ -239,5 +321,73 @@ mod tests {
             .count();
         assert_eq!(series, 4, "{text}");
         assert!(text.contains("alertname=\"other\",namespace=\"other\",status=\"firing\"} 7"));
+    }
+
+    fn firing(alertname: &str) -> Vec<NewEvent> {
+        let body = format!(
+            r#"{{"alerts":[{{"status":"firing","labels":{{"alertname":"{alertname}"}},"startsAt":"2026-01-01T00:00:00Z"}}]}}"#
+        );
+        parse_webhook(body.as_bytes()).unwrap()
+    }
+
+    fn series(m: &Metrics) -> Vec<String> {
+        encode(m)
+            .lines()
+            .filter(|l| l.starts_with("alert_history_webhook_events_total{"))
+            .map(|l| l.to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn idle_label_sets_give_their_slots_to_new_ones() {
+        const MIN: i64 = 60_000;
+        let m = Metrics::with_cap(3);
+        for name in ["A0", "A1", "A2"] {
+            m.record_events(&firing(name), 0);
+        }
+        m.record_events(&firing("A1"), 50 * MIN);
+        // Full, and nothing idle for an hour yet: the new pair is "other".
+        m.record_events(&firing("A3"), 59 * MIN);
+        let text = series(&m).join("\n");
+        assert!(text.contains("alertname=\"other\""), "{text}");
+        assert!(!text.contains("A3"), "{text}");
+        // A minute later A0 and A2 have been idle for an hour: their series
+        // go and A3 (and one more) get slots; A1, seen at 50 min, stays.
+        m.record_events(&firing("A3"), 61 * MIN);
+        m.record_events(&firing("A4"), 61 * MIN);
+        let text = series(&m).join("\n");
+        assert!(!text.contains("\"A0\""), "{text}");
+        assert!(!text.contains("\"A2\""), "{text}");
+        assert!(text.contains("alertname=\"A1\""), "{text}");
+        assert!(
+            text.contains("alertname=\"A3\",namespace=\"none\",status=\"firing\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("alertname=\"A4\""), "{text}");
+        // Full again (A1, A3, A4): a fifth pair waits for the next sweep.
+        m.record_events(&firing("A5"), 61 * MIN);
+        assert!(!series(&m).join("\n").contains("A5"));
+        assert_eq!(series(&m).len(), 4);
+    }
+
+    #[test]
+    fn sweeps_are_rate_limited() {
+        const MIN: i64 = 60_000;
+        let m = Metrics::with_cap(1);
+        m.record_events(&firing("A0"), 0);
+        // The sweep at 60 min finds A0 not yet idle for an hour: B is other.
+        m.record_events(&firing("B"), 60 * MIN);
+        assert!(series(&m).join("\n").contains("\"other\""));
+        // At 60.5 min A0 is idle, but the last sweep was half a minute ago.
+        m.record_events(&firing("B"), 60 * MIN + 30_000);
+        assert!(!series(&m).join("\n").contains("\"B\""));
+        // At 61 min the next sweep frees A0's slot for B.
+        m.record_events(&firing("B"), 61 * MIN);
+        let text = series(&m).join("\n");
+        assert!(
+            text.contains("alertname=\"B\",namespace=\"none\",status=\"firing\"} 1"),
+            "{text}"
+        );
+        assert!(!text.contains("\"A0\""), "{text}");
     }
 }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Deserialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::error::PayloadError;
 
@@ -41,13 +42,16 @@ impl Status {
     }
 }
 
-/// The parts of the webhook payload the service reads; everything else in
-/// an alert is kept verbatim in [`NewEvent::raw`].
+/// The webhook payload: each alert is kept as its JSON text (borrowed from
+/// the body) and parsed into [`AlertIn`] on its own, so the text stored as
+/// [`NewEvent::raw`] is the alert exactly as delivered, never re-serialized.
 #[derive(Debug, Deserialize)]
-struct Payload {
-    alerts: Vec<AlertIn>,
+struct Payload<'a> {
+    #[serde(borrow)]
+    alerts: Vec<&'a RawValue>,
 }
 
+/// The parts of an alert the service reads.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct AlertIn {
@@ -89,8 +93,9 @@ pub struct NewEvent {
     pub annotations: serde_json::Map<String, Value>,
     /// `generatorURL`.
     pub generator_url: Option<String>,
-    /// The alert object exactly as delivered, unknown fields included.
-    pub raw: Value,
+    /// The alert object exactly as delivered (its JSON text, unknown fields
+    /// included).
+    pub raw: String,
 }
 
 impl NewEvent {
@@ -124,38 +129,61 @@ impl NewEvent {
 /// # Errors
 /// As above.
 pub fn parse_webhook(body: &[u8]) -> Result<Vec<NewEvent>, PayloadError> {
-    let mut value: Value = serde_json::from_slice(body).map_err(|e| PayloadError::Malformed {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let payload: Payload<'_> =
+        serde_path_to_error::deserialize(&mut de).map_err(|e| payload_error(body, None, e))?;
+    de.end().map_err(|e| PayloadError::Malformed {
         reason: e.to_string(),
     })?;
-    let payload: Payload = serde_path_to_error::deserialize(&value).map_err(|e| {
-        let path = e.path().to_string();
-        let reason = e.into_inner().to_string();
-        // serde reports a missing field at its parent: name the field itself.
-        let field = match reason
-            .strip_prefix("missing field `")
-            .and_then(|rest| rest.split('`').next())
-        {
-            Some(name) if path == "." => name.to_owned(),
-            Some(name) => format!("{path}.{name}"),
-            None => path,
-        };
-        PayloadError::Invalid { field, reason }
-    })?;
-    // The typed view is taken; the alerts themselves are kept as delivered.
-    let raw_alerts: Vec<Value> = match value.get_mut("alerts").map(Value::take) {
-        Some(Value::Array(items)) => items,
-        _ => Vec::new(),
-    };
     payload
         .alerts
         .into_iter()
-        .zip(raw_alerts)
         .enumerate()
-        .map(|(i, (alert, raw))| convert(i, alert, raw))
+        .map(|(i, raw)| {
+            let text = raw.get();
+            let alert: AlertIn =
+                serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(text))
+                    .map_err(|e| payload_error(body, Some(i), e))?;
+            convert(i, alert, text)
+        })
         .collect()
 }
 
-fn convert(i: usize, alert: AlertIn, raw: Value) -> Result<NewEvent, PayloadError> {
+/// A parse error as the API reports it: 400 when the body is not JSON at
+/// all, else 422 naming the field (`alerts[2].startsAt`; `at` is the alert
+/// whose text was being parsed).
+fn payload_error(
+    body: &[u8],
+    at: Option<usize>,
+    e: serde_path_to_error::Error<serde_json::Error>,
+) -> PayloadError {
+    // A shape error can come before a syntax error further on: a body that
+    // is not JSON is malformed whatever else is wrong with it.
+    if !e.inner().is_data() || serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() {
+        return PayloadError::Malformed {
+            reason: e.into_inner().to_string(),
+        };
+    }
+    let path = e.path().to_string();
+    let reason = e.into_inner().to_string();
+    // serde reports a missing field at its parent: name the field itself.
+    let path = match reason
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next())
+    {
+        Some(name) if path == "." => name.to_owned(),
+        Some(name) => format!("{path}.{name}"),
+        None => path,
+    };
+    let field = match at {
+        None => path,
+        Some(i) if path == "." => format!("alerts[{i}]"),
+        Some(i) => format!("alerts[{i}].{path}"),
+    };
+    PayloadError::Invalid { field, reason }
+}
+
+fn convert(i: usize, alert: AlertIn, raw: &str) -> Result<NewEvent, PayloadError> {
     let field = |name: &str| format!("alerts[{i}].{name}");
     let status = Status::parse(&alert.status).ok_or_else(|| PayloadError::Invalid {
         field: field("status"),
@@ -203,7 +231,7 @@ fn convert(i: usize, alert: AlertIn, raw: Value) -> Result<NewEvent, PayloadErro
         labels: alert.labels,
         annotations: alert.annotations.unwrap_or_default(),
         generator_url: alert.generator_url.filter(|s| !s.is_empty()),
-        raw,
+        raw: raw.to_owned(),
     })
 }
 
@@ -282,8 +310,11 @@ mod tests {
         let body = br#"{"alerts":[{"status":"firing","labels":{"alertname":"A"},
             "startsAt":"2026-01-01T00:00:00Z","orgId":1,"values":{"B":3}}]}"#;
         let events = parse_webhook(body).unwrap();
-        assert_eq!(events[0].raw["orgId"], 1);
-        assert_eq!(events[0].raw["values"]["B"], 3);
+        let raw: Value = serde_json::from_str(&events[0].raw).unwrap();
+        assert!(events[0].raw.starts_with(r#"{"status":"firing""#));
+        assert!(events[0].raw.ends_with(r#""values":{"B":3}}"#));
+        assert_eq!(raw["orgId"], 1);
+        assert_eq!(raw["values"]["B"], 3);
         assert_eq!(events[0].fingerprint.len(), 16);
     }
 
@@ -307,6 +338,21 @@ mod tests {
             .unwrap_err();
         assert!(
             matches!(&err, PayloadError::Invalid { field, .. } if field == "alerts[0].startsAt"),
+            "{err:?}"
+        );
+        // Not JSON is malformed even after a shape error, or with trailing
+        // text.
+        for body in [
+            &br#"{"alerts": 3, oops"#[..],
+            br#"{"alerts":[]} x"#,
+            br#"{"alerts":[{"status":1}"#,
+        ] {
+            let err = parse_webhook(body).unwrap_err();
+            assert!(matches!(err, PayloadError::Malformed { .. }), "{err:?}");
+        }
+        let err = parse_webhook(br#"{"alerts":[1]}"#).unwrap_err();
+        assert!(
+            matches!(&err, PayloadError::Invalid { field, .. } if field == "alerts[0]"),
             "{err:?}"
         );
         let err = parse_webhook(br#"{"receiver":"x"}"#).unwrap_err();

@@ -13,8 +13,9 @@ use crate::store::Store;
 /// Events deleted per statement: small enough that a purge never blocks
 /// ingest for long (SQLite has one writer).
 pub const BATCH: u32 = 1000;
-/// How often the retention task runs.
-pub const INTERVAL: Duration = Duration::from_secs(3600);
+/// How often the retention task runs by default
+/// (`RETENTION_INTERVAL_SECONDS`).
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// The cutoff for `retention` at `now_ms`: events last delivered before it
 /// go.
@@ -63,11 +64,17 @@ where
     }
 }
 
-/// The retention task: [`purge`] every [`INTERVAL`] with the cutoff
+/// The retention task: [`purge`] now and every `interval` with the cutoff
 /// `now - retention`, until `token` is cancelled. Failures are logged and
 /// retried next round.
-pub async fn task(store: Store, metrics: Metrics, retention: Duration, token: CancellationToken) {
-    run_every(INTERVAL, token, || {
+pub async fn task(
+    store: Store,
+    metrics: Metrics,
+    retention: Duration,
+    interval: Duration,
+    token: CancellationToken,
+) {
+    run_every(interval, token, || {
         let store = store.clone();
         let metrics = metrics.clone();
         async move {

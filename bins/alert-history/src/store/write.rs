@@ -53,7 +53,7 @@ impl Encoded {
             labels: json_text(&event.labels),
             annotations: json_text(&event.annotations),
             generator_url: event.generator_url.clone(),
-            raw: json_text(&event.raw),
+            raw: event.raw.clone(),
         }
     }
 
