@@ -40,6 +40,13 @@ enum Pools {
         read: SqlitePool,
         jobs: mpsc::Sender<WriteJob>,
         /// Asks the writer to finish a checkpoint ([`sqlite_checkpointer`]).
+        #[cfg_attr(
+            not(test),
+            expect(
+                dead_code,
+                reason = "the checkpointer has its own handle; tests use this one"
+            )
+        )]
         finish: Arc<Notify>,
     },
     /// The pool, and the queue of the group-commit dispatcher
