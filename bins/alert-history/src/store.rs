@@ -595,6 +595,7 @@ impl Store {
         let pools = match backend {
             Backend::Sqlite => {
                 let options = SqliteConnectOptions::from_str(url)?
+                    .statement_cache_capacity(write::STATEMENT_CACHE)
                     .create_if_missing(true)
                     .journal_mode(SqliteJournalMode::Wal)
                     .synchronous(SqliteSynchronous::Normal)
@@ -632,7 +633,8 @@ impl Store {
                 }
             }
             Backend::Postgres => {
-                let options = PgConnectOptions::from_str(url)?;
+                let options = PgConnectOptions::from_str(url)?
+                    .statement_cache_capacity(write::STATEMENT_CACHE);
                 let pool = PgPoolOptions::new()
                     .max_connections(max_connections)
                     .min_connections(0)
@@ -699,8 +701,9 @@ impl Store {
     ///
     /// The delivery is encoded on the caller's task (JSON columns serialized
     /// once, repeats within it folded); rows are then written with one
-    /// multi-row upsert per table and power-of-two chunk of at most 256 rows
-    /// (so every statement stays prepared), and one commit.
+    /// multi-row upsert per table and chunk (one chunk of up to 32 rows,
+    /// more only for larger groups; at most 35 sizes, so every statement
+    /// stays prepared), and one commit.
     ///
     /// On SQLite (one writer at a time) deliveries are handed to a single
     /// writer task that commits the deliveries waiting at that moment (up to

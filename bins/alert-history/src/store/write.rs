@@ -3,10 +3,11 @@
 //!
 //! A delivery is encoded on the caller's task ([`Delivery::encode`]: JSON
 //! columns serialized once, duplicates within the delivery folded), so the
-//! writers only bind and execute. Rows are written in chunks
-//! whose sizes are powers of two (at most [`MAX_CHUNK`]), so each table has
-//! at most nine distinct statements and every one stays in sqlx's
-//! per-connection statement cache instead of being parsed again.
+//! writers only bind and execute. Rows are written in chunks whose sizes
+//! are either at most [`EXACT_CHUNK`] or a power of two up to
+//! [`MAX_CHUNK`] (see [`chunks`]), so each table has at most 35 distinct
+//! statements and every one stays in sqlx's per-connection statement cache
+//! instead of being parsed again.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -21,8 +22,36 @@ use crate::model::{NewEvent, Status};
 /// parameters, under both databases' limits).
 pub(super) const MAX_CHUNK: usize = 256;
 
-/// Power-of-two chunk sizes from 1 to [`MAX_CHUNK`].
-const SIZES: usize = MAX_CHUNK.trailing_zeros() as usize + 1;
+/// Groups of up to this many rows go in one statement of exactly their
+/// size (a group commit at a steady rate is usually this small).
+pub(super) const EXACT_CHUNK: usize = 32;
+
+/// Distinct chunk sizes: 1 to [`EXACT_CHUNK`], then the powers of two up
+/// to [`MAX_CHUNK`].
+const SIZES: usize =
+    EXACT_CHUNK + (MAX_CHUNK.trailing_zeros() - EXACT_CHUNK.trailing_zeros()) as usize;
+
+/// Statements a connection keeps prepared: every chunk size of both
+/// tables, and room for the queries.
+pub(super) const STATEMENT_CACHE: usize = 256;
+
+/// The slot of a chunk size in [`SIZES`].
+fn size_slot(rows: usize) -> usize {
+    if rows <= EXACT_CHUNK {
+        rows - 1
+    } else {
+        EXACT_CHUNK - 1 + (rows.trailing_zeros() - EXACT_CHUNK.trailing_zeros()) as usize
+    }
+}
+
+/// The chunk size in slot `slot` of [`SIZES`].
+fn slot_size(slot: usize) -> usize {
+    if slot < EXACT_CHUNK {
+        slot + 1
+    } else {
+        EXACT_CHUNK << (slot + 1 - EXACT_CHUNK)
+    }
+}
 
 /// One alert event, ready to bind: JSON columns already serialized.
 #[derive(Debug)]
@@ -216,10 +245,13 @@ fn merge<'a>(deliveries: &[&'a Delivery]) -> Merged<'a> {
     Merged { events, states }
 }
 
-/// Chunk sizes for `n` rows: powers of two of at most [`MAX_CHUNK`],
-/// largest first, so a few statements per table cover every size and stay
-/// in sqlx's per-connection statement cache (PostgreSQL plans a statement
-/// of thousands of parameters slowly; re-preparing one for every distinct
+/// Chunk sizes for `n` rows, largest first: powers of two of at most
+/// [`MAX_CHUNK`] while more than [`EXACT_CHUNK`] rows are left, then one
+/// chunk of exactly the rest. A group commit of up to 32 rows (the usual
+/// size at a steady rate) is one statement per table, so one round trip to
+/// the database; larger ones take a few, and at most 35 statements per
+/// table ever exist, so all stay prepared (PostgreSQL plans a statement of
+/// thousands of parameters slowly; re-preparing one for every distinct
 /// group size cost more than the extra statements).
 fn chunks(mut n: usize) -> impl Iterator<Item = usize> {
     std::iter::from_fn(move || {
@@ -228,6 +260,8 @@ fn chunks(mut n: usize) -> impl Iterator<Item = usize> {
         }
         let size = if n >= MAX_CHUNK {
             MAX_CHUNK
+        } else if n <= EXACT_CHUNK {
+            n
         } else {
             1 << (usize::BITS - 1 - n.leading_zeros())
         };
@@ -320,20 +354,21 @@ fn build_state_sql(backend: Backend, rows: usize) -> String {
     )
 }
 
-/// The statements for power-of-two row counts, built once per backend.
+/// The statements for every chunk size ([`SIZES`]), built once per
+/// backend.
 fn cached_sql(
     cache: &'static [OnceLock<Vec<String>>; 2],
     build: fn(Backend, usize) -> String,
     backend: Backend,
     rows: usize,
 ) -> &'static str {
-    debug_assert!(rows.is_power_of_two() && rows <= MAX_CHUNK);
+    debug_assert!(rows <= EXACT_CHUNK || (rows.is_power_of_two() && rows <= MAX_CHUNK));
     let slot = match backend {
         Backend::Sqlite => &cache[0],
         Backend::Postgres => &cache[1],
     };
-    let all = slot.get_or_init(|| (0..SIZES).map(|i| build(backend, 1 << i)).collect());
-    &all[rows.trailing_zeros() as usize]
+    let all = slot.get_or_init(|| (0..SIZES).map(|i| build(backend, slot_size(i))).collect());
+    &all[size_slot(rows)]
 }
 
 fn event_sql(backend: Backend, rows: usize) -> &'static str {
@@ -500,20 +535,35 @@ mod tests {
     use crate::model::parse_webhook;
 
     #[test]
-    fn chunks_are_powers_of_two_that_sum_to_n() {
+    fn chunks_sum_to_n_with_few_distinct_sizes() {
+        let mut distinct = std::collections::BTreeSet::new();
         for n in 0..2000 {
             let sizes: Vec<usize> = chunks(n).collect();
             assert_eq!(sizes.iter().sum::<usize>(), n);
-            assert!(sizes.iter().all(|s| s.is_power_of_two() && *s <= MAX_CHUNK));
+            assert!(
+                sizes
+                    .iter()
+                    .all(|&s| s <= EXACT_CHUNK || (s.is_power_of_two() && s <= MAX_CHUNK)),
+                "{sizes:?}"
+            );
             assert!(sizes.windows(2).all(|w| w[0] >= w[1]), "{sizes:?}");
+            if (1..=EXACT_CHUNK).contains(&n) {
+                assert_eq!(sizes, [n]);
+            }
+            distinct.extend(sizes);
+        }
+        assert_eq!(distinct.len(), SIZES);
+        for (slot, &size) in distinct.iter().enumerate() {
+            assert_eq!((slot_size(slot), size_slot(size)), (size, slot));
         }
         assert_eq!(chunks(100).collect::<Vec<_>>(), [64, 32, 4]);
-        assert_eq!(chunks(600).collect::<Vec<_>>(), [256, 256, 64, 16, 8]);
+        assert_eq!(chunks(600).collect::<Vec<_>>(), [256, 256, 64, 24]);
+        assert_eq!(chunks(20).collect::<Vec<_>>(), [20]);
     }
 
     #[test]
     fn statements_have_the_right_parameter_count() {
-        for size in [1, 2, 64, MAX_CHUNK] {
+        for size in [1, 2, 7, 32, 64, MAX_CHUNK] {
             let sql = event_sql(Backend::Postgres, size);
             assert!(sql.contains(&format!("${})", size * EVENT_PARAMS)));
             assert!(!sql.contains(&format!("${}", size * EVENT_PARAMS + 1)));
