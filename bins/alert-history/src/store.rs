@@ -266,9 +266,9 @@ const CHECKPOINT_PASSES: usize = 12;
 ///    copies what was committed during the one before;
 /// 2. the writer, between two transactions, runs one more `PASSIVE`
 ///    checkpoint, which copies only what was committed during the last
-///    pass: about 10 ms on average under sustained load, most of it `fsync`,
-///    where copying the whole
-///    quarter second would stall every delivery for tens of milliseconds.
+///    pass: about 10 ms on average under sustained load, most of it
+///    `fsync`, where copying the whole quarter second would stall every
+///    delivery for tens of milliseconds.
 ///
 /// Step 2 is what lets the log start over: SQLite rewinds the log only
 /// when every frame in it has been copied, which a checkpoint beside a busy
