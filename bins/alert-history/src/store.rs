@@ -218,26 +218,29 @@ async fn sqlite_writer(pool: SqlitePool, mut jobs: mpsc::Receiver<WriteJob>, fin
 /// the rest), so the whole log is in the database file and the next
 /// transaction starts the log over from its beginning.
 async fn finish_checkpoint(pool: &SqlitePool) {
-    let started = tokio::time::Instant::now();
-    match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
-        .fetch_one(pool)
-        .await
+    if let Err(e) = passive_checkpoint(pool, "finished by the writer").await
+        && !pool.is_closed()
     {
-        Ok((busy, log, done)) => {
-            tracing::debug!(
-                busy,
-                log,
-                done,
-                elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
-                "SQLite checkpoint finished by the writer"
-            );
-        }
-        Err(e) => {
-            if !pool.is_closed() {
-                tracing::warn!(error = %e, "SQLite checkpoint failed");
-            }
-        }
+        tracing::warn!(error = %e, "SQLite checkpoint failed");
     }
+}
+
+/// One `PASSIVE` checkpoint on `pool`, logged at debug level with its
+/// duration; returns (frames in the log, frames copied so far).
+async fn passive_checkpoint(pool: &SqlitePool, what: &str) -> Result<(i64, i64), sqlx::Error> {
+    let started = tokio::time::Instant::now();
+    let (busy, log, copied) =
+        sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(pool)
+            .await?;
+    tracing::debug!(
+        busy,
+        log,
+        copied,
+        elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+        "SQLite checkpoint {what}"
+    );
+    Ok((log, copied))
 }
 
 /// How often the SQLite checkpointer copies the write-ahead log back into
@@ -306,18 +309,7 @@ async fn sqlite_checkpointer(read: SqlitePool, finish: Arc<Notify>) {
 async fn checkpoint_passes(read: &SqlitePool) -> Result<bool, sqlx::Error> {
     let mut copied_before = None;
     for _ in 0..CHECKPOINT_PASSES {
-        let started = tokio::time::Instant::now();
-        let (busy, log, copied) =
-            sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
-                .fetch_one(read)
-                .await?;
-        tracing::debug!(
-            busy,
-            log,
-            copied,
-            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
-            "SQLite checkpoint pass"
-        );
+        let (log, copied) = passive_checkpoint(read, "pass").await?;
         if log <= 0 {
             return Ok(false);
         }
