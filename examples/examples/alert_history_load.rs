@@ -56,6 +56,11 @@ struct Args {
     /// Append the service's log to this file (default: discarded).
     #[arg(long)]
     service_log_file: Option<PathBuf>,
+    /// Write one line per answered webhook to this file: when it was due
+    /// (ms since the load began) and its latency (ms), in due order, to
+    /// see when the slow ones happened.
+    #[arg(long)]
+    latency_log: Option<PathBuf>,
 }
 
 struct Service {
@@ -457,7 +462,7 @@ async fn main() -> anyhow::Result<()> {
                 {
                     Ok(r) if r.status().is_success() => {
                         let _ = r.bytes().await;
-                        latencies.push(t0.elapsed());
+                        latencies.push((t0.saturating_duration_since(began), t0.elapsed()));
                         sent += n as u64;
                     }
                     _ => {
@@ -470,13 +475,26 @@ async fn main() -> anyhow::Result<()> {
     }
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     stop_flag.store(true, Ordering::Relaxed);
-    let mut latencies = Vec::new();
     let mut alerts = 0;
+    let mut timeline = Vec::new();
     for s in senders {
         let (l, n) = s.await?;
-        latencies.extend(l);
+        timeline.extend(l);
         alerts += n;
     }
+    if let Some(path) = &args.latency_log {
+        timeline.sort_unstable();
+        let mut text = String::with_capacity(timeline.len() * 16);
+        for (due, latency) in &timeline {
+            text.push_str(&format!(
+                "{:.1} {:.2}\n",
+                due.as_secs_f64() * 1e3,
+                latency.as_secs_f64() * 1e3
+            ));
+        }
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let mut latencies: Vec<Duration> = timeline.into_iter().map(|(_, l)| l).collect();
     let elapsed = began.elapsed();
     let service_cpu = cpu_seconds(&service.pid.to_string()) - service_cpu0;
     let own_cpu = cpu_seconds("self") - own_cpu0;

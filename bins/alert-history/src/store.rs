@@ -795,8 +795,13 @@ impl Store {
     /// # Errors
     /// The database error.
     pub async fn raw_events(&self, fingerprint: &str) -> Result<Vec<Value>, sqlx::Error> {
-        let sql = "SELECT raw FROM alert_events WHERE fingerprint = $1 ORDER BY event_at, id";
-        let rows: Vec<(Json<Value>,)> = on_read!(self, |pool| sqlx::query_as(sql)
+        let raw = match self.backend() {
+            Backend::Sqlite => "raw",
+            Backend::Postgres => write::RAW_POSTGRES,
+        };
+        let sql =
+            format!("SELECT {raw} FROM alert_events WHERE fingerprint = $1 ORDER BY event_at, id");
+        let rows: Vec<(Json<Value>,)> = on_read!(self, |pool| sqlx::query_as(&sql)
             .bind(fingerprint)
             .fetch_all(pool)
             .await)?;

@@ -17,6 +17,7 @@ on_both_backends!(
     too_large_is_413,
     webhook_token_is_required_when_set,
     unknown_fields_are_kept,
+    raw_is_the_alert_as_delivered,
     history_filters,
     history_limits,
     keyset_pagination_follows_link_headers,
@@ -258,6 +259,46 @@ async fn unknown_fields_are_kept(db: TestDb) {
     assert_eq!(raw[0]["values"]["B"], 97.5);
     let (_, timeline) = t.get("/alerts/9999000000000001").await;
     assert_eq!(timeline["events"][0]["raw"]["orgId"], 1);
+}
+
+/// `raw` comes back as delivered on both databases (PostgreSQL stores it
+/// without the labels and annotations it repeats, and puts them back):
+/// without annotations, with empty ones, and when a redelivery of the same
+/// event carries other labels, in its own webhook or in the same one.
+async fn raw_is_the_alert_as_delivered(db: TestDb) {
+    let t = TestApp::new(db).await;
+    let full = firing("Raw", "7777000000000001", 0, &[("team", "a")]);
+    let mut bare = firing("Raw", "7777000000000002", 0, &[]);
+    bare.as_object_mut().unwrap().remove("annotations");
+    let mut empty = firing("Raw", "7777000000000003", 0, &[]);
+    empty["annotations"] = json!({});
+    t.deliver(&payload(vec![full.clone(), bare.clone(), empty.clone()]))
+        .await;
+    for (fp, sent) in [
+        ("7777000000000001", &full),
+        ("7777000000000002", &bare),
+        ("7777000000000003", &empty),
+    ] {
+        let raw = t.store().raw_events(fp).await.unwrap();
+        assert_eq!(raw, vec![sent.clone()], "{fp}");
+    }
+
+    // The same event again, with other labels and annotations: `raw` is
+    // the latest delivery, whole.
+    let mut again = full.clone();
+    again["labels"]["team"] = json!("b");
+    again["annotations"] = json!({ "summary": "changed", "runbook": 7 });
+    t.deliver(&payload(vec![again.clone()])).await;
+    let raw = t.store().raw_events("7777000000000001").await.unwrap();
+    assert_eq!(raw, vec![again]);
+
+    // Twice in one webhook, the labels differing: the last one wins.
+    let first = firing("Raw", "7777000000000004", 0, &[("team", "a")]);
+    let mut last = first.clone();
+    last["labels"]["team"] = json!("c");
+    t.deliver(&payload(vec![first, last.clone()])).await;
+    let raw = t.store().raw_events("7777000000000004").await.unwrap();
+    assert_eq!(raw, vec![last]);
 }
 
 async fn seed_history(t: &TestApp) {

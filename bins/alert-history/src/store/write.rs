@@ -317,24 +317,56 @@ fn values(backend: Backend, rows: usize, params: usize, json: &[usize]) -> Strin
 }
 
 fn build_event_sql(backend: Backend, rows: usize) -> String {
-    format!(
-        "INSERT INTO alert_events (fingerprint, alertname, namespace, severity, status, \
-         starts_at, ends_at, event_at, labels, annotations, generator_url, raw, \
-         received_at, last_seen, occurrences) VALUES {} \
-         ON CONFLICT (fingerprint, status, starts_at, ends_at) DO UPDATE SET \
-         last_seen = CASE WHEN excluded.last_seen > alert_events.last_seen \
+    const COLUMNS: &str = "fingerprint, alertname, namespace, severity, status, starts_at, \
+                           ends_at, event_at, labels, annotations, generator_url, raw, \
+                           received_at, last_seen, occurrences";
+    const MERGE: &str = "last_seen = CASE WHEN excluded.last_seen > alert_events.last_seen \
              THEN excluded.last_seen ELSE alert_events.last_seen END, \
          occurrences = alert_events.occurrences + excluded.occurrences, \
-         annotations = excluded.annotations, raw = excluded.raw{}",
-        values(backend, rows, EVENT_PARAMS, &[8, 9, 11]),
-        match backend {
-            // SQLite finds its new rows after the statements (see
-            // `write_sqlite`): one row back, not one per event.
-            Backend::Sqlite => "",
-            Backend::Postgres => " RETURNING fingerprint, status, starts_at, ends_at, occurrences",
-        }
-    )
+         annotations = excluded.annotations";
+    let values = values(backend, rows, EVENT_PARAMS, &[8, 9, 11]);
+    match backend {
+        // SQLite keeps the alert's JSON text exactly as delivered, and
+        // finds its new rows after the statements (see `write_sqlite`): one
+        // row back, not one per event.
+        Backend::Sqlite => format!(
+            "INSERT INTO alert_events ({COLUMNS}) VALUES {values} \
+             ON CONFLICT (fingerprint, status, starts_at, ends_at) DO UPDATE SET \
+             {MERGE}, raw = excluded.raw"
+        ),
+        // PostgreSQL stores `raw` without the `labels` and `annotations`
+        // it repeats from their own columns (about a third of a row, and
+        // of its WAL); `RAW_POSTGRES` puts them back when it is read. A key
+        // is left out only where it equals its column (and `annotations`
+        // only when not empty), so what comes back is what was delivered.
+        // On a redelivery whose labels differ from the stored row's (not
+        // Alertmanager: its fingerprint is a hash of the labels), the
+        // delivered labels are kept in `raw` itself.
+        Backend::Postgres => format!(
+            "INSERT INTO alert_events ({COLUMNS}) \
+             SELECT fingerprint, alertname, namespace, severity, status, starts_at, ends_at, \
+                 event_at, labels, annotations, generator_url, \
+                 raw - (CASE WHEN raw -> 'labels' = labels \
+                             THEN ARRAY['labels'] ELSE ARRAY[]::text[] END \
+                        || CASE WHEN annotations <> '{{}}' AND raw -> 'annotations' = annotations \
+                             THEN ARRAY['annotations'] ELSE ARRAY[]::text[] END), \
+                 received_at, last_seen, occurrences \
+             FROM (VALUES {values}) AS v ({COLUMNS}) \
+             ON CONFLICT (fingerprint, status, starts_at, ends_at) DO UPDATE SET \
+             {MERGE}, raw = CASE WHEN excluded.labels = alert_events.labels THEN excluded.raw \
+                 ELSE jsonb_build_object('labels', excluded.labels) || excluded.raw END \
+             RETURNING fingerprint, status, starts_at, ends_at, occurrences"
+        ),
+    }
 }
+
+/// The stored event's alert as delivered, on PostgreSQL: `raw` with the
+/// `labels` and `annotations` the write left out of it put back (a key
+/// still in `raw` wins).
+pub(super) const RAW_POSTGRES: &str = "jsonb_build_object('labels', labels) \
+    || CASE WHEN annotations <> '{}' THEN jsonb_build_object('annotations', annotations) \
+            ELSE '{}' END \
+    || raw";
 
 fn build_state_sql(backend: Backend, rows: usize) -> String {
     // Move forward only: a newer startsAt wins; at the same startsAt a
