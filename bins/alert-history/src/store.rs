@@ -819,7 +819,8 @@ impl Store {
         let sql = format!(
             "SELECT {EVENT_COLUMNS} FROM alert_events WHERE fingerprint = $1 ORDER BY event_at, id"
         );
-        let state_sql = format!("SELECT {STATE_COLUMNS} FROM alert_state WHERE fingerprint = $1");
+        let state_sql =
+            format!("SELECT {STATE_COLUMNS} FROM {STATE_FROM} WHERE s.fingerprint = $1");
         on_read!(self, |pool| {
             let events = sqlx::query_as::<_, EventRow>(&sql)
                 .bind(fingerprint)
@@ -938,8 +939,8 @@ impl Store {
     /// The database error.
     pub async fn firing_now(&self, limit: u32) -> Result<Vec<StateRow>, sqlx::Error> {
         let sql = format!(
-            "SELECT {STATE_COLUMNS} FROM alert_state WHERE status = 'firing' \
-             ORDER BY starts_at DESC, fingerprint LIMIT $1"
+            "SELECT {STATE_COLUMNS} FROM {STATE_FROM} WHERE s.status = 'firing' \
+             ORDER BY s.starts_at DESC, s.fingerprint LIMIT $1"
         );
         on_read!(self, |pool| sqlx::query_as::<_, StateRow>(&sql)
             .bind(i64::from(limit))
@@ -1034,8 +1035,19 @@ impl Store {
     }
 }
 
-const STATE_COLUMNS: &str = "fingerprint, alertname, namespace, severity, status, starts_at, ends_at, \
-    labels, annotations, updated_at";
+/// A state row's columns; its labels and annotations are those of the
+/// event it is (the state stores only that event's identity: each write of
+/// a state writes its event in the same transaction). `{}` if retention has
+/// deleted that event (a state still firing, not delivered for
+/// `RETENTION_DAYS`).
+const STATE_COLUMNS: &str = "s.fingerprint, s.alertname, s.namespace, s.severity, s.status, \
+    s.starts_at, s.ends_at, COALESCE(e.labels, '{}') AS labels, \
+    COALESCE(e.annotations, '{}') AS annotations, s.updated_at";
+
+/// The state table and, by its identity, its event ([`STATE_COLUMNS`]).
+const STATE_FROM: &str = "alert_state s LEFT JOIN alert_events e \
+    ON e.fingerprint = s.fingerprint AND e.status = s.status \
+    AND e.starts_at = s.starts_at AND e.ends_at = s.ends_at";
 
 #[cfg(test)]
 mod tests {

@@ -734,6 +734,14 @@ async fn dashboard_api_matches_report(db: TestDb) {
     assert_eq!(o["total_events"], 2);
     assert_eq!(rows(&o["firing"]).len(), 1);
     assert_eq!(o["firing"][0]["alertname"], "Recent");
+    // The state's labels and annotations are its event's.
+    assert_eq!(o["firing"][0]["labels"]["severity"], "critical");
+    assert_eq!(o["firing"][0]["annotations"]["summary"], "Recent is firing");
+    let (_, state) = t.store().alert("a100000000000002").await.unwrap();
+    let state = state.unwrap();
+    assert_eq!(state.status, "resolved");
+    assert_eq!(state.labels.0["alertname"], "Recent2");
+    assert_eq!(state.annotations.0["summary"], "Recent2 is resolved");
     let (_, c) = t.get("/api/dashboard/charts?hours=6&buckets=12").await;
     let buckets = rows(&c["buckets"]);
     assert_eq!(buckets.len(), 12);

@@ -281,7 +281,7 @@ fn chunked<T>(rows: &[T]) -> impl Iterator<Item = &[T]> {
 }
 
 const EVENT_PARAMS: usize = 15;
-const STATE_PARAMS: usize = 10;
+const STATE_PARAMS: usize = 8;
 
 /// The `VALUES` tuples for `rows` rows of `params` parameters each.
 ///
@@ -371,18 +371,19 @@ pub(super) const RAW_POSTGRES: &str = "jsonb_build_object('labels', labels) \
 fn build_state_sql(backend: Backend, rows: usize) -> String {
     // Move forward only: a newer startsAt wins; at the same startsAt a
     // resolution wins over firing, and firing never undoes a resolution.
+    // No labels or annotations: the row's event (same identity, written in
+    // the same transaction) holds them, and reads join to it.
     format!(
         "INSERT INTO alert_state (fingerprint, alertname, namespace, severity, status, \
-         starts_at, ends_at, labels, annotations, updated_at) VALUES {} \
+         starts_at, ends_at, updated_at) VALUES {} \
          ON CONFLICT (fingerprint) DO UPDATE SET alertname = excluded.alertname, \
          namespace = excluded.namespace, severity = excluded.severity, \
          status = excluded.status, starts_at = excluded.starts_at, \
-         ends_at = excluded.ends_at, labels = excluded.labels, \
-         annotations = excluded.annotations, updated_at = excluded.updated_at \
+         ends_at = excluded.ends_at, updated_at = excluded.updated_at \
          WHERE excluded.starts_at > alert_state.starts_at \
             OR (excluded.starts_at = alert_state.starts_at \
                 AND (excluded.status = 'resolved' OR alert_state.status = 'firing'))",
-        values(backend, rows, STATE_PARAMS, &[7, 8])
+        values(backend, rows, STATE_PARAMS, &[])
     )
 }
 
@@ -454,8 +455,6 @@ macro_rules! bind_states {
                 .bind(e.status.as_str())
                 .bind(e.starts_at)
                 .bind(e.ends_at)
-                .bind(e.labels.as_str())
-                .bind(e.annotations.as_str())
                 .bind(w.updated_at);
         }
         query
@@ -612,7 +611,7 @@ mod tests {
             event_sql(Backend::Postgres, 1)
                 .contains("$9::jsonb,$10::jsonb,$11,$12::jsonb,$13,$14,$15)")
         );
-        assert!(state_sql(Backend::Postgres, 1).contains("$8::jsonb,$9::jsonb,$10)"));
+        assert!(state_sql(Backend::Postgres, 1).contains("($1,$2,$3,$4,$5,$6,$7,$8)"));
     }
 
     fn alert(fingerprint: &str, status: &str, starts: &str, ends: &str, summary: &str) -> String {
