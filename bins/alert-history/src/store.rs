@@ -323,24 +323,6 @@ async fn checkpoint_passes(read: &SqlitePool) -> Result<bool, sqlx::Error> {
     Ok(true)
 }
 
-/// What [`set_backend_flush_after`] asks for.
-pub const BACKEND_FLUSH_AFTER: &str = "256kB";
-
-/// Asks PostgreSQL to start writing back the pages this connection's
-/// backend evicts from its buffer pool every [`BACKEND_FLUSH_AFTER`]
-/// (`backend_flush_after`, 0 by default: the kernel then writes them back
-/// in bursts, every 30 s with Linux's defaults, and commits wait behind
-/// the burst for their WAL flush). A setting of the session only; skipped
-/// when `DATABASE_URL`'s `options` set it, and best effort (a server or
-/// proxy that refuses it keeps its own).
-async fn set_backend_flush_after(conn: &mut sqlx::PgConnection) {
-    use sqlx::Executor as _;
-    let sql = format!("SET backend_flush_after = '{BACKEND_FLUSH_AFTER}'");
-    if let Err(e) = conn.execute(sql.as_str()).await {
-        tracing::debug!(error = %e, "backend_flush_after not set");
-    }
-}
-
 /// Collects `WHERE` conditions and their parameters, numbering `$N`.
 #[derive(Debug, Default)]
 struct Filter {
@@ -649,21 +631,10 @@ impl Store {
             Backend::Postgres => {
                 let options = PgConnectOptions::from_str(url)?
                     .statement_cache_capacity(write::STATEMENT_CACHE);
-                let flush_after = !options
-                    .get_options()
-                    .is_some_and(|o| o.contains("backend_flush_after"));
                 let pool = PgPoolOptions::new()
                     .max_connections(max_connections)
                     .min_connections(0)
                     .acquire_timeout(Duration::from_secs(10))
-                    .after_connect(move |conn, _| {
-                        Box::pin(async move {
-                            if flush_after {
-                                set_backend_flush_after(conn).await;
-                            }
-                            Ok(())
-                        })
-                    })
                     .connect_with(options)
                     .await?;
                 POSTGRES_MIGRATOR.run(&pool).await?;
@@ -673,24 +644,6 @@ impl Store {
             }
         };
         Ok(Store { pools })
-    }
-
-    /// The value of a PostgreSQL setting as this store's sessions see it
-    /// (`current_setting`); `None` on SQLite.
-    ///
-    /// # Errors
-    /// The database error (an unknown setting, for one).
-    pub async fn postgres_setting(&self, name: &str) -> Result<Option<String>, sqlx::Error> {
-        match &self.pools {
-            Pools::Sqlite { .. } => Ok(None),
-            Pools::Postgres { pool, .. } => {
-                let (value,): (String,) = sqlx::query_as("SELECT current_setting($1)")
-                    .bind(name)
-                    .fetch_one(pool)
-                    .await?;
-                Ok(Some(value))
-            }
-        }
     }
 
     /// Which database this store uses.
