@@ -434,7 +434,8 @@ async fn main() -> anyhow::Result<()> {
                 seq: 0,
                 firing: Vec::new(),
             };
-            let mut latencies = Vec::new();
+            // (due since the load began, latency) per answered webhook.
+            let mut answered = Vec::new();
             let mut sent = 0u64;
             // Open loop at a fixed rate: senders are spread evenly over
             // one interval (no synchronized bursts), and latency counts from
@@ -462,7 +463,7 @@ async fn main() -> anyhow::Result<()> {
                 {
                     Ok(r) if r.status().is_success() => {
                         let _ = r.bytes().await;
-                        latencies.push((t0.saturating_duration_since(began), t0.elapsed()));
+                        answered.push((t0.saturating_duration_since(began), t0.elapsed()));
                         sent += n as u64;
                     }
                     _ => {
@@ -470,7 +471,7 @@ async fn main() -> anyhow::Result<()> {
                     }
                 }
             }
-            (latencies, sent)
+            (answered, sent)
         }));
     }
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
@@ -482,22 +483,25 @@ async fn main() -> anyhow::Result<()> {
         timeline.extend(l);
         alerts += n;
     }
+    let elapsed = began.elapsed();
+    let service_cpu = cpu_seconds(&service.pid.to_string()) - service_cpu0;
+    let own_cpu = cpu_seconds("self") - own_cpu0;
+    // After the readings above, so writing it counts in neither.
     if let Some(path) = &args.latency_log {
+        use std::fmt::Write as _;
         timeline.sort_unstable();
         let mut text = String::with_capacity(timeline.len() * 16);
         for (due, latency) in &timeline {
-            text.push_str(&format!(
-                "{:.1} {:.2}\n",
+            let _ = writeln!(
+                text,
+                "{:.1} {:.2}",
                 due.as_secs_f64() * 1e3,
                 latency.as_secs_f64() * 1e3
-            ));
+            );
         }
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
     }
     let mut latencies: Vec<Duration> = timeline.into_iter().map(|(_, l)| l).collect();
-    let elapsed = began.elapsed();
-    let service_cpu = cpu_seconds(&service.pid.to_string()) - service_cpu0;
-    let own_cpu = cpu_seconds("self") - own_cpu0;
     latencies.sort_unstable();
     let peak_rss = proc_kib(service.pid, "VmHWM:");
     // The log file only grows (SQLite reuses it from its start once a
