@@ -1037,12 +1037,15 @@ impl Store {
 
 /// A state row's columns; its labels and annotations are those of the
 /// event it is (the state stores only that event's identity: each write of
-/// a state writes its event in the same transaction). `{}` if retention has
+/// a state writes its event in the same transaction), and its `updated_at`
+/// that event's latest delivery (the row itself is written only when the
+/// state changes). `{}` and the time of the change if retention has
 /// deleted that event (a state still firing, not delivered for
 /// `RETENTION_DAYS`).
 const STATE_COLUMNS: &str = "s.fingerprint, s.alertname, s.namespace, s.severity, s.status, \
     s.starts_at, s.ends_at, COALESCE(e.labels, '{}') AS labels, \
-    COALESCE(e.annotations, '{}') AS annotations, s.updated_at";
+    COALESCE(e.annotations, '{}') AS annotations, \
+    COALESCE(e.last_seen, s.updated_at) AS updated_at";
 
 /// The state table and, by its identity, its event ([`STATE_COLUMNS`]).
 const STATE_FROM: &str = "alert_state s LEFT JOIN alert_events e \

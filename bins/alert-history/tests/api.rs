@@ -270,27 +270,46 @@ async fn raw_is_the_alert_as_delivered(db: TestDb) {
     let full = firing("Raw", "7777000000000001", 0, &[("team", "a")]);
     let mut bare = firing("Raw", "7777000000000002", 0, &[]);
     bare.as_object_mut().unwrap().remove("annotations");
+    bare.as_object_mut().unwrap().remove("generatorURL");
     let mut empty = firing("Raw", "7777000000000003", 0, &[]);
     empty["annotations"] = json!({});
-    t.deliver(&payload(vec![full.clone(), bare.clone(), empty.clone()]))
-        .await;
+    empty["generatorURL"] = json!("");
+    let mut null = resolved("Raw", "7777000000000005", 0, 3, &[]);
+    null["generatorURL"] = Value::Null;
+    t.deliver(&payload(vec![
+        full.clone(),
+        bare.clone(),
+        empty.clone(),
+        null.clone(),
+    ]))
+    .await;
     for (fp, sent) in [
         ("7777000000000001", &full),
         ("7777000000000002", &bare),
         ("7777000000000003", &empty),
+        ("7777000000000005", &null),
     ] {
         let raw = t.store().raw_events(fp).await.unwrap();
         assert_eq!(raw, vec![sent.clone()], "{fp}");
     }
 
-    // The same event again, with other labels and annotations: `raw` is
-    // the latest delivery, whole.
+    // The same event again, with other labels, annotations and
+    // generatorURL: `raw` is the latest delivery, whole.
     let mut again = full.clone();
     again["labels"]["team"] = json!("b");
     again["annotations"] = json!({ "summary": "changed", "runbook": 7 });
+    again["generatorURL"] = json!("http://other:9090/graph");
     t.deliver(&payload(vec![again.clone()])).await;
     let raw = t.store().raw_events("7777000000000001").await.unwrap();
     assert_eq!(raw, vec![again]);
+    // And once more without a generatorURL: it does not come back.
+    let mut without = full.clone();
+    without.as_object_mut().unwrap().remove("generatorURL");
+    t.deliver(&payload(vec![without.clone()])).await;
+    let raw = t.store().raw_events("7777000000000001").await.unwrap();
+    assert_eq!(raw, vec![without]);
+    let (_, history) = t.get("/history?fingerprint=7777000000000001").await;
+    assert_eq!(rows(&history)[0]["generatorURL"], Value::Null);
 
     // Twice in one webhook, the labels differing: the last one wins.
     let first = firing("Raw", "7777000000000004", 0, &[("team", "a")]);
@@ -598,6 +617,21 @@ async fn state_never_moves_back(db: TestDb) {
     assert_eq!(r["summary"]["firing_now"], 1);
     let (_, o) = t.get("/api/dashboard/overview?hours=8760").await;
     assert_eq!(o["firing"][0]["startsAt"], at(60));
+
+    // Redeliveries leave the state row alone, but the state still shows
+    // its latest delivery (its event's lastSeen) as updatedAt.
+    let body = payload(vec![firing("Late", fp, 60, &[])]).to_string();
+    let events = alert_history::model::parse_webhook(body.as_bytes()).unwrap();
+    let later = 4_102_444_800_000; // 2100-01-01
+    t.store().ingest(&events, later).await.unwrap();
+    let (_, o) = t.get("/api/dashboard/overview?hours=8760").await;
+    assert_eq!(o["firing"][0]["updatedAt"], "2100-01-01T00:00:00Z");
+    let (_, h) = t
+        .get(&format!("/history?fingerprint={fp}&status=firing"))
+        .await;
+    assert_eq!(rows(&h)[0]["startsAt"], at(60));
+    assert_eq!(rows(&h)[0]["lastSeen"], o["firing"][0]["updatedAt"]);
+    assert_eq!(rows(&h)[0]["occurrences"], 2);
 }
 
 async fn health_and_readiness(db: TestDb) {

@@ -112,6 +112,17 @@ impl Encoded {
     fn state_order(&self) -> (i64, Status) {
         (self.starts_at, self.status)
     }
+
+    /// Whether this event replaces `old` as its fingerprint's state: a
+    /// later `startsAt`, or at the same `startsAt` a resolution over
+    /// firing or over a resolution with another `endsAt` (the state
+    /// statements' condition).
+    fn moves_state_forward(&self, old: &Encoded) -> bool {
+        self.starts_at > old.starts_at
+            || (self.starts_at == old.starts_at
+                && self.status == Status::Resolved
+                && (old.status == Status::Firing || self.ends_at != old.ends_at))
+    }
 }
 
 fn json_text<T: serde::Serialize + ?Sized>(value: &T) -> String {
@@ -232,10 +243,11 @@ fn merge<'a>(deliveries: &[&'a Delivery]) -> Merged<'a> {
                     states.push(write);
                 }
                 Entry::Occupied(o) => {
-                    // A later delivery's state replaces an earlier one unless
-                    // it is older (the statement's WHERE, applied in order).
+                    // A later delivery's state replaces an earlier one only
+                    // if it moves the state forward (the statement's WHERE,
+                    // applied in order).
                     let cur = &mut states[*o.get()];
-                    if event.state_order() >= cur.event.state_order() {
+                    if event.moves_state_forward(cur.event) {
                         *cur = write;
                     }
                 }
@@ -323,7 +335,7 @@ fn build_event_sql(backend: Backend, rows: usize) -> String {
     const MERGE: &str = "last_seen = CASE WHEN excluded.last_seen > alert_events.last_seen \
              THEN excluded.last_seen ELSE alert_events.last_seen END, \
          occurrences = alert_events.occurrences + excluded.occurrences, \
-         annotations = excluded.annotations";
+         annotations = excluded.annotations, generator_url = excluded.generator_url";
     let values = values(backend, rows, EVENT_PARAMS, &[8, 9, 11]);
     match backend {
         // SQLite keeps the alert's JSON text exactly as delivered, and
@@ -334,14 +346,16 @@ fn build_event_sql(backend: Backend, rows: usize) -> String {
              ON CONFLICT (fingerprint, status, starts_at, ends_at) DO UPDATE SET \
              {MERGE}, raw = excluded.raw"
         ),
-        // PostgreSQL stores `raw` without the `labels` and `annotations`
-        // it repeats from their own columns (about a third of a row, and
-        // of its WAL); `RAW_POSTGRES` puts them back when it is read. A key
-        // is left out only where it equals its column (and `annotations`
-        // only when not empty), so what comes back is what was delivered.
-        // On a redelivery whose labels differ from the stored row's (not
+        // PostgreSQL stores `raw` without what its own columns already hold
+        // (`labels`, `annotations`, `status` and `generatorURL`: about half
+        // of a row, and of its WAL); `RAW_POSTGRES` puts them back when it
+        // is read. A key is left out only where it equals its column (and
+        // `annotations` only when not empty, `generatorURL` only when
+        // there is one), so what comes back is what was delivered. On a
+        // redelivery whose labels differ from the stored row's (not
         // Alertmanager: its fingerprint is a hash of the labels), the
-        // delivered labels are kept in `raw` itself.
+        // delivered labels are kept in `raw` itself; the other three
+        // columns are updated with `raw`.
         Backend::Postgres => format!(
             "INSERT INTO alert_events ({COLUMNS}) \
              SELECT fingerprint, alertname, namespace, severity, status, starts_at, ends_at, \
@@ -349,7 +363,11 @@ fn build_event_sql(backend: Backend, rows: usize) -> String {
                  raw - (CASE WHEN raw -> 'labels' = labels \
                              THEN ARRAY['labels'] ELSE ARRAY[]::text[] END \
                         || CASE WHEN annotations <> '{{}}' AND raw -> 'annotations' = annotations \
-                             THEN ARRAY['annotations'] ELSE ARRAY[]::text[] END), \
+                             THEN ARRAY['annotations'] ELSE ARRAY[]::text[] END \
+                        || CASE WHEN raw -> 'status' = to_jsonb(status) \
+                             THEN ARRAY['status'] ELSE ARRAY[]::text[] END \
+                        || CASE WHEN raw -> 'generatorURL' = to_jsonb(generator_url) \
+                             THEN ARRAY['generatorURL'] ELSE ARRAY[]::text[] END), \
                  received_at, last_seen, occurrences \
              FROM (VALUES {values}) AS v ({COLUMNS}) \
              ON CONFLICT (fingerprint, status, starts_at, ends_at) DO UPDATE SET \
@@ -361,30 +379,71 @@ fn build_event_sql(backend: Backend, rows: usize) -> String {
 }
 
 /// The stored event's alert as delivered, on PostgreSQL: `raw` with the
-/// `labels` and `annotations` the write left out of it put back (a key
-/// still in `raw` wins).
-pub(super) const RAW_POSTGRES: &str = "jsonb_build_object('labels', labels) \
+/// `labels`, `status`, `annotations` and `generatorURL` the write left out
+/// of it put back (a key still in `raw` wins). `status` is always
+/// delivered; `annotations` only come back when not empty and
+/// `generatorURL` when there is one, as the write left them out only then.
+pub(super) const RAW_POSTGRES: &str = "jsonb_build_object('labels', labels, 'status', status) \
     || CASE WHEN annotations <> '{}' THEN jsonb_build_object('annotations', annotations) \
             ELSE '{}' END \
+    || CASE WHEN generator_url IS NOT NULL \
+            THEN jsonb_build_object('generatorURL', generator_url) ELSE '{}' END \
     || raw";
 
 fn build_state_sql(backend: Backend, rows: usize) -> String {
-    // Move forward only: a newer startsAt wins; at the same startsAt a
-    // resolution wins over firing, and firing never undoes a resolution.
-    // No labels or annotations: the row's event (same identity, written in
-    // the same transaction) holds them, and reads join to it.
-    format!(
-        "INSERT INTO alert_state (fingerprint, alertname, namespace, severity, status, \
-         starts_at, ends_at, updated_at) VALUES {} \
-         ON CONFLICT (fingerprint) DO UPDATE SET alertname = excluded.alertname, \
-         namespace = excluded.namespace, severity = excluded.severity, \
-         status = excluded.status, starts_at = excluded.starts_at, \
-         ends_at = excluded.ends_at, updated_at = excluded.updated_at \
-         WHERE excluded.starts_at > alert_state.starts_at \
-            OR (excluded.starts_at = alert_state.starts_at \
-                AND (excluded.status = 'resolved' OR alert_state.status = 'firing'))",
-        values(backend, rows, STATE_PARAMS, &[])
-    )
+    // A state moves forward only: a newer startsAt wins; at the same
+    // startsAt a resolution wins over firing (and over an earlier
+    // resolution with another endsAt), and firing never undoes a
+    // resolution. A delivery of the state already stored (every
+    // redelivery) changes nothing, so it writes nothing: `updated_at` is
+    // when the state last changed, and reads take its latest delivery from
+    // the event (`STATE_COLUMNS`). No labels or annotations either: the
+    // row's event (same identity, written in the same transaction) holds
+    // them, and reads join to it.
+    const COLUMNS: &str =
+        "fingerprint, alertname, namespace, severity, status, starts_at, ends_at, updated_at";
+    const SET: &str = "alertname = excluded.alertname, namespace = excluded.namespace, \
+         severity = excluded.severity, status = excluded.status, \
+         starts_at = excluded.starts_at, ends_at = excluded.ends_at, \
+         updated_at = excluded.updated_at";
+    let forward = |new: &str, old: &str| {
+        format!(
+            "({new}.starts_at > {old}.starts_at \
+              OR ({new}.starts_at = {old}.starts_at AND {new}.status = 'resolved' \
+                  AND ({old}.status = 'firing' OR {new}.ends_at <> {old}.ends_at)))"
+        )
+    };
+    let values = values(backend, rows, STATE_PARAMS, &[]);
+    match backend {
+        Backend::Sqlite => format!(
+            "INSERT INTO alert_state ({COLUMNS}) VALUES {values} \
+             ON CONFLICT (fingerprint) DO UPDATE SET {SET} WHERE {}",
+            forward("excluded", "alert_state")
+        ),
+        // `ON CONFLICT ... DO UPDATE ... WHERE` locks the row even when the
+        // condition fails, which writes the row's page (and a full-page
+        // image after each checkpoint) for nothing; so rows that would not
+        // move the state forward are dropped first, by a plain read. A
+        // state changed by another transaction since that read only moved
+        // forward, so a row dropped is still not newer; one that is kept
+        // still meets the condition below.
+        //
+        // The read is a correlated subquery, not a join: a join's plan is
+        // cached per connection, and one chosen while the table was small
+        // (a hash join over all of it) stays when it is large. A subquery
+        // is always one primary-key lookup per row. Rows stay in the order
+        // bound (fingerprint order), so concurrent transactions lock them
+        // in the same order.
+        Backend::Postgres => format!(
+            "INSERT INTO alert_state ({COLUMNS}) \
+             SELECT * FROM (VALUES {values}) AS v ({COLUMNS}) \
+             WHERE COALESCE((SELECT {} FROM alert_state s \
+                             WHERE s.fingerprint = v.fingerprint), true) \
+             ON CONFLICT (fingerprint) DO UPDATE SET {SET} WHERE {}",
+            forward("v", "s"),
+            forward("excluded", "alert_state")
+        ),
+    }
 }
 
 /// The statements for every chunk size ([`SIZES`]), built once per
@@ -431,7 +490,7 @@ macro_rules! bind_events {
                 .bind(e.event_at())
                 .bind(e.labels.as_str())
                 .bind(last.annotations.as_str())
-                .bind(e.generator_url.as_deref())
+                .bind(last.generator_url.as_deref())
                 .bind(last.raw.as_str())
                 .bind(w.received_at)
                 .bind(w.last_seen)
@@ -694,10 +753,11 @@ mod tests {
         let m = merge(&[&a, &b]);
         assert_eq!(m.states.len(), 1);
         assert_eq!(m.states[0].event.starts_at, a.events[0].starts_at);
-        // Same state again later: it replaces (updated_at moves forward).
+        // Same state again later: nothing changes (updated_at is when the
+        // state changed).
         let c = delivery(&[alert("f1", "firing", T1, ZERO, "again")], 30);
         let m = merge(&[&a, &c]);
-        assert_eq!(m.states[0].updated_at, 30);
+        assert_eq!(m.states[0].updated_at, 10);
         // A firing never undoes a resolution at the same startsAt.
         let r = delivery(&[alert("f1", "resolved", T1, T1, "r")], 40);
         let m = merge(&[&r, &c]);
