@@ -686,7 +686,11 @@ impl Store {
 
     /// Stores a delivery in one transaction: each event is inserted, or, if
     /// the same (fingerprint, status, startsAt, endsAt) is already stored,
-    /// its `last_seen`, `occurrences`, annotations and raw JSON are updated;
+    /// its `last_seen` and `occurrences` move on (on PostgreSQL counted in
+    /// `alert_event_redeliveries`, read through the `alert_events_seen`
+    /// view) and its annotations, generatorURL and raw JSON become the
+    /// delivered ones (on PostgreSQL the row is rewritten only if they
+    /// changed);
     /// the current-state row of each fingerprint moves forward (never back to
     /// an older state). Nothing is visible before the commit, and a failure
     /// rolls everything back.
@@ -778,7 +782,7 @@ impl Store {
         let limit = f.param(Param::I64(i64::from(q.limit)));
         let offset = f.param(Param::I64(q.offset.min(i64::MAX as u64) as i64));
         let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM alert_events{} ORDER BY event_at DESC, id DESC LIMIT {limit} OFFSET {offset}",
+            "SELECT {EVENT_COLUMNS} FROM alert_events_seen{} ORDER BY event_at DESC, id DESC LIMIT {limit} OFFSET {offset}",
             f.sql()
         );
         on_read!(self, |pool| bind_all!(
@@ -797,7 +801,7 @@ impl Store {
     pub async fn raw_events(&self, fingerprint: &str) -> Result<Vec<Value>, sqlx::Error> {
         let raw = match self.backend() {
             Backend::Sqlite => "raw",
-            Backend::Postgres => write::RAW_POSTGRES,
+            Backend::Postgres => write::raw_postgres(),
         };
         let sql =
             format!("SELECT {raw} FROM alert_events WHERE fingerprint = $1 ORDER BY event_at, id");
@@ -817,7 +821,7 @@ impl Store {
         fingerprint: &str,
     ) -> Result<(Vec<EventRow>, Option<StateRow>), sqlx::Error> {
         let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM alert_events WHERE fingerprint = $1 ORDER BY event_at, id"
+            "SELECT {EVENT_COLUMNS} FROM alert_events_seen WHERE fingerprint = $1 ORDER BY event_at, id"
         );
         let state_sql =
             format!("SELECT {STATE_COLUMNS} FROM {STATE_FROM} WHERE s.fingerprint = $1");
@@ -1012,19 +1016,46 @@ impl Store {
         // the cutoff happened before it too (event time <= delivery time), so
         // no separate index on last_seen is kept up to date on every
         // redelivery. An event still redelivered stays, however old.
-        let sql = "DELETE FROM alert_events WHERE id IN \
-                   (SELECT id FROM alert_events WHERE event_at < $1 AND last_seen < $1 \
-                    ORDER BY event_at, id LIMIT $2)";
+        //
+        // On PostgreSQL the redeliveries counted beside an event
+        // (`alert_event_redeliveries`) go with it. (A redelivery committed
+        // while its event is being deleted can leave a counter row behind;
+        // nothing reads one without its event.)
+        let sql = match self.backend() {
+            Backend::Sqlite => {
+                "DELETE FROM alert_events WHERE id IN \
+                 (SELECT id FROM alert_events WHERE event_at < $1 AND last_seen < $1 \
+                  ORDER BY event_at, id LIMIT $2)"
+            }
+            Backend::Postgres => {
+                "WITH gone AS (DELETE FROM alert_events WHERE id IN \
+                     (SELECT id FROM alert_events_seen WHERE event_at < $1 AND last_seen < $1 \
+                      ORDER BY event_at, id LIMIT $2) RETURNING id), \
+                 counted AS (DELETE FROM alert_event_redeliveries r USING gone \
+                     WHERE r.id = gone.id) \
+                 SELECT count(*) FROM gone"
+            }
+        };
         let state_sql = "DELETE FROM alert_state WHERE fingerprint IN \
                    (SELECT fingerprint FROM alert_state WHERE status = 'resolved' AND updated_at < $1 \
                     ORDER BY fingerprint LIMIT $2)";
         on_write!(self, |pool| {
-            let deleted = sqlx::query(sql)
-                .bind(cutoff_ms)
-                .bind(i64::from(batch))
-                .execute(pool)
-                .await?
-                .rows_affected();
+            let deleted = match self.backend() {
+                Backend::Sqlite => sqlx::query(sql)
+                    .bind(cutoff_ms)
+                    .bind(i64::from(batch))
+                    .execute(pool)
+                    .await?
+                    .rows_affected(),
+                Backend::Postgres => {
+                    let (n,): (i64,) = sqlx::query_as(sql)
+                        .bind(cutoff_ms)
+                        .bind(i64::from(batch))
+                        .fetch_one(pool)
+                        .await?;
+                    n as u64
+                }
+            };
             sqlx::query(state_sql)
                 .bind(cutoff_ms)
                 .bind(i64::from(batch))
@@ -1048,7 +1079,7 @@ const STATE_COLUMNS: &str = "s.fingerprint, s.alertname, s.namespace, s.severity
     COALESCE(e.last_seen, s.updated_at) AS updated_at";
 
 /// The state table and, by its identity, its event ([`STATE_COLUMNS`]).
-const STATE_FROM: &str = "alert_state s LEFT JOIN alert_events e \
+const STATE_FROM: &str = "alert_state s LEFT JOIN alert_events_seen e \
     ON e.fingerprint = s.fingerprint AND e.status = s.status \
     AND e.starts_at = s.starts_at AND e.ends_at = s.ends_at";
 

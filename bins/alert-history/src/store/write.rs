@@ -332,63 +332,142 @@ fn build_event_sql(backend: Backend, rows: usize) -> String {
     const COLUMNS: &str = "fingerprint, alertname, namespace, severity, status, starts_at, \
                            ends_at, event_at, labels, annotations, generator_url, raw, \
                            received_at, last_seen, occurrences";
-    const MERGE: &str = "last_seen = CASE WHEN excluded.last_seen > alert_events.last_seen \
-             THEN excluded.last_seen ELSE alert_events.last_seen END, \
-         occurrences = alert_events.occurrences + excluded.occurrences, \
-         annotations = excluded.annotations, generator_url = excluded.generator_url";
     let values = values(backend, rows, EVENT_PARAMS, &[8, 9, 11]);
     match backend {
-        // SQLite keeps the alert's JSON text exactly as delivered, and
-        // finds its new rows after the statements (see `write_sqlite`): one
-        // row back, not one per event.
+        // SQLite keeps the alert's JSON text exactly as delivered, updates
+        // a redelivered event's row in place, and finds its new rows after
+        // the statements (see `write_sqlite`): one row back, not one per
+        // event.
         Backend::Sqlite => format!(
             "INSERT INTO alert_events ({COLUMNS}) VALUES {values} \
              ON CONFLICT (fingerprint, status, starts_at, ends_at) DO UPDATE SET \
-             {MERGE}, raw = excluded.raw"
+             last_seen = CASE WHEN excluded.last_seen > alert_events.last_seen \
+                 THEN excluded.last_seen ELSE alert_events.last_seen END, \
+             occurrences = alert_events.occurrences + excluded.occurrences, \
+             annotations = excluded.annotations, generator_url = excluded.generator_url, \
+             raw = excluded.raw"
         ),
-        // PostgreSQL stores `raw` without what its own columns already hold
-        // (`labels`, `annotations`, `status` and `generatorURL`: about half
-        // of a row, and of its WAL); `RAW_POSTGRES` puts them back when it
-        // is read. A key is left out only where it equals its column (and
-        // `annotations` only when not empty, `generatorURL` only when
-        // there is one), so what comes back is what was delivered. On a
-        // redelivery whose labels differ from the stored row's (not
-        // Alertmanager: its fingerprint is a hash of the labels), the
-        // delivered labels are kept in `raw` itself; the other three
-        // columns are updated with `raw`.
+        // PostgreSQL inserts new events only (`DO NOTHING` takes no lock on
+        // a stored one: redeliveries go through `redelivery_sql`), and
+        // stores `raw` without what the row's own columns hold
+        // (`stripped_raw`).
         Backend::Postgres => format!(
             "INSERT INTO alert_events ({COLUMNS}) \
              SELECT fingerprint, alertname, namespace, severity, status, starts_at, ends_at, \
-                 event_at, labels, annotations, generator_url, \
-                 raw - (CASE WHEN raw -> 'labels' = labels \
-                             THEN ARRAY['labels'] ELSE ARRAY[]::text[] END \
-                        || CASE WHEN annotations <> '{{}}' AND raw -> 'annotations' = annotations \
-                             THEN ARRAY['annotations'] ELSE ARRAY[]::text[] END \
-                        || CASE WHEN raw -> 'status' = to_jsonb(status) \
-                             THEN ARRAY['status'] ELSE ARRAY[]::text[] END \
-                        || CASE WHEN raw -> 'generatorURL' = to_jsonb(generator_url) \
-                             THEN ARRAY['generatorURL'] ELSE ARRAY[]::text[] END), \
+                 event_at, labels, annotations, generator_url, {}, \
                  received_at, last_seen, occurrences \
              FROM (VALUES {values}) AS v ({COLUMNS}) \
-             ON CONFLICT (fingerprint, status, starts_at, ends_at) DO UPDATE SET \
-             {MERGE}, raw = CASE WHEN excluded.labels = alert_events.labels THEN excluded.raw \
-                 ELSE jsonb_build_object('labels', excluded.labels) || excluded.raw END \
-             RETURNING fingerprint, status, starts_at, ends_at, occurrences"
+             ON CONFLICT (fingerprint, status, starts_at, ends_at) DO NOTHING \
+             RETURNING fingerprint, status, starts_at, ends_at",
+            stripped_raw("raw", "labels", "annotations", "status", "generator_url")
         ),
     }
 }
 
-/// The stored event's alert as delivered, on PostgreSQL: `raw` with the
-/// `labels`, `status`, `annotations` and `generatorURL` the write left out
-/// of it put back (a key still in `raw` wins). `status` is always
-/// delivered; `annotations` only come back when not empty and
-/// `generatorURL` when there is one, as the write left them out only then.
-pub(super) const RAW_POSTGRES: &str = "jsonb_build_object('labels', labels, 'status', status) \
-    || CASE WHEN annotations <> '{}' THEN jsonb_build_object('annotations', annotations) \
-            ELSE '{}' END \
-    || CASE WHEN generator_url IS NOT NULL \
-            THEN jsonb_build_object('generatorURL', generator_url) ELSE '{}' END \
-    || raw";
+/// PostgreSQL stores `raw` without what its row's own columns already hold
+/// (`labels`, `annotations`, `status` and `generatorURL`: about half of a
+/// row, and of its WAL); [`delivered`] puts them back when it is read. A
+/// key is left out only where it equals its column (`annotations` only
+/// when not empty, `generatorURL` only when there is one), so what comes
+/// back is what was delivered. The arguments are SQL expressions: the
+/// delivered alert (JSONB) and the row's columns.
+fn stripped_raw(raw: &str, labels: &str, annotations: &str, status: &str, url: &str) -> String {
+    format!(
+        "({raw} - (CASE WHEN {raw} -> 'labels' = {labels} \
+                       THEN ARRAY['labels'] ELSE ARRAY[]::text[] END \
+                  || CASE WHEN {annotations} <> '{{}}' AND {raw} -> 'annotations' = {annotations} \
+                       THEN ARRAY['annotations'] ELSE ARRAY[]::text[] END \
+                  || CASE WHEN {raw} -> 'status' = to_jsonb({status}) \
+                       THEN ARRAY['status'] ELSE ARRAY[]::text[] END \
+                  || CASE WHEN {raw} -> 'generatorURL' = to_jsonb({url}) \
+                       THEN ARRAY['generatorURL'] ELSE ARRAY[]::text[] END))"
+    )
+}
+
+/// The alert as delivered, from a PostgreSQL row's columns (SQL
+/// expressions): `raw` with what [`stripped_raw`] left out put back (a key
+/// still in `raw` wins). `status` is always delivered; `annotations` come
+/// back only when not empty and `generatorURL` when there is one, as only
+/// then were they left out.
+fn delivered(labels: &str, status: &str, annotations: &str, url: &str, raw: &str) -> String {
+    format!(
+        "(jsonb_build_object('labels', {labels}, 'status', {status}) \
+          || CASE WHEN {annotations} <> '{{}}' \
+                  THEN jsonb_build_object('annotations', {annotations}) ELSE '{{}}' END \
+          || CASE WHEN {url} IS NOT NULL \
+                  THEN jsonb_build_object('generatorURL', {url}) ELSE '{{}}' END \
+          || {raw})"
+    )
+}
+
+/// The stored event's alert as delivered, on PostgreSQL (see
+/// [`delivered`]).
+pub(super) fn raw_postgres() -> &'static str {
+    static SQL: OnceLock<String> = OnceLock::new();
+    SQL.get_or_init(|| delivered("labels", "status", "annotations", "generator_url", "raw"))
+}
+
+const REDELIVERY_PARAMS: usize = 9;
+
+/// PostgreSQL: counts redeliveries of stored events (rows the insert did
+/// not write) into `alert_event_redeliveries`, and returns those whose
+/// delivered alert differs from the stored one (annotations, generatorURL
+/// or unknown fields changed) with their new columns, for
+/// [`CONTENT_UPDATE`]. The event row itself is only read: it is usually on
+/// a page written long ago, and changing that page would also log all of
+/// it once per checkpoint.
+///
+/// Each event is found by a lateral primary-key lookup on the identity
+/// index, never a join, whose plan (cached per connection) could be chosen
+/// while the table was small. Rows keep the order bound (identity order),
+/// so concurrent transactions lock counter rows in the same order.
+fn build_redelivery_sql(rows: usize) -> String {
+    format!(
+        "WITH v (fingerprint, status, starts_at, ends_at, last_seen, occurrences, \
+                 annotations, generator_url, raw) AS (VALUES {}), \
+         f AS MATERIALIZED ( \
+             SELECT v.*, e.id, e.stored_labels, {} <> v.raw AS changed \
+             FROM v, LATERAL ( \
+                 SELECT id, labels AS stored_labels, annotations AS stored_annotations, \
+                     generator_url AS stored_url, raw AS stored_raw \
+                 FROM alert_events x \
+                 WHERE x.fingerprint = v.fingerprint AND x.status = v.status \
+                   AND x.starts_at = v.starts_at AND x.ends_at = v.ends_at \
+                 LIMIT 1) e), \
+         counted AS ( \
+             INSERT INTO alert_event_redeliveries (id, last_seen, occurrences) \
+             SELECT id, last_seen, occurrences FROM f \
+             ON CONFLICT (id) DO UPDATE SET \
+                 last_seen = GREATEST(alert_event_redeliveries.last_seen, excluded.last_seen), \
+                 occurrences = alert_event_redeliveries.occurrences + excluded.occurrences) \
+         SELECT id, annotations::text, generator_url, {}::text FROM f WHERE changed",
+        values(Backend::Postgres, rows, REDELIVERY_PARAMS, &[6, 8]),
+        delivered(
+            "e.stored_labels",
+            "v.status",
+            "e.stored_annotations",
+            "e.stored_url",
+            "e.stored_raw"
+        ),
+        stripped_raw(
+            "raw",
+            "stored_labels",
+            "annotations",
+            "status",
+            "generator_url"
+        ),
+    )
+}
+
+/// PostgreSQL: the new annotations, generatorURL and raw alert of stored
+/// events whose redelivery changed them, by id (sorted). Run unprepared:
+/// planned each time with the table's real size (see
+/// [`build_redelivery_sql`]), and only when something changed.
+const CONTENT_UPDATE: &str = "UPDATE alert_events e \
+    SET annotations = c.annotations::jsonb, generator_url = c.generator_url, raw = c.raw::jsonb \
+    FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[]) \
+        AS c (id, annotations, generator_url, raw) \
+    WHERE e.id = c.id";
 
 fn build_state_sql(backend: Backend, rows: usize) -> String {
     // A state moves forward only: a newer startsAt wins; at the same
@@ -466,6 +545,16 @@ fn cached_sql(
 fn event_sql(backend: Backend, rows: usize) -> &'static str {
     static SQL: [OnceLock<Vec<String>>; 2] = [OnceLock::new(), OnceLock::new()];
     cached_sql(&SQL, build_event_sql, backend, rows)
+}
+
+fn redelivery_sql(rows: usize) -> &'static str {
+    static SQL: [OnceLock<Vec<String>>; 2] = [OnceLock::new(), OnceLock::new()];
+    cached_sql(
+        &SQL,
+        |_, rows| build_redelivery_sql(rows),
+        Backend::Postgres,
+        rows,
+    )
 }
 
 fn state_sql(backend: Backend, rows: usize) -> &'static str {
@@ -579,12 +668,13 @@ pub(super) async fn write_sqlite(
 }
 
 /// Writes the deliveries of one PostgreSQL group commit in the open
-/// transaction, as if one after the other; returns each one's new events
-/// (rows whose occurrences are exactly the ones just written).
+/// transaction, as if one after the other; returns each one's new events.
 ///
-/// Rows go in key order (events by identity, states by fingerprint), so
-/// concurrent transactions lock them in the same order and cannot
-/// deadlock.
+/// In phases, each over all rows in key order (events by identity, states
+/// by fingerprint), so concurrent transactions take each kind of lock in
+/// the same order and cannot deadlock: insert the new events; count the
+/// redeliveries of stored ones (and collect those whose alert changed);
+/// update the changed ones, by id; move the states forward.
 pub(super) async fn write_postgres(
     tx: &mut Transaction<'_, Postgres>,
     deliveries: &[&Delivery],
@@ -597,23 +687,62 @@ pub(super) async fn write_postgres(
         .states
         .sort_unstable_by(|a, b| a.event.fingerprint.cmp(&b.event.fingerprint));
     let mut saved = vec![0u64; deliveries.len()];
+    let mut stored: Vec<EventWrite<'_>> = Vec::new();
     for rows in chunked(&merged.events) {
-        let returned: Vec<(String, String, i64, i64, i64)> = bind_events!(
+        let returned: Vec<(String, String, i64, i64)> = bind_events!(
             sqlx::query_as(event_sql(Backend::Postgres, rows.len())),
             rows
         )
         .fetch_all(&mut **tx)
         .await?;
         // RETURNING order is unspecified: match rows by key.
-        let by_key: HashMap<(&str, &str, i64, i64), i64> = returned
+        let new: std::collections::HashSet<(&str, &str, i64, i64)> = returned
             .iter()
-            .map(|(f, s, start, end, n)| ((f.as_str(), s.as_str(), *start, *end), *n))
+            .map(|(f, s, start, end)| (f.as_str(), s.as_str(), *start, *end))
             .collect();
         for w in rows {
-            if by_key.get(&w.first.row_key()) == Some(&w.occurrences) {
+            if new.contains(&w.first.row_key()) {
                 saved[w.delivery] += 1;
+            } else {
+                stored.push(*w);
             }
         }
+    }
+    let mut changed: Vec<(i64, String, Option<String>, String)> = Vec::new();
+    for rows in chunked(&stored) {
+        let mut query = sqlx::query_as(redelivery_sql(rows.len()));
+        for w in rows {
+            let (e, last) = (w.first, w.last);
+            query = query
+                .bind(e.fingerprint.as_str())
+                .bind(e.status.as_str())
+                .bind(e.starts_at)
+                .bind(e.ends_at)
+                .bind(w.last_seen)
+                .bind(w.occurrences)
+                .bind(last.annotations.as_str())
+                .bind(last.generator_url.as_deref())
+                .bind(last.raw.as_str());
+        }
+        changed.extend(query.fetch_all(&mut **tx).await?);
+    }
+    if !changed.is_empty() {
+        changed.sort_unstable_by_key(|c| c.0);
+        let (mut ids, mut annotations, mut urls, mut raws) = (vec![], vec![], vec![], vec![]);
+        for (id, a, url, raw) in changed {
+            ids.push(id);
+            annotations.push(a);
+            urls.push(url);
+            raws.push(raw);
+        }
+        sqlx::query(CONTENT_UPDATE)
+            .bind(ids)
+            .bind(annotations)
+            .bind(urls)
+            .bind(raws)
+            .persistent(false)
+            .execute(&mut **tx)
+            .await?;
     }
     write_states!(tx, Backend::Postgres, merged);
     Ok(saved)
