@@ -254,22 +254,26 @@ pub fn format_time(ms: i64) -> String {
 /// label names and values, each followed by the byte `0xff`, as 16 hex
 /// digits (Prometheus `model.LabelSet.Fingerprint`).
 pub fn alertmanager_fingerprint(labels: &BTreeMap<String, String>) -> String {
+    let hash = fnv1a64(
+        labels
+            .iter()
+            .flat_map(|(name, value)| [name.as_bytes(), &[0xff], value.as_bytes(), &[0xff]]),
+    );
+    format!("{hash:016x}")
+}
+
+/// FNV-1a 64 over `parts`, in order, as if concatenated.
+pub(crate) fn fnv1a64<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {
     const OFFSET: u64 = 14_695_981_039_346_656_037;
     const PRIME: u64 = 1_099_511_628_211;
     let mut hash = OFFSET;
-    let mut add = |bytes: &[u8]| {
-        for b in bytes {
+    for part in parts {
+        for b in part {
             hash ^= u64::from(*b);
             hash = hash.wrapping_mul(PRIME);
         }
-    };
-    for (name, value) in labels {
-        add(name.as_bytes());
-        add(&[0xff]);
-        add(value.as_bytes());
-        add(&[0xff]);
     }
-    format!("{hash:016x}")
+    hash
 }
 
 #[cfg(test)]

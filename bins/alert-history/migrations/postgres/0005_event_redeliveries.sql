@@ -9,6 +9,12 @@
 -- rewritten only when the delivered alert itself changed (annotations,
 -- generatorURL, unknown fields).
 --
+-- The event row keeps an FNV-1a 64 hash of the alert as last written
+-- (`content_hash`): a redelivery with the same hash is the same alert, so
+-- its row is not touched and its JSON not even parsed. Rows written before
+-- have none and are rewritten once, at their next redelivery.
+ALTER TABLE alert_events ADD COLUMN content_hash BIGINT;
+
 -- `last_seen` is the latest redelivery, `occurrences` the redeliveries not
 -- counted in the event row. No foreign key: checking one would lock the
 -- event row, which is what this table avoids; retention deletes both.

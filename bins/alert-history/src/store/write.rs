@@ -16,10 +16,10 @@ use std::sync::OnceLock;
 use sqlx::{Postgres, Sqlite, Transaction};
 
 use crate::config::Backend;
-use crate::model::{NewEvent, Status};
+use crate::model::{NewEvent, Status, fnv1a64};
 
-/// The largest number of rows in one statement (15 parameters each: 3,840
-/// parameters, under both databases' limits).
+/// The largest number of rows in one statement (at most 16 parameters
+/// each: 4,096 parameters, under both databases' limits).
 pub(super) const MAX_CHUNK: usize = 256;
 
 /// Groups of up to this many rows go in one statement of exactly their
@@ -67,6 +67,9 @@ pub(super) struct Encoded {
     annotations: String,
     generator_url: Option<String>,
     raw: String,
+    /// FNV-1a 64 of `raw` as delivered (PostgreSQL: a redelivery with the
+    /// same hash is the same alert, and its row is left alone).
+    content_hash: i64,
 }
 
 impl Encoded {
@@ -83,6 +86,7 @@ impl Encoded {
             annotations: json_text(&event.annotations),
             generator_url: event.generator_url.clone(),
             raw: event.raw.clone(),
+            content_hash: fnv1a64([event.raw.as_bytes()]) as i64,
         }
     }
 
@@ -332,34 +336,45 @@ fn build_event_sql(backend: Backend, rows: usize) -> String {
     const COLUMNS: &str = "fingerprint, alertname, namespace, severity, status, starts_at, \
                            ends_at, event_at, labels, annotations, generator_url, raw, \
                            received_at, last_seen, occurrences";
-    let values = values(backend, rows, EVENT_PARAMS, &[8, 9, 11]);
     match backend {
         // SQLite keeps the alert's JSON text exactly as delivered, updates
         // a redelivered event's row in place, and finds its new rows after
         // the statements (see `write_sqlite`): one row back, not one per
         // event.
         Backend::Sqlite => format!(
-            "INSERT INTO alert_events ({COLUMNS}) VALUES {values} \
+            "INSERT INTO alert_events ({COLUMNS}) VALUES {} \
              ON CONFLICT (fingerprint, status, starts_at, ends_at) DO UPDATE SET \
              last_seen = CASE WHEN excluded.last_seen > alert_events.last_seen \
                  THEN excluded.last_seen ELSE alert_events.last_seen END, \
              occurrences = alert_events.occurrences + excluded.occurrences, \
              annotations = excluded.annotations, generator_url = excluded.generator_url, \
-             raw = excluded.raw"
+             raw = excluded.raw",
+            values(backend, rows, EVENT_PARAMS, &[])
         ),
-        // PostgreSQL inserts new events only (`DO NOTHING` takes no lock on
-        // a stored one: redeliveries go through `redelivery_sql`), and
-        // stores `raw` without what the row's own columns hold
-        // (`stripped_raw`).
+        // PostgreSQL inserts new events only: rows already stored are
+        // dropped by a primary-key lookup before their JSON is parsed, and
+        // `DO NOTHING` (which takes no lock) covers a concurrent insert of
+        // the same event. Redeliveries go through `redelivery_sql`. `raw`
+        // is stored without what the row's own columns hold
+        // (`stripped_raw`); the subquery (`OFFSET 0` keeps it one) parses
+        // each JSON parameter once.
         Backend::Postgres => format!(
-            "INSERT INTO alert_events ({COLUMNS}) \
+            "INSERT INTO alert_events ({COLUMNS}, content_hash) \
              SELECT fingerprint, alertname, namespace, severity, status, starts_at, ends_at, \
-                 event_at, labels, annotations, generator_url, {}, \
-                 received_at, last_seen, occurrences \
-             FROM (VALUES {values}) AS v ({COLUMNS}) \
+                 event_at, l, a, generator_url, {}, received_at, last_seen, occurrences, \
+                 content_hash \
+             FROM (SELECT v.*, v.labels::jsonb AS l, v.annotations::jsonb AS a, \
+                       v.raw::jsonb AS r \
+                   FROM (VALUES {}) AS v ({COLUMNS}, content_hash) \
+                   WHERE (SELECT 1 FROM alert_events x \
+                          WHERE x.fingerprint = v.fingerprint AND x.status = v.status \
+                            AND x.starts_at = v.starts_at AND x.ends_at = v.ends_at \
+                          LIMIT 1) IS NULL \
+                   OFFSET 0) w \
              ON CONFLICT (fingerprint, status, starts_at, ends_at) DO NOTHING \
              RETURNING fingerprint, status, starts_at, ends_at",
-            stripped_raw("raw", "labels", "annotations", "status", "generator_url")
+            stripped_raw("r", "l", "a", "status", "generator_url"),
+            values(backend, rows, EVENT_PARAMS + 1, &[])
         ),
     }
 }
@@ -407,29 +422,30 @@ pub(super) fn raw_postgres() -> &'static str {
     SQL.get_or_init(|| delivered("labels", "status", "annotations", "generator_url", "raw"))
 }
 
-const REDELIVERY_PARAMS: usize = 9;
+const REDELIVERY_PARAMS: usize = 10;
 
 /// PostgreSQL: counts redeliveries of stored events (rows the insert did
 /// not write) into `alert_event_redeliveries`, and returns those whose
-/// delivered alert differs from the stored one (annotations, generatorURL
-/// or unknown fields changed) with their new columns, for
-/// [`CONTENT_UPDATE`]. The event row itself is only read: it is usually on
-/// a page written long ago, and changing that page would also log all of
-/// it once per checkpoint.
+/// delivered alert differs from the stored one (another `content_hash`:
+/// annotations, generatorURL or unknown fields changed) with their new
+/// columns, for [`CONTENT_UPDATE`]. The event row itself is only read: it
+/// is usually on a page written long ago, and changing that page would
+/// also log all of it once per checkpoint. JSON is parsed only for the
+/// changed rows.
 ///
-/// Each event is found by a lateral primary-key lookup on the identity
-/// index, never a join, whose plan (cached per connection) could be chosen
+/// Each event is found by a lateral lookup on the unique identity index,
+/// never a join, whose plan (cached per connection) could have been chosen
 /// while the table was small. Rows keep the order bound (identity order),
 /// so concurrent transactions lock counter rows in the same order.
 fn build_redelivery_sql(rows: usize) -> String {
     format!(
-        "WITH v (fingerprint, status, starts_at, ends_at, last_seen, occurrences, \
+        "WITH v (fingerprint, status, starts_at, ends_at, last_seen, occurrences, content_hash, \
                  annotations, generator_url, raw) AS (VALUES {}), \
          f AS MATERIALIZED ( \
-             SELECT v.*, e.id, e.stored_labels, {} <> v.raw AS changed \
+             SELECT v.*, e.id, e.stored_labels, \
+                 e.stored_hash IS DISTINCT FROM v.content_hash AS changed \
              FROM v, LATERAL ( \
-                 SELECT id, labels AS stored_labels, annotations AS stored_annotations, \
-                     generator_url AS stored_url, raw AS stored_raw \
+                 SELECT id, labels AS stored_labels, content_hash AS stored_hash \
                  FROM alert_events x \
                  WHERE x.fingerprint = v.fingerprint AND x.status = v.status \
                    AND x.starts_at = v.starts_at AND x.ends_at = v.ends_at \
@@ -440,33 +456,23 @@ fn build_redelivery_sql(rows: usize) -> String {
              ON CONFLICT (id) DO UPDATE SET \
                  last_seen = GREATEST(alert_event_redeliveries.last_seen, excluded.last_seen), \
                  occurrences = alert_event_redeliveries.occurrences + excluded.occurrences) \
-         SELECT id, annotations::text, generator_url, {}::text FROM f WHERE changed",
-        values(Backend::Postgres, rows, REDELIVERY_PARAMS, &[6, 8]),
-        delivered(
-            "e.stored_labels",
-            "v.status",
-            "e.stored_annotations",
-            "e.stored_url",
-            "e.stored_raw"
-        ),
-        stripped_raw(
-            "raw",
-            "stored_labels",
-            "annotations",
-            "status",
-            "generator_url"
-        ),
+         SELECT id, annotations, generator_url, {}::text, content_hash \
+         FROM (SELECT f.*, f.annotations::jsonb AS a, f.raw::jsonb AS r \
+               FROM f WHERE changed OFFSET 0) c",
+        values(Backend::Postgres, rows, REDELIVERY_PARAMS, &[]),
+        stripped_raw("r", "stored_labels", "a", "status", "generator_url"),
     )
 }
 
-/// PostgreSQL: the new annotations, generatorURL and raw alert of stored
-/// events whose redelivery changed them, by id (sorted). Run unprepared:
-/// planned each time with the table's real size (see
+/// PostgreSQL: the new annotations, generatorURL, raw alert and content
+/// hash of stored events whose redelivery changed them, by id (sorted).
+/// Run unprepared: planned each time with the table's real size (see
 /// [`build_redelivery_sql`]), and only when something changed.
 const CONTENT_UPDATE: &str = "UPDATE alert_events e \
-    SET annotations = c.annotations::jsonb, generator_url = c.generator_url, raw = c.raw::jsonb \
-    FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[]) \
-        AS c (id, annotations, generator_url, raw) \
+    SET annotations = c.annotations::jsonb, generator_url = c.generator_url, \
+        raw = c.raw::jsonb, content_hash = c.content_hash \
+    FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::int8[]) \
+        AS c (id, annotations, generator_url, raw, content_hash) \
     WHERE e.id = c.id";
 
 fn build_state_sql(backend: Backend, rows: usize) -> String {
@@ -564,7 +570,7 @@ fn state_sql(backend: Backend, rows: usize) -> &'static str {
 
 /// Binds the `alert_events` parameters of `rows`.
 macro_rules! bind_events {
-    ($query:expr, $rows:expr) => {{
+    ($query:expr, $rows:expr $(, last.$extra:ident)?) => {{
         let mut query = $query;
         for w in $rows {
             let (e, last) = (w.first, w.last);
@@ -584,6 +590,7 @@ macro_rules! bind_events {
                 .bind(w.received_at)
                 .bind(w.last_seen)
                 .bind(w.occurrences);
+            $(query = query.bind(last.$extra);)?
         }
         query
     }};
@@ -691,7 +698,8 @@ pub(super) async fn write_postgres(
     for rows in chunked(&merged.events) {
         let returned: Vec<(String, String, i64, i64)> = bind_events!(
             sqlx::query_as(event_sql(Backend::Postgres, rows.len())),
-            rows
+            rows,
+            last.content_hash
         )
         .fetch_all(&mut **tx)
         .await?;
@@ -708,7 +716,7 @@ pub(super) async fn write_postgres(
             }
         }
     }
-    let mut changed: Vec<(i64, String, Option<String>, String)> = Vec::new();
+    let mut changed: Vec<(i64, String, Option<String>, String, i64)> = Vec::new();
     for rows in chunked(&stored) {
         let mut query = sqlx::query_as(redelivery_sql(rows.len()));
         for w in rows {
@@ -720,6 +728,7 @@ pub(super) async fn write_postgres(
                 .bind(e.ends_at)
                 .bind(w.last_seen)
                 .bind(w.occurrences)
+                .bind(last.content_hash)
                 .bind(last.annotations.as_str())
                 .bind(last.generator_url.as_deref())
                 .bind(last.raw.as_str());
@@ -728,18 +737,21 @@ pub(super) async fn write_postgres(
     }
     if !changed.is_empty() {
         changed.sort_unstable_by_key(|c| c.0);
-        let (mut ids, mut annotations, mut urls, mut raws) = (vec![], vec![], vec![], vec![]);
-        for (id, a, url, raw) in changed {
+        let (mut ids, mut annotations, mut urls, mut raws, mut hashes) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        for (id, a, url, raw, hash) in changed {
             ids.push(id);
             annotations.push(a);
             urls.push(url);
             raws.push(raw);
+            hashes.push(hash);
         }
         sqlx::query(CONTENT_UPDATE)
             .bind(ids)
             .bind(annotations)
             .bind(urls)
             .bind(raws)
+            .bind(hashes)
             .persistent(false)
             .execute(&mut **tx)
             .await?;
@@ -783,9 +795,13 @@ mod tests {
     #[test]
     fn statements_have_the_right_parameter_count() {
         for size in [1, 2, 7, 32, 64, MAX_CHUNK] {
+            // PostgreSQL binds each event's content hash too.
             let sql = event_sql(Backend::Postgres, size);
-            assert!(sql.contains(&format!("${})", size * EVENT_PARAMS)));
-            assert!(!sql.contains(&format!("${}", size * EVENT_PARAMS + 1)));
+            assert!(sql.contains(&format!("${})", size * (EVENT_PARAMS + 1))));
+            assert!(!sql.contains(&format!("${}", size * (EVENT_PARAMS + 1) + 1)));
+            let sql = redelivery_sql(size);
+            assert!(sql.contains(&format!("${})", size * REDELIVERY_PARAMS)));
+            assert!(!sql.contains(&format!("${}", size * REDELIVERY_PARAMS + 1)));
             let sql = state_sql(Backend::Postgres, size);
             assert!(sql.contains(&format!("${})", size * STATE_PARAMS)));
             assert!(!sql.contains(&format!("${}", size * STATE_PARAMS + 1)));
@@ -797,7 +813,7 @@ mod tests {
         }
         assert!(
             event_sql(Backend::Postgres, 1)
-                .contains("$9::jsonb,$10::jsonb,$11,$12::jsonb,$13,$14,$15)")
+                .contains("($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16)")
         );
         assert!(state_sql(Backend::Postgres, 1).contains("($1,$2,$3,$4,$5,$6,$7,$8)"));
     }
