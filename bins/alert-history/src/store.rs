@@ -801,7 +801,7 @@ impl Store {
     pub async fn raw_events(&self, fingerprint: &str) -> Result<Vec<Value>, sqlx::Error> {
         let raw = match self.backend() {
             Backend::Sqlite => "raw",
-            Backend::Postgres => write::raw_postgres(),
+            Backend::Postgres => write::RAW_POSTGRES,
         };
         let sql =
             format!("SELECT {raw} FROM alert_events WHERE fingerprint = $1 ORDER BY event_at, id");
@@ -1021,41 +1021,37 @@ impl Store {
         // (`alert_event_redeliveries`) go with it. (A redelivery committed
         // while its event is being deleted can leave a counter row behind;
         // nothing reads one without its event.)
-        let sql = match self.backend() {
-            Backend::Sqlite => {
+        let deleted = match &self.pools {
+            Pools::Sqlite { write, .. } => sqlx::query(
                 "DELETE FROM alert_events WHERE id IN \
                  (SELECT id FROM alert_events WHERE event_at < $1 AND last_seen < $1 \
-                  ORDER BY event_at, id LIMIT $2)"
-            }
-            Backend::Postgres => {
-                "WITH gone AS (DELETE FROM alert_events WHERE id IN \
-                     (SELECT id FROM alert_events_seen WHERE event_at < $1 AND last_seen < $1 \
-                      ORDER BY event_at, id LIMIT $2) RETURNING id), \
-                 counted AS (DELETE FROM alert_event_redeliveries r USING gone \
-                     WHERE r.id = gone.id) \
-                 SELECT count(*) FROM gone"
+                  ORDER BY event_at, id LIMIT $2)",
+            )
+            .bind(cutoff_ms)
+            .bind(i64::from(batch))
+            .execute(write)
+            .await?
+            .rows_affected(),
+            Pools::Postgres { pool, .. } => {
+                let (n,): (i64,) = sqlx::query_as(
+                    "WITH gone AS (DELETE FROM alert_events WHERE id IN \
+                         (SELECT id FROM alert_events_seen WHERE event_at < $1 AND last_seen < $1 \
+                          ORDER BY event_at, id LIMIT $2) RETURNING id), \
+                     counted AS (DELETE FROM alert_event_redeliveries r USING gone \
+                         WHERE r.id = gone.id) \
+                     SELECT count(*) FROM gone",
+                )
+                .bind(cutoff_ms)
+                .bind(i64::from(batch))
+                .fetch_one(pool)
+                .await?;
+                n as u64
             }
         };
         let state_sql = "DELETE FROM alert_state WHERE fingerprint IN \
                    (SELECT fingerprint FROM alert_state WHERE status = 'resolved' AND updated_at < $1 \
                     ORDER BY fingerprint LIMIT $2)";
         on_write!(self, |pool| {
-            let deleted = match self.backend() {
-                Backend::Sqlite => sqlx::query(sql)
-                    .bind(cutoff_ms)
-                    .bind(i64::from(batch))
-                    .execute(pool)
-                    .await?
-                    .rows_affected(),
-                Backend::Postgres => {
-                    let (n,): (i64,) = sqlx::query_as(sql)
-                        .bind(cutoff_ms)
-                        .bind(i64::from(batch))
-                        .fetch_one(pool)
-                        .await?;
-                    n as u64
-                }
-            };
             sqlx::query(state_sql)
                 .bind(cutoff_ms)
                 .bind(i64::from(batch))

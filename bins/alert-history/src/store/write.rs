@@ -301,11 +301,12 @@ const STATE_PARAMS: usize = 8;
 
 /// The `VALUES` tuples for `rows` rows of `params` parameters each.
 ///
-/// PostgreSQL gets `$1, $2, ...` with a `::jsonb` cast at the `json`
-/// positions (0-based). SQLite gets anonymous `?`: sqlx looks up each named
-/// parameter's name, which SQLite finds by a linear scan, so `$N` names cost
-/// O(n²) in a statement of thousands of parameters.
-fn values(backend: Backend, rows: usize, params: usize, json: &[usize]) -> String {
+/// PostgreSQL gets `$1, $2, ...` (JSON is bound as text and cast where it
+/// is used, so rows that are dropped are never parsed). SQLite gets
+/// anonymous `?`: sqlx looks up each named parameter's name, which SQLite
+/// finds by a linear scan, so `$N` names cost O(n²) in a statement of
+/// thousands of parameters.
+fn values(backend: Backend, rows: usize, params: usize) -> String {
     let mut sql = String::with_capacity(rows * params * 8);
     for r in 0..rows {
         if r > 0 {
@@ -321,9 +322,6 @@ fn values(backend: Backend, rows: usize, params: usize, json: &[usize]) -> Strin
                 Backend::Postgres => {
                     sql.push('$');
                     sql.push_str(&(r * params + p + 1).to_string());
-                    if json.contains(&p) {
-                        sql.push_str("::jsonb");
-                    }
                 }
             }
         }
@@ -349,7 +347,7 @@ fn build_event_sql(backend: Backend, rows: usize) -> String {
              occurrences = alert_events.occurrences + excluded.occurrences, \
              annotations = excluded.annotations, generator_url = excluded.generator_url, \
              raw = excluded.raw",
-            values(backend, rows, EVENT_PARAMS, &[])
+            values(backend, rows, EVENT_PARAMS)
         ),
         // PostgreSQL inserts new events only: rows already stored are
         // dropped by a primary-key lookup before their JSON is parsed, and
@@ -374,14 +372,14 @@ fn build_event_sql(backend: Backend, rows: usize) -> String {
              ON CONFLICT (fingerprint, status, starts_at, ends_at) DO NOTHING \
              RETURNING fingerprint, status, starts_at, ends_at",
             stripped_raw("r", "l", "a", "status", "generator_url"),
-            values(backend, rows, EVENT_PARAMS + 1, &[])
+            values(backend, rows, EVENT_PARAMS + 1)
         ),
     }
 }
 
 /// PostgreSQL stores `raw` without what its row's own columns already hold
 /// (`labels`, `annotations`, `status` and `generatorURL`: about half of a
-/// row, and of its WAL); [`delivered`] puts them back when it is read. A
+/// row, and of its WAL); [`RAW_POSTGRES`] puts them back when it is read. A
 /// key is left out only where it equals its column (`annotations` only
 /// when not empty, `generatorURL` only when there is one), so what comes
 /// back is what was delivered. The arguments are SQL expressions: the
@@ -399,28 +397,16 @@ fn stripped_raw(raw: &str, labels: &str, annotations: &str, status: &str, url: &
     )
 }
 
-/// The alert as delivered, from a PostgreSQL row's columns (SQL
-/// expressions): `raw` with what [`stripped_raw`] left out put back (a key
-/// still in `raw` wins). `status` is always delivered; `annotations` come
-/// back only when not empty and `generatorURL` when there is one, as only
-/// then were they left out.
-fn delivered(labels: &str, status: &str, annotations: &str, url: &str, raw: &str) -> String {
-    format!(
-        "(jsonb_build_object('labels', {labels}, 'status', {status}) \
-          || CASE WHEN {annotations} <> '{{}}' \
-                  THEN jsonb_build_object('annotations', {annotations}) ELSE '{{}}' END \
-          || CASE WHEN {url} IS NOT NULL \
-                  THEN jsonb_build_object('generatorURL', {url}) ELSE '{{}}' END \
-          || {raw})"
-    )
-}
-
-/// The stored event's alert as delivered, on PostgreSQL (see
-/// [`delivered`]).
-pub(super) fn raw_postgres() -> &'static str {
-    static SQL: OnceLock<String> = OnceLock::new();
-    SQL.get_or_init(|| delivered("labels", "status", "annotations", "generator_url", "raw"))
-}
+/// The stored event's alert as delivered, on PostgreSQL: `raw` with what
+/// [`stripped_raw`] left out put back (a key still in `raw` wins). `status`
+/// is always delivered; `annotations` come back only when not empty and
+/// `generatorURL` when there is one, as only then were they left out.
+pub(super) const RAW_POSTGRES: &str = "jsonb_build_object('labels', labels, 'status', status) \
+    || CASE WHEN annotations <> '{}' THEN jsonb_build_object('annotations', annotations) \
+            ELSE '{}' END \
+    || CASE WHEN generator_url IS NOT NULL \
+            THEN jsonb_build_object('generatorURL', generator_url) ELSE '{}' END \
+    || raw";
 
 const REDELIVERY_PARAMS: usize = 10;
 
@@ -459,7 +445,7 @@ fn build_redelivery_sql(rows: usize) -> String {
          SELECT id, annotations, generator_url, {}::text, content_hash \
          FROM (SELECT f.*, f.annotations::jsonb AS a, f.raw::jsonb AS r \
                FROM f WHERE changed OFFSET 0) c",
-        values(Backend::Postgres, rows, REDELIVERY_PARAMS, &[]),
+        values(Backend::Postgres, rows, REDELIVERY_PARAMS),
         stripped_raw("r", "stored_labels", "a", "status", "generator_url"),
     )
 }
@@ -498,7 +484,7 @@ fn build_state_sql(backend: Backend, rows: usize) -> String {
                   AND ({old}.status = 'firing' OR {new}.ends_at <> {old}.ends_at)))"
         )
     };
-    let values = values(backend, rows, STATE_PARAMS, &[]);
+    let values = values(backend, rows, STATE_PARAMS);
     match backend {
         Backend::Sqlite => format!(
             "INSERT INTO alert_state ({COLUMNS}) VALUES {values} \
