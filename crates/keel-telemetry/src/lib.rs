@@ -94,6 +94,8 @@
 
 mod admin;
 mod error;
+mod every;
+mod labels;
 mod logging;
 mod metrics;
 mod readiness;
@@ -102,6 +104,11 @@ mod shutdown;
 
 pub use admin::{AdminBuilder, AdminState, HEALTHZ_PATH, METRICS_PATH, READYZ_PATH, router};
 pub use error::TelemetryError;
+pub use every::every;
+pub use labels::{
+    DEFAULT_IDLE_AFTER, DEFAULT_MAX_SETS, LabelFamily, LabelFamilyBuilder, LabelValue,
+    MAX_LABEL_VALUE_LEN, OTHER, cap_label_value, write_escaped_label_value,
+};
 pub use logging::{
     DEFAULT_FILTER, LOG_FORMAT_VAR, LogConfig, LogFormat, LogTarget, RUST_LOG_VAR, init_from_env,
     init_tracing,
