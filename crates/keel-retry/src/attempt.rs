@@ -21,8 +21,7 @@ pub struct Attempt {
     pub number: u32,
     /// The time this attempt may take before it is cancelled: the smaller of
     /// the per-attempt timeout and what is left of the maximum elapsed time;
-    /// `None` when neither is configured (and always `None` in the blocking
-    /// variant, which cannot cancel).
+    /// `None` when neither is configured.
     pub timeout: Option<Duration>,
 }
 
@@ -34,6 +33,14 @@ impl Attempt {
             number,
             timeout: None,
         }
+    }
+
+    /// The same attempt, told that it has `timeout` before it is cut (what a
+    /// pipeline computes from its attempt timeout and overall deadline).
+    #[must_use]
+    pub const fn with_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// `true` for every attempt after the first.

@@ -128,15 +128,28 @@ impl Backoff {
 /// | `Equal` | uniform in `[c/2, c]` | keeps at least half the backoff |
 /// | `Decorrelated` | `min(max_delay, uniform in [base, 3·prev])` | AWS "decorrelated jitter"; `prev` is the previous backoff delay (`base` at first); only the schedule's base is used, growth comes from `3·prev` |
 /// | `Proportional(p)` | uniform in `[c·(1−p), min(max_delay, c·(1+p))]` | "±p": `0.2` is ±20 %; `p` in `[0, 1]` |
+///
+/// The default is [`Jitter::Equal`], here and in
+/// [`RetryPolicy::builder`](crate::RetryPolicy::builder) (which starts from
+/// `Jitter::default()`): each sleep keeps at least half its backoff, so a
+/// retry is never almost immediate, yet clients that failed together
+/// spread out.
+///
+/// ```
+/// use keel_retry::{Jitter, RetryPolicy};
+///
+/// assert_eq!(Jitter::default(), Jitter::Equal);
+/// assert_eq!(RetryPolicy::builder().build().unwrap().jitter(), Jitter::default());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 #[non_exhaustive]
 pub enum Jitter {
     /// No randomness.
-    #[default]
     None,
     /// Uniform in `[0, c]`.
     Full,
-    /// Uniform in `[c/2, c]`.
+    /// Uniform in `[c/2, c]`: the default.
+    #[default]
     Equal,
     /// `min(max_delay, uniform in [base, 3·prev])`.
     Decorrelated,
@@ -201,11 +214,13 @@ impl Schedule {
     }
 }
 
-/// The delays a policy would sleep before each of its retries, in order
-/// (from [`RetryPolicy::delays`](crate::RetryPolicy::delays)). Yields one
-/// delay per allowed retry; jitter draws from the policy's [`Rng`], and
-/// decorrelated jitter carries the previous delay as a real retry loop
-/// does. Retry-after hints are not part of it: they come from responses.
+/// A preview of the delays a policy sleeps before each of its retries, in
+/// order (from [`RetryPolicy::delays`](crate::RetryPolicy::delays) or
+/// [`RetryPolicy::delays_with`](crate::RetryPolicy::delays_with)). Yields one
+/// delay per allowed retry; jitter draws from the [`Rng`] the preview was
+/// given (never from the policy's own), and decorrelated jitter carries the
+/// previous delay as a real retry loop does. Retry-after hints are not part
+/// of it: they come from responses.
 #[derive(Debug, Clone)]
 pub struct Delays {
     schedule: Schedule,

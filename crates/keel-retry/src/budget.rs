@@ -27,10 +27,11 @@ const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
 const COUNT_MAX: i64 = (1 << (COUNT_BITS - 1)) - 1;
 const COUNT_MIN: i64 = -(1 << (COUNT_BITS - 1));
 
-/// A retry budget: retries may add at most `retry_ratio` of the recent
-/// requests, plus `min_per_sec` retries per second, over a sliding `window`
-/// (the model of tower's `TpsBudget` and Finagle's `RetryBudget`). The
-/// default is 20 % + 10/s over 10 s.
+/// A retry budget: over any sliding `window`, retries may add at most
+/// `retry_ratio` of the requests made in that window, plus a fixed
+/// `reserve` of retries that needs no traffic at all (the model of tower's
+/// `TpsBudget` and Finagle's `RetryBudget`). The default is 20 % plus a
+/// reserve of 100 retries over 10 s.
 ///
 /// Every call through a policy that holds the budget [deposits](Self::deposit)
 /// once; every retry [withdraws](Self::try_withdraw) one. When the balance is
@@ -39,15 +40,44 @@ const COUNT_MIN: i64 = -(1 << (COUNT_BITS - 1));
 /// from a policy), so an outage does not multiply the load on a dependency
 /// by the number of retries.
 ///
+/// **The reserve is a burst, not a rate.** It lets a quiet client (one that
+/// has made few requests lately) retry at all, and it is available in full
+/// at any moment: `reserve = 10` grants ten retries at once, then nothing
+/// more from the reserve until those ten leave the window. (tower and
+/// Finagle spell it `min_per_sec` and multiply it by the window, which
+/// reads like a rate and is not one; here it is the number you get.)
+///
+/// ```
+/// use std::time::Duration;
+/// use keel_retry::RetryBudget;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// // No ratio: only the reserve, 10 retries per 10 s window.
+/// let budget = RetryBudget::new(0.0, 10, Duration::from_secs(10)).unwrap();
+/// assert_eq!(budget.available(), 10);
+/// for _ in 0..10 {
+///     budget.try_withdraw().unwrap(); // all ten at once
+/// }
+/// assert!(budget.try_withdraw().is_err());
+///
+/// // 50 % of requests on top: 4 requests fund 2 more retries.
+/// let budget = RetryBudget::new(0.5, 0, Duration::from_secs(10)).unwrap();
+/// for _ in 0..4 {
+///     budget.deposit();
+/// }
+/// assert_eq!(budget.available(), 2);
+/// # }
+/// ```
+///
 /// Cloning shares one budget (an `Arc`), so several policies (say one per
 /// endpoint of one service) can draw from it.
 ///
-/// Cost: a deposit is one compare-and-swap on one of ten atomic slots; a
-/// withdrawal reads the ten slots and does one compare-and-swap. No lock.
-/// The check and the withdrawal are not one atomic step, so under
-/// contention concurrent withdrawers can overdraw by at most one retry each.
-/// The window slides in steps of `window / 10`, so a deposit counts for
-/// between 0.9 and 1 window.
+/// Cost: a deposit is one clock read and one compare-and-swap on one of ten
+/// atomic slots; a withdrawal reads the clock and the ten slots and does
+/// one compare-and-swap. No lock. The check and the withdrawal are not one
+/// atomic step, so under contention concurrent withdrawers can overdraw by
+/// at most one retry each. The window slides in steps of `window / 10`, so
+/// a deposit counts for between 0.9 and 1 window.
 #[derive(Clone)]
 pub struct RetryBudget {
     inner: Arc<Inner>,
@@ -61,7 +91,7 @@ struct Inner {
     deposit: i64,
     reserve: i64,
     retry_ratio: f64,
-    min_per_sec: u32,
+    reserve_retries: u32,
     window: Duration,
 }
 
@@ -89,19 +119,20 @@ impl Drop for Withdrawal<'_> {
 }
 
 impl RetryBudget {
-    /// A budget allowing retries of `retry_ratio` of recent requests (a
-    /// fraction: `0.2` = 20 %, up to 1000) plus `min_per_sec` retries per
-    /// second, over a sliding `window` (100 ms to 24 h). Reads time from
-    /// tokio's clock, so paused-time tests drive it.
-    pub fn new(retry_ratio: f64, min_per_sec: u32, window: Duration) -> Result<Self, ConfigError> {
-        Self::with_clock(retry_ratio, min_per_sec, window, Clock::tokio())
+    /// A budget allowing, over any sliding `window` (100 ms to 24 h),
+    /// retries of `retry_ratio` of the window's requests (a fraction: `0.2`
+    /// = 20 %, up to 1000) plus `reserve` retries that need no requests and
+    /// may all be spent at once. Reads time from tokio's clock, so
+    /// paused-time tests drive it.
+    pub fn new(retry_ratio: f64, reserve: u32, window: Duration) -> Result<Self, ConfigError> {
+        Self::with_clock(retry_ratio, reserve, window, Clock::tokio())
     }
 
-    /// [`RetryBudget::new`] reading time from `clock` (for instance a
-    /// [`keel_core::ManualClock`] in tests of synchronous code).
+    /// [`RetryBudget::new`] reading time from `clock` (the program's clock,
+    /// or a [`keel_core::ManualClock`]'s in tests of synchronous code).
     pub fn with_clock(
         retry_ratio: f64,
-        min_per_sec: u32,
+        reserve: u32,
         window: Duration,
         clock: Clock,
     ) -> Result<Self, ConfigError> {
@@ -118,8 +149,9 @@ impl RetryBudget {
             ));
         }
         let slot_nanos = u64::try_from(window.as_nanos() / SLOTS as u128).unwrap_or(u64::MAX);
-        // At most 2^32 · 86 400 · 1000 ≈ 3.7e17: fits in i64.
-        let reserve = (f64::from(min_per_sec) * window.as_secs_f64() * UNIT as f64) as i64;
+        let reserve_retries = reserve;
+        // At most 2^32 · 1000: fits in i64.
+        let reserve = i64::from(reserve) * UNIT;
         let origin = clock.now();
         Ok(RetryBudget {
             inner: Arc::new(Inner {
@@ -130,7 +162,7 @@ impl RetryBudget {
                 deposit: (retry_ratio * UNIT as f64).round() as i64,
                 reserve,
                 retry_ratio,
-                min_per_sec,
+                reserve_retries,
                 window,
             }),
         })
@@ -141,9 +173,9 @@ impl RetryBudget {
         self.inner.retry_ratio
     }
 
-    /// The configured floor of retries per second.
-    pub fn min_per_sec(&self) -> u32 {
-        self.inner.min_per_sec
+    /// The configured reserve: retries per window that need no requests.
+    pub fn reserve(&self) -> u32 {
+        self.inner.reserve_retries
     }
 
     /// The configured window.
@@ -283,10 +315,10 @@ fn unpack(word: u64) -> (u64, i64) {
 }
 
 impl Default for RetryBudget {
-    /// 20 % of requests plus 10 retries per second over 10 s (Finagle's and
-    /// tower's defaults).
+    /// 20 % of requests plus a reserve of 100 retries over 10 s (Finagle's
+    /// and tower's defaults: their "10 per second" over 10 s).
     fn default() -> Self {
-        RetryBudget::new(0.2, 10, Duration::from_secs(10))
+        RetryBudget::new(0.2, 100, Duration::from_secs(10))
             .unwrap_or_else(|_| unreachable!("the default budget is valid"))
     }
 }
@@ -295,7 +327,7 @@ impl fmt::Debug for RetryBudget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RetryBudget")
             .field("retry_ratio", &self.inner.retry_ratio)
-            .field("min_per_sec", &self.inner.min_per_sec)
+            .field("reserve", &self.inner.reserve_retries)
             .field("window", &self.inner.window)
             .field("available", &self.available())
             .finish()
@@ -308,10 +340,10 @@ mod tests {
     use keel_core::ManualClock;
     use proptest::prelude::*;
 
-    fn manual(ratio: f64, min_per_sec: u32, window: Duration) -> (RetryBudget, ManualClock) {
+    fn manual(ratio: f64, reserve: u32, window: Duration) -> (RetryBudget, ManualClock) {
         let (clock, handle) = Clock::manual();
         (
-            RetryBudget::with_clock(ratio, min_per_sec, window, clock).unwrap(),
+            RetryBudget::with_clock(ratio, reserve, window, clock).unwrap(),
             handle,
         )
     }
@@ -360,16 +392,16 @@ mod tests {
     }
 
     #[test]
-    fn default_is_twenty_percent_plus_ten_per_second_over_ten_seconds() {
+    fn default_is_twenty_percent_plus_a_reserve_of_100_over_ten_seconds() {
         let b = RetryBudget::default();
         assert_eq!(b.retry_ratio(), 0.2);
-        assert_eq!(b.min_per_sec(), 10);
+        assert_eq!(b.reserve(), 100);
         assert_eq!(b.window(), Duration::from_secs(10));
     }
 
     #[test]
-    fn floor_only_budget_allows_min_per_sec_times_window() {
-        let (b, _clock) = manual(0.0, 10, Duration::from_secs(10));
+    fn reserve_only_budget_allows_the_reserve_in_one_burst() {
+        let (b, _clock) = manual(0.0, 100, Duration::from_secs(10));
         for _ in 0..1000 {
             b.deposit();
         }
@@ -389,16 +421,16 @@ mod tests {
 
     #[test]
     fn withdrawals_and_deposits_expire_after_the_window() {
-        let (b, clock) = manual(0.5, 1, Duration::from_secs(10));
+        let (b, clock) = manual(0.5, 10, Duration::from_secs(10));
         for _ in 0..10 {
             b.deposit();
         }
-        // 10 (floor · window) + 5 (50 % of 10 requests).
+        // 10 (the reserve) + 5 (50 % of 10 requests).
         assert_eq!(drain(&b), 15);
         clock.advance(Duration::from_secs(5));
         assert_eq!(drain(&b), 0, "spent retries still count within the window");
         clock.advance(Duration::from_secs(5));
-        // Everything from the first slot expired: the floor is back, the
+        // Everything from the first slot expired: the reserve is back, the
         // deposits are gone.
         assert_eq!(drain(&b), 10);
     }
@@ -436,7 +468,7 @@ mod tests {
 
     #[test]
     fn concurrent_withdrawals_overdraw_by_at_most_one_each() {
-        let (b, _clock) = manual(0.0, 100, Duration::from_secs(10));
+        let (b, _clock) = manual(0.0, 1000, Duration::from_secs(10));
         let threads = 8;
         let taken: u64 = std::thread::scope(|s| {
             let handles: Vec<_> = (0..threads)
@@ -448,29 +480,29 @@ mod tests {
     }
 
     proptest! {
-        /// Within one window: retries granted = floor · window + ratio · requests
+        /// Within one window: retries granted = reserve + ratio · requests
         /// (to the fixed-point resolution), whatever the interleaving.
         #[test]
         fn grants_match_the_formula(
             ratio_permille in 0u32..=3000,
-            min_per_sec in 0u32..50,
+            reserve in 0u32..3000,
             window_secs in 1u64..60,
             requests in 0u32..2000,
         ) {
             let ratio = f64::from(ratio_permille) / 1000.0;
             let window = Duration::from_secs(window_secs);
-            let (b, _clock) = manual(ratio, min_per_sec, window);
+            let (b, _clock) = manual(ratio, reserve, window);
             for _ in 0..requests {
                 b.deposit();
             }
-            let expected = (u64::from(min_per_sec) * window_secs * 1000
+            let expected = (u64::from(reserve) * 1000
                 + u64::from(ratio_permille) * u64::from(requests)) / 1000;
             prop_assert_eq!(b.available(), expected);
             prop_assert_eq!(drain(&b), expected);
         }
 
         /// After any sequence of deposits, withdrawals and clock moves, the
-        /// balance is exactly floor · window + ratio · (deposits still in the
+        /// balance is exactly reserve + ratio · (deposits still in the
         /// window) − (grants still in the window), and a retry is granted
         /// exactly when that balance covers one.
         #[test]
@@ -479,7 +511,7 @@ mod tests {
         ) {
             let window = Duration::from_secs(10);
             let slot = window / SLOTS as u32;
-            let (b, clock) = manual(0.2, 1, window);
+            let (b, clock) = manual(0.2, 10, window);
             // (time, is_deposit) of every deposit and granted withdrawal.
             let mut log: Vec<(Duration, bool)> = Vec::new();
             let expected = |log: &[(Duration, bool)], now: Duration| {

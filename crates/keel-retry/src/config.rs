@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_core::Rng;
+use keel_core::{Clock, Rng};
 
 use crate::attempt::{Hook, RetryEvent};
 use crate::backoff::{Backoff, Jitter, Schedule};
@@ -19,9 +19,9 @@ const MINUTE: Duration = Duration::from_secs(60);
 /// Builds a [`RetryPolicy`]; [`build`](Self::build) validates every field.
 ///
 /// [`RetryPolicy::builder`] (= [`RetryPolicyBuilder::new`]) starts from the
-/// `default` preset; [`RetryPolicyBuilder::aws`],
-/// [`critical`](Self::critical) and [`watchdog`](Self::watchdog) start from
-/// the other presets, so a preset can be adjusted:
+/// `default` preset; [`RetryPolicyBuilder::aws`] and
+/// [`critical`](Self::critical) start from the other presets, so a preset
+/// can be adjusted:
 ///
 /// ```
 /// use std::time::Duration;
@@ -50,26 +50,29 @@ pub struct RetryPolicyBuilder {
     max_retry_after: Duration,
     budget: Option<RetryBudget>,
     rng: Option<Rng>,
+    clock: Clock,
     hook: Option<Hook>,
 }
 
 impl RetryPolicyBuilder {
     /// The `default` preset: 3 retries, exponential from 1 s ×2, at most
-    /// 30 s, **equal** jitter (each sleep is between half and all of the
-    /// backoff: spread out, but never an almost-immediate retry, which with
-    /// only three retries would waste one), retry-after capped at 1 min, no
-    /// elapsed limit, no attempt timeout, no budget.
+    /// 30 s, [`Jitter::default()`] (equal jitter: each sleep is between half
+    /// and all of the backoff, spread out but never an almost-immediate
+    /// retry, which with only three retries would waste one), retry-after
+    /// capped at 1 min, no elapsed limit, no attempt timeout, no budget,
+    /// tokio's clock.
     pub fn new() -> Self {
         RetryPolicyBuilder {
             max_retries: 3,
             backoff: Backoff::exponential(SECOND, 2.0),
             max_delay: SECOND * 30,
-            jitter: Jitter::Equal,
+            jitter: Jitter::default(),
             max_elapsed: None,
             attempt_timeout: None,
             max_retry_after: MINUTE,
             budget: None,
             rng: None,
+            clock: Clock::tokio(),
             hook: None,
         }
     }
@@ -99,19 +102,6 @@ impl RetryPolicyBuilder {
             jitter: Jitter::Equal,
             max_elapsed: Some(MINUTE * 20),
             max_retry_after: MINUTE * 2,
-            ..Self::new()
-        }
-    }
-
-    /// The `watchdog` preset: 5 retries after 1, 2, 4, 8 and 16 s, each
-    /// ±20 % (proportional jitter); the maximum delay is 20 s so the last
-    /// sleep's +20 % is not clipped; retry-after capped at 1 min.
-    pub fn watchdog() -> Self {
-        RetryPolicyBuilder {
-            max_retries: 5,
-            backoff: Backoff::exponential(SECOND, 2.0),
-            max_delay: SECOND * 20,
-            jitter: Jitter::Proportional(0.2),
             ..Self::new()
         }
     }
@@ -161,8 +151,7 @@ impl RetryPolicyBuilder {
     }
 
     /// Cancels an attempt that runs longer than `timeout` and counts it as a
-    /// failure (retried like any other). Must be above zero. Not enforced by
-    /// the blocking variant, which cannot cancel a synchronous call.
+    /// failure (retried like any other). Must be above zero.
     pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
         self.attempt_timeout = Some(timeout);
         self
@@ -193,6 +182,45 @@ impl RetryPolicyBuilder {
     /// Defaults to [`Rng::from_entropy`].
     pub fn rng(mut self, rng: Rng) -> Self {
         self.rng = Some(rng);
+        self
+    }
+
+    /// Where the policy reads the time: the start of a call, the maximum
+    /// elapsed time and the `elapsed` its hook is told. Defaults to
+    /// [`Clock::tokio`], which follows paused time in tests; hand it the
+    /// clock the rest of the program uses (a `keel::Pipeline`'s, a
+    /// [`keel_core::ManualClock`]'s in tests). Sleeping between attempts
+    /// and cutting off a slow attempt use tokio's timer whatever the clock:
+    /// with a manual clock, time spent inside attempts counts only as far
+    /// as the test advances the clock. A [`RetryBudget`] keeps its own
+    /// clock ([`RetryBudget::with_clock`]).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use keel_core::Clock;
+    /// use keel_retry::{Backoff, RetryError, RetryPolicy};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let (clock, hand) = Clock::manual();
+    /// let policy = RetryPolicy::builder()
+    ///     .backoff(Backoff::constant(Duration::ZERO))
+    ///     .max_retries(10)
+    ///     .max_elapsed(Duration::from_secs(5))
+    ///     .clock(clock)
+    ///     .build()
+    ///     .unwrap();
+    /// // Each attempt "takes" two seconds of the manual clock's time.
+    /// let result: Result<(), _> = policy
+    ///     .retry(|_| {
+    ///         hand.advance(Duration::from_secs(2));
+    ///         async { Err("slow and failing") }
+    ///     })
+    ///     .await;
+    /// assert!(matches!(result, Err(RetryError::DeadlineExceeded { attempts: 3, .. })));
+    /// # }
+    /// ```
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
         self
     }
 
@@ -234,6 +262,7 @@ impl RetryPolicyBuilder {
             max_retry_after: self.max_retry_after,
             budget: self.budget,
             rng: self.rng.unwrap_or_default(),
+            clock: self.clock,
             hook: self.hook,
             counters: Counters::default(),
         })
@@ -257,6 +286,7 @@ impl fmt::Debug for RetryPolicyBuilder {
             .field("attempt_timeout", &self.attempt_timeout)
             .field("max_retry_after", &self.max_retry_after)
             .field("budget", &self.budget)
+            .field("clock", &self.clock)
             .field("on_retry", &self.hook.is_some())
             .finish()
     }
@@ -268,7 +298,7 @@ mod tests {
 
     #[test]
     fn invalid_fields_are_named() {
-        let field = |b: RetryPolicyBuilder| b.build().unwrap_err().field();
+        let field = |b: RetryPolicyBuilder| b.build().unwrap_err().field().to_owned();
         assert_eq!(
             field(RetryPolicyBuilder::new().backoff(Backoff::exponential(SECOND, 0.0))),
             "backoff.factor"
@@ -301,7 +331,6 @@ mod tests {
             RetryPolicyBuilder::new(),
             RetryPolicyBuilder::aws(),
             RetryPolicyBuilder::critical(),
-            RetryPolicyBuilder::watchdog(),
         ] {
             assert!(b.build().is_ok());
         }
@@ -310,6 +339,7 @@ mod tests {
         assert_eq!(d.backoff(), Backoff::exponential(SECOND, 2.0));
         assert_eq!(d.max_delay(), SECOND * 30);
         assert_eq!(d.jitter(), Jitter::Equal);
+        assert_eq!(d.jitter(), Jitter::default(), "one default jitter");
 
         let a = RetryPolicy::aws();
         assert_eq!(a.max_retries(), 5);
@@ -324,9 +354,5 @@ mod tests {
         assert_eq!(c.backoff(), Backoff::exponential(SECOND * 2, 2.0));
         assert_eq!(c.max_delay(), MINUTE * 2);
         assert_eq!(c.max_elapsed(), Some(MINUTE * 20));
-
-        let w = RetryPolicy::watchdog();
-        assert_eq!(w.max_retries(), 5);
-        assert_eq!(w.jitter(), Jitter::Proportional(0.2));
     }
 }

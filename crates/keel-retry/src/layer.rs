@@ -132,21 +132,25 @@ where
 
     fn call(&mut self, request: Req) -> Self::Future {
         // The service `poll_ready` readied goes to the first attempt; the
-        // clone left in its place waits for its own `poll_ready`.
+        // clone left in its place waits for its own `poll_ready`. Retries
+        // each take a clone of `spare` and wait for its readiness.
         let clone = self.inner.clone();
-        let mut service = std::mem::replace(&mut self.inner, clone);
+        let mut readied = Some(std::mem::replace(&mut self.inner, clone));
+        let spare = self.inner.clone();
         let policy = self.policy.clone();
         let classifier = self.classifier.clone();
         Box::pin(async move {
             policy
-                .retry_with_classified(&classifier, &mut service, move |service, attempt| {
+                .retry_classified(&classifier, move |attempt| {
                     let request = request.clone();
-                    Box::pin(async move {
+                    let first = readied.take();
+                    let mut service = first.unwrap_or_else(|| spare.clone());
+                    async move {
                         if attempt.is_retry() {
                             std::future::poll_fn(|cx| service.poll_ready(cx)).await?;
                         }
                         service.call(request).await
-                    })
+                    }
                 })
                 .await
                 .map_err(RetryError::into_box_error)

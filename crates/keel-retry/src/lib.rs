@@ -47,23 +47,33 @@
 //! # }
 //! ```
 //!
-//! # Front ends
-//! * [`RetryPolicy::retry`] / [`retry_classified`](RetryPolicy::retry_classified):
-//!   an `FnMut(Attempt) -> Future`.
-//! * [`RetryPolicy::retry_with`]: the operation borrows a `&mut` context
-//!   across attempts.
-//! * [`RetryPolicy::retry_blocking`]: synchronous code (`std::thread::sleep`).
-//! * `RetryLayer` (feature `tower`): a tower middleware for `Clone` requests.
+//! # One loop, two doors
+//! * [`RetryPolicy::retry`]: retries every `Err`; the operation is an
+//!   `FnMut(Attempt) -> Future`.
+//! * [`RetryPolicy::retry_classified`]: the same loop with a
+//!   [`keel_core::Classify`] deciding what is retried (and honouring an
+//!   overload's retry-after).
+//! * `RetryLayer` (feature `tower`): a tower middleware for `Clone`
+//!   requests, over the same loop.
 //! * `RetryMetrics` (feature `metrics`): the [`RetryStats`] of named policies
 //!   as prometheus-client metrics.
+//!
+//! # Time
+//! A policy reads the [`keel_core::Clock`] it is given
+//! ([`RetryPolicyBuilder::clock`]; tokio's by default, which follows paused
+//! time in `#[tokio::test(start_paused = true)]`), and a [`RetryBudget`]
+//! takes one too ([`RetryBudget::with_clock`]): hand both the clock the rest
+//! of the program (a `keel::Pipeline`, a breaker) uses.
 //!
 //! # Presets
 //! | preset | retries | delays | cap | jitter | other |
 //! |---|---|---|---|---|---|
-//! | [`default`](RetryPolicy::default) | 3 | 1 s ×2 | 30 s | equal | |
+//! | [`default`](RetryPolicy::default) | 3 | 1 s ×2 | 30 s | equal ([`Jitter::default`]) | |
 //! | [`aws`](RetryPolicy::aws) | 5 | 500 ms ×2 | 64 s | full | |
 //! | [`critical`](RetryPolicy::critical) | 7 | 2 s ×2 | 2 min | equal | 20 min in all |
-//! | [`watchdog`](RetryPolicy::watchdog) | 5 | 1, 2, 4, 8, 16 s | 20 s | ±20 % | |
+//!
+//! A program's own policy (the watchdog's 1, 2, 4, 8, 16 s ±20 %) is a
+//! builder chain in that program, not a preset here.
 
 mod attempt;
 mod backoff;

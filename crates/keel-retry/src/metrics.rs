@@ -92,16 +92,18 @@ const COUNTERS: [Counter; 10] = [
 /// use prometheus_client::registry::Registry;
 /// use keel_retry::{RetryMetrics, RetryPolicy};
 ///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// let ec2 = RetryPolicy::aws();
 /// let metrics = RetryMetrics::new();
 /// metrics.add("ec2", &ec2);
 /// let mut registry = Registry::default();
 /// metrics.register(registry.sub_registry_with_prefix("goman"));
 ///
-/// ec2.retry_blocking(|_| Ok::<_, ()>(())).unwrap();
+/// ec2.retry(|_| async { Ok::<_, ()>(()) }).await.unwrap();
 /// let mut text = String::new();
 /// prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
 /// assert!(text.contains(r#"goman_retry_calls_total{policy="ec2"} 1"#));
+/// # }
 /// ```
 #[derive(Clone, Default)]
 pub struct RetryMetrics {

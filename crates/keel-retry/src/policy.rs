@@ -1,4 +1,4 @@
-//! The retry policy and its async and blocking front ends.
+//! The retry policy and its one retry loop.
 
 use std::fmt;
 use std::future::Future;
@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_core::{Classify, Rng, classify};
+use keel_core::{Classify, Clock, Rng, classify};
 
 use crate::attempt::{Attempt, Hook};
 use crate::backoff::{Backoff, Delays, Jitter, Schedule};
@@ -16,18 +16,23 @@ use crate::error::RetryError;
 use crate::run::{AttemptResult, Run, Step};
 use crate::stats::{Counters, RetryStats};
 
-/// A boxed, `Send` future borrowing for `'a`: what the context-passing
-/// operations of [`RetryPolicy::retry_with`] return (`Box::pin(async move { .. })`).
+/// A boxed, `Send` future borrowing for `'a`: the future type of the tower
+/// `RetryService`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The seed of [`RetryPolicy::delays`]' preview source.
+const PREVIEW_SEED: u64 = 0x6b65_656c_2d72_6574;
 
 /// A retry policy: how many times to retry, how long to wait, when to stop,
 /// what to retry, and the counters of everything it did.
 ///
 /// Build one with [`RetryPolicy::builder`] or take a preset
 /// ([`default`](RetryPolicy::default), [`aws`](RetryPolicy::aws),
-/// [`critical`](RetryPolicy::critical), [`watchdog`](RetryPolicy::watchdog)).
-/// Cloning is one `Arc` increment; clones share the configuration, the
-/// random source, the budget and the statistics.
+/// [`critical`](RetryPolicy::critical)); run an operation through it with
+/// [`retry`](RetryPolicy::retry), or
+/// [`retry_classified`](RetryPolicy::retry_classified) to choose what is
+/// retried. Cloning is one `Arc` increment; clones share the configuration,
+/// the random source, the clock, the budget and the statistics.
 ///
 /// # What is retried
 /// The result of each attempt is classified through
@@ -48,11 +53,11 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 ///
 /// # Cost
 /// Per call: a few relaxed atomic increments and one random draw per retry
-/// when jittered; no allocation (the context-passing variant boxes each
-/// attempt's future). The clock is read only when a rule needs it: at the
-/// start of the call and at each attempt and retry decision with a maximum
-/// elapsed time, at the start and at each retry with a budget or an
-/// `on_retry` hook; never otherwise. A zero delay does not touch the timer.
+/// when jittered; no allocation. The clock is read only when a rule needs
+/// it: at the start of the call and at each attempt and retry decision with
+/// a maximum elapsed time, at the start and at each retry with an
+/// `on_retry` hook; never otherwise (a budget reads its own, once per call
+/// and once per retry). A zero delay does not touch the timer.
 #[derive(Clone)]
 pub struct RetryPolicy {
     inner: Arc<Inner>,
@@ -66,6 +71,7 @@ pub(crate) struct Inner {
     pub(crate) max_retry_after: Duration,
     pub(crate) budget: Option<RetryBudget>,
     pub(crate) rng: Rng,
+    pub(crate) clock: Clock,
     pub(crate) hook: Option<Hook>,
     pub(crate) counters: Counters,
 }
@@ -94,17 +100,13 @@ impl RetryPolicy {
         RetryPolicyBuilder::critical().build_unchecked()
     }
 
-    /// The `watchdog` preset (see [`RetryPolicyBuilder::watchdog`]): 5
-    /// retries at 1, 2, 4, 8, 16 s, ±20 %.
-    pub fn watchdog() -> Self {
-        RetryPolicyBuilder::watchdog().build_unchecked()
-    }
-
     /// Retries `op` while its result is a failure or an overload
     /// ([`classify::Default`]: every `Err` is retried). `op` is called with
     /// the [`Attempt`] it makes and returns a fresh future each time.
     ///
     /// The returned future is `Send` when `op`, its futures, `T` and `E` are.
+    /// This is [`retry_classified`](Self::retry_classified) with the default
+    /// classifier: both run the same loop.
     pub async fn retry<T, E, F, Fut>(&self, op: F) -> Result<T, RetryError<E>>
     where
         F: FnMut(Attempt) -> Fut,
@@ -116,7 +118,33 @@ impl RetryPolicy {
 
     /// [`retry`](Self::retry) with the outcome of each attempt decided by
     /// `classifier` (retry only 5xx and timeouts, honour a 429's
-    /// `Retry-After`, treat a 404 as final...).
+    /// `Retry-After`, treat a 404 as final...). This is the one retry loop:
+    /// [`retry`](Self::retry) and the tower layer run through it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use keel_core::{classify, Outcome};
+    /// use keel_retry::{Backoff, RetryError, RetryPolicy};
+    ///
+    /// #[derive(Debug, PartialEq)]
+    /// enum ApiError { Unavailable, NotFound }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let policy = RetryPolicy::builder()
+    ///     .backoff(Backoff::constant(Duration::from_millis(1)))
+    ///     .build()
+    ///     .unwrap();
+    /// // A 404 will not get better by asking again.
+    /// let by_error = classify::on_error(|e: &ApiError| *e == ApiError::Unavailable);
+    /// let result: Result<(), _> = policy
+    ///     .retry_classified(&by_error, |_| async { Err(ApiError::NotFound) })
+    ///     .await;
+    /// assert!(matches!(
+    ///     result,
+    ///     Err(RetryError::NotRetryable { error: ApiError::NotFound, attempts: 1 })
+    /// ));
+    /// # }
+    /// ```
     pub async fn retry_classified<T, E, C, F, Fut>(
         &self,
         classifier: &C,
@@ -153,148 +181,46 @@ impl RetryPolicy {
         }
     }
 
-    /// Retries an operation that borrows a context mutably: `op` gets
-    /// `&mut Ctx` and the [`Attempt`] and returns a boxed future that may
-    /// hold the borrow (`|ctx, attempt| Box::pin(async move { .. })`). Use it
-    /// when attempts need a connection, a buffer or a counter that outlives
-    /// them; [`retry`](Self::retry) cannot lend one across attempts.
+    /// A preview of the delays this policy sleeps before each of its
+    /// retries (one per allowed retry, with the cap and jitter, as a call
+    /// that gets no retry-after hints would compute them).
+    ///
+    /// It is pure: the jitter draws from a fresh source with a fixed seed,
+    /// never from the policy's own, so calling it twice gives the same
+    /// delays and previewing never changes the sleeps of a seeded policy.
+    /// The real sleeps draw from the policy's source and differ from the
+    /// preview unless there is no jitter. Draw the preview from a source of
+    /// your own with [`delays_with`](Self::delays_with).
     ///
     /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// use keel_retry::{Backoff, RetryPolicy};
     /// use std::time::Duration;
+    /// use keel_core::Rng;
+    /// use keel_retry::{Backoff, Jitter, RetryPolicy};
     ///
-    /// struct Conn { calls: u32 }
-    /// impl Conn {
-    ///     async fn get(&mut self) -> Result<u32, &'static str> {
-    ///         self.calls += 1;
-    ///         if self.calls < 3 { Err("reset") } else { Ok(self.calls) }
-    ///     }
-    /// }
-    ///
+    /// let s = Duration::from_secs(1);
     /// let policy = RetryPolicy::builder()
-    ///     .backoff(Backoff::constant(Duration::from_millis(1)))
+    ///     .max_retries(4)
+    ///     .backoff(Backoff::exponential(s, 2.0))
+    ///     .max_delay(s * 5)
+    ///     .jitter(Jitter::None)
     ///     .build()
     ///     .unwrap();
-    /// let mut conn = Conn { calls: 0 };
-    /// let got = policy
-    ///     .retry_with(&mut conn, |conn, _attempt| Box::pin(async move { conn.get().await }))
-    ///     .await;
-    /// assert_eq!(got.unwrap(), 3);
-    /// assert_eq!(conn.calls, 3);
-    /// # }
+    /// assert_eq!(policy.delays().collect::<Vec<_>>(), [s, s * 2, s * 4, s * 5]);
+    ///
+    /// let seeded = RetryPolicy::builder().rng(Rng::with_seed(7)).build().unwrap();
+    /// let preview: Vec<_> = seeded.delays().collect();
+    /// assert_eq!(seeded.delays().collect::<Vec<_>>(), preview, "pure");
     /// ```
-    pub async fn retry_with<Ctx, T, E, F>(&self, ctx: &mut Ctx, op: F) -> Result<T, RetryError<E>>
-    where
-        Ctx: ?Sized,
-        F: for<'c> FnMut(&'c mut Ctx, Attempt) -> BoxFuture<'c, Result<T, E>>,
-        E: fmt::Debug,
-    {
-        self.retry_with_classified(&classify::Default, ctx, op)
-            .await
-    }
-
-    /// [`retry_with`](Self::retry_with) with a classifier.
-    pub async fn retry_with_classified<Ctx, T, E, C, F>(
-        &self,
-        classifier: &C,
-        ctx: &mut Ctx,
-        mut op: F,
-    ) -> Result<T, RetryError<E>>
-    where
-        Ctx: ?Sized,
-        C: Classify<T, E> + ?Sized,
-        F: for<'c> FnMut(&'c mut Ctx, Attempt) -> BoxFuture<'c, Result<T, E>>,
-        E: fmt::Debug,
-    {
-        let mut run = Run::begin(&self.inner);
-        loop {
-            let (attempt, limit) = run.next_attempt();
-            let fut = op(&mut *ctx, attempt);
-            let result = match limit {
-                None => AttemptResult::Done(fut.await),
-                Some((within, which)) => match tokio::time::timeout(within, fut).await {
-                    Ok(r) => AttemptResult::Done(r),
-                    Err(_) => AttemptResult::TimedOut(which),
-                },
-            };
-            match run.finish(classifier, result) {
-                Step::Return(r) => return r,
-                Step::Sleep(delay, withdrawal) => {
-                    if !delay.is_zero() {
-                        tokio::time::sleep(delay).await;
-                    }
-                    if let Some(w) = withdrawal {
-                        w.commit();
-                    }
-                }
-            }
-        }
-    }
-
-    /// Retries a synchronous operation, sleeping with
-    /// `std::thread::sleep` (so never call it on an async runtime's
-    /// thread). The per-attempt timeout is not enforced (a synchronous call
-    /// cannot be cancelled); the maximum elapsed time still stops sleeps
-    /// that would end past it.
-    pub fn retry_blocking<T, E, F>(&self, op: F) -> Result<T, RetryError<E>>
-    where
-        F: FnMut(Attempt) -> Result<T, E>,
-        E: fmt::Debug,
-    {
-        self.retry_blocking_classified(&classify::Default, op)
-    }
-
-    /// [`retry_blocking`](Self::retry_blocking) with a classifier.
-    pub fn retry_blocking_classified<T, E, C, F>(
-        &self,
-        classifier: &C,
-        mut op: F,
-    ) -> Result<T, RetryError<E>>
-    where
-        C: Classify<T, E> + ?Sized,
-        F: FnMut(Attempt) -> Result<T, E>,
-        E: fmt::Debug,
-    {
-        let mut run = Run::begin(&self.inner);
-        loop {
-            let (mut attempt, _) = run.next_attempt();
-            attempt.timeout = None;
-            let result = AttemptResult::Done(op(attempt));
-            match run.finish(classifier, result) {
-                Step::Return(r) => return r,
-                Step::Sleep(delay, withdrawal) => {
-                    if !delay.is_zero() {
-                        std::thread::sleep(delay);
-                    }
-                    if let Some(w) = withdrawal {
-                        w.commit();
-                    }
-                }
-            }
-        }
-    }
-
-    /// The delay before retry `retry` (1-based: the sleep after attempt
-    /// `retry` failed), with the cap and a fresh jitter draw, as a retry
-    /// would compute it when no retry-after hint is given. For decorrelated
-    /// jitter, which depends on the previous sleep, the previous sleep is
-    /// taken to be the un-jittered delay of `retry - 1`; [`delays`](Self::delays)
-    /// carries the real previous value. Costs a few arithmetic operations
-    /// and at most one random draw.
-    pub fn delay_for(&self, retry: u32) -> Duration {
-        let s = &self.inner.schedule;
-        let prev = (retry > 1 && s.jitter == Jitter::Decorrelated)
-            .then(|| s.backoff.delay(retry - 1).min(s.max_delay));
-        s.delay(retry, prev, &self.inner.rng)
-    }
-
-    /// The delays this policy would sleep before each of its retries, drawn
-    /// from its random source.
     pub fn delays(&self) -> Delays {
+        self.delays_with(&Rng::with_seed(PREVIEW_SEED))
+    }
+
+    /// [`delays`](Self::delays) drawing the jitter from `rng` (seeded for a
+    /// replayable sample, [`Rng::from_entropy`] for a fresh one each time).
+    pub fn delays_with(&self, rng: &Rng) -> Delays {
         Delays::new(
             self.inner.schedule.clone(),
-            self.inner.rng.clone(),
+            rng.clone(),
             self.inner.max_retries,
         )
     }
@@ -343,6 +269,11 @@ impl RetryPolicy {
     pub fn budget(&self) -> Option<&RetryBudget> {
         self.inner.budget.as_ref()
     }
+
+    /// The clock the policy reads (see [`RetryPolicyBuilder::clock`]).
+    pub fn clock(&self) -> &Clock {
+        &self.inner.clock
+    }
 }
 
 impl Default for RetryPolicy {
@@ -365,6 +296,7 @@ impl fmt::Debug for RetryPolicy {
             .field("attempt_timeout", &i.attempt_timeout)
             .field("max_retry_after", &i.max_retry_after)
             .field("budget", &i.budget)
+            .field("clock", &i.clock)
             .field("on_retry", &i.hook.is_some())
             .field("stats", &i.counters.snapshot())
             .finish()

@@ -1,6 +1,5 @@
-//! The decisions of one retried call, shared by the async, context-passing,
-//! blocking and tower front ends. It is synchronous: the front ends only
-//! run attempts and sleep.
+//! The decisions of one retried call. It is synchronous: the retry loop
+//! (`RetryPolicy::drive`) only runs attempts and sleeps.
 
 use std::fmt;
 use std::time::Duration;
@@ -38,7 +37,7 @@ pub(crate) enum Step<'p, T, E> {
 }
 
 /// A clock read costs tens of nanoseconds (more than the rest of a retry
-/// decision), so `Run` reads tokio's clock only when a rule needs it: a
+/// decision), so `Run` reads the policy's clock only when a rule needs it: a
 /// maximum elapsed time, a budget, or a hook (which is told the elapsed
 /// time). A policy with none of them never reads the clock.
 pub(crate) struct Run<'p, E> {
@@ -58,9 +57,9 @@ impl<'p, E: fmt::Debug> Run<'p, E> {
         bump(&policy.counters.calls);
         let started =
             (policy.max_elapsed.is_some() || policy.hook.is_some() || policy.budget.is_some())
-                .then(Instant::now);
+                .then(|| policy.clock.now());
         if let Some(budget) = &policy.budget {
-            budget.deposit_at(started);
+            budget.deposit_at(tokio_reading(policy, started));
         }
         Run {
             policy,
@@ -86,7 +85,7 @@ impl<'p, E: fmt::Debug> Run<'p, E> {
         self.attempts = self.attempts.saturating_add(1);
         let remaining = self
             .deadline
-            .map(|d| d.saturating_duration_since(Instant::now()));
+            .map(|d| d.saturating_duration_since(self.policy.clock.now()));
         let limit = match (self.policy.attempt_timeout, remaining) {
             (None, None) => None,
             (Some(t), None) => Some((t, Limit::Attempt)),
@@ -142,7 +141,7 @@ impl<'p, E: fmt::Debug> Run<'p, E> {
             }
         };
 
-        let now = self.started.map(|_| Instant::now());
+        let now = self.started.map(|_| p.clock.now());
         if let Some((deadline, now)) = self.deadline.zip(now)
             && now.checked_add(delay).is_none_or(|wake| wake >= deadline)
         {
@@ -151,7 +150,7 @@ impl<'p, E: fmt::Debug> Run<'p, E> {
 
         let withdrawal = match &p.budget {
             None => None,
-            Some(budget) => match budget.withdraw_at(now) {
+            Some(budget) => match budget.withdraw_at(tokio_reading(p, now)) {
                 Ok(w) => Some(w),
                 Err(_) => return self.give_up(GiveUp::Budget, result),
             },
@@ -261,6 +260,13 @@ impl<'p, E: fmt::Debug> Run<'p, E> {
             },
         }))
     }
+}
+
+/// A reading of the policy's clock that a budget may reuse (budgets reuse
+/// only tokio's clock readings; see `RetryBudget::deposit_at`).
+#[inline]
+fn tokio_reading(policy: &Inner, now: Option<Instant>) -> Option<Instant> {
+    now.filter(|_| !policy.clock.is_manual())
 }
 
 /// Why a retryable result ends the call.

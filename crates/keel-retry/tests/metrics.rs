@@ -7,15 +7,15 @@ use keel_retry::{Backoff, RetryBudget, RetryMetrics, RetryPolicy};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::registry::Registry;
 
-#[test]
-fn every_statistic_is_exported_per_policy() {
+#[tokio::test]
+async fn every_statistic_is_exported_per_policy() {
     let fast = |b: keel_retry::RetryPolicyBuilder| {
         b.backoff(Backoff::constant(Duration::ZERO))
             .max_delay(Duration::ZERO)
     };
     let ec2 = fast(RetryPolicy::builder().max_retries(2)).build().unwrap();
     let s3 = fast(RetryPolicy::builder().max_retries(1))
-        .budget(RetryBudget::new(0.0, 1, Duration::from_secs(5)).unwrap())
+        .budget(RetryBudget::new(0.0, 5, Duration::from_secs(5)).unwrap())
         .build()
         .unwrap();
 
@@ -26,14 +26,11 @@ fn every_statistic_is_exported_per_policy() {
     // Added after registration: still collected.
     metrics.add("s3", &s3);
 
-    let mut n = 0;
-    ec2.retry_blocking(|_| {
-        n += 1;
-        if n < 2 { Err("x") } else { Ok(()) }
-    })
-    .unwrap();
-    let _ = ec2.retry_blocking(|_| Err::<(), _>("x"));
-    let _ = s3.retry_blocking(|_| Err::<(), _>("y"));
+    ec2.retry(|attempt| async move { if attempt.number < 2 { Err("x") } else { Ok(()) } })
+        .await
+        .unwrap();
+    let _ = ec2.retry(|_| async { Err::<(), _>("x") }).await;
+    let _ = s3.retry(|_| async { Err::<(), _>("y") }).await;
 
     let mut text = String::new();
     encode(&mut text, &registry).unwrap();

@@ -93,34 +93,39 @@ async fn jittered_sleeps_replay_the_seeded_schedule_and_respect_the_cap() {
                 .unwrap()
         };
         let slept = gaps(&attempt_times(&build()).await);
-        // tokio's timer rounds a sleep up to the next millisecond.
-        let planned: Vec<_> = build().delays().map(ceil_ms).collect();
+        // tokio's timer rounds a sleep up to the next millisecond. A preview
+        // drawn from the same seed predicts a fresh policy's sleeps.
+        let planned: Vec<_> = build()
+            .delays_with(&Rng::with_seed(99))
+            .map(ceil_ms)
+            .collect();
         assert_eq!(slept, planned, "{jitter:?}");
         assert!(slept.iter().all(|d| *d <= S * 5), "{jitter:?}: {slept:?}");
     }
 }
 
 #[tokio::test(start_paused = true)]
-async fn watchdog_preset_sleeps_1_2_4_8_16_seconds_within_20_percent() {
-    let policy = RetryPolicy::builder()
-        .max_retries(5)
-        .backoff(Backoff::exponential(S, 2.0))
-        .jitter(Jitter::Proportional(0.2))
-        .max_delay(S * 20)
-        .rng(Rng::with_seed(5))
-        .build()
-        .unwrap();
-    // The preset and this spelled-out policy agree.
-    let preset = RetryPolicy::watchdog();
-    assert_eq!(
-        (
-            preset.max_retries(),
-            preset.backoff(),
-            preset.jitter(),
-            preset.max_delay()
-        ),
-        (5, policy.backoff(), policy.jitter(), policy.max_delay())
-    );
+async fn previewing_the_delays_does_not_change_the_sleeps() {
+    let build = || {
+        RetryPolicy::builder()
+            .backoff(Backoff::exponential(S, 2.0))
+            .jitter(Jitter::Full)
+            .max_retries(4)
+            .rng(Rng::with_seed(3))
+            .build()
+            .unwrap()
+    };
+    let untouched = gaps(&attempt_times(&build()).await);
+    let previewed = build();
+    let first: Vec<_> = previewed.delays().collect();
+    let second: Vec<_> = previewed.delays().collect();
+    assert_eq!(first, second, "the preview is pure");
+    assert_eq!(first.len(), 4);
+    assert_eq!(gaps(&attempt_times(&previewed).await), untouched);
+}
+
+#[tokio::test(start_paused = true)]
+async fn proportional_jitter_sleeps_1_2_4_8_16_seconds_within_20_percent() {
     for seed in 0..20 {
         let p = RetryPolicy::builder()
             .max_retries(5)
