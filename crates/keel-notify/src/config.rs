@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use keel_breaker::{BreakerConfig, BreakerRegistry};
 use keel_retry::{Backoff, Jitter, RetryPolicy};
 
 use crate::error::{ConfigError, NotifyError};
@@ -24,6 +25,13 @@ pub const DEFAULT_INFO_DEBOUNCE: Duration = Duration::from_secs(10);
 /// Default cap on a retry-after a worker waits out in place; longer ones
 /// requeue the message and pause the sink.
 pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+/// Each sink's breaker is named this prefix followed by the sink's name.
+pub const BREAKER_PREFIX: &str = "notify:";
+/// The spool's file name inside the state directory.
+pub const SPOOL_FILE: &str = "notify.spool";
+/// The environment variable naming the default state directory (systemd
+/// sets it from `StateDirectory=`).
+pub const STATE_DIRECTORY_ENV: &str = "STATE_DIRECTORY";
 /// A retry-after longer than this is treated as this (a day): it only guards
 /// against nonsense values.
 pub(crate) const MAX_PAUSE: Duration = Duration::from_secs(24 * 60 * 60);
@@ -38,7 +46,8 @@ pub(crate) struct Settings {
     pub(crate) max_pending: usize,
     pub(crate) max_retry_after: Duration,
     pub(crate) retry: RetryPolicy,
-    pub(crate) sink_backoff: RetryPolicy,
+    pub(crate) sink_breaker: BreakerConfig,
+    pub(crate) breakers: Option<BreakerRegistry>,
     pub(crate) spool: Option<PathBuf>,
     pub(crate) spool_interval: Option<Duration>,
 }
@@ -53,8 +62,10 @@ pub(crate) struct Settings {
 /// | [`debounce`](Self::debounce) | critical 0, warning 30 s, info 10 s |
 /// | [`max_retry_after`](Self::max_retry_after) | 60 s |
 /// | [`retry`](Self::retry) | 2 retries, 500 ms ×2 up to 5 s, equal jitter, 30 s per attempt |
-/// | [`sink_backoff`](Self::sink_backoff) | 1 s ×2 up to 5 min, ±20 % |
-/// | [`spool`](Self::spool) | none |
+/// | [`sink_breaker`](Self::sink_breaker) | opens after 1 failed round, 1 s open ×2 up to 5 min, 1 probe |
+/// | [`breakers`](Self::breakers) | none (each sink's breaker stands alone) |
+/// | [`spool`](Self::spool) | `{state_dir}/notify.spool` |
+/// | [`state_dir`](Self::state_dir) | `$STATE_DIRECTORY` (systemd's `StateDirectory=`); unset: no spool, and what is left at shutdown is lost (logged at `error`) |
 #[must_use]
 pub struct NotifierBuilder {
     sinks: Vec<Arc<dyn DynSink>>,
@@ -65,8 +76,10 @@ pub struct NotifierBuilder {
     max_pending: Option<usize>,
     max_retry_after: Duration,
     retry: Option<RetryPolicy>,
-    sink_backoff: Option<RetryPolicy>,
+    sink_breaker: Option<BreakerConfig>,
+    breakers: Option<BreakerRegistry>,
     spool: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
     spool_interval: Option<Duration>,
 }
 
@@ -109,8 +122,10 @@ impl NotifierBuilder {
             max_pending: None,
             max_retry_after: DEFAULT_MAX_RETRY_AFTER,
             retry: None,
-            sink_backoff: None,
+            sink_breaker: None,
+            breakers: None,
             spool: None,
+            state_dir: None,
             spool_interval: None,
         }
     }
@@ -172,25 +187,51 @@ impl NotifierBuilder {
     /// The policy for the quick retries of one delivery (its attempts,
     /// backoff, per-attempt timeout, budget). When it gives up on a
     /// retryable failure, the message is not dropped: it goes back to the
-    /// queue and the sink is paused per [`sink_backoff`](Self::sink_backoff).
+    /// queue, and the round counts as one failure for the sink's
+    /// [breaker](Self::sink_breaker).
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = Some(policy);
         self
     }
 
-    /// How long a sink stays paused after the `n`th consecutive round of
-    /// failed attempts: `policy.delay_for(n)` (only its backoff, maximum
-    /// delay and jitter are used).
-    pub fn sink_backoff(mut self, policy: RetryPolicy) -> Self {
-        self.sink_backoff = Some(policy);
+    /// The configuration of each sink's circuit breaker (a
+    /// [`keel_breaker::CircuitBreaker`] named `notify:{sink}`). Each round of
+    /// attempts that ends in a retryable failure is one failure; an accepted
+    /// send, or a permanent rejection (the sink answered), a success; an
+    /// overload or a cancelled send counts for nothing. While the breaker is
+    /// open the sink's messages wait in the queue; half-open, its probes go
+    /// one at a time (as configured). Default: open after one failed round
+    /// for 1 s, doubling on each failed probe up to 5 min, one probe.
+    pub fn sink_breaker(mut self, config: BreakerConfig) -> Self {
+        self.sink_breaker = Some(config);
+        self
+    }
+
+    /// Creates the sinks' breakers in this registry (replacing any of the
+    /// same name), so an admin route that lists the program's breakers
+    /// shows, forces and resets them like every other.
+    pub fn breakers(mut self, registry: BreakerRegistry) -> Self {
+        self.breakers = Some(registry);
         self
     }
 
     /// Keeps queued messages across restarts in this file (JSON lines): it
     /// is loaded (then removed) by `build`, and written by
-    /// [`Notifier::shutdown`] and [`Notifier::save_spool`].
+    /// [`Notifier::shutdown`] and [`Notifier::save_spool`]. Default:
+    /// `notify.spool` in the [`state_dir`](Self::state_dir).
     pub fn spool(mut self, path: impl Into<PathBuf>) -> Self {
         self.spool = Some(path.into());
+        self
+    }
+
+    /// The program's state directory: without an explicit
+    /// [`spool`](Self::spool), the spool is `{dir}/notify.spool`, so what
+    /// the rate limits leave unsent at shutdown survives the restart.
+    /// Default: the `STATE_DIRECTORY` environment variable (set by systemd's
+    /// `StateDirectory=`); with neither, there is no spool and what is left
+    /// at shutdown is lost, logged at `error` with the count.
+    pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.state_dir = Some(dir.into());
         self
     }
 
@@ -214,13 +255,33 @@ impl NotifierBuilder {
             .expect("the default notifier retry policy is valid")
     }
 
-    fn default_sink_backoff() -> RetryPolicy {
-        RetryPolicy::builder()
-            .backoff(Backoff::exponential(Duration::from_secs(1), 2.0))
-            .max_delay(Duration::from_secs(5 * 60))
-            .jitter(Jitter::Proportional(0.2))
+    fn default_sink_breaker() -> BreakerConfig {
+        BreakerConfig::builder()
+            .no_failure_rate()
+            .consecutive_failures(1)
+            .minimum_calls(1)
+            .open_duration(Duration::from_secs(1))
+            .open_duration_growth(2.0, Duration::from_secs(5 * 60))
+            .half_open_max_probes(1)
+            .half_open_successes(1)
+            .half_open_max_wait(Duration::from_secs(10 * 60))
             .build()
-            .expect("the default sink backoff is valid")
+            .expect("the default sink breaker is valid")
+    }
+
+    /// The spool path: explicit, else under the state directory (given,
+    /// else `$STATE_DIRECTORY`).
+    fn spool_path(&self) -> Option<PathBuf> {
+        if let Some(p) = &self.spool {
+            return Some(p.clone());
+        }
+        let dir = self.state_dir.clone().or_else(|| {
+            std::env::var_os(STATE_DIRECTORY_ENV)
+                .filter(|v| !v.is_empty())
+                // systemd may list several directories, separated by ':'.
+                .and_then(|v| v.to_string_lossy().split(':').next().map(PathBuf::from))
+        })?;
+        Some(dir.join(SPOOL_FILE))
     }
 
     /// Validates the settings, loads the spool (if any) and starts the
@@ -262,7 +323,8 @@ impl NotifierBuilder {
         if self.workers == 0 {
             return Err(ConfigError::new("workers", "must be at least 1").into());
         }
-        if self.spool_interval.is_some() && self.spool.is_none() {
+        let spool = self.spool_path();
+        if self.spool_interval.is_some() && spool.is_none() {
             return Err(ConfigError::new("spool_interval", "needs a spool file").into());
         }
         if self.spool_interval == Some(Duration::ZERO) {
@@ -278,8 +340,9 @@ impl NotifierBuilder {
             retry: self
                 .retry
                 .unwrap_or_else(|| Self::default_retry(self.max_retry_after)),
-            sink_backoff: self.sink_backoff.unwrap_or_else(Self::default_sink_backoff),
-            spool: self.spool,
+            sink_breaker: self.sink_breaker.unwrap_or_else(Self::default_sink_breaker),
+            breakers: self.breakers,
+            spool,
             spool_interval: self.spool_interval,
         };
         Notifier::start(settings, self.sinks)

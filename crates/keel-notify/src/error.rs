@@ -33,24 +33,7 @@ pub enum NotifyError {
     NoRuntime,
 }
 
-/// A builder rejected a value: `field` names the setting.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid configuration: `{field}` {reason}")]
-pub struct ConfigError {
-    /// The setting at fault (`capacity`, `workers`, `base_url`...).
-    pub field: &'static str,
-    /// What is wrong with it.
-    pub reason: String,
-}
-
-impl ConfigError {
-    pub(crate) fn new(field: &'static str, reason: impl Into<String>) -> Self {
-        ConfigError {
-            field,
-            reason: reason.into(),
-        }
-    }
-}
+pub use keel_core::ConfigError;
 
 /// The notifier no longer takes notifications: `shutdown` was called.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -194,9 +177,6 @@ mod tests {
             "sink rejected the message (400): Bad Request: chat not found"
         );
         let c = NotifyError::from(ConfigError::new("workers", "must be at least 1"));
-        assert_eq!(
-            c.to_string(),
-            "invalid configuration: `workers` must be at least 1"
-        );
+        assert_eq!(c.to_string(), "invalid `workers`: must be at least 1");
     }
 }

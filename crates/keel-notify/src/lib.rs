@@ -96,6 +96,7 @@
 
 mod admission;
 pub mod config;
+pub mod digest;
 mod error;
 pub mod metrics;
 mod notification;
@@ -108,7 +109,9 @@ mod spool;
 pub mod telegram;
 
 pub use config::NotifierBuilder;
+pub use digest::Digest;
 pub use error::{ConfigError, NotifyError, QueueClosed, SinkError, UnknownSink};
+pub use keel_breaker::{BreakerConfig, BreakerRegistry, CircuitBreaker};
 pub use metrics::Stats;
 pub use notification::{Message, Notification, Priority};
 pub use notifier::{Admitted, Notifier, ShutdownReport};

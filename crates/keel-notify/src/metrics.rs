@@ -19,6 +19,8 @@
 //! | `held` | gauge | none (notifications waiting out their debounce) |
 //! | `send_duration_seconds` | histogram | `sink` (one attempt) |
 //! | `delivery_latency_seconds` | histogram | `sink`, `priority` (queued → sent) |
+//! | `observed_to_accepted_seconds` | histogram | `sink`, `priority` (the change observed, [`Notification::observed_at`](crate::Notification::observed_at), → accepted by the sink) |
+//! | `messages` | counter | `sink`, `kind` (`single`, `digest`): requests the sink accepted |
 //!
 //! Label values are bounded: sink names come from the notifier's fixed set
 //! of sinks, priorities and reasons are fixed lists.
@@ -52,6 +54,11 @@ pub mod names {
     pub const SEND_DURATION: &str = "send_duration_seconds";
     /// Time from entering the queue to being accepted by the sink.
     pub const DELIVERY_LATENCY: &str = "delivery_latency_seconds";
+    /// Time from the program observing the change to the sink accepting
+    /// the message that reports it.
+    pub const OBSERVED_TO_ACCEPTED: &str = "observed_to_accepted_seconds";
+    /// Messages (single or digest) the sinks accepted.
+    pub const MESSAGES: &str = "messages";
 }
 
 /// Why a delivery was dropped (the `reason` label).
@@ -94,8 +101,13 @@ pub struct Stats {
     /// Deliveries queued (one per notification and sink; requeues and
     /// spool loads not counted again).
     pub queued: u64,
-    /// Deliveries the sinks accepted.
+    /// Deliveries the sinks accepted (events: a digest of twelve counts
+    /// twelve).
     pub sent: u64,
+    /// Messages the sinks accepted (a digest counts one).
+    pub messages: u64,
+    /// Of `messages`: digests.
+    pub digests: u64,
     /// Notifications suppressed by the dedup window.
     pub deduplicated: u64,
     /// Notifications collapsed into a held one.
@@ -124,6 +136,8 @@ pub struct Stats {
 pub(crate) struct Counters {
     pub(crate) queued: AtomicU64,
     pub(crate) sent: AtomicU64,
+    pub(crate) messages: AtomicU64,
+    pub(crate) digests: AtomicU64,
     pub(crate) deduplicated: AtomicU64,
     pub(crate) debounced: AtomicU64,
     pub(crate) dropped: AtomicU64,
@@ -144,6 +158,8 @@ impl Counters {
         Stats {
             queued: r(&self.queued),
             sent: r(&self.sent),
+            messages: r(&self.messages),
+            digests: r(&self.digests),
             deduplicated: r(&self.deduplicated),
             debounced: r(&self.debounced),
             dropped: r(&self.dropped),
@@ -181,6 +197,12 @@ mod prom {
     }
 
     #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+    struct SinkKind {
+        sink: String,
+        kind: &'static str,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
     struct SinkOnly {
         sink: String,
     }
@@ -200,6 +222,11 @@ mod prom {
         Histogram::new(exponential_buckets(0.01, 3.0, 14))
     }
 
+    fn observed_buckets() -> Histogram {
+        // 0.25 s .. ~1.4 h, finer where the 5 s target is.
+        Histogram::new(exponential_buckets(0.25, 2.0, 15))
+    }
+
     /// The Prometheus families (cheap to clone: each is an `Arc`).
     #[derive(Debug, Clone)]
     pub(crate) struct Metrics {
@@ -214,6 +241,8 @@ mod prom {
         held: Gauge,
         send_duration: Family<SinkOnly, Histogram, fn() -> Histogram>,
         delivery_latency: Family<SinkPriority, Histogram, fn() -> Histogram>,
+        observed: Family<SinkPriority, Histogram, fn() -> Histogram>,
+        messages: Family<SinkKind, Counter>,
     }
 
     impl Default for Metrics {
@@ -230,6 +259,8 @@ mod prom {
                 held: Gauge::default(),
                 send_duration: Family::new_with_constructor(send_buckets),
                 delivery_latency: Family::new_with_constructor(latency_buckets),
+                observed: Family::new_with_constructor(observed_buckets),
+                messages: Family::default(),
             }
         }
     }
@@ -300,16 +331,39 @@ mod prom {
                 Unit::Seconds,
                 self.delivery_latency.clone(),
             );
+            registry.register_with_unit(
+                "observed_to_accepted",
+                "Time from the program observing a change to the sink accepting its message",
+                Unit::Seconds,
+                self.observed.clone(),
+            );
+            registry.register(
+                names::MESSAGES,
+                "Messages (single or digest) the sinks accepted",
+                self.messages.clone(),
+            );
         }
 
         pub(crate) fn queued(&self, sink: &str, p: Priority) {
             self.queued.get_or_create(&sp(sink, p)).inc();
         }
-        pub(crate) fn sent(&self, sink: &str, p: Priority, latency: Duration) {
-            self.sent.get_or_create(&sp(sink, p)).inc();
+        pub(crate) fn sent(&self, sink: &str, p: Priority, latency: Duration, observed: Duration) {
+            let labels = sp(sink, p);
+            self.sent.get_or_create(&labels).inc();
             self.delivery_latency
-                .get_or_create(&sp(sink, p))
+                .get_or_create(&labels)
                 .observe(latency.as_secs_f64());
+            self.observed
+                .get_or_create(&labels)
+                .observe(observed.as_secs_f64());
+        }
+        pub(crate) fn message(&self, sink: &str, digest: bool) {
+            self.messages
+                .get_or_create(&SinkKind {
+                    sink: sink.to_owned(),
+                    kind: if digest { "digest" } else { "single" },
+                })
+                .inc();
         }
         pub(crate) fn retried(&self, sink: &str, p: Priority) {
             self.retried.get_or_create(&sp(sink, p)).inc();
@@ -373,7 +427,9 @@ impl Metrics {
     #[inline]
     pub(crate) fn queued(&self, _: &str, _: Priority) {}
     #[inline]
-    pub(crate) fn sent(&self, _: &str, _: Priority, _: Duration) {}
+    pub(crate) fn sent(&self, _: &str, _: Priority, _: Duration, _: Duration) {}
+    #[inline]
+    pub(crate) fn message(&self, _: &str, _: bool) {}
     #[inline]
     pub(crate) fn retried(&self, _: &str, _: Priority) {}
     #[inline]

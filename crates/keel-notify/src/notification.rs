@@ -4,6 +4,7 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 
 /// How urgent a notification is.
 ///
@@ -63,6 +64,15 @@ impl fmt::Display for Priority {
 ///   its own format.
 /// * `sinks` optionally restricts delivery to the named sinks (all sinks when
 ///   empty).
+/// * `subject` (optional) names what the notification is about (a VM): when
+///   several notifications wait for one destination and go out as one
+///   [`Digest`], those with the same subject share one line showing the
+///   latest state and the count (a VM that stopped and recovered while
+///   waiting appears once). Without a subject, the dedup key is used.
+/// * `observed_at` is when the program saw the change; the notifier
+///   measures "observed → accepted by the sink" from it (default: when
+///   [`Notifier::notify`](crate::Notifier::notify) was called). It is not
+///   serialised; the spool keeps its age instead.
 ///
 /// Building one costs a few small allocations; it is moved, never copied,
 /// through the queue.
@@ -77,6 +87,10 @@ pub struct Notification {
     fields: Vec<(String, String)>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     sinks: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    subject: Option<String>,
+    #[serde(skip)]
+    observed_at: Option<Instant>,
 }
 
 impl Notification {
@@ -90,6 +104,8 @@ impl Notification {
             body: String::new(),
             fields: Vec::new(),
             sinks: Vec::new(),
+            subject: None,
+            observed_at: None,
         }
     }
 
@@ -131,9 +147,42 @@ impl Notification {
         self
     }
 
+    /// Sets what the notification is about (see the type's documentation):
+    /// inside a digest, notifications with one subject share one line.
+    #[must_use]
+    pub fn subject(mut self, subject: impl Into<String>) -> Self {
+        self.subject = Some(subject.into());
+        self
+    }
+
+    /// Sets when the program observed the change this notification reports
+    /// (tokio's clock). The notifier records "observed → accepted by the
+    /// sink" from it.
+    #[must_use]
+    pub fn observed_at(mut self, at: Instant) -> Self {
+        self.observed_at = Some(at);
+        self
+    }
+
     /// The dedup key.
     pub fn key(&self) -> &str {
         &self.key
+    }
+
+    /// The subject digests group by: the one set with
+    /// [`subject`](Self::subject), else the dedup key.
+    pub fn subject_key(&self) -> &str {
+        self.subject.as_deref().unwrap_or(&self.key)
+    }
+
+    /// When the change was observed, if set (the notifier sets it on
+    /// admission when the caller did not).
+    pub fn observed(&self) -> Option<Instant> {
+        self.observed_at
+    }
+
+    pub(crate) fn set_observed_if_unset(&mut self, at: Instant) {
+        self.observed_at.get_or_insert(at);
     }
 
     /// The priority.
@@ -238,6 +287,31 @@ impl Message {
         } else {
             self.notification.title.clone()
         }
+    }
+
+    /// One line of plain text for a digest: the title with the count, the
+    /// body's lines joined with `" / "`, then `key: value` fields joined
+    /// with `" · "`. Nothing is cut: a sink that cannot fit a line sends
+    /// the message alone.
+    pub fn to_line(&self) -> String {
+        let mut line = self.display_title();
+        let body = self.notification.body.trim();
+        if !body.is_empty() {
+            line.push_str(" — ");
+            line.push_str(&body.lines().map(str::trim).collect::<Vec<_>>().join(" / "));
+        }
+        for (i, (k, v)) in self.notification.fields.iter().enumerate() {
+            line.push_str(if i == 0 { " — " } else { " · " });
+            line.push_str(k);
+            line.push_str(": ");
+            line.push_str(v);
+        }
+        line
+    }
+
+    /// When the change was observed (see [`Notification::observed_at`]).
+    pub fn observed_at(&self) -> Option<Instant> {
+        self.notification.observed_at
     }
 
     /// A plain-text rendering (title line, body, then `key: value` lines),

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
+use keel_breaker::{CircuitBreaker, OwnedPermit, State as BreakerState};
 use keel_core::{ErrorOutcome, Outcome};
 use keel_retry::RetryError;
 use parking_lot::Mutex;
@@ -17,6 +18,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::admission::{Admission, Decision};
 use crate::config::{MAX_PAUSE, NotifierBuilder, Settings};
+use crate::digest::{self, Digest};
 use crate::error::{ConfigError, NotifyError, QueueClosed, SinkError, UnknownSink};
 use crate::metrics::{Counters, DropReason, Metrics, Stats};
 use crate::notification::{Message, Notification, Priority};
@@ -113,23 +115,49 @@ struct SinkEntry {
     sink: Arc<dyn DynSink>,
     name: String,
     limits: Vec<usize>,
+    /// The sink's health: a failed round of attempts is a failure, an
+    /// accepted (or permanently rejected) send a success.
+    breaker: CircuitBreaker,
+    /// Whether the sink combines waiting messages ([`DynSink::supports_digest`]).
+    digests: bool,
 }
 
+/// How often workers look again at a sink whose breaker was forced open (an
+/// admin may reset it at any time).
+const FORCED_OPEN_POLL: Duration = Duration::from_secs(1);
+/// The most deliveries one digest send considers at once.
+const MAX_DIGEST_CANDIDATES: usize = 1_000;
+
 #[derive(Debug, Default)]
-struct SinkHealth {
-    /// No send to this sink before this instant.
+struct SinkState {
+    /// No send to this sink before this instant (a retry-after it asked
+    /// for).
     paused_until: Option<Instant>,
-    /// Consecutive rounds of attempts that ended in failure; while above
-    /// zero, only one delivery at a time probes the sink.
-    failed_rounds: u32,
+    /// Sends in flight to this sink.
     in_flight: usize,
+}
+
+/// What one send carries.
+enum Payload {
+    /// One message (possibly several deliveries of one subject, merged).
+    Single(Message),
+    /// Several messages as one.
+    Digest(Digest),
+}
+
+/// One send to one sink: the deliveries it settles, what it sends, and the
+/// breaker permit it runs under.
+struct Outgoing {
+    sink: usize,
+    deliveries: Vec<Delivery>,
+    permit: OwnedPermit,
 }
 
 struct State {
     queue: Queue,
     admission: Admission,
     rate: RateLimits,
-    health: Vec<SinkHealth>,
+    health: Vec<SinkState>,
     in_flight: HashMap<u64, Delivery>,
     next_id: u64,
     closed: bool,
@@ -201,7 +229,7 @@ impl PaceSource for SinkPace<'_> {
 }
 
 enum Step {
-    Deliver(Delivery),
+    Deliver(Outgoing),
     Wait(Option<Instant>),
     Exit,
 }
@@ -226,10 +254,20 @@ impl Notifier {
                     .iter()
                     .map(|l| rate.register(l))
                     .collect();
+                let name = sink.name().to_owned();
+                let breaker_name = format!("{}{name}", crate::config::BREAKER_PREFIX);
+                let breaker = match &settings.breakers {
+                    Some(registry) => {
+                        registry.configure(breaker_name, settings.sink_breaker.clone())
+                    }
+                    None => CircuitBreaker::new(breaker_name, settings.sink_breaker.clone()),
+                };
                 SinkEntry {
-                    name: sink.name().to_owned(),
+                    name,
+                    digests: sink.supports_digest(),
                     sink,
                     limits,
+                    breaker,
                 }
             })
             .collect();
@@ -241,7 +279,7 @@ impl Notifier {
                 settings.max_pending,
             ),
             rate,
-            health: sinks.iter().map(|_| SinkHealth::default()).collect(),
+            health: sinks.iter().map(|_| SinkState::default()).collect(),
             in_flight: HashMap::new(),
             next_id: 0,
             closed: false,
@@ -290,11 +328,12 @@ impl Notifier {
     /// [`NotifyError::Closed`] once [`shutdown`](Self::shutdown) has begun;
     /// [`NotifyError::UnknownSink`] when the notification names a sink this
     /// notifier does not have.
-    pub fn notify(&self, notification: Notification) -> Result<Admitted, NotifyError> {
+    pub fn notify(&self, mut notification: Notification) -> Result<Admitted, NotifyError> {
         let shared = &self.shared;
         let targets = shared.targets(&notification)?;
         let priority = notification.priority();
         let now = Instant::now();
+        notification.set_observed_if_unset(now);
         let admitted = {
             let mut st = shared.state.lock();
             if st.closed {
@@ -351,6 +390,29 @@ impl Notifier {
     /// The sink names, in the order they were added.
     pub fn sink_names(&self) -> Vec<&str> {
         self.shared.sinks.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    /// Each sink's circuit breaker (named `notify:{sink}`), in the order
+    /// the sinks were added: read its state and statistics, or force it
+    /// open, disable or reset it from an admin route. The handles share
+    /// state with the notifier's; the same breakers are in the
+    /// [`BreakerRegistry`](keel_breaker::BreakerRegistry) given to
+    /// [`NotifierBuilder::breakers`], if any.
+    pub fn breakers(&self) -> Vec<CircuitBreaker> {
+        self.shared
+            .sinks
+            .iter()
+            .map(|s| s.breaker.clone())
+            .collect()
+    }
+
+    /// The circuit breaker of the sink named `sink`.
+    pub fn breaker(&self, sink: &str) -> Option<CircuitBreaker> {
+        self.shared
+            .sinks
+            .iter()
+            .find(|s| s.name == sink)
+            .map(|s| s.breaker.clone())
     }
 
     /// Registers the notifier's metrics (see [`crate::metrics`]) in
@@ -559,6 +621,7 @@ impl Shared {
                 },
                 queued_at: now,
                 attempts: 0,
+                solo: false,
             };
             Counters::add(&self.counters.queued);
             self.metrics.queued(&self.sinks[sink].name, d.priority());
@@ -609,14 +672,15 @@ impl Shared {
         );
     }
 
-    /// When sink `i` may next be sent to (ignoring the one-probe rule).
+    /// When sink `i` may next be sent to as far as its rate limits and
+    /// retry-after pause go.
     fn ready_at(&self, st: &State, i: usize, now: Instant) -> Instant {
         self.ready_at_parts(&st.health, &st.rate, i, now)
     }
 
     fn ready_at_parts(
         &self,
-        health: &[SinkHealth],
+        health: &[SinkState],
         rate: &RateLimits,
         i: usize,
         now: Instant,
@@ -625,45 +689,99 @@ impl Shared {
         rate.ready_at(&self.sinks[i].limits, now).max(paused)
     }
 
+    /// Whether sink `i` may take a send now apart from its rate limits:
+    /// `Ok` when its breaker admits a call and (for a digesting sink) no
+    /// send is in flight; otherwise when to look again (`None`: a send's
+    /// completion will wake the workers).
+    fn admits(&self, health: &[SinkState], i: usize, now: Instant) -> Result<(), Option<Instant>> {
+        let entry = &self.sinks[i];
+        if entry.digests && health[i].in_flight > 0 {
+            return Err(None);
+        }
+        match entry.breaker.state() {
+            BreakerState::Closed | BreakerState::Disabled => Ok(()),
+            BreakerState::HalfOpen => {
+                let stats = entry.breaker.stats();
+                if stats.half_open_probes_in_flight < entry.breaker.config().half_open_max_probes()
+                {
+                    Ok(())
+                } else {
+                    Err(None)
+                }
+            }
+            BreakerState::Open => Err(Some(
+                now + entry
+                    .breaker
+                    .stats()
+                    .retry_after
+                    .unwrap_or(FORCED_OPEN_POLL),
+            )),
+            BreakerState::ForcedOpen => Err(Some(now + FORCED_OPEN_POLL)),
+        }
+    }
+
     fn next_step(&self, now: Instant) -> Step {
         let mut st = self.state.lock();
         let st = &mut *st;
         for (n, count) in st.admission.due(now) {
             self.release(st, n, count, now);
         }
-        let State {
-            queue,
-            rate,
-            health,
-            ..
-        } = &mut *st;
-        let picked = queue.take_first(|i| {
-            let h = &health[i];
-            // A failing sink is probed by one delivery at a time.
-            let probing_busy = h.failed_rounds > 0 && h.in_flight > 0;
-            !probing_busy && self.ready_at_parts(health, rate, i, now) <= now
-        });
-        if let Some(d) = picked {
-            let acquired = st.rate.try_acquire(&self.sinks[d.sink].limits, now);
+        let mut wake = st.admission.next_deadline();
+        let mut earlier = |at: Instant| wake = Some(wake.map_or(at, |w: Instant| w.min(at)));
+        let mut ready = vec![false; self.sinks.len()];
+        for (i, r) in ready.iter_mut().enumerate() {
+            if st.queue.waiting_for(i) == 0 {
+                continue;
+            }
+            match self.admits(&st.health, i, now) {
+                Err(Some(at)) => earlier(at),
+                Err(None) => {}
+                Ok(()) => {
+                    let at = self.ready_at(st, i, now);
+                    if at <= now {
+                        *r = true;
+                    } else {
+                        earlier(at);
+                    }
+                }
+            }
+        }
+        while let Some(first) = st.queue.take_first(|i| ready[i]) {
+            let i = first.sink;
+            let entry = &self.sinks[i];
+            let permit = match entry.breaker.try_acquire_owned() {
+                Ok(p) => p,
+                Err(rejected) => {
+                    // Lost a race for the last probe slot (or the breaker
+                    // moved): leave the sink for now.
+                    ready[i] = false;
+                    if let Some(ra) = rejected.retry_after() {
+                        earlier(now + ra);
+                    }
+                    self.push(st, first);
+                    continue;
+                }
+            };
+            let acquired = st.rate.try_acquire(&entry.limits, now);
             debug_assert!(acquired.is_ok(), "the sink was ready");
-            st.health[d.sink].in_flight += 1;
-            st.in_flight.insert(d.seq(), d.clone());
+            let mut deliveries = vec![first];
+            if entry.digests && !deliveries[0].solo {
+                deliveries.extend(st.queue.take_for(i, MAX_DIGEST_CANDIDATES - 1));
+            }
+            st.health[i].in_flight += 1;
+            for d in &deliveries {
+                st.in_flight.insert(d.seq(), d.clone());
+            }
             self.update_gauges(st);
-            return Step::Deliver(d);
+            return Step::Deliver(Outgoing {
+                sink: i,
+                deliveries,
+                permit,
+            });
         }
         self.update_gauges(st);
         if st.closed && st.queue.is_empty() && st.admission.pending_len() == 0 {
             return Step::Exit;
-        }
-        let mut wake = st.admission.next_deadline();
-        for i in 0..self.sinks.len() {
-            let h = &st.health[i];
-            if st.queue.waiting_for(i) == 0 || (h.failed_rounds > 0 && h.in_flight > 0) {
-                // Nothing to send, or the probe's completion will wake us.
-                continue;
-            }
-            let at = self.ready_at(st, i, now);
-            wake = Some(wake.map_or(at, |w| w.min(at)));
         }
         Step::Wait(wake)
     }
@@ -692,8 +810,54 @@ impl Shared {
         h.paused_until = Some(h.paused_until.map_or(until, |p| p.max(until)));
     }
 
-    async fn deliver(&self, mut d: Delivery) {
-        let entry = &self.sinks[d.sink];
+    /// Merges a send's deliveries by subject and keeps what fits in one
+    /// message; the rest goes back to the queue (not counted as requeued:
+    /// it was never attempted). Runs outside the state lock: asking the
+    /// sink what fits renders text.
+    fn shape(&self, send: &mut Outgoing) -> Payload {
+        let entry = &self.sinks[send.sink];
+        let deliveries = std::mem::take(&mut send.deliveries);
+        if deliveries.len() == 1 {
+            let d = deliveries.into_iter().next().expect("one delivery");
+            let message = d.message.clone();
+            send.deliveries.push(d);
+            return Payload::Single(message);
+        }
+        let mut entries = digest::merge(deliveries);
+        let fit = if entries.len() >= 2 {
+            let messages: Vec<Message> = entries.iter().map(|e| e.message.clone()).collect();
+            entry.sink.digest_fit(&messages).min(entries.len())
+        } else {
+            1
+        };
+        let keep = if fit >= 2 { fit } else { 1 };
+        let rest = entries.split_off(keep);
+        if !rest.is_empty() {
+            let mut st = self.state.lock();
+            for e in rest {
+                for d in e.deliveries {
+                    st.in_flight.remove(&d.seq());
+                    self.push(&mut st, d);
+                }
+            }
+            self.update_gauges(&st);
+        }
+        if keep == 1 {
+            let e = entries.pop().expect("one entry kept");
+            send.deliveries = e.deliveries;
+            return Payload::Single(e.message);
+        }
+        let id = entries[0].message.id;
+        let mut messages = Vec::with_capacity(entries.len());
+        for e in entries {
+            messages.push(e.message);
+            send.deliveries.extend(e.deliveries);
+        }
+        Payload::Digest(Digest::new(id, messages))
+    }
+
+    async fn deliver(&self, mut send: Outgoing) {
+        let payload = self.shape(&mut send);
         let cap = self.settings.max_retry_after;
         // A retry-after above the cap is not waited out here: it ends the
         // round at once (neutral = not retried) and is handled below.
@@ -706,174 +870,272 @@ impl Shared {
                 o => o,
             },
         };
+        let attempts_before = send
+            .deliveries
+            .iter()
+            .map(|d| d.attempts)
+            .max()
+            .unwrap_or(0);
+        let key = match &payload {
+            Payload::Single(m) => m.key().to_owned(),
+            Payload::Digest(d) => format!("digest of {}", d.entries().len()),
+        };
         let made = AtomicU32::new(0);
         let result = {
-            let d = &d;
+            let payload = &payload;
             let made = &made;
+            let key = key.as_str();
+            let sink = send.sink;
             let run = self
                 .settings
                 .retry
-                .retry_classified(&classifier, |attempt| async move {
-                    if attempt.is_retry() {
-                        self.acquire(d.sink).await;
-                    }
-                    if d.attempts + made.fetch_add(1, Ordering::Relaxed) > 0 {
-                        Counters::add(&self.counters.retried);
-                        self.metrics.retried(&entry.name, d.priority());
-                    }
-                    // Clock reads only when someone reads the histogram.
-                    let started = Metrics::ENABLED.then(Instant::now);
-                    // Requests after a message's first (split parts) take
-                    // rate-limit slots of their own.
-                    let pace = SinkPace {
-                        shared: self,
-                        sink: d.sink,
-                    };
-                    let r = entry.sink.send_paced(&d.message, &Pacer::new(&pace)).await;
-                    if let Some(started) = started {
-                        self.metrics.send_duration(&entry.name, started.elapsed());
-                    }
-                    if let Err(e) = &r {
-                        debug!(
-                            sink = %entry.name,
-                            key = d.message.key(),
-                            attempt = attempt.number,
-                            error = %e,
-                            "send attempt failed"
-                        );
-                        if let Some(ra) = e.retry_after() {
-                            // Every worker honours the sink's request, not
-                            // only this one.
-                            self.pause(d.sink, ra);
-                        }
-                    }
-                    r
+                .retry_classified(&classifier, move |attempt| {
+                    let retried = attempts_before + made.fetch_add(1, Ordering::Relaxed) > 0;
+                    self.attempt(
+                        sink,
+                        payload,
+                        key,
+                        attempt.number,
+                        attempt.is_retry(),
+                        retried,
+                    )
                 });
             tokio::select! {
                 r = run => Some(r),
                 () = self.abort.cancelled() => None,
             }
         };
-        d.attempts += made.load(Ordering::Relaxed);
+        let made = made.load(Ordering::Relaxed);
+        for d in &mut send.deliveries {
+            d.attempts += made;
+        }
+        let Outgoing {
+            sink,
+            deliveries,
+            permit,
+        } = send;
         match result {
-            None => self.requeue(d, false),
-            Some(Ok(())) => self.delivered(d),
-            Some(Err(e)) => self.failed(d, e),
+            None => {
+                // Cancelled by the shutdown timeout: says nothing about the
+                // sink (the permit is dropped, which is neutral).
+                drop(permit);
+                self.requeue(sink, deliveries, false);
+            }
+            Some(Ok(())) => {
+                permit.record(Outcome::Success);
+                self.delivered(sink, deliveries, &payload);
+            }
+            Some(Err(e)) => self.failed(sink, deliveries, &payload, permit, e),
         }
     }
 
-    fn finish(&self, st: &mut State, d: &Delivery) {
-        st.in_flight.remove(&d.seq());
-        let h = &mut st.health[d.sink];
+    /// One attempt of a send (boxed: the retry loop's closure borrows, and
+    /// naming the lifetimes here lets the compiler prove the future `Send`).
+    fn attempt<'a>(
+        &'a self,
+        sink: usize,
+        payload: &'a Payload,
+        key: &'a str,
+        number: u32,
+        is_retry: bool,
+        retried: bool,
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async move {
+            let entry = &self.sinks[sink];
+            let priority = match payload {
+                Payload::Single(m) => m.priority(),
+                Payload::Digest(d) => d.priority(),
+            };
+            if is_retry {
+                self.acquire(sink).await;
+            }
+            if retried {
+                Counters::add(&self.counters.retried);
+                self.metrics.retried(&entry.name, priority);
+            }
+            // Clock reads only when someone reads the histogram.
+            let started = Metrics::ENABLED.then(Instant::now);
+            // Requests after a message's first (split parts) take rate-limit
+            // slots of their own.
+            let pace = SinkPace { shared: self, sink };
+            let pacer = Pacer::new(&pace);
+            let r = match payload {
+                Payload::Single(m) => entry.sink.send_paced(m, &pacer).await,
+                Payload::Digest(d) => entry.sink.send_digest(d, &pacer).await,
+            };
+            if let Some(started) = started {
+                self.metrics.send_duration(&entry.name, started.elapsed());
+            }
+            if let Err(e) = &r {
+                debug!(
+                    sink = %entry.name,
+                    key,
+                    attempt = number,
+                    error = %e,
+                    "send attempt failed"
+                );
+                if let Some(ra) = e.retry_after() {
+                    // Every worker honours the sink's request, not only this
+                    // one.
+                    self.pause(sink, ra);
+                }
+            }
+            r
+        })
+    }
+
+    fn finish(&self, st: &mut State, sink: usize, deliveries: &[Delivery]) {
+        for d in deliveries {
+            st.in_flight.remove(&d.seq());
+        }
+        let h = &mut st.health[sink];
         h.in_flight = h.in_flight.saturating_sub(1);
     }
 
-    fn delivered(&self, d: Delivery) {
-        let entry = &self.sinks[d.sink];
-        let recovered = {
+    fn delivered(&self, sink: usize, deliveries: Vec<Delivery>, payload: &Payload) {
+        let entry = &self.sinks[sink];
+        {
             let mut st = self.state.lock();
-            self.finish(&mut st, &d);
-            let h = &mut st.health[d.sink];
-            let recovered = h.failed_rounds > 0;
-            if recovered {
-                info!(
-                    sink = %entry.name,
-                    failed_rounds = h.failed_rounds,
-                    "sink recovered"
-                );
-                h.failed_rounds = 0;
-            }
+            self.finish(&mut st, sink, &deliveries);
             self.update_gauges(&st);
-            recovered
-        };
-        Counters::add(&self.counters.sent);
-        if Metrics::ENABLED {
-            self.metrics
-                .sent(&entry.name, d.priority(), d.queued_at.elapsed());
         }
-        debug!(
-            sink = %entry.name,
-            priority = %d.priority(),
-            key = d.message.key(),
-            attempts = d.attempts,
-            "notification sent"
-        );
-        if recovered {
-            // Workers held back by the one-probe rule may all go now.
-            self.wake.notify_waiters();
+        let now = Instant::now();
+        let digest = matches!(payload, Payload::Digest(_));
+        Counters::add(&self.counters.messages);
+        if digest {
+            Counters::add(&self.counters.digests);
         }
+        self.metrics.message(&entry.name, digest);
+        for d in &deliveries {
+            Counters::add(&self.counters.sent);
+            if Metrics::ENABLED {
+                let observed = d.message.observed_at().unwrap_or(d.queued_at);
+                self.metrics.sent(
+                    &entry.name,
+                    d.priority(),
+                    now.saturating_duration_since(d.queued_at),
+                    now.saturating_duration_since(observed),
+                );
+            }
+        }
+        match payload {
+            Payload::Single(m) => debug!(
+                sink = %entry.name,
+                priority = %m.priority(),
+                key = m.key(),
+                deliveries = deliveries.len(),
+                "notification sent"
+            ),
+            Payload::Digest(d) => debug!(
+                sink = %entry.name,
+                entries = d.entries().len(),
+                events = d.events(),
+                deliveries = deliveries.len(),
+                "digest sent"
+            ),
+        }
+        // A digesting sink is free again, a half-open breaker may close:
+        // let every idle worker look.
+        self.wake.notify_waiters();
         self.idle.notify_waiters();
     }
 
-    fn failed(&self, d: Delivery, err: RetryError<SinkError>) {
-        let entry = &self.sinks[d.sink];
+    fn failed(
+        &self,
+        sink: usize,
+        mut deliveries: Vec<Delivery>,
+        payload: &Payload,
+        permit: OwnedPermit,
+        err: RetryError<SinkError>,
+    ) {
+        let entry = &self.sinks[sink];
         let cap = self.settings.max_retry_after;
+        let priority = deliveries
+            .iter()
+            .map(Delivery::priority)
+            .max()
+            .unwrap_or(Priority::Info);
         match err.last_error() {
             Some(e @ SinkError::Permanent { .. }) => {
+                // A rejection is an answer: the sink is up.
+                permit.record(Outcome::Success);
+                if let Payload::Digest(d) = payload {
+                    // One bad entry must not take the others down: each goes
+                    // alone from now on, and only a bad one is dropped.
+                    warn!(
+                        sink = %entry.name,
+                        entries = d.entries().len(),
+                        error = %e,
+                        "sink rejected a digest; its messages will go one by one"
+                    );
+                    for d in &mut deliveries {
+                        d.solo = true;
+                    }
+                    self.requeue(sink, deliveries, false);
+                    return;
+                }
                 error!(
                     sink = %entry.name,
-                    priority = %d.priority(),
-                    key = d.message.key(),
+                    priority = %priority,
+                    key = deliveries.first().map_or("", |d| d.message.key()),
                     error = %e,
                     "sink rejected the notification; dropped"
                 );
                 {
                     let mut st = self.state.lock();
-                    self.finish(&mut st, &d);
-                    // A rejection is an answer: the sink is up.
-                    st.health[d.sink].failed_rounds = 0;
+                    self.finish(&mut st, sink, &deliveries);
                     self.update_gauges(&st);
                 }
-                Counters::add(&self.counters.rejected);
-                self.count_drop(&d, DropReason::Permanent);
+                for d in &deliveries {
+                    Counters::add(&self.counters.rejected);
+                    self.count_drop(d, DropReason::Permanent);
+                }
                 self.wake.notify_waiters();
                 self.idle.notify_waiters();
             }
             Some(e) if e.retry_after().is_some_and(|ra| ra > cap) => {
+                // The sink answered (it is up, just busy): neutral for the
+                // breaker.
+                permit.record(Outcome::Neutral);
                 let ra = e.retry_after().unwrap_or_default();
                 error!(
                     sink = %entry.name,
-                    priority = %d.priority(),
-                    key = d.message.key(),
+                    priority = %priority,
+                    deliveries = deliveries.len(),
                     retry_after_s = ra.as_secs(),
                     max_retry_after_s = cap.as_secs(),
-                    "sink asked to wait longer than the cap; sink paused, message requeued"
+                    "sink asked to wait longer than the cap; sink paused, messages requeued"
                 );
                 Counters::add(&self.counters.escalations);
                 self.metrics.escalation(&entry.name);
                 // `pause` already ran in the attempt.
-                self.requeue(d, true);
+                self.requeue(sink, deliveries, true);
             }
             _ => {
-                let pause = {
-                    let mut st = self.state.lock();
-                    let h = &mut st.health[d.sink];
-                    h.failed_rounds = h.failed_rounds.saturating_add(1);
-                    self.settings.sink_backoff.delay_for(h.failed_rounds)
-                };
-                self.pause(d.sink, pause);
+                permit.record(Outcome::Failure);
                 warn!(
                     sink = %entry.name,
-                    priority = %d.priority(),
-                    key = d.message.key(),
-                    attempts = d.attempts,
+                    priority = %priority,
+                    deliveries = deliveries.len(),
                     error = %err,
-                    pause_ms = pause.as_millis() as u64,
-                    "sink failing; message requeued and sink paused"
+                    breaker = ?entry.breaker.state(),
+                    "sink failing; messages requeued"
                 );
-                self.requeue(d, true);
+                self.requeue(sink, deliveries, true);
             }
         }
     }
 
-    fn requeue(&self, d: Delivery, count: bool) {
+    fn requeue(&self, sink: usize, deliveries: Vec<Delivery>, count: bool) {
         {
             let mut st = self.state.lock();
-            self.finish(&mut st, &d);
-            if count {
-                Counters::add(&self.counters.requeued);
+            self.finish(&mut st, sink, &deliveries);
+            for d in deliveries {
+                if count {
+                    Counters::add(&self.counters.requeued);
+                }
+                self.push(&mut st, d);
             }
-            self.push(&mut st, d);
             self.update_gauges(&st);
         }
         self.wake.notify_waiters();
@@ -998,6 +1260,7 @@ impl Shared {
                             },
                             queued_at: now,
                             attempts: r.attempts,
+                            solo: false,
                         };
                         if self.push(st, d) {
                             restored += 1;
@@ -1030,7 +1293,7 @@ async fn worker(shared: Arc<Shared>) {
         }
         match shared.next_step(Instant::now()) {
             Step::Exit => return,
-            Step::Deliver(d) => shared.deliver(d).await,
+            Step::Deliver(send) => shared.deliver(send).await,
             Step::Wait(at) => {
                 let sleep = async {
                     match at {

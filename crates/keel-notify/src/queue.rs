@@ -18,6 +18,10 @@ pub(crate) struct Delivery {
     pub(crate) queued_at: Instant,
     /// Send attempts made so far, over every requeue.
     pub(crate) attempts: u32,
+    /// Never put in a digest again: a digest holding it was rejected for
+    /// good, so each of its messages goes alone and only a bad one is
+    /// dropped.
+    pub(crate) solo: bool,
 }
 
 impl Delivery {
@@ -129,6 +133,29 @@ impl Queue {
         None
     }
 
+    /// Removes and returns up to `max` deliveries for `sink` that may join
+    /// a digest (not `solo`), in serving order.
+    pub(crate) fn take_for(&mut self, sink: usize, max: usize) -> Vec<Delivery> {
+        let mut out = Vec::new();
+        for lane in &mut self.lanes {
+            if out.len() >= max {
+                break;
+            }
+            let seqs: Vec<u64> = lane
+                .iter()
+                .filter(|(_, d)| d.sink == sink && !d.solo)
+                .map(|(&seq, _)| seq)
+                .take(max - out.len())
+                .collect();
+            for seq in seqs {
+                let d = lane.remove(&seq).expect("key just found");
+                out.push(*d);
+            }
+        }
+        self.per_sink[sink] -= out.len();
+        out
+    }
+
     /// Removes everything, in serving order.
     pub(crate) fn drain(&mut self) -> Vec<Delivery> {
         self.per_sink.iter_mut().for_each(|n| *n = 0);
@@ -157,6 +184,7 @@ mod tests {
             message: Message::new(seq, Notification::new(format!("k{seq}"), priority, "t"), 1),
             queued_at: Instant::now(),
             attempts: 0,
+            solo: false,
         }
     }
 
@@ -191,6 +219,24 @@ mod tests {
         assert_eq!(q.waiting_for(0), 1);
         assert_eq!(q.waiting_for(1), 0);
         assert!(q.take_first(|s| s == 1).is_none());
+    }
+
+    #[test]
+    fn take_for_one_sink_in_serving_order_skipping_solo() {
+        let mut q = Queue::new(10, 2);
+        q.push(delivery(1, Priority::Info, 0));
+        q.push(delivery(2, Priority::Critical, 1));
+        q.push(delivery(3, Priority::Critical, 0));
+        let mut solo = delivery(4, Priority::Warning, 0);
+        solo.solo = true;
+        q.push(solo);
+        q.push(delivery(5, Priority::Warning, 0));
+        let got: Vec<u64> = q.take_for(0, 10).iter().map(Delivery::seq).collect();
+        assert_eq!(got, [3, 5, 1]);
+        assert_eq!((q.waiting_for(0), q.waiting_for(1)), (1, 1));
+        q.push(delivery(6, Priority::Info, 0));
+        q.push(delivery(7, Priority::Info, 0));
+        assert_eq!(q.take_for(0, 1).len(), 1, "bounded by max");
     }
 
     #[test]

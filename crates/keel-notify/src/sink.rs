@@ -5,6 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use crate::digest::Digest;
 use crate::error::SinkError;
 use crate::notification::Message;
 
@@ -62,6 +63,49 @@ pub trait Sink: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), SinkError>> + Send {
         let _ = pacer;
         self.send(message)
+    }
+
+    /// Whether this sink combines waiting messages into one
+    /// ([`send_digest`](Self::send_digest)). A digesting sink gets at most one
+    /// send in flight at a time (so a later state of a subject never
+    /// overtakes an earlier one), and when more than one message waits for
+    /// it, the next send carries as many as [`digest_fit`](Self::digest_fit)
+    /// admits. `false` by default: one message per send, as many in flight
+    /// as there are workers.
+    fn supports_digest(&self) -> bool {
+        false
+    }
+
+    /// How many of `entries` (in order, at least two) fit in one digest
+    /// message within this sink's size limit. The notifier sends that many
+    /// as one [`Digest`] and keeps the rest queued for the next send; a
+    /// result below 2 sends the first entry alone (with
+    /// [`send_paced`](Self::send_paced), its own truncation or split rules).
+    /// The default, 1, never digests.
+    fn digest_fit(&self, entries: &[Message]) -> usize {
+        let _ = entries;
+        1
+    }
+
+    /// Sends one digest (at least two entries, as admitted by
+    /// [`digest_fit`](Self::digest_fit)) as one message, once. The default
+    /// sends each entry with [`send_paced`](Self::send_paced), taking a
+    /// rate-limit slot before each after the first: right only for a sink
+    /// that never admits digests.
+    fn send_digest(
+        &self,
+        digest: &Digest,
+        pacer: &Pacer<'_>,
+    ) -> impl Future<Output = Result<(), SinkError>> + Send {
+        async move {
+            for (i, m) in digest.entries().iter().enumerate() {
+                if i > 0 {
+                    pacer.next_request().await;
+                }
+                self.send_paced(m, pacer).await?;
+            }
+            Ok(())
+        }
     }
 
     /// The rate limits every send to this sink must respect (all of them at
@@ -185,6 +229,22 @@ impl<S: Sink> Sink for std::sync::Arc<S> {
         (**self).send_paced(message, pacer)
     }
 
+    fn supports_digest(&self) -> bool {
+        (**self).supports_digest()
+    }
+
+    fn digest_fit(&self, entries: &[Message]) -> usize {
+        (**self).digest_fit(entries)
+    }
+
+    fn send_digest(
+        &self,
+        digest: &Digest,
+        pacer: &Pacer<'_>,
+    ) -> impl Future<Output = Result<(), SinkError>> + Send {
+        (**self).send_digest(digest, pacer)
+    }
+
     fn rate_limits(&self) -> Vec<RateLimit> {
         (**self).rate_limits()
     }
@@ -201,6 +261,13 @@ pub(crate) trait DynSink: Send + Sync + 'static {
         message: &'a Message,
         pacer: &'a Pacer<'_>,
     ) -> BoxFuture<'a, Result<(), SinkError>>;
+    fn supports_digest(&self) -> bool;
+    fn digest_fit(&self, entries: &[Message]) -> usize;
+    fn send_digest<'a>(
+        &'a self,
+        digest: &'a Digest,
+        pacer: &'a Pacer<'_>,
+    ) -> BoxFuture<'a, Result<(), SinkError>>;
     fn rate_limits(&self) -> Vec<RateLimit>;
 }
 
@@ -215,6 +282,22 @@ impl<S: Sink> DynSink for S {
         pacer: &'a Pacer<'_>,
     ) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(Sink::send_paced(self, message, pacer))
+    }
+
+    fn supports_digest(&self) -> bool {
+        Sink::supports_digest(self)
+    }
+
+    fn digest_fit(&self, entries: &[Message]) -> usize {
+        Sink::digest_fit(self, entries)
+    }
+
+    fn send_digest<'a>(
+        &'a self,
+        digest: &'a Digest,
+        pacer: &'a Pacer<'_>,
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(Sink::send_digest(self, digest, pacer))
     }
 
     fn rate_limits(&self) -> Vec<RateLimit> {

@@ -8,13 +8,14 @@ mod support;
 use std::time::Duration;
 
 use keel_notify::{
-    Admitted, Notification, Notifier, NotifierBuilder, NotifyError, Priority, RateLimit,
+    Admitted, BreakerConfig, Notification, Notifier, NotifierBuilder, NotifyError, Priority,
+    RateLimit,
 };
 use keel_retry::{Backoff, Jitter, RetryPolicy};
 use support::{Answer, MemorySink, S, secs};
 
-/// Quick retries without jitter: 2 retries, 1 s apart; sink pauses of 10 s,
-/// 20 s, 40 s, 80 s.
+/// Quick retries without jitter: 2 retries, 1 s apart; the sink's breaker
+/// opens after one failed round, for 10 s, 20 s, 40 s, 80 s.
 fn notifier() -> NotifierBuilder {
     Notifier::builder()
         .retry(
@@ -26,11 +27,15 @@ fn notifier() -> NotifierBuilder {
                 .build()
                 .unwrap(),
         )
-        .sink_backoff(
-            RetryPolicy::builder()
-                .backoff(Backoff::exponential(secs(10), 2.0))
-                .max_delay(secs(80))
-                .jitter(Jitter::None)
+        .sink_breaker(
+            BreakerConfig::builder()
+                .no_failure_rate()
+                .consecutive_failures(1)
+                .minimum_calls(1)
+                .open_duration(secs(10))
+                .open_duration_growth(2.0, secs(80))
+                .half_open_max_probes(1)
+                .half_open_successes(1)
                 .build()
                 .unwrap(),
         )
@@ -569,7 +574,7 @@ async fn spooled_messages_for_a_removed_sink_are_reported() {
 #[tokio::test]
 async fn builder_rejects_bad_settings_naming_the_field() {
     let field = |r: Result<Notifier, NotifyError>| match r {
-        Err(NotifyError::Config(e)) => e.field,
+        Err(NotifyError::Config(e)) => e.field().to_owned(),
         other => panic!("{other:?}"),
     };
     assert_eq!(field(Notifier::builder().build()), "sinks");

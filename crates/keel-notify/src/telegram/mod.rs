@@ -530,13 +530,13 @@ mod tests {
             "@ops_alerts".parse::<ChatId>().unwrap(),
             ChatId::Username("@ops_alerts".into())
         );
-        assert_eq!("ops".parse::<ChatId>().unwrap_err().field, "chat_id");
+        assert_eq!("ops".parse::<ChatId>().unwrap_err().field(), "chat_id");
         assert!(ChatId::Id(-5).is_group() && !ChatId::Id(5).is_group());
     }
 
     #[test]
     fn builder_validates() {
-        let err = |b: TelegramSinkBuilder| b.build().unwrap_err().field;
+        let err = |b: TelegramSinkBuilder| b.build().unwrap_err().field().to_owned();
         assert_eq!(err(TelegramSink::builder("", 1)), "token");
         assert_eq!(err(TelegramSink::builder("12 3", 1)), "token");
         assert_eq!(
