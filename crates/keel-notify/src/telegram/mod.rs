@@ -31,6 +31,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 
+use crate::digest::{self, Digest};
 use crate::error::{ConfigError, SinkError};
 use crate::notification::{Message, Priority};
 use crate::sink::{Pacer, RateLimit, Sink};
@@ -145,6 +146,7 @@ pub struct TelegramSink {
     link_previews: bool,
     part_interval: Duration,
     rate_limits: Option<Vec<RateLimit>>,
+    digests: bool,
     /// Parts already accepted per message id, for split messages that failed
     /// midway: a retry resumes after them.
     progress: Mutex<HashMap<u64, usize>>,
@@ -180,6 +182,7 @@ pub struct TelegramSinkBuilder {
     link_previews: bool,
     part_interval: Duration,
     rate_limits: Option<Vec<RateLimit>>,
+    digests: bool,
 }
 
 impl fmt::Debug for TelegramSinkBuilder {
@@ -268,6 +271,14 @@ impl TelegramSinkBuilder {
         self
     }
 
+    /// Whether messages waiting behind the chat's rate limits go out as one
+    /// digest (a header with the count, then one line per alert, within
+    /// [`TEXT_LIMIT`]). On by default.
+    pub fn digests(mut self, on: bool) -> Self {
+        self.digests = on;
+        self
+    }
+
     /// Validates and builds.
     ///
     /// # Errors
@@ -318,6 +329,7 @@ impl TelegramSinkBuilder {
             link_previews: self.link_previews,
             part_interval: self.part_interval,
             rate_limits: self.rate_limits,
+            digests: self.digests,
             progress: Mutex::new(HashMap::new()),
         })
     }
@@ -340,6 +352,7 @@ impl TelegramSink {
             link_previews: false,
             part_interval: Duration::from_secs(1),
             rate_limits: None,
+            digests: true,
         }
     }
 
@@ -355,14 +368,7 @@ impl TelegramSink {
 
     /// The whole message as Telegram HTML, before any length handling.
     pub fn render_html(&self, message: &Message) -> String {
-        let mut out = String::new();
-        if self.icons {
-            out.push_str(match message.priority() {
-                Priority::Critical => "🔴 ",
-                Priority::Warning => "🟡 ",
-                Priority::Info => "🔵 ",
-            });
-        }
+        let mut out = String::from(self.icon(message.priority()));
         out.push_str("<b>");
         out.push_str(&html::escape(&message.display_title()));
         out.push_str("</b>");
@@ -378,6 +384,46 @@ impl TelegramSink {
                 out.push_str(":</b> ");
                 out.push_str(&html::escape(v));
             }
+        }
+        out
+    }
+
+    fn icon(&self, priority: Priority) -> &'static str {
+        if !self.icons {
+            return "";
+        }
+        match priority {
+            Priority::Critical => "🔴 ",
+            Priority::Warning => "🟡 ",
+            Priority::Info => "🔵 ",
+        }
+    }
+
+    /// One digest line: the icon, the title (with its count) in bold, then
+    /// the body and fields on the same line.
+    fn digest_line(&self, message: &Message) -> String {
+        let title = message.display_title();
+        let line = message.to_line();
+        let detail = line.strip_prefix(title.as_str()).unwrap_or("");
+        format!(
+            "{}<b>{}</b>{}",
+            self.icon(message.priority()),
+            html::escape(&title),
+            html::escape(detail)
+        )
+    }
+
+    fn digest_header(&self, header: &str) -> String {
+        format!("📋 <b>{}</b>", html::escape(header))
+    }
+
+    /// A digest as Telegram HTML: the header (`📋 12 alerts: 3 critical, 9
+    /// info`), then one line per entry.
+    pub fn render_digest(&self, digest: &Digest) -> String {
+        let mut out = self.digest_header(&digest.header());
+        for m in digest.entries() {
+            out.push('\n');
+            out.push_str(&self.digest_line(m));
         }
         out
     }
@@ -494,6 +540,40 @@ impl Sink for TelegramSink {
         self.send_parts(message, pacer).await
     }
 
+    fn supports_digest(&self) -> bool {
+        self.digests
+    }
+
+    /// Entries fit while the header (sized for all of `entries`, an upper
+    /// bound for any prefix) and their lines stay within [`TEXT_LIMIT`] as
+    /// Telegram counts it.
+    fn digest_fit(&self, entries: &[Message]) -> usize {
+        if !self.digests {
+            return 1;
+        }
+        let all = Digest::new(0, entries.to_vec());
+        let header = html::visible_len(&self.digest_header(&all.header()));
+        digest::fit_by_cost(
+            TEXT_LIMIT,
+            header,
+            entries
+                .iter()
+                .map(|m| html::visible_len(&self.digest_line(m)) + 1),
+        )
+    }
+
+    async fn send_digest(&self, digest: &Digest, _pacer: &Pacer<'_>) -> Result<(), SinkError> {
+        let text = self.render_digest(digest);
+        // `digest_fit` kept it within the limit; cut rather than be refused
+        // if a caller built a larger one by hand.
+        let text = if html::visible_len(&text) > TEXT_LIMIT {
+            html::truncate(&text, TEXT_LIMIT)
+        } else {
+            text
+        };
+        self.post(&text, digest.priority()).await
+    }
+
     fn rate_limits(&self) -> Vec<RateLimit> {
         if let Some(limits) = &self.rate_limits {
             return limits.clone();
@@ -607,6 +687,42 @@ mod tests {
         assert_eq!(capped.len(), 2);
         assert!(capped[1].ends_with('…'));
         assert!(html::visible_len(&capped[1]) <= TEXT_LIMIT);
+    }
+
+    #[test]
+    fn digests_fit_within_the_limit_with_a_header() {
+        let s = sink();
+        let m = |i: u64, p: Priority| {
+            Message::new(
+                i,
+                Notification::new(format!("vm-{i}"), p, format!("VM vm-{i} <down>"))
+                    .field("vm", format!("vm-{i}")),
+                1,
+            )
+        };
+        let d = Digest::new(1, vec![m(1, Priority::Critical), m(2, Priority::Info)]);
+        assert_eq!(
+            s.render_digest(&d),
+            "📋 <b>2 alerts: 1 critical, 1 info</b>\n\
+             🔴 <b>VM vm-1 &lt;down&gt;</b> — vm: vm-1\n\
+             🔵 <b>VM vm-2 &lt;down&gt;</b> — vm: vm-2"
+        );
+        let many: Vec<Message> = (0..500).map(|i| m(i, Priority::Critical)).collect();
+        let fit = s.digest_fit(&many);
+        assert!((50..500).contains(&fit), "{fit}");
+        let text = s.render_digest(&Digest::new(0, many[..fit].to_vec()));
+        assert!(html::visible_len(&text) <= TEXT_LIMIT);
+        let one_more = s.render_digest(&Digest::new(0, many[..=fit].to_vec()));
+        assert!(
+            html::visible_len(&one_more) > TEXT_LIMIT,
+            "the fit is tight"
+        );
+        let off = TelegramSink::builder("1:a", 1)
+            .digests(false)
+            .build()
+            .unwrap();
+        assert!(!off.supports_digest());
+        assert_eq!(off.digest_fit(&many), 1);
     }
 
     #[test]

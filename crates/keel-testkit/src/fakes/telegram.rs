@@ -21,6 +21,14 @@
 //!   or for every request until cleared ([`FakeTelegram::set_down`]): 429
 //!   with `parameters.retry_after`, the older 429 with the delay only in
 //!   `description`, a 5xx, or a delay before answering.
+//! * Telegram's rate limits, when switched on ([`FakeTelegram::set_limits`],
+//!   [`TelegramLimits::REAL`]): at most 1 message per second per chat and 20
+//!   per minute per group (negative chat id or `@channel`), counted over
+//!   sliding windows of the messages the fake accepted; a message over a
+//!   limit is refused with Telegram's 429 and `parameters.retry_after` (the
+//!   whole seconds until the window has room, at least 1) and counted
+//!   ([`FakeTelegram::rate_limited`]). A small grace absorbs the jitter of
+//!   requests spaced exactly by the sender.
 //! * The generic faults of keel-testkit's fault layer, through
 //!   [`FakeTelegram::server`]: seeded error rates, latency, connection drops
 //!   ([`Fault::Drop`](crate::Fault::Drop)), one-shot faults; errors and 429s
@@ -40,7 +48,7 @@
 //! # }
 //! ```
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -105,10 +113,60 @@ pub enum TelegramFault {
     Delay(Duration),
 }
 
+/// Telegram's per-chat rate limits, as the fake enforces them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TelegramLimits {
+    /// Messages per second in one chat (any chat).
+    pub per_chat_per_second: u32,
+    /// Messages per minute in one group or channel.
+    pub per_group_per_minute: u32,
+    /// A message arriving this much early is still admitted (network
+    /// jitter between a sender's exactly spaced requests).
+    pub grace: Duration,
+}
+
+impl TelegramLimits {
+    /// Telegram's documented limits: 1 message/s per chat, 20/min per
+    /// group, with a 50 ms grace.
+    pub const REAL: TelegramLimits = TelegramLimits {
+        per_chat_per_second: 1,
+        per_group_per_minute: 20,
+        grace: Duration::from_millis(50),
+    };
+}
+
+/// When one more message fits `max` per `per` given the accepted times
+/// `sent` (oldest first), or `None` if it fits now.
+fn window_wait(
+    sent: &VecDeque<Instant>,
+    max: u32,
+    per: Duration,
+    grace: Duration,
+    now: Instant,
+) -> Option<Duration> {
+    let max = max as usize;
+    if max == 0 {
+        return Some(per);
+    }
+    let in_window: Vec<&Instant> = sent
+        .iter()
+        .filter(|t| now.saturating_duration_since(**t) + grace < per)
+        .collect();
+    if in_window.len() < max {
+        return None;
+    }
+    let oldest = in_window[in_window.len() - max];
+    Some((*oldest + per).saturating_duration_since(now + grace))
+}
+
 #[derive(Debug)]
 struct Inner {
     token: String,
     messages: Vec<SentMessage>,
+    limits: Option<TelegramLimits>,
+    /// Accepted messages' times per chat (last minute).
+    sent_per_chat: HashMap<String, VecDeque<Instant>>,
+    rate_limited: usize,
     script: VecDeque<TelegramFault>,
     down: Option<TelegramFault>,
     chats: Option<Vec<String>>,
@@ -128,6 +186,9 @@ impl FakeTelegramState {
             inner: Arc::new(Mutex::new(Inner {
                 token: token.into(),
                 messages: Vec::new(),
+                limits: None,
+                sent_per_chat: HashMap::new(),
+                rate_limited: 0,
                 script: VecDeque::new(),
                 down: None,
                 chats: None,
@@ -258,6 +319,17 @@ impl FakeTelegram {
     /// `set_down(None)`.
     pub fn set_down(&self, fault: Option<TelegramFault>) {
         self.state.lock().down = fault;
+    }
+
+    /// Enforces Telegram's rate limits (`Some(TelegramLimits::REAL)`) or
+    /// none (`None`, the default).
+    pub fn set_limits(&self, limits: Option<TelegramLimits>) {
+        self.state.lock().limits = limits;
+    }
+
+    /// Messages refused with 429 because they exceeded the rate limits.
+    pub fn rate_limited(&self) -> usize {
+        self.state.lock().rate_limited
     }
 
     /// Accepts only these chats (as sent: `"-100123"`, `"@name"`); others get
@@ -453,6 +525,40 @@ fn send_message(state: &FakeTelegramState, params: Map<String, Value>) -> Respon
     {
         return error(400, "Bad Request: chat not found");
     }
+    let now = Instant::now();
+    if let Some(limits) = inner.limits {
+        let group = numeric_chat.is_none_or(|id| id < 0);
+        let sent = inner.sent_per_chat.entry(chat_id.clone()).or_default();
+        while sent
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= Duration::from_secs(60))
+        {
+            sent.pop_front();
+        }
+        let per_chat = window_wait(
+            sent,
+            limits.per_chat_per_second,
+            Duration::from_secs(1),
+            limits.grace,
+            now,
+        );
+        let per_group = if group {
+            window_wait(
+                sent,
+                limits.per_group_per_minute,
+                Duration::from_secs(60),
+                limits.grace,
+                now,
+            )
+        } else {
+            None
+        };
+        if let Some(wait) = per_chat.into_iter().chain(per_group).max() {
+            inner.rate_limited += 1;
+            return too_many_requests(retry_after_secs(wait).max(1));
+        }
+        sent.push_back(now);
+    }
     let message_id = inner.next_id;
     inner.next_id += 1;
     inner.messages.push(SentMessage {
@@ -464,7 +570,7 @@ fn send_message(state: &FakeTelegramState, params: Map<String, Value>) -> Respon
         parse_mode,
         disable_notification,
         params,
-        received_at: Instant::now(),
+        received_at: now,
     });
     drop(inner);
     let chat = match numeric_chat {
@@ -643,6 +749,52 @@ fn decode_entity(body: &str) -> Option<char> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn post(state: &FakeTelegramState, chat: &str) -> (u16, Value) {
+        use tower::ServiceExt as _;
+        let body = json!({ "chat_id": chat, "text": "hi" }).to_string();
+        let request = http::Request::post(format!("/bot{DEFAULT_TOKEN}/sendMessage"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(axum::body::Body::from(body))
+            .unwrap();
+        let response = app(state.clone()).oneshot(request).await.unwrap();
+        let status = response.status().as_u16();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn enforces_telegram_rate_limits_per_chat_and_group() {
+        let state = FakeTelegramState::new(DEFAULT_TOKEN);
+        state.lock().limits = Some(TelegramLimits::REAL);
+        assert_eq!(post(&state, "-100").await.0, 200);
+        let (status, body) = post(&state, "-100").await;
+        assert_eq!(status, 429, "1 per second per chat");
+        assert_eq!(body["parameters"]["retry_after"], 1);
+        assert_eq!(post(&state, "42").await.0, 200, "another chat has its own");
+        for _ in 0..19 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            assert_eq!(post(&state, "-100").await.0, 200);
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let (status, body) = post(&state, "-100").await;
+        assert_eq!(status, 429, "20 per minute per group");
+        assert_eq!(body["parameters"]["retry_after"], 40);
+        // A private chat has no per-minute limit.
+        for _ in 0..25 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            assert_eq!(post(&state, "42").await.0, 200);
+        }
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert_eq!(
+            post(&state, "-100").await.0,
+            200,
+            "the window has room again"
+        );
+        assert_eq!(state.lock().rate_limited, 2);
+    }
 
     #[test]
     fn html_parsing() {
