@@ -80,7 +80,7 @@ impl AppState {
         let ping_store = store.clone();
         readiness.add_fn("database", move || {
             let store = ping_store.clone();
-            async move { store.ping().await }
+            async move { store.check_durable().await }
         })?;
         Ok(AppState {
             inner: Arc::new(Inner {

@@ -56,6 +56,7 @@ struct Payload<'a> {
 #[serde(rename_all = "camelCase")]
 struct AlertIn {
     status: String,
+    #[serde(default)]
     labels: BTreeMap<String, String>,
     #[serde(default)]
     annotations: Option<serde_json::Map<String, Value>>,
@@ -74,7 +75,8 @@ pub struct NewEvent {
     /// Alertmanager's fingerprint (computed like Alertmanager's when the
     /// sender left it out).
     pub fingerprint: String,
-    /// The `alertname` label.
+    /// The `alertname` label (empty when the alert has none: it is stored
+    /// all the same).
     pub alertname: String,
     /// The `namespace` label, if any.
     pub namespace: Option<String>,
@@ -141,12 +143,145 @@ pub fn parse_webhook(body: &[u8]) -> Result<Vec<NewEvent>, PayloadError> {
         .enumerate()
         .map(|(i, raw)| {
             let text = raw.get();
+            check_storable(text).map_err(|(path, reason)| PayloadError::Invalid {
+                field: format!("alerts[{i}]{path}"),
+                reason,
+            })?;
             let alert: AlertIn =
                 serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(text))
                     .map_err(|e| payload_error(body, Some(i), e))?;
             convert(i, alert, text)
         })
         .collect()
+}
+
+/// Deepest nesting of objects and arrays accepted in one alert (the alert
+/// object itself is level 1). Both databases and the read path handle it;
+/// PostgreSQL's JSONB and serde_json's reader (128) give up far deeper
+/// alerts at different depths, so one limit, well inside both, is checked
+/// at ingest.
+pub const MAX_JSON_DEPTH: usize = 64;
+
+/// One definition of what both databases store and read back, checked on
+/// each alert's JSON text before anything is written: no string or key
+/// containing NUL (`\u0000`, which PostgreSQL's `text` and `jsonb`
+/// refuse), nesting at most [`MAX_JSON_DEPTH`], every number within `f64`
+/// (`1e400` is valid JSON, but neither a reader nor JSONB's round trip
+/// through serde keeps it). The error is the path of the offending value
+/// within the alert (`.annotations.d`) and why.
+///
+/// A scan of the text finds whether anything is wrong (cheap: one pass, no
+/// allocation); only then is the alert parsed to name the path.
+pub(crate) fn check_storable(text: &str) -> Result<(), (String, String)> {
+    if scan_storable(text.as_bytes()) {
+        return Ok(());
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    let value: Value = match serde_path_to_error::deserialize(&mut de) {
+        Ok(value) => value,
+        Err(e) => {
+            let path = match e.path().to_string() {
+                p if p == "." => String::new(),
+                p => format!(".{p}"),
+            };
+            let inner = e.into_inner().to_string();
+            let reason = if inner.contains("recursion limit") {
+                format!("nested deeper than the limit of {MAX_JSON_DEPTH} levels (MAX_JSON_DEPTH)")
+            } else {
+                inner
+            };
+            return Err((path, reason));
+        }
+    };
+    find_unstorable(&value, 1, &mut String::new())
+        .map_or(Ok(()), |(path, reason)| Err((path, reason.to_owned())))
+}
+
+/// Whether `text` (valid JSON) is storable as [`check_storable`] defines it.
+fn scan_storable(text: &[u8]) -> bool {
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < text.len() {
+        match text[i] {
+            b'"' => {
+                i += 1;
+                while i < text.len() && text[i] != b'"' {
+                    if text[i] == b'\\' {
+                        if text[i + 1..].starts_with(b"u0000") {
+                            return false;
+                        }
+                        i += 1;
+                    }
+                    i += 1;
+                }
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > MAX_JSON_DEPTH {
+                    return false;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i + 1 < text.len()
+                    && matches!(text[i + 1], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')
+                {
+                    i += 1;
+                }
+                let number = &text[start..=i];
+                // Only an exponent or hundreds of digits can leave f64.
+                if (number.len() > 300 || number.iter().any(|b| matches!(b, b'e' | b'E')))
+                    && !std::str::from_utf8(number)
+                        .ok()
+                        .and_then(|n| n.parse::<f64>().ok())
+                        .is_some_and(f64::is_finite)
+                {
+                    return false;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    true
+}
+
+/// The first value of `value` (at nesting `depth`) that is not storable:
+/// its path (appended to `path`) and why.
+fn find_unstorable(
+    value: &Value,
+    depth: usize,
+    path: &mut String,
+) -> Option<(String, &'static str)> {
+    const NUL: &str = "contains a NUL character (\\u0000), which PostgreSQL cannot store";
+    const TOO_DEEP: &str = "nested deeper than the limit of 64 levels (MAX_JSON_DEPTH)";
+    match value {
+        Value::String(s) if s.contains('\0') => Some((path.clone(), NUL)),
+        Value::Array(_) | Value::Object(_) if depth > MAX_JSON_DEPTH => {
+            Some((path.clone(), TOO_DEEP))
+        }
+        Value::Array(items) => items.iter().enumerate().find_map(|(i, item)| {
+            let len = path.len();
+            path.push_str(&format!("[{i}]"));
+            let found = find_unstorable(item, depth + 1, path);
+            path.truncate(len);
+            found
+        }),
+        Value::Object(map) => map.iter().find_map(|(key, item)| {
+            let len = path.len();
+            path.push('.');
+            path.push_str(key);
+            let found = if key.contains('\0') {
+                Some((path.clone(), NUL))
+            } else {
+                find_unstorable(item, depth + 1, path)
+            };
+            path.truncate(len);
+            found
+        }),
+        _ => None,
+    }
 }
 
 /// A parse error as the API reports it: 400 when the body is not JSON at
@@ -192,15 +327,9 @@ fn convert(i: usize, alert: AlertIn, raw: &str) -> Result<NewEvent, PayloadError
             alert.status
         ),
     })?;
-    let alertname = alert
-        .labels
-        .get("alertname")
-        .filter(|s| !s.is_empty())
-        .cloned()
-        .ok_or_else(|| PayloadError::Invalid {
-            field: field("labels.alertname"),
-            reason: "missing alertname label".to_owned(),
-        })?;
+    // An alert without `alertname` is unusual but still an alert: refusing
+    // it would lose its whole group (Alertmanager does not retry a 4xx).
+    let alertname = alert.labels.get("alertname").cloned().unwrap_or_default();
     let starts_at = parse_time(&alert.starts_at).ok_or_else(|| PayloadError::Invalid {
         field: field("startsAt"),
         reason: format!("not an RFC 3339 time: {:?}", alert.starts_at),
@@ -377,6 +506,94 @@ mod tests {
             matches!(&err, PayloadError::Invalid { field, .. } if field == "alerts[0].labels.alertname"),
             "{err:?}"
         );
+    }
+
+    fn one_alert(extra: &str) -> Vec<u8> {
+        format!(
+            r#"{{"alerts":[{{"status":"firing","labels":{{"alertname":"A"}},"startsAt":"2026-01-01T00:00:00Z"}},{{"status":"firing","labels":{{"alertname":"B"}},"startsAt":"2026-01-01T00:00:00Z",{extra}}}]}}"#
+        )
+        .into_bytes()
+    }
+
+    fn nested(depth: usize) -> String {
+        format!("{}1{}", "[".repeat(depth), "]".repeat(depth))
+    }
+
+    #[test]
+    fn unstorable_values_are_refused_naming_the_field() {
+        let cases = [
+            (
+                r#""annotations":{"d":"a\u0000b"}"#,
+                "alerts[1].annotations.d",
+                "NUL",
+            ),
+            (
+                r#""labels":{"alertname":"B","x\u0000":"v"}"#,
+                "alerts[1].labels.x\0",
+                "NUL",
+            ),
+            (r#""extra":[1,2,1e400]"#, "alerts[1].extra[2]", "number"),
+            (r#""extra":{"n":-1E+999}"#, "alerts[1].extra.n", "number"),
+        ];
+        for (extra, field, why) in cases {
+            let err = parse_webhook(&one_alert(extra)).unwrap_err();
+            let PayloadError::Invalid { field: got, reason } = &err else {
+                panic!("{err:?}")
+            };
+            assert_eq!(got, field, "{extra}");
+            assert!(reason.contains(why), "{extra}: {reason}");
+        }
+        // Deeper than the limit, under serde_json's own limit and over it.
+        for depth in [MAX_JSON_DEPTH, 127, 200] {
+            let err =
+                parse_webhook(&one_alert(&format!(r#""extra":{}"#, nested(depth)))).unwrap_err();
+            let PayloadError::Invalid { field, reason } = &err else {
+                panic!("{err:?}")
+            };
+            assert!(field.starts_with("alerts[1].extra[0]"), "{field}");
+            assert!(reason.contains("deeper than the limit of 64"), "{reason}");
+        }
+        // At the limit, large but finite numbers, and escapes that are not
+        // NUL are stored.
+        let fine = format!(
+            r#""extra":{},"n":[1e300,-2.5E-400,123456789012345678901234567890],"s":"\u0001\\u0000""#,
+            nested(MAX_JSON_DEPTH - 1)
+        );
+        assert_eq!(parse_webhook(&one_alert(&fine)).unwrap().len(), 2);
+        assert!(check_storable(r#"{"a":"\\u0000"}"#).is_ok());
+    }
+
+    #[test]
+    fn an_alert_without_alertname_or_labels_is_stored() {
+        let events = parse_webhook(
+            br#"{"alerts":[{"status":"firing","labels":{"job":"x"},"startsAt":"2026-01-01T00:00:00Z"},
+                {"status":"resolved","startsAt":"2026-01-01T00:00:00Z","endsAt":"2026-01-01T00:01:00Z"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].alertname, "");
+        assert!(events[1].labels.is_empty());
+        assert_eq!(events[1].fingerprint.len(), 16);
+    }
+
+    proptest::proptest! {
+        /// The scan agrees with the full check on every JSON value.
+        #[test]
+        fn the_scan_agrees_with_the_parse(
+            depth in 0usize..80,
+            text in "[ -~]{0,8}",
+            nul in proptest::bool::ANY,
+            exponent in 0i32..700,
+        ) {
+            let clean = text.replace(['\\', '"'], "");
+            let s = if nul { format!("{clean}\\u0000") } else { clean };
+            let alert = format!(
+                r#"{{"a":{},"s":"{s}","n":1e{exponent}}}"#,
+                nested(depth)
+            );
+            let bad = depth + 1 > MAX_JSON_DEPTH || nul || exponent > 308;
+            proptest::prop_assert_eq!(check_storable(&alert).is_err(), bad, "{}", alert);
+        }
     }
 
     #[test]

@@ -23,7 +23,10 @@ use crate::config::Backend;
 use crate::error::Error;
 use crate::model::{NewEvent, Status};
 
+mod durability;
 mod write;
+use durability::Durability;
+pub use durability::NotDurable;
 use write::Delivery;
 
 /// The migrations for SQLite (`migrations/sqlite`).
@@ -99,6 +102,44 @@ macro_rules! bind_all {
     }};
 }
 
+/// Runs `$body` (an expression using the open transaction `$tx`, with `?`)
+/// in a transaction on a connection of `$pool` and commits; evaluates to
+/// the body's value or the first error.
+///
+/// After any failure (a statement, the commit) the connection is closed
+/// instead of going back to the pool. A failed `COMMIT` can leave SQLite's
+/// transaction open (`SQLITE_FULL`, `SQLITE_IOERR`), or SQLite can have
+/// rolled it back itself so that sqlx's `ROLLBACK` fails: either way sqlx
+/// then believes a transaction is still open, and every later `begin` on
+/// that connection would open a savepoint inside it, whose "commit" stores
+/// nothing. A fresh connection has no such state; closing one rolls back
+/// whatever it had open.
+macro_rules! in_transaction {
+    ($pool:expr, |$tx:ident| $body:expr) => {{
+        match $pool.acquire().await {
+            Err(e) => Err(e),
+            Ok(mut conn) => {
+                let result = async {
+                    let mut $tx = sqlx::Connection::begin(&mut *conn).await?;
+                    let value = $body;
+                    $tx.commit().await?;
+                    Ok(value)
+                }
+                .await;
+                if result.is_err()
+                    && let Err(e) = conn.close().await
+                {
+                    tracing::debug!(error = %e, "closing a failed writer connection failed");
+                }
+                result
+            }
+        }
+    }};
+}
+
+/// Bytes the readiness probe commits after a write failure.
+const PROBE_BYTES: usize = 64 * 1024;
+
 /// Most deliveries the SQLite writer commits in one transaction.
 pub const GROUP_COMMIT_MAX: usize = 64;
 
@@ -124,23 +165,24 @@ pub const POSTGRES_WRITERS: usize = 8;
 /// statement per table and chunk). Rows are locked in key order, so
 /// concurrent groups, and other instances, cannot deadlock. Ends when every
 /// sender is gone.
-async fn postgres_writer(pool: PgPool, mut jobs: mpsc::Receiver<WriteJob>) {
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(POSTGRES_WRITERS));
+async fn postgres_writer(
+    pool: PgPool,
+    mut jobs: mpsc::Receiver<WriteJob>,
+    durability: Arc<Durability>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(POSTGRES_WRITERS));
     while let Some(first) = jobs.recv().await {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
         let batch = take_group(first, &mut jobs);
         let pool = pool.clone();
+        let durability = durability.clone();
         tokio::spawn(async move {
-            let result: Result<Vec<u64>, sqlx::Error> = async {
-                let deliveries: Vec<&Delivery> = batch.iter().map(|job| &job.delivery).collect();
-                let mut tx = pool.begin().await?;
-                let saved = write::write_postgres(&mut tx, &deliveries).await?;
-                tx.commit().await?;
-                Ok(saved)
-            }
-            .await;
+            let deliveries: Vec<&Delivery> = batch.iter().map(|job| &job.delivery).collect();
+            let result = in_transaction!(pool, |tx| write::write_postgres(&mut tx, &deliveries)
+                .await?);
+            durability.record(&result);
             answer(batch, result, "PostgreSQL");
             drop(slot);
         });
@@ -185,7 +227,16 @@ fn answer(batch: Vec<WriteJob>, result: Result<Vec<u64>, sqlx::Error>, database:
 /// transaction, answers each. When the checkpointer asks (`finish`), it
 /// then completes the checkpoint itself (see [`sqlite_checkpointer`]).
 /// Ends when every sender is gone.
-async fn sqlite_writer(pool: SqlitePool, mut jobs: mpsc::Receiver<WriteJob>, finish: Arc<Notify>) {
+///
+/// A group is answered `Ok` only when its commit succeeded and the path
+/// still names the database file that was opened (a write to a deleted
+/// file "succeeds" and is lost at restart).
+async fn sqlite_writer(
+    pool: SqlitePool,
+    mut jobs: mpsc::Receiver<WriteJob>,
+    finish: Arc<Notify>,
+    durability: Arc<Durability>,
+) {
     loop {
         // The checkpoint first: under sustained load a delivery is always
         // waiting.
@@ -201,14 +252,15 @@ async fn sqlite_writer(pool: SqlitePool, mut jobs: mpsc::Receiver<WriteJob>, fin
             },
         };
         let batch = take_group(first, &mut jobs);
-        let result: Result<Vec<u64>, sqlx::Error> = async {
-            let deliveries: Vec<&Delivery> = batch.iter().map(|job| &job.delivery).collect();
-            let mut tx = pool.begin().await?;
-            let saved = write::write_sqlite(&mut tx, &deliveries).await?;
-            tx.commit().await?;
-            Ok(saved)
-        }
-        .await;
+        let deliveries: Vec<&Delivery> = batch.iter().map(|job| &job.delivery).collect();
+        let result = in_transaction!(pool, |tx| write::write_sqlite(&mut tx, &deliveries).await?)
+            .and_then(|saved| {
+                durability
+                    .check_file()
+                    .map(|()| saved)
+                    .map_err(|e| sqlx::Error::Io(std::io::Error::other(e.to_string())))
+            });
+        durability.record(&result);
         answer(batch, result, "SQLite");
     }
 }
@@ -558,10 +610,23 @@ pub struct Bucket {
     pub resolved: i64,
 }
 
+/// A statement run on every new SQLite writer connection: tests set
+/// `max_page_count` from it to make the "disk" full and free it again
+/// without a restart.
+#[derive(Debug, Clone, Default)]
+struct WriterHook(Option<Arc<parking_lot::Mutex<Option<String>>>>);
+
+impl WriterHook {
+    fn pragma(&self) -> Option<String> {
+        self.0.as_ref().and_then(|p| p.lock().clone())
+    }
+}
+
 /// The event store. Cloning is cheap (pools are shared).
 #[derive(Debug, Clone)]
 pub struct Store {
     pools: Pools,
+    durability: Arc<Durability>,
 }
 
 impl Store {
@@ -587,7 +652,19 @@ impl Store {
     /// [`Store::connect`]; `checkpoints: false` leaves out SQLite's
     /// background checkpointer (tests drive it by hand).
     async fn open(url: &str, max_connections: u32, checkpoints: bool) -> Result<Store, Error> {
+        Store::open_with(url, max_connections, checkpoints, WriterHook::default()).await
+    }
+
+    /// [`Store::open`] with `hook` run on every new SQLite writer
+    /// connection (tests shrink `max_page_count` to fill the "disk").
+    async fn open_with(
+        url: &str,
+        max_connections: u32,
+        checkpoints: bool,
+        hook: WriterHook,
+    ) -> Result<Store, Error> {
         let backend = crate::Config::for_database(url).backend()?;
+        let mut durability = Durability::new();
         let pools = match backend {
             Backend::Sqlite => {
                 let options = SqliteConnectOptions::from_str(url)?
@@ -601,6 +678,15 @@ impl Store {
                     .max_connections(1)
                     .min_connections(1)
                     .acquire_timeout(Duration::from_secs(30))
+                    .after_connect(move |conn, _| {
+                        let pragma = hook.pragma();
+                        Box::pin(async move {
+                            if let Some(pragma) = pragma {
+                                sqlx::query(&pragma).execute(conn).await?;
+                            }
+                            Ok(())
+                        })
+                    })
                     .connect_with(
                         options
                             .clone()
@@ -610,6 +696,10 @@ impl Store {
                     )
                     .await?;
                 SQLITE_MIGRATOR.run(&write).await?;
+                let path = options.get_filename();
+                if path != std::path::Path::new(":memory:") {
+                    durability = Durability::for_file(path)?;
+                }
                 let read = SqlitePoolOptions::new()
                     .max_connections(max_connections.clamp(1, 8))
                     .min_connections(0)
@@ -617,16 +707,25 @@ impl Store {
                     .await?;
                 let (jobs, queue) = mpsc::channel(1024);
                 let finish = Arc::new(Notify::new());
-                tokio::spawn(sqlite_writer(write.clone(), queue, finish.clone()));
+                let durability = Arc::new(durability);
+                tokio::spawn(sqlite_writer(
+                    write.clone(),
+                    queue,
+                    finish.clone(),
+                    durability.clone(),
+                ));
                 if checkpoints {
                     tokio::spawn(sqlite_checkpointer(read.clone(), finish.clone()));
                 }
-                Pools::Sqlite {
-                    write,
-                    read,
-                    jobs,
-                    finish,
-                }
+                (
+                    Pools::Sqlite {
+                        write,
+                        read,
+                        jobs,
+                        finish,
+                    },
+                    durability,
+                )
             }
             Backend::Postgres => {
                 let options = PgConnectOptions::from_str(url)?
@@ -639,11 +738,13 @@ impl Store {
                     .await?;
                 POSTGRES_MIGRATOR.run(&pool).await?;
                 let (jobs, queue) = mpsc::channel(1024);
-                tokio::spawn(postgres_writer(pool.clone(), queue));
-                Pools::Postgres { pool, jobs }
+                let durability = Arc::new(durability);
+                tokio::spawn(postgres_writer(pool.clone(), queue, durability.clone()));
+                (Pools::Postgres { pool, jobs }, durability)
             }
         };
-        Ok(Store { pools })
+        let (pools, durability) = pools;
+        Ok(Store { pools, durability })
     }
 
     /// Which database this store uses.
@@ -682,6 +783,62 @@ impl Store {
             .execute(pool)
             .await
             .map(|_| ()))
+    }
+
+    /// Whether a write made now would be durable (the readiness check; see
+    /// [`NotDurable`]): the SQLite file is still the one opened, the schema
+    /// is there, and the last write succeeded, or, after a failed one, a
+    /// probe write succeeds now (which also turns the state back to
+    /// healthy).
+    ///
+    /// # Errors
+    /// [`NotDurable`] saying which of them fails.
+    pub async fn check_durable(&self) -> Result<(), NotDurable> {
+        self.durability.check_file()?;
+        let schema: Result<Option<i64>, sqlx::Error> = on_read!(self, |pool| {
+            sqlx::query_scalar("SELECT id FROM alert_events LIMIT 1")
+                .fetch_optional(pool)
+                .await
+        });
+        if let Err(e) = schema {
+            return Err(match e {
+                sqlx::Error::Database(db) => NotDurable::SchemaMissing {
+                    reason: db.message().to_owned(),
+                },
+                other => NotDurable::WritesFailing {
+                    reason: other.to_string(),
+                },
+            });
+        }
+        match self.durability.last_failure() {
+            None => return Ok(()),
+            Some((reason, age)) if age < durability::PROBE_AFTER => {
+                return Err(NotDurable::WritesFailing { reason });
+            }
+            Some(_) => {}
+        }
+        let now = chrono::Utc::now().timestamp_millis();
+        let padding = vec![0u8; PROBE_BYTES];
+        let result: Result<(), sqlx::Error> = on_write!(self, |pool| in_transaction!(pool, |tx| {
+            sqlx::query(
+                "INSERT INTO alert_history_write_probe (id, written_at, padding) \
+                     VALUES (1, $1, $2) ON CONFLICT (id) DO UPDATE \
+                     SET written_at = excluded.written_at, padding = excluded.padding",
+            )
+            .bind(now)
+            .bind(&padding)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE alert_history_write_probe SET padding = NULL WHERE id = 1")
+                .execute(&mut *tx)
+                .await?;
+        }));
+        let result = result.map_err(|e| NotDurable::WritesFailing {
+            reason: e.to_string(),
+        });
+        let result = result.and_then(|()| self.durability.check_file());
+        self.durability.record(&result);
+        result
     }
 
     /// Stores a delivery in one transaction: each event is inserted, or, if
@@ -1120,6 +1277,100 @@ mod tests {
         assert!(checkpoint_passes(read).await.unwrap());
         snapshot.rollback().await.unwrap();
         log_frames(db)
+    }
+
+    /// Events stored with fingerprints `{tag}-*`.
+    async fn stored(read: &SqlitePool, tag: &str) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM alert_events WHERE fingerprint LIKE $1")
+            .bind(format!("{tag}-%"))
+            .fetch_one(read)
+            .await
+            .unwrap()
+    }
+
+    /// `PRAGMA max_page_count` plays a full disk: every delivery answered
+    /// `Ok` is stored, none answered `Err` is, readiness fails while the
+    /// "disk" is full, and with space back the same store (no restart)
+    /// takes deliveries and is ready again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_disk_fails_writes_until_space_is_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let limit = Arc::new(parking_lot::Mutex::new(None));
+        let store = Store::open_with(&url, 2, false, WriterHook(Some(limit.clone())))
+            .await
+            .unwrap();
+        let Pools::Sqlite { write, read, .. } = &store.pools else {
+            unreachable!()
+        };
+        store.ingest(&delivery("warm", 5), 1).await.unwrap();
+        store.check_durable().await.unwrap();
+
+        let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+            .fetch_one(read)
+            .await
+            .unwrap();
+        let full = format!("PRAGMA max_page_count = {}", pages + 12);
+        *limit.lock() = Some(full.clone());
+        sqlx::query(&full).execute(write).await.unwrap();
+        let (mut acked, mut refused) = (Vec::new(), Vec::new());
+        for i in 0..40 {
+            let tag = format!("d{i:02}");
+            match store.ingest(&delivery(&tag, 20), i).await {
+                Ok(outcome) => {
+                    assert_eq!(outcome.saved, 20);
+                    acked.push(tag);
+                }
+                Err(_) => refused.push(tag),
+            }
+        }
+        assert!(!acked.is_empty() && !refused.is_empty(), "{acked:?}");
+        assert!(matches!(
+            store.check_durable().await,
+            Err(NotDurable::WritesFailing { .. })
+        ));
+
+        // Even once the failure is old enough to probe, the probe fails.
+        store.durability.age_failure(durability::PROBE_AFTER);
+        assert!(matches!(
+            store.check_durable().await,
+            Err(NotDurable::WritesFailing { .. })
+        ));
+
+        // Space is back, for the writer's connection and any new one: the
+        // probe turns readiness green without a delivery.
+        let roomy = "PRAGMA max_page_count = 1073741823".to_owned();
+        *limit.lock() = Some(roomy.clone());
+        sqlx::query(&roomy).execute(write).await.unwrap();
+        store.check_durable().await.unwrap_err();
+        store.durability.age_failure(durability::PROBE_AFTER);
+        store.check_durable().await.unwrap();
+        store.check_durable().await.unwrap();
+        assert_eq!(
+            store
+                .ingest(&delivery("after", 20), 99)
+                .await
+                .unwrap()
+                .saved,
+            20
+        );
+        acked.push("after".to_owned());
+
+        for tag in &acked {
+            assert_eq!(stored(read, tag).await, 20, "{tag} was answered Ok");
+        }
+        for tag in &refused {
+            assert_eq!(stored(read, tag).await, 0, "{tag} was answered Err");
+        }
+        store.close().await;
+        let again = Store::open(&url, 2, false).await.unwrap();
+        let Pools::Sqlite { read, .. } = &again.pools else {
+            unreachable!()
+        };
+        for tag in &acked {
+            assert_eq!(stored(read, tag).await, 20, "{tag} lost at restart");
+        }
+        again.close().await;
     }
 
     #[tokio::test]

@@ -31,6 +31,9 @@ on_both_backends!(
     dashboard_api_matches_report,
     dashboard_page_is_self_contained,
     concurrent_deliveries_store_each_event_once,
+    an_alert_without_alertname_does_not_lose_its_group,
+    unstorable_values_are_422_naming_the_field,
+    everything_accepted_reads_back,
 );
 
 fn rows(v: &Value) -> &Vec<Value> {
@@ -155,14 +158,6 @@ async fn wrong_shape_is_422_and_nothing_is_written(db: TestDb) {
     let (status, body) = t.post("/webhook", r#"{"receiver":"x"}"#).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(body["field"], "alerts");
-    let (status, body) = t
-        .post(
-            "/webhook",
-            r#"{"alerts":[{"status":"firing","labels":{},"startsAt":"2026-01-01T00:00:00Z"}]}"#,
-        )
-        .await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(body["field"], "alerts[0].labels.alertname");
     assert_eq!(
         t.store().count_events().await.unwrap(),
         0,
@@ -173,7 +168,7 @@ async fn wrong_shape_is_422_and_nothing_is_written(db: TestDb) {
         metrics
             .as_str()
             .unwrap()
-            .contains("alert_history_webhook_errors_total 3"),
+            .contains("alert_history_webhook_errors_total 2"),
         "{metrics}"
     );
 }
@@ -871,4 +866,82 @@ async fn concurrent_deliveries_store_each_event_once(db: TestDb) {
         .map(|e| e["occurrences"].as_i64().unwrap())
         .sum();
     assert_eq!(total, 600, "every delivery of every event counted");
+}
+
+async fn an_alert_without_alertname_does_not_lose_its_group(db: TestDb) {
+    let t = TestApp::new(db).await;
+    let mut nameless = firing("X", "eeee000000000002", 0, &[("job", "node")]);
+    nameless["labels"]
+        .as_object_mut()
+        .unwrap()
+        .remove("alertname");
+    let mut no_labels = firing("X", "eeee000000000003", 0, &[]);
+    no_labels.as_object_mut().unwrap().remove("labels");
+    let p = payload(vec![
+        firing("Named", "eeee000000000001", 0, &[]),
+        nameless,
+        no_labels,
+    ]);
+    assert_eq!(t.deliver(&p).await, 3);
+    let (status, body) = t.get("/alerts/eeee000000000002").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["alertname"], "");
+    assert_eq!(body["labels"], json!({ "job": "node" }));
+    let (_, history) = t.get("/history").await;
+    assert_eq!(rows(&history).len(), 3);
+}
+
+async fn unstorable_values_are_422_naming_the_field(db: TestDb) {
+    let t = TestApp::new(db).await;
+    let deep = (0..70).fold(json!(1), |v, _| json!([v]));
+    for (key, value, field) in [
+        (
+            "annotations",
+            json!({ "d": "a\u{0}b" }),
+            "alerts[1].annotations.d",
+        ),
+        ("extra", deep, "alerts[1].extra[0]"),
+    ] {
+        let mut bad = firing("Bad", "ffff000000000002", 0, &[]);
+        bad[key] = value;
+        let p = payload(vec![firing("Good", "ffff000000000001", 0, &[]), bad]);
+        let (status, body) = t.post("/webhook", p.to_string()).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert!(body["field"].as_str().unwrap().starts_with(field), "{body}");
+    }
+    let text = payload(vec![firing("Bad", "ffff000000000003", 0, &[])])
+        .to_string()
+        .replace(
+            "0001-01-01T00:00:00Z\"",
+            "0001-01-01T00:00:00Z\",\"n\":1e400",
+        );
+    let (status, body) = t.post("/webhook", text).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["field"], "alerts[0].n", "{body}");
+    assert_eq!(t.store().count_events().await.unwrap(), 0);
+}
+
+async fn everything_accepted_reads_back(db: TestDb) {
+    let t = TestApp::new(db).await;
+    // 64 levels in all (the alert object is the first), huge and tiny
+    // numbers, escapes that are not NUL.
+    let deep = (0..62).fold(json!("bottom"), |v, _| json!({ "d": v }));
+    let mut a = firing("Edge", "abab000000000001", 0, &[]);
+    a["annotations"]["deep"] = deep.clone();
+    a["annotations"]["text"] = json!("tab\t quote\" backslash\\ \u{1} \\u0000");
+    let text = payload(vec![a]).to_string().replace(
+        "\"fingerprint\"",
+        "\"big\":1e300,\"small\":2.5e-300,\"fingerprint\"",
+    );
+    let (status, body) = t.post("/webhook", text).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = t.get("/alerts/abab000000000001").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let raw = &body["events"][0]["raw"];
+    assert_eq!(raw["annotations"]["deep"], deep);
+    assert_eq!(raw["big"].as_f64(), Some(1e300));
+    assert_eq!(raw["small"].as_f64(), Some(2.5e-300));
+    let (status, history) = t.get("/history?alertname=Edge").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(rows(&history)[0]["annotations"]["deep"], deep);
 }

@@ -19,6 +19,22 @@ pub struct TestDb {
     _pg: Option<PgSchema>,
 }
 
+impl TestDb {
+    /// The PostgreSQL schema, when the test runs on PostgreSQL.
+    pub fn pg_schema(&self) -> Option<&PgSchema> {
+        self._pg.as_ref()
+    }
+
+    /// A SQLite database at `url`, kept alive with `dir`.
+    pub fn sqlite_at(url: String, dir: tempfile::TempDir) -> TestDb {
+        TestDb {
+            url,
+            _sqlite: Some(dir),
+            _pg: None,
+        }
+    }
+}
+
 pub async fn sqlite() -> TestDb {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("alert-history.db").display());
