@@ -52,9 +52,9 @@ fn keel_time_window_and_consecutive() -> CircuitBreaker {
     )
 }
 
-fn keel_goman_ec2() -> CircuitBreaker {
+fn keel_aws_ec2() -> CircuitBreaker {
     // Consecutive failures plus a bulkhead of 5 concurrent calls.
-    CircuitBreaker::new("bench", BreakerConfig::goman_ec2())
+    CircuitBreaker::new("bench", BreakerConfig::aws_ec2())
 }
 
 #[inline]
@@ -95,8 +95,8 @@ fn single_thread(c: &mut Criterion) {
     });
     let b = keel_consecutive();
     group.bench_function("keel/consecutive", |bench| bench.iter(|| keel_call(&b)));
-    let b = keel_goman_ec2();
-    group.bench_function("keel/goman_ec2_bulkhead", |bench| {
+    let b = keel_aws_ec2();
+    group.bench_function("keel/aws_ec2", |bench| {
         bench.iter(|| keel_call(&b));
     });
     let b = keel_time_window_and_consecutive();
@@ -176,8 +176,8 @@ fn two_threads(c: &mut Criterion) {
             contended(iters, move || keel_call(&b))
         });
     });
-    let b = keel_goman_ec2();
-    group.bench_function("keel/goman_ec2_bulkhead", |bench| {
+    let b = keel_aws_ec2();
+    group.bench_function("keel/aws_ec2", |bench| {
         bench.iter_custom(|iters| {
             let b = b.clone();
             contended(iters, move || keel_call(&b))

@@ -129,7 +129,7 @@ async fn starts_retry_with_the_watchdog_preset() {
     script.set_fail(true);
     let settings = ApiSettings {
         // Keep the breaker out of it: this is about the retry schedule.
-        breaker: BreakerConfig::consecutive(1_000, Duration::from_secs(30), 1)
+        breaker: BreakerConfig::consecutive(1_000, Duration::from_secs(30))
             .no_bulkhead()
             .build()
             .unwrap(),
@@ -150,7 +150,7 @@ async fn starts_retry_with_the_watchdog_preset() {
     // Reads do not use it: three quick retries (0.2, 0.4, 0.8 s ±20 %).
     script.inner.lock().calls.clear();
     let settings = ApiSettings {
-        breaker: BreakerConfig::consecutive(1_000, Duration::from_secs(30), 1)
+        breaker: BreakerConfig::consecutive(1_000, Duration::from_secs(30))
             .no_bulkhead()
             .build()
             .unwrap(),

@@ -84,7 +84,7 @@ async fn half_the_api_failing_still_alerts_and_starts_every_stopped_vm() {
     let vms = vms_yaml::load(&path).await.unwrap();
     let options = Options {
         api: Some(ApiSettings {
-            breaker: BreakerConfig::consecutive(5, Duration::from_secs(2), 1)
+            breaker: BreakerConfig::consecutive(5, Duration::from_secs(2))
                 .no_bulkhead()
                 .build()
                 .unwrap(),

@@ -1,4 +1,4 @@
-//! Adaptive concurrency: an additive-increase / multiplicative-decrease
+//! Adaptive concurrency for the [`Bulkhead`](crate::Bulkhead): an additive-increase / multiplicative-decrease
 //! limit, as Netflix's `concurrency-limits` `AIMDLimit`.
 //!
 //! After every finished item the limit moves:
@@ -15,7 +15,7 @@
 
 use std::time::Duration;
 
-use crate::error::ConfigError;
+use keel_core::ConfigError;
 
 /// Settings of an adaptive (AIMD) concurrency limit. Validated when the
 /// executor is built.
@@ -97,7 +97,9 @@ impl AimdConfig {
         }
     }
 
-    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks the settings (the bulkhead's builder calls it); the error names
+    /// the `adaptive.*` field at fault.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.min == 0 {
             return Err(ConfigError::new("adaptive.min", "must be at least 1"));
         }
@@ -268,7 +270,7 @@ mod tests {
 
     #[test]
     fn validation_names_the_field() {
-        let field = |c: AimdConfig| c.validate().unwrap_err().field;
+        let field = |c: AimdConfig| c.validate().unwrap_err().field().to_owned();
         assert_eq!(field(AimdConfig::new(0, 4)), "adaptive.min");
         assert_eq!(field(AimdConfig::new(5, 4)), "adaptive.max");
         assert_eq!(field(AimdConfig::new(1, 4).initial(5)), "adaptive.initial");

@@ -12,7 +12,7 @@ use crate::permit::{Kind, OwnedPermit, Permit, Token};
 use crate::sync::{self, Arc, AtomicU32, AtomicU64, Mutex, Ordering};
 use crate::window::{self, CountWindow, Counts, TimeWindow};
 use crate::{
-    BreakerConfig, BreakerError, BulkheadFull, CircuitOpen, Rejected, State, Stats, Totals, Window,
+    BreakerConfig, BreakerError, CircuitOpen, Rejected, State, Stats, Totals, Window,
 };
 
 /// The state word is `epoch << 3 | state code`. Every transition bumps the
@@ -74,9 +74,7 @@ pub(crate) struct Inner {
     half_open: AtomicU64,
     half_open_since: AtomicU64,
     consecutive: AtomicU32,
-    calls_since_close: AtomicU32,
     opens: AtomicU32,
-    in_flight: AtomicU32,
     window: Option<WindowImpl>,
     /// Serialises transitions (rare). The call path never takes it unless
     /// the call itself causes or observes a due transition.
@@ -150,9 +148,7 @@ impl CircuitBreaker {
                 half_open: AtomicU64::new(0),
                 half_open_since: AtomicU64::new(0),
                 consecutive: AtomicU32::new(0),
-                calls_since_close: AtomicU32::new(0),
                 opens: AtomicU32::new(0),
-                in_flight: AtomicU32::new(0),
                 window,
                 transition_lock: Mutex::new(()),
                 transitions: Default::default(),
@@ -290,13 +286,13 @@ impl Inner {
     #[inline]
     pub(crate) fn acquire(&self) -> Result<Token, Rejected> {
         let word = self.state.load(Ordering::Acquire);
-        if state_of(word) == State::Closed && self.config.max_concurrent.is_none() {
+        if state_of(word) == State::Closed {
             let start = if self.clock_on_acquire {
                 self.now_nanos()
             } else {
                 0
             };
-            return Ok(Token::new(word, Kind::Closed, start, false));
+            return Ok(Token::new(word, Kind::Closed, start));
         }
         self.acquire_slow(word)
     }
@@ -339,20 +335,12 @@ impl Inner {
     }
 
     fn admit(&self, word: u64, kind: Kind) -> Option<Poll> {
-        if let Err(rejected) = self.enter_bulkhead() {
-            return Some(Poll::Reject(rejected));
-        }
         let start = if self.clock_on_acquire {
             self.now_nanos()
         } else {
             0
         };
-        Some(Poll::Admit(Token::new(
-            word,
-            kind,
-            start,
-            self.config.max_concurrent.is_some(),
-        )))
+        Some(Poll::Admit(Token::new(word, kind, start)))
     }
 
     /// Half-open: take a probe slot, or time out back to open.
@@ -383,16 +371,7 @@ impl Inner {
                 Err(actual) => current = actual,
             }
         }
-        if let Err(rejected) = self.enter_bulkhead() {
-            self.release_probe(epoch, false);
-            return Some(Poll::Reject(rejected));
-        }
-        Some(Poll::Admit(Token::new(
-            word,
-            Kind::Probe,
-            now,
-            self.config.max_concurrent.is_some(),
-        )))
+        Some(Poll::Admit(Token::new(word, Kind::Probe, now)))
     }
 
     /// Frees a probe slot of half-open period `epoch`, counting a success
@@ -420,30 +399,6 @@ impl Inner {
         }
     }
 
-    fn enter_bulkhead(&self) -> Result<(), Rejected> {
-        let Some(max) = self.config.max_concurrent else {
-            return Ok(());
-        };
-        let mut current = self.in_flight.load(Ordering::Relaxed);
-        loop {
-            if current >= max {
-                return Err(Rejected::BulkheadFull(BulkheadFull {
-                    name: self.name.clone(),
-                    max_concurrent: max,
-                }));
-            }
-            match self.in_flight.compare_exchange_weak(
-                current,
-                current + 1,
-                Ordering::Acquire,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return Ok(()),
-                Err(actual) => current = actual,
-            }
-        }
-    }
-
     fn open_rejection(&self, state: State, retry_after: Option<Duration>) -> Rejected {
         Rejected::CircuitOpen(CircuitOpen {
             name: self.name.clone(),
@@ -460,7 +415,6 @@ impl Inner {
                 State::ForcedOpen => counters::REJECTED_FORCED_OPEN,
                 _ => counters::REJECTED_OPEN,
             },
-            Rejected::BulkheadFull(_) => counters::REJECTED_BULKHEAD,
         };
         self.counters.add(kind);
         tracing::debug!(
@@ -478,9 +432,6 @@ impl Inner {
     /// Records how a permitted call went. Called exactly once per permit.
     #[inline]
     pub(crate) fn complete(&self, token: &Token, outcome: Outcome) {
-        if token.bulkhead() {
-            self.in_flight.fetch_sub(1, Ordering::Release);
-        }
         if outcome.is_neutral() {
             self.counters.add(counters::NEUTRAL);
             if token.kind() == Kind::Probe {
@@ -521,15 +472,12 @@ impl Inner {
             return;
         }
         let mut trip = None;
-        let minimum = self.config.minimum_calls;
         if let Some(threshold) = self.config.consecutive_failures {
-            let mut calls = self.calls_since_close.load(Ordering::Relaxed);
-            if calls < minimum {
-                calls = self.calls_since_close.fetch_add(1, Ordering::Relaxed) + 1;
-            }
+            // N in a row means N in a row: the minimum-calls gate is the
+            // rate rules' (a run of N is already N calls).
             if failed {
                 let run = self.consecutive.fetch_add(1, Ordering::AcqRel) + 1;
-                if run >= threshold && calls >= minimum {
+                if run >= threshold {
                     trip = Some(TransitionReason::ConsecutiveFailures { count: run });
                 }
             } else if self.consecutive.load(Ordering::Relaxed) != 0 {
@@ -690,7 +638,6 @@ impl Inner {
                     None => {}
                 }
                 self.consecutive.store(0, Ordering::Relaxed);
-                self.calls_since_close.store(0, Ordering::Relaxed);
                 self.opens.store(0, Ordering::Relaxed);
             }
             State::ForcedOpen | State::Disabled => {}
@@ -770,7 +717,6 @@ impl Inner {
             retry_after,
             half_open_probes_in_flight: probes,
             half_open_successes: successes,
-            in_flight: self.in_flight.load(Ordering::Relaxed),
             totals: Totals {
                 successes: c.get(counters::SUCCESS),
                 failures: c.get(counters::FAILURE),
@@ -779,7 +725,6 @@ impl Inner {
                 rejected_open: c.get(counters::REJECTED_OPEN),
                 rejected_half_open: c.get(counters::REJECTED_HALF_OPEN),
                 rejected_forced_open: c.get(counters::REJECTED_FORCED_OPEN),
-                rejected_bulkhead: c.get(counters::REJECTED_BULKHEAD),
                 transitions: std::array::from_fn(|i| self.transitions[i].load(Ordering::Relaxed)),
             },
         }

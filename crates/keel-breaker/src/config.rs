@@ -68,11 +68,32 @@ pub struct OpenGrowth {
 /// | failure-rate threshold | 50 % |
 /// | slow-call rule | off |
 /// | consecutive-failures rule | off |
-/// | minimum calls before any rule may trip | 10 |
+/// | minimum calls before a rate rule may trip | 10 |
 /// | open duration | 30 s, not growing |
 /// | half-open | 3 concurrent probes, 3 successes close it, 60 s maximum wait |
-/// | bulkhead | off |
 /// | clock | tokio's ([`Clock::tokio`]) |
+///
+/// Rules are explicit: on a builder from [`BreakerConfig::builder`], the
+/// first rule you set (failure rate, slow calls, consecutive failures)
+/// replaces the default failure-rate rule instead of adding to it, so
+/// `builder().consecutive_failures(3)` trips after exactly three failures
+/// in a row and on nothing else:
+///
+/// ```
+/// use keel_breaker::{BreakerConfig, CircuitBreaker, State};
+///
+/// let config = BreakerConfig::builder().consecutive_failures(3).build()?;
+/// assert_eq!(config.failure_rate_threshold(), None);
+/// let breaker = CircuitBreaker::new("api", config);
+/// for _ in 0..3 {
+///     breaker.try_acquire()?.record_failure();
+/// }
+/// assert_eq!(breaker.state(), State::Open);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// Concurrency limits are not the breaker's job: use a
+/// [`Bulkhead`](crate::Bulkhead) (the registry keeps one per preset).
 ///
 /// Cloning is cheap (listeners are shared `Arc`s).
 #[derive(Clone)]
@@ -87,7 +108,6 @@ pub struct BreakerConfig {
     pub(crate) half_open_max_probes: u32,
     pub(crate) half_open_successes: u32,
     pub(crate) half_open_max_wait: Duration,
-    pub(crate) max_concurrent: Option<u32>,
     pub(crate) clock: Clock,
     pub(crate) listeners: Vec<Arc<dyn BreakerListener>>,
 }
@@ -105,7 +125,6 @@ impl Default for BreakerConfig {
             half_open_max_probes: 3,
             half_open_successes: 3,
             half_open_max_wait: Duration::from_secs(60),
-            max_concurrent: None,
             clock: Clock::tokio(),
             listeners: Vec::new(),
         }
@@ -125,7 +144,6 @@ impl fmt::Debug for BreakerConfig {
             .field("half_open_max_probes", &self.half_open_max_probes)
             .field("half_open_successes", &self.half_open_successes)
             .field("half_open_max_wait", &self.half_open_max_wait)
-            .field("max_concurrent", &self.max_concurrent)
             .field("clock", &self.clock)
             .field("listeners", &self.listeners.len())
             .finish()
@@ -137,6 +155,7 @@ impl BreakerConfig {
     pub fn builder() -> BreakerConfigBuilder {
         BreakerConfigBuilder {
             config: BreakerConfig::default(),
+            default_rules: true,
         }
     }
 
@@ -144,26 +163,23 @@ impl BreakerConfig {
     pub fn to_builder(&self) -> BreakerConfigBuilder {
         BreakerConfigBuilder {
             config: self.clone(),
+            default_rules: false,
         }
     }
 
-    /// A builder for the goman-style configuration: trip after `failures`
-    /// consecutive failures (no rate window), stay open `open_for`, allow at
-    /// most `max_concurrent` calls at once, and probe with one call in
-    /// half-open (one success closes). This is how the goman controller
-    /// protected each AWS service; `build()` validates the numbers.
-    pub fn consecutive(
-        failures: u32,
-        open_for: Duration,
-        max_concurrent: u32,
-    ) -> BreakerConfigBuilder {
+    /// A builder for the consecutive-failures style: trip after `failures`
+    /// failures in a row (no rate rule), stay open `open_for`, and probe
+    /// with one call in half-open (one success closes). The AWS presets
+    /// below are built this way; `build()` validates the numbers.
+    pub fn consecutive(failures: u32, open_for: Duration) -> BreakerConfigBuilder {
         BreakerConfigBuilder {
-            config: Self::consecutive_preset(failures, open_for, max_concurrent),
+            config: Self::consecutive_preset(failures, open_for),
+            default_rules: false,
         }
     }
 
     /// The presets below pass known-valid numbers (checked by a test).
-    fn consecutive_preset(failures: u32, open_for: Duration, max_concurrent: u32) -> BreakerConfig {
+    fn consecutive_preset(failures: u32, open_for: Duration) -> BreakerConfig {
         BreakerConfig {
             window: Window::Count { size: 100 },
             failure_rate: None,
@@ -175,31 +191,30 @@ impl BreakerConfig {
             half_open_max_probes: 1,
             half_open_successes: 1,
             half_open_max_wait: Duration::from_secs(60),
-            max_concurrent: Some(max_concurrent),
             clock: Clock::tokio(),
             listeners: Vec::new(),
         }
     }
 
-    /// Goman's EC2 preset: 3 consecutive failures, 30 s open, 5 concurrent.
-    pub fn goman_ec2() -> BreakerConfig {
-        Self::consecutive_preset(3, Duration::from_secs(30), 5)
+    /// Amazon EC2: 3 consecutive failures, 30 s open (with a 5-call
+    /// bulkhead in [`BreakerRegistry::with_aws_presets`](crate::BreakerRegistry::with_aws_presets)).
+    pub fn aws_ec2() -> BreakerConfig {
+        Self::consecutive_preset(3, Duration::from_secs(30))
     }
 
-    /// Goman's S3 preset: 5 consecutive failures, 10 s open, 10 concurrent.
-    pub fn goman_s3() -> BreakerConfig {
-        Self::consecutive_preset(5, Duration::from_secs(10), 10)
+    /// Amazon S3: 5 consecutive failures, 10 s open (10-call bulkhead).
+    pub fn aws_s3() -> BreakerConfig {
+        Self::consecutive_preset(5, Duration::from_secs(10))
     }
 
-    /// Goman's SSM preset: 3 consecutive failures, 45 s open, 3 concurrent.
-    pub fn goman_ssm() -> BreakerConfig {
-        Self::consecutive_preset(3, Duration::from_secs(45), 3)
+    /// AWS SSM: 3 consecutive failures, 45 s open (3-call bulkhead).
+    pub fn aws_ssm() -> BreakerConfig {
+        Self::consecutive_preset(3, Duration::from_secs(45))
     }
 
-    /// Goman's DynamoDB preset: 5 consecutive failures, 20 s open, 8
-    /// concurrent.
-    pub fn goman_dynamodb() -> BreakerConfig {
-        Self::consecutive_preset(5, Duration::from_secs(20), 8)
+    /// Amazon DynamoDB: 5 consecutive failures, 20 s open (8-call bulkhead).
+    pub fn aws_dynamodb() -> BreakerConfig {
+        Self::consecutive_preset(5, Duration::from_secs(20))
     }
 
     /// The sliding window.
@@ -222,7 +237,9 @@ impl BreakerConfig {
         self.consecutive_failures
     }
 
-    /// How many calls must be recorded before any rule may trip.
+    /// How many calls the window must hold before a rate rule (failure or
+    /// slow-call rate) may trip. The consecutive-failures rule is not gated:
+    /// N failures in a row trip it.
     pub fn minimum_calls(&self) -> u32 {
         self.minimum_calls
     }
@@ -250,11 +267,6 @@ impl BreakerConfig {
     /// How long half-open waits for its probes before opening again.
     pub fn half_open_max_wait(&self) -> Duration {
         self.half_open_max_wait
-    }
-
-    /// The bulkhead's concurrency limit, if any.
-    pub fn max_concurrent(&self) -> Option<u32> {
-        self.max_concurrent
     }
 
     /// The clock the breaker reads.
@@ -386,9 +398,6 @@ impl BreakerConfig {
         if self.half_open_max_wait.is_zero() {
             return Err(ConfigError::new("half_open_max_wait", "must be above zero"));
         }
-        if self.max_concurrent == Some(0) {
-            return Err(ConfigError::new("max_concurrent", "must be at least 1"));
-        }
         Ok(())
     }
 }
@@ -417,6 +426,9 @@ pub(crate) fn open_duration_for(
 #[must_use = "call .build() to get the configuration"]
 pub struct BreakerConfigBuilder {
     config: BreakerConfig,
+    /// Still holding [`BreakerConfig::default`]'s rules: the first rule set
+    /// replaces them.
+    default_rules: bool,
 }
 
 impl BreakerConfigBuilder {
@@ -433,14 +445,28 @@ impl BreakerConfigBuilder {
         self
     }
 
+    /// The first rule set on a builder from [`BreakerConfig::builder`]
+    /// replaces the default rules; later ones add to it.
+    fn explicit_rules(&mut self) {
+        if std::mem::take(&mut self.default_rules) {
+            self.config.failure_rate = None;
+            self.config.slow_call = None;
+            self.config.consecutive_failures = None;
+        }
+    }
+
     /// Trip when the failure rate in the window reaches `rate` (0 < rate <= 1).
+    /// On a fresh builder this replaces the default rules (see
+    /// [`BreakerConfig`]).
     pub fn failure_rate_threshold(mut self, rate: f64) -> Self {
+        self.explicit_rules();
         self.config.failure_rate = Some(rate);
         self
     }
 
     /// Turn the failure-rate rule off.
     pub fn no_failure_rate(mut self) -> Self {
+        self.default_rules = false;
         self.config.failure_rate = None;
         self
     }
@@ -449,19 +475,25 @@ impl BreakerConfigBuilder {
     /// share of the window reaches `rate`. Every call then reads the clock
     /// twice. In half-open, a slow probe counts as a failed probe.
     pub fn slow_call(mut self, threshold: Duration, rate: f64) -> Self {
+        self.explicit_rules();
         self.config.slow_call = Some(SlowCallRule { threshold, rate });
         self
     }
 
     /// Trip after `failures` failures in a row (a success resets the run).
+    ///
+    /// On a fresh builder this is the only rule (the default failure-rate
+    /// rule is dropped); add [`failure_rate_threshold`](Self::failure_rate_threshold)
+    /// to have both. It is not gated by [`minimum_calls`](Self::minimum_calls):
+    /// three failures in a row trip `consecutive_failures(3)`.
     pub fn consecutive_failures(mut self, failures: u32) -> Self {
+        self.explicit_rules();
         self.config.consecutive_failures = Some(failures);
         self
     }
 
-    /// No rule may trip before this many calls were recorded: in the
-    /// window for the rate rules, since the breaker last closed for the
-    /// consecutive-failures rule.
+    /// The rate rules may not trip before the window holds this many calls
+    /// (default 10). The consecutive-failures rule is not gated.
     pub fn minimum_calls(mut self, calls: u32) -> Self {
         self.config.minimum_calls = calls;
         self
@@ -498,19 +530,6 @@ impl BreakerConfigBuilder {
     /// again, so a probe that hangs forever cannot wedge the breaker.
     pub fn half_open_max_wait(mut self, wait: Duration) -> Self {
         self.config.half_open_max_wait = wait;
-        self
-    }
-
-    /// Allow at most `calls` calls in flight through this breaker at once
-    /// (a bulkhead). Costs two atomic operations per call.
-    pub fn max_concurrent(mut self, calls: u32) -> Self {
-        self.config.max_concurrent = Some(calls);
-        self
-    }
-
-    /// Remove the bulkhead.
-    pub fn no_bulkhead(mut self) -> Self {
-        self.config.max_concurrent = None;
         self
     }
 

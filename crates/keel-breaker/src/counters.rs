@@ -27,8 +27,7 @@ pub(crate) const SLOW: usize = 3;
 pub(crate) const REJECTED_OPEN: usize = 4;
 pub(crate) const REJECTED_HALF_OPEN: usize = 5;
 pub(crate) const REJECTED_FORCED_OPEN: usize = 6;
-pub(crate) const REJECTED_BULKHEAD: usize = 7;
-const KINDS: usize = 8;
+const KINDS: usize = 7;
 
 /// Stripes that a thread can own.
 const STRIPES: usize = 8;

@@ -55,26 +55,6 @@ impl ErrorOutcome for CircuitOpen {
     }
 }
 
-/// The call was rejected because the breaker's bulkhead already has
-/// `max_concurrent` calls in flight.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("circuit breaker `{name}` has {max_concurrent} calls in flight (bulkhead full)")]
-#[non_exhaustive]
-pub struct BulkheadFull {
-    /// The breaker's name.
-    pub name: Arc<str>,
-    /// The configured concurrency limit.
-    pub max_concurrent: u32,
-}
-
-impl ErrorOutcome for BulkheadFull {
-    /// `Overloaded` without a retry-after: a slot frees as soon as any
-    /// in-flight call ends, which the breaker cannot predict.
-    fn outcome(&self) -> Outcome {
-        Outcome::OVERLOADED
-    }
-}
-
 /// Why a breaker refused a call. Small (two words and a duration), cheap to
 /// build (one reference-count increment for the name) and never allocates.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -83,9 +63,6 @@ pub enum Rejected {
     /// The circuit is open, forced open, or half-open and full.
     #[error(transparent)]
     CircuitOpen(CircuitOpen),
-    /// The bulkhead is full.
-    #[error(transparent)]
-    BulkheadFull(BulkheadFull),
 }
 
 impl Rejected {
@@ -93,7 +70,6 @@ impl Rejected {
     pub fn name(&self) -> &str {
         match self {
             Rejected::CircuitOpen(e) => &e.name,
-            Rejected::BulkheadFull(e) => &e.name,
         }
     }
 
@@ -101,16 +77,14 @@ impl Rejected {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Rejected::CircuitOpen(e) => e.retry_after,
-            Rejected::BulkheadFull(_) => None,
         }
     }
 
     /// A short, stable label for metrics and logs: `open`, `forced_open`,
-    /// `half_open` (probe slots full) or `bulkhead`.
+    /// or `half_open` (probe slots full).
     pub fn reason(&self) -> &'static str {
         match self {
             Rejected::CircuitOpen(e) => e.state.as_str(),
-            Rejected::BulkheadFull(_) => "bulkhead",
         }
     }
 }
@@ -119,7 +93,6 @@ impl ErrorOutcome for Rejected {
     fn outcome(&self) -> Outcome {
         match self {
             Rejected::CircuitOpen(e) => e.outcome(),
-            Rejected::BulkheadFull(e) => e.outcome(),
         }
     }
 }
@@ -130,11 +103,6 @@ impl From<CircuitOpen> for Rejected {
     }
 }
 
-impl From<BulkheadFull> for Rejected {
-    fn from(e: BulkheadFull) -> Self {
-        Rejected::BulkheadFull(e)
-    }
-}
 
 /// The error of a call made through a breaker: either the breaker refused
 /// it, or the call ran and returned its own error.
@@ -200,23 +168,4 @@ impl<E: ErrorOutcome> ErrorOutcome for BreakerError<E> {
     }
 }
 
-/// An invalid [`BreakerConfig`](crate::BreakerConfig): names the field and
-/// says what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid circuit breaker configuration: `{field}` {reason}")]
-#[non_exhaustive]
-pub struct ConfigError {
-    /// The builder method / field at fault, e.g. `failure_rate_threshold`.
-    pub field: &'static str,
-    /// What is wrong with it.
-    pub reason: String,
-}
-
-impl ConfigError {
-    pub(crate) fn new(field: &'static str, reason: impl Into<String>) -> Self {
-        ConfigError {
-            field,
-            reason: reason.into(),
-        }
-    }
-}
+pub use keel_core::ConfigError;

@@ -110,7 +110,9 @@
 //!
 //! Normal builds do not depend on loom.
 
+mod aimd;
 mod breaker;
+mod bulkhead;
 mod config;
 mod counters;
 mod error;
@@ -129,12 +131,14 @@ mod window;
 #[cfg(all(test, loom))]
 mod loom_tests;
 
+pub use aimd::{AimdConfig, AimdLimit, Sample};
 pub use breaker::CircuitBreaker;
+pub use bulkhead::{Bulkhead, BulkheadBuilder, BulkheadFull, BulkheadPermit, BulkheadStats};
 pub use config::{
     BreakerConfig, BreakerConfigBuilder, MAX_COUNT_WINDOW, MAX_TIME_BUCKETS, MIN_TIME_BUCKET,
     OpenGrowth, SlowCallRule, Window,
 };
-pub use error::{BreakerError, BulkheadFull, CircuitOpen, ConfigError, Rejected};
+pub use error::{BreakerError, CircuitOpen, ConfigError, Rejected};
 pub use event::{BreakerEvent, BreakerListener, TransitionReason};
 #[cfg(feature = "tower")]
 pub use layer::{BreakerLayer, BreakerService};

@@ -12,15 +12,18 @@
 //! | [`STATE`] | gauge, 1 for the current state, 0 for the others | `breaker`, `state` |
 //! | [`CALLS`] | counter | `breaker`, `outcome` = `success` / `failure` / `neutral` |
 //! | [`SLOW_CALLS`] | counter | `breaker` |
-//! | [`REJECTIONS`] | counter | `breaker`, `reason` = `open` / `half_open` / `forced_open` / `bulkhead` |
+//! | [`REJECTIONS`] | counter | `breaker`, `reason` = `open` / `half_open` / `forced_open` |
 //! | [`TRANSITIONS`] | counter | `breaker`, `to` = the state entered |
-//! | [`IN_FLIGHT`] | gauge | `breaker` (bulkhead occupancy) |
+//! | [`BULKHEAD_IN_FLIGHT`] | gauge | `bulkhead` (registry bulkheads only) |
+//! | [`BULKHEAD_QUEUED`] | gauge | `bulkhead` |
+//! | [`BULKHEAD_LIMIT`] | gauge | `bulkhead` |
+//! | [`BULKHEAD_REJECTIONS`] | counter | `bulkhead`, `reason` = `full` / `shed` |
 //!
 //! ```
 //! use keel_breaker::{BreakerRegistry, presets};
 //! use prometheus_client::{encoding::text::encode, registry::Registry};
 //!
-//! let breakers = BreakerRegistry::with_goman_presets();
+//! let breakers = BreakerRegistry::with_aws_presets();
 //! let mut registry = Registry::default();
 //! breakers.register_metrics(&mut registry);
 //! breakers.get(presets::EC2).try_acquire().unwrap().record_success();
@@ -38,7 +41,7 @@ use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::{BreakerRegistry, CircuitBreaker, State, Stats};
+use crate::{BreakerRegistry, BulkheadStats, CircuitBreaker, State, Stats};
 
 /// Gauge: 1 for the breaker's current state, 0 for every other state.
 pub const STATE: &str = "breaker_state";
@@ -50,8 +53,14 @@ pub const SLOW_CALLS: &str = "breaker_slow_calls";
 pub const REJECTIONS: &str = "breaker_rejections";
 /// Counter: state transitions by the state entered.
 pub const TRANSITIONS: &str = "breaker_transitions";
-/// Gauge: calls in flight through the bulkhead.
-pub const IN_FLIGHT: &str = "breaker_in_flight_calls";
+/// Gauge: calls holding a slot of a registry's bulkhead.
+pub const BULKHEAD_IN_FLIGHT: &str = "bulkhead_in_flight_calls";
+/// Gauge: calls waiting for a slot of a registry's bulkhead.
+pub const BULKHEAD_QUEUED: &str = "bulkhead_queued_calls";
+/// Gauge: the current limit of a registry's bulkhead.
+pub const BULKHEAD_LIMIT: &str = "bulkhead_limit_calls";
+/// Counter: calls a registry's bulkhead refused (`full`) or shed (`shed`).
+pub const BULKHEAD_REJECTIONS: &str = "bulkhead_rejections";
 
 /// Registers a collector for a fixed set of breakers.
 pub fn register(registry: &mut Registry, breakers: impl IntoIterator<Item = CircuitBreaker>) {
@@ -168,7 +177,6 @@ impl Collector for BreakerCollector {
                 "forced_open",
                 t.rejected_forced_open,
             ));
-            rejections.push((name.as_str(), "reason", "bulkhead", t.rejected_bulkhead));
             for state in State::ALL {
                 transitions.push((name.as_str(), "to", state.as_str(), t.transitions_to(state)));
             }
@@ -198,16 +206,42 @@ impl Collector for BreakerCollector {
             &transitions,
         )?;
 
-        let mut metric = encoder.encode_descriptor(
-            IN_FLIGHT,
-            "Calls in flight through the circuit breaker's bulkhead.",
+        let Source::Registry(registry) = &self.source else {
+            return Ok(());
+        };
+        let bulkheads = registry.bulkheads();
+        for (metric, help, read) in [
+            (
+                BULKHEAD_IN_FLIGHT,
+                "Calls holding a bulkhead slot.",
+                (|s: &BulkheadStats| s.in_flight) as fn(&BulkheadStats) -> usize,
+            ),
+            (BULKHEAD_QUEUED, "Calls waiting for a bulkhead slot.", |s| {
+                s.queued
+            }),
+            (BULKHEAD_LIMIT, "The bulkhead's current limit.", |s| s.limit),
+        ] {
+            let mut family = encoder.encode_descriptor(metric, help, None, MetricType::Gauge)?;
+            for (name, b) in &bulkheads {
+                let value = i64::try_from(read(&b.stats())).unwrap_or(i64::MAX);
+                family
+                    .encode_family(&[("bulkhead", name.as_str())])?
+                    .encode_gauge(&value)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            BULKHEAD_REJECTIONS,
+            "Calls a bulkhead refused (full) or shed for a higher priority (shed).",
             None,
-            MetricType::Gauge,
+            MetricType::Counter,
         )?;
-        for (name, s) in &stats {
-            metric
-                .encode_family(&[("breaker", name.as_str())])?
-                .encode_gauge(&i64::from(s.in_flight))?;
+        for (name, b) in &bulkheads {
+            let s = b.stats();
+            for (reason, count) in [("full", s.rejected), ("shed", s.shed)] {
+                family
+                    .encode_family(&[("bulkhead", name.as_str()), ("reason", reason)])?
+                    .encode_counter::<NoLabelSet, _, u64>(&count, None)?;
+            }
         }
         Ok(())
     }

@@ -25,19 +25,17 @@ pub(crate) struct Token {
     /// Nanoseconds since the breaker's origin, when the breaker times calls;
     /// 0 otherwise.
     pub(crate) start: u64,
-    /// [`Kind`] in the low two bits, then [`BULKHEAD`] and [`DONE`].
+    /// [`Kind`] in the low two bits, then [`DONE`].
     flags: u64,
 }
 
 const KIND_MASK: u64 = 0b11;
-/// Holds a bulkhead slot.
-const BULKHEAD: u64 = 0b100;
 /// The outcome was recorded.
-const DONE: u64 = 0b1000;
+const DONE: u64 = 0b100;
 
 impl Token {
     #[inline]
-    pub(crate) fn new(word: u64, kind: Kind, start: u64, bulkhead: bool) -> Self {
+    pub(crate) fn new(word: u64, kind: Kind, start: u64) -> Self {
         let kind = match kind {
             Kind::Closed => 0,
             Kind::Probe => 1,
@@ -46,7 +44,7 @@ impl Token {
         Token {
             word,
             start,
-            flags: kind | if bulkhead { BULKHEAD } else { 0 },
+            flags: kind,
         }
     }
 
@@ -57,11 +55,6 @@ impl Token {
             1 => Kind::Probe,
             _ => Kind::Passthrough,
         }
-    }
-
-    #[inline]
-    pub(crate) fn bulkhead(&self) -> bool {
-        self.flags & BULKHEAD != 0
     }
 
     #[inline]

@@ -3,9 +3,9 @@ use std::fmt;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::event::BreakerListener;
-use crate::{BreakerConfig, CircuitBreaker, Stats};
+use crate::{BreakerConfig, Bulkhead, CircuitBreaker, Stats};
 
-/// Preset names used by [`BreakerRegistry::with_goman_presets`].
+/// Preset names used by [`BreakerRegistry::with_aws_presets`].
 pub mod presets {
     /// Amazon EC2: 3 consecutive failures, 30 s open, 5 concurrent calls.
     pub const EC2: &str = "ec2";
@@ -17,7 +17,8 @@ pub mod presets {
     pub const DYNAMODB: &str = "dynamodb";
 }
 
-/// Named circuit breakers, one per dependency, created on first use.
+/// Named circuit breakers and bulkheads, one per dependency, created on
+/// first use.
 ///
 /// Each name gets the configuration set for it with
 /// [`configure`](Self::configure) (or a preset), else the registry's
@@ -28,14 +29,17 @@ pub mod presets {
 /// ```
 /// use keel_breaker::{BreakerRegistry, State, presets};
 ///
-/// let breakers = BreakerRegistry::with_goman_presets();
-/// let ec2 = breakers.get(presets::EC2); // 3 failures, 30 s open, 5 at once
+/// let breakers = BreakerRegistry::with_aws_presets();
+/// let ec2 = breakers.get(presets::EC2); // 3 failures in a row, 30 s open
 /// for _ in 0..3 {
 ///     ec2.try_acquire().unwrap().record_failure();
 /// }
 /// // Every handle to "ec2" shares the state; a health endpoint reads them all.
 /// assert_eq!(breakers.get("ec2").state(), State::Open);
 /// assert_eq!(breakers.snapshot()["ec2"].state, State::Open);
+/// // ...and the preset's bulkhead: 5 EC2 calls at once.
+/// assert_eq!(breakers.bulkhead(presets::EC2).unwrap().limit(), 5);
+/// assert!(breakers.bulkhead(presets::EC2).unwrap().same_as(&breakers.bulkhead("ec2").unwrap()));
 /// ```
 #[derive(Clone)]
 pub struct BreakerRegistry {
@@ -46,6 +50,7 @@ pub(crate) struct Shared {
     default: BreakerConfig,
     configs: RwLock<HashMap<String, BreakerConfig>>,
     pub(crate) breakers: RwLock<BTreeMap<String, CircuitBreaker>>,
+    bulkheads: RwLock<HashMap<String, Bulkhead>>,
     listeners: RwLock<Vec<Arc<dyn BreakerListener>>>,
 }
 
@@ -71,31 +76,73 @@ impl BreakerRegistry {
                 default: default_config,
                 configs: RwLock::new(HashMap::new()),
                 breakers: RwLock::new(BTreeMap::new()),
+                bulkheads: RwLock::new(HashMap::new()),
                 listeners: RwLock::new(Vec::new()),
             }),
         }
     }
 
-    /// A registry with [`BreakerConfig::default`] and the goman presets
+    /// A registry with [`BreakerConfig::default`] and the AWS presets
     /// under [`presets::EC2`], [`presets::S3`], [`presets::SSM`] and
-    /// [`presets::DYNAMODB`].
-    pub fn with_goman_presets() -> Self {
+    /// [`presets::DYNAMODB`]: a consecutive-failures breaker and a bulkhead
+    /// each (EC2 3 failures/30 s/5 calls, S3 5/10 s/10, SSM 3/45 s/3,
+    /// DynamoDB 5/20 s/8).
+    pub fn with_aws_presets() -> Self {
         let registry = Self::default();
-        {
-            let mut configs = registry
+        for (name, config, calls) in [
+            (presets::EC2, BreakerConfig::aws_ec2(), 5),
+            (presets::S3, BreakerConfig::aws_s3(), 10),
+            (presets::SSM, BreakerConfig::aws_ssm(), 3),
+            (presets::DYNAMODB, BreakerConfig::aws_dynamodb(), 8),
+        ] {
+            registry
                 .shared
                 .configs
                 .write()
-                .unwrap_or_else(PoisonError::into_inner);
-            configs.insert(presets::EC2.to_owned(), BreakerConfig::goman_ec2());
-            configs.insert(presets::S3.to_owned(), BreakerConfig::goman_s3());
-            configs.insert(presets::SSM.to_owned(), BreakerConfig::goman_ssm());
-            configs.insert(
-                presets::DYNAMODB.to_owned(),
-                BreakerConfig::goman_dynamodb(),
-            );
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(name.to_owned(), config);
+            let bulkhead = Bulkhead::builder(name)
+                .max_concurrent(calls)
+                .build()
+                .expect("preset limits are above zero");
+            registry.set_bulkhead(name, bulkhead);
         }
         registry
+    }
+
+    /// Shares `bulkhead` under `name`, so every component calling that
+    /// dependency is bounded by the same slots (replacing one set before).
+    pub fn set_bulkhead(&self, name: impl Into<String>, bulkhead: Bulkhead) {
+        self.shared
+            .bulkheads
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name.into(), bulkhead);
+    }
+
+    /// Every shared bulkhead, sorted by name.
+    pub fn bulkheads(&self) -> Vec<(String, Bulkhead)> {
+        let mut all: Vec<(String, Bulkhead)> = self
+            .shared
+            .bulkheads
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(name, b)| (name.clone(), b.clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// The bulkhead shared under `name`, if one was set (the AWS presets
+    /// set one per service).
+    pub fn bulkhead(&self, name: &str) -> Option<Bulkhead> {
+        self.shared
+            .bulkheads
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .cloned()
     }
 
     /// Adds a listener to every breaker this registry creates from now on

@@ -30,8 +30,6 @@ pub struct Stats {
     pub half_open_probes_in_flight: u32,
     /// While half-open: probes that succeeded so far.
     pub half_open_successes: u32,
-    /// Calls in flight through the bulkhead (0 without a bulkhead).
-    pub in_flight: u32,
     /// Counters since the breaker was created.
     pub totals: Totals,
 }
@@ -70,8 +68,6 @@ pub struct Totals {
     pub rejected_half_open: u64,
     /// Calls rejected because the breaker was forced open.
     pub rejected_forced_open: u64,
-    /// Calls rejected by the bulkhead.
-    pub rejected_bulkhead: u64,
     /// Transitions into each state, indexed like [`State::ALL`].
     pub transitions: [u64; 5],
 }
@@ -79,10 +75,7 @@ pub struct Totals {
 impl Totals {
     /// Every rejection, whatever the reason.
     pub fn rejected(&self) -> u64 {
-        self.rejected_open
-            + self.rejected_half_open
-            + self.rejected_forced_open
-            + self.rejected_bulkhead
+        self.rejected_open + self.rejected_half_open + self.rejected_forced_open
     }
 
     /// Transitions into `state`.

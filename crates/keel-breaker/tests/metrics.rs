@@ -13,7 +13,7 @@ fn scrape(registry: &Registry) -> String {
 
 #[test]
 fn the_registry_collector_reports_states_calls_rejections_and_transitions() {
-    let breakers = BreakerRegistry::with_goman_presets();
+    let breakers = BreakerRegistry::with_aws_presets();
     let mut registry = Registry::default();
     breakers.register_metrics(&mut registry);
 
@@ -25,8 +25,8 @@ fn the_registry_collector_reports_states_calls_rejections_and_transitions() {
     }
     assert!(ssm.try_acquire().is_err());
     let held: Vec<_> = {
-        let s3 = breakers.get("s3");
-        (0..4).map(|_| s3.try_acquire_owned().unwrap()).collect()
+        let s3 = breakers.bulkhead("s3").unwrap();
+        (0..4).map(|_| s3.try_acquire().unwrap()).collect()
     };
 
     let text = scrape(&registry);
@@ -34,16 +34,16 @@ fn the_registry_collector_reports_states_calls_rejections_and_transitions() {
         "# TYPE breaker_state gauge",
         r#"breaker_state{breaker="ssm",state="open"} 1"#,
         r#"breaker_state{breaker="ssm",state="closed"} 0"#,
-        r#"breaker_state{breaker="s3",state="closed"} 1"#,
         "# TYPE breaker_calls counter",
         r#"breaker_calls_total{breaker="ssm",outcome="success"} 1"#,
         r#"breaker_calls_total{breaker="ssm",outcome="failure"} 3"#,
         r#"breaker_calls_total{breaker="ssm",outcome="neutral"} 1"#,
         r#"breaker_rejections_total{breaker="ssm",reason="open"} 1"#,
-        r#"breaker_rejections_total{breaker="ssm",reason="bulkhead"} 0"#,
         r#"breaker_transitions_total{breaker="ssm",to="open"} 1"#,
         r#"breaker_slow_calls_total{breaker="ssm"} 0"#,
-        r#"breaker_in_flight_calls{breaker="s3"} 4"#,
+        r#"bulkhead_in_flight_calls{bulkhead="s3"} 4"#,
+        r#"bulkhead_limit_calls{bulkhead="s3"} 10"#,
+        r#"bulkhead_rejections_total{bulkhead="ec2",reason="full"} 0"#,
     ] {
         assert!(text.contains(line), "missing `{line}` in:\n{text}");
     }

@@ -1,13 +1,13 @@
-//! The named-breaker registry and its goman presets.
+//! The named-breaker registry and its AWS presets.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use keel_breaker::{BreakerConfig, BreakerEvent, BreakerRegistry, Rejected, State, presets};
+use keel_breaker::{BreakerConfig, BreakerEvent, BreakerRegistry, State, presets};
 
 #[test]
-fn goman_presets_have_the_documented_limits() {
-    let registry = BreakerRegistry::with_goman_presets();
+fn aws_presets_have_the_documented_limits() {
+    let registry = BreakerRegistry::with_aws_presets();
     let expected = [
         (presets::EC2, 3, 30, 5),
         (presets::S3, 5, 10, 10),
@@ -23,7 +23,6 @@ fn goman_presets_have_the_documented_limits() {
             Duration::from_secs(open_secs),
             "{name}"
         );
-        assert_eq!(config.max_concurrent(), Some(concurrent), "{name}");
         assert_eq!(
             config.failure_rate_threshold(),
             None,
@@ -40,15 +39,14 @@ fn goman_presets_have_the_documented_limits() {
         breaker.try_acquire().unwrap().record_failure();
         assert_eq!(breaker.state(), State::Open, "{name}");
         breaker.reset();
-        // ...and admits exactly `concurrent` calls at once.
+        // ...and its bulkhead admits exactly `concurrent` calls at once.
+        let bulkhead = registry.bulkhead(name).expect("presets share a bulkhead");
         let permits: Vec<_> = (0..concurrent)
-            .map(|_| breaker.try_acquire().unwrap())
+            .map(|_| bulkhead.try_acquire().unwrap())
             .collect();
-        assert!(
-            matches!(breaker.try_acquire(), Err(Rejected::BulkheadFull(_))),
-            "{name}"
-        );
+        assert!(bulkhead.try_acquire().is_err(), "{name}");
         drop(permits);
+        assert_eq!(bulkhead.in_flight(), 0);
     }
 }
 
@@ -83,8 +81,8 @@ fn get_creates_on_first_use_and_shares_afterwards() {
 
 #[test]
 fn configure_sets_a_per_name_configuration() {
-    let registry = BreakerRegistry::with_goman_presets();
-    let custom = BreakerConfig::goman_ec2()
+    let registry = BreakerRegistry::with_aws_presets();
+    let custom = BreakerConfig::aws_ec2()
         .to_builder()
         .open_duration(Duration::from_secs(5))
         .build()
@@ -104,7 +102,7 @@ fn configure_sets_a_per_name_configuration() {
 
 #[test]
 fn registry_listeners_hear_every_breaker() {
-    let registry = BreakerRegistry::with_goman_presets();
+    let registry = BreakerRegistry::with_aws_presets();
     let heard = Arc::new(Mutex::new(Vec::new()));
     let sink = heard.clone();
     registry.add_listener(move |e: &BreakerEvent<'_>| {

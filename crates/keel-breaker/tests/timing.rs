@@ -190,7 +190,7 @@ async fn slow_call_threshold_uses_the_call_duration() {
 
 #[tokio::test(start_paused = true)]
 async fn a_cancelled_call_is_neutral_and_never_a_failure() {
-    let b = CircuitBreaker::new("dep", consecutive(1).max_concurrent(1).build().unwrap());
+    let b = CircuitBreaker::new("dep", consecutive(1).build().unwrap());
     for _ in 0..3 {
         let dropped = timeout(
             Duration::from_secs(1),
@@ -205,10 +205,6 @@ async fn a_cancelled_call_is_neutral_and_never_a_failure() {
     let s = b.stats();
     assert_eq!(b.state(), State::Closed, "one failure would have opened it");
     assert_eq!((s.totals.neutral, s.totals.failures), (3, 0));
-    assert_eq!(
-        s.in_flight, 0,
-        "each cancelled call freed its bulkhead slot"
-    );
     succeed(&b).await;
 }
 

@@ -34,12 +34,16 @@
 
 mod classify_impl;
 mod clock;
+mod config_error;
 mod outcome;
+mod priority;
 mod rng;
 
 pub use classify_impl::{Classify, ErrorOutcome, classify};
 pub use clock::{Clock, ManualClock};
+pub use config_error::ConfigError;
 pub use outcome::Outcome;
+pub use priority::{Priority, UnknownPriority};
 pub use rng::Rng;
 
 /// The boxed error type used where Keel crates erase an error's type.

@@ -7,7 +7,7 @@ use keel_breaker::CircuitBreaker;
 use keel_retry::RetryPolicy;
 use tokio_util::sync::CancellationToken;
 
-use crate::aimd::AimdConfig;
+use keel_breaker::AimdConfig;
 use crate::batch::BatchExecutor;
 use crate::error::ConfigError;
 #[cfg(feature = "metrics")]

@@ -251,22 +251,7 @@ impl<E> Clone for BatchFailed<E> {
     }
 }
 
-/// A builder was given an invalid value. `field` names the setting.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid configuration: `{field}` {reason}")]
-#[non_exhaustive]
-pub struct ConfigError {
-    /// The setting that is invalid (`concurrency`, `adaptive.max`, ...).
-    pub field: &'static str,
-    /// What is wrong with it.
-    pub reason: &'static str,
-}
-
-impl ConfigError {
-    pub(crate) const fn new(field: &'static str, reason: &'static str) -> Self {
-        ConfigError { field, reason }
-    }
-}
+pub use keel_core::ConfigError;
 
 #[cfg(test)]
 mod tests {

@@ -95,7 +95,7 @@
 //! * `metrics`: [`ExecMetrics`], Prometheus series for items by outcome,
 //!   item durations, items in flight and the current concurrency limit.
 
-mod aimd;
+
 mod batch;
 mod config;
 mod error;
@@ -107,7 +107,7 @@ pub mod op;
 mod parallel;
 mod report;
 
-pub use aimd::{AimdConfig, AimdLimit, Sample};
+pub use keel_breaker::{AimdConfig, AimdLimit, Sample};
 pub use batch::{Batch, BatchExecutor};
 pub use config::{
     BatchBuilder, Concurrency, DEFAULT_BATCH_CONCURRENCY, DEFAULT_BATCH_SIZE,

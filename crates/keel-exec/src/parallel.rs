@@ -11,7 +11,7 @@ use futures::stream::{FusedStream, FuturesUnordered, Stream, StreamExt};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use crate::aimd::{AimdLimit, Sample};
+use keel_breaker::{AimdLimit, Sample};
 use crate::config::{Concurrency, ParallelBuilder, ParallelSettings};
 use crate::error::{Cancelled, DeadlineExceeded, ExecError, StopReason};
 use crate::item::ItemFuture;

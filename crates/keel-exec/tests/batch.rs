@@ -340,7 +340,7 @@ async fn an_open_breaker_rejects_the_remaining_batches_without_calling() {
     let calls = AtomicUsize::new(0);
     let breaker = CircuitBreaker::new(
         "ec2",
-        BreakerConfig::consecutive(2, MIN, 100).build().unwrap(),
+        BreakerConfig::consecutive(2, MIN).build().unwrap(),
     );
     let exec = BatchExecutor::builder()
         .batch_size(2)
@@ -382,7 +382,7 @@ async fn retries_wait_out_an_open_breaker() {
     let calls = AtomicUsize::new(0);
     let breaker = CircuitBreaker::new(
         "ec2",
-        BreakerConfig::consecutive(1, Duration::from_secs(30), 100)
+        BreakerConfig::consecutive(1, Duration::from_secs(30))
             .build()
             .unwrap(),
     );
@@ -426,7 +426,7 @@ async fn attempt_timeouts_count_as_breaker_failures_and_are_retried() {
     let calls = AtomicUsize::new(0);
     let breaker = CircuitBreaker::new(
         "ssm",
-        BreakerConfig::consecutive(5, MIN, 100).build().unwrap(),
+        BreakerConfig::consecutive(5, MIN).build().unwrap(),
     );
     let exec = BatchExecutor::builder()
         .breaker(breaker.clone())
@@ -511,7 +511,7 @@ async fn a_batch_run_with_retry_and_breaker_is_send() {
         .retry(quick_retry(1))
         .breaker(CircuitBreaker::new(
             "ec2",
-            BreakerConfig::consecutive(3, MIN, 100).build().unwrap(),
+            BreakerConfig::consecutive(3, MIN).build().unwrap(),
         ))
         .concurrency(4)
         .build()

@@ -99,7 +99,7 @@ async fn retry_with_breaker_stops_calling_a_dead_dependency() {
     // so a retry that waited out the cap is rejected again.
     let breaker = CircuitBreaker::new(
         "ssm",
-        BreakerConfig::consecutive(3, 600 * SEC, 100)
+        BreakerConfig::consecutive(3, 600 * SEC)
             .build()
             .unwrap(),
     );
@@ -155,7 +155,7 @@ async fn breaker_adapter_rejects_without_calling() {
     let calls = AtomicUsize::new(0);
     let breaker = CircuitBreaker::new(
         "ec2",
-        BreakerConfig::consecutive(2, 30 * SEC, 100)
+        BreakerConfig::consecutive(2, 30 * SEC)
             .build()
             .unwrap(),
     );
@@ -181,7 +181,7 @@ async fn breaker_adapter_rejects_without_calling() {
 async fn breaker_adapter_counts_timeouts_and_panics_as_failures() {
     let breaker = CircuitBreaker::new(
         "api",
-        BreakerConfig::consecutive(10, 30 * SEC, 100)
+        BreakerConfig::consecutive(10, 30 * SEC)
             .build()
             .unwrap(),
     );
@@ -220,7 +220,7 @@ async fn items_dropped_by_the_executor_are_neutral_for_the_breaker() {
     // which must not count against the dependency.
     let breaker = CircuitBreaker::new(
         "api",
-        BreakerConfig::consecutive(1, 30 * SEC, 100)
+        BreakerConfig::consecutive(1, 30 * SEC)
             .build()
             .unwrap(),
     );
@@ -244,7 +244,7 @@ async fn a_retrying_run_is_send() {
     let exec = ParallelExecutor::with_concurrency(8).unwrap();
     let breaker = CircuitBreaker::new(
         "api",
-        BreakerConfig::consecutive(5, 30 * SEC, 100)
+        BreakerConfig::consecutive(5, 30 * SEC)
             .build()
             .unwrap(),
     );

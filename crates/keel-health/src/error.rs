@@ -1,4 +1,3 @@
-use std::borrow::Cow;
 
 use crate::target::TargetId;
 
@@ -30,32 +29,7 @@ pub enum Error {
     NoRuntime,
 }
 
-/// An invalid configuration value. [`ConfigError::field`] names it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid `{field}`: {problem}")]
-pub struct ConfigError {
-    field: &'static str,
-    problem: Cow<'static, str>,
-}
-
-impl ConfigError {
-    pub(crate) fn new(field: &'static str, problem: impl Into<Cow<'static, str>>) -> Self {
-        ConfigError {
-            field,
-            problem: problem.into(),
-        }
-    }
-
-    /// The name of the offending field (`interval`, `timeout`, `url`, ...).
-    pub fn field(&self) -> &'static str {
-        self.field
-    }
-
-    /// What is wrong with it.
-    pub fn problem(&self) -> &str {
-        &self.problem
-    }
-}
+pub use keel_core::ConfigError;
 
 /// A target with this id is already being checked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

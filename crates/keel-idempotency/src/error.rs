@@ -105,24 +105,7 @@ impl StoreError {
     }
 }
 
-/// An invalid configuration value; `field` names it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid idempotency configuration: {field}: {reason}")]
-pub struct ConfigError {
-    /// The offending field, as named by its builder method.
-    pub field: &'static str,
-    /// Why it is invalid.
-    pub reason: String,
-}
-
-impl ConfigError {
-    pub(crate) fn new(field: &'static str, reason: impl Into<String>) -> Self {
-        ConfigError {
-            field,
-            reason: reason.into(),
-        }
-    }
-}
+pub use keel_core::ConfigError;
 
 /// A string that is not the 64-character hex form of a SHA-256 digest.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -262,12 +262,12 @@ async fn invalid_configuration_names_the_field() {
         .prefix("")
         .build()
         .unwrap_err();
-    assert_eq!(err.field, "prefix");
+    assert_eq!(err.field(), "prefix");
     let err = RedisStore::builder(conn)
         .poll_interval(Duration::ZERO)
         .build()
         .unwrap_err();
-    assert_eq!(err.field, "poll_interval");
+    assert_eq!(err.field(), "poll_interval");
 }
 
 #[tokio::test]

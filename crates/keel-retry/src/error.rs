@@ -297,31 +297,7 @@ impl AttemptTimedOut {
     }
 }
 
-/// An invalid policy or budget setting; [`field`](ConfigError::field) names
-/// the builder method or argument at fault.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid retry configuration: `{field}` {reason}")]
-pub struct ConfigError {
-    field: &'static str,
-    reason: &'static str,
-}
-
-impl ConfigError {
-    pub(crate) const fn new(field: &'static str, reason: &'static str) -> Self {
-        ConfigError { field, reason }
-    }
-
-    /// The field at fault, spelled as its builder method (`max_delay`,
-    /// `jitter`, `backoff.factor`, `retry_ratio`...).
-    pub fn field(&self) -> &'static str {
-        self.field
-    }
-
-    /// What is wrong with it.
-    pub fn reason(&self) -> &'static str {
-        self.reason
-    }
-}
+pub use keel_core::ConfigError;
 
 #[cfg(test)]
 mod tests {

@@ -153,24 +153,7 @@ impl InvalidChange {
     }
 }
 
-/// A builder was given an invalid value.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid configuration: {field} {reason}")]
-pub struct ConfigError {
-    /// The field (builder method) at fault.
-    pub field: &'static str,
-    /// What is wrong with it.
-    pub reason: String,
-}
-
-impl ConfigError {
-    pub(crate) fn new(field: &'static str, reason: impl Into<String>) -> Self {
-        ConfigError {
-            field,
-            reason: reason.into(),
-        }
-    }
-}
+pub use keel_core::ConfigError;
 
 /// A saga names a step that is not registered with the executor.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -455,7 +455,7 @@ async fn invalid_configuration_names_the_field() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, TxError::Config(c) if c.field == "transaction_timeout"),
+        matches!(&err, TxError::Config(c) if c.field() == "transaction_timeout"),
         "{err:?}"
     );
     let err = TxManager::builder(Arc::new(MemoryJournal::new()))
@@ -464,7 +464,7 @@ async fn invalid_configuration_names_the_field() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, TxError::Config(c) if c.field == "reap_interval"),
+        matches!(&err, TxError::Config(c) if c.field() == "reap_interval"),
         "{err:?}"
     );
     let err = TxManager::builder(Arc::new(MemoryJournal::new()))
@@ -473,7 +473,7 @@ async fn invalid_configuration_names_the_field() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, TxError::Config(c) if c.field == "audit_retention"),
+        matches!(&err, TxError::Config(c) if c.field() == "audit_retention"),
         "{err:?}"
     );
 }

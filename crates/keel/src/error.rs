@@ -1,7 +1,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use keel_breaker::Rejected;
+use keel_breaker::{BulkheadFull, Rejected};
 use keel_core::{ErrorOutcome, Outcome};
 
 /// Why a call through a [`Pipeline`](crate::Pipeline) failed.
@@ -21,11 +21,9 @@ pub enum PipelineError<E> {
         /// How long until the limiter would have admitted the attempt.
         retry_after: Duration,
     },
-    /// The pipeline's bulkhead was full.
-    BulkheadFull {
-        /// The configured maximum of attempts in flight.
-        max_concurrent: usize,
-    },
+    /// The pipeline's bulkhead was full (and had no queue, or its queue
+    /// was full, or this attempt was shed for a higher-priority one).
+    BulkheadFull(BulkheadFull),
     /// The last attempt ran past the per-attempt timeout.
     AttemptTimeout {
         /// The configured per-attempt timeout.
@@ -59,7 +57,7 @@ impl<E> PipelineError<E> {
             PipelineError::Inner(_) => "inner",
             PipelineError::Rejected(_) => "circuit_rejected",
             PipelineError::RateLimited { .. } => "rate_limited",
-            PipelineError::BulkheadFull { .. } => "bulkhead_full",
+            PipelineError::BulkheadFull(_) => "bulkhead_full",
             PipelineError::AttemptTimeout { .. } => "attempt_timeout",
             PipelineError::DeadlineExceeded { .. } => "deadline_exceeded",
             PipelineError::RetryBudgetExhausted { .. } => "retry_budget_exhausted",
@@ -75,9 +73,7 @@ impl<E: fmt::Display> fmt::Display for PipelineError<E> {
             PipelineError::RateLimited { retry_after } => {
                 write!(f, "rate limited (next slot in {retry_after:?})")
             }
-            PipelineError::BulkheadFull { max_concurrent } => {
-                write!(f, "bulkhead full ({max_concurrent} calls in flight)")
-            }
+            PipelineError::BulkheadFull(full) => full.fmt(f),
             PipelineError::AttemptTimeout { timeout } => {
                 write!(f, "attempt timed out after {timeout:?}")
             }
@@ -97,6 +93,7 @@ where
         match self {
             PipelineError::Inner(e) => e.source(),
             PipelineError::Rejected(r) => Some(r),
+            PipelineError::BulkheadFull(full) => Some(full),
             PipelineError::RetryBudgetExhausted { last: Some(last) } => Some(last.as_ref()),
             _ => None,
         }
@@ -109,7 +106,7 @@ impl<E: ErrorOutcome> ErrorOutcome for PipelineError<E> {
             PipelineError::Inner(e) => e.outcome(),
             PipelineError::Rejected(r) => r.outcome(),
             PipelineError::RateLimited { retry_after } => Outcome::overloaded_for(*retry_after),
-            PipelineError::BulkheadFull { .. } | PipelineError::RetryBudgetExhausted { .. } => {
+            PipelineError::BulkheadFull(_) | PipelineError::RetryBudgetExhausted { .. } => {
                 Outcome::OVERLOADED
             }
             PipelineError::AttemptTimeout { .. } | PipelineError::DeadlineExceeded { .. } => {
@@ -119,26 +116,4 @@ impl<E: ErrorOutcome> ErrorOutcome for PipelineError<E> {
     }
 }
 
-/// An invalid [`PipelineBuilder`](crate::PipelineBuilder) setting.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid pipeline configuration: `{field}` {reason}")]
-pub struct ConfigError {
-    field: &'static str,
-    reason: &'static str,
-}
-
-impl ConfigError {
-    pub(crate) fn new(field: &'static str, reason: &'static str) -> Self {
-        ConfigError { field, reason }
-    }
-
-    /// The setting that is invalid.
-    pub fn field(&self) -> &'static str {
-        self.field
-    }
-
-    /// Why it is invalid.
-    pub fn reason(&self) -> &'static str {
-        self.reason
-    }
-}
+pub use keel_core::ConfigError;

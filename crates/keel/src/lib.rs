@@ -16,11 +16,24 @@
 //!    with a burst of 5): an attempt over the rate *waits* for its slot when
 //!    the deadline allows, and fails as `Overloaded` with the wait as
 //!    retry-after when it does not;
-//! 5. **bulkhead**: at most N attempts in flight; a full bulkhead rejects at
-//!    once (an overload);
+//! 5. **bulkhead** ([`breaker::Bulkhead`]): at most N attempts in flight;
+//!    with a queue, attempts wait by priority (critical first, FIFO within
+//!    a priority, the lowest shed first when the queue is full); without
+//!    one, a full bulkhead rejects at once (an overload);
 //! 6. **per-attempt timeout**: a slow attempt is cancelled and counted as a
 //!    failure by the breaker;
-//! 7. the call itself.
+//! 7. the call itself, told in [`retry::Attempt::timeout`] how long it has
+//!    (the smaller of the attempt timeout and what is left of the deadline),
+//!    so it can pass the deadline on.
+//!
+//! The breaker, the rate limiter ([`RateLimiter`]) and the bulkhead are
+//! shared handles: build one per dependency and give clones to every
+//! pipeline that calls it. A call can carry its own retry policy, deadline,
+//! priority, rate-limit key and classifier ([`CallOptions`]).
+//!
+//! An attempt cut by the overall deadline (rather than its own timeout) is
+//! neutral for the breaker by default: see
+//! [`PipelineBuilder::deadline_cut_is_failure`] for dependencies that hang.
 //!
 //! Caller cancellation (dropping the future) is neutral everywhere: the
 //! breaker permit is released without a result, no retry budget is spent,
@@ -29,7 +42,7 @@
 //! ```
 //! use std::time::Duration;
 //! use keel::{Pipeline, RateLimit};
-//! use keel::breaker::{BreakerConfig, CircuitBreaker};
+//! use keel::breaker::{BreakerConfig, Bulkhead, CircuitBreaker};
 //! use keel::retry::{Backoff, RetryPolicy};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -44,7 +57,7 @@
 //!     )
 //!     .breaker(CircuitBreaker::new("inventory", BreakerConfig::default()))
 //!     .rate_limit(RateLimit::per_second(100).burst(10))
-//!     .bulkhead(32)
+//!     .bulkhead(Bulkhead::new(32))
 //!     .attempt_timeout(Duration::from_secs(2))
 //!     .build()?;
 //!
@@ -77,7 +90,7 @@
 //! `keel::core` (clock, RNG, outcomes, classifiers) is always there.
 
 pub use keel_core as core;
-pub use keel_core::{BoxError, Classify, Clock, ErrorOutcome, Outcome, Rng, classify};
+pub use keel_core::{BoxError, Classify, Clock, ErrorOutcome, Outcome, Priority, Rng, classify};
 
 #[cfg(feature = "breaker")]
 pub use keel_breaker as breaker;
@@ -108,6 +121,6 @@ pub use error::{ConfigError, PipelineError};
 #[cfg(feature = "tower")]
 pub use layer::{PipelineLayer, PipelineService};
 #[cfg(feature = "pipeline")]
-pub use pipeline::{Pipeline, PipelineBuilder, PipelineStats};
+pub use pipeline::{CallOptions, Pipeline, PipelineBuilder, PipelineStats};
 #[cfg(feature = "pipeline")]
-pub use rate::RateLimit;
+pub use rate::{RateLimit, RateLimiter};

@@ -4,19 +4,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use keel_breaker::CircuitBreaker;
-use keel_core::{Classify, Clock, Outcome, classify};
+use keel_breaker::{Bulkhead, CircuitBreaker};
+use keel_core::{Classify, Clock, Outcome, Priority, classify};
 use keel_retry::{Attempt, RetryError, RetryPolicy};
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use crate::rate::{Limiter, RateLimit};
+use crate::rate::{RateLimit, RateLimiter};
 use crate::{ConfigError, PipelineError};
 
 /// Policies composed around a call, from the outside in: overall deadline →
 /// retry (with its budget) → circuit breaker → rate limiter → bulkhead →
 /// per-attempt timeout → the call. See the [crate docs](crate) for why this
 /// order, and [`PipelineBuilder`] for each policy.
+///
+/// The breaker, rate limiter and bulkhead are shared handles: several
+/// pipelines built over the same handles (reads and writes of one API with
+/// different retry policies) share one breaker state, one rate and one pool
+/// of slots. A call can override the pipeline's retry policy, deadline and
+/// priority with [`CallOptions`].
 ///
 /// A `Pipeline` is cheap to share: put it in an `Arc` (or clone the
 /// [`PipelineLayer`](crate::PipelineLayer)) and call it from many tasks.
@@ -26,9 +31,11 @@ pub struct Pipeline {
     deadline: Option<Duration>,
     retry: Option<RetryPolicy>,
     breaker: Option<CircuitBreaker>,
-    limiter: Option<Limiter>,
-    bulkhead: Option<(Semaphore, usize)>,
+    limiter: Option<RateLimiter>,
+    bulkhead: Option<Bulkhead>,
     attempt_timeout: Option<Duration>,
+    priority: Priority,
+    deadline_cut_is_failure: bool,
     stats: Arc<Counters>,
 }
 
@@ -38,22 +45,31 @@ pub struct PipelineBuilder {
     deadline: Option<Duration>,
     retry: Option<RetryPolicy>,
     breaker: Option<CircuitBreaker>,
-    rate: Option<(RateLimit, bool)>,
-    bulkhead: Option<usize>,
+    limiter: Option<Limit>,
+    bulkhead: Option<Bulkhead>,
     attempt_timeout: Option<Duration>,
+    priority: Priority,
+    deadline_cut_is_failure: bool,
     clock: Clock,
+}
+
+enum Limit {
+    Own(RateLimit, bool),
+    Shared(RateLimiter),
 }
 
 impl PipelineBuilder {
     /// The whole call, every attempt, wait and backoff included, ends after
-    /// `deadline` with [`PipelineError::DeadlineExceeded`].
+    /// `deadline` with [`PipelineError::DeadlineExceeded`]. A call can set
+    /// its own with [`CallOptions::deadline`].
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = Some(deadline);
         self
     }
 
     /// Retries failed and overloaded attempts with `policy` (which may carry
-    /// a shared retry budget). Without it, the call makes one attempt.
+    /// a shared retry budget). Without it, the call makes one attempt. A
+    /// call can use another policy with [`CallOptions::retry`].
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = Some(policy);
         self
@@ -67,23 +83,34 @@ impl PipelineBuilder {
         self
     }
 
-    /// One rate shared by every call through this pipeline.
+    /// One rate for every call through this pipeline (a limiter of its own,
+    /// on the builder's [`clock`](Self::clock)).
     pub fn rate_limit(mut self, limit: RateLimit) -> Self {
-        self.rate = Some((limit, false));
+        self.limiter = Some(Limit::Own(limit, false));
         self
     }
 
-    /// One rate per key: calls made with [`Pipeline::call_keyed`] are
-    /// limited per key (per VM, per tenant). Call
+    /// One rate per key (a limiter of its own): calls made with
+    /// [`CallOptions::key`] are limited per key (per VM, per tenant). Call
     /// [`Pipeline::retain_recent`] now and then when keys come and go.
     pub fn keyed_rate_limit(mut self, limit: RateLimit) -> Self {
-        self.rate = Some((limit, true));
+        self.limiter = Some(Limit::Own(limit, true));
         self
     }
 
-    /// At most `max_concurrent` attempts in flight; more are rejected at once.
-    pub fn bulkhead(mut self, max_concurrent: usize) -> Self {
-        self.bulkhead = Some(max_concurrent);
+    /// A rate limiter shared with other pipelines or code: every pipeline
+    /// built over clones of `limiter` draws from the same rate.
+    pub fn rate_limiter(mut self, limiter: RateLimiter) -> Self {
+        self.limiter = Some(Limit::Shared(limiter));
+        self
+    }
+
+    /// At most `bulkhead`'s limit of attempts in flight, shared with every
+    /// other user of the same handle. A bulkhead built with a queue makes
+    /// attempts wait by priority (bounded by the deadline); one without
+    /// refuses at once when full.
+    pub fn bulkhead(mut self, bulkhead: Bulkhead) -> Self {
+        self.bulkhead = Some(bulkhead);
         self
     }
 
@@ -94,8 +121,31 @@ impl PipelineBuilder {
         self
     }
 
-    /// The clock the rate limiter reads (tokio's by default, which follows
-    /// paused time in tests).
+    /// The priority of calls that do not set one (default
+    /// [`Priority::Normal`]): the bulkhead serves waiters by priority.
+    pub fn priority(mut self, priority: Priority) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// How the breaker counts an attempt cut by the **overall deadline**
+    /// (not by the attempt timeout, which is always a failure).
+    ///
+    /// By default (`false`) it is neutral: the deadline is the caller's
+    /// budget, and an attempt that started late with little time left says
+    /// nothing about the dependency. But a dependency that hangs then never
+    /// trips a breaker unless an attempt timeout is set; `true` counts such
+    /// a cut as a failure.
+    pub fn deadline_cut_is_failure(mut self, yes: bool) -> Self {
+        self.deadline_cut_is_failure = yes;
+        self
+    }
+
+    /// The clock of the rate limiter this builder creates
+    /// ([`rate_limit`](Self::rate_limit),
+    /// [`keyed_rate_limit`](Self::keyed_rate_limit)); tokio's by default,
+    /// which follows paused time in tests. Shared handles keep the clock
+    /// they were built with; deadlines and timeouts are tokio timers.
     pub fn clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
         self
@@ -109,17 +159,12 @@ impl PipelineBuilder {
         if self.attempt_timeout == Some(Duration::ZERO) {
             return Err(ConfigError::new("attempt_timeout", "must be above zero"));
         }
-        let bulkhead = match self.bulkhead {
-            Some(0) => return Err(ConfigError::new("bulkhead", "must be at least 1")),
-            Some(n) if n > Semaphore::MAX_PERMITS => {
-                return Err(ConfigError::new("bulkhead", "is larger than tokio allows"));
+        let limiter = match self.limiter {
+            Some(Limit::Own(limit, false)) => {
+                Some(RateLimiter::direct_with_clock(limit, self.clock)?)
             }
-            Some(n) => Some((Semaphore::new(n), n)),
-            None => None,
-        };
-        let limiter = match self.rate {
-            Some((limit, false)) => Some(Limiter::direct(limit, self.clock.clone())?),
-            Some((limit, true)) => Some(Limiter::keyed(limit, self.clock.clone())?),
+            Some(Limit::Own(limit, true)) => Some(RateLimiter::keyed_with_clock(limit, self.clock)?),
+            Some(Limit::Shared(limiter)) => Some(limiter),
             None => None,
         };
         Ok(Pipeline {
@@ -127,10 +172,133 @@ impl PipelineBuilder {
             retry: self.retry,
             breaker: self.breaker,
             limiter,
-            bulkhead,
+            bulkhead: self.bulkhead,
             attempt_timeout: self.attempt_timeout,
+            priority: self.priority,
+            deadline_cut_is_failure: self.deadline_cut_is_failure,
             stats: Arc::default(),
         })
+    }
+}
+
+/// What one call asks of a [`Pipeline`] beyond its defaults: its own retry
+/// policy, deadline, priority, rate-limit key and classifier.
+///
+/// ```
+/// use std::time::Duration;
+/// use keel::{CallOptions, Pipeline};
+/// use keel::core::Priority;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let pipeline = Pipeline::builder().deadline(Duration::from_secs(30)).build()?;
+/// let options = CallOptions::new()
+///     .deadline(Duration::from_secs(2))
+///     .priority(Priority::Critical)
+///     .key("vm-7");
+/// let left = pipeline
+///     .call_with(&options, |attempt| async move { Ok::<_, std::io::Error>(attempt.timeout) })
+///     .await?;
+/// // The operation is told how long it has: the call's own deadline.
+/// assert!(left.unwrap() <= Duration::from_secs(2));
+/// # Ok(())
+/// # }
+/// ```
+pub struct CallOptions<'a, C: ?Sized = classify::Default> {
+    retry: RetryChoice<'a>,
+    deadline: Option<Duration>,
+    priority: Option<Priority>,
+    key: Option<&'a str>,
+    classifier: &'a C,
+}
+
+#[derive(Clone, Copy)]
+enum RetryChoice<'a> {
+    Default,
+    Policy(&'a RetryPolicy),
+    None,
+}
+
+impl Default for CallOptions<'_> {
+    fn default() -> Self {
+        CallOptions::new()
+    }
+}
+
+impl CallOptions<'_> {
+    /// The pipeline's defaults, results classified by
+    /// [`classify::Default`] (`Err` is a failure).
+    pub const fn new() -> Self {
+        CallOptions {
+            retry: RetryChoice::Default,
+            deadline: None,
+            priority: None,
+            key: None,
+            classifier: &classify::Default,
+        }
+    }
+}
+
+impl<'a, C: ?Sized> CallOptions<'a, C> {
+    /// Retry this call with `policy` instead of the pipeline's.
+    pub fn retry(mut self, policy: &'a RetryPolicy) -> Self {
+        self.retry = RetryChoice::Policy(policy);
+        self
+    }
+
+    /// Make one attempt only, whatever the pipeline's retry policy.
+    pub fn no_retry(mut self) -> Self {
+        self.retry = RetryChoice::None;
+        self
+    }
+
+    /// This call's overall deadline instead of the pipeline's.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// This call's priority in the bulkhead's queue.
+    pub fn priority(mut self, priority: Priority) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+
+    /// The key a keyed rate limiter limits this call under (a direct limiter
+    /// ignores it).
+    pub fn key(mut self, key: &'a str) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// Classify results with `classifier` (a 404 is neutral, a 503 answer is
+    /// an overload...).
+    pub fn classify<C2: ?Sized>(self, classifier: &'a C2) -> CallOptions<'a, C2> {
+        CallOptions {
+            retry: self.retry,
+            deadline: self.deadline,
+            priority: self.priority,
+            key: self.key,
+            classifier,
+        }
+    }
+}
+
+impl<C: ?Sized> fmt::Debug for CallOptions<'_, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CallOptions")
+            .field(
+                "retry",
+                &match self.retry {
+                    RetryChoice::Default => "pipeline's",
+                    RetryChoice::Policy(_) => "own",
+                    RetryChoice::None => "none",
+                },
+            )
+            .field("deadline", &self.deadline)
+            .field("priority", &self.priority)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
     }
 }
 
@@ -155,7 +323,7 @@ pub struct PipelineStats {
     /// Attempts refused by the rate limiter because the deadline was nearer
     /// than the next slot.
     pub rate_limit_rejections: u64,
-    /// Attempts the bulkhead rejected.
+    /// Attempts the bulkhead refused or shed.
     pub bulkhead_rejections: u64,
     /// Attempts cancelled by the per-attempt timeout.
     pub attempt_timeouts: u64,
@@ -212,32 +380,47 @@ fn attempt_outcome<T, E>(result: &Result<(T, Outcome), AttemptError<E>>) -> Outc
     }
 }
 
+/// What every attempt of one call shares.
+struct Call<'a, C: ?Sized> {
+    classifier: &'a C,
+    key: Option<&'a str>,
+    priority: Priority,
+    /// The overall deadline: its length and when it ends.
+    deadline: Option<(Duration, Instant)>,
+}
+
 impl Pipeline {
     /// Starts building a pipeline.
     pub fn builder() -> PipelineBuilder {
         PipelineBuilder::default()
     }
 
-    /// Calls `op` through every configured policy, classifying results with
-    /// [`classify::Default`] (`Err` is a failure).
-    ///
-    /// `op` is called once per attempt, after the breaker, rate limiter and
-    /// bulkhead admitted it, and gets the attempt number. It should return a
-    /// lazy future (an `async` block), as futures are: the policies that
-    /// wrap the attempt run when the returned future is first polled.
+    /// Calls `op` through every configured policy with the pipeline's
+    /// defaults; `Err` is a failure. Same as
+    /// [`call_with`](Self::call_with)`(&CallOptions::new(), op)`.
     pub async fn call<T, E, F, Fut>(&self, op: F) -> Result<T, PipelineError<E>>
     where
         F: FnMut(Attempt) -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        self.run(&classify::Default, None, op).await
+        self.call_with(&CallOptions::new(), op).await
     }
 
-    /// [`call`](Self::call) with results classified by `classifier` (a 404
-    /// is neutral, a 503 answer is an overload...).
-    pub async fn call_classified<T, E, C, F, Fut>(
+    /// Calls `op` through every configured policy, with `options`
+    /// overriding the pipeline's retry policy, deadline and priority, and
+    /// choosing the rate-limit key and the classifier.
+    ///
+    /// `op` is called once per attempt, after the breaker, rate limiter and
+    /// bulkhead admitted it. Its [`Attempt`] says the attempt number and,
+    /// in `timeout`, how long this attempt has before it is cut: the
+    /// smaller of the attempt timeout and what is left of the deadline.
+    /// Send it on (a `grpc-timeout` header, an SQL statement timeout, an
+    /// HTTP client timeout) so the dependency stops working when the caller
+    /// has stopped waiting. `op` should return a lazy future (an `async`
+    /// block), as futures are.
+    pub async fn call_with<T, E, C, F, Fut>(
         &self,
-        classifier: &C,
+        options: &CallOptions<'_, C>,
         op: F,
     ) -> Result<T, PipelineError<E>>
     where
@@ -245,32 +428,37 @@ impl Pipeline {
         F: FnMut(Attempt) -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        self.run(classifier, None, op).await
-    }
-
-    /// [`call`](Self::call) rate-limited under `key` when the pipeline has a
-    /// keyed rate limit (a direct limit ignores the key).
-    pub async fn call_keyed<T, E, F, Fut>(&self, key: &str, op: F) -> Result<T, PipelineError<E>>
-    where
-        F: FnMut(Attempt) -> Fut,
-        Fut: Future<Output = Result<T, E>>,
-    {
-        self.run(&classify::Default, Some(key), op).await
-    }
-
-    /// [`call_keyed`](Self::call_keyed) with a classifier.
-    pub async fn call_keyed_classified<T, E, C, F, Fut>(
-        &self,
-        key: &str,
-        classifier: &C,
-        op: F,
-    ) -> Result<T, PipelineError<E>>
-    where
-        C: Classify<T, E> + ?Sized,
-        F: FnMut(Attempt) -> Fut,
-        Fut: Future<Output = Result<T, E>>,
-    {
-        self.run(classifier, Some(key), op).await
+        bump(&self.stats.calls);
+        let retry = match options.retry {
+            RetryChoice::Default => self.retry.as_ref(),
+            RetryChoice::Policy(policy) => Some(policy),
+            RetryChoice::None => None,
+        };
+        let deadline = options.deadline.or(self.deadline);
+        let call = Call {
+            classifier: options.classifier,
+            key: options.key,
+            priority: options.priority.unwrap_or(self.priority),
+            deadline: deadline.map(|d| (d, Instant::now() + d)),
+        };
+        let result = match call.deadline {
+            None => self.retried(&call, retry, op).await,
+            Some((deadline, ends)) => {
+                match tokio::time::timeout_at(ends, self.retried(&call, retry, op)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(PipelineError::DeadlineExceeded { deadline }),
+                }
+            }
+        };
+        if matches!(result, Err(PipelineError::DeadlineExceeded { .. })) {
+            bump(&self.stats.deadline_exceeded);
+        }
+        bump(if result.is_ok() {
+            &self.stats.succeeded
+        } else {
+            &self.stats.failed
+        });
+        result
     }
 
     /// What the pipeline did so far.
@@ -292,7 +480,8 @@ impl Pipeline {
         }
     }
 
-    /// The retry policy, if any (its own statistics say how many retries).
+    /// The default retry policy, if any (its own statistics say how many
+    /// retries).
     pub fn retry_policy(&self) -> Option<&RetryPolicy> {
         self.retry.as_ref()
     }
@@ -301,6 +490,16 @@ impl Pipeline {
     /// synchronously).
     pub fn breaker(&self) -> Option<&CircuitBreaker> {
         self.breaker.as_ref()
+    }
+
+    /// The bulkhead, if any.
+    pub fn bulkhead(&self) -> Option<&Bulkhead> {
+        self.bulkhead.as_ref()
+    }
+
+    /// The rate limiter, if any.
+    pub fn rate_limiter(&self) -> Option<&RateLimiter> {
+        self.limiter.as_ref()
     }
 
     /// Forgets rate state of keys that have fully recovered (keyed rate
@@ -312,51 +511,10 @@ impl Pipeline {
         }
     }
 
-    /// Keys the rate limiter tracks (1 for a direct limit, 0 without one).
-    pub fn rate_limited_keys(&self) -> usize {
-        self.limiter.as_ref().map_or(0, Limiter::len)
-    }
-
-    async fn run<T, E, C, F, Fut>(
-        &self,
-        classifier: &C,
-        key: Option<&str>,
-        op: F,
-    ) -> Result<T, PipelineError<E>>
-    where
-        C: Classify<T, E> + ?Sized,
-        F: FnMut(Attempt) -> Fut,
-        Fut: Future<Output = Result<T, E>>,
-    {
-        bump(&self.stats.calls);
-        let result = match self.deadline {
-            None => self.retried(classifier, key, None, op).await,
-            Some(deadline) => {
-                let ends = Instant::now() + deadline;
-                match tokio::time::timeout_at(ends, self.retried(classifier, key, Some(ends), op))
-                    .await
-                {
-                    Ok(result) => result,
-                    Err(_) => {
-                        bump(&self.stats.deadline_exceeded);
-                        Err(PipelineError::DeadlineExceeded { deadline })
-                    }
-                }
-            }
-        };
-        bump(if result.is_ok() {
-            &self.stats.succeeded
-        } else {
-            &self.stats.failed
-        });
-        result
-    }
-
     async fn retried<T, E, C, F, Fut>(
         &self,
-        classifier: &C,
-        key: Option<&str>,
-        ends: Option<Instant>,
+        call: &Call<'_, C>,
+        retry: Option<&RetryPolicy>,
         op: F,
     ) -> Result<T, PipelineError<E>>
     where
@@ -365,18 +523,15 @@ impl Pipeline {
         Fut: Future<Output = Result<T, E>>,
     {
         let op = Mutex::new(op);
-        let Some(policy) = &self.retry else {
-            return match self
-                .attempt(classifier, key, ends, &op, Attempt::new(1))
-                .await
-            {
+        let Some(policy) = retry else {
+            return match self.attempt(call, &op, Attempt::new(1)).await {
                 Ok((value, _)) => Ok(value),
                 Err(e) => Err(e.error),
             };
         };
         let result = policy
             .retry_classified(&attempt_outcome::<T, E>, |attempt| {
-                self.attempt(classifier, key, ends, &op, attempt)
+                self.attempt(call, &op, attempt)
             })
             .await;
         match result {
@@ -391,9 +546,7 @@ impl Pipeline {
     /// call never overlap, so it is never contended).
     async fn attempt<T, E, C, F, Fut>(
         &self,
-        classifier: &C,
-        key: Option<&str>,
-        ends: Option<Instant>,
+        call: &Call<'_, C>,
         op: &Mutex<F>,
         attempt: Attempt,
     ) -> Result<(T, Outcome), AttemptError<E>>
@@ -417,17 +570,15 @@ impl Pipeline {
             None => None,
         };
         if let Some(limiter) = &self.limiter {
-            self.wait_for_slot(limiter, key, ends).await?;
+            self.wait_for_slot(limiter, call).await?;
         }
-        let _slot = match &self.bulkhead {
-            Some((semaphore, max)) => match semaphore.try_acquire() {
+        let slot = match &self.bulkhead {
+            Some(bulkhead) => match bulkhead.acquire(call.priority).await {
                 Ok(slot) => Some(slot),
-                Err(_) => {
+                Err(full) => {
                     bump(&self.stats.bulkhead_rejections);
                     return Err(AttemptError::rejected_by(
-                        PipelineError::BulkheadFull {
-                            max_concurrent: *max,
-                        },
+                        PipelineError::BulkheadFull(full),
                         Outcome::OVERLOADED,
                     ));
                 }
@@ -435,29 +586,65 @@ impl Pipeline {
             None => None,
         };
         bump(&self.stats.attempts);
+        // The time this attempt has: the attempt timeout (the pipeline's,
+        // or the retry policy's own), cut short by the deadline.
+        let own = match (self.attempt_timeout, attempt.timeout) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let cut = match (own, call.deadline) {
+            (None, None) => None,
+            (Some(timeout), None) => Some((Instant::now() + timeout, Cut::Attempt(timeout))),
+            (None, Some((deadline, ends))) => Some((ends, Cut::Deadline(deadline))),
+            (Some(timeout), Some((deadline, ends))) => {
+                let at = Instant::now() + timeout;
+                Some(if at < ends {
+                    (at, Cut::Attempt(timeout))
+                } else {
+                    (ends, Cut::Deadline(deadline))
+                })
+            }
+        };
+        let left = cut.map(|(at, _)| at.saturating_duration_since(Instant::now()));
         let fut = {
             let mut op = op.lock().unwrap_or_else(PoisonError::into_inner);
-            (*op)(attempt)
+            (*op)(attempt.with_timeout(left))
         };
-        let result = match self.attempt_timeout {
+        let result = match cut {
             None => fut.await,
-            Some(timeout) => match tokio::time::timeout(timeout, fut).await {
+            Some((at, why)) => match tokio::time::timeout_at(at, fut).await {
                 Ok(result) => result,
                 Err(_) => {
-                    bump(&self.stats.attempt_timeouts);
+                    let (error, outcome) = match why {
+                        Cut::Attempt(timeout) => {
+                            bump(&self.stats.attempt_timeouts);
+                            (PipelineError::AttemptTimeout { timeout }, Outcome::Failure)
+                        }
+                        Cut::Deadline(deadline) => (
+                            PipelineError::DeadlineExceeded { deadline },
+                            if self.deadline_cut_is_failure {
+                                Outcome::Failure
+                            } else {
+                                Outcome::Neutral
+                            },
+                        ),
+                    };
                     if let Some(permit) = permit {
-                        permit.record(Outcome::Failure);
+                        permit.record(outcome);
                     }
-                    return Err(AttemptError::rejected_by(
-                        PipelineError::AttemptTimeout { timeout },
-                        Outcome::Failure,
-                    ));
+                    if let Some(slot) = slot {
+                        slot.record(outcome);
+                    }
+                    return Err(AttemptError::rejected_by(error, outcome));
                 }
             },
         };
-        let outcome = classifier.classify(&result);
+        let outcome = call.classifier.classify(&result);
         if let Some(permit) = permit {
             permit.record(outcome);
+        }
+        if let Some(slot) = slot {
+            slot.record(outcome);
         }
         match result {
             Ok(value) => Ok((value, outcome)),
@@ -470,20 +657,19 @@ impl Pipeline {
 
     /// Waits for a rate-limiter slot when the deadline leaves time for it;
     /// otherwise refuses the attempt as an overload.
-    async fn wait_for_slot<E>(
+    async fn wait_for_slot<E, C: ?Sized>(
         &self,
-        limiter: &Limiter,
-        key: Option<&str>,
-        ends: Option<Instant>,
+        limiter: &RateLimiter,
+        call: &Call<'_, C>,
     ) -> Result<(), AttemptError<E>> {
         let mut waited = false;
         loop {
-            let wait = match limiter.check(key) {
+            let wait = match limiter.check(call.key) {
                 Ok(()) => return Ok(()),
                 Err(wait) => wait,
             };
             let now = Instant::now();
-            if ends.is_some_and(|ends| now + wait > ends) {
+            if call.deadline.is_some_and(|(_, ends)| now + wait > ends) {
                 bump(&self.stats.rate_limit_rejections);
                 return Err(AttemptError::rejected_by(
                     PipelineError::RateLimited { retry_after: wait },
@@ -501,6 +687,13 @@ impl Pipeline {
             tokio::time::sleep(wait).await;
         }
     }
+}
+
+/// What cuts an attempt short.
+#[derive(Clone, Copy)]
+enum Cut {
+    Attempt(Duration),
+    Deadline(Duration),
 }
 
 fn from_retry_error<E>(error: RetryError<AttemptError<E>>) -> PipelineError<E> {
@@ -532,9 +725,10 @@ impl fmt::Debug for Pipeline {
             .field("deadline", &self.deadline)
             .field("retry", &self.retry)
             .field("breaker", &self.breaker.as_ref().map(CircuitBreaker::name))
-            .field("rate_limited", &self.limiter.is_some())
-            .field("bulkhead", &self.bulkhead.as_ref().map(|(_, n)| *n))
+            .field("rate_limiter", &self.limiter)
+            .field("bulkhead", &self.bulkhead)
             .field("attempt_timeout", &self.attempt_timeout)
+            .field("priority", &self.priority)
             .finish()
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use governor::clock::Clock as GovernorClock;
 use governor::middleware::NoOpMiddleware;
 use governor::state::{InMemoryState, NotKeyed, keyed::DashMapStateStore};
-use governor::{Quota, RateLimiter};
+use governor::Quota;
 use keel_core::Clock;
 use tokio::time::Instant;
 
@@ -79,42 +79,84 @@ impl GovernorClock for KeelGovernorClock {
     }
 }
 
-type Direct = RateLimiter<NotKeyed, InMemoryState, KeelGovernorClock, NoOpMiddleware<Duration>>;
-type Keyed = RateLimiter<u64, DashMapStateStore<u64>, KeelGovernorClock, NoOpMiddleware<Duration>>;
+type Direct = governor::RateLimiter<NotKeyed, InMemoryState, KeelGovernorClock, NoOpMiddleware<Duration>>;
+type Keyed = governor::RateLimiter<u64, DashMapStateStore<u64>, KeelGovernorClock, NoOpMiddleware<Duration>>;
 
-/// The pipeline's limiter: one shared rate, or one rate per key.
+/// A rate limiter: one rate for every call, or one rate per key (per VM,
+/// per tenant); governor's GCRA underneath.
+///
+/// A shared handle: clones limit against the same state, so one limiter can
+/// serve several [`Pipeline`](crate::Pipeline)s (reads and starts of one
+/// API sharing its per-VM rate) or be checked by hand.
+///
+/// ```
+/// use std::time::Duration;
+/// use keel::{Clock, RateLimit, RateLimiter};
+///
+/// let (clock, _hand) = Clock::manual();
+/// let per_vm = RateLimiter::keyed_with_clock(RateLimit::per_second(10).burst(2), clock)?;
+/// assert!(per_vm.check(Some("vm-a")).is_ok());
+/// assert!(per_vm.check(Some("vm-a")).is_ok());
+/// assert_eq!(per_vm.check(Some("vm-a")), Err(Duration::from_millis(100)));
+/// assert!(per_vm.clone().check(Some("vm-b")).is_ok()); // another key, its own rate
+/// # Ok::<(), keel::ConfigError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct RateLimiter {
+    inner: std::sync::Arc<Limiter>,
+}
+
 #[derive(Debug)]
-pub(crate) enum Limiter {
+enum Limiter {
     Direct(Direct, KeelGovernorClock),
     Keyed(Keyed, KeelGovernorClock),
 }
 
-impl Limiter {
-    pub(crate) fn direct(limit: RateLimit, clock: Clock) -> Result<Self, ConfigError> {
+impl RateLimiter {
+    /// One rate shared by every call, on tokio's clock.
+    pub fn direct(limit: RateLimit) -> Result<Self, ConfigError> {
+        Self::direct_with_clock(limit, Clock::tokio())
+    }
+
+    /// One rate per key, on tokio's clock. Call
+    /// [`retain_recent`](Self::retain_recent) now and then when keys come
+    /// and go.
+    pub fn keyed(limit: RateLimit) -> Result<Self, ConfigError> {
+        Self::keyed_with_clock(limit, Clock::tokio())
+    }
+
+    /// [`direct`](Self::direct) on `clock` (a manual clock in tests).
+    pub fn direct_with_clock(limit: RateLimit, clock: Clock) -> Result<Self, ConfigError> {
         let clock = KeelGovernorClock {
             origin: clock.now(),
             clock,
         };
-        Ok(Limiter::Direct(
-            RateLimiter::direct_with_clock(limit.quota()?, clock.clone()),
-            clock,
-        ))
+        Ok(RateLimiter {
+            inner: std::sync::Arc::new(Limiter::Direct(
+                governor::RateLimiter::direct_with_clock(limit.quota()?, clock.clone()),
+                clock,
+            )),
+        })
     }
 
-    pub(crate) fn keyed(limit: RateLimit, clock: Clock) -> Result<Self, ConfigError> {
+    /// [`keyed`](Self::keyed) on `clock`.
+    pub fn keyed_with_clock(limit: RateLimit, clock: Clock) -> Result<Self, ConfigError> {
         let clock = KeelGovernorClock {
             origin: clock.now(),
             clock,
         };
-        Ok(Limiter::Keyed(
-            RateLimiter::dashmap_with_clock(limit.quota()?, clock.clone()),
-            clock,
-        ))
+        Ok(RateLimiter {
+            inner: std::sync::Arc::new(Limiter::Keyed(
+                governor::RateLimiter::dashmap_with_clock(limit.quota()?, clock.clone()),
+                clock,
+            )),
+        })
     }
 
-    /// Takes a slot now, or says how long until one frees up.
-    pub(crate) fn check(&self, key: Option<&str>) -> Result<(), Duration> {
-        match self {
+    /// Takes a slot now, or says how long until one frees up. A direct
+    /// limiter ignores the key; a keyed one limits `None` as one more key.
+    pub fn check(&self, key: Option<&str>) -> Result<(), Duration> {
+        match &*self.inner {
             Limiter::Direct(limiter, clock) => limiter
                 .check()
                 .map_err(|not_until| not_until.wait_time_from(clock.now())),
@@ -124,20 +166,36 @@ impl Limiter {
         }
     }
 
+    /// Whether this limiter keeps one rate per key.
+    pub fn is_keyed(&self) -> bool {
+        matches!(&*self.inner, Limiter::Keyed(..))
+    }
+
     /// Forgets keys whose rate state has fully recovered (keyed limiters
     /// only), so a limiter keyed by short-lived ids does not grow forever.
-    pub(crate) fn retain_recent(&self) {
-        if let Limiter::Keyed(limiter, _) = self {
+    pub fn retain_recent(&self) {
+        if let Limiter::Keyed(limiter, _) = &*self.inner {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }
     }
 
-    pub(crate) fn len(&self) -> usize {
-        match self {
+    /// Keys the limiter tracks (1 for a direct limiter).
+    pub fn len(&self) -> usize {
+        match &*self.inner {
             Limiter::Direct(..) => 1,
             Limiter::Keyed(limiter, _) => limiter.len(),
         }
+    }
+
+    /// `true` for a keyed limiter that tracks no key.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether `other` is a handle to the same limiter.
+    pub fn same_as(&self, other: &RateLimiter) -> bool {
+        std::sync::Arc::ptr_eq(&self.inner, &other.inner)
     }
 }
 
@@ -177,7 +235,7 @@ mod tests {
     #[test]
     fn burst_then_one_per_period_on_a_manual_clock() {
         let (clock, hand) = Clock::manual();
-        let limiter = Limiter::direct(RateLimit::per_second(10).burst(5), clock).unwrap();
+        let limiter = RateLimiter::direct_with_clock(RateLimit::per_second(10).burst(5), clock).unwrap();
         for _ in 0..5 {
             assert!(limiter.check(None).is_ok());
         }
@@ -191,7 +249,7 @@ mod tests {
     #[test]
     fn keyed_limits_are_per_key_and_retain_recent_forgets() {
         let (clock, hand) = Clock::manual();
-        let limiter = Limiter::keyed(RateLimit::per_second(1).burst(1), clock).unwrap();
+        let limiter = RateLimiter::keyed_with_clock(RateLimit::per_second(1).burst(1), clock).unwrap();
         assert!(limiter.check(Some("vm-a")).is_ok());
         assert!(limiter.check(Some("vm-a")).is_err());
         assert!(limiter.check(Some("vm-b")).is_ok());

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use keel::breaker::{BreakerConfig, CircuitBreaker, State};
+use keel::breaker::{BreakerConfig, Bulkhead, CircuitBreaker, State};
 use keel::retry::{Backoff, Jitter, RetryBudget, RetryPolicy};
-use keel::{Outcome, Pipeline, PipelineError, RateLimit, classify};
+use keel::{CallOptions, Outcome, Pipeline, PipelineError, Priority, RateLimit, RateLimiter, classify};
 use tokio::time::Instant;
 
 fn quick_retry(max_retries: u32) -> RetryPolicy {
@@ -31,7 +31,6 @@ fn breaker(failures: u32, open_for: Duration) -> CircuitBreaker {
             .open_duration(open_for)
             .half_open_max_probes(1)
             .half_open_successes(1)
-            .no_bulkhead()
             .build()
             .unwrap(),
     )
@@ -44,7 +43,7 @@ async fn happy_path_makes_one_attempt() {
         .retry(quick_retry(3))
         .breaker(breaker(3, Duration::from_secs(5)))
         .rate_limit(RateLimit::per_second(100))
-        .bulkhead(4)
+        .bulkhead(Bulkhead::new(4))
         .attempt_timeout(Duration::from_secs(1))
         .build()
         .unwrap();
@@ -150,22 +149,22 @@ async fn keyed_rate_limits_are_independent_per_key() {
     let started = Instant::now();
     for _ in 0..5 {
         pipeline
-            .call_keyed("vm-a", |_| async { Ok::<_, ()>(()) })
+            .call_with(&CallOptions::new().key("vm-a"), |_| async { Ok::<_, ()>(()) })
             .await
             .unwrap();
     }
     // vm-a spent its burst; vm-b still has its own.
     pipeline
-        .call_keyed("vm-b", |_| async { Ok::<_, ()>(()) })
+        .call_with(&CallOptions::new().key("vm-b"), |_| async { Ok::<_, ()>(()) })
         .await
         .unwrap();
     assert_eq!(started.elapsed(), Duration::ZERO);
     pipeline
-        .call_keyed("vm-a", |_| async { Ok::<_, ()>(()) })
+        .call_with(&CallOptions::new().key("vm-a"), |_| async { Ok::<_, ()>(()) })
         .await
         .unwrap();
     assert_eq!(started.elapsed(), Duration::from_millis(100));
-    assert_eq!(pipeline.rate_limited_keys(), 2);
+    assert_eq!(pipeline.rate_limiter().unwrap().len(), 2);
 }
 
 #[tokio::test(start_paused = true)]
@@ -183,7 +182,7 @@ async fn cancellation_is_neutral_everywhere() {
         Pipeline::builder()
             .retry(policy)
             .breaker(breaker.clone())
-            .bulkhead(1)
+            .bulkhead(Bulkhead::new(1))
             .attempt_timeout(Duration::from_secs(60))
             .build()
             .unwrap(),
@@ -265,7 +264,7 @@ async fn deadline_covers_backoff_and_attempts() {
 
 #[tokio::test(start_paused = true)]
 async fn full_bulkhead_rejects_as_an_overload() {
-    let pipeline = Arc::new(Pipeline::builder().bulkhead(1).build().unwrap());
+    let pipeline = Arc::new(Pipeline::builder().bulkhead(Bulkhead::new(1)).build().unwrap());
     let holder = {
         let pipeline = pipeline.clone();
         tokio::spawn(async move {
@@ -282,10 +281,7 @@ async fn full_bulkhead_rejects_as_an_overload() {
         .call(|_| async { Ok::<_, ()>(()) })
         .await
         .unwrap_err();
-    assert!(matches!(
-        err,
-        PipelineError::BulkheadFull { max_concurrent: 1 }
-    ));
+    assert!(matches!(err, PipelineError::BulkheadFull(ref full) if full.max_concurrent == 1));
     holder.await.unwrap().unwrap();
     assert_eq!(pipeline.stats().bulkhead_rejections, 1);
 }
@@ -307,7 +303,7 @@ async fn classifier_sees_ok_values_and_neutral_errors() {
     });
     let calls = AtomicU32::new(0);
     let err = pipeline
-        .call_classified(&by_status, |_| {
+        .call_with(&CallOptions::new().classify(&by_status), |_| {
             calls.fetch_add(1, Ordering::SeqCst);
             async { Err::<u16, u16>(404) }
         })
@@ -319,7 +315,7 @@ async fn classifier_sees_ok_values_and_neutral_errors() {
     // A 503 answer is retried even though it is an `Ok`.
     let answers = AtomicU32::new(0);
     let value = pipeline
-        .call_classified(&by_status, |_| {
+        .call_with(&CallOptions::new().classify(&by_status), |_| {
             let n = answers.fetch_add(1, Ordering::SeqCst);
             async move { Ok::<u16, u16>(if n == 0 { 503 } else { 200 }) }
         })
@@ -330,8 +326,8 @@ async fn classifier_sees_ok_values_and_neutral_errors() {
 
 #[test]
 fn invalid_settings_name_the_field() {
-    let err = Pipeline::builder().bulkhead(0).build().unwrap_err();
-    assert_eq!(err.field(), "bulkhead");
+    let err = Bulkhead::builder("api").max_concurrent(0).build().unwrap_err();
+    assert_eq!(err.field(), "max_concurrent");
     let err = Pipeline::builder()
         .deadline(Duration::ZERO)
         .build()
@@ -357,4 +353,147 @@ async fn pipeline_future_is_send() {
     );
     let handle = tokio::spawn(async move { pipeline.call(|_| async { Ok::<_, ()>(1) }).await });
     assert_eq!(handle.await.unwrap().unwrap(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn pipelines_over_shared_handles_share_rate_slots_and_breaker() {
+    // Reads and starts of one API: different retry policies, one per-VM
+    // rate, one pool of slots, one breaker.
+    let per_vm = RateLimiter::keyed(RateLimit::per_second(1).burst(1)).unwrap();
+    let pool = Bulkhead::builder("api").max_concurrent(1).queue(10).build().unwrap();
+    let api = breaker(2, Duration::from_secs(30));
+    let reads = Pipeline::builder()
+        .rate_limiter(per_vm.clone())
+        .bulkhead(pool.clone())
+        .breaker(api.clone())
+        .build()
+        .unwrap();
+    let starts = Pipeline::builder()
+        .retry(quick_retry(3))
+        .rate_limiter(per_vm.clone())
+        .bulkhead(pool.clone())
+        .breaker(api.clone())
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let vm = CallOptions::new().key("vm-1");
+    reads.call_with(&vm, |_| async { Ok::<_, ()>(()) }).await.unwrap();
+    // The start waits for vm-1's next slot, taken by the read.
+    starts.call_with(&vm, |_| async { Ok::<_, ()>(()) }).await.unwrap();
+    assert_eq!(started.elapsed(), Duration::from_secs(1));
+    // Failures through either pipeline trip the one breaker.
+    let _ = reads.call(|_| async { Err::<(), _>("down") }).await;
+    let _ = starts
+        .call_with(&CallOptions::new().no_retry(), |_| async { Err::<(), _>("down") })
+        .await;
+    assert_eq!(api.state(), State::Open);
+    assert!(reads.bulkhead().unwrap().same_as(&pool));
+    assert_eq!(pool.in_flight(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_can_carry_its_own_retry_policy_and_deadline() {
+    let pipeline = Pipeline::builder()
+        .retry(quick_retry(1))
+        .deadline(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let patient = quick_retry(5);
+    let calls = AtomicU32::new(0);
+    let result = pipeline
+        .call_with(&CallOptions::new().retry(&patient), |attempt| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if attempt.number < 5 { Err("flaky") } else { Ok(attempt.number) }
+            }
+        })
+        .await;
+    assert_eq!(result.unwrap(), 5, "the call's policy allowed 5 retries");
+    // The call's deadline replaces the pipeline's.
+    let started = Instant::now();
+    let err = pipeline
+        .call_with(&CallOptions::new().deadline(Duration::from_millis(300)), |_| {
+            pending::<Result<(), ()>>()
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PipelineError::DeadlineExceeded { deadline } if deadline == Duration::from_millis(300)));
+    assert_eq!(started.elapsed(), Duration::from_millis(300));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_operation_is_told_the_time_it_has_left() {
+    let pipeline = Pipeline::builder()
+        .retry(quick_retry(3))
+        .deadline(Duration::from_secs(2))
+        .attempt_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let seen = std::sync::Mutex::new(Vec::new());
+    let _ = pipeline
+        .call(|attempt| {
+            seen.lock().unwrap().push(attempt.timeout);
+            async move {
+                // Each attempt uses 700 ms of its time, then fails.
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                Err::<(), _>("slow and failing")
+            }
+        })
+        .await;
+    let seen = seen.into_inner().unwrap();
+    // 1 s (attempt timeout), 1 s, then what the 2 s deadline leaves after
+    // two attempts of 700 ms and two 10 ms backoffs: 580 ms.
+    assert_eq!(seen[0], Some(Duration::from_secs(1)));
+    assert_eq!(seen[1], Some(Duration::from_secs(1)));
+    assert_eq!(seen[2], Some(Duration::from_millis(580)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_attempt_cut_by_the_deadline_is_neutral_unless_asked_otherwise() {
+    for (count_it, failures) in [(false, 0), (true, 1)] {
+        let api = breaker(1, Duration::from_secs(30));
+        let pipeline = Pipeline::builder()
+            .breaker(api.clone())
+            .deadline(Duration::from_secs(1))
+            .deadline_cut_is_failure(count_it)
+            .build()
+            .unwrap();
+        let err = pipeline.call(|_| pending::<Result<(), ()>>()).await.unwrap_err();
+        assert!(matches!(err, PipelineError::DeadlineExceeded { .. }), "{err:?}");
+        assert_eq!(api.stats().totals.failures, failures, "count_it = {count_it}");
+        assert_eq!(pipeline.stats().deadline_exceeded, 1);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn critical_calls_overtake_queued_low_ones_in_a_shared_bulkhead() {
+    let pool = Bulkhead::builder("api").max_concurrent(1).queue(100).build().unwrap();
+    let pipeline = Arc::new(Pipeline::builder().bulkhead(pool.clone()).build().unwrap());
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for (name, priority) in [
+        ("hold", Priority::Low),
+        ("low-1", Priority::Low),
+        ("low-2", Priority::Low),
+        ("start", Priority::Critical),
+    ] {
+        let (pipeline, order) = (pipeline.clone(), order.clone());
+        tasks.push(tokio::spawn(async move {
+            pipeline
+                .call_with(&CallOptions::new().priority(priority), |_| {
+                    order.lock().unwrap().push(name);
+                    async {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        Ok::<_, ()>(())
+                    }
+                })
+                .await
+                .map_err(|e| e.kind())
+        }));
+        tokio::task::yield_now().await;
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap_or_else(|k| panic!("{k}"));
+    }
+    assert_eq!(*order.lock().unwrap(), ["hold", "start", "low-1", "low-2"]);
 }

@@ -30,7 +30,6 @@ fn succeed(b: &CircuitBreaker, n: usize) {
 fn open_rejection(b: &CircuitBreaker) -> CircuitOpen {
     match b.try_acquire() {
         Err(Rejected::CircuitOpen(open)) => open,
-        Err(other) => panic!("expected an open rejection, got {other:?}"),
         Ok(_) => panic!("expected a rejection, got a permit"),
     }
 }
@@ -62,10 +61,11 @@ fn consecutive_failures_trip_and_a_success_resets_the_run() {
 }
 
 #[test]
-fn minimum_calls_gate_the_consecutive_rule() {
+fn minimum_calls_do_not_gate_the_consecutive_rule() {
+    // Two in a row means two in a row: the minimum is the rate rules'.
     let (b, _clock) = manual(consecutive(2).minimum_calls(5));
-    fail(&b, 4);
-    assert_eq!(b.state(), State::Closed, "only 4 calls so far");
+    fail(&b, 1);
+    assert_eq!(b.state(), State::Closed);
     fail(&b, 1);
     assert_eq!(b.state(), State::Open);
 }
@@ -354,27 +354,38 @@ fn force_open_disable_and_reset() {
 }
 
 #[test]
-fn the_bulkhead_limits_concurrent_calls() {
-    let (b, _clock) = manual(consecutive(3).max_concurrent(2));
-    let a = b.try_acquire().unwrap();
-    let c = b.try_acquire().unwrap();
-    match b.try_acquire() {
-        Err(Rejected::BulkheadFull(full)) => {
-            assert_eq!(full.max_concurrent, 2);
-            assert_eq!(full.outcome(), Outcome::OVERLOADED);
-        }
-        other => panic!("expected bulkhead rejection, got {other:?}"),
+fn a_consecutive_rule_alone_trips_on_exactly_that_many_failures() {
+    // Issue 22: `consecutive_failures(3)` on a fresh builder used to keep
+    // the default 50 % rate rule and its 10-call minimum, which also gated
+    // the consecutive rule. Setting one rule now means only that rule.
+    let config = BreakerConfig::builder()
+        .consecutive_failures(3)
+        .clock(Clock::manual().0)
+        .build()
+        .unwrap();
+    assert_eq!(config.failure_rate_threshold(), None);
+    let b = CircuitBreaker::new("api", config);
+    for _ in 0..2 {
+        b.try_acquire().unwrap().record_failure();
     }
-    assert_eq!(b.stats().in_flight, 2);
-    a.record_success();
-    drop(c);
-    assert_eq!(b.stats().in_flight, 0);
-    let _again = b.try_acquire().unwrap();
-    assert_eq!(b.stats().totals.rejected_bulkhead, 1);
-    // The bulkhead still applies while disabled.
-    b.disable();
-    let _second = b.try_acquire().unwrap();
-    assert!(matches!(b.try_acquire(), Err(Rejected::BulkheadFull(_))));
+    assert_eq!(b.state(), State::Closed);
+    b.try_acquire().unwrap().record_failure();
+    assert_eq!(b.state(), State::Open);
+    // Both rules when both are asked for.
+    let both = BreakerConfig::builder()
+        .consecutive_failures(3)
+        .failure_rate_threshold(0.5)
+        .build()
+        .unwrap();
+    assert_eq!(both.consecutive_failures(), Some(3));
+    assert_eq!(both.failure_rate_threshold(), Some(0.5));
+    // Adjusting a preset keeps its rules.
+    let adjusted = BreakerConfig::default()
+        .to_builder()
+        .consecutive_failures(5)
+        .build()
+        .unwrap();
+    assert_eq!(adjusted.failure_rate_threshold(), Some(0.5));
 }
 
 #[test]
@@ -494,7 +505,6 @@ fn config_errors_name_the_field() {
             BreakerConfig::builder().half_open_max_wait(Duration::ZERO),
             "half_open_max_wait",
         ),
-        (BreakerConfig::builder().max_concurrent(0), "max_concurrent"),
         (
             BreakerConfig::builder().time_window(Duration::from_secs(1), 0),
             "time_window",
@@ -512,7 +522,7 @@ fn config_errors_name_the_field() {
     ];
     for (builder, field) in cases {
         let err = builder.build().expect_err(field);
-        assert_eq!(err.field, field, "{err}");
+        assert_eq!(err.field(), field, "{err}");
         assert!(err.to_string().contains(field));
     }
     let defaults = BreakerConfig::default();
@@ -526,18 +536,17 @@ fn config_errors_name_the_field() {
 
 #[test]
 fn the_consecutive_builder_validates_its_numbers() {
-    let err = BreakerConfig::consecutive(0, Duration::from_secs(1), 1)
+    let err = BreakerConfig::consecutive(0, Duration::from_secs(1))
         .build()
         .unwrap_err();
-    assert_eq!(err.field, "consecutive_failures");
-    let err = BreakerConfig::consecutive(3, Duration::ZERO, 1)
+    assert_eq!(err.field(), "consecutive_failures");
+    let err = BreakerConfig::consecutive(3, Duration::ZERO)
         .build()
         .unwrap_err();
-    assert_eq!(err.field, "open_duration");
-    let config = BreakerConfig::consecutive(3, Duration::from_secs(30), 5)
+    assert_eq!(err.field(), "open_duration");
+    let config = BreakerConfig::consecutive(3, Duration::from_secs(30))
         .build()
         .unwrap();
-    assert_eq!(config.max_concurrent(), Some(5));
     assert_eq!(config.half_open_max_probes(), 1);
 }
 
