@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_notify::{Notifier, RateLimit, TelegramSink};
-use keel_telemetry::{AdminServer, MetricsRegistry, Shutdown};
+use keel_telemetry::{HttpServer, MetricsRegistry, Shutdown};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -62,7 +62,7 @@ pub struct Watchdog {
     engine: Arc<Engine<HttpApi>>,
     notifier: Notifier,
     shutdown: Shutdown,
-    server: Option<AdminServer>,
+    server: Option<HttpServer>,
     watcher: JoinHandle<()>,
     watch_cancel: CancellationToken,
     registry: MetricsRegistry,
@@ -179,7 +179,7 @@ impl Watchdog {
             let app = crate::http::router(engine.clone(), registry.clone(), &shutdown)
                 .map_err(Error::Telemetry)?;
             Some(
-                AdminServer::bind(settings.health_addr, app, &shutdown)
+                HttpServer::bind(settings.health_addr, app, &shutdown)
                     .await
                     .map_err(Error::Telemetry)?,
             )
@@ -227,7 +227,7 @@ impl Watchdog {
 
     /// The admin server's address, when serving.
     pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.server.as_ref().map(AdminServer::local_addr)
+        self.server.as_ref().map(HttpServer::local_addr)
     }
 
     /// The shutdown handle: `signal()` waits for SIGTERM/SIGINT.

@@ -11,8 +11,9 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::future::BoxFuture;
-use serde_json::{Value, json};
+use serde_json::Value;
 
+use crate::http::health_routes;
 use crate::{MetricsRegistry, OPENMETRICS_CONTENT_TYPE, Readiness, Shutdown, TelemetryError};
 
 /// The liveness route: answers `200 {"status":"ok"}` while the process can
@@ -170,49 +171,19 @@ fn validate_status_path(path: &str) -> Result<(), TelemetryError> {
 }
 
 /// The admin router: `/healthz`, `/readyz`, `/metrics`, the status route and
-/// the merged extra routes. Serve it with [`crate::AdminServer`], or test it
+/// the merged extra routes. Serve it with [`crate::HttpServer`], or test it
 /// with `tower::ServiceExt::oneshot` without a socket.
 ///
 /// # Panics
 /// When an extra route overlaps a built-in one (axum's `merge` rule).
 pub fn router(state: AdminState) -> Router {
     let extra = state.extra.clone();
-    let mut app = Router::new()
-        .route(HEALTHZ_PATH, get(healthz))
-        .route(READYZ_PATH, get(readyz))
-        .route(METRICS_PATH, get(metrics));
+    let health = health_routes(state.inner.readiness.clone(), state.inner.shutdown.clone());
+    let mut app = Router::new().route(METRICS_PATH, get(metrics));
     if let Some(status) = &state.inner.status {
         app = app.route(&status.path, get(status_route));
     }
-    app.with_state(state).merge(extra)
-}
-
-async fn healthz() -> Response {
-    axum::Json(json!({ "status": "ok" })).into_response()
-}
-
-async fn readyz(State(state): State<AdminState>) -> Response {
-    if state
-        .inner
-        .shutdown
-        .as_ref()
-        .is_some_and(Shutdown::is_triggered)
-    {
-        let body = json!({ "status": "shutting_down", "failing": [], "checks": [] });
-        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
-    }
-    let report = state.inner.readiness.evaluate().await;
-    if report.ready {
-        let body = json!({ "status": "ready", "checks": report.checks });
-        (StatusCode::OK, axum::Json(body)).into_response()
-    } else {
-        let body = json!({
-            "status": "not_ready",
-            "failing": report.failing(),
-            "checks": report.checks,
-        });
-        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
-    }
+    app.with_state(state).merge(health).merge(extra)
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
@@ -244,6 +215,7 @@ mod tests {
     use axum::http::Request;
     use http_body_util::BodyExt;
     use prometheus_client::metrics::counter::Counter;
+    use serde_json::json;
     use tower::ServiceExt;
 
     use super::*;

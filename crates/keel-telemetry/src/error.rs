@@ -63,8 +63,8 @@ pub enum TelemetryError {
         /// The field at fault (`readiness check timeout`).
         field: &'static str,
     },
-    /// The admin server could not bind its listening socket.
-    #[error("cannot bind the admin server to {addr}")]
+    /// An HTTP server could not bind its listening socket.
+    #[error("cannot bind the http server to {addr}")]
     Bind {
         /// The requested address.
         addr: SocketAddr,
@@ -72,11 +72,8 @@ pub enum TelemetryError {
         #[source]
         source: io::Error,
     },
-    /// The admin server failed while serving.
-    #[error("the admin server stopped with an I/O error")]
-    Serve(#[source] io::Error),
-    /// The admin server task panicked or was cancelled.
-    #[error("the admin server task did not finish cleanly")]
+    /// The HTTP server task panicked or was cancelled.
+    #[error("the http server task did not finish cleanly")]
     ServerTask(#[source] tokio::task::JoinError),
     /// Installing a SIGTERM or SIGINT handler failed.
     #[error("cannot install the {signal} handler")]

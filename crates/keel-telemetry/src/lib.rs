@@ -15,7 +15,7 @@
 //! * [`router`] builds the admin routes: `/healthz` (alive), `/readyz` (the
 //!   program's [`Readiness`] checks, with a timeout; 503 naming the failing
 //!   ones), `/metrics` (OpenMetrics text) and a program-defined JSON status
-//!   route, plus any extra routes. [`AdminServer`] serves it.
+//!   route, plus any extra routes. [`HttpServer`] serves it.
 //! * [`Shutdown`] turns SIGTERM/SIGINT into a cancellation token, tracks
 //!   in-flight work and drains it within a bound ([`DEFAULT_DRAIN_TIMEOUT`]).
 //!
@@ -61,7 +61,7 @@
 //! ```no_run
 //! use std::time::Duration;
 //! use keel_telemetry::{
-//!     AdminServer, AdminState, DEFAULT_DRAIN_TIMEOUT, MetricsRegistry, Shutdown, init_from_env,
+//!     HttpServer, AdminState, DEFAULT_DRAIN_TIMEOUT, MetricsRegistry, Shutdown, init_from_env,
 //!     router,
 //! };
 //!
@@ -71,7 +71,7 @@
 //!     let shutdown = Shutdown::new();
 //!     let metrics = MetricsRegistry::new("vm_watchdog")?;
 //!     let state = AdminState::builder(metrics).shutdown(shutdown.clone()).build()?;
-//!     let server = AdminServer::bind("127.0.0.1:9090".parse()?, router(state), &shutdown).await?;
+//!     let server = HttpServer::bind("127.0.0.1:9090".parse()?, router(state), &shutdown).await?;
 //!     tracing::info!(addr = %server.local_addr(), "started");
 //!
 //!     let token = shutdown.token();
@@ -95,16 +95,21 @@
 mod admin;
 mod error;
 mod every;
+mod http;
 mod labels;
 mod logging;
 mod metrics;
 mod readiness;
-mod server;
 mod shutdown;
 
 pub use admin::{AdminBuilder, AdminState, HEALTHZ_PATH, METRICS_PATH, READYZ_PATH, router};
 pub use error::TelemetryError;
 pub use every::every;
+pub use http::{
+    BodyReadError, CLOSE_GRACE, DEFAULT_BODY_READ_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT,
+    HttpMetrics, HttpServer, Latency, LatencyFuture, LatencyLayer, REQUEST_DURATION,
+    ReadTimeoutBody, ReadTimeouts, UNMATCHED_ROUTE, health_routes,
+};
 pub use labels::{
     DEFAULT_IDLE_AFTER, DEFAULT_MAX_SETS, LabelFamily, LabelFamilyBuilder, LabelValue,
     MAX_LABEL_VALUE_LEN, OTHER, cap_label_value, write_escaped_label_value,
@@ -117,7 +122,6 @@ pub use metrics::{MetricsRegistry, OPENMETRICS_CONTENT_TYPE};
 pub use readiness::{
     CheckResult, CheckStatus, DEFAULT_CHECK_TIMEOUT, Readiness, ReadinessCheck, ReadinessReport,
 };
-pub use server::AdminServer;
 pub use shutdown::{DEFAULT_DRAIN_TIMEOUT, DrainReport, Shutdown, ShutdownReason};
 
 /// The prometheus-client version this crate's registry uses, re-exported so

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
-use keel_telemetry::{AdminServer, AdminState, MetricsRegistry, Readiness, Shutdown, router};
+use keel_telemetry::{AdminState, HttpServer, MetricsRegistry, Readiness, Shutdown, router};
 use tokio::sync::{Notify, oneshot};
 
 #[tokio::test]
@@ -43,7 +43,7 @@ async fn serves_admin_routes_and_finishes_in_flight_requests_on_shutdown() -> an
         .status("/status", || async { serde_json::json!({ "ok": true }) })
         .routes(slow)
         .build()?;
-    let server = AdminServer::bind("127.0.0.1:0".parse()?, router(state), &shutdown).await?;
+    let server = HttpServer::bind("127.0.0.1:0".parse()?, router(state), &shutdown).await?;
     let addr = server.local_addr();
     assert_ne!(addr.port(), 0);
     let base = format!("http://{addr}");
@@ -94,8 +94,8 @@ async fn serves_admin_routes_and_finishes_in_flight_requests_on_shutdown() -> an
 async fn binding_a_used_port_is_a_typed_error() -> anyhow::Result<()> {
     let shutdown = Shutdown::new();
     let app = router(AdminState::builder(MetricsRegistry::new("a")?).build()?);
-    let first = AdminServer::bind("127.0.0.1:0".parse()?, app.clone(), &shutdown).await?;
-    let err = AdminServer::bind(first.local_addr(), app, &shutdown)
+    let first = HttpServer::bind("127.0.0.1:0".parse()?, app.clone(), &shutdown).await?;
+    let err = HttpServer::bind(first.local_addr(), app, &shutdown)
         .await
         .unwrap_err();
     assert!(

@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use keel_telemetry::{AdminServer, AdminState, MetricsRegistry, Shutdown, router};
+use keel_telemetry::{AdminState, HttpServer, MetricsRegistry, Shutdown, router};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -103,7 +103,7 @@ fn child_main() -> ! {
             .shutdown(shutdown.clone())
             .build()
             .unwrap();
-        let server = AdminServer::bind("127.0.0.1:0".parse().unwrap(), router(state), &shutdown)
+        let server = HttpServer::bind("127.0.0.1:0".parse().unwrap(), router(state), &shutdown)
             .await
             .unwrap();
         // A job that notices shutdown and needs a moment to hand back its
