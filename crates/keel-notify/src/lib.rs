@@ -111,7 +111,7 @@ pub mod telegram;
 pub use config::NotifierBuilder;
 pub use digest::Digest;
 pub use error::{ConfigError, NotifyError, QueueClosed, SinkError, UnknownSink};
-pub use keel_breaker::{BreakerConfig, BreakerRegistry, CircuitBreaker};
+pub use keel_breaker::{BreakerConfig, BreakerRegistry, CircuitBreaker, State as BreakerState};
 pub use metrics::Stats;
 pub use notification::{Message, Notification, Priority};
 pub use notifier::{Admitted, Notifier, ShutdownReport};

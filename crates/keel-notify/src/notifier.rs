@@ -249,10 +249,11 @@ impl Notifier {
         let sinks: Vec<SinkEntry> = sinks
             .into_iter()
             .map(|sink| {
+                let digests = sink.supports_digest();
                 let limits = sink
                     .rate_limits()
                     .iter()
-                    .map(|l| rate.register(l))
+                    .map(|l| rate.register(l, digests))
                     .collect();
                 let name = sink.name().to_owned();
                 let breaker_name = format!("{}{name}", crate::config::BREAKER_PREFIX);
@@ -264,7 +265,7 @@ impl Notifier {
                 };
                 SinkEntry {
                     name,
-                    digests: sink.supports_digest(),
+                    digests,
                     sink,
                     limits,
                     breaker,
@@ -542,9 +543,9 @@ impl Notifier {
             }
             None => {
                 if !remaining.is_empty() {
-                    warn!(
+                    error!(
                         lost = remaining.len(),
-                        "notifier shut down with messages queued and no spool; they are lost"
+                        "notifier shut down with messages queued and no spool (set a spool or a state directory); they are lost"
                     );
                 }
                 for d in &remaining {

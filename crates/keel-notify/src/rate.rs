@@ -15,12 +15,29 @@ use tokio::time::Instant;
 
 use crate::sink::RateLimit;
 
+/// Smoothing of a limit that a digesting sink uses: a GCRA schedule (a
+/// burst of `burst` sends, then one every `interval`) on top of the exact
+/// window. Greedy use of "20 per minute" spends the 20 in 20 seconds and
+/// then holds everything for 40; a digest loses nothing by waiting a few
+/// seconds, so spacing the sends bounds every wait. `interval` is
+/// `per / (max - burst)`, so the schedule alone never admits more than
+/// `max` in any window and the window itself never has to hold a send back
+/// for long.
+#[derive(Debug, Clone, Copy)]
+struct Smooth {
+    interval: Duration,
+    tolerance: Duration,
+    /// The theoretical arrival time of the next send.
+    tat: Option<Instant>,
+}
+
 /// The send times of one limit: at most `max` instants, oldest first.
 #[derive(Debug)]
 pub(crate) struct SlidingWindow {
     max: usize,
     per: Duration,
     sent: VecDeque<Instant>,
+    smooth: Option<Smooth>,
 }
 
 impl SlidingWindow {
@@ -30,18 +47,44 @@ impl SlidingWindow {
             max,
             per,
             sent: VecDeque::with_capacity(max),
+            smooth: None,
         }
+    }
+
+    /// Turns on smoothing (see [`Smooth`]): a burst of about a sixth of
+    /// `max` (at least 1), then even spacing. No effect for `max` of 2 or
+    /// less, where the window is already as smooth as it gets.
+    fn smoothed(&mut self) {
+        let max = self.max as u32;
+        let burst = (max / 6).max(1);
+        if max <= burst + 1 || self.smooth.is_some() {
+            return;
+        }
+        let interval = self.per / (max - burst);
+        self.smooth = Some(Smooth {
+            interval,
+            tolerance: interval * (burst - 1),
+            tat: None,
+        });
     }
 
     /// The earliest instant at or after `now` when one more send conforms.
     pub(crate) fn ready_at(&self, now: Instant) -> Instant {
+        let paced = match self.smooth {
+            Some(Smooth {
+                tolerance,
+                tat: Some(tat),
+                ..
+            }) => tat.checked_sub(tolerance).unwrap_or(now).max(now),
+            _ => now,
+        };
         if self.sent.len() < self.max {
-            return now;
+            return paced;
         }
         // The window is full: the next send may go once the oldest of the
         // last `max` sends has left the window.
         let oldest = self.sent[0];
-        (oldest + self.per).max(now)
+        (oldest + self.per).max(paced)
     }
 
     /// Records a send at `at` (which must conform: `at >= ready_at(at)`).
@@ -50,6 +93,9 @@ impl SlidingWindow {
             self.sent.pop_front();
         }
         self.sent.push_back(at);
+        if let Some(s) = &mut self.smooth {
+            s.tat = Some(s.tat.map_or(at, |t| t.max(at)) + s.interval);
+        }
     }
 }
 
@@ -65,15 +111,23 @@ pub(crate) struct RateLimits {
 
 impl RateLimits {
     /// Registers `limit` (or finds the window it shares) and returns its
-    /// index.
-    pub(crate) fn register(&mut self, limit: &RateLimit) -> usize {
+    /// index. `smooth`: a digesting sink uses it, so sends are spaced
+    /// evenly after a small burst instead of spending the whole window at
+    /// once (see [`Smooth`]).
+    pub(crate) fn register(&mut self, limit: &RateLimit, smooth: bool) -> usize {
         let id = (limit.key.clone(), limit.max, limit.per);
-        if let Some(&i) = self.ids.get(&id) {
-            return i;
+        let i = match self.ids.get(&id) {
+            Some(&i) => i,
+            None => {
+                self.windows.push(SlidingWindow::new(limit.max, limit.per));
+                let i = self.windows.len() - 1;
+                self.ids.insert(id, i);
+                i
+            }
+        };
+        if smooth {
+            self.windows[i].smoothed();
         }
-        self.windows.push(SlidingWindow::new(limit.max, limit.per));
-        let i = self.windows.len() - 1;
-        self.ids.insert(id, i);
         i
     }
 
@@ -108,7 +162,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn one_per_second_spaces_sends() {
         let mut limits = RateLimits::default();
-        let a = limits.register(&RateLimit::per_second("chat", 1));
+        let a = limits.register(&RateLimit::per_second("chat", 1), false);
         let t0 = Instant::now();
         assert!(limits.try_acquire(&[a], t0).is_ok());
         assert_eq!(
@@ -124,15 +178,15 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn all_or_nothing_and_sharing() {
         let mut limits = RateLimits::default();
-        let fast = limits.register(&RateLimit::per_second("chat", 1));
-        let slow = limits.register(&RateLimit::per_minute("group", 2));
+        let fast = limits.register(&RateLimit::per_second("chat", 1), false);
+        let slow = limits.register(&RateLimit::per_minute("group", 2), false);
         assert_eq!(
-            limits.register(&RateLimit::per_minute("group", 2)),
+            limits.register(&RateLimit::per_minute("group", 2), false),
             slow,
             "same key and quota share a window"
         );
         assert_ne!(
-            limits.register(&RateLimit::per_minute("other", 2)),
+            limits.register(&RateLimit::per_minute("other", 2), false),
             slow,
             "another key has its own window"
         );
@@ -152,6 +206,34 @@ mod tests {
         assert_eq!(limits.ready_at(&[fast], now), now);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn smoothing_bursts_a_little_then_spaces_evenly_within_the_window() {
+        let mut limits = RateLimits::default();
+        let id = limits.register(&RateLimit::per_minute("group", 20), true);
+        let t0 = Instant::now();
+        let mut t = t0;
+        let mut sent = Vec::new();
+        // Always something to send: take every slot as soon as it opens.
+        while t < t0 + Duration::from_secs(600) {
+            match limits.try_acquire(&[id], t) {
+                Ok(()) => sent.push(t),
+                Err(ready) => t = ready,
+            }
+        }
+        // A burst of three, then one every 60/17 s.
+        assert_eq!(sent[1] - sent[0], Duration::ZERO);
+        assert_eq!(sent[2] - sent[0], Duration::ZERO);
+        let gaps: Vec<Duration> = sent.windows(2).skip(3).map(|w| w[1] - w[0]).collect();
+        let interval = Duration::from_secs(60) / 17;
+        assert!(gaps.iter().all(|g| *g <= interval), "{gaps:?}");
+        for w in sent.windows(21) {
+            assert!(
+                w[20] - w[0] >= Duration::from_secs(60),
+                "never 21 in a minute"
+            );
+        }
+    }
+
     proptest! {
         /// Whatever the request times, a limiter that grants a send only when
         /// `try_acquire` says so never grants more than `max` in any window of
@@ -165,7 +247,7 @@ mod tests {
             let per = Duration::from_millis(per_ms);
             let origin = Instant::now();
             let mut limits = RateLimits::default();
-            let id = limits.register(&RateLimit::new("k", max, per));
+            let id = limits.register(&RateLimit::new("k", max, per), false);
             let mut t = origin;
             let mut granted: Vec<Instant> = Vec::new();
             for gap in gaps {

@@ -6,7 +6,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_notify::{Message, Priority, RateLimit, Sink, SinkError};
+use keel_notify::digest::{fit_by_cost, plain_line};
+use keel_notify::{Digest, Message, Pacer, Priority, RateLimit, Sink, SinkError};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
@@ -21,6 +22,13 @@ pub struct Received {
     pub display_title: String,
     pub body: String,
     pub count: u32,
+    /// For a digest: each entry's key and display title, in order (empty
+    /// for a single message).
+    pub entries: Vec<(String, String)>,
+    /// The text as rendered (plain text; a digest's header and lines).
+    pub text: String,
+    /// Each event's observation time, relative to the sink's origin.
+    pub observed: Vec<Duration>,
 }
 
 /// What the sink answers to one attempt.
@@ -43,6 +51,8 @@ struct Inner {
     delay: Duration,
     concurrent: usize,
     max_concurrent: usize,
+    /// Digests on, within this many characters of plain text.
+    digest_limit: Option<usize>,
 }
 
 /// A sink that records what it receives (relative to its creation time,
@@ -68,8 +78,16 @@ impl MemorySink {
                 delay: Duration::ZERO,
                 concurrent: 0,
                 max_concurrent: 0,
+                digest_limit: None,
             })),
         }
+    }
+
+    /// Combines waiting messages into digests of at most `chars`
+    /// characters of plain text (header and lines).
+    pub fn with_digests(self, chars: usize) -> Self {
+        self.inner.lock().digest_limit = Some(chars);
+        self
     }
 
     pub fn with_limits(mut self, limits: Vec<RateLimit>) -> Self {
@@ -115,16 +133,12 @@ impl MemorySink {
     }
 }
 
-impl Sink for MemorySink {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    async fn send(&self, message: &Message) -> Result<(), SinkError> {
+impl MemorySink {
+    async fn attempt(&self, mut received: Received) -> Result<(), SinkError> {
         let (answer, delay) = {
             let mut inner = self.inner.lock();
             let at = inner.origin.elapsed();
-            inner.attempts.push((at, message.id()));
+            inner.attempts.push((at, received.id));
             inner.concurrent += 1;
             inner.max_concurrent = inner.max_concurrent.max(inner.concurrent);
             let answer = inner.script.pop_front().unwrap_or(if inner.down {
@@ -141,23 +155,85 @@ impl Sink for MemorySink {
         inner.concurrent -= 1;
         match answer {
             Answer::Ok => {
-                let at = inner.origin.elapsed();
-                inner.received.push(Received {
-                    at,
-                    id: message.id(),
-                    key: message.key().to_owned(),
-                    priority: message.priority(),
-                    title: message.title().to_owned(),
-                    display_title: message.display_title(),
-                    body: message.body().to_owned(),
-                    count: message.count(),
-                });
+                received.at = inner.origin.elapsed();
+                inner.received.push(received);
                 Ok(())
             }
             Answer::Fail => Err(SinkError::retryable("scripted failure")),
             Answer::Overloaded(ra) => Err(SinkError::overloaded(ra)),
             Answer::Reject => Err(SinkError::permanent(Some(400), "scripted rejection")),
         }
+    }
+}
+
+impl Sink for MemorySink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn send(&self, message: &Message) -> Result<(), SinkError> {
+        let origin = self.inner.lock().origin;
+        let received = Received {
+            at: Duration::ZERO,
+            id: message.id(),
+            key: message.key().to_owned(),
+            priority: message.priority(),
+            title: message.title().to_owned(),
+            display_title: message.display_title(),
+            body: message.body().to_owned(),
+            count: message.count(),
+            entries: Vec::new(),
+            text: message.to_plain_text(),
+            observed: message
+                .observed_at()
+                .map(|t| t.saturating_duration_since(origin))
+                .into_iter()
+                .collect(),
+        };
+        self.attempt(received).await
+    }
+
+    fn supports_digest(&self) -> bool {
+        self.inner.lock().digest_limit.is_some()
+    }
+
+    fn digest_fit(&self, entries: &[Message]) -> usize {
+        let Some(limit) = self.inner.lock().digest_limit else {
+            return 1;
+        };
+        let header = Digest::new(0, entries.to_vec()).header().chars().count();
+        fit_by_cost(
+            limit,
+            header,
+            entries.iter().map(|m| plain_line(m).chars().count() + 1),
+        )
+    }
+
+    async fn send_digest(&self, digest: &Digest, _pacer: &Pacer<'_>) -> Result<(), SinkError> {
+        let origin = self.inner.lock().origin;
+        let received = Received {
+            at: Duration::ZERO,
+            id: digest.id(),
+            key: "digest".to_owned(),
+            priority: digest.priority(),
+            title: digest.header(),
+            display_title: digest.header(),
+            body: String::new(),
+            count: digest.events(),
+            entries: digest
+                .entries()
+                .iter()
+                .map(|m| (m.key().to_owned(), m.display_title()))
+                .collect(),
+            text: digest.to_plain_text(),
+            observed: digest
+                .entries()
+                .iter()
+                .filter_map(Message::observed_at)
+                .map(|t| t.saturating_duration_since(origin))
+                .collect(),
+        };
+        self.attempt(received).await
     }
 
     fn rate_limits(&self) -> Vec<RateLimit> {
