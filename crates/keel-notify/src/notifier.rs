@@ -1,9 +1,8 @@
 //! [`Notifier`]: the queue, its workers, shutdown and the spool.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use keel_breaker::{CircuitBreaker, OwnedPermit, State as BreakerState};
@@ -25,7 +24,7 @@ use crate::notification::{Message, Notification, Priority};
 use crate::queue::{Delivery, Pushed, Queue};
 use crate::rate::RateLimits;
 use crate::sink::{BoxFuture, DynSink, PaceSource, Pacer};
-use crate::spool::{self, SpoolRecord};
+use crate::spool::{Spool, SpoolRecord};
 
 /// What [`Notifier::notify`] did with a notification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,13 +178,8 @@ struct Shared {
     counters: Counters,
     metrics: Metrics,
     tasks: tokio::sync::Mutex<Option<JoinSet<()>>>,
-    /// Generation of the latest spool snapshot, taken under the state lock
-    /// so generations follow the state's history.
-    spool_gen: AtomicU64,
-    /// The generation last written. Locked by the blocking writer itself,
-    /// so a write outlives a cancelled caller and an older snapshot never
-    /// overwrites a newer one.
-    spool_written: Arc<Mutex<u64>>,
+    /// The spool file, when there is one.
+    spool: Option<Spool>,
 }
 
 struct DropGuard {
@@ -285,6 +279,7 @@ impl Notifier {
             next_id: 0,
             closed: false,
         };
+        let settings_spool = settings.spool.clone();
         let shared = Arc::new(Shared {
             settings,
             sinks,
@@ -296,11 +291,10 @@ impl Notifier {
             counters: Counters::default(),
             metrics: Metrics::default(),
             tasks: tokio::sync::Mutex::new(None),
-            spool_gen: AtomicU64::new(1),
-            spool_written: Arc::new(Mutex::new(0)),
+            spool: settings_spool.map(Spool::new),
         });
-        if let Some(path) = &shared.settings.spool {
-            shared.load_spool(path)?;
+        if let Some(spool) = &shared.spool {
+            shared.load_spool(spool)?;
         }
         let mut set = JoinSet::new();
         for _ in 0..shared.settings.workers {
@@ -465,7 +459,7 @@ impl Notifier {
     /// [`NotifyError::Spool`] when the write fails (the previous spool is
     /// left intact).
     pub async fn save_spool(&self) -> Result<usize, NotifyError> {
-        if self.shared.settings.spool.is_none() {
+        if self.shared.spool.is_none() {
             return Err(ConfigError::new("spool", "no spool file is configured").into());
         }
         self.shared.save_spool().await
@@ -520,13 +514,15 @@ impl Notifier {
             rest.extend(st.queue.drain());
             rest.sort_by_key(|d| (d.priority().lane(), d.seq()));
             shared.update_gauges(&st);
-            (rest, shared.spool_gen.fetch_add(1, Ordering::Relaxed))
+            let generation = shared.spool.as_ref().map(Spool::next_generation);
+            (rest, generation)
         };
-        match &shared.settings.spool {
-            Some(path) => {
+        match (&shared.spool, generation) {
+            (Some(spool), Some(generation)) => {
+                let now = Instant::now();
                 let records: Vec<SpoolRecord> =
-                    remaining.iter().map(|d| shared.record(d)).collect();
-                match shared.write_spool(path, records, generation).await {
+                    remaining.iter().map(|d| shared.record(d, now)).collect();
+                match spool.write(records, generation).await {
                     Ok(n) => report.spooled = n,
                     Err(e) => {
                         error!(
@@ -541,7 +537,7 @@ impl Notifier {
                     }
                 }
             }
-            None => {
+            _ => {
                 if !remaining.is_empty() {
                     error!(
                         lost = remaining.len(),
@@ -1143,77 +1139,43 @@ impl Shared {
         self.idle.notify_waiters();
     }
 
-    fn record(&self, d: &Delivery) -> SpoolRecord {
-        SpoolRecord {
-            v: spool::VERSION,
-            sink: Some(self.sinks[d.sink].name.clone()),
-            count: d.message.count,
-            attempts: d.attempts,
-            notification: d.message.notification.clone(),
-        }
+    fn record(&self, d: &Delivery, now: Instant) -> SpoolRecord {
+        SpoolRecord::new(
+            Some(self.sinks[d.sink].name.clone()),
+            d.message.notification.clone(),
+            d.message.count,
+            d.attempts,
+            now,
+        )
     }
 
     async fn save_spool(&self) -> Result<usize, NotifyError> {
-        let Some(path) = &self.settings.spool else {
+        let Some(spool) = &self.spool else {
             return Ok(0);
         };
         let (records, generation) = {
             let st = self.state.lock();
+            let now = Instant::now();
             let mut all: Vec<&Delivery> = st.queue.iter().chain(st.in_flight.values()).collect();
             all.sort_by_key(|d| (d.priority().lane(), d.seq()));
-            let mut records: Vec<SpoolRecord> = all.into_iter().map(|d| self.record(d)).collect();
+            let mut records: Vec<SpoolRecord> =
+                all.into_iter().map(|d| self.record(d, now)).collect();
             records.extend(
                 st.admission
                     .held()
                     .into_iter()
-                    .map(|(notification, count)| SpoolRecord {
-                        v: spool::VERSION,
-                        sink: None,
-                        count,
-                        attempts: 0,
-                        notification,
+                    .map(|(notification, count)| {
+                        SpoolRecord::new(None, notification, count, 0, now)
                     }),
             );
-            (records, self.spool_gen.fetch_add(1, Ordering::Relaxed))
+            (records, spool.next_generation())
         };
-        self.write_spool(path, records, generation).await
+        spool.write(records, generation).await
     }
 
-    async fn write_spool(
-        &self,
-        path: &Path,
-        records: Vec<SpoolRecord>,
-        generation: u64,
-    ) -> Result<usize, NotifyError> {
-        let n = records.len();
-        let p = path.to_owned();
-        let written_gen = self.spool_written.clone();
-        let written = tokio::task::spawn_blocking(move || {
-            let mut last = written_gen.lock();
-            if *last > generation {
-                // A newer snapshot is already on disk.
-                return Ok(());
-            }
-            spool::write(&p, &records)?;
-            *last = generation;
-            Ok(())
-        })
-        .await
-        .unwrap_or_else(|join| Err(std::io::Error::other(join.to_string())));
-        written.map_err(|source| NotifyError::Spool {
-            path: path.to_owned(),
-            source,
-        })?;
-        debug!(path = %path.display(), records = n, "spool written");
-        Ok(n)
-    }
-
-    fn load_spool(&self, path: &Path) -> Result<(), NotifyError> {
-        let spool_err = |source| NotifyError::Spool {
-            path: path.to_owned(),
-            source,
-        };
-        let (records, bad) = spool::read(path).map_err(spool_err)?;
+    fn load_spool(&self, spool: &Spool) -> Result<(), NotifyError> {
+        let path = spool.path();
+        let (records, bad) = spool.read()?;
         for b in &bad {
             error!(
                 path = %path.display(),
@@ -1233,19 +1195,22 @@ impl Shared {
             let st = &mut *st;
             for r in records {
                 let count = r.count.max(1);
-                match r.sink {
-                    None => restored += self.release(st, r.notification, count, now),
+                let attempts = r.attempts;
+                let sink_name = r.sink.clone();
+                let notification = r.into_notification(now);
+                match sink_name {
+                    None => restored += self.release(st, notification, count, now),
                     Some(name) => {
                         let Some(sink) = self.sinks.iter().position(|s| s.name == name) else {
                             error!(
                                 sink = %name,
-                                key = r.notification.key(),
+                                key = notification.key(),
                                 "spooled message for a sink that no longer exists; dropped"
                             );
                             Counters::add(&self.counters.dropped);
                             self.metrics.dropped(
                                 &name,
-                                r.notification.priority(),
+                                notification.priority(),
                                 DropReason::UnknownSink,
                             );
                             continue;
@@ -1256,11 +1221,11 @@ impl Shared {
                             sink,
                             message: Message {
                                 id,
-                                notification: r.notification,
+                                notification,
                                 count,
                             },
                             queued_at: now,
-                            attempts: r.attempts,
+                            attempts,
                             solo: false,
                         };
                         if self.push(st, d) {
@@ -1280,7 +1245,7 @@ impl Shared {
             skipped = bad.len(),
             "notification spool loaded"
         );
-        spool::remove(path).map_err(spool_err)
+        spool.remove()
     }
 }
 

@@ -16,9 +16,16 @@
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use tracing::debug;
 
+use crate::error::NotifyError;
 use crate::notification::Notification;
 
 pub(crate) const VERSION: u32 = 1;
@@ -30,7 +37,125 @@ pub(crate) struct SpoolRecord {
     pub(crate) count: u32,
     #[serde(default)]
     pub(crate) attempts: u32,
+    /// How long before the write the change was observed (the
+    /// notification's `observed_at` does not survive a restart as an
+    /// instant); the restart's own downtime is not counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) observed_ms_ago: Option<u64>,
     pub(crate) notification: Notification,
+}
+
+impl SpoolRecord {
+    /// A record of `notification` (for `sink`, or held when `None`).
+    pub(crate) fn new(
+        sink: Option<String>,
+        notification: Notification,
+        count: u32,
+        attempts: u32,
+        now: Instant,
+    ) -> Self {
+        let observed_ms_ago = notification.observed().map(|at| {
+            u64::try_from(now.saturating_duration_since(at).as_millis()).unwrap_or(u64::MAX)
+        });
+        SpoolRecord {
+            v: VERSION,
+            sink,
+            count,
+            attempts,
+            observed_ms_ago,
+            notification,
+        }
+    }
+
+    /// The notification, its observation time restored relative to `now`.
+    pub(crate) fn into_notification(self, now: Instant) -> Notification {
+        match self.observed_ms_ago {
+            Some(ms) => {
+                let at = now.checked_sub(Duration::from_millis(ms)).unwrap_or(now);
+                self.notification.observed_at(at)
+            }
+            None => self.notification,
+        }
+    }
+}
+
+/// A notifier's spool file: snapshots written in the order they were taken
+/// (a write of an older snapshot that finishes after a newer one is
+/// skipped), off the async threads.
+#[derive(Debug)]
+pub(crate) struct Spool {
+    path: PathBuf,
+    /// Generation of the latest snapshot, taken under the notifier's state
+    /// lock so generations follow the state's history.
+    generation: AtomicU64,
+    /// The generation last written. Locked by the blocking writer itself,
+    /// so a write outlives a cancelled caller and an older snapshot never
+    /// overwrites a newer one.
+    written: Arc<Mutex<u64>>,
+}
+
+impl Spool {
+    pub(crate) fn new(path: PathBuf) -> Self {
+        Spool {
+            path,
+            generation: AtomicU64::new(1),
+            written: Arc::new(Mutex::new(0)),
+        }
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The generation of a snapshot being taken now (call under the lock
+    /// that guards what is snapshotted).
+    pub(crate) fn next_generation(&self) -> u64 {
+        self.generation.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn error(&self, source: io::Error) -> NotifyError {
+        NotifyError::Spool {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Replaces the file with `records` (atomically: temporary file,
+    /// fsync, rename over), unless a newer snapshot is already on disk.
+    /// Returns how many records the snapshot held.
+    pub(crate) async fn write(
+        &self,
+        records: Vec<SpoolRecord>,
+        generation: u64,
+    ) -> Result<usize, NotifyError> {
+        let n = records.len();
+        let path = self.path.clone();
+        let written = self.written.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut last = written.lock();
+            if *last > generation {
+                return Ok(());
+            }
+            write(&path, &records)?;
+            *last = generation;
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|join| Err(io::Error::other(join.to_string())));
+        result.map_err(|e| self.error(e))?;
+        debug!(path = %self.path.display(), records = n, "spool written");
+        Ok(n)
+    }
+
+    /// Reads the file (none: empty), for loading at start.
+    pub(crate) fn read(&self) -> Result<(Vec<SpoolRecord>, Vec<BadLine>), NotifyError> {
+        read(&self.path).map_err(|e| self.error(e))
+    }
+
+    /// Removes the file once its records live in memory.
+    pub(crate) fn remove(&self) -> Result<(), NotifyError> {
+        remove(&self.path).map_err(|e| self.error(e))
+    }
 }
 
 /// A line that could not be read back.
@@ -134,8 +259,45 @@ mod tests {
             sink: sink.map(str::to_owned),
             count: i,
             attempts: 0,
+            observed_ms_ago: None,
             notification: Notification::critical(format!("k{i}"), "t <b>\"é\"\n").field("a", "b"),
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn snapshots_write_in_generation_order_and_keep_the_observed_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::new(dir.path().join("notify.spool"));
+        let old = spool.next_generation();
+        let new = spool.next_generation();
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let observed = Instant::now() - Duration::from_secs(4);
+        let n = Notification::critical("k", "t").observed_at(observed);
+        let rec = SpoolRecord::new(Some("s".into()), n, 1, 0, Instant::now());
+        assert_eq!(rec.observed_ms_ago, Some(4_000));
+        assert_eq!(spool.write(vec![rec.clone()], new).await.unwrap(), 1);
+        // The older snapshot finishes later: skipped, the newer stays.
+        spool.write(vec![record(9, None)], old).await.unwrap();
+        let (back, bad) = spool.read().unwrap();
+        assert!(bad.is_empty());
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].notification.key(), "k", "the newer snapshot");
+        assert_eq!(back[0].observed_ms_ago, Some(4_000));
+        assert_eq!(back[0].notification.observed(), None, "an instant is not written");
+        drop(rec);
+        tokio::time::advance(Duration::from_secs(60)).await;
+        let restored = back
+            .into_iter()
+            .next()
+            .unwrap()
+            .into_notification(Instant::now());
+        assert_eq!(
+            restored.observed(),
+            Some(Instant::now() - Duration::from_secs(4)),
+            "the age carries over a restart"
+        );
+        spool.remove().unwrap();
+        assert!(spool.read().unwrap().0.is_empty());
     }
 
     #[test]
