@@ -9,27 +9,11 @@ use std::net::SocketAddr;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TelemetryError {
-    /// `LOG_FORMAT` (or the value passed as a log format) is neither `json`
-    /// nor `text`.
-    #[error("invalid {variable}={value:?}: expected `json` or `text`")]
-    InvalidLogFormat {
-        /// The variable that held the value (`LOG_FORMAT`).
-        variable: &'static str,
-        /// The rejected value.
-        value: String,
-    },
-    /// `RUST_LOG` (or the filter passed in) is not a valid
-    /// `tracing-subscriber` filter directive list.
-    #[error("invalid {variable}={value:?}")]
-    InvalidLogFilter {
-        /// The variable that held the filter (`RUST_LOG`).
-        variable: &'static str,
-        /// The rejected filter.
-        value: String,
-        /// Why the filter parser rejected it.
-        #[source]
-        source: tracing_subscriber::filter::ParseError,
-    },
+    /// A configuration value is invalid; the [`ConfigError`] names it.
+    ///
+    /// [`ConfigError`]: keel_core::ConfigError
+    #[error("invalid configuration")]
+    Config(#[from] keel_core::ConfigError),
     /// A global tracing subscriber is already installed in this process.
     #[error("a global tracing subscriber is already installed")]
     TracingAlreadyInitialized,

@@ -1,25 +1,87 @@
-//! Program plumbing shared by every Keel binary: logging, metrics, the admin
-//! HTTP server and graceful shutdown.
+//! The program kit: what every Keel binary starts from, so its `main.rs`
+//! is a few lines and its behaviour at start and stop is the same as every
+//! other's.
 //!
-//! Use it in `main.rs` (never in a library, which must not install a
-//! subscriber or bind ports):
+//! Use it in programs only (a library must not install a subscriber, bind
+//! ports or decide exit codes):
 //!
-//! * [`init_from_env`] installs a `tracing` subscriber from `RUST_LOG` and
-//!   `LOG_FORMAT=json|text`; a bad value is a typed error naming the
-//!   variable, and a second call returns an error instead of panicking.
-//! * [`MetricsRegistry`] is a prometheus-client registry with the program's
-//!   prefix (`alert_history_...`), or without one
-//!   ([`MetricsRegistry::unprefixed`], for programs whose metric names are
-//!   fixed by an existing dashboard); libraries keep their `register(&mut
-//!   Registry)` API with short names.
-//! * [`router`] builds the admin routes: `/healthz` (alive), `/readyz` (the
-//!   program's [`Readiness`] checks, with a timeout; 503 naming the failing
-//!   ones), `/metrics` (OpenMetrics text) and a program-defined JSON status
-//!   route, plus any extra routes. [`HttpServer`] serves it.
-//! * [`Shutdown`] turns SIGTERM/SIGINT into a cancellation token, tracks
-//!   in-flight work and drains it within a bound ([`DEFAULT_DRAIN_TIMEOUT`]).
+//! * [`run`] is the whole `main`: the clap configuration (blank variables
+//!   count as unset), exit 64 naming the variable on invalid configuration
+//!   (from a typed [`ConfigError`] or clap's own error, never from message
+//!   text), `--check-config` ([`Program::check`], helpers in [`check`]),
+//!   logging from the flattened [`LogArgs`] (`RUST_LOG`, `LOG_FORMAT`), the
+//!   runtime, the admin server, SIGTERM/SIGINT and the bounded drain. The
+//!   exit codes are documented in one place: [`Exit`].
+//! * [`HttpServer`] serves an axum router with header and body read
+//!   timeouts ([`ReadTimeouts`], 10 s / 30 s) and a drain no stalled client
+//!   can hold; [`HttpMetrics`] is the request-latency middleware labelled by
+//!   route template; [`health_routes`] are `/healthz` and `/readyz` for a
+//!   program's own port.
+//! * [`LabelFamily`] bounds a metric's label sets (at most N, the rest under
+//!   `other`, idle sets give their slot back) and, like [`LabelValue`],
+//!   caps and escapes label values, which prometheus-client does not.
+//! * [`every`] is the periodic-task loop.
+//! * One metrics idiom: libraries register short names on the registry they
+//!   are given (`register(&mut Registry)`); the program chooses the prefix
+//!   ([`Program::metrics_prefix`], [`MetricsRegistry`]).
 //!
-//! The admin router, tested without a socket:
+//! A whole program (`no_run`: it serves until SIGTERM):
+//!
+//! ```no_run
+//! use std::net::SocketAddr;
+//! use std::process::ExitCode;
+//! use std::time::Duration;
+//!
+//! use clap::Parser;
+//! use keel_telemetry::prometheus_client::metrics::counter::Counter;
+//! use keel_telemetry::{ConfigError, KitArgs, Program, every};
+//!
+//! /// Counts to infinity, once a minute.
+//! #[derive(Debug, Parser)]
+//! #[command(name = "counter", version)]
+//! struct Config {
+//!     /// Where `/healthz`, `/readyz` and `/metrics` are served.
+//!     #[arg(long, env = "ADMIN_ADDR", default_value = "127.0.0.1:9090")]
+//!     admin_addr: SocketAddr,
+//!     /// Seconds between two counts.
+//!     #[arg(long, env = "PERIOD", default_value_t = 60)]
+//!     period: u64,
+//!     #[command(flatten)]
+//!     kit: KitArgs,
+//! }
+//!
+//! impl Program for Config {
+//!     fn kit_args(&self) -> &KitArgs {
+//!         &self.kit
+//!     }
+//!     fn validate(&self) -> Result<(), ConfigError> {
+//!         if self.period == 0 {
+//!             return Err(ConfigError::new("PERIOD", "must be at least 1"));
+//!         }
+//!         Ok(())
+//!     }
+//!     fn admin_addr(&self) -> Option<SocketAddr> {
+//!         Some(self.admin_addr)
+//!     }
+//! }
+//!
+//! fn main() -> ExitCode {
+//!     keel_telemetry::run(|config: Config, kit| async move {
+//!         let counts = Counter::<u64>::default();
+//!         // Served as `counter_counts_total`.
+//!         kit.metrics().register_with(|r| r.register("counts", "Counts", counts.clone()));
+//!         let period = Duration::from_secs(config.period);
+//!         kit.shutdown().spawn(every(period, kit.token(), move || {
+//!             counts.inc();
+//!             async {}
+//!         }));
+//!         kit.stopping().await;
+//!         Ok::<_, ConfigError>(())
+//!     })
+//! }
+//! ```
+//!
+//! The admin router alone, tested without a socket:
 //!
 //! ```
 //! use axum::body::Body;
@@ -54,45 +116,9 @@
 //! # Ok(())
 //! # }
 //! ```
-//!
-//! A whole `main`: bind the admin port, run work until SIGTERM, drain for at
-//! most 10 s, exit 0 (`no_run` because it waits for a signal):
-//!
-//! ```no_run
-//! use std::time::Duration;
-//! use keel_telemetry::{
-//!     HttpServer, AdminState, DEFAULT_DRAIN_TIMEOUT, MetricsRegistry, Shutdown, init_from_env,
-//!     router,
-//! };
-//!
-//! #[tokio::main]
-//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//!     init_from_env()?;
-//!     let shutdown = Shutdown::new();
-//!     let metrics = MetricsRegistry::new("vm_watchdog")?;
-//!     let state = AdminState::builder(metrics).shutdown(shutdown.clone()).build()?;
-//!     let server = HttpServer::bind("127.0.0.1:9090".parse()?, router(state), &shutdown).await?;
-//!     tracing::info!(addr = %server.local_addr(), "started");
-//!
-//!     let token = shutdown.token();
-//!     shutdown.spawn(async move {
-//!         // The program's work loop: stop taking work when the token fires.
-//!         while !token.is_cancelled() {
-//!             tokio::select! {
-//!                 () = token.cancelled() => break,
-//!                 () = tokio::time::sleep(Duration::from_secs(5)) => { /* one round */ }
-//!             }
-//!         }
-//!     });
-//!
-//!     let reason = shutdown.signal().await?;
-//!     let report = shutdown.drain(DEFAULT_DRAIN_TIMEOUT).await;
-//!     tracing::info!(%reason, completed = report.completed, abandoned = report.abandoned, "bye");
-//!     Ok(())
-//! }
-//! ```
 
 mod admin;
+pub mod check;
 mod error;
 mod every;
 mod http;
@@ -100,6 +126,7 @@ mod labels;
 mod logging;
 mod metrics;
 mod readiness;
+mod run;
 mod shutdown;
 
 pub use admin::{AdminBuilder, AdminState, HEALTHZ_PATH, METRICS_PATH, READYZ_PATH, router};
@@ -115,15 +142,17 @@ pub use labels::{
     MAX_LABEL_VALUE_LEN, OTHER, cap_label_value, write_escaped_label_value,
 };
 pub use logging::{
-    DEFAULT_FILTER, LOG_FORMAT_VAR, LogConfig, LogFormat, LogTarget, RUST_LOG_VAR, init_from_env,
-    init_tracing,
+    DEFAULT_FILTER, LOG_FORMAT_VAR, LogArgs, LogConfig, LogFormat, LogTarget, RUST_LOG_VAR,
 };
 pub use metrics::{MetricsRegistry, OPENMETRICS_CONTENT_TYPE};
 pub use readiness::{
     CheckResult, CheckStatus, DEFAULT_CHECK_TIMEOUT, Readiness, ReadinessCheck, ReadinessReport,
 };
+pub use run::{Exit, Kit, KitArgs, KitBuilder, Program, run};
 pub use shutdown::{DEFAULT_DRAIN_TIMEOUT, DrainReport, Shutdown, ShutdownReason};
 
+/// The one configuration error of every Keel crate; [`run`] exits 64 on it.
+pub use keel_core::ConfigError;
 /// The prometheus-client version this crate's registry uses, re-exported so
 /// programs create metrics of the same version.
 pub use prometheus_client;

@@ -4,6 +4,7 @@ use std::fmt;
 use std::io::IsTerminal;
 use std::str::FromStr;
 
+use keel_core::ConfigError;
 use tracing::Subscriber;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
@@ -20,7 +21,7 @@ pub const RUST_LOG_VAR: &str = "RUST_LOG";
 pub const DEFAULT_FILTER: &str = "info";
 
 /// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum LogFormat {
     /// Human-readable lines (`tracing-subscriber`'s full format). ANSI colours
     /// are used only when the output is a terminal.
@@ -31,41 +32,63 @@ pub enum LogFormat {
     Json,
 }
 
-impl LogFormat {
-    /// Reads [`LOG_FORMAT_VAR`]; unset or empty means [`LogFormat::Text`].
-    ///
-    /// # Errors
-    /// [`TelemetryError::InvalidLogFormat`] naming `LOG_FORMAT` when the value
-    /// is neither `json` nor `text` (case-insensitive).
-    pub fn from_env() -> Result<Self, TelemetryError> {
-        Self::from_env_value(std::env::var(LOG_FORMAT_VAR).ok().as_deref())
-    }
-
-    /// Interprets the value of [`LOG_FORMAT_VAR`] as [`LogFormat::from_env`]
-    /// does, without touching the environment (`None` = unset).
-    ///
-    /// # Errors
-    /// As [`LogFormat::from_env`].
-    pub fn from_env_value(value: Option<&str>) -> Result<Self, TelemetryError> {
-        match value.map(str::trim) {
-            None | Some("") => Ok(LogFormat::Text),
-            Some(v) => v.parse(),
-        }
-    }
-}
-
 impl FromStr for LogFormat {
-    type Err = TelemetryError;
+    type Err = ConfigError;
 
+    /// `json` or `text`, case-insensitive; anything else is a
+    /// [`ConfigError`] naming `LOG_FORMAT`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim().to_ascii_lowercase().as_str() {
             "json" => Ok(LogFormat::Json),
             "text" => Ok(LogFormat::Text),
-            _ => Err(TelemetryError::InvalidLogFormat {
-                variable: LOG_FORMAT_VAR,
-                value: s.to_owned(),
-            }),
+            _ => Err(ConfigError::new(
+                LOG_FORMAT_VAR,
+                format!("`{s}` is neither `json` nor `text`"),
+            )),
         }
+    }
+}
+
+// The docs are for rustdoc only: clap turns a flattened struct's doc comment
+// into the program's `about`.
+#[cfg_attr(
+    doc,
+    doc = "The logging options every program flattens into its clap struct (through [`crate::KitArgs`]), so `--help` documents `RUST_LOG` and `LOG_FORMAT` like every other variable."
+)]
+#[allow(missing_docs)]
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct LogArgs {
+    /// Which log lines to keep: `tracing` filter directives such as `info` or
+    /// `warn,keel_breaker=debug`.
+    #[arg(long = "log-filter", env = RUST_LOG_VAR, value_name = RUST_LOG_VAR, default_value = DEFAULT_FILTER)]
+    pub log_filter: String,
+
+    /// Log line format: `text` (human-readable) or `json` (one object per
+    /// line, fields as JSON values).
+    #[arg(long = "log-format", env = LOG_FORMAT_VAR, value_name = LOG_FORMAT_VAR, value_enum, ignore_case = true, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl Default for LogArgs {
+    fn default() -> Self {
+        LogArgs {
+            log_filter: DEFAULT_FILTER.to_owned(),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+impl LogArgs {
+    /// The validated configuration (an empty filter means
+    /// [`DEFAULT_FILTER`]).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming `RUST_LOG` when a directive does not parse.
+    pub fn config(&self) -> Result<LogConfig, ConfigError> {
+        LogConfig::from_env_values(None, Some(&self.log_filter)).map(|config| LogConfig {
+            format: self.log_format,
+            ..config
+        })
     }
 }
 
@@ -109,29 +132,21 @@ impl LogConfig {
         }
     }
 
-    /// Reads [`LOG_FORMAT_VAR`] and [`RUST_LOG_VAR`] (unset or empty
-    /// `RUST_LOG` means [`DEFAULT_FILTER`]).
+    /// From the values of `LOG_FORMAT` and `RUST_LOG` (`None`, empty or
+    /// blank = unset: text format, [`DEFAULT_FILTER`]). Programs started by
+    /// [`crate::run`] get this from [`LogArgs`] instead.
     ///
     /// # Errors
-    /// [`TelemetryError::InvalidLogFormat`] or
-    /// [`TelemetryError::InvalidLogFilter`], naming the variable.
-    pub fn from_env() -> Result<Self, TelemetryError> {
-        Self::from_env_values(
-            std::env::var(LOG_FORMAT_VAR).ok().as_deref(),
-            std::env::var(RUST_LOG_VAR).ok().as_deref(),
-        )
-    }
-
-    /// As [`LogConfig::from_env`], from given values of `LOG_FORMAT` and
-    /// `RUST_LOG` (`None` = unset).
-    ///
-    /// # Errors
-    /// As [`LogConfig::from_env`].
+    /// A [`ConfigError`] naming `LOG_FORMAT` or `RUST_LOG`.
     pub fn from_env_values(
         log_format: Option<&str>,
         rust_log: Option<&str>,
-    ) -> Result<Self, TelemetryError> {
-        let config = LogConfig::new(LogFormat::from_env_value(log_format)?);
+    ) -> Result<Self, ConfigError> {
+        let format = match log_format.map(str::trim) {
+            None | Some("") => LogFormat::Text,
+            Some(v) => v.parse()?,
+        };
+        let config = LogConfig::new(format);
         match rust_log.map(str::trim) {
             None | Some("") => Ok(config),
             Some(filter) => config.with_filter(filter),
@@ -141,9 +156,8 @@ impl LogConfig {
     /// Replaces the filter directives.
     ///
     /// # Errors
-    /// [`TelemetryError::InvalidLogFilter`] (naming `RUST_LOG`) when a
-    /// directive does not parse.
-    pub fn with_filter(mut self, directives: &str) -> Result<Self, TelemetryError> {
+    /// A [`ConfigError`] naming `RUST_LOG` when a directive does not parse.
+    pub fn with_filter(mut self, directives: &str) -> Result<Self, ConfigError> {
         parse_filter(directives)?;
         self.filter = directives.to_owned();
         Ok(self)
@@ -222,36 +236,10 @@ impl LogConfig {
     }
 }
 
-fn parse_filter(directives: &str) -> Result<EnvFilter, TelemetryError> {
+fn parse_filter(directives: &str) -> Result<EnvFilter, ConfigError> {
     EnvFilter::builder()
         .parse(directives)
-        .map_err(|source| TelemetryError::InvalidLogFilter {
-            variable: RUST_LOG_VAR,
-            value: directives.to_owned(),
-            source,
-        })
-}
-
-/// Installs the global subscriber with `format` and the filter from
-/// `RUST_LOG` (default [`DEFAULT_FILTER`]), writing to standard output.
-///
-/// # Errors
-/// [`TelemetryError::InvalidLogFilter`] for a bad `RUST_LOG`;
-/// [`TelemetryError::TracingAlreadyInitialized`] on a second call.
-pub fn init_tracing(format: LogFormat) -> Result<(), TelemetryError> {
-    let config = LogConfig::from_env_values(None, std::env::var(RUST_LOG_VAR).ok().as_deref())?;
-    LogConfig { format, ..config }.init()
-}
-
-/// Reads `LOG_FORMAT` and `RUST_LOG`, installs the global subscriber and
-/// returns the configuration it used.
-///
-/// # Errors
-/// As [`LogConfig::from_env`] and [`LogConfig::init`].
-pub fn init_from_env() -> Result<LogConfig, TelemetryError> {
-    let config = LogConfig::from_env()?;
-    config.init()?;
-    Ok(config)
+        .map_err(|e| ConfigError::new(RUST_LOG_VAR, format!("`{directives}`: {e}")))
 }
 
 #[cfg(test)]
@@ -291,46 +279,64 @@ mod tests {
 
     #[test]
     fn log_format_parses_case_insensitively_and_defaults_to_text() {
-        assert_eq!(LogFormat::from_env_value(None).unwrap(), LogFormat::Text);
-        assert_eq!(
-            LogFormat::from_env_value(Some("")).unwrap(),
-            LogFormat::Text
-        );
-        assert_eq!(
-            LogFormat::from_env_value(Some("JSON")).unwrap(),
-            LogFormat::Json
-        );
+        let text = |v| LogConfig::from_env_values(v, None).unwrap().format();
+        assert_eq!(text(None), LogFormat::Text);
+        assert_eq!(text(Some("")), LogFormat::Text);
+        assert_eq!(text(Some("JSON")), LogFormat::Json);
         assert_eq!(" text ".parse::<LogFormat>().unwrap(), LogFormat::Text);
         assert_eq!(LogFormat::Json.to_string(), "json");
     }
 
     #[test]
     fn invalid_log_format_names_the_variable() {
-        let err = LogFormat::from_env_value(Some("yaml")).unwrap_err();
-        assert!(matches!(
-            &err,
-            TelemetryError::InvalidLogFormat { variable: "LOG_FORMAT", value } if value == "yaml"
-        ));
+        let err = LogConfig::from_env_values(Some("yaml"), None).unwrap_err();
+        assert_eq!(err.field(), "LOG_FORMAT");
         assert_eq!(
             err.to_string(),
-            "invalid LOG_FORMAT=\"yaml\": expected `json` or `text`"
+            "invalid `LOG_FORMAT`: `yaml` is neither `json` nor `text`"
         );
     }
 
     #[test]
     fn invalid_filter_names_rust_log() {
         let err = LogConfig::from_env_values(None, Some("keel=notalevel")).unwrap_err();
-        assert!(matches!(
-            &err,
-            TelemetryError::InvalidLogFilter {
-                variable: "RUST_LOG",
-                ..
-            }
-        ));
-        assert!(err.to_string().starts_with("invalid RUST_LOG="));
-        // The source is not repeated in the Display.
-        let source = std::error::Error::source(&err).unwrap().to_string();
-        assert!(!err.to_string().contains(&source));
+        assert_eq!(err.field(), "RUST_LOG");
+        assert!(
+            err.reason().starts_with("`keel=notalevel`: "),
+            "{}",
+            err.reason()
+        );
+    }
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        log: LogArgs,
+    }
+
+    #[test]
+    fn log_args_parse_and_validate() {
+        use clap::{CommandFactory, Parser};
+        let cli =
+            Cli::try_parse_from(["p", "--log-format", "JSON", "--log-filter", "warn"]).unwrap();
+        let config = cli.log.config().unwrap();
+        assert_eq!(
+            (config.format(), config.filter()),
+            (LogFormat::Json, "warn")
+        );
+        let cli = Cli::try_parse_from(["p", "--log-filter", "keel=loud"]).unwrap();
+        assert_eq!(cli.log.config().unwrap_err().field(), "RUST_LOG");
+        let err = Cli::try_parse_from(["p", "--log-format", "xml"]).unwrap_err();
+        assert!(err.to_string().contains("LOG_FORMAT"), "{err}");
+        let help = Cli::command().render_long_help().to_string();
+        assert!(
+            help.contains("[env: RUST_LOG") && help.contains("[env: LOG_FORMAT"),
+            "{help}"
+        );
+        assert_eq!(
+            LogArgs::default().config().unwrap().filter(),
+            DEFAULT_FILTER
+        );
     }
 
     #[test]
