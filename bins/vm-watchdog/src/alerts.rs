@@ -1,107 +1,44 @@
 //! The alerts the watchdog raises, on top of `keel-notify` (priorities,
-//! dedup, debounce, rate limits, retries, spool), and the sink wrapper that
-//! measures reaction time: status change observed → alert accepted.
+//! dedup, debounce, digests, rate limits, retries, spool). Each alert
+//! carries when its status change was observed and the VM it is about (its
+//! digest subject); the notifier measures "observed → accepted by Telegram"
+//! and [`Alerts::configure`] feeds it to the watchdog's metrics.
 
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
 use std::time::Duration;
 
-use keel_notify::{Admitted, Message, Notification, Notifier, Pacer, RateLimit, Sink, SinkError};
-use parking_lot::Mutex;
+use keel_notify::{Admitted, Notification, Notifier, NotifierBuilder};
 use tokio::time::Instant;
 
 use crate::metrics::Metrics;
 use crate::status::{VmStatus, human_duration};
-
-/// Observation times of alerts not yet accepted, by dedup key.
-type Pending = Arc<Mutex<HashMap<String, Instant>>>;
-
-/// Entries older than this are forgotten (their alert was dropped).
-const PENDING_TTL: Duration = Duration::from_secs(3_600);
-/// Above this many pending entries, stale ones are swept.
-const PENDING_SWEEP: usize = 10_000;
-
-/// Wraps a sink: each accepted message counts in `alerts_sent_total` and,
-/// when the status change it reports was registered by [`Alerts`], its
-/// reaction time goes to `alert_reaction_seconds`.
-#[derive(Debug)]
-pub struct TimedSink<S> {
-    inner: S,
-    pending: Pending,
-    metrics: Metrics,
-}
-
-impl<S: Sink> TimedSink<S> {
-    fn accepted(&self, message: &Message) {
-        let observed = self.pending.lock().remove(message.key());
-        self.metrics
-            .alert_sent(message.priority(), observed.map(|t| t.elapsed()));
-    }
-}
-
-impl<S: Sink> Sink for TimedSink<S> {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-
-    async fn send(&self, message: &Message) -> Result<(), SinkError> {
-        let result = self.inner.send(message).await;
-        if result.is_ok() {
-            self.accepted(message);
-        }
-        result
-    }
-
-    /// Forwarded, so the parts of a split message keep taking the sink's
-    /// rate-limit slots.
-    async fn send_paced(&self, message: &Message, pacer: &Pacer<'_>) -> Result<(), SinkError> {
-        let result = self.inner.send_paced(message, pacer).await;
-        if result.is_ok() {
-            self.accepted(message);
-        }
-        result
-    }
-
-    fn rate_limits(&self) -> Vec<RateLimit> {
-        self.inner.rate_limits()
-    }
-}
 
 /// Builds the watchdog's notifications and hands them to the notifier.
 ///
 /// Keys (what dedup and debounce see): `{vm}:{STATUS}` for critical status
 /// alerts (never suppressed), `{vm}:recovered:{n}` per incident,
 /// `{vm}:stuck:{STATUS}`, `{vm}:missing`, `{vm}:start-failed`,
-/// `api:{group}:down`/`up`, `config:invalid:{hash}`.
+/// `api:{group}:down`/`up`, `config:invalid:{hash}`. VM alerts have the VM
+/// as their subject, so a VM that stopped and recovered while the chat's
+/// rate limit held both appears once in the digest, with its latest state.
 #[derive(Debug, Clone)]
 pub struct Alerts {
     notifier: Notifier,
-    pending: Pending,
 }
 
 impl Alerts {
-    /// Wraps `sink` for timing; build the notifier with the returned sink,
-    /// then call [`Alerts::new`] with it and the same `Alerts` timing state.
-    pub fn timed<S: Sink>(sink: S, metrics: Metrics) -> (TimedSink<S>, AlertsTiming) {
-        let pending = Pending::default();
-        (
-            TimedSink {
-                inner: sink,
-                pending: pending.clone(),
-                metrics,
-            },
-            AlertsTiming(pending),
-        )
+    /// Adds the watchdog's accounting to a notifier builder: every alert
+    /// Telegram accepts counts in `alerts_sent_total` and its observed →
+    /// accepted time goes to `alert_reaction_seconds`.
+    pub fn configure(builder: NotifierBuilder, metrics: Metrics) -> NotifierBuilder {
+        builder.on_accepted(move |accepted| {
+            metrics.alert_sent(accepted.priority, Some(accepted.observed_to_accepted));
+        })
     }
 
-    /// Alerts through `notifier`, timed with `timing` (from
-    /// [`Alerts::timed`]).
-    pub fn new(notifier: Notifier, timing: AlertsTiming) -> Self {
-        Alerts {
-            notifier,
-            pending: timing.0,
-        }
+    /// Alerts through `notifier` (built from [`Alerts::configure`]).
+    pub fn new(notifier: Notifier) -> Self {
+        Alerts { notifier }
     }
 
     /// The notifier (for shutdown and stats).
@@ -111,20 +48,13 @@ impl Alerts {
 
     fn send(&self, notification: Notification, observed_at: Option<Instant>) {
         let key = notification.key().to_owned();
-        let mut inserted = false;
-        if let Some(at) = observed_at {
-            let mut pending = self.pending.lock();
-            if pending.len() > PENDING_SWEEP {
-                pending.retain(|_, t| t.elapsed() < PENDING_TTL);
-            }
-            if !pending.contains_key(&key) {
-                pending.insert(key.clone(), at);
-                inserted = true;
-            }
-        }
+        let notification = match observed_at {
+            Some(at) => notification.observed_at(at),
+            None => notification,
+        };
         match self.notifier.notify(notification) {
-            Ok(Admitted::Deduplicated | Admitted::Dropped) | Err(_) if inserted => {
-                self.pending.lock().remove(&key);
+            Ok(admitted @ (Admitted::Deduplicated | Admitted::Dropped)) => {
+                tracing::debug!(key, ?admitted, "alert not queued");
             }
             Ok(admitted) => tracing::debug!(key, ?admitted, "alert admitted"),
             Err(e) => tracing::debug!(key, error = %e, "alert not admitted"),
@@ -136,7 +66,8 @@ impl Alerts {
         let n = Notification::critical(format!("{vm}:{status}"), format!("VM {vm} is {status}"))
             .body("Starting it now; polling every few seconds until it is RUNNING.")
             .field("vm", vm)
-            .field("status", status.as_str());
+            .field("status", status.as_str())
+            .subject(vm);
         self.send(n, Some(observed_at));
     }
 
@@ -148,7 +79,8 @@ impl Alerts {
         )
         .field("vm", vm)
         .field("status", VmStatus::Running.as_str())
-        .field("downtime", human_duration(downtime));
+        .field("downtime", human_duration(downtime))
+        .subject(vm);
         self.send(n, Some(observed_at));
     }
 
@@ -162,7 +94,8 @@ impl Alerts {
             ),
         )
         .field("vm", vm)
-        .field("status", status.as_str());
+        .field("status", status.as_str())
+        .subject(vm);
         self.send(n, Some(observed_at));
     }
 
@@ -219,45 +152,55 @@ impl Alerts {
     }
 }
 
-/// The timing state shared by [`TimedSink`] and [`Alerts`].
-#[derive(Debug, Clone)]
-pub struct AlertsTiming(Pending);
-
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicBool, Ordering};
-
     use super::*;
+    use std::sync::Arc;
 
-    /// Records whether it was sent to with a pacer.
-    struct Recorder(Arc<AtomicBool>);
+    use keel_notify::{Message, Priority, Sink, SinkError};
+    use parking_lot::Mutex;
 
-    impl Sink for Recorder {
+    #[derive(Clone, Default)]
+    struct Inbox(Arc<Mutex<Vec<String>>>);
+
+    impl Sink for Inbox {
         fn name(&self) -> &str {
-            "recorder"
+            "inbox"
         }
 
-        async fn send(&self, _: &Message) -> Result<(), SinkError> {
-            Ok(())
-        }
-
-        async fn send_paced(&self, _: &Message, _: &Pacer<'_>) -> Result<(), SinkError> {
-            self.0.store(true, Ordering::SeqCst);
+        async fn send(&self, message: &Message) -> Result<(), SinkError> {
+            self.0.lock().push(message.display_title());
             Ok(())
         }
     }
 
-    #[tokio::test]
-    async fn the_timed_sink_forwards_paced_sends_and_counts_them() {
-        let paced = Arc::new(AtomicBool::new(false));
+    #[tokio::test(start_paused = true)]
+    async fn accepted_alerts_feed_the_reaction_metrics() {
         let metrics = Metrics::new();
-        let (sink, _timing) = Alerts::timed(Recorder(paced.clone()), metrics.clone());
-        let message = Message::new(1, Notification::critical("vm:STOPPED", "stopped"), 1);
-        sink.send_paced(&message, &Pacer::none()).await.unwrap();
+        let inbox = Inbox::default();
+        let notifier = Alerts::configure(Notifier::builder(), metrics.clone())
+            .sink(inbox.clone())
+            .build()
+            .unwrap();
+        let alerts = Alerts::new(notifier.clone());
+        let observed = Instant::now();
+        tokio::time::advance(Duration::from_secs(2)).await;
+        alerts.critical_status("vm-1", VmStatus::Stopped, observed);
+        assert!(notifier.flush(Duration::from_secs(1)).await);
+        assert_eq!(*inbox.0.lock(), ["VM vm-1 is STOPPED"]);
+        assert_eq!(metrics.alerts_sent(Priority::Critical), 1);
+        let text = metrics_text(&metrics);
         assert!(
-            paced.load(Ordering::SeqCst),
-            "split parts keep their pacing"
+            text.contains(r#"alert_reaction_seconds_sum{priority="critical"} 2.0"#),
+            "{text}"
         );
-        assert_eq!(metrics.alerts_sent(keel_notify::Priority::Critical), 1);
+    }
+
+    fn metrics_text(metrics: &Metrics) -> String {
+        let mut registry = prometheus_client::registry::Registry::default();
+        metrics.register(&mut registry);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+        out
     }
 }

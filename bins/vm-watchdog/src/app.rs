@@ -108,9 +108,8 @@ impl Watchdog {
         let telegram = telegram
             .build()
             .map_err(|e| Error::Notify(keel_notify::NotifyError::Config(e)))?;
-        let (sink, timing) = Alerts::timed(telegram, metrics.clone());
-        let mut notifier = Notifier::builder()
-            .sink(sink)
+        let mut notifier = Alerts::configure(Notifier::builder(), metrics.clone())
+            .sink(telegram)
             .workers(settings.telegram_workers);
         if let Some(spool) = &settings.alert_spool {
             notifier = notifier.spool(spool.clone());
@@ -119,7 +118,7 @@ impl Watchdog {
         registry
             .register_with_prefix("vm_watchdog_notify", |r| notifier.register_metrics(r))
             .map_err(Error::Telemetry)?;
-        let alerts = Alerts::new(notifier.clone(), timing);
+        let alerts = Alerts::new(notifier.clone());
 
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))

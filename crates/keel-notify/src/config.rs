@@ -37,7 +37,7 @@ pub const STATE_DIRECTORY_ENV: &str = "STATE_DIRECTORY";
 pub(crate) const MAX_PAUSE: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// The validated settings, shared by the workers.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Settings {
     pub(crate) capacity: usize,
     pub(crate) workers: usize,
@@ -50,6 +50,41 @@ pub(crate) struct Settings {
     pub(crate) breakers: Option<BreakerRegistry>,
     pub(crate) spool: Option<PathBuf>,
     pub(crate) spool_interval: Option<Duration>,
+    pub(crate) on_accepted: Option<AcceptedHook>,
+}
+
+/// A callback told about every event a sink accepted.
+pub(crate) type AcceptedHook = Arc<dyn Fn(&Accepted<'_>) + Send + Sync>;
+
+/// One event (one notification × sink) a sink accepted, as told to the
+/// [`NotifierBuilder::on_accepted`] callback: a program feeds its own
+/// metrics from it instead of wrapping the sink.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct Accepted<'a> {
+    /// The sink's name.
+    pub sink: &'a str,
+    /// The notification's dedup key.
+    pub key: &'a str,
+    /// Its priority.
+    pub priority: Priority,
+    /// How many notifications the debounce collapsed into it.
+    pub count: u32,
+    /// Observed (see [`Notification::observed_at`](crate::Notification::observed_at))
+    /// → accepted by the sink.
+    pub observed_to_accepted: Duration,
+    /// Whether it went out inside a digest.
+    pub in_digest: bool,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("capacity", &self.capacity)
+            .field("workers", &self.workers)
+            .field("spool", &self.spool)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Builds a [`Notifier`]. Start from [`Notifier::builder`].
@@ -81,6 +116,7 @@ pub struct NotifierBuilder {
     spool: Option<PathBuf>,
     state_dir: Option<PathBuf>,
     spool_interval: Option<Duration>,
+    on_accepted: Option<AcceptedHook>,
 }
 
 impl std::fmt::Debug for NotifierBuilder {
@@ -126,6 +162,7 @@ impl NotifierBuilder {
             breakers: None,
             spool: None,
             state_dir: None,
+            on_accepted: None,
             spool_interval: None,
         }
     }
@@ -221,6 +258,16 @@ impl NotifierBuilder {
     /// `notify.spool` in the [`state_dir`](Self::state_dir).
     pub fn spool(mut self, path: impl Into<PathBuf>) -> Self {
         self.spool = Some(path.into());
+        self
+    }
+
+    /// Calls `hook` for every event a sink accepts (one per notification
+    /// and sink; a digest of twelve calls it twelve times), on the worker
+    /// that sent it: keep it fast (count, observe a histogram). For a
+    /// program's own metrics, such as a reaction-time histogram under its
+    /// historical name.
+    pub fn on_accepted(mut self, hook: impl Fn(&Accepted<'_>) + Send + Sync + 'static) -> Self {
+        self.on_accepted = Some(Arc::new(hook));
         self
     }
 
@@ -344,6 +391,7 @@ impl NotifierBuilder {
             breakers: self.breakers,
             spool,
             spool_interval: self.spool_interval,
+            on_accepted: self.on_accepted,
         };
         Notifier::start(settings, self.sinks)
     }

@@ -108,7 +108,7 @@ mod spool;
 #[cfg(feature = "telegram")]
 pub mod telegram;
 
-pub use config::NotifierBuilder;
+pub use config::{Accepted, NotifierBuilder};
 pub use digest::Digest;
 pub use error::{ConfigError, NotifyError, QueueClosed, SinkError, UnknownSink};
 pub use keel_breaker::{BreakerConfig, BreakerRegistry, CircuitBreaker, State as BreakerState};

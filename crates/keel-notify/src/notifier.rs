@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::admission::{Admission, Decision};
-use crate::config::{MAX_PAUSE, NotifierBuilder, Settings};
+use crate::config::{Accepted, MAX_PAUSE, NotifierBuilder, Settings};
 use crate::digest::{self, Digest};
 use crate::error::{ConfigError, NotifyError, QueueClosed, SinkError, UnknownSink};
 use crate::metrics::{Counters, DropReason, Metrics, Stats};
@@ -1005,14 +1005,23 @@ impl Shared {
         self.metrics.message(&entry.name, digest);
         for d in &deliveries {
             Counters::add(&self.counters.sent);
-            if Metrics::ENABLED {
-                let observed = d.message.observed_at().unwrap_or(d.queued_at);
-                self.metrics.sent(
-                    &entry.name,
-                    d.priority(),
-                    now.saturating_duration_since(d.queued_at),
-                    now.saturating_duration_since(observed),
-                );
+            let observed = d.message.observed_at().unwrap_or(d.queued_at);
+            let observed_to_accepted = now.saturating_duration_since(observed);
+            self.metrics.sent(
+                &entry.name,
+                d.priority(),
+                now.saturating_duration_since(d.queued_at),
+                observed_to_accepted,
+            );
+            if let Some(hook) = &self.settings.on_accepted {
+                hook(&Accepted {
+                    sink: &entry.name,
+                    key: d.message.key(),
+                    priority: d.priority(),
+                    count: d.message.count,
+                    observed_to_accepted,
+                    in_digest: digest,
+                });
             }
         }
         match payload {

@@ -283,7 +283,11 @@ mod tests {
         assert_eq!(back.len(), 1);
         assert_eq!(back[0].notification.key(), "k", "the newer snapshot");
         assert_eq!(back[0].observed_ms_ago, Some(4_000));
-        assert_eq!(back[0].notification.observed(), None, "an instant is not written");
+        assert_eq!(
+            back[0].notification.observed(),
+            None,
+            "an instant is not written"
+        );
         drop(rec);
         tokio::time::advance(Duration::from_secs(60)).await;
         let restored = back

@@ -356,3 +356,36 @@ async fn shutdown_under_a_spent_rate_limit_sends_what_fits_and_spools_the_rest()
     assert_eq!(keys, expected);
     assert!(!spool.exists(), "loaded and removed");
 }
+
+#[tokio::test(start_paused = true)]
+async fn on_accepted_reports_each_event_with_its_observed_to_accepted_time() {
+    let seen = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let sink = MemorySink::new("mem")
+        .with_limits(vec![RateLimit::new("chat", 1, secs(4))])
+        .with_digests(4_096);
+    let n = notifier()
+        .sink(sink.clone())
+        .on_accepted(move |a| {
+            log.lock()
+                .push((a.key.to_owned(), a.observed_to_accepted, a.in_digest));
+        })
+        .build()
+        .unwrap();
+    let origin = Instant::now();
+    n.notify(Notification::critical("a", "a")).unwrap();
+    tokio::time::sleep(S).await;
+    // Observed two seconds before it was raised.
+    n.notify(Notification::critical("b", "b").observed_at(origin - secs(1)))
+        .unwrap();
+    n.notify(Notification::critical("c", "c")).unwrap();
+    assert!(n.flush(secs(10)).await);
+    assert_eq!(
+        *seen.lock(),
+        [
+            ("a".to_owned(), Duration::ZERO, false),
+            ("b".to_owned(), secs(5), true),
+            ("c".to_owned(), secs(3), true),
+        ]
+    );
+}

@@ -436,9 +436,9 @@ pub fn harness_custom(
 ) -> Harness {
     let metrics = Metrics::new();
     let inbox = Inbox::default();
-    let (sink, timing) = Alerts::timed(inbox.clone(), metrics.clone());
-    let notifier = notifier(Notifier::builder().sink(sink)).build().unwrap();
-    let alerts = Alerts::new(notifier.clone(), timing);
+    let builder = Alerts::configure(Notifier::builder(), metrics.clone()).sink(inbox.clone());
+    let notifier = notifier(builder).build().unwrap();
+    let alerts = Alerts::new(notifier.clone());
     let hook_alerts = alerts.clone();
     let hook: BreakerHook = Arc::new(move |group: &str, open: bool| {
         if open {
