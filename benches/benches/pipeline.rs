@@ -1,5 +1,7 @@
 //! The cost of Keel's five-policy pipeline on the happy path, against the
-//! bare call measured in the same run.
+//! bare call measured in the same run: with policies of its own, with
+//! shared handles (breaker, rate limiter, bulkhead given to the pipeline),
+//! and with per-call options (retry policy, deadline, priority, key).
 //!
 //! `cargo bench -p keel-benches --bench pipeline`
 #![allow(missing_docs, clippy::disallowed_types)]
@@ -8,9 +10,9 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use keel::breaker::{BreakerConfig, CircuitBreaker};
+use keel::breaker::{BreakerConfig, Bulkhead, CircuitBreaker};
 use keel::retry::RetryPolicy;
-use keel::{Pipeline, RateLimit};
+use keel::{CallOptions, Pipeline, Priority, RateLimit, RateLimiter};
 
 fn five_policies() -> Pipeline {
     Pipeline::builder()
@@ -19,7 +21,7 @@ fn five_policies() -> Pipeline {
         // A rate far above what the bench reaches, so no call waits: the
         // bench measures the limiter's check, not its throttling.
         .rate_limit(RateLimit::every(Duration::from_nanos(1)).burst(1_000_000))
-        .bulkhead(1_024)
+        .bulkhead(Bulkhead::new(1_024))
         .attempt_timeout(Duration::from_secs(5))
         .build()
         .expect("valid pipeline")
@@ -31,10 +33,33 @@ fn six_policies() -> Pipeline {
         .retry(RetryPolicy::default())
         .breaker(CircuitBreaker::new("bench", BreakerConfig::default()))
         .rate_limit(RateLimit::every(Duration::from_nanos(1)).burst(1_000_000))
-        .bulkhead(1_024)
+        .bulkhead(Bulkhead::new(1_024))
         .attempt_timeout(Duration::from_secs(5))
         .build()
         .expect("valid pipeline")
+}
+
+/// The same five policies over handles shared with another pipeline.
+fn shared_handles() -> (Pipeline, Pipeline) {
+    let breaker = CircuitBreaker::new("bench", BreakerConfig::default());
+    let limiter = RateLimiter::keyed(RateLimit::every(Duration::from_nanos(1)).burst(1_000_000))
+        .expect("valid rate");
+    let bulkhead = Bulkhead::builder("bench")
+        .max_concurrent(1_024)
+        .queue(1_024)
+        .build()
+        .expect("valid bulkhead");
+    let build = || {
+        Pipeline::builder()
+            .retry(RetryPolicy::default())
+            .breaker(breaker.clone())
+            .rate_limiter(limiter.clone())
+            .bulkhead(bulkhead.clone())
+            .attempt_timeout(Duration::from_secs(5))
+            .build()
+            .expect("valid pipeline")
+    };
+    (build(), build())
 }
 
 async fn op(x: u64) -> Result<u64, std::io::Error> {
@@ -65,6 +90,25 @@ fn bench(c: &mut Criterion) {
     group.bench_function("five_policies_plus_deadline", |b| {
         b.to_async(&rt)
             .iter(|| async { six.call(|_| op(black_box(1))).await.unwrap() });
+    });
+    let (shared, _other) = shared_handles();
+    group.bench_function("five_policies_shared_handles", |b| {
+        b.to_async(&rt)
+            .iter(|| async { shared.call(|_| op(black_box(1))).await.unwrap() });
+    });
+    let own_retry = RetryPolicy::default();
+    let options = CallOptions::new()
+        .retry(&own_retry)
+        .deadline(Duration::from_secs(30))
+        .priority(Priority::Critical)
+        .key("vm-1");
+    group.bench_function("five_policies_shared_handles_call_options", |b| {
+        b.to_async(&rt).iter(|| async {
+            shared
+                .call_with(&options, |_| op(black_box(1)))
+                .await
+                .unwrap()
+        });
     });
     group.finish();
 }

@@ -146,3 +146,8 @@ pub use permit::{OwnedPermit, Permit};
 pub use registry::{BreakerRegistry, presets};
 pub use state::State;
 pub use stats::{Stats, Totals};
+
+/// The README's examples, compiled and run as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -48,3 +48,8 @@ pub use rng::Rng;
 
 /// The boxed error type used where Keel crates erase an error's type.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The README's examples, compiled and run as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -124,3 +124,8 @@ pub use layer::{PipelineLayer, PipelineService};
 pub use pipeline::{CallOptions, Pipeline, PipelineBuilder, PipelineStats};
 #[cfg(feature = "pipeline")]
 pub use rate::{RateLimit, RateLimiter};
+
+/// The README's examples, compiled and run as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
