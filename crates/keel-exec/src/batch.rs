@@ -1,6 +1,6 @@
 //! The batch executor: splits items into batches, runs one batch operation
-//! per batch (retried, through a breaker, under a timeout), and maps each
-//! batch's response back to one result per item.
+//! per batch under a timeout, and maps each batch's response back to one
+//! result per item.
 
 use std::convert::Infallible;
 use std::fmt;
@@ -8,21 +8,18 @@ use std::future::{Future, poll_fn};
 use std::ops::{Deref, Range};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Poll;
 use std::time::Duration;
 
 use futures::Stream;
-use keel_breaker::{CircuitBreaker, Rejected};
 use keel_core::{Classify, classify};
-use keel_retry::{RetryError, RetryPolicy};
 use tokio::time::Instant;
 
 use crate::config::{BatchBuilder, Concurrency, ParallelSettings, SplitPolicy};
-use crate::error::{BatchFailed, ExecError, ItemTimedOut, Panicked};
+use crate::error::{BatchFailed, ExecError, Panicked};
 use crate::observe::Observer;
-use crate::op::{Attempted, Guard, from_fn};
 use crate::parallel::ParallelExecutor;
 use crate::report::{Collector, ItemReport, Report, Status};
 
@@ -121,9 +118,11 @@ impl<I> Batch<I> {
 /// * Items are split, in input order, into batches of
 ///   [`batch_size`](BatchBuilder::batch_size) (default 10).
 /// * Each batch is one call of the batch operation (say "start these 10
-///   instances"), retried with the configured [`RetryPolicy`], sent through
-///   the configured [`CircuitBreaker`], bounded per attempt and per batch
-///   (default 5 minutes).
+///   instances"), bounded per batch (default 5 minutes). To retry the call,
+///   send it through a circuit breaker, a rate limiter or an attempt
+///   timeout, wrap the operation with `keel::exec::through(&pipeline, op)`
+///   (the `keel` facade): every batch call then runs through the
+///   `keel::Pipeline`.
 /// * The batch's response is mapped back to each item with a mapping
 ///   function, so an item the response reports as failed (an instance that
 ///   did not start) fails alone, and the others succeed.
@@ -135,16 +134,12 @@ impl<I> Batch<I> {
 ///   token and panic isolation; the [`Report`] has one result per input
 ///   item, in input order.
 ///
-/// Costs per batch: one shared allocation holding the batch's items, one
-/// result vector, and the retry loop's state; per item, nothing but its
-/// result.
+/// Costs per batch: one shared allocation holding the batch's items and one
+/// result vector; per item, nothing but its result.
 #[derive(Debug, Clone)]
 pub struct BatchExecutor {
     batch_size: usize,
     settings: ParallelSettings,
-    retry: Option<RetryPolicy>,
-    breaker: Option<CircuitBreaker>,
-    attempt_timeout: Option<Duration>,
     split: SplitPolicy,
 }
 
@@ -164,9 +159,6 @@ impl BatchExecutor {
         BatchExecutor {
             batch_size: b.batch_size,
             settings: b.settings,
-            retry: b.retry,
-            breaker: b.breaker,
-            attempt_timeout: b.attempt_timeout,
             split: b.split,
         }
     }
@@ -181,29 +173,32 @@ impl BatchExecutor {
         self.settings.item_timeout
     }
 
-    /// Runs `op` once per batch (plus retries and splits) and maps each
-    /// batch's response to its items with `map`. Every `Err` of `op` is a
-    /// failure ([`classify::Default`]): retried, counted by the breaker, and
-    /// split on only with [`SplitPolicy::Always`].
+    /// Runs `op` once per batch (plus splits) and maps each batch's response
+    /// to its items with `map`. Every `Err` of `op` is a failure
+    /// ([`classify::Default`]), split on only with [`SplitPolicy::Always`].
     ///
     /// `op` receives a [`Batch`] (a cheap clone per call); `map(item,
     /// &response)` says what the response means for one item. A panic in
     /// `map` fails only that item; a panic in `op` fails its batch.
+    ///
+    /// `op` and `map` are `FnMut`, like the parallel executor's operation:
+    /// the executor calls each of them one call at a time (calls only
+    /// create the futures; the batches' futures run concurrently).
     pub async fn run<It, I, F, Fut, R, E, M, T>(&self, items: It, op: F, map: M) -> Report<T, E>
     where
         It: IntoIterator<Item = I>,
-        F: Fn(Batch<I>) -> Fut,
+        F: FnMut(Batch<I>) -> Fut,
         Fut: Future<Output = Result<R, E>>,
-        M: Fn(&I, &R) -> Result<T, E>,
+        M: FnMut(&I, &R) -> Result<T, E>,
         E: fmt::Debug,
     {
         self.run_classified(items, classify::Default, op, map).await
     }
 
     /// [`run`](Self::run) with each batch call's result judged by
-    /// `classifier`, for the retry policy, the breaker and the
-    /// [`SplitPolicy`] alike (a neutral error is not retried, not counted by
-    /// the breaker, and split on with [`SplitPolicy::NonRetryable`]).
+    /// `classifier` for the [`SplitPolicy`]: with
+    /// [`SplitPolicy::NonRetryable`], a batch whose error the classifier
+    /// does not call retryable (neutral) is split in halves.
     pub async fn run_classified<It, I, C, F, Fut, R, E, M, T>(
         &self,
         items: It,
@@ -214,9 +209,9 @@ impl BatchExecutor {
     where
         It: IntoIterator<Item = I>,
         C: Classify<R, E>,
-        F: Fn(Batch<I>) -> Fut,
+        F: FnMut(Batch<I>) -> Fut,
         Fut: Future<Output = Result<R, E>>,
-        M: Fn(&I, &R) -> Result<T, E>,
+        M: FnMut(&I, &R) -> Result<T, E>,
         E: fmt::Debug,
     {
         let started = Instant::now();
@@ -231,21 +226,18 @@ impl BatchExecutor {
             items: AtomicUsize::new(0),
         };
         let runner = Runner {
-            op,
-            map,
-            classifier: Arc::new(classifier),
-            retry: self.retry.as_ref(),
-            breaker: self.breaker.as_ref(),
-            attempt_timeout: self.attempt_timeout,
+            op: Mutex::new(op),
+            map: Mutex::new(map),
+            classifier,
             split: self.split,
         };
         let engine = ParallelExecutor::from_settings(self.settings.clone());
         let mut stream = engine.stream_observed(
             batches.iter().cloned(),
-            from_fn(|batch: Batch<I>| {
+            |batch: Batch<I>| {
                 in_flight.started(batch.len());
                 runner.run_batch(batch)
-            }),
+            },
             Observer::default(),
         );
         let mut collector = Collector::with_capacity(total);
@@ -302,8 +294,8 @@ impl BatchExecutor {
     }
 
     /// The concurrency setting for batches.
-    pub fn concurrency(&self) -> Concurrency {
-        self.settings.concurrency
+    pub fn concurrency(&self) -> &Concurrency {
+        &self.settings.concurrency
     }
 }
 
@@ -389,29 +381,23 @@ fn replicate<E>(error: &ExecError<Infallible>) -> ExecError<E> {
 }
 
 /// Everything one run's batches share, borrowed by each batch's future.
-struct Runner<'r, F, M, C> {
-    op: F,
-    map: M,
-    classifier: Arc<C>,
-    retry: Option<&'r RetryPolicy>,
-    breaker: Option<&'r CircuitBreaker>,
-    attempt_timeout: Option<Duration>,
+/// The operation and the mapping are called under a lock held only while
+/// the call lasts (creating the future, or mapping one item), so they may be
+/// `FnMut` while batches run concurrently.
+struct Runner<F, M, C> {
+    op: Mutex<F>,
+    map: Mutex<M>,
+    classifier: C,
     split: SplitPolicy,
 }
 
-/// How one call of the batch operation (with its retries) ended.
-enum Call<R, E> {
-    Done(R),
-    Failed {
-        error: E,
-        attempts: u32,
-        retryable: bool,
-    },
-    Rejected(Rejected),
-    TimedOut(Duration),
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic in `op` or `map` fails its batch or item; the closure itself
+    // is still usable.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-impl<F, M, C> Runner<'_, F, M, C> {
+impl<F, M, C> Runner<F, M, C> {
     /// Settles every item of `batch`. Never returns `Err`: batch-level
     /// failures become per-item errors here; only the executor's own
     /// failures (batch timeout, panic, cancellation) are left to the caller.
@@ -421,9 +407,9 @@ impl<F, M, C> Runner<'_, F, M, C> {
     ) -> Result<Vec<Result<T, ExecError<E>>>, Infallible>
     where
         C: Classify<R, E>,
-        F: Fn(Batch<I>) -> Fut,
+        F: FnMut(Batch<I>) -> Fut,
         Fut: Future<Output = Result<R, E>>,
-        M: Fn(&I, &R) -> Result<T, E>,
+        M: FnMut(&I, &R) -> Result<T, E>,
         E: fmt::Debug,
     {
         let first = batch.indices().start;
@@ -435,17 +421,19 @@ impl<F, M, C> Runner<'_, F, M, C> {
         while let Some(part) = parts.pop() {
             let base = part.indices().start - first;
             let slots = &mut results[base..base + part.len()];
-            match self.call(&part).await {
-                Call::Done(response) => {
+            let call = {
+                let mut op = lock(&self.op);
+                (*op)(part.clone())
+            };
+            let result = call.await;
+            let retryable = self.classifier.classify(&result).is_retryable();
+            match result {
+                Ok(response) => {
                     for (slot, item) in slots.iter_mut().zip(part.iter()) {
                         *slot = Some(self.map_item(item, &response));
                     }
                 }
-                Call::Failed {
-                    error,
-                    attempts,
-                    retryable,
-                } => {
+                Err(error) => {
                     let split = part.len() > 1
                         && match self.split {
                             SplitPolicy::Never => false,
@@ -469,7 +457,6 @@ impl<F, M, C> Runner<'_, F, M, C> {
                         tracing::debug!(
                             batch = part.number(),
                             items = part.len(),
-                            attempts,
                             error = ?error,
                             "batch failed"
                         );
@@ -478,20 +465,9 @@ impl<F, M, C> Runner<'_, F, M, C> {
                             *slot = Some(Err(ExecError::BatchFailed(BatchFailed::new(
                                 part.number(),
                                 part.len(),
-                                attempts,
                                 Arc::clone(&shared),
                             ))));
                         }
-                    }
-                }
-                Call::Rejected(rejected) => {
-                    for slot in slots.iter_mut() {
-                        *slot = Some(Err(ExecError::Rejected(rejected.clone())));
-                    }
-                }
-                Call::TimedOut(after) => {
-                    for slot in slots.iter_mut() {
-                        *slot = Some(Err(ExecError::TimedOut(ItemTimedOut { after })));
                     }
                 }
             }
@@ -504,74 +480,12 @@ impl<F, M, C> Runner<'_, F, M, C> {
 
     fn map_item<I, R, E, T>(&self, item: &I, response: &R) -> Result<T, ExecError<E>>
     where
-        M: Fn(&I, &R) -> Result<T, E>,
+        M: FnMut(&I, &R) -> Result<T, E>,
     {
-        match catch_unwind(AssertUnwindSafe(|| (self.map)(item, response))) {
+        let mut map = lock(&self.map);
+        match catch_unwind(AssertUnwindSafe(|| (*map)(item, response))) {
             Ok(result) => result.map_err(ExecError::Failed),
             Err(payload) => Err(ExecError::Panicked(Panicked::from_payload(payload))),
-        }
-    }
-
-    /// One call of the batch operation for `part`, with the retry policy,
-    /// breaker and attempt timeout.
-    async fn call<I, Fut, R, E>(&self, part: &Batch<I>) -> Call<R, E>
-    where
-        C: Classify<R, E>,
-        F: Fn(Batch<I>) -> Fut,
-        Fut: Future<Output = Result<R, E>>,
-        E: fmt::Debug,
-    {
-        let guard = Guard::new(
-            self.breaker.cloned(),
-            Arc::clone(&self.classifier),
-            self.attempt_timeout,
-        );
-        let Some(policy) = self.retry else {
-            return match guard.attempt(|| (self.op)(part.clone())).await {
-                Ok(Attempted::Value(response, _)) => Call::Done(response),
-                Ok(Attempted::Rejected(r)) => Call::Rejected(r),
-                Ok(Attempted::TimedOut(after)) => Call::TimedOut(after),
-                Err(error) => {
-                    let retryable = guard.last_error_outcome().is_retryable();
-                    Call::Failed {
-                        error,
-                        attempts: 1,
-                        retryable,
-                    }
-                }
-            };
-        };
-        let judge = |r: &Result<Attempted<R>, E>| guard.outcome_of(r);
-        let result = policy
-            .retry_classified(&judge, |_attempt| guard.attempt(|| (self.op)(part.clone())))
-            .await;
-        match result {
-            Ok(Attempted::Value(response, _)) => Call::Done(response),
-            Ok(Attempted::Rejected(r)) => Call::Rejected(r),
-            Ok(Attempted::TimedOut(after)) => Call::TimedOut(after),
-            Err(RetryError::NotRetryable { error, attempts }) => Call::Failed {
-                error,
-                attempts,
-                retryable: false,
-            },
-            Err(RetryError::AttemptTimeout { timeout, .. }) => Call::TimedOut(timeout),
-            Err(other) => {
-                let attempts = other.attempts();
-                let after = match &other {
-                    RetryError::DeadlineExceeded { max_elapsed, .. } => *max_elapsed,
-                    _ => policy.attempt_timeout().unwrap_or_default(),
-                };
-                match other.into_inner() {
-                    Some(error) => Call::Failed {
-                        error,
-                        attempts,
-                        retryable: true,
-                    },
-                    // Every attempt timed out (the policy's own attempt
-                    // timeout) before the policy gave up.
-                    None => Call::TimedOut(after),
-                }
-            }
         }
     }
 }

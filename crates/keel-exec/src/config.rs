@@ -3,11 +3,10 @@
 
 use std::time::Duration;
 
-use keel_breaker::CircuitBreaker;
-use keel_retry::RetryPolicy;
+use keel_breaker::{AimdConfig, Bulkhead};
+use keel_core::Priority;
 use tokio_util::sync::CancellationToken;
 
-use keel_breaker::AimdConfig;
 use crate::batch::BatchExecutor;
 use crate::error::ConfigError;
 #[cfg(feature = "metrics")]
@@ -17,21 +16,44 @@ use crate::parallel::ParallelExecutor;
 /// The default fixed concurrency limit of a [`ParallelExecutor`].
 pub const DEFAULT_CONCURRENCY: usize = 10;
 
-/// How many items may run at once.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// How many items may run at once. Every run admits its items through a
+/// [`Bulkhead`]: one of its own for `Fixed` and `Adaptive` (each run gets a
+/// fresh one, so concurrent runs of one executor do not share slots), or
+/// the caller's shared one.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum Concurrency {
     /// At most this many items at once.
     Fixed(usize),
     /// A limit that adapts to errors and latency (AIMD) within bounds.
     Adaptive(AimdConfig),
+    /// The slots of a bulkhead shared with other code (a registry preset's,
+    /// say `BreakerRegistry::bulkhead("ssm")`): items of the run count
+    /// against its limit together with every other user, and wait in its
+    /// queue at the run's [priority](ParallelBuilder::priority).
+    Shared(Bulkhead),
 }
 
 impl Concurrency {
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         match self {
             Concurrency::Fixed(0) => Err(ConfigError::new("concurrency", "must be at least 1")),
-            Concurrency::Fixed(_) => Ok(()),
+            Concurrency::Fixed(_) | Concurrency::Shared(_) => Ok(()),
             Concurrency::Adaptive(cfg) => cfg.validate(),
+        }
+    }
+
+    /// The bulkhead one run admits its items through: a fresh one (only
+    /// the run's own items hold its slots, so the run never waits in its
+    /// queue) or the shared one.
+    pub(crate) fn bulkhead(&self) -> Bulkhead {
+        let own = |b: keel_breaker::BulkheadBuilder| {
+            b.build().expect("validated when the executor was built")
+        };
+        match self {
+            Concurrency::Fixed(n) => own(Bulkhead::builder("exec").max_concurrent((*n).max(1))),
+            Concurrency::Adaptive(cfg) => own(Bulkhead::builder("exec").adaptive(*cfg)),
+            Concurrency::Shared(b) => b.clone(),
         }
     }
 }
@@ -41,6 +63,7 @@ impl Concurrency {
 #[derive(Debug, Clone)]
 pub(crate) struct ParallelSettings {
     pub(crate) concurrency: Concurrency,
+    pub(crate) priority: Priority,
     pub(crate) item_timeout: Option<Duration>,
     pub(crate) overall_timeout: Option<Duration>,
     pub(crate) shutdown: Option<CancellationToken>,
@@ -52,6 +75,7 @@ impl Default for ParallelSettings {
     fn default() -> Self {
         ParallelSettings {
             concurrency: Concurrency::Fixed(DEFAULT_CONCURRENCY),
+            priority: Priority::Normal,
             item_timeout: None,
             overall_timeout: None,
             shutdown: None,
@@ -81,8 +105,8 @@ impl ParallelSettings {
 }
 
 /// Builds a [`ParallelExecutor`]. Defaults: a fixed limit of
-/// [`DEFAULT_CONCURRENCY`] items, no per-item timeout, no overall timeout, no
-/// shutdown token.
+/// [`DEFAULT_CONCURRENCY`] items, [`Priority::Normal`], no per-item timeout,
+/// no overall timeout, no shutdown token.
 #[derive(Debug, Clone, Default)]
 #[must_use = "call `build()` to get an executor"]
 pub struct ParallelBuilder {
@@ -97,8 +121,33 @@ impl ParallelBuilder {
     }
 
     /// An adaptive (AIMD) limit instead of a fixed one; see [`AimdConfig`].
+    /// A finished item teaches the limit: a success with its latency, an
+    /// error, timeout or panic as a drop.
     pub fn adaptive(mut self, config: AimdConfig) -> Self {
         self.settings.concurrency = Concurrency::Adaptive(config);
+        self
+    }
+
+    /// Admits items through `bulkhead`, shared with other code, instead of
+    /// a limit of the run's own (see [`Concurrency::Shared`]).
+    ///
+    /// Give it a queue (`Bulkhead::builder(..).queue(n)`): the run then
+    /// waits for slots in it, at its [priority](Self::priority). A bulkhead
+    /// without a queue refuses at once when full: the run then starts the
+    /// next item when one of its own finishes, and when none of its items
+    /// runs, the next item fails with
+    /// [`ExecError::Rejected`](crate::ExecError::Rejected) without running
+    /// (so does an item whose wait the bulkhead shed for a higher priority).
+    pub fn bulkhead(mut self, bulkhead: Bulkhead) -> Self {
+        self.settings.concurrency = Concurrency::Shared(bulkhead);
+        self
+    }
+
+    /// The priority at which the run waits for bulkhead slots (default
+    /// [`Priority::Normal`]); it only matters for a shared bulkhead with a
+    /// queue.
+    pub fn priority(mut self, priority: Priority) -> Self {
+        self.settings.priority = priority;
         self
     }
 
@@ -153,7 +202,7 @@ mod tests {
 
     #[test]
     fn build_names_the_invalid_field() {
-        let field = |b: ParallelBuilder| b.build().unwrap_err().field;
+        let field = |b: ParallelBuilder| b.build().unwrap_err().field().to_owned();
         assert_eq!(
             field(ParallelExecutor::builder().concurrency(0)),
             "concurrency"
@@ -174,16 +223,13 @@ mod tests {
             .concurrency(0)
             .build()
             .unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "invalid configuration: `concurrency` must be at least 1"
-        );
+        assert_eq!(err.to_string(), "invalid `concurrency`: must be at least 1");
         assert!(ParallelExecutor::builder().concurrency(1).build().is_ok());
     }
 
     #[test]
     fn batch_build_names_the_invalid_field() {
-        let field = |b: BatchBuilder| b.build().unwrap_err().field;
+        let field = |b: BatchBuilder| b.build().unwrap_err().field().to_owned();
         assert_eq!(field(BatchExecutor::builder().batch_size(0)), "batch_size");
         assert_eq!(
             field(BatchExecutor::builder().concurrency(0)),
@@ -192,10 +238,6 @@ mod tests {
         assert_eq!(
             field(BatchExecutor::builder().batch_timeout(Duration::ZERO)),
             "batch_timeout"
-        );
-        assert_eq!(
-            field(BatchExecutor::builder().attempt_timeout(Duration::ZERO)),
-            "attempt_timeout"
         );
         assert_eq!(
             field(BatchExecutor::builder().overall_timeout(Duration::ZERO)),
@@ -223,11 +265,13 @@ pub enum SplitPolicy {
     /// [`ExecError::BatchFailed`](crate::ExecError::BatchFailed).
     #[default]
     Never,
-    /// When the batch failed with an error the classifier does not retry
-    /// (neutral: a validation error such as EC2's `InvalidInstanceID`): the
-    /// batch is split in halves, each half is run (and retried) on its own,
-    /// recursively, so only the bad items fail. A batch that failed after
-    /// exhausting its retries (a transient outage) is not split.
+    /// When the batch failed with an error the classifier says is not
+    /// worth retrying (neutral: a validation error such as EC2's
+    /// `InvalidInstanceID`; see
+    /// [`BatchExecutor::run_classified`](crate::BatchExecutor::run_classified)):
+    /// the batch is split in halves, each half is run on its own,
+    /// recursively, so only the bad items fail. A batch that failed with a
+    /// retryable error (a transient outage) is not split.
     NonRetryable,
     /// After any failure, retryable or not. Costs up to `2n - 1` calls for a
     /// batch of `n` items when every call fails.
@@ -236,15 +280,12 @@ pub enum SplitPolicy {
 
 /// Builds a [`BatchExecutor`](crate::BatchExecutor). Defaults: batches of
 /// [`DEFAULT_BATCH_SIZE`], a [`DEFAULT_BATCH_TIMEOUT`] per batch, one batch at
-/// a time, no retry, no breaker, no splitting, no overall timeout.
+/// a time, no splitting, no overall timeout.
 #[derive(Debug, Clone)]
 #[must_use = "call `build()` to get an executor"]
 pub struct BatchBuilder {
     pub(crate) batch_size: usize,
     pub(crate) settings: ParallelSettings,
-    pub(crate) retry: Option<RetryPolicy>,
-    pub(crate) breaker: Option<CircuitBreaker>,
-    pub(crate) attempt_timeout: Option<Duration>,
     pub(crate) split: SplitPolicy,
 }
 
@@ -257,9 +298,6 @@ impl Default for BatchBuilder {
                 item_timeout: Some(DEFAULT_BATCH_TIMEOUT),
                 ..ParallelSettings::default()
             },
-            retry: None,
-            breaker: None,
-            attempt_timeout: None,
             split: SplitPolicy::Never,
         }
     }
@@ -305,26 +343,6 @@ impl BatchBuilder {
         self
     }
 
-    /// Retries each batch call with `policy`.
-    pub fn retry(mut self, policy: RetryPolicy) -> Self {
-        self.retry = Some(policy);
-        self
-    }
-
-    /// Sends every batch call (every attempt) through `breaker`.
-    pub fn breaker(mut self, breaker: CircuitBreaker) -> Self {
-        self.breaker = Some(breaker);
-        self
-    }
-
-    /// Bounds every batch call (every attempt) by `timeout`, inside the
-    /// breaker: a timed-out call is a failure for the breaker and is
-    /// retried.
-    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
-        self.attempt_timeout = Some(timeout);
-        self
-    }
-
     /// When a failed batch is split to isolate the items at fault (default
     /// [`SplitPolicy::Never`]).
     pub fn split(mut self, policy: SplitPolicy) -> Self {
@@ -345,16 +363,10 @@ impl BatchBuilder {
     ///
     /// # Errors
     /// A [`ConfigError`] naming the field: `batch_size` or `concurrency` of
-    /// 0, or a zero `batch_timeout`, `attempt_timeout` or `overall_timeout`.
+    /// 0, or a zero `batch_timeout` or `overall_timeout`.
     pub fn build(self) -> Result<BatchExecutor, ConfigError> {
         if self.batch_size == 0 {
             return Err(ConfigError::new("batch_size", "must be at least 1"));
-        }
-        if self.attempt_timeout == Some(Duration::ZERO) {
-            return Err(ConfigError::new(
-                "attempt_timeout",
-                "must be greater than zero",
-            ));
         }
         self.settings.validate("batch_timeout")?;
         Ok(BatchExecutor::from_builder(self))

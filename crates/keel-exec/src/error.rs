@@ -6,7 +6,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_breaker::Rejected;
+use keel_breaker::BulkheadFull;
 use keel_core::{ErrorOutcome, Outcome};
 
 use crate::report::Status;
@@ -16,13 +16,18 @@ use crate::report::Status;
 /// Every item of a run ends in exactly one [`Status`]; [`ExecError::status`]
 /// says which one an error counts as. The leaf structs ([`ItemTimedOut`],
 /// [`DeadlineExceeded`], [`Cancelled`], [`Panicked`], [`BatchFailed`], and
-/// keel-breaker's [`Rejected`]) can be matched directly or, once the error is
-/// boxed, downcast.
+/// keel-breaker's [`BulkheadFull`]) can be matched directly or, once the
+/// error is boxed, downcast.
+///
+/// An operation run through a `keel::Pipeline` (`keel::exec::through`) has
+/// `keel::PipelineError<E>` as its error: a breaker rejection, a rate
+/// limit or an attempt timeout inside the pipeline is then a
+/// [`Failed`](ExecError::Failed) item whose error says which policy
+/// stopped it.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ExecError<E> {
-    /// The operation returned this error (after its retries, if a retry
-    /// policy was configured). Counts as [`Status::Failed`].
+    /// The operation returned this error. Counts as [`Status::Failed`].
     #[error("operation failed")]
     Failed(#[source] E),
     /// The whole batch this item belonged to failed; every item of the batch
@@ -33,11 +38,12 @@ pub enum ExecError<E> {
     /// item. Counts as [`Status::Failed`].
     #[error(transparent)]
     Panicked(Panicked),
-    /// A circuit breaker refused the call (on every attempt the retry
-    /// policy allowed, when there is one); the operation did not run.
-    /// Counts as [`Status::Failed`].
+    /// A bulkhead shared with other code refused the item (full without a
+    /// queue, or the item's wait was shed for a higher priority) while none
+    /// of the run's items were running; the operation did not run. Counts
+    /// as [`Status::Failed`].
     #[error(transparent)]
-    Rejected(Rejected),
+    Rejected(BulkheadFull),
     /// The per-item (or per-batch) timeout elapsed. Counts as
     /// [`Status::TimedOut`].
     #[error(transparent)]
@@ -103,7 +109,7 @@ impl<E> ExecError<E> {
 }
 
 /// What an item's error means for reliability: timeouts and panics are
-/// failures, cancellation is neutral, a breaker rejection is an overload, and
+/// failures, cancellation is neutral, a bulkhead refusal is an overload, and
 /// the operation's own error says its own outcome.
 impl<E: ErrorOutcome> ErrorOutcome for ExecError<E> {
     fn outcome(&self) -> Outcome {
@@ -213,20 +219,13 @@ pub struct BatchFailed<E> {
     pub batch: usize,
     /// How many items the batch held.
     pub size: usize,
-    /// How many times the batch operation was called (1 without retries).
-    pub attempts: u32,
     #[source]
     error: Arc<E>,
 }
 
 impl<E> BatchFailed<E> {
-    pub(crate) fn new(batch: usize, size: usize, attempts: u32, error: Arc<E>) -> Self {
-        BatchFailed {
-            batch,
-            size,
-            attempts,
-            error,
-        }
+    pub(crate) fn new(batch: usize, size: usize, error: Arc<E>) -> Self {
+        BatchFailed { batch, size, error }
     }
 
     /// The batch operation's error.
@@ -245,7 +244,6 @@ impl<E> Clone for BatchFailed<E> {
         BatchFailed {
             batch: self.batch,
             size: self.size,
-            attempts: self.attempts,
             error: Arc::clone(&self.error),
         }
     }
@@ -267,7 +265,7 @@ mod tests {
         let e: ExecError<Boom> = ExecError::Failed(Boom);
         assert_eq!(e.to_string(), "operation failed");
         assert_eq!(e.source().map(|s| s.to_string()), Some("boom".into()));
-        let b: ExecError<Boom> = ExecError::BatchFailed(BatchFailed::new(2, 10, 1, Arc::new(Boom)));
+        let b: ExecError<Boom> = ExecError::BatchFailed(BatchFailed::new(2, 10, Arc::new(Boom)));
         assert_eq!(b.to_string(), "batch 2 (10 items) failed");
         assert_eq!(b.source().map(|s| s.to_string()), Some("boom".into()));
         assert_eq!(b.status(), Status::Failed);

@@ -1,5 +1,6 @@
-//! One item in flight: the operation's future, its optional timeout and the
-//! panic guard, in one allocation-free wrapper.
+//! One item in flight: the operation's future, its optional timeout, the
+//! panic guard and the bulkhead slot it holds, in one allocation-free
+//! wrapper.
 
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -7,19 +8,23 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use keel_breaker::BulkheadPermit;
+use keel_core::Outcome;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
 use crate::error::{ExecError, ItemTimedOut, Panicked};
-use crate::op::ItemOp;
-use crate::report::ItemReport;
+use crate::report::{ItemReport, Status};
 
 pin_project! {
     /// The future the executor drives for one item. It never panics and
-    /// resolves to the item's report.
+    /// resolves to the item's report; the bulkhead slot is given back when
+    /// it resolves (telling an adaptive limit how the item went) or when it
+    /// is dropped (neutral).
     pub(crate) struct ItemFuture<Fut> {
         index: usize,
         start: Instant,
+        permit: Option<BulkheadPermit>,
         #[pin]
         state: State<Fut>,
     }
@@ -37,18 +42,19 @@ pin_project! {
 
 impl<Fut> ItemFuture<Fut> {
     /// Calls `op` for `item` (catching a panic in the call itself) and wraps
-    /// the future it returns.
-    pub(crate) fn start<I, Op>(
+    /// the future it returns; `permit` is the item's bulkhead slot.
+    pub(crate) fn start<I, F>(
         index: usize,
-        op: &mut Op,
+        op: &mut F,
         item: I,
         timeout: Option<Duration>,
+        permit: BulkheadPermit,
     ) -> Self
     where
-        Op: ItemOp<I, Future = Fut>,
+        F: FnMut(I) -> Fut,
     {
         let start = Instant::now();
-        let state = match catch_unwind(AssertUnwindSafe(|| op.call(item))) {
+        let state = match catch_unwind(AssertUnwindSafe(|| op(item))) {
             Ok(fut) => match timeout.and_then(|after| Some((start.checked_add(after)?, after))) {
                 Some((deadline, after)) => State::Timed {
                     fut,
@@ -65,6 +71,7 @@ impl<Fut> ItemFuture<Fut> {
         ItemFuture {
             index,
             start,
+            permit: Some(permit),
             state,
         }
     }
@@ -80,7 +87,7 @@ impl<Fut> ItemFuture<Fut> {
 
 impl<Fut, T, E> Future for ItemFuture<Fut>
 where
-    Fut: Future<Output = Result<T, ExecError<E>>>,
+    Fut: Future<Output = Result<T, E>>,
 {
     type Output = ItemReport<T, E>;
 
@@ -100,21 +107,32 @@ where
             )),
         };
         let duration = Instant::now().saturating_duration_since(*this.start);
-        Poll::Ready(ItemReport::new(*this.index, result, duration))
+        let report = ItemReport::new(*this.index, result, duration);
+        if let Some(permit) = this.permit.take() {
+            // Errors, timeouts and panics are drops for an adaptive limit.
+            permit.record(match report.status() {
+                Status::Succeeded => Outcome::Success,
+                Status::Failed | Status::TimedOut => Outcome::Failure,
+                Status::Cancelled => Outcome::Neutral,
+            });
+        }
+        Poll::Ready(report)
     }
 }
 
-/// Polls `fut`, turning a panic into the item's failure. The future is never
-/// polled again after a panic: the caller completes the item.
+/// Polls `fut`, turning its error into [`ExecError::Failed`] and a panic
+/// into the item's failure. The future is never polled again after a panic:
+/// the caller completes the item.
 fn poll_guarded<Fut, T, E>(
     fut: Pin<&mut Fut>,
     cx: &mut Context<'_>,
 ) -> Poll<Result<T, ExecError<E>>>
 where
-    Fut: Future<Output = Result<T, ExecError<E>>>,
+    Fut: Future<Output = Result<T, E>>,
 {
     match catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
-        Ok(poll) => poll,
+        Ok(Poll::Ready(result)) => Poll::Ready(result.map_err(ExecError::Failed)),
+        Ok(Poll::Pending) => Poll::Pending,
         Err(payload) => Poll::Ready(Err(ExecError::Panicked(Panicked::from_payload(payload)))),
     }
 }

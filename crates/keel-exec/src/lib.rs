@@ -1,27 +1,43 @@
 //! Parallel and batch executors for fan-out work that must survive partial
-//! failure.
+//! failure, and a standing pool of workers for prioritized jobs.
 //!
 //! Use [`ParallelExecutor`] when one operation must run for many items at
 //! once (an SSM command on every node, a health probe per VM, a Prometheus
 //! query per pod) and you need to know, per item, what happened: it bounds
-//! concurrency (fixed, or adaptive with [`AimdConfig`]), gives each item a
-//! timeout and the whole run a deadline, stops on a shutdown token, keeps a
-//! panicking item from taking anything else down, and returns a [`Report`]
-//! with one result per input item (in input order), counts by [`Status`],
-//! per-item durations and the wall time. [`ParallelExecutor::stream`] yields
-//! the same per-item reports in completion order instead.
+//! concurrency with a [`Bulkhead`] (fixed, adaptive with [`AimdConfig`], or
+//! one shared with other code such as a breaker registry's preset), gives
+//! each item a timeout and the whole run a deadline, stops on a shutdown
+//! token, keeps a panicking item from taking anything else down, and
+//! returns a [`Report`] with one result per input item (in input order),
+//! counts by [`Status`], per-item durations and the wall time.
+//! [`ParallelExecutor::stream`] yields the same per-item reports in
+//! completion order instead.
 //!
 //! Use [`BatchExecutor`] when the remote API takes many items per call (EC2
 //! starts, stops or terminates up to N instances at once): it splits the
-//! items into batches (10 by default), makes one call per batch with a
-//! retry policy, a circuit breaker and a timeout (5 minutes by default), and
-//! maps each batch's response back to one result per item, so one bad item
-//! is reported as such and does not hide the others. A failed batch can be
-//! split in halves to find the items at fault ([`SplitPolicy`]).
+//! items into batches (10 by default), makes one call per batch under a
+//! timeout (5 minutes by default), and maps each batch's response back to
+//! one result per item, so one bad item is reported as such and does not
+//! hide the others. A failed batch can be split in halves to find the items
+//! at fault ([`SplitPolicy`]).
 //!
-//! Retries and circuit breaking per item come from `keel-retry` and
-//! `keel-breaker` through the adapters in [`op`]: [`op::with_retry`] and
-//! [`op::with_breaker`].
+//! Use [`WorkerPool`] when a program hands work to a bounded set of workers
+//! for as long as it runs (API calls, recoveries) rather than fanning one
+//! operation out and returning: jobs wait in a bounded queue by
+//! [`Priority`] (critical first, FIFO within a priority, the lowest shed
+//! when full), a panicking job fails only its own handle, and
+//! [`WorkerPool::shutdown`] drains within a bound and reports what it
+//! finished and abandoned.
+//!
+//! # Retries, breakers, rate limits: one pipeline per item
+//! The executors take a plain closure and know nothing of retry policies or
+//! circuit breakers. To run each item (or each batch call) through them,
+//! wrap the closure with `keel::exec::through(&pipeline, op)` from the
+//! `keel` facade (features `exec` and `pipeline`): every item then goes
+//! through one `keel::Pipeline` (deadline → retry → breaker → rate limiter
+//! → bulkhead → attempt timeout → call), the one place that knows the
+//! order, and per-item call options (priority, rate-limit key) come from
+//! `keel::exec::through_with`.
 //!
 //! ```
 //! use std::time::Duration;
@@ -86,15 +102,15 @@
 //! # How items run
 //! Both executors drive items inside the task that awaits them (a
 //! `FuturesUnordered`), without spawning: the per-item cost is one
-//! allocation for the item's future and two clock reads, and the operation
-//! may borrow local state. Items therefore share that task's thread; spawn
+//! allocation for the item's future, two clock reads and a bulkhead slot (a
+//! few atomic operations), and the operation may borrow local state. Items therefore share that task's thread; spawn
 //! inside the operation for CPU-heavy work. See `docs/PERFORMANCE.md` for
 //! measured overhead against a `JoinSet` + `Semaphore` baseline.
 //!
 //! # Features
 //! * `metrics`: [`ExecMetrics`], Prometheus series for items by outcome,
-//!   item durations, items in flight and the current concurrency limit.
-
+//!   item durations, items in flight and the current concurrency limit;
+//!   [`PoolMetrics`] for a worker pool's jobs, queue and running count.
 
 mod batch;
 mod config;
@@ -103,11 +119,10 @@ mod item;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 mod observe;
-pub mod op;
 mod parallel;
+mod pool;
 mod report;
 
-pub use keel_breaker::{AimdConfig, AimdLimit, Sample};
 pub use batch::{Batch, BatchExecutor};
 pub use config::{
     BatchBuilder, Concurrency, DEFAULT_BATCH_CONCURRENCY, DEFAULT_BATCH_SIZE,
@@ -117,8 +132,13 @@ pub use error::{
     BatchFailed, Cancelled, ConfigError, DeadlineExceeded, ExecError, ItemTimedOut, Panicked,
     StopReason,
 };
+pub use keel_breaker::{AimdConfig, Bulkhead, BulkheadFull};
+pub use keel_core::Priority;
 #[cfg(feature = "metrics")]
-pub use metrics::ExecMetrics;
-pub use op::ItemOp;
+pub use metrics::{ExecMetrics, PoolMetrics};
 pub use parallel::{ItemStream, ParallelExecutor};
+pub use pool::{
+    DEFAULT_QUEUE, DEFAULT_WORKERS, JobError, JobHandle, JobRejected, PoolStats, ShutdownReport,
+    WorkerPool, WorkerPoolBuilder,
+};
 pub use report::{Counts, ItemReport, Report, Status};

@@ -12,6 +12,14 @@
 //! | `in_flight` | gauge | none |
 //! | `concurrency_limit` | gauge | none |
 //! | `batches` (`batches_total`) | counter | `status` = `succeeded`, `failed`, `timed_out`, `cancelled` |
+//!
+//! [`PoolMetrics`], for a [`WorkerPool`](crate::WorkerPool):
+//!
+//! | name | type | labels |
+//! |---|---|---|
+//! | `jobs` (`jobs_total`) | counter | `outcome` = `completed`, `panicked`, `shed`, `rejected`, `abandoned` |
+//! | `jobs_queued` | gauge | none |
+//! | `jobs_running` | gauge | none |
 
 use std::time::Duration;
 
@@ -164,5 +172,114 @@ impl ExecMetrics {
     /// The concurrency limit last set.
     pub fn concurrency_limit(&self) -> i64 {
         self.concurrency_limit.get()
+    }
+}
+
+/// Counter of worker-pool jobs, by `outcome`.
+pub const JOBS: &str = "jobs";
+/// Gauge of worker-pool jobs waiting for a worker.
+pub const JOBS_QUEUED: &str = "jobs_queued";
+/// Gauge of worker-pool jobs running.
+pub const JOBS_RUNNING: &str = "jobs_running";
+
+type OutcomeLabel = [(&'static str, &'static str); 1];
+
+const JOB_OUTCOMES: [&str; 5] = ["completed", "panicked", "shed", "rejected", "abandoned"];
+
+/// A [`WorkerPool`](crate::WorkerPool)'s Prometheus metrics. Cloning shares
+/// the same series; register once, on the registry the binary prefixes.
+///
+/// Costs per job: a few atomic adds on pre-resolved series.
+#[derive(Debug, Clone)]
+pub struct PoolMetrics {
+    jobs: Family<OutcomeLabel, Counter>,
+    queued: Gauge,
+    running: Gauge,
+    // completed, panicked, shed, rejected, abandoned
+    by_outcome: [Counter; 5],
+}
+
+impl Default for PoolMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PoolMetrics {
+    /// Fresh, unregistered metrics.
+    pub fn new() -> Self {
+        let jobs: Family<OutcomeLabel, Counter> = Family::default();
+        let by_outcome = JOB_OUTCOMES.map(|o| jobs.get_or_create(&[("outcome", o)]).clone());
+        PoolMetrics {
+            jobs,
+            queued: Gauge::default(),
+            running: Gauge::default(),
+            by_outcome,
+        }
+    }
+
+    /// Registers every series in `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(JOBS, "Worker-pool jobs by outcome", self.jobs.clone());
+        registry.register(
+            JOBS_QUEUED,
+            "Worker-pool jobs waiting for a worker",
+            self.queued.clone(),
+        );
+        registry.register(
+            JOBS_RUNNING,
+            "Worker-pool jobs running",
+            self.running.clone(),
+        );
+    }
+
+    pub(crate) fn job_queued(&self) {
+        self.queued.inc();
+    }
+
+    /// A waiting job was shed for a new one: the queue length is unchanged.
+    pub(crate) fn job_shed(&self) {
+        self.by_outcome[2].inc();
+    }
+
+    pub(crate) fn job_rejected(&self) {
+        self.by_outcome[3].inc();
+    }
+
+    pub(crate) fn job_started(&self) {
+        self.queued.dec();
+        self.running.inc();
+    }
+
+    pub(crate) fn job_finished(&self, panicked: bool) {
+        self.running.dec();
+        self.by_outcome[usize::from(panicked)].inc();
+    }
+
+    pub(crate) fn jobs_abandoned(&self, running: usize, waiting: usize) {
+        self.running
+            .dec_by(i64::try_from(running).unwrap_or(i64::MAX));
+        self.queued
+            .dec_by(i64::try_from(waiting).unwrap_or(i64::MAX));
+        self.by_outcome[4].inc_by((running + waiting) as u64);
+    }
+
+    /// Jobs counted with `outcome` (`completed`, `panicked`, `shed`,
+    /// `rejected` or `abandoned`) so far; 0 for any other name.
+    pub fn jobs(&self, outcome: &str) -> u64 {
+        JOB_OUTCOMES
+            .iter()
+            .position(|o| *o == outcome)
+            .map_or(0, |i| self.by_outcome[i].get())
+    }
+
+    /// Jobs waiting now.
+    pub fn queued(&self) -> i64 {
+        self.queued.get()
+    }
+
+    /// Jobs running now.
+    pub fn running(&self) -> i64 {
+        self.running.get()
     }
 }

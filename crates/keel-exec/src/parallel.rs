@@ -7,17 +7,18 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use futures::stream::{FusedStream, FuturesUnordered, Stream, StreamExt};
+use keel_breaker::{Bulkhead, BulkheadFull, BulkheadPermit};
+use keel_core::Priority;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use keel_breaker::{AimdLimit, Sample};
 use crate::config::{Concurrency, ParallelBuilder, ParallelSettings};
 use crate::error::{Cancelled, DeadlineExceeded, ExecError, StopReason};
 use crate::item::ItemFuture;
 use crate::observe::Observer;
-use crate::op::{FnOp, ItemOp, from_fn};
-use crate::report::{Collector, Counts, ItemReport, Report, Status};
+use crate::report::{Collector, Counts, ItemReport, Report};
 
 /// After this many items finish without the stream returning `Pending`, it
 /// yields once to the scheduler so a run of instant items cannot starve the
@@ -27,7 +28,9 @@ const YIELD_EVERY: u32 = 128;
 /// Runs a collection of operations concurrently and reports every item.
 ///
 /// * **Concurrency**: at most `limit` items run at once, fixed or adaptive
-///   ([`AimdConfig`](crate::AimdConfig)). Items start in input order.
+///   ([`AimdConfig`](crate::AimdConfig)), admitted through a
+///   [`Bulkhead`] (the run's own, or one shared with other code:
+///   [`ParallelBuilder::bulkhead`]). Items start in input order.
 /// * **Timeouts**: an optional per-item timeout, and an optional overall
 ///   timeout for the run.
 /// * **Cancellation**: cancelling the [`shutdown`](ParallelBuilder::shutdown)
@@ -43,14 +46,21 @@ const YIELD_EVERY: u32 = 128;
 ///   completion order.
 ///
 /// Items are driven by a `FuturesUnordered` inside the task that awaits the
-/// run, not spawned: no task spawn, semaphore or extra allocation per item
-/// beyond the item's own future. The corollary is that the items share that
+/// run, not spawned: no task spawn or extra allocation per item beyond the
+/// item's own future (a bulkhead slot is a few atomic operations). The corollary is that the items share that
 /// task's thread: an item that blocks the thread (CPU-heavy work, blocking
 /// I/O) stalls the others, and the operation's futures need not be `Send`
 /// or `'static`. Spawn inside the operation (or use
 /// `tokio::task::spawn_blocking`) for work that needs its own thread.
 ///
-/// Cloning is cheap (the shutdown token and metrics are shared).
+/// To run each item through retries, a circuit breaker, a rate limiter and
+/// timeouts, wrap the operation with `keel::exec::through(&pipeline, op)`
+/// (the `keel` facade, features `exec` and `pipeline`): the executor stays
+/// in charge of fan-out, the `keel::Pipeline` of the policies around each
+/// call.
+///
+/// Cloning is cheap (the shutdown token, a shared bulkhead and metrics are
+/// shared).
 #[derive(Debug, Clone, Default)]
 pub struct ParallelExecutor {
     settings: ParallelSettings,
@@ -76,8 +86,8 @@ impl ParallelExecutor {
     }
 
     /// The concurrency setting.
-    pub fn concurrency(&self) -> Concurrency {
-        self.settings.concurrency
+    pub fn concurrency(&self) -> &Concurrency {
+        &self.settings.concurrency
     }
 
     /// The per-item timeout, if any.
@@ -92,7 +102,8 @@ impl ParallelExecutor {
 
     /// Runs `op` for every item and waits for all of them (or for the run to
     /// stop). `op` is called once per item, in input order, when the item
-    /// starts.
+    /// starts; an `Err` it returns becomes the item's
+    /// [`ExecError::Failed`].
     ///
     /// Never panics because of an item. Must be awaited inside a tokio
     /// runtime with time enabled when a timeout is set.
@@ -102,18 +113,8 @@ impl ParallelExecutor {
         F: FnMut(It::Item) -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        self.run_op(items, from_fn(op)).await
-    }
-
-    /// [`run`](Self::run) with an [`ItemOp`], for decorated operations
-    /// (retry, circuit breaker).
-    pub async fn run_op<It, Op>(&self, items: It, op: Op) -> Report<Op::Output, Op::Error>
-    where
-        It: IntoIterator,
-        Op: ItemOp<It::Item>,
-    {
         let started = Instant::now();
-        let mut stream = self.stream_op(items, op);
+        let mut stream = self.stream(items, op);
         let mut collector = Collector::with_capacity(stream.size_hint().0);
         poll_fn(|cx| {
             loop {
@@ -149,49 +150,43 @@ impl ParallelExecutor {
     /// early, the items not yet started are still taken from the input (and
     /// dropped without calling the operation) so each gets its report: the
     /// input must be finite.
-    pub fn stream<It, F, Fut, T, E>(&self, items: It, op: F) -> ItemStream<It::IntoIter, FnOp<F>>
+    pub fn stream<It, F, Fut, T, E>(&self, items: It, op: F) -> ItemStream<It::IntoIter, F, Fut>
     where
         It: IntoIterator,
         F: FnMut(It::Item) -> Fut,
         Fut: Future<Output = Result<T, E>>,
-    {
-        self.stream_op(items, from_fn(op))
-    }
-
-    /// [`stream`](Self::stream) with an [`ItemOp`].
-    pub fn stream_op<It, Op>(&self, items: It, op: Op) -> ItemStream<It::IntoIter, Op>
-    where
-        It: IntoIterator,
-        Op: ItemOp<It::Item>,
     {
         self.stream_observed(items, op, Observer::from_settings(&self.settings))
     }
 
     /// The stream, reporting to `observer` (the batch executor passes a
     /// silent one and records per item itself).
-    pub(crate) fn stream_observed<It, Op>(
+    pub(crate) fn stream_observed<It, F, Fut, T, E>(
         &self,
         items: It,
-        op: Op,
+        op: F,
         observer: Observer,
-    ) -> ItemStream<It::IntoIter, Op>
+    ) -> ItemStream<It::IntoIter, F, Fut>
     where
         It: IntoIterator,
-        Op: ItemOp<It::Item>,
+        F: FnMut(It::Item) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
     {
         let s = &self.settings;
-        let limiter = match s.concurrency {
-            Concurrency::Fixed(n) => Limiter::Fixed(n.max(1)),
-            Concurrency::Adaptive(cfg) => Limiter::Adaptive(AimdLimit::new(cfg)),
-        };
-        observer.limit_changed(limiter.limit());
+        let bulkhead = s.concurrency.bulkhead();
+        let limit = bulkhead.limit();
+        observer.limit_changed(limit);
         ItemStream {
             items: items.into_iter(),
             exhausted: false,
             next_index: 0,
             op,
             running: FuturesUnordered::new(),
-            limiter,
+            bulkhead,
+            shared: matches!(s.concurrency, Concurrency::Shared(_)),
+            priority: s.priority,
+            waiting: None,
+            limit,
             item_timeout: s.item_timeout,
             overall_timeout: s.overall_timeout,
             deadline_at: s
@@ -202,48 +197,13 @@ impl ParallelExecutor {
             shutdown_wait: None,
             phase: Phase::Running,
             interrupted: Vec::new(),
+            refused: None,
             stopped_at: None,
             stop_reason: None,
             since_yield: 0,
             counts: Counts::default(),
             max_in_flight: 0,
             observer,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-enum Limiter {
-    Fixed(usize),
-    Adaptive(AimdLimit),
-}
-
-impl Limiter {
-    fn limit(&self) -> usize {
-        match self {
-            Limiter::Fixed(n) => *n,
-            Limiter::Adaptive(l) => l.limit(),
-        }
-    }
-
-    /// Feeds a finished item; returns the new limit when it changed.
-    fn on_finished(
-        &mut self,
-        status: Status,
-        latency: Duration,
-        in_flight: usize,
-    ) -> Option<usize> {
-        match self {
-            Limiter::Fixed(_) => None,
-            Limiter::Adaptive(l) => {
-                let before = l.limit();
-                let after = l.on_sample(Sample {
-                    latency,
-                    in_flight,
-                    errored: matches!(status, Status::Failed | Status::TimedOut),
-                });
-                (after != before).then_some(after)
-            }
         }
     }
 }
@@ -260,19 +220,25 @@ enum Phase {
 ///
 /// Every input item is yielded exactly once (`total` reports in all), and
 /// the stream ends after the last one. Items run only while the stream is
-/// polled. Dropping it drops (cancels) every running item.
+/// polled. Dropping it drops (cancels) every running item and gives their
+/// bulkhead slots back.
 #[must_use = "streams do nothing unless polled"]
-pub struct ItemStream<It, Op>
-where
-    It: Iterator,
-    Op: ItemOp<It::Item>,
-{
+pub struct ItemStream<It, F, Fut> {
     items: It,
     exhausted: bool,
     next_index: usize,
-    op: Op,
-    running: FuturesUnordered<ItemFuture<Op::Future>>,
-    limiter: Limiter,
+    op: F,
+    running: FuturesUnordered<ItemFuture<Fut>>,
+    bulkhead: Bulkhead,
+    /// Whether the bulkhead is shared with other code (else only the run's
+    /// own items hold its slots).
+    shared: bool,
+    /// The run waits in a shared bulkhead's queue at this priority.
+    priority: Priority,
+    /// The run's one wait for a slot of a shared bulkhead.
+    waiting: Option<BoxFuture<'static, Result<BulkheadPermit, BulkheadFull>>>,
+    /// The bulkhead's limit last reported to the observer.
+    limit: usize,
     item_timeout: Option<Duration>,
     overall_timeout: Option<Duration>,
     deadline_at: Option<Instant>,
@@ -281,6 +247,8 @@ where
     shutdown_wait: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
     phase: Phase,
     interrupted: Vec<(usize, Instant)>,
+    /// A shared bulkhead refused the run while none of its items ran.
+    refused: Option<BulkheadFull>,
     stopped_at: Option<Instant>,
     stop_reason: Option<StopReason>,
     since_yield: u32,
@@ -291,18 +259,9 @@ where
 
 // Nothing in the stream is structurally pinned: items' futures live in
 // `FuturesUnordered`'s own allocations and the timers are boxed.
-impl<It, Op> Unpin for ItemStream<It, Op>
-where
-    It: Iterator,
-    Op: ItemOp<It::Item>,
-{
-}
+impl<It, F, Fut> Unpin for ItemStream<It, F, Fut> {}
 
-impl<It, Op> Drop for ItemStream<It, Op>
-where
-    It: Iterator,
-    Op: ItemOp<It::Item>,
-{
+impl<It, F, Fut> Drop for ItemStream<It, F, Fut> {
     fn drop(&mut self) {
         // Items still running are dropped with the stream: they leave the
         // in-flight gauge here, as they would have when finishing.
@@ -312,27 +271,19 @@ where
     }
 }
 
-impl<It, Op> std::fmt::Debug for ItemStream<It, Op>
-where
-    It: Iterator,
-    Op: ItemOp<It::Item>,
-{
+impl<It, F, Fut> std::fmt::Debug for ItemStream<It, F, Fut> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ItemStream")
             .field("started", &self.next_index)
             .field("in_flight", &self.running.len())
-            .field("limit", &self.limiter.limit())
+            .field("bulkhead", &self.bulkhead)
             .field("phase", &self.phase)
             .field("counts", &self.counts)
             .finish_non_exhaustive()
     }
 }
 
-impl<It, Op> ItemStream<It, Op>
-where
-    It: Iterator,
-    Op: ItemOp<It::Item>,
-{
+impl<It, F, Fut> ItemStream<It, F, Fut> {
     /// Counts of the items yielded so far.
     pub fn counts(&self) -> Counts {
         self.counts
@@ -348,20 +299,73 @@ where
         self.max_in_flight
     }
 
-    /// The concurrency limit now (changes only in adaptive mode).
+    /// The bulkhead's limit now (changes in adaptive mode, or when a shared
+    /// bulkhead's owner changes it).
     pub fn concurrency_limit(&self) -> usize {
-        self.limiter.limit()
+        self.bulkhead.limit()
+    }
+
+    /// The bulkhead the run admits its items through.
+    pub fn bulkhead(&self) -> &Bulkhead {
+        &self.bulkhead
     }
 
     /// Why the run stopped early, once it has.
     pub fn stop_reason(&self) -> Option<StopReason> {
         self.stop_reason
     }
+}
 
-    /// Starts items until the limit is reached or the input is exhausted.
-    fn fill(&mut self) {
-        let limit = self.limiter.limit();
-        while !self.exhausted && self.running.len() < limit {
+impl<It, F, Fut, T, E> ItemStream<It, F, Fut>
+where
+    It: Iterator,
+    F: FnMut(It::Item) -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    /// Takes a bulkhead slot for the next item: at once, or (for a shared
+    /// bulkhead) by waiting in its queue. `None` when no slot is free yet;
+    /// a finishing item of the run or the bulkhead's grant wakes the task.
+    fn slot(&mut self, cx: &mut Context<'_>) -> Option<BulkheadPermit> {
+        if self.waiting.is_none() {
+            match self.bulkhead.try_acquire() {
+                Ok(permit) => return Some(permit),
+                // The run's own bulkhead is full of the run's own items:
+                // one of them finishing makes room.
+                Err(_) if !self.shared => return None,
+                Err(_) => {
+                    let (bulkhead, priority) = (self.bulkhead.clone(), self.priority);
+                    self.waiting = Some(Box::pin(async move { bulkhead.acquire(priority).await }));
+                }
+            }
+        }
+        let wait = self.waiting.as_mut()?;
+        let result = match wait.as_mut().poll(cx) {
+            Poll::Pending => return None,
+            Poll::Ready(result) => result,
+        };
+        self.waiting = None;
+        match result {
+            Ok(permit) => Some(permit),
+            Err(full) => {
+                // Refused or shed. While items of the run hold slots, the
+                // next one to finish makes room; otherwise nothing will, and
+                // the next item fails as the bulkhead said.
+                if self.running.is_empty() {
+                    self.refused = Some(full);
+                }
+                None
+            }
+        }
+    }
+
+    /// Starts items while the bulkhead admits them and the input lasts.
+    /// Returns the report of an item the bulkhead refused.
+    fn fill(&mut self, cx: &mut Context<'_>) -> Option<ItemReport<T, E>> {
+        while !self.exhausted {
+            let Some(permit) = self.slot(cx) else {
+                let full = self.refused.take()?;
+                return self.refuse_next(full);
+            };
             let Some(item) = self.items.next() else {
                 self.exhausted = true;
                 break;
@@ -373,21 +377,40 @@ where
                 &mut self.op,
                 item,
                 self.item_timeout,
+                permit,
             ));
             self.observer.item_started();
         }
         self.max_in_flight = self.max_in_flight.max(self.running.len());
+        None
     }
 
-    fn on_finished(&mut self, report: &ItemReport<Op::Output, Op::Error>) {
+    /// The next item fails without running: the shared bulkhead refused it.
+    fn refuse_next(&mut self, full: BulkheadFull) -> Option<ItemReport<T, E>> {
+        let Some(_item) = self.items.next() else {
+            self.exhausted = true;
+            return None;
+        };
+        let index = self.next_index;
+        self.next_index += 1;
+        tracing::debug!(index, bulkhead = %full.name, "bulkhead refused the item");
+        let report = ItemReport::new(index, Err(ExecError::Rejected(full)), Duration::ZERO);
+        let status = report.status();
+        self.counts.record(status);
+        self.observer.item_finished(status, report.duration, false);
+        Some(report)
+    }
+
+    fn on_finished(&mut self, report: &ItemReport<T, E>) {
         let status = report.status();
         self.counts.record(status);
         self.observer.item_finished(status, report.duration, true);
         if let Err(ExecError::Panicked(p)) = &report.result {
             tracing::warn!(index = report.index, panic = %p.message, "item panicked");
         }
-        let in_flight = self.running.len() + 1;
-        if let Some(limit) = self.limiter.on_finished(status, report.duration, in_flight) {
+        let limit = self.bulkhead.limit();
+        if limit != self.limit {
+            self.limit = limit;
             self.observer.limit_changed(limit);
         }
     }
@@ -423,6 +446,7 @@ where
         }
         self.observer.items_stopped(self.running.len());
         self.running.clear();
+        self.waiting = None;
         self.stopped_at = Some(now);
         self.stop_reason = Some(reason);
         self.phase = Phase::Draining(reason);
@@ -434,7 +458,7 @@ where
         );
     }
 
-    fn drained_report(&mut self, reason: StopReason) -> Option<ItemReport<Op::Output, Op::Error>> {
+    fn drained_report(&mut self, reason: StopReason) -> Option<ItemReport<T, E>> {
         let report = if let Some((index, start)) = self.interrupted.pop() {
             let stopped_at = self.stopped_at.unwrap_or(start);
             let error = match reason {
@@ -479,12 +503,13 @@ where
     }
 }
 
-impl<It, Op> Stream for ItemStream<It, Op>
+impl<It, F, Fut, T, E> Stream for ItemStream<It, F, Fut>
 where
     It: Iterator,
-    Op: ItemOp<It::Item>,
+    F: FnMut(It::Item) -> Fut,
+    Fut: Future<Output = Result<T, E>>,
 {
-    type Item = ItemReport<Op::Output, Op::Error>;
+    type Item = ItemReport<T, E>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
@@ -496,7 +521,9 @@ where
             {
                 this.stop(StopReason::Shutdown);
             } else {
-                this.fill();
+                if let Some(report) = this.fill(cx) {
+                    return Poll::Ready(Some(report));
+                }
                 if this.since_yield >= YIELD_EVERY {
                     this.since_yield = 0;
                     if let Some(reason) = this.poll_stop(cx) {
@@ -512,14 +539,15 @@ where
                             this.on_finished(&report);
                             return Poll::Ready(Some(report));
                         }
-                        Poll::Ready(None) => {
-                            // Nothing running after `fill`: the input is
-                            // exhausted and every item has been yielded.
-                            debug_assert!(this.exhausted);
+                        Poll::Ready(None) if this.exhausted => {
+                            // Nothing running after `fill` and no input
+                            // left: every item has been yielded.
                             this.phase = Phase::Done;
                             return Poll::Ready(None);
                         }
-                        Poll::Pending => {
+                        // Nothing running, and the next item waits for a
+                        // slot of a shared bulkhead (its grant wakes us).
+                        Poll::Ready(None) | Poll::Pending => {
                             this.since_yield = 0;
                             match this.poll_stop(cx) {
                                 Some(reason) => this.stop(reason),
@@ -556,10 +584,11 @@ where
     }
 }
 
-impl<It, Op> FusedStream for ItemStream<It, Op>
+impl<It, F, Fut, T, E> FusedStream for ItemStream<It, F, Fut>
 where
     It: Iterator,
-    Op: ItemOp<It::Item>,
+    F: FnMut(It::Item) -> Fut,
+    Fut: Future<Output = Result<T, E>>,
 {
     fn is_terminated(&self) -> bool {
         self.phase == Phase::Done

@@ -6,10 +6,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use keel_breaker::{BreakerConfig, CircuitBreaker};
 use keel_core::{Outcome, classify};
 use keel_exec::{Batch, BatchExecutor, ExecError, SplitPolicy, Status, StopReason};
-use keel_retry::{Backoff, Jitter, RetryPolicy};
 use tokio_util::sync::CancellationToken;
 
 const MIN: Duration = Duration::from_secs(60);
@@ -31,15 +29,6 @@ enum ApiError {
     Unavailable,
     /// The instance is not in the answer.
     NotStarted(String),
-}
-
-fn quick_retry(max_retries: u32) -> RetryPolicy {
-    RetryPolicy::builder()
-        .max_retries(max_retries)
-        .backoff(Backoff::constant(Duration::from_secs(1)))
-        .jitter(Jitter::None)
-        .build()
-        .unwrap()
 }
 
 /// Item errors are neutral (not retried), outages are failures.
@@ -122,7 +111,7 @@ async fn a_failed_batch_fails_its_items_with_one_shared_error() {
     let errors: Vec<_> = report
         .errors()
         .map(|(i, e)| match e {
-            ExecError::BatchFailed(b) => (i, b.batch, b.size, b.attempts, b.shared_error()),
+            ExecError::BatchFailed(b) => (i, b.batch, b.size, b.shared_error()),
             other => panic!("expected a batch failure, got {other:?}"),
         })
         .collect();
@@ -130,12 +119,12 @@ async fn a_failed_batch_fails_its_items_with_one_shared_error() {
         errors.iter().map(|e| e.0).collect::<Vec<_>>(),
         vec![4, 5, 6, 7]
     );
-    assert!(errors.iter().all(|e| (e.1, e.2, e.3) == (1, 4, 1)));
+    assert!(errors.iter().all(|e| (e.1, e.2) == (1, 4)));
     assert!(
-        errors.windows(2).all(|w| Arc::ptr_eq(&w[0].4, &w[1].4)),
+        errors.windows(2).all(|w| Arc::ptr_eq(&w[0].3, &w[1].3)),
         "one error, shared by the batch's items"
     );
-    assert_eq!(*errors[0].4, ApiError::Unavailable);
+    assert_eq!(*errors[0].3, ApiError::Unavailable);
 }
 
 #[tokio::test(start_paused = true)]
@@ -143,7 +132,6 @@ async fn splitting_a_batch_isolates_the_bad_item() {
     let calls = Mutex::new(Vec::new());
     let exec = BatchExecutor::builder()
         .split(SplitPolicy::NonRetryable)
-        .retry(quick_retry(3))
         .build()
         .unwrap();
     let report = exec
@@ -170,75 +158,11 @@ async fn splitting_a_batch_isolates_the_bad_item() {
         Err(ExecError::Failed(ApiError::InvalidId(id))) if id == "i-03"
     ));
     assert!(report.successes().all(|(_, started)| *started));
-    // Neutral errors are not retried: each part is called once.
+    // Each part is called once, halves left first.
     assert_eq!(
         *calls.lock().unwrap(),
         vec![0..10, 0..5, 0..2, 2..5, 2..3, 3..5, 3..4, 4..5, 5..10]
     );
-}
-
-#[tokio::test(start_paused = true)]
-async fn transient_failures_are_retried_not_split() {
-    let calls = AtomicUsize::new(0);
-    let exec = BatchExecutor::builder()
-        .batch_size(5)
-        .split(SplitPolicy::NonRetryable)
-        .retry(quick_retry(2))
-        .build()
-        .unwrap();
-    let report = exec
-        .run_classified(
-            ids(5),
-            by_kind,
-            |_batch: Batch<String>| {
-                calls.fetch_add(1, Ordering::SeqCst);
-                async { Err::<Started, _>(ApiError::Unavailable) }
-            },
-            |_, _| Ok::<(), ApiError>(()),
-        )
-        .await;
-    assert_eq!(
-        calls.load(Ordering::SeqCst),
-        3,
-        "one call and two retries, no split"
-    );
-    assert_eq!(report.failed(), 5);
-    assert!(report.errors().all(|(_, e)| matches!(
-        e,
-        ExecError::BatchFailed(b) if b.attempts == 3 && *b.error() == ApiError::Unavailable
-    )));
-    assert_eq!(
-        report.wall_time(),
-        Duration::from_secs(2),
-        "two 1 s backoffs"
-    );
-}
-
-#[tokio::test(start_paused = true)]
-async fn retries_recover_a_flaky_batch() {
-    let calls = AtomicUsize::new(0);
-    let exec = BatchExecutor::builder()
-        .retry(quick_retry(3))
-        .build()
-        .unwrap();
-    let report = exec
-        .run(
-            ids(10),
-            |batch: Batch<String>| {
-                let n = calls.fetch_add(1, Ordering::SeqCst);
-                async move {
-                    if n < 2 {
-                        Err(ApiError::Unavailable)
-                    } else {
-                        Ok(Started(batch.to_vec().into_iter().collect()))
-                    }
-                }
-            },
-            |id, s: &Started| Ok::<_, ApiError>(s.0.contains(id)),
-        )
-        .await;
-    assert!(report.all_succeeded());
-    assert_eq!(calls.load(Ordering::SeqCst), 3);
 }
 
 #[tokio::test(start_paused = true)]
@@ -336,123 +260,6 @@ async fn panics_in_map_fail_one_item_and_in_op_one_batch() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn an_open_breaker_rejects_the_remaining_batches_without_calling() {
-    let calls = AtomicUsize::new(0);
-    let breaker = CircuitBreaker::new(
-        "ec2",
-        BreakerConfig::consecutive(2, MIN).build().unwrap(),
-    );
-    let exec = BatchExecutor::builder()
-        .batch_size(2)
-        .breaker(breaker.clone())
-        .build()
-        .unwrap();
-    let report = exec
-        .run(
-            ids(8),
-            |_batch: Batch<String>| {
-                calls.fetch_add(1, Ordering::SeqCst);
-                async { Err::<(), _>(ApiError::Unavailable) }
-            },
-            |_, ()| Ok::<(), ApiError>(()),
-        )
-        .await;
-    assert_eq!(
-        calls.load(Ordering::SeqCst),
-        2,
-        "the breaker opened after two failures"
-    );
-    assert_eq!(report.failed(), 8);
-    for i in 4..8 {
-        match &report.get(i).unwrap().result {
-            Err(ExecError::Rejected(r)) => {
-                assert_eq!(r.name(), "ec2");
-                assert_eq!(r.retry_after(), Some(MIN));
-            }
-            other => panic!("item {i}: {other:?}"),
-        }
-    }
-}
-
-#[tokio::test(start_paused = true)]
-async fn retries_wait_out_an_open_breaker() {
-    // The breaker opens for 30 s after one failure; the retry policy honours
-    // its retry-after, so the second attempt comes after the open period and
-    // succeeds as the half-open probe.
-    let calls = AtomicUsize::new(0);
-    let breaker = CircuitBreaker::new(
-        "ec2",
-        BreakerConfig::consecutive(1, Duration::from_secs(30))
-            .build()
-            .unwrap(),
-    );
-    let exec = BatchExecutor::builder()
-        .breaker(breaker)
-        .retry(quick_retry(3))
-        .build()
-        .unwrap();
-    let report = exec
-        .run(
-            ids(3),
-            |_batch: Batch<String>| {
-                let n = calls.fetch_add(1, Ordering::SeqCst);
-                async move {
-                    if n == 0 {
-                        Err(ApiError::Unavailable)
-                    } else {
-                        Ok(())
-                    }
-                }
-            },
-            |_, ()| Ok::<(), ApiError>(()),
-        )
-        .await;
-    assert!(report.all_succeeded(), "{:?}", report.items());
-    assert_eq!(
-        calls.load(Ordering::SeqCst),
-        2,
-        "rejected attempts never call"
-    );
-    assert_eq!(
-        report.wall_time(),
-        Duration::from_secs(30),
-        "failure at 0 s, 1 s backoff, rejection at 1 s whose retry-after (29 s) \
-         is the rest of the open time, probe at 30 s"
-    );
-}
-
-#[tokio::test(start_paused = true)]
-async fn attempt_timeouts_count_as_breaker_failures_and_are_retried() {
-    let calls = AtomicUsize::new(0);
-    let breaker = CircuitBreaker::new(
-        "ssm",
-        BreakerConfig::consecutive(5, MIN).build().unwrap(),
-    );
-    let exec = BatchExecutor::builder()
-        .breaker(breaker.clone())
-        .attempt_timeout(Duration::from_secs(2))
-        .retry(quick_retry(1))
-        .build()
-        .unwrap();
-    let report = exec
-        .run(
-            ids(2),
-            |_batch: Batch<String>| {
-                calls.fetch_add(1, Ordering::SeqCst);
-                async {
-                    tokio::time::sleep(MIN).await;
-                    Ok::<(), ApiError>(())
-                }
-            },
-            |_, ()| Ok::<(), ApiError>(()),
-        )
-        .await;
-    assert_eq!(calls.load(Ordering::SeqCst), 2);
-    assert_eq!(report.timed_out(), 2);
-    assert_eq!(breaker.stats().totals.failures, 2, "{:?}", breaker.stats());
-}
-
-#[tokio::test(start_paused = true)]
 async fn shutdown_cancels_the_remaining_batches() {
     let token = CancellationToken::new();
     let exec = BatchExecutor::builder()
@@ -505,17 +312,99 @@ async fn no_items_no_calls() {
     let _ = classify::Default;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_run_with_retry_and_breaker_is_send() {
+#[tokio::test(start_paused = true)]
+async fn retryable_failures_are_not_split() {
+    let calls = AtomicUsize::new(0);
     let exec = BatchExecutor::builder()
-        .retry(quick_retry(1))
-        .breaker(CircuitBreaker::new(
-            "ec2",
-            BreakerConfig::consecutive(3, MIN).build().unwrap(),
-        ))
-        .concurrency(4)
+        .batch_size(5)
+        .split(SplitPolicy::NonRetryable)
         .build()
         .unwrap();
+    let report = exec
+        .run_classified(
+            ids(5),
+            by_kind,
+            |_batch: Batch<String>| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                async { Err::<Started, _>(ApiError::Unavailable) }
+            },
+            |_, _| Ok::<(), ApiError>(()),
+        )
+        .await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "an outage is not split");
+    assert_eq!(report.failed(), 5);
+    assert!(report.errors().all(|(_, e)| matches!(
+        e,
+        ExecError::BatchFailed(b) if *b.error() == ApiError::Unavailable
+    )));
+
+    // `Always` splits it down to single items: 2n - 1 calls.
+    let calls = AtomicUsize::new(0);
+    let exec = BatchExecutor::builder()
+        .batch_size(5)
+        .split(SplitPolicy::Always)
+        .build()
+        .unwrap();
+    let report = exec
+        .run(
+            ids(5),
+            |_batch: Batch<String>| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                async { Err::<Started, _>(ApiError::Unavailable) }
+            },
+            |_, _| Ok::<(), ApiError>(()),
+        )
+        .await;
+    assert_eq!(calls.load(Ordering::SeqCst), 9);
+    assert!(
+        report
+            .errors()
+            .all(|(_, e)| matches!(e, ExecError::Failed(ApiError::Unavailable)))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn op_and_map_may_be_fn_mut() {
+    // Issue 22: the batch executor takes the same `FnMut` bound as the
+    // parallel executor; plain mutable state needs no atomics.
+    let mut calls = Vec::new();
+    let mut mapped = 0;
+    let exec = BatchExecutor::builder()
+        .batch_size(4)
+        .concurrency(3)
+        .build()
+        .unwrap();
+    let report = exec
+        .run(
+            0..10u32,
+            |batch: Batch<u32>| {
+                calls.push(batch.number());
+                async move {
+                    tokio::time::sleep(Duration::from_secs(u64::from(3 - batch.number() as u32)))
+                        .await;
+                    Ok::<_, ()>(batch.len())
+                }
+            },
+            |item, len| {
+                mapped += 1;
+                Ok::<_, ()>((*item, *len))
+            },
+        )
+        .await;
+    assert!(report.all_succeeded());
+    assert_eq!(calls, [0, 1, 2]);
+    assert_eq!(mapped, 10);
+    assert_eq!(report.get(9).unwrap().result.as_ref().unwrap(), &(9, 2));
+    assert_eq!(
+        report.wall_time(),
+        Duration::from_secs(3),
+        "batches ran at once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_run_is_send() {
+    let exec = BatchExecutor::builder().concurrency(4).build().unwrap();
     let report = tokio::spawn(async move {
         exec.run(
             ids(95),

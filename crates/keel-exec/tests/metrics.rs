@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use keel_exec::{AimdConfig, Batch, BatchExecutor, ExecMetrics, ParallelExecutor, Status};
+use keel_exec::{
+    AimdConfig, Batch, BatchExecutor, ExecMetrics, ParallelExecutor, PoolMetrics, Priority, Status,
+    WorkerPool,
+};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::registry::Registry;
 
@@ -185,4 +188,54 @@ async fn dropping_a_run_leaves_nothing_in_flight() {
     assert_eq!(metrics.in_flight(), 8, "two batches of four are running");
     drop(run);
     assert_eq!(metrics.in_flight(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_pool_records_jobs_by_outcome_queue_and_running() {
+    let metrics = PoolMetrics::new();
+    let mut registry = Registry::default();
+    metrics.register(registry.sub_registry_with_prefix("watchdog"));
+    let pool = WorkerPool::builder()
+        .workers(1)
+        .queue(2)
+        .metrics(metrics.clone())
+        .build()
+        .unwrap();
+    let long = pool
+        .submit(Priority::Normal, async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        })
+        .unwrap();
+    tokio::task::yield_now().await;
+    assert_eq!((metrics.running(), metrics.queued()), (1, 0));
+    let boom = pool
+        .submit(Priority::Normal, async { panic!("boom") })
+        .unwrap();
+    let low = pool.submit(Priority::Low, async {}).unwrap();
+    let _refused = pool.submit(Priority::Low, async {}).unwrap_err();
+    let _high = pool.submit(Priority::High, async {}).unwrap();
+    assert_eq!(metrics.queued(), 2);
+    assert!(low.await.is_err(), "shed");
+    long.await.unwrap();
+    assert!(boom.await.is_err());
+    let stuck = pool
+        .submit(Priority::Normal, std::future::pending::<()>())
+        .unwrap();
+    let report = pool.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(report.abandoned, 1);
+    assert!(stuck.await.is_err());
+    assert_eq!((metrics.running(), metrics.queued()), (0, 0));
+    let text = scrape(&registry);
+    for line in [
+        "watchdog_jobs_total{outcome=\"completed\"} 2",
+        "watchdog_jobs_total{outcome=\"panicked\"} 1",
+        "watchdog_jobs_total{outcome=\"shed\"} 1",
+        "watchdog_jobs_total{outcome=\"rejected\"} 1",
+        "watchdog_jobs_total{outcome=\"abandoned\"} 1",
+        "watchdog_jobs_queued 0",
+        "watchdog_jobs_running 0",
+    ] {
+        assert!(text.contains(line), "missing `{line}` in:\n{text}");
+    }
+    assert_eq!(metrics.jobs("completed"), 2);
 }
