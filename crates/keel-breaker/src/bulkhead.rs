@@ -189,9 +189,17 @@ pub struct BulkheadPermit {
     inner: Arc<Inner>,
     /// When the slot was taken (adaptive bulkheads only: the latency sample).
     since: Option<Instant>,
+    /// Whether the caller queued for the slot.
+    waited: bool,
 }
 
 impl BulkheadPermit {
+    /// `true` when the slot was not free at once and the caller waited in
+    /// the queue for it (time passed: re-read the clock).
+    pub fn waited(&self) -> bool {
+        self.waited
+    }
+
     /// Gives the slot back, telling an adaptive limit how the call went
     /// (failures and overloads are drops when the AIMD configuration says
     /// errors are; neutral outcomes teach it nothing).
@@ -306,7 +314,7 @@ impl Bulkhead {
     /// queued waiter.
     pub fn try_acquire(&self) -> Result<BulkheadPermit, BulkheadFull> {
         if self.inner.try_fast() {
-            Ok(self.permit())
+            Ok(self.permit(false))
         } else {
             self.inner.rejected.fetch_add(1, Ordering::Relaxed);
             Err(self.inner.full(Priority::Normal, false))
@@ -323,10 +331,10 @@ impl Bulkhead {
     /// at once, and one dropped just after gives its slot to the next.
     pub async fn acquire(&self, priority: Priority) -> Result<BulkheadPermit, BulkheadFull> {
         if self.inner.try_fast() {
-            return Ok(self.permit());
+            return Ok(self.permit(false));
         }
         let waiting = match self.inner.enqueue(priority) {
-            Enqueued::Admitted => return Ok(self.permit()),
+            Enqueued::Admitted => return Ok(self.permit(false)),
             Enqueued::Refused => {
                 self.inner.rejected.fetch_add(1, Ordering::Relaxed);
                 return Err(self.inner.full(priority, false));
@@ -346,17 +354,18 @@ impl Bulkhead {
         // Decided: the guard has nothing left to undo.
         guard.grant = None;
         match grant {
-            Ok(Grant::Admitted) => Ok(self.permit()),
+            Ok(Grant::Admitted) => Ok(self.permit(true)),
             // The sender is only dropped after sending; treat anything else
             // as a refusal rather than a slot.
             Ok(Grant::Shed) | Err(_) => Err(self.inner.full(priority, true)),
         }
     }
 
-    fn permit(&self) -> BulkheadPermit {
+    fn permit(&self, waited: bool) -> BulkheadPermit {
         BulkheadPermit {
             inner: self.inner.clone(),
             since: self.inner.adaptive.as_ref().map(|_| Instant::now()),
+            waited,
         }
     }
 

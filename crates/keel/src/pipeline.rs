@@ -387,6 +387,10 @@ struct Call<'a, C: ?Sized> {
     priority: Priority,
     /// The overall deadline: its length and when it ends.
     deadline: Option<(Duration, Instant)>,
+    /// When the call started, if the deadline made us read the clock: the
+    /// first attempt reuses it when nothing made it wait (a clock read is a
+    /// tenth of the pipeline's cost).
+    started: Option<Instant>,
 }
 
 impl Pipeline {
@@ -434,12 +438,13 @@ impl Pipeline {
             RetryChoice::Policy(policy) => Some(policy),
             RetryChoice::None => None,
         };
-        let deadline = options.deadline.or(self.deadline);
+        let started = options.deadline.or(self.deadline).map(|d| (d, Instant::now()));
         let call = Call {
             classifier: options.classifier,
             key: options.key,
             priority: options.priority.unwrap_or(self.priority),
-            deadline: deadline.map(|d| (d, Instant::now() + d)),
+            deadline: started.map(|(d, now)| (d, now + d)),
+            started: started.map(|(_, now)| now),
         };
         let result = match call.deadline {
             None => self.retried(&call, retry, op).await,
@@ -569,12 +574,16 @@ impl Pipeline {
             },
             None => None,
         };
+        let mut waited = attempt.number > 1;
         if let Some(limiter) = &self.limiter {
-            self.wait_for_slot(limiter, call).await?;
+            waited |= self.wait_for_slot(limiter, call).await?;
         }
         let slot = match &self.bulkhead {
             Some(bulkhead) => match bulkhead.acquire(call.priority).await {
-                Ok(slot) => Some(slot),
+                Ok(slot) => {
+                    waited |= slot.waited();
+                    Some(slot)
+                }
                 Err(full) => {
                     bump(&self.stats.bulkhead_rejections);
                     return Err(AttemptError::rejected_by(
@@ -594,25 +603,27 @@ impl Pipeline {
         };
         let cut = match (own, call.deadline) {
             (None, None) => None,
-            (Some(timeout), None) => Some((Instant::now() + timeout, Cut::Attempt(timeout))),
-            (None, Some((deadline, ends))) => Some((ends, Cut::Deadline(deadline))),
-            (Some(timeout), Some((deadline, ends))) => {
-                let at = Instant::now() + timeout;
-                Some(if at < ends {
-                    (at, Cut::Attempt(timeout))
-                } else {
-                    (ends, Cut::Deadline(deadline))
+            (Some(timeout), None) => Some((Instant::now(), timeout, Cut::Attempt(timeout))),
+            (own, Some((deadline, ends))) => {
+                let now = match call.started {
+                    Some(started) if !waited => started,
+                    _ => Instant::now(),
+                };
+                let left = ends.saturating_duration_since(now);
+                Some(match own {
+                    Some(timeout) if timeout < left => (now, timeout, Cut::Attempt(timeout)),
+                    _ => (now, left, Cut::Deadline(deadline)),
                 })
             }
         };
-        let left = cut.map(|(at, _)| at.saturating_duration_since(Instant::now()));
+        let left = cut.map(|(_, left, _)| left);
         let fut = {
             let mut op = op.lock().unwrap_or_else(PoisonError::into_inner);
             (*op)(attempt.with_timeout(left))
         };
         let result = match cut {
             None => fut.await,
-            Some((at, why)) => match tokio::time::timeout_at(at, fut).await {
+            Some((now, left, why)) => match tokio::time::timeout_at(now + left, fut).await {
                 Ok(result) => result,
                 Err(_) => {
                     let (error, outcome) = match why {
@@ -656,16 +667,17 @@ impl Pipeline {
     }
 
     /// Waits for a rate-limiter slot when the deadline leaves time for it;
-    /// otherwise refuses the attempt as an overload.
+    /// otherwise refuses the attempt as an overload. `Ok(true)` when it
+    /// waited.
     async fn wait_for_slot<E, C: ?Sized>(
         &self,
         limiter: &RateLimiter,
         call: &Call<'_, C>,
-    ) -> Result<(), AttemptError<E>> {
+    ) -> Result<bool, AttemptError<E>> {
         let mut waited = false;
         loop {
             let wait = match limiter.check(call.key) {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(waited),
                 Err(wait) => wait,
             };
             let now = Instant::now();
