@@ -98,6 +98,13 @@ mod admission;
 pub mod config;
 pub mod digest;
 mod error;
+#[cfg(any(
+    feature = "slack",
+    feature = "pagerduty",
+    feature = "rootly",
+    feature = "webhook"
+))]
+mod http;
 pub mod metrics;
 mod notification;
 mod notifier;
@@ -107,6 +114,8 @@ mod sink;
 mod spool;
 #[cfg(feature = "telegram")]
 pub mod telegram;
+#[cfg(feature = "webhook")]
+pub mod webhook;
 
 pub use config::{Accepted, NotifierBuilder};
 pub use digest::Digest;
@@ -118,3 +127,5 @@ pub use notifier::{Admitted, Notifier, ShutdownReport};
 pub use sink::{Pacer, RateLimit, Sink};
 #[cfg(feature = "telegram")]
 pub use telegram::{ChatId, TelegramSink, TelegramSinkBuilder, TooLong};
+#[cfg(feature = "webhook")]
+pub use webhook::{WebhookSink, WebhookSinkBuilder};
