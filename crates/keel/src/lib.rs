@@ -84,7 +84,8 @@
 //! |---|---|
 //! | `pipeline` (default) | [`Pipeline`], [`RateLimit`], and the `breaker` and `retry` re-exports |
 //! | `tower` | [`PipelineLayer`]: the whole pipeline as a tower `Layer` |
-//! | `breaker`, `retry`, `exec`, `health`, `idempotency`, `tx`, `notify` | `keel::breaker`, `keel::retry`, ... re-exports of each crate |
+//! | `exec` | `keel::exec`: keel-exec's executors and worker pool, and (with `pipeline`) `keel::exec::through`, which runs each item through a `Pipeline` |
+//! | `breaker`, `retry`, `health`, `idempotency`, `tx`, `notify` | `keel::breaker`, `keel::retry`, ... re-exports of each crate |
 //! | `full` | all of the above |
 //!
 //! `keel::core` (clock, RNG, outcomes, classifiers) is always there.
@@ -94,8 +95,6 @@ pub use keel_core::{BoxError, Classify, Clock, ErrorOutcome, Outcome, Priority, 
 
 #[cfg(feature = "breaker")]
 pub use keel_breaker as breaker;
-#[cfg(feature = "exec")]
-pub use keel_exec as exec;
 #[cfg(feature = "health")]
 pub use keel_health as health;
 #[cfg(feature = "idempotency")]
@@ -109,6 +108,8 @@ pub use keel_tx as tx;
 
 #[cfg(feature = "pipeline")]
 mod error;
+#[cfg(feature = "exec")]
+pub mod exec;
 #[cfg(feature = "tower")]
 mod layer;
 #[cfg(feature = "pipeline")]
