@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::config::CheckConfig;
-use crate::error::{CheckerShutDown, ConfigError, Error, TargetExists, UnknownTarget};
+use crate::error::{CheckerShutDown, ConfigError, HealthError, TargetExists, UnknownTarget};
 use crate::event::{Callback, CallbackId, ChangeReason, HealthEvent};
 #[cfg(feature = "metrics")]
 use crate::metrics::HealthMetrics;
@@ -189,11 +189,11 @@ impl HealthCheckerBuilder {
     /// Builds the checker.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] naming `event_capacity` when it is 0 (or
+    /// [`HealthError::InvalidConfig`] naming `event_capacity` when it is 0 (or
     /// above the broadcast channel's maximum) or `jitter_granularity` when
-    /// it is zero; [`Error::NoRuntime`] when
+    /// it is zero; [`HealthError::NoRuntime`] when
     /// called outside a tokio runtime without [`runtime`](Self::runtime).
-    pub fn build(self) -> Result<HealthChecker, Error> {
+    pub fn build(self) -> Result<HealthChecker, HealthError> {
         if self.event_capacity == 0 || self.event_capacity > usize::MAX / 2 {
             return Err(
                 ConfigError::new("event_capacity", "must be between 1 and usize::MAX / 2").into(),
@@ -204,7 +204,7 @@ impl HealthCheckerBuilder {
         }
         let runtime = match self.runtime {
             Some(handle) => handle,
-            None => Handle::try_current().map_err(|_| Error::NoRuntime)?,
+            None => Handle::try_current().map_err(|_| HealthError::NoRuntime)?,
         };
         let (events, _) = broadcast::channel(self.event_capacity);
         Ok(HealthChecker {
@@ -254,16 +254,16 @@ impl HealthChecker {
     /// [`CheckConfig::jitter_first_check`]).
     ///
     /// # Errors
-    /// [`Error::TargetExists`] when the id is taken (use
+    /// [`HealthError::TargetExists`] when the id is taken (use
     /// [`reconfigure`](Self::reconfigure), or [`remove`](Self::remove) then
-    /// add to change the probe); [`Error::ShutDown`] after
+    /// add to change the probe); [`HealthError::ShutDown`] after
     /// [`shutdown`](Self::shutdown).
     pub fn add<P: Probe>(
         &self,
         id: impl Into<TargetId>,
         probe: P,
         config: CheckConfig,
-    ) -> Result<(), Error> {
+    ) -> Result<(), HealthError> {
         let id = id.into();
         let inner = &*self.inner;
         let mut targets = inner.targets.lock();
@@ -323,8 +323,8 @@ impl HealthChecker {
     /// a callback for an event sent just before may still be running.
     ///
     /// # Errors
-    /// [`Error::UnknownTarget`] when no such target is checked.
-    pub fn remove(&self, id: &str) -> Result<TargetStatus, Error> {
+    /// [`HealthError::UnknownTarget`] when no such target is checked.
+    pub fn remove(&self, id: &str) -> Result<TargetStatus, HealthError> {
         let entry = self
             .inner
             .targets
@@ -346,8 +346,8 @@ impl HealthChecker {
     /// timeout applies from the next check. Counters and state are kept.
     ///
     /// # Errors
-    /// [`Error::UnknownTarget`] when no such target is checked.
-    pub fn reconfigure(&self, id: &str, config: CheckConfig) -> Result<(), Error> {
+    /// [`HealthError::UnknownTarget`] when no such target is checked.
+    pub fn reconfigure(&self, id: &str, config: CheckConfig) -> Result<(), HealthError> {
         let targets = self.inner.targets.lock();
         let entry = targets
             .get(id)
@@ -366,8 +366,8 @@ impl HealthChecker {
     /// still runs when it was due.
     ///
     /// # Errors
-    /// [`Error::UnknownTarget`] when no such target is checked.
-    pub fn check_now(&self, id: &str) -> Result<(), Error> {
+    /// [`HealthError::UnknownTarget`] when no such target is checked.
+    pub fn check_now(&self, id: &str) -> Result<(), HealthError> {
         let targets = self.inner.targets.lock();
         let entry = targets
             .get(id)
@@ -456,7 +456,7 @@ impl HealthChecker {
 
     /// Stops every target and waits until all their tasks have ended.
     /// Afterwards the checker is empty and [`add`](Self::add) fails with
-    /// [`Error::ShutDown`]. Calling it again returns at once.
+    /// [`HealthError::ShutDown`]. Calling it again returns at once.
     pub async fn shutdown(&self) {
         let inner = &*self.inner;
         let entries: Vec<Entry> = {

@@ -8,7 +8,7 @@ use crate::target::TargetId;
 /// to, from a boxed error) to get the detail.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum Error {
+pub enum HealthError {
     /// A configuration value is out of range; the error names the field.
     #[error(transparent)]
     InvalidConfig(#[from] ConfigError),

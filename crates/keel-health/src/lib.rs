@@ -77,7 +77,7 @@ mod target;
 
 pub use checker::{HealthChecker, HealthCheckerBuilder};
 pub use config::{CheckConfig, CheckConfigBuilder};
-pub use error::{CheckerShutDown, ConfigError, Error, TargetExists, UnknownTarget};
+pub use error::{CheckerShutDown, ConfigError, HealthError, TargetExists, UnknownTarget};
 pub use event::{CallbackId, ChangeReason, HealthEvent};
 pub use http::StatusCode;
 #[cfg(feature = "metrics")]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_core::Rng;
-use keel_health::{Error, HealthChecker, HealthState, ProbeFailure, probe_fn};
+use keel_health::{HealthError, HealthChecker, HealthState, ProbeFailure, probe_fn};
 use support::{Script, config, settle};
 use tokio::time::{Instant, sleep, sleep_until};
 
@@ -170,7 +170,7 @@ async fn shutdown_stops_every_task_and_refuses_new_targets() {
     let err = checker
         .add("late", counted_probe(&marker, true), config(100, 10, 1, 1))
         .unwrap_err();
-    assert!(matches!(err, Error::ShutDown(_)), "{err:?}");
+    assert!(matches!(err, HealthError::ShutDown(_)), "{err:?}");
     checker.shutdown().await; // idempotent
 }
 
@@ -213,7 +213,7 @@ async fn misuse_is_reported_with_typed_errors() {
         .add("a", script.probe(), config(1000, 100, 1, 1))
         .unwrap();
     match checker.add("a", script.probe(), config(1000, 100, 1, 1)) {
-        Err(Error::TargetExists(e)) => assert_eq!(e.target, "a"),
+        Err(HealthError::TargetExists(e)) => assert_eq!(e.target, "a"),
         other => panic!("{other:?}"),
     }
     for result in [
@@ -222,7 +222,7 @@ async fn misuse_is_reported_with_typed_errors() {
         checker.check_now("b"),
     ] {
         match result {
-            Err(Error::UnknownTarget(e)) => {
+            Err(HealthError::UnknownTarget(e)) => {
                 assert_eq!(e.target, "b");
                 assert_eq!(e.to_string(), "no target `b` is checked");
             }
@@ -230,14 +230,14 @@ async fn misuse_is_reported_with_typed_errors() {
         }
     }
     match HealthChecker::builder().event_capacity(0).build() {
-        Err(Error::InvalidConfig(e)) => assert_eq!(e.field(), "event_capacity"),
+        Err(HealthError::InvalidConfig(e)) => assert_eq!(e.field(), "event_capacity"),
         other => panic!("{other:?}"),
     }
     match HealthChecker::builder()
         .jitter_granularity(Duration::ZERO)
         .build()
     {
-        Err(Error::InvalidConfig(e)) => assert_eq!(e.field(), "jitter_granularity"),
+        Err(HealthError::InvalidConfig(e)) => assert_eq!(e.field(), "jitter_granularity"),
         other => panic!("{other:?}"),
     }
     checker.shutdown().await;
@@ -247,7 +247,7 @@ async fn misuse_is_reported_with_typed_errors() {
 fn building_outside_a_runtime_needs_a_handle() {
     assert!(matches!(
         HealthChecker::builder().build(),
-        Err(Error::NoRuntime)
+        Err(HealthError::NoRuntime)
     ));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
