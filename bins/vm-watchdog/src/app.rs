@@ -1,16 +1,15 @@
-//! The whole program assembled: configuration → notifier (Telegram) →
-//! guarded API → engine → admin server → `vms.yaml` watcher, and the
-//! bounded stop on SIGTERM.
+//! The whole program assembled inside keel-telemetry's kit: configuration →
+//! notifier (Telegram) → guarded API → engine → `/health` on the kit's admin
+//! server → `vms.yaml` watcher, and the bounded stop on SIGTERM.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use keel_notify::{Notifier, RateLimit, TelegramSink};
-use keel_telemetry::{HttpServer, MetricsRegistry, Shutdown};
+use keel_telemetry::{Kit, MetricsRegistry, Shutdown};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::alerts::Alerts;
 use crate::api::{Api, ApiSettings, BreakerHook, HttpApi};
@@ -24,8 +23,9 @@ use crate::vms_yaml::VmsFile;
 use crate::watch::{self, Reloader};
 use crate::yandex::YandexClient;
 
-/// The stop budget: SIGTERM to exit.
-pub const STOP_BUDGET: Duration = Duration::from_secs(10);
+/// The stop budget of [`Watchdog::stop`] after SIGTERM: 9 s, leaving the
+/// kit a second of its 10 s drain bound for the rest.
+pub const STOP_BUDGET: Duration = Duration::from_secs(9);
 
 /// Knobs the environment does not expose (tests and the load program).
 #[derive(Debug, Clone)]
@@ -40,8 +40,11 @@ pub struct Options {
     pub engine: Option<EngineSettings>,
     /// Quiet time before a changed `vms.yaml` is reloaded.
     pub debounce: Duration,
-    /// Whether to serve the admin routes on `HEALTH_ADDR`.
-    pub serve_admin: bool,
+    /// The program kit to run in (its shutdown, metrics registry and admin
+    /// server, as `keel_telemetry::run` gives it). Default: a kit of its
+    /// own, serving the admin routes on `HEALTH_ADDR` with an unprefixed
+    /// registry (tests).
+    pub kit: Option<Kit>,
 }
 
 impl Default for Options {
@@ -51,7 +54,7 @@ impl Default for Options {
             telegram_rate_limits: None,
             engine: None,
             debounce: watch::DEFAULT_DEBOUNCE,
-            serve_admin: true,
+            kit: None,
         }
     }
 }
@@ -61,11 +64,8 @@ impl Default for Options {
 pub struct Watchdog {
     engine: Arc<Engine<HttpApi>>,
     notifier: Notifier,
-    shutdown: Shutdown,
-    server: Option<HttpServer>,
+    kit: Kit,
     watcher: JoinHandle<()>,
-    watch_cancel: CancellationToken,
-    registry: MetricsRegistry,
     metrics: Metrics,
 }
 
@@ -92,9 +92,18 @@ impl Watchdog {
     /// [`Error`] when the notifier, the admin server or the watcher cannot
     /// start.
     pub async fn start(settings: &Settings, vms: VmsFile, options: Options) -> Result<Self, Error> {
+        let kit = match options.kit.clone() {
+            Some(kit) => kit,
+            None => Kit::builder()
+                .admin_addr(settings.health_addr)
+                .start()
+                .await
+                .map_err(Error::Telemetry)?,
+        };
         let metrics = Metrics::new();
-        // The issue names the metrics without a program prefix.
-        let registry = MetricsRegistry::unprefixed();
+        // The issue names the metrics without a program prefix: the kit's
+        // registry is unprefixed (`Program::metrics_prefix` is `None`).
+        let registry = kit.metrics().clone();
         registry.register_with(|r| metrics.register(r));
 
         let mut telegram = TelegramSink::builder(settings.bot_token.clone(), settings.chat.clone())
@@ -159,7 +168,7 @@ impl Watchdog {
             .clone()
             .unwrap_or_else(|| ApiSettings::new(settings.api_workers));
         let api = Api::new(raw, api_settings, metrics.clone(), Some(hook)).map_err(|e| {
-            Error::Config(crate::error::ConfigError::new(
+            Error::Config(keel_core::ConfigError::new(
                 "API_WORKER_POOL_SIZE",
                 format!("invalid API policies: {e}"),
             ))
@@ -173,32 +182,17 @@ impl Watchdog {
         let report = engine.apply(&vms);
         tracing::info!(vms = report.added.len(), folder = ?vms.folder_id, "monitoring started");
 
-        let shutdown = Shutdown::new();
-        let server = if options.serve_admin {
-            let app = crate::http::router(engine.clone(), registry.clone(), &shutdown)
-                .map_err(Error::Telemetry)?;
-            Some(
-                HttpServer::bind(settings.health_addr, app, &shutdown)
-                    .await
-                    .map_err(Error::Telemetry)?,
-            )
-        } else {
-            None
-        };
-        let watch_cancel = CancellationToken::new();
+        kit.set_admin_routes(crate::http::routes(engine.clone()));
         let watcher = watch::spawn(
             Reloader::new(engine.clone(), settings.vms_config.clone(), vms),
             options.debounce,
-            watch_cancel.clone(),
+            kit.token().child_token(),
         )?;
         Ok(Watchdog {
             engine,
             notifier,
-            shutdown,
-            server,
+            kit,
             watcher,
-            watch_cancel,
-            registry,
             metrics,
         })
     }
@@ -216,7 +210,7 @@ impl Watchdog {
     /// The registry behind `/metrics` (unprefixed; keel-notify's metrics
     /// under `vm_watchdog_notify_`).
     pub fn registry(&self) -> &MetricsRegistry {
-        &self.registry
+        self.kit.metrics()
     }
 
     /// The notifier.
@@ -224,14 +218,14 @@ impl Watchdog {
         &self.notifier
     }
 
-    /// The admin server's address, when serving.
+    /// The admin server's bound address, when serving.
     pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.server.as_ref().map(HttpServer::local_addr)
+        self.kit.admin_addr()
     }
 
-    /// The shutdown handle: `signal()` waits for SIGTERM/SIGINT.
+    /// The kit's shutdown coordinator.
     pub fn shutdown(&self) -> &Shutdown {
-        &self.shutdown
+        self.kit.shutdown()
     }
 
     /// Stops within `budget`: stops watching, ends every VM task, flushes
@@ -240,8 +234,8 @@ impl Watchdog {
     pub async fn stop(self, budget: Duration) -> StopReport {
         let started = Instant::now();
         let deadline = started + budget;
-        self.shutdown.trigger();
-        self.watch_cancel.cancel();
+        // Stops the watcher (a child of the kit's token) and `/readyz`.
+        self.kit.shutdown().trigger();
         let tasks_stopped = self.engine.shutdown(budget / 5).await;
         let _ = tokio::time::timeout(Duration::from_millis(200), self.watcher).await;
         // Leave a second for the drain below.
@@ -250,12 +244,10 @@ impl Watchdog {
             .saturating_sub(Duration::from_secs(1));
         let report = self.notifier.shutdown(notify_budget).await;
         let drain = self
-            .shutdown
+            .kit
+            .shutdown()
             .drain(deadline.saturating_duration_since(Instant::now()))
             .await;
-        if let Some(server) = self.server {
-            drop(server);
-        }
         let stop = StopReport {
             tasks_stopped,
             alerts_sent: report.sent,

@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use clap::Parser;
 use keel_notify::ChatId;
+use keel_telemetry::{KitArgs, Program, check};
 
 use crate::error::ConfigError;
 use crate::schedule::Bounds;
+use crate::vms_yaml::{self, VmsFile};
 
 /// The real Compute API.
 pub const DEFAULT_COMPUTE_URL: &str = "https://compute.api.cloud.yandex.net";
@@ -25,7 +27,8 @@ pub const DEFAULT_METADATA_URL: &str = "http://169.254.169.254";
 /// vm-watchdog: keeps Yandex Cloud VMs running and tells a Telegram topic
 /// when one stops, gets stuck, or recovers.
 ///
-/// Every option is also an environment variable (the name in capitals).
+/// Every option is also an environment variable (the name in capitals); a
+/// variable set to an empty value counts as unset.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "vm-watchdog", version, about, long_about = None)]
 pub struct Config {
@@ -64,9 +67,9 @@ pub struct Config {
     pub vms_config: PathBuf,
 
     /// Address of the HTTP server with `/health`, `/healthz`, `/readyz` and
-    /// `/metrics`.
+    /// `/metrics` (port 0 picks a free one; the bound address is logged).
     #[arg(long, env = "HEALTH_ADDR", default_value = "0.0.0.0:8080")]
-    pub health_addr: String,
+    pub health_addr: SocketAddr,
 
     /// Base URL of the Compute API.
     #[arg(long, env = "YC_COMPUTE_URL", default_value = DEFAULT_COMPUTE_URL)]
@@ -102,10 +105,9 @@ pub struct Config {
     #[arg(long, env = "ALERT_SPOOL")]
     pub alert_spool: Option<PathBuf>,
 
-    /// Validate the configuration and `vms.yaml`, then exit (0 when valid,
-    /// 64 otherwise).
-    #[arg(long)]
-    pub check_config: bool,
+    /// `--check-config`, `RUST_LOG` and `LOG_FORMAT`.
+    #[command(flatten)]
+    pub kit: KitArgs,
 }
 
 /// How the program gets IAM tokens.
@@ -154,17 +156,10 @@ pub struct Settings {
     pub alert_spool: Option<PathBuf>,
 }
 
+/// `value` as an http(s) base URL without its trailing slash.
 fn url(variable: &'static str, value: &str) -> Result<String, ConfigError> {
-    let trimmed = value.trim().trim_end_matches('/');
-    let parsed = reqwest::Url::parse(trimmed)
-        .map_err(|e| ConfigError::new(variable, format!("`{value}` is not a URL: {e}")))?;
-    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-        return Err(ConfigError::new(
-            variable,
-            format!("`{value}` must be an http or https URL with a host"),
-        ));
-    }
-    Ok(trimmed.to_owned())
+    check::http_url(variable, value)?;
+    Ok(value.trim().trim_end_matches('/').to_owned())
 }
 
 fn non_empty(
@@ -230,15 +225,6 @@ impl Config {
         if self.vms_config.as_os_str().is_empty() {
             return Err(ConfigError::new("VMS_CONFIG", "must name a file"));
         }
-        let health_addr: SocketAddr = self.health_addr.trim().parse().map_err(|e| {
-            ConfigError::new(
-                "HEALTH_ADDR",
-                format!(
-                    "`{}` is not an address like 0.0.0.0:8080: {e}",
-                    self.health_addr
-                ),
-            )
-        })?;
         let iam = non_empty("YC_IAM_TOKEN", self.yc_iam_token.as_ref())?;
         let oauth = non_empty("YC_OAUTH_TOKEN", self.yc_oauth_token.as_ref())?;
         let credentials = match (iam, oauth) {
@@ -263,7 +249,7 @@ impl Config {
             api_workers: self.api_worker_pool_size,
             telegram_workers: self.telegram_workers,
             vms_config: self.vms_config.clone(),
-            health_addr,
+            health_addr: self.health_addr,
             compute_url: url("YC_COMPUTE_URL", &self.yc_compute_url)?,
             operation_url: url("YC_OPERATION_URL", &self.yc_operation_url)?,
             iam_url: url("YC_IAM_URL", &self.yc_iam_url)?,
@@ -272,6 +258,50 @@ impl Config {
             credentials,
             alert_spool: self.alert_spool.clone(),
         })
+    }
+}
+
+impl Program for Config {
+    fn kit_args(&self) -> &KitArgs {
+        &self.kit
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        Config::validate(self).map(drop)
+    }
+
+    /// `vms.yaml` readable and valid, the alert spool's directory writable.
+    fn check(&self) -> Result<(), ConfigError> {
+        check::readable_file("VMS_CONFIG", &self.vms_config)?;
+        let text = std::fs::read_to_string(&self.vms_config)
+            .map_err(|e| ConfigError::new("VMS_CONFIG", e.to_string()))?;
+        vms_yaml::parse(&text, &self.vms_config).map_err(|e| e.into_config_error())?;
+        if let Some(spool) = &self.alert_spool {
+            check::writable_path("ALERT_SPOOL", spool)?;
+        }
+        Ok(())
+    }
+
+    fn admin_addr(&self) -> Option<SocketAddr> {
+        Some(self.health_addr)
+    }
+
+    /// None: the issue names the metrics without a program prefix.
+    fn metrics_prefix(&self) -> Option<String> {
+        None
+    }
+}
+
+impl Settings {
+    /// Loads `vms.yaml` at start; a missing or invalid file is a
+    /// configuration error of `VMS_CONFIG`.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming `VMS_CONFIG`.
+    pub async fn load_vms(&self) -> Result<VmsFile, ConfigError> {
+        vms_yaml::load(&self.vms_config)
+            .await
+            .map_err(|e| e.into_config_error())
     }
 }
 
@@ -304,7 +334,7 @@ mod tests {
 
     #[test]
     fn each_error_names_its_variable() {
-        let cases: [(&[&str], &str); 9] = [
+        let cases: [(&[&str], &str); 8] = [
             (&["--min-check-interval", "0"], "MIN_CHECK_INTERVAL"),
             (
                 &["--min-check-interval", "10", "--max-check-interval", "5"],
@@ -312,7 +342,6 @@ mod tests {
             ),
             (&["--api-worker-pool-size", "0"], "API_WORKER_POOL_SIZE"),
             (&["--telegram-workers", "0"], "TELEGRAM_WORKERS"),
-            (&["--health-addr", "nowhere"], "HEALTH_ADDR"),
             (&["--yc-compute-url", "ftp://x"], "YC_COMPUTE_URL"),
             (&["--telegram-api-url", "not a url"], "TELEGRAM_API_URL"),
             (
@@ -323,7 +352,7 @@ mod tests {
         ];
         for (args, variable) in cases {
             let err = parse(args).unwrap().validate().unwrap_err();
-            assert_eq!(err.variable(), variable, "{args:?}");
+            assert_eq!(err.field(), variable, "{args:?}");
             assert!(err.to_string().contains(variable), "{err}");
         }
         let err = Config::try_parse_from([
@@ -336,7 +365,7 @@ mod tests {
         .unwrap()
         .validate()
         .unwrap_err();
-        assert_eq!(err.variable(), "BOT_TOKEN");
+        assert_eq!(err.field(), "BOT_TOKEN");
         let err = Config::try_parse_from([
             "vm-watchdog",
             "--bot-token",
@@ -347,7 +376,7 @@ mod tests {
         .unwrap()
         .validate()
         .unwrap_err();
-        assert_eq!(err.variable(), "GROUP_CHAT_ID");
+        assert_eq!(err.field(), "GROUP_CHAT_ID");
     }
 
     #[test]
@@ -366,8 +395,48 @@ mod tests {
     }
 
     #[test]
-    fn a_non_number_is_a_parse_error_naming_the_variable() {
+    fn a_value_of_the_wrong_type_is_a_parse_error_naming_the_variable() {
         let err = parse(&["--min-check-interval", "soon"]).unwrap_err();
         assert!(err.to_string().contains("MIN_CHECK_INTERVAL"), "{err}");
+        let err = parse(&["--health-addr", "nowhere"]).unwrap_err();
+        assert!(err.to_string().contains("HEALTH_ADDR"), "{err}");
+    }
+
+    #[test]
+    fn check_config_reads_vms_yaml_and_the_spool_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let vms = dir.path().join("vms.yaml");
+        let vms_arg = vms.to_str().unwrap();
+        let missing = parse(&["--vms-config", vms_arg])
+            .unwrap()
+            .check()
+            .unwrap_err();
+        assert_eq!(missing.field(), "VMS_CONFIG");
+        std::fs::write(&vms, "vms:\n  - name: a\n").unwrap();
+        let invalid = parse(&["--vms-config", vms_arg])
+            .unwrap()
+            .check()
+            .unwrap_err();
+        assert_eq!(invalid.field(), "VMS_CONFIG");
+        assert!(
+            invalid.reason().contains("needs instance_id or proxy_url"),
+            "{invalid}"
+        );
+        std::fs::write(&vms, "vms:\n  - name: a\n    instance_id: fhm1\n").unwrap();
+        parse(&["--vms-config", vms_arg]).unwrap().check().unwrap();
+        let spool = dir.path().join("no-dir").join("spool.json");
+        let err = parse(&[
+            "--vms-config",
+            vms_arg,
+            "--alert-spool",
+            spool.to_str().unwrap(),
+        ])
+        .unwrap()
+        .check()
+        .unwrap_err();
+        assert_eq!(err.field(), "ALERT_SPOOL");
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.metrics_prefix(), None);
+        assert_eq!(config.admin_addr(), Some("0.0.0.0:8080".parse().unwrap()));
     }
 }

@@ -10,12 +10,10 @@ use keel_core::{ErrorOutcome, Outcome};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// Invalid configuration (exit code 64).
-    #[error(transparent)]
+    /// Invalid configuration: the [`ConfigError`] names the variable
+    /// (`keel_telemetry::run` finds it in the source chain: exit code 64).
+    #[error("invalid configuration")]
     Config(#[from] ConfigError),
-    /// `vms.yaml` is missing or invalid (exit code 64 at start).
-    #[error(transparent)]
-    VmsFile(#[from] VmsFileError),
     /// The notifier could not start.
     #[error("cannot start the notifier")]
     Notify(#[source] keel_notify::NotifyError),
@@ -33,33 +31,9 @@ pub enum Error {
     },
 }
 
-/// An invalid configuration value, naming the environment variable.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid configuration: {variable}: {reason}")]
-pub struct ConfigError {
-    variable: &'static str,
-    reason: String,
-}
-
-impl ConfigError {
-    /// `variable` is wrong because of `reason`.
-    pub fn new(variable: &'static str, reason: impl Into<String>) -> Self {
-        ConfigError {
-            variable,
-            reason: reason.into(),
-        }
-    }
-
-    /// The environment variable at fault (`MIN_CHECK_INTERVAL`).
-    pub fn variable(&self) -> &'static str {
-        self.variable
-    }
-
-    /// Why.
-    pub fn reason(&self) -> &str {
-        &self.reason
-    }
-}
+/// The one configuration error of the workspace: `field()` is the
+/// environment variable at fault.
+pub use keel_core::ConfigError;
 
 /// `vms.yaml` cannot be used: unreadable, not YAML of the expected shape
 /// (with line and column), or semantically invalid (naming the entry).
@@ -111,6 +85,14 @@ pub enum ApiError {
     /// No IAM token could be obtained.
     #[error("no IAM token")]
     Token(#[source] TokenError),
+}
+
+impl VmsFileError {
+    /// The same problem as a configuration error of `VMS_CONFIG` (exit code
+    /// 64 at start and under `--check-config`).
+    pub fn into_config_error(self) -> ConfigError {
+        ConfigError::new("VMS_CONFIG", self.to_string())
+    }
 }
 
 impl ApiError {

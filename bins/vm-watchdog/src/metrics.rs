@@ -9,13 +9,16 @@
 //! | `alerts_sent_total` | counter | `priority` (accepted by Telegram) |
 //! | `alert_reaction_seconds` | histogram | `priority`: status change observed → alert accepted by Telegram |
 //!
-//! `vm` values are the names in `vms.yaml` (bounded by the configuration);
+//! `vm` values are the names in `vms.yaml`: bounded by the configuration,
+//! and written through keel-telemetry's [`LabelValue`] (escaped, capped at
+//! 256 bytes), so a name with a quote or a newline cannot break `/metrics`;
 //! a VM's series are removed when it leaves the file.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use keel_notify::Priority;
+use keel_telemetry::LabelValue;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -29,13 +32,13 @@ pub const FAILED: &str = "FAILED";
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct CheckLabels {
-    vm: String,
+    vm: LabelValue,
     status: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct VmLabel {
-    vm: String,
+    vm: LabelValue,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -125,17 +128,15 @@ impl Metrics {
     /// One check of `vm` that saw `status` (`None`: it failed) in `took`.
     pub fn check(&self, vm: &str, status: Option<VmStatus>, took: Duration) {
         let status = status.map_or(FAILED, VmStatus::as_str);
-        self.inner
-            .checks
-            .get_or_create(&CheckLabels {
-                vm: vm.to_owned(),
-                status,
-            })
-            .inc();
+        let vm = LabelValue::from(vm);
         self.inner
             .check_duration
-            .get_or_create(&VmLabel { vm: vm.to_owned() })
+            .get_or_create(&VmLabel { vm: vm.clone() })
             .observe(took.as_secs_f64());
+        self.inner
+            .checks
+            .get_or_create(&CheckLabels { vm, status })
+            .inc();
     }
 
     /// Checks of `vm` that saw `status` (or [`FAILED`]) so far.
@@ -143,7 +144,7 @@ impl Metrics {
         self.inner
             .checks
             .get_or_create(&CheckLabels {
-                vm: vm.to_owned(),
+                vm: vm.into(),
                 status,
             })
             .get()
@@ -192,19 +193,18 @@ impl Metrics {
 
     /// Drops the series of a VM that left the configuration.
     pub fn remove_vm(&self, vm: &str) {
+        let vm = LabelValue::from(vm);
         for status in VmStatus::ALL
             .iter()
             .map(|s| s.as_str())
             .chain(std::iter::once(FAILED))
         {
             self.inner.checks.remove(&CheckLabels {
-                vm: vm.to_owned(),
+                vm: vm.clone(),
                 status,
             });
         }
-        self.inner
-            .check_duration
-            .remove(&VmLabel { vm: vm.to_owned() });
+        self.inner.check_duration.remove(&VmLabel { vm });
     }
 }
 
@@ -239,5 +239,24 @@ mod tests {
         let mut text = String::new();
         encode(&mut text, &registry).unwrap();
         assert!(!text.contains("web-1"), "{text}");
+    }
+
+    #[test]
+    fn vm_names_are_escaped() {
+        let metrics = Metrics::new();
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        metrics.check(
+            "db \"main\"\nx",
+            Some(VmStatus::Running),
+            Duration::from_millis(5),
+        );
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains(r#"vm_checks_total{vm="db \"main\"\nx",status="RUNNING"} 1"#),
+            "{text}"
+        );
+        assert_eq!(metrics.checks("db \"main\"\nx", "RUNNING"), 1);
     }
 }

@@ -329,3 +329,54 @@ async fn invalid_configuration_exits_64_naming_the_variable() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn blank_variables_are_unset_and_help_lists_the_log_variables() {
+    let tg = FakeTelegram::start().await;
+    let yc = FakeYandex::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let vms = dir.path().join("vms.yaml");
+    std::fs::write(&vms, "vms:\n  - name: a\n    instance_id: fhm1\n").unwrap();
+
+    // A blank optional variable is unset (not "set but empty"), a blank
+    // variable with a default takes the default.
+    let output = base_command(&tg, &yc, &vms)
+        .env("YC_IAM_TOKEN", "")
+        .env("TOPIC_ID", "")
+        .env("MAX_CHECK_INTERVAL", " ")
+        .env("ALERT_SPOOL", "")
+        .arg("--check-config")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // --check-config checks the spool's directory without creating it.
+    let spool = dir.path().join("missing").join("spool.json");
+    let output = base_command(&tg, &yc, &vms)
+        .env("ALERT_SPOOL", &spool)
+        .arg("--check-config")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("ALERT_SPOOL"));
+    assert!(!spool.parent().unwrap().exists());
+
+    let output = Command::new(BIN).arg("--help").output().await.unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&output.stdout);
+    for var in ["RUST_LOG", "LOG_FORMAT", "HEALTH_ADDR", "--check-config"] {
+        assert!(help.contains(var), "{var} missing from\n{help}");
+    }
+    // The about is the program's own (its crate description), not the kit's.
+    assert!(
+        help.starts_with("Keel program: watches Yandex Cloud VMs"),
+        "{help}"
+    );
+}
