@@ -111,6 +111,8 @@ mod notifier;
 mod queue;
 mod rate;
 mod sink;
+#[cfg(feature = "slack")]
+pub mod slack;
 mod spool;
 #[cfg(feature = "telegram")]
 pub mod telegram;
@@ -122,9 +124,11 @@ pub use digest::Digest;
 pub use error::{ConfigError, NotifyError, QueueClosed, SinkError, UnknownSink};
 pub use keel_breaker::{BreakerConfig, BreakerRegistry, CircuitBreaker, State as BreakerState};
 pub use metrics::Stats;
-pub use notification::{Message, Notification, Priority};
+pub use notification::{Message, Notification, Phase, Priority};
 pub use notifier::{Admitted, Notifier, ShutdownReport};
 pub use sink::{Pacer, RateLimit, Sink};
+#[cfg(feature = "slack")]
+pub use slack::{SlackSink, SlackSinkBuilder};
 #[cfg(feature = "telegram")]
 pub use telegram::{ChatId, TelegramSink, TelegramSinkBuilder, TooLong};
 #[cfg(feature = "webhook")]

@@ -54,6 +54,37 @@ impl fmt::Display for Priority {
     }
 }
 
+/// Where a notification stands in the life of the incident it reports, for
+/// sinks that track incidents (PagerDuty's `event_action`, Rootly's
+/// `ended_at`). Chat sinks show every phase the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// The problem started (or is still going on). The default.
+    #[default]
+    Trigger,
+    /// Someone is on it.
+    Acknowledge,
+    /// The problem is over: closes what the triggers of the same subject
+    /// opened.
+    Resolve,
+}
+
+impl Phase {
+    /// `"trigger"`, `"acknowledge"` or `"resolve"` (PagerDuty's names).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Phase::Trigger => "trigger",
+            Phase::Acknowledge => "acknowledge",
+            Phase::Resolve => "resolve",
+        }
+    }
+
+    fn is_trigger(&self) -> bool {
+        *self == Phase::Trigger
+    }
+}
+
 /// One alert, as the caller describes it.
 ///
 /// * `key` is the dedup key: repeats of the same key inside the dedup window
@@ -89,6 +120,8 @@ pub struct Notification {
     sinks: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     subject: Option<String>,
+    #[serde(default, skip_serializing_if = "Phase::is_trigger")]
+    phase: Phase,
     #[serde(skip)]
     observed_at: Option<Instant>,
 }
@@ -105,6 +138,7 @@ impl Notification {
             fields: Vec::new(),
             sinks: Vec::new(),
             subject: None,
+            phase: Phase::Trigger,
             observed_at: None,
         }
     }
@@ -153,6 +187,26 @@ impl Notification {
     pub fn subject(mut self, subject: impl Into<String>) -> Self {
         self.subject = Some(subject.into());
         self
+    }
+
+    /// Marks this notification as the end of its subject's incident
+    /// ([`Phase::Resolve`]): a paging sink closes what the triggers opened.
+    #[must_use]
+    pub fn resolves(mut self) -> Self {
+        self.phase = Phase::Resolve;
+        self
+    }
+
+    /// Sets the incident phase (see [`Phase`]).
+    #[must_use]
+    pub fn with_phase(mut self, phase: Phase) -> Self {
+        self.phase = phase;
+        self
+    }
+
+    /// The incident phase.
+    pub fn phase(&self) -> Phase {
+        self.phase
     }
 
     /// Sets when the program observed the change this notification reports

@@ -158,6 +158,10 @@ struct State {
     rate: RateLimits,
     health: Vec<SinkState>,
     in_flight: HashMap<u64, Delivery>,
+    /// (sink, subject) of the deliveries in flight to sinks that do not
+    /// digest: a later state of a subject waits until the earlier one was
+    /// answered (a resolve never overtakes its trigger).
+    subjects_in_flight: HashMap<(usize, String), usize>,
     next_id: u64,
     closed: bool,
 }
@@ -276,6 +280,7 @@ impl Notifier {
             rate,
             health: sinks.iter().map(|_| SinkState::default()).collect(),
             in_flight: HashMap::new(),
+            subjects_in_flight: HashMap::new(),
             next_id: 0,
             closed: false,
         };
@@ -743,7 +748,23 @@ impl Shared {
                 }
             }
         }
-        while let Some(first) = st.queue.take_first(|i| ready[i]) {
+        loop {
+            let State {
+                queue,
+                subjects_in_flight,
+                ..
+            } = &mut *st;
+            let Some(first) = queue.take_first(|d| {
+                ready[d.sink]
+                    && (self.sinks[d.sink].digests
+                        || subjects_in_flight.is_empty()
+                        || !subjects_in_flight.contains_key(&(
+                            d.sink,
+                            d.message.notification().subject_key().to_owned(),
+                        )))
+            }) else {
+                break;
+            };
             let i = first.sink;
             let entry = &self.sinks[i];
             let permit = match entry.breaker.try_acquire_owned() {
@@ -768,6 +789,11 @@ impl Shared {
             st.health[i].in_flight += 1;
             for d in &deliveries {
                 st.in_flight.insert(d.seq(), d.clone());
+                if !entry.digests {
+                    *st.subjects_in_flight
+                        .entry((i, d.message.notification().subject_key().to_owned()))
+                        .or_default() += 1;
+                }
             }
             self.update_gauges(st);
             return Step::Deliver(Outgoing {
@@ -984,6 +1010,15 @@ impl Shared {
     fn finish(&self, st: &mut State, sink: usize, deliveries: &[Delivery]) {
         for d in deliveries {
             st.in_flight.remove(&d.seq());
+            if !self.sinks[sink].digests {
+                let key = (sink, d.message.notification().subject_key().to_owned());
+                if let Some(n) = st.subjects_in_flight.get_mut(&key) {
+                    *n -= 1;
+                    if *n == 0 {
+                        st.subjects_in_flight.remove(&key);
+                    }
+                }
+            }
         }
         let h = &mut st.health[sink];
         h.in_flight = h.in_flight.saturating_sub(1);

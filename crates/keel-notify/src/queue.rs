@@ -116,14 +116,11 @@ impl Queue {
         self.lanes[lane].insert(delivery.seq(), Box::new(delivery));
     }
 
-    /// Removes and returns the first delivery in serving order whose sink is
-    /// ready (`sink_ready(sink index)`).
-    pub(crate) fn take_first(&mut self, sink_ready: impl Fn(usize) -> bool) -> Option<Delivery> {
+    /// Removes and returns the first delivery in serving order that may go
+    /// (`may_go(delivery)`).
+    pub(crate) fn take_first(&mut self, may_go: impl Fn(&Delivery) -> bool) -> Option<Delivery> {
         for lane in &mut self.lanes {
-            let found = lane
-                .iter()
-                .find(|(_, d)| sink_ready(d.sink))
-                .map(|(&seq, _)| seq);
+            let found = lane.iter().find(|(_, d)| may_go(d)).map(|(&seq, _)| seq);
             if let Some(seq) = found {
                 let d = lane.remove(&seq).expect("key just found");
                 self.per_sink[d.sink] -= 1;
@@ -215,10 +212,10 @@ mod tests {
         let mut q = Queue::new(10, 2);
         q.push(delivery(1, Priority::Critical, 0));
         q.push(delivery(2, Priority::Info, 1));
-        assert_eq!(q.take_first(|s| s == 1).map(|d| d.seq()), Some(2));
+        assert_eq!(q.take_first(|d| d.sink == 1).map(|d| d.seq()), Some(2));
         assert_eq!(q.waiting_for(0), 1);
         assert_eq!(q.waiting_for(1), 0);
-        assert!(q.take_first(|s| s == 1).is_none());
+        assert!(q.take_first(|d| d.sink == 1).is_none());
     }
 
     #[test]
