@@ -185,11 +185,29 @@ impl Schedule {
     /// backoff delay, used by decorrelated jitter only.
     #[inline]
     pub(crate) fn delay(&self, retry: u32, prev: Option<Duration>, rng: &Rng) -> Duration {
+        Duration::from_nanos(self.delay_nanos(retry, prev.map_or(NO_PREVIOUS, nanos), rng))
+    }
+
+    /// [`delay`](Self::delay) in nanoseconds; `prev` is [`NO_PREVIOUS`]
+    /// before the first retry. The retry loop keeps delays as `u64` so its
+    /// state stays plain words.
+    #[inline]
+    pub(crate) fn delay_nanos(&self, retry: u32, prev: u64, rng: &Rng) -> u64 {
+        // The common fixed schedule (zero delays in tests and benches, a
+        // constant pause) skips the general computation below, which does
+        // not inline.
+        if let (Backoff::Constant { delay }, Jitter::None) = (self.backoff, self.jitter) {
+            return nanos(delay.min(self.max_delay));
+        }
+        self.varying_nanos(retry, prev, rng)
+    }
+
+    fn varying_nanos(&self, retry: u32, prev: u64, rng: &Rng) -> u64 {
         let cap = nanos(self.max_delay);
-        let nanos = match self.jitter {
+        match self.jitter {
             Jitter::Decorrelated => {
                 let base = nanos(self.backoff.base());
-                let prev = prev.map_or(base, nanos);
+                let prev = if prev == NO_PREVIOUS { base } else { prev };
                 let upper = base.max(prev.saturating_mul(3));
                 rng.u64_between(base, upper).min(cap)
             }
@@ -209,10 +227,14 @@ impl Schedule {
                     Jitter::None | Jitter::Decorrelated => c,
                 }
             }
-        };
-        Duration::from_nanos(nanos)
+        }
     }
 }
+
+/// "No previous delay" for [`Schedule::delay_nanos`]. A real delay of
+/// `u64::MAX` ns (584 years, only with an unbounded maximum delay) reads as
+/// none, which only restarts decorrelated jitter from its base.
+pub(crate) const NO_PREVIOUS: u64 = u64::MAX;
 
 /// A preview of the delays a policy sleeps before each of its retries, in
 /// order (from [`RetryPolicy::delays`](crate::RetryPolicy::delays) or

@@ -187,14 +187,13 @@ impl RetryBudget {
     /// attempt). Call it yourself for requests made outside a policy that
     /// should still fund retries.
     pub fn deposit(&self) {
-        self.deposit_at(None);
+        self.deposit_in(self.period());
     }
 
-    /// [`deposit`](Self::deposit) reusing a tokio clock reading the caller
-    /// already has (ignored when the budget runs on another clock).
+    /// [`deposit`](Self::deposit) into the slot of `period` (from
+    /// [`period_at`](Self::period_at)).
     #[inline]
-    pub(crate) fn deposit_at(&self, now: Option<Instant>) {
-        let period = self.period_at(now);
+    pub(crate) fn deposit_in(&self, period: u64) {
         self.inner.add(period, self.inner.deposit);
     }
 
@@ -209,16 +208,12 @@ impl RetryBudget {
     }
 
     pub(crate) fn withdraw(&self) -> Result<Withdrawal<'_>, RetryBudgetExhausted> {
-        self.withdraw_at(None)
+        self.withdraw_in(self.period())
     }
 
-    /// [`withdraw`](Self::withdraw) reusing a tokio clock reading.
+    /// [`withdraw`](Self::withdraw) in the slot of `period`.
     #[inline]
-    pub(crate) fn withdraw_at(
-        &self,
-        now: Option<Instant>,
-    ) -> Result<Withdrawal<'_>, RetryBudgetExhausted> {
-        let period = self.period_at(now);
+    pub(crate) fn withdraw_in(&self, period: u64) -> Result<Withdrawal<'_>, RetryBudgetExhausted> {
         if self.balance(period) < UNIT {
             return Err(RetryBudgetExhausted::new());
         }
@@ -245,10 +240,17 @@ impl RetryBudget {
         self.period_at(None)
     }
 
+    /// `true` when the budget reads a manual clock (it then ignores the
+    /// readings a policy offers it).
+    #[inline]
+    pub(crate) fn is_manual(&self) -> bool {
+        self.inner.clock.is_manual()
+    }
+
     /// The current slot period; `now` is a tokio clock reading to reuse when
     /// this budget follows tokio's clock.
     #[inline]
-    fn period_at(&self, now: Option<Instant>) -> u64 {
+    pub(crate) fn period_at(&self, now: Option<Instant>) -> u64 {
         let now = match now {
             Some(now) if !self.inner.clock.is_manual() => now,
             _ => self.inner.clock.now(),

@@ -11,10 +11,13 @@ use prometheus_client::registry::Registry;
 use crate::policy::RetryPolicy;
 use crate::stats::RetryStats;
 
-/// Calls started (counter; `_total` is added by the encoder).
+/// Calls that ended: returned, or dropped before they could (counter;
+/// `_total` is added by the encoder).
 pub const CALLS: &str = "retry_calls";
 /// Attempts started, first attempts included (counter).
 pub const ATTEMPTS: &str = "retry_attempts";
+/// Calls dropped (cancelled) before they ended (counter).
+pub const CANCELLED: &str = "retry_cancelled";
 /// Retries started (counter).
 pub const RETRIES: &str = "retry_retries";
 /// Calls that ended in success (counter).
@@ -39,8 +42,15 @@ const POLICY: &str = "policy";
 
 type Counter = (&'static str, &'static str, fn(&RetryStats) -> u64);
 
-const COUNTERS: [Counter; 10] = [
-    (CALLS, "Retried calls started", |s| s.calls),
+const COUNTERS: [Counter; 11] = [
+    (
+        CALLS,
+        "Retried calls that ended (returned or were dropped)",
+        |s| s.calls,
+    ),
+    (CANCELLED, "Calls dropped before they ended", |s| {
+        s.cancelled
+    }),
     (ATTEMPTS, "Attempts started, first attempts included", |s| {
         s.attempts
     }),

@@ -1,8 +1,8 @@
 //! The retry policy and its one retry loop.
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -156,26 +156,44 @@ impl RetryPolicy {
         Fut: Future<Output = Result<T, E>>,
         E: fmt::Debug,
     {
-        let mut run = Run::begin(&self.inner);
+        let mut run = Run::new(&self.inner);
+        run.start();
         loop {
             let (attempt, limit) = run.next_attempt();
             let fut = op(attempt);
             let result = match limit {
-                None => AttemptResult::Done(fut.await),
-                Some((within, which)) => match tokio::time::timeout(within, fut).await {
-                    Ok(r) => AttemptResult::Done(r),
-                    Err(_) => AttemptResult::TimedOut(which),
-                },
+                None => {
+                    // Tells `run` whether the attempt waited (see `Run`).
+                    let mut fut = pin!(fut);
+                    let run = &mut run;
+                    AttemptResult::Done(
+                        poll_fn(|cx| {
+                            let poll = fut.as_mut().poll(cx);
+                            if poll.is_pending() {
+                                run.waited();
+                            }
+                            poll
+                        })
+                        .await,
+                    )
+                }
+                Some((within, which)) => {
+                    // A timed attempt starts a timer: count it as waiting.
+                    run.waited();
+                    match tokio::time::timeout(within, fut).await {
+                        Ok(r) => AttemptResult::Done(r),
+                        Err(_) => AttemptResult::TimedOut(which),
+                    }
+                }
             };
             match run.finish(classifier, result) {
                 Step::Return(r) => return r,
-                Step::Sleep(delay, withdrawal) => {
-                    if !delay.is_zero() {
-                        tokio::time::sleep(delay).await;
+                Step::Sleep(nanos) => {
+                    if nanos > 0 {
+                        tokio::time::sleep(Duration::from_nanos(nanos)).await;
+                        run.waited();
                     }
-                    if let Some(w) = withdrawal {
-                        w.commit();
-                    }
+                    run.slept();
                 }
             }
         }

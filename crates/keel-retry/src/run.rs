@@ -8,10 +8,12 @@ use keel_core::{Classify, Outcome};
 use tokio::time::Instant;
 
 use crate::attempt::{Attempt, RetryEvent};
-use crate::budget::Withdrawal;
+use crate::backoff::{NO_PREVIOUS, nanos};
+use crate::budget::{RetryBudget, Withdrawal};
 use crate::error::RetryError;
 use crate::policy::Inner;
 use crate::stats::bump;
+use std::sync::atomic::Ordering;
 
 /// Which limit cut an attempt off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,64 +30,175 @@ pub(crate) enum AttemptResult<T, E> {
     TimedOut(Limit),
 }
 
-/// What the front end does next.
-pub(crate) enum Step<'p, T, E> {
+/// What the retry loop does next.
+pub(crate) enum Step<T, E> {
     Return(Result<T, RetryError<E>>),
-    /// Sleep `delay`, then commit the budget withdrawal (if any) and start
-    /// the next attempt. Dropping the withdrawal instead refunds it.
-    Sleep(Duration, Option<Withdrawal<'p>>),
+    /// Sleep this many nanoseconds, then call [`Run::slept`] and start the
+    /// next attempt. Plain words: this crosses the loop once per retry.
+    Sleep(u64),
 }
 
 /// A clock read costs tens of nanoseconds (more than the rest of a retry
 /// decision), so `Run` reads the policy's clock only when a rule needs it: a
 /// maximum elapsed time, a budget, or a hook (which is told the elapsed
 /// time). A policy with none of them never reads the clock.
+///
+/// A reading is also reused until the call next waits (an attempt that
+/// returns `Pending`, a non-zero sleep, a timed attempt): between two
+/// waits only this task's synchronous code runs, so time has moved by its
+/// CPU time at most, and under tokio's paused clock not at all. A call whose
+/// attempts fail at once and retry without delay therefore reads the clock
+/// once. A manual clock is read every time (a test may advance it from
+/// inside an attempt).
 pub(crate) struct Run<'p, E> {
     policy: &'p Inner,
-    /// When the call started; `None` when nothing needs it.
+    /// When the call started; `None` when nothing needs the clock.
     started: Option<Instant>,
     deadline: Option<Instant>,
+    /// The last reading, reusable while `fresh`.
+    now: Option<Instant>,
+    /// The budget's slot period for `now`, once computed.
+    period: Option<u64>,
+    /// No wait since `now` was read (always false for a manual clock).
+    fresh: bool,
     attempts: u32,
-    prev_delay: Option<Duration>,
+    /// Retries started but not yet added to the shared counter: published
+    /// when the call next waits or ends, so back-to-back retries cost one
+    /// atomic add between them.
+    uncounted_retries: u32,
+    /// The previous backoff delay in nanoseconds (`NO_PREVIOUS` at first).
+    prev_delay: u64,
+    /// The budget token taken for the retry being slept towards: spent by
+    /// [`slept`](Run::slept), handed back if the call is dropped first.
+    pending: Option<Withdrawal<'p>>,
+    /// The call returned (its outcome is counted); dropped without it, it
+    /// counts as cancelled.
+    ended: bool,
     last: Option<E>,
 }
 
-impl<'p, E: fmt::Debug> Run<'p, E> {
-    /// Starts a call: counts it and deposits it into the budget.
+impl<E> Drop for Run<'_, E> {
     #[inline]
-    pub(crate) fn begin(policy: &'p Inner) -> Self {
-        bump(&policy.counters.calls);
-        let started =
-            (policy.max_elapsed.is_some() || policy.hook.is_some() || policy.budget.is_some())
-                .then(|| policy.clock.now());
-        if let Some(budget) = &policy.budget {
-            budget.deposit_at(tokio_reading(policy, started));
+    fn drop(&mut self) {
+        self.publish_retries();
+        if !self.ended {
+            bump(&self.policy.counters.cancelled);
         }
+    }
+}
+
+impl<E> Run<'_, E> {
+    #[inline]
+    fn publish_retries(&mut self) {
+        if self.uncounted_retries > 0 {
+            self.policy
+                .counters
+                .retries
+                .fetch_add(u64::from(self.uncounted_retries), Ordering::Relaxed);
+            self.uncounted_retries = 0;
+        }
+    }
+
+    /// The call waited (an attempt returned `Pending`, a sleep ran): the
+    /// cached reading is stale and pending counts are published.
+    #[inline]
+    pub(crate) fn waited(&mut self) {
+        self.fresh = false;
+        self.publish_retries();
+    }
+
+    /// The policy's clock, read again only after a wait.
+    #[inline]
+    fn now(&mut self) -> Instant {
+        match self.now {
+            Some(now) if self.fresh => now,
+            _ => {
+                let clock = &self.policy.clock;
+                let now = clock.now();
+                self.now = Some(now);
+                self.period = None;
+                self.fresh = !clock.is_manual();
+                now
+            }
+        }
+    }
+
+    /// The budget's current slot period, reusing the reading when it may.
+    #[inline]
+    fn budget_period(&mut self, budget: &RetryBudget) -> u64 {
+        if self.fresh
+            && let Some(period) = self.period
+        {
+            return period;
+        }
+        let now = self.now();
+        let policy = self.policy;
+        let period = budget.period_at(tokio_reading(policy, Some(now)));
+        // A budget on a manual clock reads its own: never reuse that.
+        if !budget.is_manual() {
+            self.period = Some(period);
+        }
+        period
+    }
+}
+
+impl<'p, E: fmt::Debug> Run<'p, E> {
+    /// A call about to start; [`start`](Self::start) starts it. Two steps so
+    /// the compiler can build this constant part in place, in the retry
+    /// future, instead of building it aside and copying it over.
+    #[inline(always)]
+    pub(crate) fn new(policy: &'p Inner) -> Self {
         Run {
             policy,
-            started,
-            deadline: policy
-                .max_elapsed
-                .zip(started)
-                .and_then(|(d, s)| s.checked_add(d)),
+            started: None,
+            deadline: None,
+            now: None,
+            period: None,
+            fresh: false,
             attempts: 0,
-            prev_delay: None,
+            uncounted_retries: 0,
+            prev_delay: NO_PREVIOUS,
+            pending: None,
+            ended: false,
             last: None,
+        }
+    }
+
+    /// Starts the call: deposits it into the budget. (It is counted when
+    /// it ends, see `RetryStats`.)
+    #[inline(always)]
+    pub(crate) fn start(&mut self) {
+        let policy = self.policy;
+        if policy.max_elapsed.is_some() || policy.hook.is_some() || policy.budget.is_some() {
+            let started = self.now();
+            self.started = Some(started);
+            self.deadline = policy.max_elapsed.and_then(|d| started.checked_add(d));
+            if let Some(budget) = &policy.budget {
+                let period = self.budget_period(budget);
+                budget.deposit_in(period);
+            }
+        }
+    }
+
+    /// The sleep before the next attempt is over: its budget token is spent.
+    #[inline(always)]
+    pub(crate) fn slept(&mut self) {
+        if let Some(w) = self.pending.take() {
+            w.commit();
         }
     }
 
     /// Starts the next attempt; returns what to tell the operation and the
     /// time limit to run it under.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn next_attempt(&mut self) -> (Attempt, Option<(Duration, Limit)>) {
         // The first attempt is counted with the call (see `Counters`).
         if self.attempts > 0 {
-            bump(&self.policy.counters.retries);
+            self.uncounted_retries += 1;
         }
         self.attempts = self.attempts.saturating_add(1);
-        let remaining = self
-            .deadline
-            .map(|d| d.saturating_duration_since(self.policy.clock.now()));
+        let deadline = self.deadline;
+        let remaining = deadline.map(|d| d.saturating_duration_since(self.now()));
         let limit = match (self.policy.attempt_timeout, remaining) {
             (None, None) => None,
             (Some(t), None) => Some((t, Limit::Attempt)),
@@ -102,12 +215,8 @@ impl<'p, E: fmt::Debug> Run<'p, E> {
 
     /// Decides what follows the attempt's result. The common paths (a
     /// success, a retry) stay small; giving up and notifying are out of line.
-    #[inline]
-    pub(crate) fn finish<T, C>(
-        &mut self,
-        classifier: &C,
-        result: AttemptResult<T, E>,
-    ) -> Step<'p, T, E>
+    #[inline(always)]
+    pub(crate) fn finish<T, C>(&mut self, classifier: &C, result: AttemptResult<T, E>) -> Step<T, E>
     where
         C: Classify<T, E> + ?Sized,
     {
@@ -133,40 +242,48 @@ impl<'p, E: fmt::Debug> Run<'p, E> {
         }
 
         let delay = match outcome.retry_after() {
-            Some(asked) => asked.min(p.max_retry_after),
+            Some(asked) => nanos(asked.min(p.max_retry_after)),
             None => {
-                let d = p.schedule.delay(self.attempts, self.prev_delay, &p.rng);
-                self.prev_delay = Some(d);
+                let d = p
+                    .schedule
+                    .delay_nanos(self.attempts, self.prev_delay, &p.rng);
+                self.prev_delay = d;
                 d
             }
         };
 
-        let now = self.started.map(|_| p.clock.now());
+        let started = self.started;
+        let now = started.map(|_| self.now());
         if let Some((deadline, now)) = self.deadline.zip(now)
-            && now.checked_add(delay).is_none_or(|wake| wake >= deadline)
+            && now
+                .checked_add(Duration::from_nanos(delay))
+                .is_none_or(|wake| wake >= deadline)
         {
             return self.give_up(GiveUp::Deadline, result);
         }
 
-        let withdrawal = match &p.budget {
-            None => None,
-            Some(budget) => match budget.withdraw_at(tokio_reading(p, now)) {
-                Ok(w) => Some(w),
+        if let Some(budget) = &p.budget {
+            match budget.withdraw_in(self.budget_period(budget)) {
+                Ok(w) => self.pending = Some(w),
                 Err(_) => return self.give_up(GiveUp::Budget, result),
-            },
-        };
+            }
+        }
 
-        self.announce(outcome, delay, now, result.as_ref());
+        // Checked here so that a silent retry does not pay for the call.
+        if p.hook.is_some() || tracing::enabled!(tracing::Level::DEBUG) {
+            self.announce(outcome, Duration::from_nanos(delay), now, result.as_ref());
+        }
         if let Some(Err(e)) = result {
             self.last = Some(e);
         }
-        Step::Sleep(delay, withdrawal)
+        Step::Sleep(delay)
     }
 
     /// A result the classifier does not retry: returned as is.
-    #[inline]
-    fn stop<T>(&mut self, outcome: Outcome, result: Result<T, E>) -> Step<'p, T, E> {
+    #[inline(always)]
+    fn stop<T>(&mut self, outcome: Outcome, result: Result<T, E>) -> Step<T, E> {
         let counters = &self.policy.counters;
+        self.ended = true;
         Step::Return(match result {
             Ok(v) if outcome.is_success() => {
                 bump(if self.attempts > 1 {
@@ -227,9 +344,10 @@ impl<'p, E: fmt::Debug> Run<'p, E> {
     /// [`RetryError`], carrying the most recent error.
     #[cold]
     #[inline(never)]
-    fn give_up<T>(&mut self, why: GiveUp, result: Option<Result<T, E>>) -> Step<'p, T, E> {
+    fn give_up<T>(&mut self, why: GiveUp, result: Option<Result<T, E>>) -> Step<T, E> {
         let p = self.policy;
         let attempts = self.attempts;
+        self.ended = true;
         let counter = match why {
             GiveUp::Exhausted => &p.counters.exhausted,
             GiveUp::Deadline => &p.counters.deadline_exceeded,

@@ -5,13 +5,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// A snapshot of one policy's counters since it was built (clones of a
 /// policy share them). Read with [`RetryPolicy::stats`](crate::RetryPolicy::stats).
 ///
-/// Every call ends in exactly one of `successes`, `not_retryable`,
-/// `exhausted`, `budget_refusals` or `deadline_exceeded`, unless it is still
-/// running or was cancelled (dropped): `calls` minus their sum is those.
+/// A call is counted when it **ends**, in exactly one of `successes`,
+/// `not_retryable`, `exhausted`, `budget_refusals`, `deadline_exceeded` or
+/// `cancelled` (dropped before it ended); `calls` is their sum, so a call
+/// still running is not in it yet. Counting once, at the end, makes a call
+/// that succeeds at once cost one atomic increment. Retries are counted as
+/// they start, published at the latest when the call next waits (an attempt
+/// that returns `Pending`, a sleep) or ends.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RetryStats {
-    /// Calls started (one per `retry*` invocation).
+    /// Calls that ended (one per `retry*` invocation that returned or was
+    /// dropped): the sum of the six outcomes below.
     pub calls: u64,
     /// Attempts started, first attempts included.
     pub attempts: u64,
@@ -30,16 +35,18 @@ pub struct RetryStats {
     pub budget_refusals: u64,
     /// Calls stopped by the maximum elapsed time.
     pub deadline_exceeded: u64,
+    /// Calls dropped (cancelled by their caller) before they ended.
+    pub cancelled: u64,
     /// Attempts cut off by the per-attempt timeout (not a call count).
     pub attempt_timeouts: u64,
 }
 
-/// The live counters. Attempts are not counted separately: every call makes
-/// exactly one first attempt, as soon as it starts, so attempts = calls +
-/// retries, and each attempt costs one atomic increment instead of two.
+/// The live counters. Neither calls nor attempts are counted separately:
+/// calls are the sum of the outcomes, and every call makes exactly one first
+/// attempt, so attempts = calls + retries. A call that succeeds at once
+/// costs one atomic increment.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) calls: AtomicU64,
     pub(crate) retries: AtomicU64,
     /// Successes are split so each costs one increment; `successes` is the sum.
     pub(crate) successes_first_try: AtomicU64,
@@ -49,6 +56,7 @@ pub(crate) struct Counters {
     pub(crate) budget_refusals: AtomicU64,
     pub(crate) deadline_exceeded: AtomicU64,
     pub(crate) attempt_timeouts: AtomicU64,
+    pub(crate) cancelled: AtomicU64,
 }
 
 #[inline]
@@ -59,19 +67,27 @@ pub(crate) fn bump(counter: &AtomicU64) {
 impl Counters {
     pub(crate) fn snapshot(&self) -> RetryStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let calls = get(&self.calls);
         let retries = get(&self.retries);
         let successes_after_retry = get(&self.successes_after_retry);
+        let successes = get(&self.successes_first_try) + successes_after_retry;
+        let not_retryable = get(&self.not_retryable);
+        let exhausted = get(&self.exhausted);
+        let budget_refusals = get(&self.budget_refusals);
+        let deadline_exceeded = get(&self.deadline_exceeded);
+        let cancelled = get(&self.cancelled);
+        let calls =
+            successes + not_retryable + exhausted + budget_refusals + deadline_exceeded + cancelled;
         RetryStats {
             calls,
             attempts: calls + retries,
             retries,
-            successes: get(&self.successes_first_try) + successes_after_retry,
+            successes,
             successes_after_retry,
-            not_retryable: get(&self.not_retryable),
-            exhausted: get(&self.exhausted),
-            budget_refusals: get(&self.budget_refusals),
-            deadline_exceeded: get(&self.deadline_exceeded),
+            not_retryable,
+            exhausted,
+            budget_refusals,
+            deadline_exceeded,
+            cancelled,
             attempt_timeouts: get(&self.attempt_timeouts),
         }
     }

@@ -138,8 +138,9 @@ async fn dropping_the_retry_future_stops_it_and_returns_the_budget_token() {
     assert_eq!(
         stats.successes + stats.exhausted + stats.budget_refusals + stats.deadline_exceeded,
         0,
-        "a cancelled call ends in no outcome"
+        "a cancelled call ends in no other outcome"
     );
+    assert_eq!(stats.cancelled, 1);
 
     // Cancelling during an attempt is just as clean.
     let hung = policy.retry(|_| async {

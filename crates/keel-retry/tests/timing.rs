@@ -602,3 +602,42 @@ fn policies_and_budgets_are_send_and_sync() {
     check::<RetryPolicy>();
     check::<keel_retry::RetryBudget>();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_is_counted_once_its_attempt_waits_and_a_call_once_it_ends() {
+    let policy = RetryPolicy::builder()
+        .backoff(Backoff::constant(Duration::ZERO))
+        .max_delay(Duration::ZERO)
+        .max_retries(3)
+        .build()
+        .unwrap();
+    let p = policy.clone();
+    let call = tokio::spawn(async move {
+        p.retry(|attempt| async move {
+            if attempt.number == 1 {
+                return Err("reset");
+            }
+            tokio::time::sleep(S * 10).await;
+            Ok(attempt.number)
+        })
+        .await
+    });
+    tokio::time::sleep(S).await;
+    let running = policy.stats();
+    assert_eq!(
+        (running.calls, running.retries),
+        (0, 1),
+        "the retry waits, the call has not ended"
+    );
+    assert_eq!(call.await.unwrap().unwrap(), 2);
+    let done = policy.stats();
+    assert_eq!(
+        (
+            done.calls,
+            done.attempts,
+            done.retries,
+            done.successes_after_retry
+        ),
+        (1, 2, 1, 1)
+    );
+}
