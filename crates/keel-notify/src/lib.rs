@@ -108,8 +108,12 @@ mod http;
 pub mod metrics;
 mod notification;
 mod notifier;
+#[cfg(feature = "pagerduty")]
+pub mod pagerduty;
 mod queue;
 mod rate;
+#[cfg(feature = "rootly")]
+pub mod rootly;
 mod sink;
 #[cfg(feature = "slack")]
 pub mod slack;
@@ -126,6 +130,10 @@ pub use keel_breaker::{BreakerConfig, BreakerRegistry, CircuitBreaker, State as 
 pub use metrics::Stats;
 pub use notification::{Message, Notification, Phase, Priority};
 pub use notifier::{Admitted, Notifier, ShutdownReport};
+#[cfg(feature = "pagerduty")]
+pub use pagerduty::{PagerDutySink, PagerDutySinkBuilder};
+#[cfg(feature = "rootly")]
+pub use rootly::{RootlySink, RootlySinkBuilder};
 pub use sink::{Pacer, RateLimit, Sink};
 #[cfg(feature = "slack")]
 pub use slack::{SlackSink, SlackSinkBuilder};
