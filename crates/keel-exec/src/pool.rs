@@ -140,10 +140,11 @@ impl WorkerPoolBuilder {
             queue: Mutex::new(Queue::default()),
             bound: self.queue,
             work: Notify::new(),
-            running: AtomicUsize::new(0),
-            counts: Counters::default(),
-            #[cfg(feature = "metrics")]
-            metrics: self.metrics,
+            tally: Arc::new(Tally {
+                #[cfg(feature = "metrics")]
+                metrics: self.metrics,
+                ..Tally::default()
+            }),
         });
         let workers = (0..self.workers)
             .map(|_| tokio::spawn(work(Arc::clone(&shared))))
@@ -281,16 +282,12 @@ impl WorkerPool {
     {
         let (tx, rx) = oneshot::channel();
         let fate = Arc::new(AtomicBool::new(false));
+        let tally = Arc::clone(&self.shared.tally);
         let run = async move {
             let result = AssertUnwindSafe(job).catch_unwind().await;
-            let ended = if result.is_ok() {
-                Ended::Completed
-            } else {
-                Ended::Panicked
-            };
+            tally.finished(result.is_err());
             // The caller may have dropped the handle: nobody to tell.
             let _ = tx.send(result.map_err(Panicked::from_payload));
-            ended
         };
         let queued = Job {
             run: Box::pin(run),
@@ -322,16 +319,20 @@ impl WorkerPool {
             queue.by_priority[priority.index()].push_back(queued);
             victim
         };
-        shared.counts.submitted.fetch_add(1, Ordering::Relaxed);
+        shared
+            .tally
+            .counts
+            .submitted
+            .fetch_add(1, Ordering::Relaxed);
         if let Some(victim) = victim {
             victim.shed.store(true, Ordering::Release);
-            shared.counts.shed.fetch_add(1, Ordering::Relaxed);
-            shared.on_shed();
+            shared.tally.counts.shed.fetch_add(1, Ordering::Relaxed);
+            shared.tally.on_shed();
             tracing::debug!(priority = %priority, "worker pool queue full: shed a lower-priority job");
             // Dropped outside the lock: the job's captures run their drops.
             drop(victim);
         } else {
-            shared.on_queued();
+            shared.tally.on_queued();
         }
         shared.work.notify_one();
         Ok(JobHandle {
@@ -343,11 +344,11 @@ impl WorkerPool {
 
     /// Jobs waiting, running, and counted so far.
     pub fn stats(&self) -> PoolStats {
-        let c = &self.shared.counts;
+        let c = &self.shared.tally.counts;
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         PoolStats {
             queued: self.shared.lock().len(),
-            running: self.shared.running.load(Ordering::Relaxed),
+            running: self.shared.tally.running.load(Ordering::Relaxed),
             submitted: load(&c.submitted),
             completed: load(&c.completed),
             panicked: load(&c.panicked),
@@ -378,7 +379,7 @@ impl WorkerPool {
         let before = {
             let mut queue = shared.lock();
             queue.closed = true;
-            finished(&shared.counts)
+            finished(&shared.tally.counts)
         };
         // Idle workers wake, find the queue closed and empty, and exit.
         shared.work.notify_waiters();
@@ -388,10 +389,14 @@ impl WorkerPool {
             return ShutdownReport::default();
         }
         let joined = tokio::time::timeout(drain, async {
-            for worker in &mut workers {
+            // A joined worker leaves the list, so the ones left after the
+            // bound are exactly those still running (a handle must not be
+            // awaited again once it has completed).
+            while let Some(worker) = workers.last_mut() {
                 // A worker never panics (jobs are caught); a cancelled one
                 // has nothing to report.
                 let _ = worker.await;
+                workers.pop();
             }
         })
         .await
@@ -405,7 +410,7 @@ impl WorkerPool {
             }
         }
         // Cut while running: the aborted workers never got to count them.
-        let cut = shared.running.swap(0, Ordering::Relaxed);
+        let cut = shared.tally.running.swap(0, Ordering::Relaxed);
         let waiting: Vec<Job> = {
             let mut queue = shared.lock();
             queue
@@ -418,12 +423,13 @@ impl WorkerPool {
         let abandoned = (cut + waiting_count) as u64;
         drop(waiting);
         shared
+            .tally
             .counts
             .abandoned
             .fetch_add(abandoned, Ordering::Relaxed);
-        shared.on_abandoned(cut, waiting_count);
+        shared.tally.on_abandoned(cut, waiting_count);
         let report = ShutdownReport {
-            completed: finished(&shared.counts) - before,
+            completed: finished(&shared.tally.counts) - before,
             abandoned,
             elapsed: started.elapsed(),
         };
@@ -467,14 +473,9 @@ impl fmt::Debug for WorkerPool {
 
 /// A queued job: the job wrapped so it reports its result to its handle.
 struct Job {
-    run: BoxFuture<'static, Ended>,
+    run: BoxFuture<'static, ()>,
     /// Set when the job is shed, so its handle can say so.
     shed: Arc<AtomicBool>,
-}
-
-enum Ended {
-    Completed,
-    Panicked,
 }
 
 #[derive(Default)]
@@ -512,8 +513,16 @@ struct Shared {
     bound: usize,
     /// Wakes idle workers: one per submitted job, all at shutdown.
     work: Notify,
-    /// Jobs running now; changed under the queue's lock when a job is
-    /// taken, so shutdown sees every job as waiting or running.
+    /// Shared with every job's wrapper, which counts its own end before it
+    /// tells its handle (so a caller that saw the result sees the count).
+    tally: Arc<Tally>,
+}
+
+/// What the pool counts, and the one place it reports to metrics.
+#[derive(Default)]
+struct Tally {
+    /// Jobs running now; raised under the queue's lock when a job is taken,
+    /// so shutdown sees every job as waiting or running.
     running: AtomicUsize,
     counts: Counters,
     #[cfg(feature = "metrics")]
@@ -526,15 +535,47 @@ impl Shared {
     }
 
     fn reject(&self, priority: Priority, closed: bool) -> JobRejected {
-        self.counts.rejected.fetch_add(1, Ordering::Relaxed);
+        self.tally.counts.rejected.fetch_add(1, Ordering::Relaxed);
+        self.tally.on_rejected();
+        JobRejected { priority, closed }
+    }
+
+    /// Takes the best waiting job, or says the worker should exit (`Err`)
+    /// or wait (`Ok(None)`).
+    fn take(&self) -> Result<Option<Job>, ()> {
+        let mut queue = self.lock();
+        match queue.pop_best() {
+            Some(job) => {
+                self.tally.running.fetch_add(1, Ordering::Relaxed);
+                Ok(Some(job))
+            }
+            None if queue.closed => Err(()),
+            None => Ok(None),
+        }
+    }
+}
+
+impl Tally {
+    /// A job returned (or panicked): counted before its handle is told.
+    fn finished(&self, panicked: bool) {
+        self.running.fetch_sub(1, Ordering::Relaxed);
+        if panicked {
+            self.counts.panicked.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("worker pool job panicked");
+        } else {
+            self.counts.completed.fetch_add(1, Ordering::Relaxed);
+        }
+        self.on_finished(panicked);
+    }
+
+    // Metrics (no-ops without them).
+
+    fn on_rejected(&self) {
         #[cfg(feature = "metrics")]
         if let Some(m) = &self.metrics {
             m.job_rejected();
         }
-        JobRejected { priority, closed }
     }
-
-    // The one place the pool reports to metrics (no-ops without them).
 
     fn on_queued(&self) {
         #[cfg(feature = "metrics")]
@@ -572,20 +613,6 @@ impl Shared {
             m.jobs_abandoned(running, waiting);
         }
     }
-
-    /// Takes the best waiting job, or says the worker should exit (`Err`)
-    /// or wait (`Ok(None)`).
-    fn take(&self) -> Result<Option<Job>, ()> {
-        let mut queue = self.lock();
-        match queue.pop_best() {
-            Some(job) => {
-                self.running.fetch_add(1, Ordering::Relaxed);
-                Ok(Some(job))
-            }
-            None if queue.closed => Err(()),
-            None => Ok(None),
-        }
-    }
 }
 
 /// One worker: takes jobs until the pool closes and its queue is empty.
@@ -603,18 +630,7 @@ async fn work(shared: Arc<Shared>) {
             }
             Ok(Some(job)) => job,
         };
-        shared.on_started();
-        let ended = job.run.await;
-        shared.running.fetch_sub(1, Ordering::Relaxed);
-        match ended {
-            Ended::Completed => {
-                shared.counts.completed.fetch_add(1, Ordering::Relaxed);
-            }
-            Ended::Panicked => {
-                shared.counts.panicked.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!("worker pool job panicked");
-            }
-        }
-        shared.on_finished(matches!(ended, Ended::Panicked));
+        shared.tally.on_started();
+        job.run.await;
     }
 }

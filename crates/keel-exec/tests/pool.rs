@@ -182,6 +182,21 @@ async fn shutdown_drains_within_the_bound_and_abandons_the_rest() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn workers_that_exit_early_are_not_waited_for_again_at_the_bound() {
+    let pool = WorkerPool::builder().workers(3).build().unwrap();
+    let quick = pool.submit(Priority::Normal, async { 1 }).unwrap();
+    let hung = pool
+        .submit(Priority::Normal, std::future::pending::<u32>())
+        .unwrap();
+    tokio::task::yield_now().await;
+    let report = pool.shutdown(2 * SEC).await;
+    assert_eq!((report.completed, report.abandoned), (0, 1));
+    assert_eq!(report.elapsed, 2 * SEC);
+    assert_eq!(quick.await, Ok(1));
+    assert_eq!(hung.await, Err(JobError::Abandoned));
+}
+
+#[tokio::test(start_paused = true)]
 async fn shutdown_returns_as_soon_as_the_work_is_done() {
     let pool = WorkerPool::builder().workers(2).build().unwrap();
     let jobs: Vec<_> = (1..=4u64)
@@ -249,4 +264,25 @@ async fn build_names_the_invalid_field() {
     assert_eq!(err.field(), "workers");
     let err = WorkerPool::builder().queue(0).build().unwrap_err();
     assert_eq!(err.field(), "queue");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_is_counted_before_its_handle_resolves() {
+    let pool = WorkerPool::builder().workers(4).build().unwrap();
+    let handles: Vec<_> = (0..200u32)
+        .map(|i| {
+            pool.submit(Priority::ALL[i as usize % 4], async move {
+                tokio::task::yield_now().await;
+                i
+            })
+            .unwrap()
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        assert_eq!(h.await, Ok(i as u32));
+    }
+    let stats = pool.stats();
+    assert_eq!((stats.completed, stats.running, stats.queued), (200, 0, 0));
+    let report = pool.shutdown(SEC).await;
+    assert_eq!((report.completed, report.abandoned), (0, 0));
 }
