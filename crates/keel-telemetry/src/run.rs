@@ -514,14 +514,18 @@ where
     };
     let program = main(config, kit);
     let mut program = tokio::spawn(async move { program.await.map_err(Into::into) });
+    let mut signal_failed = false;
     let returned = tokio::select! {
         joined = &mut program => Some(joined),
         reason = signal => {
             match reason {
                 Ok(reason) => tracing::info!(signal = %reason, "stopping"),
                 Err(e) => {
+                    // Without handlers the program could not be stopped
+                    // gracefully: stop now and report a failure.
                     tracing::error!(error = %chain(&e), "cannot listen for signals; stopping");
                     shutdown.trigger();
+                    signal_failed = true;
                 }
             }
             None
@@ -545,7 +549,7 @@ where
     let report = shutdown
         .drain(deadline.saturating_duration_since(Instant::now()))
         .await;
-    if !report.is_clean() && exit == Exit::Success {
+    if (signal_failed || !report.is_clean()) && exit == Exit::Success {
         exit = Exit::Failure;
     }
     tracing::info!(
