@@ -6,13 +6,17 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A configuration value is invalid; `variable` is the environment
+    /// A configuration value is invalid; its field is the environment
     /// variable to fix.
-    #[error("invalid {variable}: {reason}")]
-    Config {
-        /// The environment variable.
-        variable: &'static str,
-        /// What is wrong with it.
+    #[error(transparent)]
+    Config(#[from] keel_core::ConfigError),
+    /// The database could not be opened at start: `target` is the SQLite
+    /// path or the PostgreSQL host, port and database of `DATABASE_URL`.
+    #[error("cannot open the database {target} (DATABASE_URL): {reason}")]
+    Open {
+        /// The path, or `host:port/database`.
+        target: String,
+        /// What failed.
         reason: String,
     },
     /// A webhook body was rejected.
@@ -25,11 +29,16 @@ pub enum Error {
     #[error("database error")]
     Database(#[from] sqlx::Error),
     /// Migrations failed.
-    #[error("database migration failed")]
+    #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// Binding or serving HTTP failed.
-    #[error("HTTP server error")]
-    Io(#[from] std::io::Error),
+    #[error("cannot serve HTTP on {addr} (LISTEN_ADDR): {source}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
     /// Telemetry setup failed.
     #[error("telemetry setup failed")]
     Telemetry(#[from] keel_telemetry::TelemetryError),

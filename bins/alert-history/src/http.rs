@@ -16,6 +16,7 @@ use chrono::Utc;
 use keel_telemetry::{CancellationToken, CheckStatus, MetricsRegistry, Readiness};
 use serde_json::{Value, json};
 
+use crate::auth::{READ_CHALLENGE, Tokens};
 use crate::config::Config;
 use crate::error::{PayloadError, QueryError};
 use crate::metrics::Metrics;
@@ -42,8 +43,8 @@ pub(crate) struct Inner {
     pub(crate) registry: MetricsRegistry,
     pub(crate) readiness: Readiness,
     pub(crate) pipeline: Pipeline,
-    pub(crate) webhook_token: Option<String>,
-    pub(crate) api_token: Option<String>,
+    pub(crate) tokens: Tokens,
+    pub(crate) body_read_timeout: Duration,
     pub(crate) max_body_bytes: usize,
     pub(crate) retention: Duration,
     pub(crate) retention_days: u32,
@@ -89,8 +90,13 @@ impl AppState {
                 metrics,
                 registry,
                 readiness,
-                webhook_token: config.webhook_token.clone(),
-                api_token: config.api_token.clone(),
+                tokens: Tokens::new(
+                    config.webhook_token.clone(),
+                    config.api_token.clone(),
+                    config.read_token.clone(),
+                    config.api_token_for_reads,
+                ),
+                body_read_timeout: config.body_read_timeout(),
                 max_body_bytes: config.max_body_bytes,
                 retention: config.retention(),
                 retention_days: config.retention_days,
@@ -111,25 +117,44 @@ impl AppState {
     }
 }
 
-/// The whole HTTP API.
+/// The whole HTTP API. Reads (history, timelines, report, dashboard and
+/// its JSON, `/metrics`, `/health/detailed`) go through the read-token
+/// check ([`crate::auth`]); the webhook and admin routes check their own
+/// tokens; liveness and readiness are always open.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/webhook", post(webhook))
-        .route("/webhook/", post(webhook))
+    let reads = Router::new()
         .route("/history", get(history))
         .route("/alerts/{fingerprint}", get(alert_timeline))
         .route("/report", get(report))
+        .route("/health/detailed", get(health_detailed))
+        .route("/metrics", get(metrics))
+        .merge(dashboard::routes())
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_read));
+    Router::new()
+        .route("/webhook", post(webhook))
+        .route("/webhook/", post(webhook))
         .route("/healthz", get(healthz))
         .route("/health/liveness", get(healthz))
         .route("/readyz", get(readyz))
         .route("/health/readiness", get(readyz))
-        .route("/health/detailed", get(health_detailed))
         .route("/health/database", get(health_database))
-        .route("/metrics", get(metrics))
         .route("/admin/retention", post(admin_retention))
-        .merge(dashboard::routes())
+        .merge(reads)
         .layer(middleware::from_fn_with_state(state.clone(), track_latency))
         .with_state(state)
+}
+
+/// Refuses a read without the read token (when one is configured).
+async fn require_read(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if state.inner.tokens.read_allowed(request.headers()) {
+        return next.run(request).await;
+    }
+    let mut response =
+        ApiError::new(StatusCode::UNAUTHORIZED, "missing or invalid bearer token").into_response();
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, READ_CHALLENGE);
+    response
 }
 
 async fn track_latency(State(state): State<AppState>, request: Request, next: Next) -> Response {
@@ -215,29 +240,11 @@ impl IntoResponse for ApiError {
         if self.status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                .entry(header::WWW_AUTHENTICATE)
+                .or_insert(HeaderValue::from_static("Bearer"));
         }
         response
     }
-}
-
-/// Checks `Authorization: Bearer <token>` in constant time.
-fn authorized(headers: &HeaderMap, expected: Option<&str>) -> bool {
-    let Some(expected) = expected else {
-        return true;
-    };
-    let Some(given) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-    else {
-        return false;
-    };
-    let (a, b) = (given.trim().as_bytes(), expected.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 // ---------------------------------------------------------------- webhook
@@ -254,10 +261,20 @@ async fn webhook(State(state): State<AppState>, headers: HeaderMap, body: Body) 
 
 async fn ingest(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
     let inner = &state.inner;
-    if !authorized(headers, inner.webhook_token.as_deref()) {
+    if !inner.tokens.webhook_allowed(headers) {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "missing or invalid bearer token",
+        ));
+    }
+    if let Some(encoding) = headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase())
+        .filter(|e| !e.is_empty() && e != "identity")
+    {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Encoding {encoding:?} is not supported: send the JSON uncompressed"),
         ));
     }
     let too_large = || {
@@ -273,9 +290,13 @@ async fn ingest(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Res
     if declared.is_some_and(|n| n > inner.max_body_bytes as u64) {
         return Err(too_large());
     }
-    let bytes = axum::body::to_bytes(body, inner.max_body_bytes)
-        .await
-        .map_err(|_| too_large())?;
+    let bytes = read_body(
+        body,
+        inner.max_body_bytes,
+        inner.body_read_timeout,
+        too_large,
+    )
+    .await?;
     let events = parse_webhook(&bytes)?;
     let batch = Batch {
         received: events.len(),
@@ -304,6 +325,43 @@ async fn ingest(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Res
         "processed_alerts": outcome.processed,
     }))
     .into_response())
+}
+
+/// Reads a request body of at most `limit` bytes; a body that goes `idle`
+/// without a new chunk is answered 408 (a stalled sender must not hold a
+/// connection, or the shutdown drain, for long).
+async fn read_body(
+    body: Body,
+    limit: usize,
+    idle: Duration,
+    too_large: impl Fn() -> ApiError,
+) -> Result<bytes::Bytes, ApiError> {
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        match tokio::time::timeout(idle, stream.next()).await {
+            Err(_) => {
+                return Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!("no request body data for {} s", idle.as_secs()),
+                ));
+            }
+            Ok(None) => return Ok(buf.freeze()),
+            Ok(Some(Err(e))) => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("reading the request body failed: {e}"),
+                ));
+            }
+            Ok(Some(Ok(chunk))) => {
+                if buf.len() + chunk.len() > limit {
+                    return Err(too_large());
+                }
+                buf.extend_from_slice(&chunk);
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------- queries
@@ -720,7 +778,7 @@ async fn admin_retention(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    if !authorized(&headers, state.inner.api_token.as_deref()) {
+    if !state.inner.tokens.admin_allowed(&headers) {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "missing or invalid bearer token",

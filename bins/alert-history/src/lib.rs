@@ -55,6 +55,7 @@
 //! # }
 //! ```
 
+mod auth;
 pub mod config;
 pub mod dashboard;
 mod error;
@@ -102,8 +103,14 @@ impl Service {
         let store = Store::connect(&config.database_url, config.db_max_connections).await?;
         let state = AppState::new(store.clone(), config, shutdown.token())?;
         state.metrics().set_db_alerts(store.count_events().await?);
-        let listener = TcpListener::bind(config.listen_addr).await?;
-        let local_addr = listener.local_addr()?;
+        let listen = |source| Error::Listen {
+            addr: config.listen_addr,
+            source,
+        };
+        let listener = TcpListener::bind(config.listen_addr)
+            .await
+            .map_err(listen)?;
+        let local_addr = listener.local_addr().map_err(listen)?;
         let app = router(state.clone());
         let stop = shutdown.triggered();
         shutdown.spawn(async move {

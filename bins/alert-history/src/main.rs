@@ -58,7 +58,14 @@ async fn run(config: Config) -> ExitCode {
     let service = match Service::start(&config).await {
         Ok(service) => service,
         Err(e) => {
-            tracing::error!(error = %e, source = ?std::error::Error::source(&e), "start failed");
+            let mut message = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                message.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            tracing::error!(error = %message, "start failed");
+            eprintln!("alert-history: start failed: {message}");
             return ExitCode::FAILURE;
         }
     };

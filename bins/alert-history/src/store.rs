@@ -610,6 +610,36 @@ pub struct Bucket {
     pub resolved: i64,
 }
 
+/// How long start-up waits for PostgreSQL to answer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One connection to PostgreSQL before the pool is built: its error names
+/// the cause (connection refused, unknown host, authentication, missing
+/// database) where the pool would only report a timeout.
+async fn check_postgres(options: &PgConnectOptions) -> Result<(), Error> {
+    use sqlx::Connection;
+    let target = format!(
+        "{}:{}/{}",
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap_or("")
+    );
+    let reason = match tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        sqlx::postgres::PgConnection::connect_with(options),
+    )
+    .await
+    {
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+            return Ok(());
+        }
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
+    };
+    Err(Error::Open { target, reason })
+}
+
 /// A statement run on every new SQLite writer connection: tests set
 /// `max_page_count` from it to make the "disk" full and free it again
 /// without a restart.
@@ -667,7 +697,22 @@ impl Store {
         let mut durability = Durability::new();
         let pools = match backend {
             Backend::Sqlite => {
-                let options = SqliteConnectOptions::from_str(url)?
+                let options = SqliteConnectOptions::from_str(url)?;
+                let target = options.get_filename().display().to_string();
+                let open_error = |e: &dyn std::fmt::Display| Error::Open {
+                    target: target.clone(),
+                    reason: e.to_string(),
+                };
+                if let Some(dir) = options.get_filename().parent()
+                    && !dir.as_os_str().is_empty()
+                    && !dir.exists()
+                {
+                    std::fs::create_dir_all(dir).map_err(|e| Error::Open {
+                        target: target.clone(),
+                        reason: format!("cannot create directory {}: {e}", dir.display()),
+                    })?;
+                }
+                let options = options
                     .statement_cache_capacity(write::STATEMENT_CACHE)
                     .create_if_missing(true)
                     .journal_mode(SqliteJournalMode::Wal)
@@ -694,17 +739,19 @@ impl Store {
                             .pragma("wal_autocheckpoint", "0")
                             .pragma("journal_size_limit", "67108864"),
                     )
-                    .await?;
+                    .await
+                    .map_err(|e| open_error(&e))?;
                 SQLITE_MIGRATOR.run(&write).await?;
                 let path = options.get_filename();
                 if path != std::path::Path::new(":memory:") {
-                    durability = Durability::for_file(path)?;
+                    durability = Durability::for_file(path).map_err(|e| open_error(&e))?;
                 }
                 let read = SqlitePoolOptions::new()
                     .max_connections(max_connections.clamp(1, 8))
                     .min_connections(0)
                     .connect_with(options)
-                    .await?;
+                    .await
+                    .map_err(|e| open_error(&e))?;
                 let (jobs, queue) = mpsc::channel(1024);
                 let finish = Arc::new(Notify::new());
                 let durability = Arc::new(durability);
@@ -730,6 +777,7 @@ impl Store {
             Backend::Postgres => {
                 let options = PgConnectOptions::from_str(url)?
                     .statement_cache_capacity(write::STATEMENT_CACHE);
+                check_postgres(&options).await?;
                 let pool = PgPoolOptions::new()
                     .max_connections(max_connections)
                     .min_connections(0)

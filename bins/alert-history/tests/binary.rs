@@ -28,11 +28,59 @@ fn invalid_configuration_exits_64_naming_the_variable() {
         ("DATABASE_URL", "mysql://db/x"),
         ("MAX_BODY_BYTES", "12"),
         ("LOG_FORMAT", "xml"),
+        ("DATABASE_URL", "postgres://u:p@[bad/x"),
+        ("DATABASE_URL", "sqlite:///dev/null/history.db"),
+        ("API_TOKEN_FOR_READS", "true"),
+        ("BODY_READ_TIMEOUT_SECONDS", "0"),
     ] {
         let (code, stderr) = run(&["--check-config"], &[(var, value)]);
         assert_eq!(code, 64, "{var}={value}: {stderr}");
         assert!(stderr.contains(var), "{var}={value}: {stderr}");
     }
+    let (code, stderr) = run(&["--check-config"], &[("RETENTION_DAYS", "-1")]);
+    assert_eq!(code, 64);
+    assert!(
+        stderr.contains("1..=36500") && !stderr.contains("4294967295"),
+        "{stderr}"
+    );
+    let (_, stderr) = run(
+        &["--check-config"],
+        &[("DATABASE_URL", "sqlite:///dev/null/history.db")],
+    );
+    assert!(stderr.contains("/dev/null"), "names the path: {stderr}");
+}
+
+#[test]
+fn start_up_errors_name_the_database() {
+    // Nothing listens on port 1: refused at once, not a pool timeout.
+    let started = std::time::Instant::now();
+    let (code, stderr) = run(
+        &[],
+        &[
+            ("DATABASE_URL", "postgres://u@127.0.0.1:1/alerts"),
+            ("LISTEN_ADDR", "127.0.0.1:0"),
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("DATABASE_URL") && stderr.contains("127.0.0.1:1/alerts"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("PoolTimedOut"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(8), "{stderr}");
+    // A missing directory is created; the database opens in it.
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("a/b/h.db").display());
+    let (code, stderr) = run(
+        &[],
+        &[("DATABASE_URL", &url), ("LISTEN_ADDR", "192.0.2.1:8080")],
+    );
+    assert_ne!(code, 0);
+    assert!(dir.path().join("a/b/h.db").exists(), "{stderr}");
+    assert!(
+        stderr.contains("LISTEN_ADDR") && stderr.contains("192.0.2.1:8080"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -1,0 +1,169 @@
+//! Who may read, how tokens are presented, and requests that stall or
+//! arrive in a form the service cannot read.
+
+mod support;
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use futures::StreamExt;
+use support::{TestApp, firing, payload};
+
+const READS: [&str; 9] = [
+    "/history",
+    "/alerts/abc",
+    "/report",
+    "/dashboard",
+    "/api/dashboard/overview",
+    "/api/dashboard/charts",
+    "/api/dashboard/alerts/recent",
+    "/metrics",
+    "/health/detailed",
+];
+
+async fn get_with(t: &TestApp, path: &str, auth: Option<&str>) -> (StatusCode, Option<String>) {
+    let mut request = Request::get(path);
+    if let Some(auth) = auth {
+        request = request.header(header::AUTHORIZATION, auth);
+    }
+    let (status, headers, _) = t.request(request.body(Body::empty()).unwrap()).await;
+    let challenge = headers
+        .get(header::WWW_AUTHENTICATE)
+        .map(|v| v.to_str().unwrap().to_owned());
+    (status, challenge)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_are_open_by_default_even_with_an_api_token() {
+    let t = TestApp::with_config(support::sqlite().await, |c| {
+        c.api_token = Some("admin".into());
+    })
+    .await;
+    for path in READS {
+        let (status, _) = get_with(&t, path, None).await;
+        assert_ne!(status, StatusCode::UNAUTHORIZED, "{path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_token_guards_every_read_but_not_the_probes() {
+    let t = TestApp::with_config(support::sqlite().await, |c| {
+        c.read_token = Some("viewer".into());
+        c.api_token = Some("admin".into());
+        c.webhook_token = Some("hook".into());
+    })
+    .await;
+    for path in READS {
+        let (status, challenge) = get_with(&t, path, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+        assert!(challenge.unwrap().contains("Basic"), "{path}");
+        assert_eq!(
+            get_with(&t, path, Some("Bearer wrong")).await.0,
+            StatusCode::UNAUTHORIZED,
+            "{path}"
+        );
+        for auth in [
+            "Bearer viewer",
+            "BEARER viewer",
+            "bearer admin",
+            "Basic dTp2aWV3ZXI=",
+        ] {
+            let (status, _) = get_with(&t, path, Some(auth)).await;
+            assert_ne!(status, StatusCode::UNAUTHORIZED, "{path} {auth}");
+        }
+    }
+    for path in [
+        "/healthz",
+        "/readyz",
+        "/health/liveness",
+        "/health/readiness",
+        "/health/database",
+    ] {
+        assert_eq!(get_with(&t, path, None).await.0, StatusCode::OK, "{path}");
+    }
+    // An unknown path is still 404, not 401.
+    assert_eq!(get_with(&t, "/nope", None).await.0, StatusCode::NOT_FOUND);
+    // The read token is not a webhook or admin token.
+    let body = payload(vec![firing("A", "f1", 0, &[])]).to_string();
+    for (path, token, expected) in [
+        ("/webhook", "Bearer viewer", StatusCode::UNAUTHORIZED),
+        ("/webhook", "BEARER hook", StatusCode::OK),
+        (
+            "/admin/retention",
+            "Bearer viewer",
+            StatusCode::UNAUTHORIZED,
+        ),
+        ("/admin/retention", "bearer admin", StatusCode::OK),
+    ] {
+        let (status, _, body) = t
+            .request(
+                Request::post(path)
+                    .header(header::AUTHORIZATION, token)
+                    .body(Body::from(body.clone()))
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(status, expected, "{path} {token}: {body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_token_for_reads_guards_reads_with_the_api_token() {
+    let t = TestApp::with_config(support::sqlite().await, |c| {
+        c.api_token = Some("admin".into());
+        c.api_token_for_reads = true;
+    })
+    .await;
+    assert_eq!(
+        get_with(&t, "/history", None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        get_with(&t, "/history", Some("Bearer admin")).await.0,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compressed_body_is_415_not_malformed_json() {
+    let t = TestApp::new(support::sqlite().await).await;
+    let (status, _, body) = t
+        .request(
+            Request::post("/webhook")
+                .header(header::CONTENT_ENCODING, "gzip")
+                .body(Body::from(vec![0x1f, 0x8b, 8, 0]))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("gzip"), "{body}");
+}
+
+/// A body that sends one chunk and then nothing is answered 408 after
+/// `BODY_READ_TIMEOUT_SECONDS` (paused time: no real wait).
+#[tokio::test]
+async fn a_stalled_body_is_408_after_the_body_timeout() {
+    let t = TestApp::with_config(support::sqlite().await, |c| {
+        c.body_read_timeout_seconds = 5;
+    })
+    .await;
+    tokio::time::pause();
+    let first: Result<bytes::Bytes, std::io::Error> =
+        Ok(bytes::Bytes::from_static(b"{\"alerts\":["));
+    let stalled = futures::stream::iter([first]).chain(futures::stream::pending());
+    let started = tokio::time::Instant::now();
+    let (status, _, body) = t
+        .request(
+            Request::post("/webhook")
+                .body(Body::from_stream(stalled))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::REQUEST_TIMEOUT, "{body}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(5) && waited < Duration::from_secs(6),
+        "{waited:?}"
+    );
+}
