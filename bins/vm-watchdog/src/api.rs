@@ -1,14 +1,14 @@
 //! Cloud API access for the VM tasks: the raw calls ([`RawApi`], over HTTP
-//! in [`HttpApi`]) and the guarded access ([`Api`]) that runs every call
-//! through, from the outside in: a deadline, retries (the `watchdog` preset
-//! for starts, quick retries for reads), a `keel::Pipeline` per API (circuit
-//! breaker → per-VM rate limiter, one limiter shared by reads and starts),
-//! and a permit of the API worker pool per attempt. It also shares one
-//! paginated `instances.list` per poll among the VMs of a folder.
+//! in [`HttpApi`]) and the guarded access ([`Api`]).
 //!
-//! Retries sit outside the pipeline rather than in it only because reads
-//! and starts retry differently yet must share one breaker and one per-VM
-//! rate limit; the order is the pipeline's own.
+//! Every call goes through a `keel::Pipeline`: two per API group (the
+//! Compute API, or one proxy host), one for reads and one for starts,
+//! because they retry and time out differently. Both are built over shared
+//! handles: the group's circuit breaker (from one `BreakerRegistry`), one
+//! per-VM rate limiter for every call, and one priority bulkhead as the API
+//! worker pool, so starts and recovery polls (critical) are admitted before
+//! probe-triggered reads (high) before routine reads (low). It also shares
+//! one paginated `instances.list` per poll among the VMs of a folder.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -16,12 +16,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel::breaker::{BreakerConfig, BreakerEvent, CircuitBreaker, State};
-use keel::retry::{Backoff, Jitter, RetryError, RetryPolicy};
-use keel::{Pipeline, PipelineError, RateLimit};
+use keel::breaker::{
+    BreakerConfig, BreakerEvent, BreakerRegistry, Bulkhead, CircuitBreaker, State,
+};
+use keel::retry::{Backoff, Jitter, RetryPolicy};
+use keel::{CallOptions, Pipeline, PipelineError, Priority, RateLimit, RateLimiter};
 use keel_core::classify;
 use parking_lot::Mutex;
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::error::ApiError;
@@ -104,23 +105,6 @@ pub struct CallError {
 }
 
 impl CallError {
-    fn from_retry(e: &RetryError<PipelineError<ApiError>>) -> Self {
-        match e.last_error() {
-            Some(last) => {
-                let mut error = Self::from_pipeline(last);
-                if let RetryError::Exhausted { attempts, .. } = e {
-                    error.message = format!("{} (after {attempts} attempts)", error.message);
-                }
-                error
-            }
-            None => CallError {
-                kind: "attempt_timeout",
-                not_found: false,
-                message: e.to_string(),
-            },
-        }
-    }
-
     fn from_pipeline(e: &PipelineError<ApiError>) -> Self {
         let not_found = matches!(e, PipelineError::Inner(inner) if inner.is_not_found());
         let mut message = e.to_string();
@@ -144,12 +128,12 @@ pub type BreakerHook = Arc<dyn Fn(&str, bool) + Send + Sync>;
 /// Policies of [`Api`].
 #[derive(Clone)]
 pub struct ApiSettings {
-    /// `API_WORKER_POOL_SIZE`: attempts in flight at most.
+    /// `API_WORKER_POOL_SIZE`: attempts in flight at most; the others wait
+    /// by priority.
     pub workers: usize,
     /// Per-VM rate limit (10 requests/s, burst 5).
     pub rate: RateLimit,
-    /// Retry policy of starts (the `watchdog` preset: 1, 2, 4, 8, 16 s
-    /// ±20 %).
+    /// Retry policy of starts ([`start_retry`]: 1, 2, 4, 8, 16 s ±20 %).
     pub retry: RetryPolicy,
     /// Retry policy of status and operation reads: 3 retries after 0.2,
     /// 0.4 and 0.8 s (±20 %). Reads repeat on their own schedule anyway; a
@@ -158,8 +142,8 @@ pub struct ApiSettings {
     pub read_retry: RetryPolicy,
     /// The breaker of each group (5 consecutive failures open it for 30 s).
     pub breaker: BreakerConfig,
-    /// Overall deadline of one start, retries included (the `watchdog`
-    /// preset sleeps 31 s ±20 % in all).
+    /// Overall deadline of one start, retries included (the start policy
+    /// sleeps 31 s ±20 % in all).
     pub deadline: Duration,
     /// Overall deadline of one status read, retries included: a read that
     /// cannot finish by then fails, and the VM keeps its last status.
@@ -186,7 +170,7 @@ impl ApiSettings {
         ApiSettings {
             workers,
             rate: RateLimit::per_second(10).burst(5),
-            retry: RetryPolicy::watchdog(),
+            retry: start_retry(),
             read_retry: RetryPolicy::builder()
                 .max_retries(3)
                 .backoff(Backoff::exponential(Duration::from_millis(200), 2.0))
@@ -194,14 +178,57 @@ impl ApiSettings {
                 .jitter(Jitter::Proportional(0.2))
                 .build()
                 .expect("valid preset"),
-            breaker: BreakerConfig::consecutive(5, Duration::from_secs(30), 1)
-                .no_bulkhead()
+            breaker: BreakerConfig::consecutive(5, Duration::from_secs(30))
                 .build()
                 .expect("valid preset"),
             deadline: Duration::from_secs(120),
             read_deadline: Duration::from_secs(30),
         }
     }
+}
+
+/// The watchdog's retry policy of starts: 5 retries after 1, 2, 4, 8 and
+/// 16 s, each ±20 % (proportional jitter); the maximum delay is 20 s so the
+/// last sleep's +20 % is not clipped; retry-after capped at 1 min.
+///
+/// # Panics
+/// Never: the numbers are valid.
+pub fn start_retry() -> RetryPolicy {
+    RetryPolicy::builder()
+        .max_retries(5)
+        .backoff(Backoff::exponential(Duration::from_secs(1), 2.0))
+        .max_delay(Duration::from_secs(20))
+        .jitter(Jitter::Proportional(0.2))
+        .max_retry_after(Duration::from_secs(60))
+        .build()
+        .expect("valid preset")
+}
+
+/// Why a read is made, which sets its priority in the API pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadReason {
+    /// A routine check on the VM's schedule.
+    Routine,
+    /// The port probe failed: confirm with the API.
+    ProbeFailed,
+    /// The VM is being recovered (fast polling after a start).
+    Recovery,
+}
+
+impl ReadReason {
+    fn priority(self) -> Priority {
+        match self {
+            ReadReason::Routine => Priority::Low,
+            ReadReason::ProbeFailed => Priority::High,
+            ReadReason::Recovery => Priority::Critical,
+        }
+    }
+}
+
+/// A group's two pipelines over its shared breaker.
+struct Group {
+    reads: Pipeline,
+    starts: Pipeline,
 }
 
 /// The statuses of a folder's instances by id, or why listing failed.
@@ -216,12 +243,13 @@ struct FolderSnapshot {
 /// Guarded access to the cloud APIs, shared by every VM task.
 pub struct Api<R> {
     raw: Arc<R>,
-    pool: Arc<Semaphore>,
     settings: ApiSettings,
-    groups: Mutex<HashMap<String, Arc<Pipeline>>>,
+    breakers: BreakerRegistry,
+    per_vm: RateLimiter,
+    pool: Bulkhead,
+    groups: Mutex<HashMap<String, Arc<Group>>>,
     folder: tokio::sync::Mutex<Option<FolderSnapshot>>,
     metrics: Metrics,
-    hook: Option<BreakerHook>,
 }
 
 impl<R> fmt::Debug for Api<R> {
@@ -246,19 +274,42 @@ impl<R: RawApi> Api<R> {
         metrics: Metrics,
         hook: Option<BreakerHook>,
     ) -> Result<Self, keel::ConfigError> {
-        build_pipeline(
-            &settings,
-            CircuitBreaker::new("validate", settings.breaker.clone()),
-        )?;
-        Ok(Api {
+        let per_vm = RateLimiter::keyed(settings.rate)?;
+        // Every VM task may wait for a slot at once; the queue only bounds
+        // memory if the fleet is larger than any sane configuration.
+        let pool = Bulkhead::builder("cloud-api")
+            .max_concurrent(settings.workers.max(1))
+            .queue(100_000)
+            .build()?;
+        let breakers = BreakerRegistry::new(settings.breaker.clone());
+        if let Some(hook) = &hook {
+            let hook = hook.clone();
+            breakers.add_listener(move |event: &BreakerEvent<'_>| {
+                if let BreakerEvent::StateTransition { breaker, to, .. } = event {
+                    match to {
+                        State::Open => hook(breaker, true),
+                        State::Closed => hook(breaker, false),
+                        _ => {}
+                    }
+                }
+            });
+        }
+        let api = Api {
             raw: Arc::new(raw),
-            pool: Arc::new(Semaphore::new(settings.workers.max(1))),
             settings,
+            breakers,
+            per_vm,
+            pool,
             groups: Mutex::new(HashMap::new()),
             folder: tokio::sync::Mutex::new(None),
             metrics,
-            hook,
-        })
+        };
+        // Validate the deadlines now rather than at the first call.
+        api.build_group(&CircuitBreaker::new(
+            "validate",
+            api.settings.breaker.clone(),
+        ))?;
+        Ok(api)
     }
 
     /// The breaker group of a VM: the Compute API, or its proxy's host.
@@ -278,33 +329,37 @@ impl<R: RawApi> Api<R> {
         }
     }
 
-    fn pipeline(&self, group: &str) -> Arc<Pipeline> {
+    fn build_group(&self, breaker: &CircuitBreaker) -> Result<Group, keel::ConfigError> {
+        let base = || {
+            Pipeline::builder()
+                .breaker(breaker.clone())
+                .rate_limiter(self.per_vm.clone())
+                .bulkhead(self.pool.clone())
+        };
+        Ok(Group {
+            reads: base()
+                .retry(self.settings.read_retry.clone())
+                .deadline(self.settings.read_deadline)
+                .build()?,
+            starts: base()
+                .retry(self.settings.retry.clone())
+                .deadline(self.settings.deadline)
+                .priority(Priority::Critical)
+                .build()?,
+        })
+    }
+
+    fn group(&self, group: &str) -> Arc<Group> {
         let mut groups = self.groups.lock();
-        if let Some(p) = groups.get(group) {
-            return p.clone();
+        if let Some(g) = groups.get(group) {
+            return g.clone();
         }
-        let mut config = self.settings.breaker.to_builder();
-        if let Some(hook) = &self.hook {
-            let hook = hook.clone();
-            config = config.listener(move |event: &BreakerEvent<'_>| {
-                if let BreakerEvent::StateTransition { breaker, to, .. } = event {
-                    match to {
-                        State::Open => hook(breaker, true),
-                        State::Closed => hook(breaker, false),
-                        _ => {}
-                    }
-                }
-            });
-        }
-        let breaker_config = config
-            .build()
-            .unwrap_or_else(|_| self.settings.breaker.clone());
-        let pipeline = Arc::new(
-            build_pipeline(&self.settings, CircuitBreaker::new(group, breaker_config))
+        let built = Arc::new(
+            self.build_group(&self.breakers.get(group))
                 .expect("the settings were validated by Api::new"),
         );
-        groups.insert(group.to_owned(), pipeline.clone());
-        pipeline
+        groups.insert(group.to_owned(), built.clone());
+        built
     }
 
     /// The policies.
@@ -314,117 +369,97 @@ impl<R: RawApi> Api<R> {
 
     /// Whether any group's breaker is open now.
     pub fn any_breaker_open(&self) -> bool {
-        self.groups
-            .lock()
-            .values()
-            .any(|p| p.breaker().is_some_and(|b| b.state() == State::Open))
+        self.breakers
+            .breakers()
+            .iter()
+            .any(|b| b.state() == State::Open)
+    }
+
+    /// The API groups' breakers (for the admin routes and metrics).
+    pub fn breakers(&self) -> &BreakerRegistry {
+        &self.breakers
+    }
+
+    /// The API worker pool.
+    pub fn pool(&self) -> &Bulkhead {
+        &self.pool
     }
 
     /// Forgets per-VM rate-limiter state of VMs that have been idle long
     /// enough (call after VMs are removed).
     pub fn retain_recent(&self) {
-        for p in self.groups.lock().values() {
-            p.retain_recent();
-        }
+        self.per_vm.retain_recent();
     }
 
-    /// Runs `op` with `policy`'s retries around the group's pipeline
-    /// (breaker → per-key rate limit), one worker-pool permit per attempt.
+    /// Runs `op` through `pipeline`, rate limited under `key`, admitted to
+    /// the API pool at `priority`.
     async fn call<T, F, Fut>(
         &self,
-        group: &str,
+        pipeline: &Pipeline,
         key: &str,
-        policy: &RetryPolicy,
+        priority: Priority,
         op: F,
     ) -> Result<T, CallError>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, ApiError>>,
     {
-        let pipeline = self.pipeline(group);
-        let pipeline = &*pipeline;
-        let pool = &self.pool;
         let metrics = &self.metrics;
-        let op = &op;
-        policy
-            .retry_classified(&classify::ByError, move |_retry| {
-                pipeline.call_keyed_classified(
-                    key,
-                    &classify::ByError,
-                    move |_attempt| async move {
-                        // A permit per attempt, not per call: a VM waiting out a
-                        // backoff holds no worker.
-                        let _permit = pool.acquire().await.ok();
-                        let result = op().await;
-                        if let Err(e) = &result {
-                            metrics.api_error(e.endpoint());
-                            tracing::debug!(error = %e, key, "API attempt failed");
-                        }
-                        result
-                    },
-                )
+        let options = CallOptions::new()
+            .key(key)
+            .priority(priority)
+            .classify(&classify::ByError);
+        pipeline
+            .call_with(&options, |_attempt| async {
+                let result = op().await;
+                if let Err(e) = &result {
+                    metrics.api_error(e.endpoint());
+                    tracing::debug!(error = %e, key, "API attempt failed");
+                }
+                result
             })
             .await
-            .map_err(|e| CallError::from_retry(&e))
+            .map_err(|e: PipelineError<ApiError>| CallError::from_pipeline(&e))
     }
 
-    /// Reads one VM's status through the pipeline, within the read
-    /// deadline.
+    /// Reads one VM's status through the group's read pipeline (retries
+    /// within the read deadline), at the priority `reason` gives it.
     ///
     /// # Errors
     /// [`CallError`]; `not_found` when the API answered 404.
-    pub async fn status(&self, name: &str, vm: &VmSource) -> Result<Observation, CallError> {
-        let group = Self::group_of(vm);
+    pub async fn status(
+        &self,
+        name: &str,
+        vm: &VmSource,
+        reason: ReadReason,
+    ) -> Result<Observation, CallError> {
+        let group = self.group(&Self::group_of(vm));
         let raw = &*self.raw;
-        let read = self.call(&group, name, &self.settings.read_retry, || raw.get(vm));
-        match tokio::time::timeout(self.settings.read_deadline, read).await {
-            Ok(result) => result,
-            Err(_) => Err(CallError {
-                kind: "deadline_exceeded",
-                not_found: false,
-                message: format!(
-                    "status read did not finish within {:?}",
-                    self.settings.read_deadline
-                ),
-            }),
-        }
+        self.call(&group.reads, name, reason.priority(), || raw.get(vm))
+            .await
     }
 
-    /// Starts a VM through the pipeline (the full `watchdog` retry policy).
+    /// Starts a VM through the group's start pipeline ([`start_retry`]
+    /// within the start deadline), ahead of every read.
     ///
     /// # Errors
     /// [`CallError`] after the retries.
     pub async fn start(&self, name: &str, vm: &VmSource) -> Result<StartAck, CallError> {
-        let group = Self::group_of(vm);
+        let group = self.group(&Self::group_of(vm));
         let raw = &*self.raw;
-        let start = self.call(&group, name, &self.settings.retry, || raw.start(vm));
-        match tokio::time::timeout(self.settings.deadline, start).await {
-            Ok(result) => result,
-            Err(_) => Err(CallError {
-                kind: "deadline_exceeded",
-                not_found: false,
-                message: format!("start did not finish within {:?}", self.settings.deadline),
-            }),
-        }
+        self.call(&group.starts, name, Priority::Critical, || raw.start(vm))
+            .await
     }
 
-    /// Reads a start operation (one read, within the read deadline).
+    /// Reads a start operation (a recovery poll: critical, read retries).
     ///
     /// # Errors
     /// [`CallError`].
     pub async fn operation(&self, name: &str, id: &str) -> Result<OperationState, CallError> {
+        let group = self.group(COMPUTE_GROUP);
         let raw = &*self.raw;
-        let read = self.call(COMPUTE_GROUP, name, &self.settings.read_retry, || {
-            raw.operation(id)
-        });
-        match tokio::time::timeout(self.settings.read_deadline, read).await {
-            Ok(result) => result,
-            Err(_) => Err(CallError {
-                kind: "deadline_exceeded",
-                not_found: false,
-                message: "operation read timed out".into(),
-            }),
-        }
+        self.call(&group.reads, name, Priority::Critical, || raw.operation(id))
+            .await
     }
 
     /// The status of instance `id` from a listing of `folder` that started
@@ -439,6 +474,7 @@ impl<R: RawApi> Api<R> {
         folder: &str,
         id: &str,
         fresh_since: Instant,
+        reason: ReadReason,
     ) -> Result<Option<Observation>, CallError> {
         let mut snapshot = self.folder.lock().await;
         if snapshot.as_ref().is_none_or(|s| s.folder != folder) {
@@ -454,20 +490,25 @@ impl<R: RawApi> Api<R> {
             return result.clone().map(|all| all.get(id).cloned());
         }
         let started = Instant::now();
-        let result = self.list_all(folder).await.map(Arc::new);
+        let result = self.list_all(folder, reason.priority()).await.map(Arc::new);
         snap.fetched = Some((started, result.clone()));
         result.map(|all| all.get(id).cloned())
     }
 
-    async fn list_all(&self, folder: &str) -> Result<HashMap<String, Observation>, CallError> {
+    async fn list_all(
+        &self,
+        folder: &str,
+        priority: Priority,
+    ) -> Result<HashMap<String, Observation>, CallError> {
         let raw = &*self.raw;
+        let group = self.group(COMPUTE_GROUP);
         let key = format!("folder:{folder}");
         let mut all = HashMap::new();
         let mut token: Option<String> = None;
         let read = async {
             loop {
                 let page = self
-                    .call(COMPUTE_GROUP, &key, &self.settings.read_retry, || {
+                    .call(&group.reads, &key, priority, || {
                         raw.list(folder, token.as_deref())
                     })
                     .await?;
@@ -478,6 +519,7 @@ impl<R: RawApi> Api<R> {
                 }
             }
         };
+        // Each page has the read deadline; the whole listing too.
         let outcome = tokio::time::timeout(self.settings.read_deadline, read).await;
         match outcome {
             Ok(Ok(())) => Ok(all),
@@ -489,14 +531,4 @@ impl<R: RawApi> Api<R> {
             }),
         }
     }
-}
-
-fn build_pipeline(
-    settings: &ApiSettings,
-    breaker: CircuitBreaker,
-) -> Result<Pipeline, keel::ConfigError> {
-    Pipeline::builder()
-        .breaker(breaker)
-        .keyed_rate_limit(settings.rate)
-        .build()
 }

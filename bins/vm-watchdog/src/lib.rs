@@ -12,12 +12,13 @@
 //! * [`status`] and [`schedule`]: the status table (interval, action, stuck
 //!   timeout per status) and the adaptive, jittered schedule.
 //! * [`yandex`], [`proxy`], [`iam`]: the API clients and IAM tokens;
-//!   [`api`] runs every call through the API worker pool and a
-//!   `keel::Pipeline` (deadline → retry → circuit breaker → per-VM rate
-//!   limit of 10/s, burst 5), and shares one paginated `instances.list` per
-//!   poll among a folder's VMs.
-//! * Retries: starts use the `watchdog` preset (1, 2, 4, 8, 16 s, ±20 %),
-//!   as the plan asks. Status and operation reads deliberately use a
+//!   [`api`] runs every call through a `keel::Pipeline` (deadline → retry →
+//!   the group's circuit breaker → per-VM rate limit of 10/s, burst 5 →
+//!   the API pool, a priority bulkhead: starts and recovery polls first,
+//!   then probe-triggered reads, then routine reads), and shares one
+//!   paginated `instances.list` per poll among a folder's VMs.
+//! * Retries: starts use [`start_retry`] (1, 2, 4, 8, 16 s, ±20 %), as the
+//!   plan asks. Status and operation reads deliberately use a
 //!   quicker policy (3 retries after 0.2, 0.4 and 0.8 s, ±20 %;
 //!   [`ApiSettings::read_retry`]): a read repeats on the VM's own schedule
 //!   anyway, and a 1 s first backoff would add a second to the reaction
@@ -76,7 +77,7 @@ pub mod watch;
 pub mod yandex;
 
 pub use alerts::Alerts;
-pub use api::{Api, ApiSettings, CallError, HttpApi, RawApi};
+pub use api::{Api, ApiSettings, CallError, HttpApi, RawApi, ReadReason, start_retry};
 pub use app::{Options, StopReport, Watchdog};
 pub use config::{Config, Credentials, Settings};
 pub use engine::{ApplyReport, Engine, EngineSettings, Prober};

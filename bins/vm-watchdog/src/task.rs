@@ -11,7 +11,7 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::api::RawApi;
+use crate::api::{RawApi, ReadReason};
 use crate::engine::Shared;
 use crate::schedule::{Schedule, jitter};
 use crate::status::{Action, VmStatus};
@@ -200,6 +200,14 @@ impl<R: RawApi> VmTask<R> {
         let started = Instant::now();
         let shared = self.shared.clone();
         let name = self.spec.name.clone();
+        // Recovery polls before probe-triggered reads before routine ones.
+        let read_reason = if self.schedule.is_fast() {
+            ReadReason::Recovery
+        } else if reason == Reason::ProbeFailed {
+            ReadReason::ProbeFailed
+        } else {
+            ReadReason::Routine
+        };
         let result = match (&self.folder, &self.spec.source) {
             (Some(folder), VmSource::Instance { id }) => {
                 // A routine check takes a listing up to half a minimum
@@ -212,14 +220,28 @@ impl<R: RawApi> VmTask<R> {
                 } else {
                     started
                 };
-                match shared.api.folder_status(folder, id, fresh_since).await {
+                match shared
+                    .api
+                    .folder_status(folder, id, fresh_since, read_reason)
+                    .await
+                {
                     Ok(Some(obs)) => Ok(obs),
                     // Not in the folder: ask for it directly.
-                    Ok(None) => shared.api.status(&name, &self.spec.source).await,
+                    Ok(None) => {
+                        shared
+                            .api
+                            .status(&name, &self.spec.source, read_reason)
+                            .await
+                    }
                     Err(e) => Err(e),
                 }
             }
-            _ => shared.api.status(&name, &self.spec.source).await,
+            _ => {
+                shared
+                    .api
+                    .status(&name, &self.spec.source, read_reason)
+                    .await
+            }
         };
         let took = started.elapsed();
         match result {

@@ -1,7 +1,8 @@
 //! The guarded API's policies under paused time, against the scripted API
 //! (no sockets): the worker pool bounds the calls in flight, each VM is
 //! rate limited at 10 requests/s with bursts of 5, the breaker opens after 5
-//! consecutive failures, and starts retry with the `watchdog` preset.
+//! consecutive failures, starts retry with the start policy, and the pool
+//! admits starts before probe-triggered reads before routine reads.
 
 mod support;
 
@@ -11,7 +12,7 @@ use std::time::Duration;
 use keel::breaker::BreakerConfig;
 use keel::retry::RetryPolicy;
 use tokio::time::Instant;
-use vm_watchdog::{Api, ApiSettings, Metrics, VmSource, VmStatus};
+use vm_watchdog::{Api, ApiSettings, Metrics, ReadReason, VmSource, VmStatus};
 
 use support::{ScriptedApi, gaps};
 
@@ -47,7 +48,8 @@ async fn the_worker_pool_bounds_the_calls_in_flight() {
             let api = api.clone();
             tokio::spawn(async move {
                 let id = format!("i-{i}");
-                api.status(&format!("vm-{i}"), &vm(&id)).await
+                api.status(&format!("vm-{i}"), &vm(&id), ReadReason::Routine)
+                    .await
             })
         })
         .collect();
@@ -78,11 +80,13 @@ async fn each_vm_is_rate_limited_at_ten_per_second_with_bursts_of_five() {
     let calls: Vec<_> = (0..15)
         .map(|_| {
             let api = api.clone();
-            tokio::spawn(async move { api.status("web-1", &vm("i-1")).await })
+            tokio::spawn(async move { api.status("web-1", &vm("i-1"), ReadReason::Routine).await })
         })
         .collect();
     // Another VM is not held back by web-1's limit.
-    api.status("web-2", &vm("i-2")).await.unwrap();
+    api.status("web-2", &vm("i-2"), ReadReason::Routine)
+        .await
+        .unwrap();
     assert_eq!(script.calls_to("get", "i-2"), [started]);
     for call in calls {
         call.await.unwrap().unwrap();
@@ -113,11 +117,17 @@ async fn the_breaker_opens_after_five_consecutive_failures() {
     let api = Api::new(script.clone(), no_read_retries(10), Metrics::new(), None).unwrap();
     for _ in 0..5 {
         assert!(!api.any_breaker_open());
-        let err = api.status("web-1", &vm("i-1")).await.unwrap_err();
+        let err = api
+            .status("web-1", &vm("i-1"), ReadReason::Routine)
+            .await
+            .unwrap_err();
         assert_eq!(err.kind, "inner", "{err:?}");
     }
     assert!(api.any_breaker_open(), "open after the fifth failure");
-    let err = api.status("web-1", &vm("i-1")).await.unwrap_err();
+    let err = api
+        .status("web-1", &vm("i-1"), ReadReason::Routine)
+        .await
+        .unwrap_err();
     assert_eq!(err.kind, "circuit_rejected", "{err:?}");
     assert_eq!(script.count("get"), 5, "the open breaker spares the API");
 }
@@ -130,7 +140,6 @@ async fn starts_retry_with_the_watchdog_preset() {
     let settings = ApiSettings {
         // Keep the breaker out of it: this is about the retry schedule.
         breaker: BreakerConfig::consecutive(1_000, Duration::from_secs(30))
-            .no_bulkhead()
             .build()
             .unwrap(),
         ..ApiSettings::new(10)
@@ -151,14 +160,68 @@ async fn starts_retry_with_the_watchdog_preset() {
     script.inner.lock().calls.clear();
     let settings = ApiSettings {
         breaker: BreakerConfig::consecutive(1_000, Duration::from_secs(30))
-            .no_bulkhead()
             .build()
             .unwrap(),
         ..ApiSettings::new(10)
     };
     let api = Api::new(script.clone(), settings, Metrics::new(), None).unwrap();
-    api.status("web-1", &vm("i-1")).await.unwrap_err();
+    api.status("web-1", &vm("i-1"), ReadReason::Routine)
+        .await
+        .unwrap_err();
     let g = gaps(&script.calls_to("get", "i-1"));
     assert_eq!(g.len(), 3, "{g:?}");
     assert!(g.iter().sum::<Duration>() <= MS(1_700), "{g:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_start_overtakes_routine_reads_waiting_for_the_pool() {
+    // Warm-up of a large fleet: 50 routine reads of one second each wait
+    // for a pool of 2 (25 s in all, within the 30 s read deadline). A start (and a probe-triggered read) arriving later
+    // is admitted by the next free slot, not after the reads.
+    let script = ScriptedApi::default();
+    for i in 0..100 {
+        let id = format!("i-{i}");
+        script.add(&id, VmStatus::Running, None);
+        script
+            .inner
+            .lock()
+            .delays
+            .insert(id, Duration::from_secs(1));
+    }
+    script.add("i-stopped", VmStatus::Stopped, None);
+    script.add("i-suspect", VmStatus::Running, None);
+    let api = Arc::new(Api::new(script.clone(), no_read_retries(2), Metrics::new(), None).unwrap());
+    let started = Instant::now();
+    let reads: Vec<_> = (0..50)
+        .map(|i| {
+            let api = api.clone();
+            tokio::spawn(async move {
+                api.status(
+                    &format!("vm-{i}"),
+                    &vm(&format!("i-{i}")),
+                    ReadReason::Routine,
+                )
+                .await
+            })
+        })
+        .collect();
+    while api.pool().queued() < 48 {
+        tokio::task::yield_now().await;
+    }
+    let probe = {
+        let api = api.clone();
+        tokio::spawn(async move {
+            api.status("suspect", &vm("i-suspect"), ReadReason::ProbeFailed)
+                .await
+        })
+    };
+    api.start("stopped", &vm("i-stopped")).await.unwrap();
+    probe.await.unwrap().unwrap();
+    let start_at = script.calls_to("start", "i-stopped")[0] - started;
+    let probe_at = script.calls_to("get", "i-suspect")[0] - started;
+    assert_eq!(start_at, Duration::from_secs(1), "the first free slot");
+    assert_eq!(probe_at, Duration::from_secs(1), "the second free slot");
+    for r in reads {
+        r.await.unwrap().unwrap();
+    }
 }

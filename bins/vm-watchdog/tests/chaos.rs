@@ -85,7 +85,6 @@ async fn half_the_api_failing_still_alerts_and_starts_every_stopped_vm() {
     let options = Options {
         api: Some(ApiSettings {
             breaker: BreakerConfig::consecutive(5, Duration::from_secs(2))
-                .no_bulkhead()
                 .build()
                 .unwrap(),
             read_deadline: Duration::from_secs(20),

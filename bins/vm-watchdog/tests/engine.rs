@@ -137,10 +137,7 @@ async fn a_stable_streak_stretches_the_interval_and_failures_shrink_it() {
     api.add("i-1", VmStatus::Running, None);
     let settings = ApiSettings {
         read_retry: RetryPolicy::builder().max_retries(0).build().unwrap(),
-        breaker: BreakerConfig::consecutive(1_000, S(30))
-            .no_bulkhead()
-            .build()
-            .unwrap(),
+        breaker: BreakerConfig::consecutive(1_000, S(30)).build().unwrap(),
         ..ApiSettings::new(10)
     };
     let h = harness_with(api.clone(), settings);

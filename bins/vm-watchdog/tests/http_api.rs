@@ -52,7 +52,10 @@ async fn compute_calls_retry_and_already_running_counts_as_success() {
     yc.server()
         .faults()
         .fail_next(2, Fault::Error(StatusCode::SERVICE_UNAVAILABLE));
-    let obs = api.status("a", &vm).await.unwrap();
+    let obs = api
+        .status("a", &vm, vm_watchdog::ReadReason::Routine)
+        .await
+        .unwrap();
     assert_eq!(obs.status, VmStatus::Stopped);
     assert_eq!(obs.nat_ip.as_deref(), Some("51.250.0.1"));
     assert_eq!(metrics.api_errors("instances.get"), 2);
@@ -85,7 +88,11 @@ async fn compute_calls_retry_and_already_running_counts_as_success() {
 
     // Unknown VMs are 404: not retried, not counted as API failures.
     let err = api
-        .status("x", &VmSource::Instance { id: "nope".into() })
+        .status(
+            "x",
+            &VmSource::Instance { id: "nope".into() },
+            vm_watchdog::ReadReason::Routine,
+        )
         .await
         .unwrap_err();
     assert!(err.not_found, "{err:?}");
@@ -111,7 +118,9 @@ async fn folder_listings_paginate_and_are_shared() {
     for id in ["i-0001", "i-1234", "i-2499", "i-9999"] {
         let api = api.clone();
         handles.push(tokio::spawn(async move {
-            api.folder_status("b1g", id, since).await.unwrap()
+            api.folder_status("b1g", id, since, vm_watchdog::ReadReason::Routine)
+                .await
+                .unwrap()
         }));
     }
     let mut results = Vec::new();
@@ -149,7 +158,10 @@ async fn the_proxy_api_reads_and_starts() {
     let vm = VmSource::Proxy {
         url: proxy.url_for("legacy"),
     };
-    let obs = api.status("legacy", &vm).await.unwrap();
+    let obs = api
+        .status("legacy", &vm, vm_watchdog::ReadReason::Routine)
+        .await
+        .unwrap();
     assert_eq!(obs.status, VmStatus::Stopped);
     assert_eq!(obs.nat_ip.as_deref(), Some("51.250.10.174"));
     assert_eq!(

@@ -204,19 +204,19 @@ impl BulkheadPermit {
     /// (failures and overloads are drops when the AIMD configuration says
     /// errors are; neutral outcomes teach it nothing).
     pub fn record(self, outcome: Outcome) {
-        if let (Some(aimd), Some(since)) = (&self.inner.adaptive, self.since) {
-            if !outcome.is_neutral() {
-                let sample = Sample {
-                    latency: since.elapsed(),
-                    in_flight: self.inner.in_flight.load(Ordering::Relaxed),
-                    errored: outcome.is_failure(),
-                };
-                let limit = lock(aimd).on_sample(sample);
-                let before = self.inner.limit.swap(limit, Ordering::SeqCst);
-                if limit > before {
-                    // Room appeared: admit waiters into it.
-                    self.inner.grant_waiters();
-                }
+        if let (Some(aimd), Some(since)) = (&self.inner.adaptive, self.since)
+            && !outcome.is_neutral()
+        {
+            let sample = Sample {
+                latency: since.elapsed(),
+                in_flight: self.inner.in_flight.load(Ordering::Relaxed),
+                errored: outcome.is_failure(),
+            };
+            let limit = lock(aimd).on_sample(sample);
+            let before = self.inner.limit.swap(limit, Ordering::SeqCst);
+            if limit > before {
+                // Room appeared: admit waiters into it.
+                self.inner.grant_waiters();
             }
         }
         // Dropping gives the slot back.
@@ -594,7 +594,10 @@ mod tests {
 
     #[test]
     fn zero_slots_is_a_config_error() {
-        let e = Bulkhead::builder("x").max_concurrent(0).build().unwrap_err();
+        let e = Bulkhead::builder("x")
+            .max_concurrent(0)
+            .build()
+            .unwrap_err();
         assert_eq!(e.field(), "max_concurrent");
     }
 
@@ -639,7 +642,11 @@ mod tests {
         critical.await.unwrap();
         // The critical waiter ran while no low waiter had been admitted.
         assert_eq!(*lock(&order), vec![1]);
-        assert!(b.queued() >= 999, "low waiters still queued: {}", b.queued());
+        assert!(
+            b.queued() >= 999,
+            "low waiters still queued: {}",
+            b.queued()
+        );
         for t in low {
             t.await.unwrap();
         }
