@@ -53,6 +53,26 @@ pub(crate) struct Settings {
     pub(crate) on_accepted: Option<AcceptedHook>,
 }
 
+/// Checks a sink's name and rate limits.
+pub(crate) fn validate_sink(s: &dyn DynSink) -> Result<(), ConfigError> {
+    let name = s.name();
+    if name.is_empty() {
+        return Err(ConfigError::new("sinks", "a sink name is empty"));
+    }
+    for l in s.rate_limits() {
+        if l.max == 0 || l.per.is_zero() {
+            return Err(ConfigError::new(
+                "sinks",
+                format!(
+                    "sink `{name}` declares rate limit `{}` with a zero count or period",
+                    l.key
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A callback told about every event a sink accepted.
 pub(crate) type AcceptedHook = Arc<dyn Fn(&Accepted<'_>) + Send + Sync>;
 
@@ -342,26 +362,12 @@ impl NotifierBuilder {
             return Err(ConfigError::new("sinks", "at least one sink is required").into());
         }
         for (i, s) in self.sinks.iter().enumerate() {
+            validate_sink(s.as_ref())?;
             let name = s.name();
-            if name.is_empty() {
-                return Err(ConfigError::new("sinks", "a sink name is empty").into());
-            }
             if self.sinks[..i].iter().any(|o| o.name() == name) {
                 return Err(
                     ConfigError::new("sinks", format!("two sinks are named `{name}`")).into(),
                 );
-            }
-            for l in s.rate_limits() {
-                if l.max == 0 || l.per.is_zero() {
-                    return Err(ConfigError::new(
-                        "sinks",
-                        format!(
-                            "sink `{name}` declares rate limit `{}` with a zero count or period",
-                            l.key
-                        ),
-                    )
-                    .into());
-                }
             }
         }
         if self.capacity == 0 {

@@ -11,7 +11,7 @@
 //! | `queued` | counter | `sink`, `priority` |
 //! | `sent` | counter | `sink`, `priority` |
 //! | `retried` | counter | `sink`, `priority` |
-//! | `dropped` | counter | `sink`, `priority`, `reason` (`overflow`, `permanent`, `shutdown`, `unknown_sink`, `abandoned`) |
+//! | `dropped` | counter | `sink`, `priority`, `reason` (`overflow`, `permanent`, `shutdown`, `unknown_sink`, `abandoned`, `removed`) |
 //! | `deduplicated` | counter | `sink`, `priority` (one per sink the notification was for) |
 //! | `debounced` | counter | `sink`, `priority` (one per sink the notification was for) |
 //! | `retry_after_escalations` | counter | `sink` |
@@ -74,6 +74,8 @@ pub(crate) enum DropReason {
     UnknownSink,
     /// The last handle was dropped without `shutdown`.
     Abandoned,
+    /// Its sink was removed at run time.
+    Removed,
 }
 
 impl DropReason {
@@ -85,6 +87,7 @@ impl DropReason {
             DropReason::Shutdown => "shutdown",
             DropReason::UnknownSink => "unknown_sink",
             DropReason::Abandoned => "abandoned",
+            DropReason::Removed => "removed",
         }
     }
 }

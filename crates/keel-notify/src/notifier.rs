@@ -23,7 +23,7 @@ use crate::metrics::{Counters, DropReason, Metrics, Stats};
 use crate::notification::{Message, Notification, Priority};
 use crate::queue::{Delivery, Pushed, Queue};
 use crate::rate::RateLimits;
-use crate::sink::{BoxFuture, DynSink, PaceSource, Pacer};
+use crate::sink::{BoxFuture, DynSink, PaceSource, Pacer, Sink};
 use crate::spool::{Spool, SpoolRecord};
 
 /// What [`Notifier::notify`] did with a notification.
@@ -96,15 +96,7 @@ pub struct Notifier {
 impl std::fmt::Debug for Notifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Notifier")
-            .field(
-                "sinks",
-                &self
-                    .shared
-                    .sinks
-                    .iter()
-                    .map(|s| &s.name)
-                    .collect::<Vec<_>>(),
-            )
+            .field("sinks", &self.sink_names())
             .field("stats", &self.stats())
             .finish()
     }
@@ -113,6 +105,9 @@ impl std::fmt::Debug for Notifier {
 struct SinkEntry {
     sink: Arc<dyn DynSink>,
     name: String,
+    /// Removed at run time: takes no new notifications; its index is never
+    /// reused.
+    removed: std::sync::atomic::AtomicBool,
     limits: Vec<usize>,
     /// The sink's health: a failed round of attempts is a failure, an
     /// accepted (or permanently rejected) send a success.
@@ -168,7 +163,10 @@ struct State {
 
 struct Shared {
     settings: Settings,
-    sinks: Vec<SinkEntry>,
+    /// Every sink ever added, by index (removed ones stay, marked). Replaced
+    /// whole (copy on write) under the state lock, so a worker holding the
+    /// state lock sees one consistent list.
+    sinks: parking_lot::RwLock<Arc<Vec<Arc<SinkEntry>>>>,
     state: Mutex<State>,
     /// Wakes idle workers: something was queued, requeued or closed.
     wake: Notify,
@@ -244,31 +242,9 @@ impl Notifier {
     ) -> Result<Notifier, NotifyError> {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| NotifyError::NoRuntime)?;
         let mut rate = RateLimits::default();
-        let sinks: Vec<SinkEntry> = sinks
+        let sinks: Vec<Arc<SinkEntry>> = sinks
             .into_iter()
-            .map(|sink| {
-                let digests = sink.supports_digest();
-                let limits = sink
-                    .rate_limits()
-                    .iter()
-                    .map(|l| rate.register(l, digests))
-                    .collect();
-                let name = sink.name().to_owned();
-                let breaker_name = format!("{}{name}", crate::config::BREAKER_PREFIX);
-                let breaker = match &settings.breakers {
-                    Some(registry) => {
-                        registry.configure(breaker_name, settings.sink_breaker.clone())
-                    }
-                    None => CircuitBreaker::new(breaker_name, settings.sink_breaker.clone()),
-                };
-                SinkEntry {
-                    name,
-                    digests,
-                    sink,
-                    limits,
-                    breaker,
-                }
-            })
+            .map(|sink| Arc::new(SinkEntry::new(sink, &settings, &mut rate)))
             .collect();
         let state = State {
             queue: Queue::new(settings.capacity, sinks.len()),
@@ -287,7 +263,7 @@ impl Notifier {
         let settings_spool = settings.spool.clone();
         let shared = Arc::new(Shared {
             settings,
-            sinks,
+            sinks: parking_lot::RwLock::new(Arc::new(sinks)),
             state: Mutex::new(state),
             wake: Notify::new(),
             idle: Notify::new(),
@@ -343,14 +319,14 @@ impl Notifier {
                 Decision::Deduplicated => {
                     Counters::add(&shared.counters.deduplicated);
                     for &i in &targets {
-                        shared.metrics.deduplicated(&shared.sinks[i].name, priority);
+                        shared.metrics.deduplicated(&shared.sink(i).name, priority);
                     }
                     Admitted::Deduplicated
                 }
                 Decision::Merged { count } => {
                     Counters::add(&shared.counters.debounced);
                     for &i in &targets {
-                        shared.metrics.debounced(&shared.sinks[i].name, priority);
+                        shared.metrics.debounced(&shared.sink(i).name, priority);
                     }
                     Admitted::Debounced { count }
                 }
@@ -387,9 +363,89 @@ impl Notifier {
         stats
     }
 
-    /// The sink names, in the order they were added.
-    pub fn sink_names(&self) -> Vec<&str> {
-        self.shared.sinks.iter().map(|s| s.name.as_str()).collect()
+    /// The names of the sinks (not removed), in the order they were added.
+    pub fn sink_names(&self) -> Vec<String> {
+        self.shared
+            .sinks()
+            .iter()
+            .filter(|s| !s.is_removed())
+            .map(|s| s.name.clone())
+            .collect()
+    }
+
+    /// Adds a sink while running (a target discovered at run time): it
+    /// takes notifications from now on; its rate limits join the ones it
+    /// shares with other sinks; its breaker is created (in the registry, if
+    /// one was given).
+    ///
+    /// # Errors
+    /// [`NotifyError::Config`] when a sink of that name exists or its name
+    /// or rate limits are invalid; [`NotifyError::Closed`] after shutdown.
+    pub fn add_sink<S: Sink>(&self, sink: S) -> Result<(), NotifyError> {
+        let sink: Arc<dyn DynSink> = Arc::new(sink);
+        crate::config::validate_sink(sink.as_ref())?;
+        let shared = &self.shared;
+        let mut st = shared.state.lock();
+        if st.closed {
+            return Err(QueueClosed.into());
+        }
+        let current = shared.sinks();
+        if current
+            .iter()
+            .any(|s| !s.is_removed() && s.name == sink.name())
+        {
+            return Err(ConfigError::new(
+                "sinks",
+                format!("two sinks are named `{}`", sink.name()),
+            )
+            .into());
+        }
+        let entry = Arc::new(SinkEntry::new(sink, &shared.settings, &mut st.rate));
+        info!(sink = %entry.name, "sink added");
+        st.queue.add_sink();
+        st.health.push(SinkState::default());
+        let mut next: Vec<Arc<SinkEntry>> = current.as_ref().clone();
+        next.push(entry);
+        *shared.sinks.write() = Arc::new(next);
+        Ok(())
+    }
+
+    /// Removes the sink named `name` while running: it takes no new
+    /// notifications, and what was queued for it is dropped (counted as
+    /// `dropped{reason="removed"}` and logged); a send in flight finishes.
+    /// Returns how many queued deliveries were dropped.
+    ///
+    /// # Errors
+    /// [`UnknownSink`] when no sink has that name.
+    pub fn remove_sink(&self, name: &str) -> Result<usize, UnknownSink> {
+        let shared = &self.shared;
+        let dropped = {
+            let mut st = shared.state.lock();
+            let sinks = shared.sinks();
+            let Some(i) = sinks.iter().position(|s| !s.is_removed() && s.name == name) else {
+                return Err(UnknownSink {
+                    name: name.to_owned(),
+                });
+            };
+            sinks[i].removed.store(true, Ordering::Release);
+            let dropped = st.queue.take_for_any(i);
+            shared.update_gauges(&st);
+            dropped
+        };
+        for d in &dropped {
+            shared.count_drop(d, DropReason::Removed);
+        }
+        if !dropped.is_empty() {
+            warn!(
+                sink = %name,
+                dropped = dropped.len(),
+                "sink removed with messages queued for it; they are dropped"
+            );
+        } else {
+            info!(sink = %name, "sink removed");
+        }
+        shared.idle.notify_waiters();
+        Ok(dropped.len())
     }
 
     /// Each sink's circuit breaker (named `notify:{sink}`), in the order
@@ -400,8 +456,9 @@ impl Notifier {
     /// [`NotifierBuilder::breakers`], if any.
     pub fn breakers(&self) -> Vec<CircuitBreaker> {
         self.shared
-            .sinks
+            .sinks()
             .iter()
+            .filter(|s| !s.is_removed())
             .map(|s| s.breaker.clone())
             .collect()
     }
@@ -409,9 +466,9 @@ impl Notifier {
     /// The circuit breaker of the sink named `sink`.
     pub fn breaker(&self, sink: &str) -> Option<CircuitBreaker> {
         self.shared
-            .sinks
+            .sinks()
             .iter()
-            .find(|s| s.name == sink)
+            .find(|s| !s.is_removed() && s.name == sink)
             .map(|s| s.breaker.clone())
     }
 
@@ -567,18 +624,63 @@ impl Notifier {
     }
 }
 
+impl SinkEntry {
+    fn new(sink: Arc<dyn DynSink>, settings: &Settings, rate: &mut RateLimits) -> Self {
+        let digests = sink.supports_digest();
+        let limits = sink
+            .rate_limits()
+            .iter()
+            .map(|l| rate.register(l, digests))
+            .collect();
+        let name = sink.name().to_owned();
+        let breaker_name = format!("{}{name}", crate::config::BREAKER_PREFIX);
+        let breaker = match &settings.breakers {
+            Some(registry) => registry.configure(breaker_name, settings.sink_breaker.clone()),
+            None => CircuitBreaker::new(breaker_name, settings.sink_breaker.clone()),
+        };
+        SinkEntry {
+            name,
+            removed: std::sync::atomic::AtomicBool::new(false),
+            digests,
+            sink,
+            limits,
+            breaker,
+        }
+    }
+
+    fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
+    }
+}
+
 impl Shared {
+    /// The current list of sinks (cheap: one reference count).
+    fn sinks(&self) -> Arc<Vec<Arc<SinkEntry>>> {
+        self.sinks.read().clone()
+    }
+
+    /// Sink `i` (indices are never reused).
+    fn sink(&self, i: usize) -> Arc<SinkEntry> {
+        self.sinks.read()[i].clone()
+    }
+
+    fn sink_count(&self) -> usize {
+        self.sinks.read().len()
+    }
+
     /// The sink indices a notification goes to.
     fn targets(&self, n: &Notification) -> Result<Vec<usize>, UnknownSink> {
+        let sinks = self.sinks();
         if n.sinks().is_empty() {
-            return Ok((0..self.sinks.len()).collect());
+            return Ok((0..sinks.len())
+                .filter(|&i| !sinks[i].is_removed())
+                .collect());
         }
         let mut out = Vec::with_capacity(n.sinks().len());
         for name in n.sinks() {
-            let i = self
-                .sinks
+            let i = sinks
                 .iter()
-                .position(|s| &s.name == name)
+                .position(|s| !s.is_removed() && &s.name == name)
                 .ok_or_else(|| UnknownSink { name: name.clone() })?;
             if !out.contains(&i) {
                 out.push(i);
@@ -626,7 +728,7 @@ impl Shared {
                 solo: false,
             };
             Counters::add(&self.counters.queued);
-            self.metrics.queued(&self.sinks[sink].name, d.priority());
+            self.metrics.queued(&self.sink(sink).name, d.priority());
             if self.push(st, d) {
                 queued += 1;
             }
@@ -652,7 +754,7 @@ impl Shared {
 
     fn overflowed(&self, d: &Delivery) {
         warn!(
-            sink = %self.sinks[d.sink].name,
+            sink = %self.sink(d.sink).name,
             priority = %d.priority(),
             key = d.message.key(),
             capacity = self.settings.capacity,
@@ -664,7 +766,7 @@ impl Shared {
     fn count_drop(&self, d: &Delivery, reason: DropReason) {
         Counters::add(&self.counters.dropped);
         self.metrics
-            .dropped(&self.sinks[d.sink].name, d.priority(), reason);
+            .dropped(&self.sink(d.sink).name, d.priority(), reason);
     }
 
     fn update_gauges(&self, st: &State) {
@@ -688,7 +790,7 @@ impl Shared {
         now: Instant,
     ) -> Instant {
         let paused = health[i].paused_until.unwrap_or(now).max(now);
-        rate.ready_at(&self.sinks[i].limits, now).max(paused)
+        rate.ready_at(&self.sink(i).limits, now).max(paused)
     }
 
     /// Whether sink `i` may take a send now apart from its rate limits:
@@ -696,7 +798,7 @@ impl Shared {
     /// send is in flight; otherwise when to look again (`None`: a send's
     /// completion will wake the workers).
     fn admits(&self, health: &[SinkState], i: usize, now: Instant) -> Result<(), Option<Instant>> {
-        let entry = &self.sinks[i];
+        let entry = &self.sink(i);
         if entry.digests && health[i].in_flight > 0 {
             return Err(None);
         }
@@ -730,11 +832,13 @@ impl Shared {
         }
         let mut wake = st.admission.next_deadline();
         let mut earlier = |at: Instant| wake = Some(wake.map_or(at, |w: Instant| w.min(at)));
-        let mut ready = vec![false; self.sinks.len()];
+        let mut ready = vec![false; self.sink_count()];
         for (i, r) in ready.iter_mut().enumerate() {
             if st.queue.waiting_for(i) == 0 {
                 continue;
             }
+            // (A removed sink has nothing queued: its deliveries were
+            // dropped, and a failed send's are dropped in `requeue`.)
             match self.admits(&st.health, i, now) {
                 Err(Some(at)) => earlier(at),
                 Err(None) => {}
@@ -756,7 +860,7 @@ impl Shared {
             } = &mut *st;
             let Some(first) = queue.take_first(|d| {
                 ready[d.sink]
-                    && (self.sinks[d.sink].digests
+                    && (self.sink(d.sink).digests
                         || subjects_in_flight.is_empty()
                         || !subjects_in_flight.contains_key(&(
                             d.sink,
@@ -766,7 +870,7 @@ impl Shared {
                 break;
             };
             let i = first.sink;
-            let entry = &self.sinks[i];
+            let entry = &self.sink(i);
             let permit = match entry.breaker.try_acquire_owned() {
                 Ok(p) => p,
                 Err(rejected) => {
@@ -817,7 +921,7 @@ impl Shared {
                 let mut st = self.state.lock();
                 let now = Instant::now();
                 let at = self.ready_at(&st, i, now);
-                if at <= now && st.rate.try_acquire(&self.sinks[i].limits, now).is_ok() {
+                if at <= now && st.rate.try_acquire(&self.sink(i).limits, now).is_ok() {
                     return;
                 }
                 at.max(now)
@@ -838,7 +942,7 @@ impl Shared {
     /// it was never attempted). Runs outside the state lock: asking the
     /// sink what fits renders text.
     fn shape(&self, send: &mut Outgoing) -> Payload {
-        let entry = &self.sinks[send.sink];
+        let entry = &self.sink(send.sink);
         let deliveries = std::mem::take(&mut send.deliveries);
         if deliveries.len() == 1 {
             let d = deliveries.into_iter().next().expect("one delivery");
@@ -964,7 +1068,7 @@ impl Shared {
         retried: bool,
     ) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
-            let entry = &self.sinks[sink];
+            let entry = &self.sink(sink);
             let priority = match payload {
                 Payload::Single(m) => m.priority(),
                 Payload::Digest(d) => d.priority(),
@@ -1010,7 +1114,7 @@ impl Shared {
     fn finish(&self, st: &mut State, sink: usize, deliveries: &[Delivery]) {
         for d in deliveries {
             st.in_flight.remove(&d.seq());
-            if !self.sinks[sink].digests {
+            if !self.sink(sink).digests {
                 let key = (sink, d.message.notification().subject_key().to_owned());
                 if let Some(n) = st.subjects_in_flight.get_mut(&key) {
                     *n -= 1;
@@ -1025,7 +1129,7 @@ impl Shared {
     }
 
     fn delivered(&self, sink: usize, deliveries: Vec<Delivery>, payload: &Payload) {
-        let entry = &self.sinks[sink];
+        let entry = &self.sink(sink);
         {
             let mut st = self.state.lock();
             self.finish(&mut st, sink, &deliveries);
@@ -1089,7 +1193,7 @@ impl Shared {
         permit: OwnedPermit,
         err: RetryError<SinkError>,
     ) {
-        let entry = &self.sinks[sink];
+        let entry = &self.sink(sink);
         let cap = self.settings.max_retry_after;
         let priority = deliveries
             .iter()
@@ -1171,6 +1275,20 @@ impl Shared {
         {
             let mut st = self.state.lock();
             self.finish(&mut st, sink, &deliveries);
+            if self.sink(sink).is_removed() {
+                drop(st);
+                for d in &deliveries {
+                    self.count_drop(d, DropReason::Removed);
+                }
+                warn!(
+                    sink = %self.sink(sink).name,
+                    dropped = deliveries.len(),
+                    "send to a removed sink failed; messages dropped"
+                );
+                self.wake.notify_waiters();
+                self.idle.notify_waiters();
+                return;
+            }
             for d in deliveries {
                 if count {
                     Counters::add(&self.counters.requeued);
@@ -1185,7 +1303,7 @@ impl Shared {
 
     fn record(&self, d: &Delivery, now: Instant) -> SpoolRecord {
         SpoolRecord::new(
-            Some(self.sinks[d.sink].name.clone()),
+            Some(self.sink(d.sink).name.clone()),
             d.message.notification.clone(),
             d.message.count,
             d.attempts,
@@ -1245,7 +1363,11 @@ impl Shared {
                 match sink_name {
                     None => restored += self.release(st, notification, count, now),
                     Some(name) => {
-                        let Some(sink) = self.sinks.iter().position(|s| s.name == name) else {
+                        let Some(sink) = self
+                            .sinks()
+                            .iter()
+                            .position(|s| !s.is_removed() && s.name == name)
+                        else {
                             error!(
                                 sink = %name,
                                 key = notification.key(),

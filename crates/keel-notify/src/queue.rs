@@ -153,6 +153,29 @@ impl Queue {
         out
     }
 
+    /// Makes room for one more sink (its index is the next one).
+    pub(crate) fn add_sink(&mut self) {
+        self.per_sink.push(0);
+    }
+
+    /// Removes and returns every delivery for `sink`, solo or not, in
+    /// serving order.
+    pub(crate) fn take_for_any(&mut self, sink: usize) -> Vec<Delivery> {
+        let mut out = Vec::new();
+        for lane in &mut self.lanes {
+            let seqs: Vec<u64> = lane
+                .iter()
+                .filter(|(_, d)| d.sink == sink)
+                .map(|(&seq, _)| seq)
+                .collect();
+            for seq in seqs {
+                out.push(*lane.remove(&seq).expect("key just found"));
+            }
+        }
+        self.per_sink[sink] -= out.len();
+        out
+    }
+
     /// Removes everything, in serving order.
     pub(crate) fn drain(&mut self) -> Vec<Delivery> {
         self.per_sink.iter_mut().for_each(|n| *n = 0);

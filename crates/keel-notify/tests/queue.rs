@@ -694,3 +694,41 @@ async fn metrics_count_by_sink_and_priority() {
         "nothing for a sink the notification was not for:\n{text}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn sinks_are_added_and_removed_while_running() {
+    let a = MemorySink::new("a");
+    let n = no_debounce(notifier()).sink(a.clone()).build().unwrap();
+    let b = MemorySink::new("b").with_limits(vec![RateLimit::per_minute("b", 1)]);
+    n.add_sink(b.clone()).unwrap();
+    assert_eq!(n.sink_names(), ["a", "b"]);
+    assert!(matches!(
+        n.add_sink(MemorySink::new("b")),
+        Err(NotifyError::Config(_))
+    ));
+    n.notify(Notification::critical("x", "x")).unwrap();
+    n.notify(Notification::critical("y", "y").to("b")).unwrap();
+    n.notify(Notification::critical("z", "z").to("b")).unwrap();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(a.keys(), ["x"]);
+    assert_eq!(b.keys(), ["x"], "b's limit holds y and z");
+    assert_eq!(n.breakers().len(), 2);
+    assert_eq!(n.remove_sink("b").unwrap(), 2);
+    let stats = n.stats();
+    assert_eq!((stats.dropped, stats.depth), (2, 0));
+    assert!(matches!(
+        n.notify(Notification::critical("w", "w").to("b")),
+        Err(NotifyError::UnknownSink(_))
+    ));
+    n.notify(Notification::critical("v", "v")).unwrap();
+    assert!(n.flush(secs(5)).await);
+    assert_eq!(a.keys(), ["x", "v"]);
+    assert_eq!(b.keys(), ["x"]);
+    assert!(n.remove_sink("b").is_err());
+    // A name may come back after its removal.
+    let b2 = MemorySink::new("b");
+    n.add_sink(b2.clone()).unwrap();
+    n.notify(Notification::critical("u", "u").to("b")).unwrap();
+    assert!(n.flush(secs(5)).await);
+    assert_eq!(b2.keys(), ["u"]);
+}
