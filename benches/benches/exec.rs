@@ -6,7 +6,17 @@
 //! multi-thread runtime with 2 workers, and both produce every item's result
 //! in input order. The executor also measures each item's duration, counts
 //! outcomes and isolates panics; the baseline isolates panics too (a
-//! panicking task is a `JoinError`) but measures nothing.
+//! panicking task is a `JoinError`) but measures nothing. Also measured:
+//! the run admitted through a shared `Bulkhead` (with a queue) instead of
+//! its own, and each item run through an empty `keel::Pipeline` with
+//! `keel::exec::through` (the adapter's own cost: one boxed future per
+//! item and the pipeline's bookkeeping).
+//!
+//! `exec/pool`: keel-exec's `WorkerPool` (submit N jobs at one priority,
+//! await every handle) against the hand-written baseline: W worker tasks
+//! sharing a bounded tokio `mpsc` receiver, a `oneshot` per job for its
+//! result. Both isolate nothing else; the pool also catches panics, orders
+//! by priority and counts.
 //!
 //! Run: `cargo bench -p keel-benches --bench exec`
 #![allow(missing_docs)]
@@ -17,8 +27,12 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use futures::StreamExt;
-use keel_exec::{BatchExecutor, ParallelExecutor};
-use tokio::sync::Semaphore;
+use keel::Pipeline;
+use keel::exec::through;
+use keel_breaker::Bulkhead;
+use keel_core::Priority;
+use keel_exec::{BatchExecutor, ParallelExecutor, WorkerPool};
+use tokio::sync::{Mutex, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 
 const LIMIT: usize = 256;
@@ -109,6 +123,18 @@ fn parallel(c: &mut Criterion) {
         .build()
         .expect("valid");
 
+    let shared = ParallelExecutor::builder()
+        .bulkhead(
+            Bulkhead::builder("bench")
+                .max_concurrent(LIMIT)
+                .queue(1)
+                .build()
+                .expect("valid"),
+        )
+        .build()
+        .expect("valid");
+    let pipeline = Arc::new(Pipeline::builder().build().expect("valid"));
+
     let mut group = c.benchmark_group("exec/parallel");
     group.sample_size(20);
     for n in [10_000u64, 100_000] {
@@ -155,6 +181,45 @@ fn parallel(c: &mut Criterion) {
                 }
             });
         });
+        group.bench_with_input(
+            BenchmarkId::new("keel_run_shared_bulkhead", n),
+            &n,
+            |b, &n| {
+                b.to_async(&rt).iter(|| {
+                    let exec = shared.clone();
+                    async move {
+                        tokio::spawn(async move { keel_run(&exec, n).await })
+                            .await
+                            .expect("keel task")
+                    }
+                });
+            },
+        );
+        group.bench_with_input(
+            BenchmarkId::new("keel_run_through_pipeline", n),
+            &n,
+            |b, &n| {
+                b.to_async(&rt).iter(|| {
+                    let (exec, pipeline) = (plain.clone(), Arc::clone(&pipeline));
+                    async move {
+                        tokio::spawn(async move {
+                            let report = exec
+                                .run(
+                                    0..n,
+                                    through(&pipeline, |i: u64, _| async move {
+                                        Ok::<u64, ()>(black_box(i))
+                                    }),
+                                )
+                                .await;
+                            assert_eq!(report.succeeded(), n as usize);
+                            report.total()
+                        })
+                        .await
+                        .expect("keel task")
+                    }
+                });
+            },
+        );
         group.bench_with_input(BenchmarkId::new("keel_stream", n), &n, |b, &n| {
             b.to_async(&rt).iter(|| {
                 let exec = plain.clone();
@@ -207,5 +272,81 @@ fn batch(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, parallel, batch);
+const WORKERS: usize = 8;
+const JOBS: u64 = 10_000;
+
+/// The hand-written baseline: workers sharing one bounded channel.
+async fn mpsc_workers(n: u64) -> u64 {
+    type Job = (u64, oneshot::Sender<u64>);
+    let (tx, rx) = mpsc::channel::<Job>(n as usize);
+    let rx = Arc::new(Mutex::new(rx));
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|_| {
+            let rx = Arc::clone(&rx);
+            tokio::spawn(async move {
+                loop {
+                    let job = rx.lock().await.recv().await;
+                    let Some((i, done)) = job else { break };
+                    let _ = done.send(black_box(i));
+                }
+            })
+        })
+        .collect();
+    let mut handles = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let (done, result) = oneshot::channel();
+        tx.send((i, done)).await.expect("workers alive");
+        handles.push(result);
+    }
+    drop(tx);
+    let mut sum = 0;
+    for h in handles {
+        sum += h.await.expect("job ran");
+    }
+    for w in workers {
+        w.await.expect("worker");
+    }
+    sum
+}
+
+async fn keel_pool(n: u64) -> u64 {
+    let pool = WorkerPool::builder()
+        .workers(WORKERS)
+        .queue(n as usize)
+        .build()
+        .expect("valid");
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            pool.submit(Priority::Normal, async move { black_box(i) })
+                .expect("room in the queue")
+        })
+        .collect();
+    let mut sum = 0;
+    for h in handles {
+        sum += h.await.expect("job ran");
+    }
+    pool.shutdown(Duration::from_secs(1)).await;
+    sum
+}
+
+fn pool(c: &mut Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("exec/pool");
+    group.sample_size(20);
+    group.throughput(Throughput::Elements(JOBS));
+    group.bench_function(BenchmarkId::new("mpsc_workers", JOBS), |b| {
+        b.to_async(&rt).iter(|| async {
+            tokio::spawn(mpsc_workers(JOBS))
+                .await
+                .expect("baseline task")
+        });
+    });
+    group.bench_function(BenchmarkId::new("keel_worker_pool", JOBS), |b| {
+        b.to_async(&rt)
+            .iter(|| async { tokio::spawn(keel_pool(JOBS)).await.expect("keel task") });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, parallel, batch, pool);
 criterion_main!(benches);
