@@ -13,6 +13,8 @@ use axum::routing::get;
 use futures::future::BoxFuture;
 use serde_json::Value;
 
+use keel_core::ConfigError;
+
 use crate::http::health_routes;
 use crate::{MetricsRegistry, OPENMETRICS_CONTENT_TYPE, Readiness, Shutdown, TelemetryError};
 
@@ -128,9 +130,9 @@ impl AdminBuilder {
     /// Validates and builds the state.
     ///
     /// # Errors
-    /// [`TelemetryError::InvalidStatusPath`] when the status path does not
-    /// start with `/`, contains a path parameter or wildcard, or is one of
-    /// the built-in routes.
+    /// [`TelemetryError::Config`] naming `status` when the status path does
+    /// not start with `/`, contains a path parameter or wildcard, or is one
+    /// of the built-in routes.
     pub fn build(self) -> Result<AdminState, TelemetryError> {
         let status = match self.status {
             Some((path, render)) => {
@@ -162,10 +164,7 @@ fn validate_status_path(path: &str) -> Result<(), TelemetryError> {
         None
     };
     match reason {
-        Some(reason) => Err(TelemetryError::InvalidStatusPath {
-            path: path.to_owned(),
-            reason,
-        }),
+        Some(reason) => Err(ConfigError::new("status", format!("`{path}` {reason}")).into()),
         None => Ok(()),
     }
 }
@@ -374,9 +373,10 @@ mod tests {
                 .build()
                 .unwrap_err();
             match err {
-                TelemetryError::InvalidStatusPath { path, reason } => {
-                    assert_eq!(path, bad);
-                    assert!(reason.contains(why), "{bad}: {reason}");
+                TelemetryError::Config(e) => {
+                    assert_eq!(e.field(), "status");
+                    assert!(e.reason().starts_with(&format!("`{bad}`")), "{e}");
+                    assert!(e.reason().contains(why), "{bad}: {e}");
                 }
                 other => panic!("{bad}: unexpected {other}"),
             }

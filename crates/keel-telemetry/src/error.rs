@@ -9,7 +9,9 @@ use std::net::SocketAddr;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TelemetryError {
-    /// A configuration value is invalid; the [`ConfigError`] names it.
+    /// A configuration value is invalid (a log filter, a metric prefix, a
+    /// readiness check name or timeout, a status route); the
+    /// [`ConfigError`] names it.
     ///
     /// [`ConfigError`]: keel_core::ConfigError
     #[error("invalid configuration")]
@@ -17,35 +19,11 @@ pub enum TelemetryError {
     /// A global tracing subscriber is already installed in this process.
     #[error("a global tracing subscriber is already installed")]
     TracingAlreadyInitialized,
-    /// A metric prefix or readiness check name is not a valid identifier.
-    #[error("invalid {field} {value:?}: {reason}")]
-    InvalidName {
-        /// Which field was rejected (`metric prefix`, `readiness check name`).
-        field: &'static str,
-        /// The rejected value.
-        value: String,
-        /// What a valid value looks like.
-        reason: &'static str,
-    },
     /// A readiness check with this name is already registered.
     #[error("readiness check {name:?} is already registered")]
     DuplicateCheck {
         /// The duplicated name.
         name: String,
-    },
-    /// The status route path is malformed or collides with a built-in route.
-    #[error("invalid status route {path:?}: {reason}")]
-    InvalidStatusPath {
-        /// The rejected path.
-        path: String,
-        /// Why it was rejected.
-        reason: &'static str,
-    },
-    /// A configuration value that must be positive is zero.
-    #[error("{field} must be greater than zero")]
-    ZeroDuration {
-        /// The field at fault (`readiness check timeout`).
-        field: &'static str,
     },
     /// An HTTP server could not bind its listening socket.
     #[error("cannot bind the http server to {addr}")]

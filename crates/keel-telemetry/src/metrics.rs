@@ -8,6 +8,8 @@ use parking_lot::RwLock;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::registry::Registry;
 
+use keel_core::ConfigError;
+
 use crate::TelemetryError;
 
 /// The `Content-Type` of the OpenMetrics text exposition served on
@@ -41,10 +43,10 @@ impl MetricsRegistry {
     /// A registry whose metrics are all named `<prefix>_<name>`.
     ///
     /// # Errors
-    /// [`TelemetryError::InvalidName`] when `prefix` is not a metric name
+    /// [`TelemetryError::Config`] naming `prefix` when it is not a metric name
     /// (ASCII letters, digits and underscores, not starting with a digit).
     pub fn new(prefix: &str) -> Result<Self, TelemetryError> {
-        validate_metric_name("metric prefix", prefix)?;
+        validate_metric_name("prefix", prefix)?;
         Ok(MetricsRegistry {
             prefix: prefix.into(),
             registry: Arc::new(RwLock::new(Registry::with_prefix(prefix))),
@@ -83,13 +85,14 @@ impl MetricsRegistry {
     /// (`breaker_ec2`, `breaker_s3`) do not collide.
     ///
     /// # Errors
-    /// [`TelemetryError::InvalidName`] when `sub_prefix` is not a metric name.
+    /// [`TelemetryError::Config`] naming `sub_prefix` when it is not a
+    /// metric name.
     pub fn register_with_prefix<R>(
         &self,
         sub_prefix: &str,
         f: impl FnOnce(&mut Registry) -> R,
     ) -> Result<R, TelemetryError> {
-        validate_metric_name("metric prefix", sub_prefix)?;
+        validate_metric_name("sub_prefix", sub_prefix)?;
         let mut registry = self.registry.write();
         Ok(f(registry.sub_registry_with_prefix(sub_prefix)))
     }
@@ -114,7 +117,7 @@ impl fmt::Debug for MetricsRegistry {
     }
 }
 
-pub(crate) fn validate_metric_name(field: &'static str, name: &str) -> Result<(), TelemetryError> {
+fn validate_metric_name(field: &'static str, name: &str) -> Result<(), TelemetryError> {
     let mut chars = name.chars();
     let valid = match chars.next() {
         Some(first) => {
@@ -126,11 +129,13 @@ pub(crate) fn validate_metric_name(field: &'static str, name: &str) -> Result<()
     if valid {
         Ok(())
     } else {
-        Err(TelemetryError::InvalidName {
+        Err(ConfigError::new(
             field,
-            value: name.to_owned(),
-            reason: "use ASCII letters, digits and underscores, not starting with a digit",
-        })
+            format!(
+                "`{name}`: use ASCII letters, digits and underscores, not starting with a digit"
+            ),
+        )
+        .into())
     }
 }
 
@@ -199,7 +204,7 @@ mod tests {
         for bad in ["", "vm-watchdog", "9lives", "a b", "é"] {
             let err = MetricsRegistry::new(bad).unwrap_err();
             assert!(
-                matches!(&err, TelemetryError::InvalidName { field: "metric prefix", value, .. } if value == bad),
+                matches!(&err, TelemetryError::Config(e) if e.field() == "prefix" && e.reason().starts_with(&format!("`{bad}`"))),
                 "{bad}: {err}"
             );
         }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use keel_core::BoxError;
+use keel_core::{BoxError, ConfigError};
 use parking_lot::RwLock;
 use serde::Serialize;
 use tokio::time::Instant;
@@ -80,12 +80,10 @@ impl Readiness {
     /// Sets the per-check timeout.
     ///
     /// # Errors
-    /// [`TelemetryError::ZeroDuration`] for a zero timeout.
+    /// [`TelemetryError::Config`] naming `timeout` when it is zero.
     pub fn with_timeout(mut self, timeout: Duration) -> Result<Self, TelemetryError> {
         if timeout.is_zero() {
-            return Err(TelemetryError::ZeroDuration {
-                field: "readiness check timeout",
-            });
+            return Err(ConfigError::new("timeout", "must be above zero").into());
         }
         self.timeout = timeout;
         Ok(self)
@@ -99,7 +97,7 @@ impl Readiness {
     /// Registers a check under `name` (letters, digits, `_`, `-`, `.`).
     ///
     /// # Errors
-    /// [`TelemetryError::InvalidName`] for an empty or odd name,
+    /// [`TelemetryError::Config`] naming `name` for an empty or odd name,
     /// [`TelemetryError::DuplicateCheck`] when the name is taken.
     pub fn add(&self, name: &str, check: impl ReadinessCheck) -> Result<(), TelemetryError> {
         let valid = !name.is_empty()
@@ -107,11 +105,11 @@ impl Readiness {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
         if !valid {
-            return Err(TelemetryError::InvalidName {
-                field: "readiness check name",
-                value: name.to_owned(),
-                reason: "use ASCII letters, digits, `_`, `-` and `.`",
-            });
+            return Err(ConfigError::new(
+                "name",
+                format!("`{name}`: use ASCII letters, digits, `_`, `-` and `.`"),
+            )
+            .into());
         }
         let mut checks = self.checks.write();
         if checks.iter().any(|c| &*c.name == name) {
@@ -342,14 +340,11 @@ mod tests {
         ));
         assert!(matches!(
             readiness.add_fn("has space", || async { Ok::<_, BoxError>(()) }),
-            Err(TelemetryError::InvalidName {
-                field: "readiness check name",
-                ..
-            })
+            Err(TelemetryError::Config(e)) if e.field() == "name"
         ));
         assert!(matches!(
             Readiness::new().with_timeout(Duration::ZERO),
-            Err(TelemetryError::ZeroDuration { .. })
+            Err(TelemetryError::Config(e)) if e.field() == "timeout"
         ));
     }
 }
