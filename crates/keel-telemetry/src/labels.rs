@@ -764,6 +764,88 @@ mod tests {
         assert!(out.contains("# TYPE latency histogram"), "{out}");
     }
 
+    mod prop {
+        use std::collections::HashMap;
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Advance(u64),
+            Use(u8),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                (0u64..=7_200).prop_map(Op::Advance),
+                (0u8..12).prop_map(Op::Use),
+            ]
+        }
+
+        proptest! {
+            /// Bounded; a set used within `idle_after` keeps its series; a
+            /// new set gets a slot whenever some holder has been idle for
+            /// `idle_after` plus one sweep period.
+            #[test]
+            fn slots_are_bounded_and_only_idle_sets_lose_them(
+                max in 1usize..6,
+                ops in proptest::collection::vec(op(), 1..200),
+            ) {
+                let idle = Duration::from_secs(3_600);
+                let sweep = idle / 60;
+                let (clock, hand) = Clock::manual();
+                let f: LabelFamily<Counter, 1> = LabelFamily::builder(["name"])
+                    .max_sets(max)
+                    .idle_after(idle)
+                    .clock(clock)
+                    .build()
+                    .unwrap();
+                // Holders of a slot and when they were last used.
+                let mut holders: HashMap<String, Duration> = HashMap::new();
+                for op in ops {
+                    match op {
+                        Op::Advance(secs) => hand.advance(Duration::from_secs(secs)),
+                        Op::Use(i) => {
+                            let name = format!("n{i}");
+                            let now = hand.elapsed();
+                            let stale = holders
+                                .values()
+                                .any(|&at| now.saturating_sub(at) >= idle + sweep);
+                            let had = holders.contains_key(&name);
+                            let metric = f.get_or_create([&name]);
+                            metric.inc();
+                            // Holders the family dropped were idle.
+                            holders.retain(|held, at| {
+                                let kept = f.get([held]).is_some();
+                                if !kept {
+                                    assert!(now.saturating_sub(*at) >= idle, "{held} dropped while in use");
+                                }
+                                kept
+                            });
+                            match f.get([&name]) {
+                                Some(own) => {
+                                    own.inc();
+                                    prop_assert_eq!(own.get(), metric.get());
+                                    holders.insert(name, now);
+                                }
+                                None => {
+                                    prop_assert!(!had, "a holder lost its slot on use");
+                                    prop_assert!(!stale || holders.len() < max, "a stale holder blocked a new set");
+                                    let other = f.get([OTHER]).unwrap();
+                                    prop_assert_eq!(other.get(), metric.get());
+                                }
+                            }
+                            prop_assert!(f.len() <= max);
+                            prop_assert_eq!(f.len(), holders.len());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn the_builder_names_what_is_wrong() {
         let field =
