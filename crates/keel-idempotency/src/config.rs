@@ -153,13 +153,24 @@ impl<S: IdempotencyStore> Builder<S> {
     }
 }
 
+impl Builder<crate::MemoryStore> {
+    /// Reads leases and TTLs from `clock` instead of tokio's (see
+    /// [`MemoryStore::with_clock`](crate::MemoryStore::with_clock)): hand it
+    /// the clock the rest of the program uses. Redis and PostgreSQL keep
+    /// time on their servers, so their builders have no clock.
+    pub fn clock(mut self, clock: keel_core::Clock) -> Self {
+        self.store = self.store.with_clock(clock);
+        self
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::MemoryStore;
 
-    fn field(b: Builder<MemoryStore>) -> &'static str {
-        b.build().unwrap_err().field
+    fn field(b: Builder<MemoryStore>) -> String {
+        b.build().unwrap_err().field().to_owned()
     }
 
     #[test]
@@ -183,10 +194,7 @@ mod tests {
             "in_flight"
         );
         let err = b().ttl(Duration::ZERO).build().unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "invalid idempotency configuration: ttl: must be greater than zero"
-        );
+        assert_eq!(err.to_string(), "invalid `ttl`: must be greater than zero");
     }
 
     #[test]

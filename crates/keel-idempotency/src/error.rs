@@ -107,6 +107,90 @@ impl StoreError {
 
 pub use keel_core::ConfigError;
 
+/// A ready-made operation error that can be stored and replayed: its
+/// message, with the messages of its sources after `": "`.
+///
+/// [`Idempotency`](crate::Idempotency) stores an operation's error as well
+/// as its value (a non-retryable failure is replayed to later callers), so
+/// the error must serialize. Most errors do not (`std::io::Error`,
+/// `reqwest::Error`, a boxed error): return this instead. `?` converts
+/// `std::io::Error`, [`BoxError`], `String` and `&str`;
+/// [`from_error`](Self::from_error) takes any other error.
+///
+/// ```
+/// use keel_idempotency::{Fingerprint, Idempotency, IdempotencyKey, StoredError};
+///
+/// async fn read_config(path: &str) -> Result<String, StoredError> {
+///     Ok(std::fs::read_to_string(path)?) // io::Error -> StoredError
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let idem = Idempotency::new();
+/// let key = IdempotencyKey::new("read-config", &"/no/such/file").unwrap();
+/// let err = idem
+///     .execute(&key, &Fingerprint::empty(), || read_config("/no/such/file"))
+///     .await
+///     .unwrap_err();
+/// let stored = err.into_operation().unwrap();
+/// assert!(stored.message().contains("No such file"), "{stored}");
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct StoredError {
+    message: String,
+}
+
+impl StoredError {
+    /// An error with this message.
+    pub fn new(message: impl Into<String>) -> Self {
+        StoredError {
+            message: message.into(),
+        }
+    }
+
+    /// `error`'s message followed by its sources' (`"a: b: c"`).
+    pub fn from_error(error: &(dyn std::error::Error + 'static)) -> Self {
+        let mut message = error.to_string();
+        let mut source = error.source();
+        while let Some(e) = source {
+            message.push_str(": ");
+            message.push_str(&e.to_string());
+            source = e.source();
+        }
+        StoredError { message }
+    }
+
+    /// The stored message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl From<std::io::Error> for StoredError {
+    fn from(error: std::io::Error) -> Self {
+        StoredError::from_error(&error)
+    }
+}
+
+impl From<BoxError> for StoredError {
+    fn from(error: BoxError) -> Self {
+        StoredError::from_error(&*error)
+    }
+}
+
+impl From<String> for StoredError {
+    fn from(message: String) -> Self {
+        StoredError::new(message)
+    }
+}
+
+impl From<&str> for StoredError {
+    fn from(message: &str) -> Self {
+        StoredError::new(message)
+    }
+}
+
 /// A string that is not the 64-character hex form of a SHA-256 digest.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("expected 64 hex characters for a SHA-256 digest, got {len} characters")]

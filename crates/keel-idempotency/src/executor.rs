@@ -75,9 +75,17 @@ impl<S: IdempotencyStore> std::fmt::Debug for Idempotency<S> {
 
 impl Idempotency<MemoryStore> {
     /// An in-memory instance with the default configuration (24 h TTL, 30 s
-    /// lease, wait up to 60 s for in-flight runs).
+    /// lease, wait up to 60 s for in-flight runs, tokio's clock): the one
+    /// line a single-process program needs.
     pub fn new() -> Self {
         Idempotency::from_builder(Builder::new(MemoryStore::new()), crate::DEFAULT_HEARTBEAT)
+    }
+
+    /// Starts configuring an in-memory instance, without naming the store:
+    /// `Idempotency::in_memory().ttl(..).clock(..).build()?`
+    /// ([`Builder::clock`] is offered for this store only).
+    pub fn in_memory() -> Builder<MemoryStore> {
+        Builder::new(MemoryStore::new())
     }
 }
 

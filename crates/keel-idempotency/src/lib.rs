@@ -39,9 +39,16 @@
 //!   [`classify::Default`](keel_core::classify::Default)); pass a classifier
 //!   with [`Call::classify`] to store and replay non-retryable errors.
 //!
+//! Results and errors are stored as JSON, so both serialize; an error type
+//! that does not (`std::io::Error`, a boxed error) can be returned as
+//! [`StoredError`], which `?` converts to.
+//!
 //! Backends implement [`IdempotencyStore`]: [`MemoryStore`] (default; one
-//! process), `RedisStore` (feature `redis`) and `PostgresStore` (feature
-//! `postgres`) for several replicas. Feature `axum` adds
+//! process: [`Idempotency::new`] in one line, [`Idempotency::in_memory`] to
+//! configure it, [`Builder::clock`] to hand it the program's
+//! [`keel_core::Clock`]), `RedisStore` (feature `redis`) and `PostgresStore`
+//! (feature `postgres`) for several replicas, which keep time on their
+//! servers. Feature `axum` adds
 //! `IdempotencyLayer`, a tower middleware for the `Idempotency-Key` HTTP
 //! header; feature `metrics` adds Prometheus counters (`Metrics`).
 //!
@@ -109,7 +116,7 @@ pub use config::{
 };
 pub use error::{
     ConfigError, Error, ExecuteError, FingerprintMismatch, InvalidDigest, RequestInFlight,
-    StoreError,
+    StoreError, StoredError,
 };
 pub use executor::{Call, Executed, ExecutionKind, Idempotency};
 pub use key::{Fingerprint, IdempotencyKey, canonical_json};

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use keel_core::Clock;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -22,9 +23,12 @@ use crate::store::{
 ///
 /// Keys are spread over a power-of-two number of shards, each a
 /// `HashMap` behind its own mutex, so unrelated keys rarely contend. Leases
-/// and TTLs follow tokio's clock, so `#[tokio::test(start_paused = true)]`
-/// and `tokio::time::advance` drive them. Callers waiting on a pending key
-/// are woken as soon as it settles (no polling).
+/// and TTLs follow the store's [`Clock`]: tokio's by default, so
+/// `#[tokio::test(start_paused = true)]` and `tokio::time::advance` drive
+/// them; [`with_clock`](Self::with_clock) hands it the program's clock (or a
+/// [`keel_core::ManualClock`]'s). Callers waiting on a pending key are woken
+/// as soon as it settles (no polling); how long they wait at most is timed
+/// by tokio's timer.
 ///
 /// Cloning is cheap and clones share the same entries. Memory grows with
 /// the number of live keys (about 150 bytes plus the stored result each);
@@ -35,6 +39,7 @@ use crate::store::{
 pub struct MemoryStore {
     shards: Arc<[Mutex<Shard>]>,
     mask: usize,
+    clock: Clock,
 }
 
 type Shard = HashMap<IdempotencyKey, Entry, KeyHashBuilder>;
@@ -157,7 +162,49 @@ impl MemoryStore {
                 .map(|_| Mutex::new(HashMap::with_hasher(hasher.clone())))
                 .collect(),
             mask: n - 1,
+            clock: Clock::tokio(),
         }
+    }
+
+    /// This store reading leases and TTLs from `clock` (from now on, and
+    /// only through this value and its later clones).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use keel_core::Clock;
+    /// use keel_idempotency::{Fingerprint, Idempotency, IdempotencyKey, MemoryStore, StoredError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let (clock, hand) = Clock::manual();
+    /// let idem = Idempotency::in_memory()
+    ///     .clock(clock)
+    ///     .ttl(Duration::from_secs(60))
+    ///     .build()
+    ///     .unwrap();
+    /// let key = IdempotencyKey::new("op", &1).unwrap();
+    /// let run = || async { Ok::<_, StoredError>(1) };
+    /// idem.execute(&key, &Fingerprint::empty(), run).await.unwrap();
+    /// assert!(idem.store().get_record(&key).is_some());
+    /// hand.advance(Duration::from_secs(61));
+    /// assert!(idem.store().get_record(&key).is_none(), "expired on the manual clock");
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The clock leases and TTLs are read from.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// The current record of `key` (expired entries count as absent):
+    /// [`IdempotencyStore::get`] without the future, since this store
+    /// answers at once.
+    pub fn get_record(&self, key: &IdempotencyKey) -> Option<Record> {
+        self.get_now(key)
     }
 
     /// The number of shards.
@@ -184,7 +231,7 @@ impl MemoryStore {
     }
 
     fn begin_locked(&self, req: BeginRequest<'_>) -> Begin {
-        let now = Instant::now();
+        let now = self.clock.now();
         let mut shard = self.shard(req.key).lock();
         let (previous, notify) = match shard.get_mut(req.key) {
             None => (Previous::Vacant, None),
@@ -248,7 +295,7 @@ impl MemoryStore {
         owner: OwnerId,
         f: impl FnOnce(&mut Shard, Instant) -> R,
     ) -> Option<R> {
-        let now = Instant::now();
+        let now = self.clock.now();
         let mut shard = self.shard(key).lock();
         match shard.get(key) {
             Some(Entry {
@@ -307,7 +354,7 @@ impl MemoryStore {
     }
 
     fn get_now(&self, key: &IdempotencyKey) -> Option<Record> {
-        let now = Instant::now();
+        let now = self.clock.now();
         let shard = self.shard(key).lock();
         let entry = shard.get(key).filter(|e| e.expires_at > now)?;
         let state = match &entry.state {
@@ -343,7 +390,7 @@ impl MemoryStore {
     }
 
     fn purge_now(&self) -> u64 {
-        let now = Instant::now();
+        let now = self.clock.now();
         let mut purged = 0u64;
         let mut to_wake = Vec::new();
         for shard in self.shards.iter() {
@@ -408,6 +455,7 @@ impl std::fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryStore")
             .field("shards", &self.shards.len())
+            .field("clock", &self.clock)
             .field("entries", &self.len())
             .finish()
     }

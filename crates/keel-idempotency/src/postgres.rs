@@ -538,7 +538,7 @@ mod tests {
         assert!(check_identifier("schema", "keel_test_1").is_ok());
         assert!(check_identifier("schema", "_x").is_ok());
         for bad in ["", "1abc", "a-b", "a\"b", "a b", &"x".repeat(64)] {
-            assert_eq!(check_identifier("table", bad).unwrap_err().field, "table");
+            assert_eq!(check_identifier("table", bad).unwrap_err().field(), "table");
         }
     }
 }

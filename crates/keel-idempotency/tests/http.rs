@@ -566,30 +566,30 @@ async fn unreachable_store_fails_closed_with_503() {
 #[test]
 fn invalid_configuration_names_the_field() {
     let b = || IdempotencyLayer::builder(Idempotency::new());
-    assert_eq!(b().methods([]).build().unwrap_err().field, "methods");
+    assert_eq!(b().methods([]).build().unwrap_err().field(), "methods");
     assert_eq!(
-        b().max_body_bytes(0).build().unwrap_err().field,
+        b().max_body_bytes(0).build().unwrap_err().field(),
         "max_body_bytes"
     );
     assert_eq!(
-        b().max_response_bytes(0).build().unwrap_err().field,
+        b().max_response_bytes(0).build().unwrap_err().field(),
         "max_response_bytes"
     );
     assert_eq!(
         b().fingerprint_fields(["amount"])
             .build()
             .unwrap_err()
-            .field,
+            .field(),
         "fingerprint_fields"
     );
-    assert_eq!(b().ttl(Duration::ZERO).build().unwrap_err().field, "ttl");
+    assert_eq!(b().ttl(Duration::ZERO).build().unwrap_err().field(), "ttl");
     assert_eq!(
         b().in_flight(InFlightPolicy::Wait {
             timeout: Duration::ZERO
         })
         .build()
         .unwrap_err()
-        .field,
+        .field(),
         "in_flight"
     );
 }

@@ -442,3 +442,79 @@ proptest! {
         })?;
     }
 }
+
+#[tokio::test]
+async fn stored_error_replays_an_io_error_without_a_wrapper_of_ones_own() {
+    use keel_core::classify;
+    use keel_idempotency::StoredError;
+
+    let idem = Idempotency::new();
+    let key = IdempotencyKey::new("read", &"missing").unwrap();
+    let runs = std::sync::atomic::AtomicU32::new(0);
+    let read = || async {
+        runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let file = tokio::fs::read("/definitely/not/here").await?;
+        Ok::<_, StoredError>(file.len())
+    };
+    // Stored as a non-retryable failure, so the second call replays it.
+    let never = classify::on_error(|_: &StoredError| false);
+    for _ in 0..2 {
+        let err = idem
+            .call(&key, &Fingerprint::empty())
+            .classify(never)
+            .run(read)
+            .await
+            .unwrap_err()
+            .into_operation()
+            .unwrap();
+        assert!(err.message().contains("No such file"), "{err}");
+    }
+    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] std::io::Error);
+    let chained = StoredError::from_error(&Outer(std::io::Error::other("inner")));
+    assert_eq!(chained.message(), "outer: inner");
+}
+
+#[tokio::test]
+async fn the_in_memory_builder_takes_a_manual_clock_for_leases() {
+    use keel_core::Clock;
+    use keel_idempotency::{IdempotencyStore, RecordState, StoredError};
+
+    let (clock, hand) = Clock::manual();
+    let idem = Idempotency::in_memory()
+        .clock(clock)
+        .lease(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let key = IdempotencyKey::new("slow", &1).unwrap();
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let owner = {
+        let idem = idem.clone();
+        tokio::spawn(async move {
+            idem.execute(&key, &Fingerprint::empty(), || async move {
+                started_tx.send(()).unwrap();
+                release_rx.await.unwrap();
+                Ok::<_, StoredError>(1)
+            })
+            .await
+        })
+    };
+    started_rx.await.unwrap();
+    let lease = |idem: &Idempotency| match idem.store().get_record(&key).map(|r| r.state) {
+        Some(RecordState::Pending {
+            lease_remaining, ..
+        }) => lease_remaining,
+        other => panic!("expected pending, got {other:?}"),
+    };
+    assert_eq!(lease(&idem), Duration::from_secs(30));
+    // The lease runs on the manual clock, not on tokio's.
+    hand.advance(Duration::from_secs(20));
+    assert_eq!(lease(&idem), Duration::from_secs(10));
+    release_tx.send(()).unwrap();
+    assert_eq!(owner.await.unwrap().unwrap(), 1);
+    assert!(idem.store().get(&key).await.unwrap().is_some());
+}

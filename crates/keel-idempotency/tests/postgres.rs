@@ -285,7 +285,7 @@ async fn invalid_configuration_names_the_field() {
             .await
             .unwrap_err();
         match err {
-            Error::Config(c) => assert_eq!(c.field, field),
+            Error::Config(c) => assert_eq!(c.field(), field),
             other => panic!("expected a config error, got {other:?}"),
         }
     }
@@ -294,7 +294,7 @@ async fn invalid_configuration_names_the_field() {
         .build()
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Config(ref c) if c.field == "poll_interval"));
+    assert!(matches!(err, Error::Config(ref c) if c.field() == "poll_interval"));
 }
 
 #[tokio::test]
