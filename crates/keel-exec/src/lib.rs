@@ -142,3 +142,8 @@ pub use pool::{
     WorkerPool, WorkerPoolBuilder,
 };
 pub use report::{Counts, ItemReport, Report, Status};
+
+/// The README's examples, compiled and run as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
