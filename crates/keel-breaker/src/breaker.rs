@@ -11,9 +11,7 @@ use crate::event::{BreakerEvent, TransitionReason};
 use crate::permit::{Kind, OwnedPermit, Permit, Token};
 use crate::sync::{self, Arc, AtomicU32, AtomicU64, Mutex, Ordering};
 use crate::window::{self, CountWindow, Counts, TimeWindow};
-use crate::{
-    BreakerConfig, BreakerError, CircuitOpen, Rejected, State, Stats, Totals, Window,
-};
+use crate::{BreakerConfig, BreakerError, CircuitOpen, Rejected, State, Stats, Totals, Window};
 
 /// The state word is `epoch << 3 | state code`. Every transition bumps the
 /// epoch, so a permit can tell whether the breaker moved since it was
@@ -184,11 +182,14 @@ impl CircuitBreaker {
         self.inner.stats()
     }
 
-    /// Asks for permission to make one call.
+    /// Asks for permission to make one call, with a permit that borrows the
+    /// breaker: the cheapest form, for synchronous code and futures that
+    /// do not outlive the breaker. In async code that spawns tasks or
+    /// builds `'static` futures, use [`try_acquire_owned`](Self::try_acquire_owned).
     ///
     /// On success the [`Permit`] must be told how the call went
     /// ([`Permit::record`]); dropping it unrecorded (the caller's future was
-    /// cancelled) counts as neutral and frees its bulkhead or probe slot.
+    /// cancelled) counts as neutral and frees its probe slot.
     /// On rejection, the [`Rejected`] carries the remaining open time.
     #[inline]
     pub fn try_acquire(&self) -> Result<Permit<'_>, Rejected> {
@@ -197,9 +198,11 @@ impl CircuitBreaker {
             .map(|token| Permit::new(&self.inner, token))
     }
 
-    /// Like [`try_acquire`](Self::try_acquire), but the permit owns a
-    /// reference to the breaker (one extra reference-count increment), for
-    /// `'static` futures such as tower response futures.
+    /// Asks for permission to make one call, with a permit that owns a
+    /// reference to the breaker (one reference-count increment more than
+    /// [`try_acquire`](Self::try_acquire)): the form to use in async code,
+    /// since it can move into a spawned task or a `'static` future (tower
+    /// response futures). Recording and dropping work as for [`Permit`].
     pub fn try_acquire_owned(&self) -> Result<OwnedPermit, Rejected> {
         self.inner
             .acquire()

@@ -89,11 +89,19 @@ impl Rejected {
     }
 }
 
-impl ErrorOutcome for Rejected {
-    fn outcome(&self) -> Outcome {
+impl Rejected {
+    /// `Overloaded`, with the remaining open time as retry-after while the
+    /// breaker is open (no trait import needed).
+    pub fn outcome(&self) -> Outcome {
         match self {
             Rejected::CircuitOpen(e) => e.outcome(),
         }
+    }
+}
+
+impl ErrorOutcome for Rejected {
+    fn outcome(&self) -> Outcome {
+        Rejected::outcome(self)
     }
 }
 
@@ -102,7 +110,6 @@ impl From<CircuitOpen> for Rejected {
         Rejected::CircuitOpen(e)
     }
 }
-
 
 /// The error of a call made through a breaker: either the breaker refused
 /// it, or the call ran and returned its own error.
@@ -157,14 +164,37 @@ impl<E> From<Rejected> for BreakerError<E> {
     }
 }
 
-impl<E: ErrorOutcome> ErrorOutcome for BreakerError<E> {
-    /// A rejection is `Overloaded` (with the remaining open time); the
-    /// call's own error says its own outcome.
-    fn outcome(&self) -> Outcome {
+impl<E> BreakerError<E> {
+    /// The outcome of the call, for every error type: a rejection is
+    /// `Overloaded` (with the remaining open time as retry-after), and the
+    /// call's own error is a `Failure`, as the default classification
+    /// counted it. When your error carries its own outcome (a 404 that is
+    /// neutral), classify it with [`into_inner`](Self::into_inner) instead.
+    ///
+    /// ```
+    /// use keel_breaker::{BreakerConfig, BreakerError, CircuitBreaker};
+    /// use keel_core::Outcome;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let breaker = CircuitBreaker::new("api", BreakerConfig::builder().consecutive_failures(1).build().unwrap());
+    /// let failed = breaker.call(async { Err::<(), _>(std::io::Error::other("reset")) }).await.unwrap_err();
+    /// assert_eq!(failed.outcome(), Outcome::Failure);
+    /// let refused = breaker.call(async { Ok::<_, std::io::Error>(()) }).await.unwrap_err();
+    /// assert!(refused.outcome().is_overloaded());
+    /// # }
+    /// ```
+    pub fn outcome(&self) -> Outcome {
         match self {
             BreakerError::Rejected(r) => r.outcome(),
-            BreakerError::Inner(e) => e.outcome(),
+            BreakerError::Inner(_) => Outcome::Failure,
         }
+    }
+}
+
+impl<E> ErrorOutcome for BreakerError<E> {
+    /// Same as [`BreakerError::outcome`].
+    fn outcome(&self) -> Outcome {
+        BreakerError::outcome(self)
     }
 }
 

@@ -46,16 +46,13 @@
 //! ```
 //! use std::time::Duration;
 //! use keel_breaker::{BreakerConfig, BreakerError, CircuitBreaker, State};
-//! use keel_core::ErrorOutcome;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! // The builder starts from the resilience4j-like defaults (50 % failure
-//! // rate over the last 100 calls); this breaker only counts failures in a row.
+//! // Setting a rule replaces the default one (50 % failure rate over the
+//! // last 100 calls): this breaker only counts failures in a row.
 //! let config = BreakerConfig::builder()
-//!     .no_failure_rate()
 //!     .consecutive_failures(3)
-//!     .minimum_calls(3)
 //!     .open_duration(Duration::from_secs(30))
 //!     .build()?;
 //! let breaker = CircuitBreaker::new("inventory", config);
@@ -83,10 +80,14 @@
 //!     other => panic!("expected a rejection, got {other:?}"),
 //! }
 //!
-//! // Callers that classify results themselves take a permit.
+//! // Callers that classify results themselves take a permit. In async code
+//! // take the owned one: it can move into a spawned task or a 'static future.
 //! breaker.reset();
-//! let permit = breaker.try_acquire()?;
-//! permit.record(keel_core::Outcome::Neutral); // a 404: says nothing about health
+//! let permit = breaker.try_acquire_owned()?;
+//! tokio::spawn(async move {
+//!     permit.record(keel_core::Outcome::Neutral); // a 404: says nothing about health
+//! })
+//! .await?;
 //! assert_eq!(breaker.stats().consecutive_failures, 0);
 //! # Ok(())
 //! # }

@@ -163,7 +163,9 @@ impl PipelineBuilder {
             Some(Limit::Own(limit, false)) => {
                 Some(RateLimiter::direct_with_clock(limit, self.clock)?)
             }
-            Some(Limit::Own(limit, true)) => Some(RateLimiter::keyed_with_clock(limit, self.clock)?),
+            Some(Limit::Own(limit, true)) => {
+                Some(RateLimiter::keyed_with_clock(limit, self.clock)?)
+            }
             Some(Limit::Shared(limiter)) => Some(limiter),
             None => None,
         };
@@ -438,7 +440,10 @@ impl Pipeline {
             RetryChoice::Policy(policy) => Some(policy),
             RetryChoice::None => None,
         };
-        let started = options.deadline.or(self.deadline).map(|d| (d, Instant::now()));
+        let started = options
+            .deadline
+            .or(self.deadline)
+            .map(|d| (d, Instant::now()));
         let call = Call {
             classifier: options.classifier,
             key: options.key,

@@ -3,10 +3,10 @@ use std::hash::{Hash, Hasher};
 use std::num::NonZeroU32;
 use std::time::Duration;
 
+use governor::Quota;
 use governor::clock::Clock as GovernorClock;
 use governor::middleware::NoOpMiddleware;
 use governor::state::{InMemoryState, NotKeyed, keyed::DashMapStateStore};
-use governor::Quota;
 use keel_core::Clock;
 use tokio::time::Instant;
 
@@ -79,8 +79,10 @@ impl GovernorClock for KeelGovernorClock {
     }
 }
 
-type Direct = governor::RateLimiter<NotKeyed, InMemoryState, KeelGovernorClock, NoOpMiddleware<Duration>>;
-type Keyed = governor::RateLimiter<u64, DashMapStateStore<u64>, KeelGovernorClock, NoOpMiddleware<Duration>>;
+type Direct =
+    governor::RateLimiter<NotKeyed, InMemoryState, KeelGovernorClock, NoOpMiddleware<Duration>>;
+type Keyed =
+    governor::RateLimiter<u64, DashMapStateStore<u64>, KeelGovernorClock, NoOpMiddleware<Duration>>;
 
 /// A rate limiter: one rate for every call, or one rate per key (per VM,
 /// per tenant); governor's GCRA underneath.
@@ -235,7 +237,8 @@ mod tests {
     #[test]
     fn burst_then_one_per_period_on_a_manual_clock() {
         let (clock, hand) = Clock::manual();
-        let limiter = RateLimiter::direct_with_clock(RateLimit::per_second(10).burst(5), clock).unwrap();
+        let limiter =
+            RateLimiter::direct_with_clock(RateLimit::per_second(10).burst(5), clock).unwrap();
         for _ in 0..5 {
             assert!(limiter.check(None).is_ok());
         }
@@ -249,7 +252,8 @@ mod tests {
     #[test]
     fn keyed_limits_are_per_key_and_retain_recent_forgets() {
         let (clock, hand) = Clock::manual();
-        let limiter = RateLimiter::keyed_with_clock(RateLimit::per_second(1).burst(1), clock).unwrap();
+        let limiter =
+            RateLimiter::keyed_with_clock(RateLimit::per_second(1).burst(1), clock).unwrap();
         assert!(limiter.check(Some("vm-a")).is_ok());
         assert!(limiter.check(Some("vm-a")).is_err());
         assert!(limiter.check(Some("vm-b")).is_ok());

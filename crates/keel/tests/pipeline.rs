@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use keel::breaker::{BreakerConfig, Bulkhead, CircuitBreaker, State};
 use keel::retry::{Backoff, Jitter, RetryBudget, RetryPolicy};
-use keel::{CallOptions, Outcome, Pipeline, PipelineError, Priority, RateLimit, RateLimiter, classify};
+use keel::{
+    CallOptions, Outcome, Pipeline, PipelineError, Priority, RateLimit, RateLimiter, classify,
+};
 use tokio::time::Instant;
 
 fn quick_retry(max_retries: u32) -> RetryPolicy {
@@ -149,18 +151,24 @@ async fn keyed_rate_limits_are_independent_per_key() {
     let started = Instant::now();
     for _ in 0..5 {
         pipeline
-            .call_with(&CallOptions::new().key("vm-a"), |_| async { Ok::<_, ()>(()) })
+            .call_with(&CallOptions::new().key("vm-a"), |_| async {
+                Ok::<_, ()>(())
+            })
             .await
             .unwrap();
     }
     // vm-a spent its burst; vm-b still has its own.
     pipeline
-        .call_with(&CallOptions::new().key("vm-b"), |_| async { Ok::<_, ()>(()) })
+        .call_with(&CallOptions::new().key("vm-b"), |_| async {
+            Ok::<_, ()>(())
+        })
         .await
         .unwrap();
     assert_eq!(started.elapsed(), Duration::ZERO);
     pipeline
-        .call_with(&CallOptions::new().key("vm-a"), |_| async { Ok::<_, ()>(()) })
+        .call_with(&CallOptions::new().key("vm-a"), |_| async {
+            Ok::<_, ()>(())
+        })
         .await
         .unwrap();
     assert_eq!(started.elapsed(), Duration::from_millis(100));
@@ -264,7 +272,12 @@ async fn deadline_covers_backoff_and_attempts() {
 
 #[tokio::test(start_paused = true)]
 async fn full_bulkhead_rejects_as_an_overload() {
-    let pipeline = Arc::new(Pipeline::builder().bulkhead(Bulkhead::new(1)).build().unwrap());
+    let pipeline = Arc::new(
+        Pipeline::builder()
+            .bulkhead(Bulkhead::new(1))
+            .build()
+            .unwrap(),
+    );
     let holder = {
         let pipeline = pipeline.clone();
         tokio::spawn(async move {
@@ -326,7 +339,10 @@ async fn classifier_sees_ok_values_and_neutral_errors() {
 
 #[test]
 fn invalid_settings_name_the_field() {
-    let err = Bulkhead::builder("api").max_concurrent(0).build().unwrap_err();
+    let err = Bulkhead::builder("api")
+        .max_concurrent(0)
+        .build()
+        .unwrap_err();
     assert_eq!(err.field(), "max_concurrent");
     let err = Pipeline::builder()
         .deadline(Duration::ZERO)
@@ -360,7 +376,11 @@ async fn pipelines_over_shared_handles_share_rate_slots_and_breaker() {
     // Reads and starts of one API: different retry policies, one per-VM
     // rate, one pool of slots, one breaker.
     let per_vm = RateLimiter::keyed(RateLimit::per_second(1).burst(1)).unwrap();
-    let pool = Bulkhead::builder("api").max_concurrent(1).queue(10).build().unwrap();
+    let pool = Bulkhead::builder("api")
+        .max_concurrent(1)
+        .queue(10)
+        .build()
+        .unwrap();
     let api = breaker(2, Duration::from_secs(30));
     let reads = Pipeline::builder()
         .rate_limiter(per_vm.clone())
@@ -377,14 +397,22 @@ async fn pipelines_over_shared_handles_share_rate_slots_and_breaker() {
         .unwrap();
     let started = Instant::now();
     let vm = CallOptions::new().key("vm-1");
-    reads.call_with(&vm, |_| async { Ok::<_, ()>(()) }).await.unwrap();
+    reads
+        .call_with(&vm, |_| async { Ok::<_, ()>(()) })
+        .await
+        .unwrap();
     // The start waits for vm-1's next slot, taken by the read.
-    starts.call_with(&vm, |_| async { Ok::<_, ()>(()) }).await.unwrap();
+    starts
+        .call_with(&vm, |_| async { Ok::<_, ()>(()) })
+        .await
+        .unwrap();
     assert_eq!(started.elapsed(), Duration::from_secs(1));
     // Failures through either pipeline trip the one breaker.
     let _ = reads.call(|_| async { Err::<(), _>("down") }).await;
     let _ = starts
-        .call_with(&CallOptions::new().no_retry(), |_| async { Err::<(), _>("down") })
+        .call_with(&CallOptions::new().no_retry(), |_| async {
+            Err::<(), _>("down")
+        })
         .await;
     assert_eq!(api.state(), State::Open);
     assert!(reads.bulkhead().unwrap().same_as(&pool));
@@ -404,7 +432,11 @@ async fn a_call_can_carry_its_own_retry_policy_and_deadline() {
         .call_with(&CallOptions::new().retry(&patient), |attempt| {
             calls.fetch_add(1, Ordering::SeqCst);
             async move {
-                if attempt.number < 5 { Err("flaky") } else { Ok(attempt.number) }
+                if attempt.number < 5 {
+                    Err("flaky")
+                } else {
+                    Ok(attempt.number)
+                }
             }
         })
         .await;
@@ -412,12 +444,15 @@ async fn a_call_can_carry_its_own_retry_policy_and_deadline() {
     // The call's deadline replaces the pipeline's.
     let started = Instant::now();
     let err = pipeline
-        .call_with(&CallOptions::new().deadline(Duration::from_millis(300)), |_| {
-            pending::<Result<(), ()>>()
-        })
+        .call_with(
+            &CallOptions::new().deadline(Duration::from_millis(300)),
+            |_| pending::<Result<(), ()>>(),
+        )
         .await
         .unwrap_err();
-    assert!(matches!(err, PipelineError::DeadlineExceeded { deadline } if deadline == Duration::from_millis(300)));
+    assert!(
+        matches!(err, PipelineError::DeadlineExceeded { deadline } if deadline == Duration::from_millis(300))
+    );
     assert_eq!(started.elapsed(), Duration::from_millis(300));
 }
 
@@ -458,16 +493,30 @@ async fn a_hung_attempt_cut_by_the_deadline_is_neutral_unless_asked_otherwise() 
             .deadline_cut_is_failure(count_it)
             .build()
             .unwrap();
-        let err = pipeline.call(|_| pending::<Result<(), ()>>()).await.unwrap_err();
-        assert!(matches!(err, PipelineError::DeadlineExceeded { .. }), "{err:?}");
-        assert_eq!(api.stats().totals.failures, failures, "count_it = {count_it}");
+        let err = pipeline
+            .call(|_| pending::<Result<(), ()>>())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, PipelineError::DeadlineExceeded { .. }),
+            "{err:?}"
+        );
+        assert_eq!(
+            api.stats().totals.failures,
+            failures,
+            "count_it = {count_it}"
+        );
         assert_eq!(pipeline.stats().deadline_exceeded, 1);
     }
 }
 
 #[tokio::test(start_paused = true)]
 async fn critical_calls_overtake_queued_low_ones_in_a_shared_bulkhead() {
-    let pool = Bulkhead::builder("api").max_concurrent(1).queue(100).build().unwrap();
+    let pool = Bulkhead::builder("api")
+        .max_concurrent(1)
+        .queue(100)
+        .build()
+        .unwrap();
     let pipeline = Arc::new(Pipeline::builder().bulkhead(pool.clone()).build().unwrap());
     let order = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut tasks = Vec::new();

@@ -3,7 +3,7 @@
 use std::sync::Mutex as StdMutex;
 use std::time::Duration;
 
-use keel_core::{Clock, ErrorOutcome, ManualClock, Outcome};
+use keel_core::{Clock, ManualClock, Outcome};
 use proptest::prelude::*;
 
 use super::*;
