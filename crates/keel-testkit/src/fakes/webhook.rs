@@ -144,16 +144,14 @@ async fn handle(
             return (StatusCode::UNAUTHORIZED, "bad signature").into_response();
         }
     }
-    let json = match serde_json::from_slice::<Value>(&body) {
-        Ok(v @ (Value::Object(_) | Value::Array(_))) => v,
-        _ => {
-            st.refused += 1;
-            return (
-                StatusCode::BAD_REQUEST,
-                "body must be a JSON object or array",
-            )
-                .into_response();
-        }
+    let Ok(json @ (Value::Object(_) | Value::Array(_))) = serde_json::from_slice::<Value>(&body)
+    else {
+        st.refused += 1;
+        return (
+            StatusCode::BAD_REQUEST,
+            "body must be a JSON object or array",
+        )
+            .into_response();
     };
     let now = Instant::now();
     if let Some(limit) = &mut st.limit
