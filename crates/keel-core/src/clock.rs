@@ -67,6 +67,25 @@ impl Clock {
     pub fn is_manual(&self) -> bool {
         matches!(self.source, Source::Manual(_))
     }
+
+    /// `true` when both read the same time: both tokio's, or clones of one
+    /// manual clock.
+    ///
+    /// ```
+    /// use keel_core::Clock;
+    /// let (manual, _hand) = Clock::manual();
+    /// assert!(Clock::tokio().same_as(&Clock::default()));
+    /// assert!(manual.same_as(&manual.clone()));
+    /// assert!(!manual.same_as(&Clock::tokio()));
+    /// assert!(!manual.same_as(&Clock::manual().0));
+    /// ```
+    pub fn same_as(&self, other: &Clock) -> bool {
+        match (&self.source, &other.source) {
+            (Source::Tokio, Source::Tokio) => true,
+            (Source::Manual(a), Source::Manual(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
 }
 
 impl fmt::Debug for Clock {

@@ -141,11 +141,12 @@ impl PipelineBuilder {
         self
     }
 
-    /// The clock of the rate limiter this builder creates
-    /// ([`rate_limit`](Self::rate_limit),
-    /// [`keyed_rate_limit`](Self::keyed_rate_limit)); tokio's by default,
-    /// which follows paused time in tests. Shared handles keep the clock
-    /// they were built with; deadlines and timeouts are tokio timers.
+    /// The pipeline's one clock (tokio's by default, which follows paused
+    /// time in tests). The rate limiter this builder creates reads it, and
+    /// [`build`](Self::build) checks that every policy given to the
+    /// pipeline (breaker, retry policy, shared rate limiter)
+    /// reads the same clock, so a test that drives a manual clock drives
+    /// every policy of the pipeline. Deadlines and timeouts are tokio timers.
     pub fn clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
         self
@@ -158,6 +159,27 @@ impl PipelineBuilder {
         }
         if self.attempt_timeout == Some(Duration::ZERO) {
             return Err(ConfigError::new("attempt_timeout", "must be above zero"));
+        }
+        let same = |what: &'static str, clock: &Clock| {
+            if clock.same_as(&self.clock) {
+                Ok(())
+            } else {
+                Err(ConfigError::new(
+                    "clock",
+                    format!(
+                        "the {what} reads another clock than the pipeline: build it with the pipeline's clock"
+                    ),
+                ))
+            }
+        };
+        if let Some(breaker) = &self.breaker {
+            same("circuit breaker", breaker.config().clock())?;
+        }
+        if let Some(retry) = &self.retry {
+            same("retry policy", retry.clock())?;
+        }
+        if let Some(Limit::Shared(limiter)) = &self.limiter {
+            same("rate limiter", limiter.clock())?;
         }
         let limiter = match self.limiter {
             Some(Limit::Own(limit, false)) => {

@@ -168,6 +168,13 @@ impl RateLimiter {
         }
     }
 
+    /// The clock the limiter reads.
+    pub fn clock(&self) -> &Clock {
+        match &*self.inner {
+            Limiter::Direct(_, clock) | Limiter::Keyed(_, clock) => &clock.clock,
+        }
+    }
+
     /// Whether this limiter keeps one rate per key.
     pub fn is_keyed(&self) -> bool {
         matches!(&*self.inner, Limiter::Keyed(..))

@@ -546,3 +546,43 @@ async fn critical_calls_overtake_queued_low_ones_in_a_shared_bulkhead() {
     }
     assert_eq!(*order.lock().unwrap(), ["hold", "start", "low-1", "low-2"]);
 }
+
+#[test]
+fn every_policy_of_a_pipeline_reads_the_pipelines_clock() {
+    let (manual, _hand) = keel::Clock::manual();
+    let on_manual = CircuitBreaker::new(
+        "api",
+        BreakerConfig::builder()
+            .clock(manual.clone())
+            .build()
+            .unwrap(),
+    );
+    // A breaker on a manual clock in a pipeline on tokio's: refused.
+    let err = Pipeline::builder()
+        .breaker(on_manual.clone())
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field(), "clock");
+    assert!(err.reason().contains("circuit breaker"), "{err}");
+    // The same clock everywhere: accepted, and the pipeline's own limiter
+    // reads it too.
+    let retry = RetryPolicy::builder()
+        .clock(manual.clone())
+        .build()
+        .unwrap();
+    let pipeline = Pipeline::builder()
+        .clock(manual.clone())
+        .breaker(on_manual)
+        .retry(retry)
+        .rate_limit(RateLimit::per_second(1))
+        .build()
+        .unwrap();
+    assert!(pipeline.rate_limiter().unwrap().clock().same_as(&manual));
+    let shared = RateLimiter::direct(RateLimit::per_second(1)).unwrap();
+    let err = Pipeline::builder()
+        .clock(manual)
+        .rate_limiter(shared)
+        .build()
+        .unwrap_err();
+    assert!(err.reason().contains("rate limiter"), "{err}");
+}
