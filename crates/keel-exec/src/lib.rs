@@ -108,9 +108,9 @@
 //! measured overhead against a `JoinSet` + `Semaphore` baseline.
 //!
 //! # Features
-//! * `metrics`: [`ExecMetrics`], Prometheus series for items by outcome,
+//! * `metrics`: `ExecMetrics`, Prometheus series for items by outcome,
 //!   item durations, items in flight and the current concurrency limit;
-//!   [`PoolMetrics`] for a worker pool's jobs, queue and running count.
+//!   `PoolMetrics` for a worker pool's jobs, queue and running count.
 
 mod batch;
 mod config;

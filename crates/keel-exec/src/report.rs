@@ -11,8 +11,9 @@ use crate::error::{ExecError, StopReason};
 pub enum Status {
     /// The operation returned `Ok`.
     Succeeded,
-    /// The operation returned `Err`, panicked, its batch failed, or a breaker
-    /// rejected it.
+    /// The operation returned `Err` (through a `keel::Pipeline`: a
+    /// `PipelineError`, whichever policy stopped it), panicked, its batch
+    /// failed, or a shared bulkhead refused it.
     Failed,
     /// The per-item timeout, batch timeout or overall timeout elapsed while
     /// it ran.
