@@ -236,6 +236,13 @@ impl Kit {
         self.drain_timeout
     }
 
+    /// `/healthz`, `/readyz` and `/metrics` over this kit's readiness checks,
+    /// shutdown and registry, for a program that serves them on its own
+    /// port (merge them into its router) instead of an admin port.
+    pub fn admin_router(&self) -> Router {
+        admin_router(&self.metrics, &self.readiness, &self.shutdown)
+    }
+
     /// Serves `routes` (a status page, an admin API) on the admin server
     /// from now on, next to the built-in routes, replacing routes set
     /// before. The server starts before the program so `/healthz` answers
@@ -301,21 +308,17 @@ impl KitBuilder {
         let admin_addr = match self.admin_addr {
             Some(addr) => {
                 let late = admin_routes.clone();
-                let app = router(
-                    AdminState::builder(metrics.clone())
-                        .readiness(readiness.clone())
-                        .shutdown(shutdown.clone())
-                        .build()?,
-                )
-                .fallback(move |request: Request| {
-                    let routes = late.read().clone();
-                    async move {
-                        match routes.oneshot(request).await {
-                            Ok(response) => response,
-                            Err(never) => match never {},
+                let app = admin_router(&metrics, &readiness, &shutdown).fallback(
+                    move |request: Request| {
+                        let routes = late.read().clone();
+                        async move {
+                            match routes.oneshot(request).await {
+                                Ok(response) => response,
+                                Err(never) => match never {},
+                            }
                         }
-                    }
-                });
+                    },
+                );
                 let server = HttpServer::bind_with(addr, app, &shutdown, self.timeouts).await?;
                 Some(server.local_addr())
             }
@@ -329,6 +332,18 @@ impl KitBuilder {
             admin_routes,
             drain_timeout: self.drain_timeout,
         })
+    }
+}
+
+fn admin_router(metrics: &MetricsRegistry, readiness: &Readiness, shutdown: &Shutdown) -> Router {
+    let state = AdminState::builder(metrics.clone())
+        .readiness(readiness.clone())
+        .shutdown(shutdown.clone())
+        .build();
+    match state {
+        Ok(state) => router(state),
+        // Only a status route can make `build` fail, and there is none.
+        Err(e) => unreachable!("{e}"),
     }
 }
 
@@ -747,5 +762,36 @@ mod tests {
                 .is_clean()
         );
         assert!(format!("{kit:?}").contains("admin_addr"));
+    }
+
+    #[tokio::test]
+    async fn the_admin_router_can_be_merged_into_a_program_port() {
+        let kit = Kit::builder()
+            .metrics(MetricsRegistry::new("own_port").unwrap())
+            .start()
+            .await
+            .unwrap();
+        assert_eq!(kit.admin_addr(), None);
+        let app = Router::new()
+            .route("/webhook", axum::routing::post(|| async { "ok" }))
+            .merge(kit.admin_router());
+        let status = |path: &'static str| {
+            let app = app.clone();
+            async move {
+                app.oneshot(
+                    axum::http::Request::get(path)
+                        .body(axum::body::Body::empty())
+                        .unwrap(),
+                )
+                .await
+                .unwrap()
+                .status()
+            }
+        };
+        assert_eq!(status("/metrics").await, 200);
+        assert_eq!(status("/readyz").await, 200);
+        kit.shutdown().trigger();
+        assert_eq!(status("/readyz").await, 503);
+        assert_eq!(status("/healthz").await, 200);
     }
 }
