@@ -5,8 +5,9 @@
 //! Use it wherever a program raises alerts (a VM stopped, a webhook fired)
 //! and hands them to a chat or paging service. A [`Notifier`] takes
 //! [`Notification`]s synchronously and never blocks on a sink; sender workers
-//! deliver them to every [`Sink`] (Telegram built in, any other by
-//! implementing the trait):
+//! deliver them to every [`Sink`] (Telegram, Slack, PagerDuty Events v2,
+//! Rootly and a generic webhook built in, each behind its feature; any other
+//! by implementing the trait; sinks can be added and removed while running):
 //!
 //! * **Priorities**: critical first, then warning, then info; first in,
 //!   first out within one priority.
@@ -22,14 +23,31 @@
 //! * **Rate limits** declared by each sink and enforced exactly (Telegram: 1
 //!   message/s per chat, 20/min per group, 30/s per bot), following tokio's
 //!   clock, so paused-time tests drive them.
+//! * **Digests** ([`Digest`]): when messages for one destination wait behind
+//!   its rate limit (or while it was down), the next send combines them into
+//!   one message within the sink's size limit: a header with the count, one
+//!   line per event, critical first; what does not fit goes in the next one.
+//!   Notifications about one subject ([`Notification::subject`]) share a
+//!   line with their latest state and count, and a later state of a subject
+//!   never overtakes an earlier one. A digesting sink's limits are paced (a
+//!   small burst, then even spacing), so a steady stream never waits for a
+//!   whole window. With a free slot and one message waiting, it goes alone.
+//! * **Observed → accepted**: each notification carries
+//!   [`observed_at`](Notification::observed_at); the notifier records the
+//!   histogram and tells [`NotifierBuilder::on_accepted`].
 //! * **Retries** through `keel-retry`, honouring the sink's retry-after; a
 //!   retry-after above the cap (60 s) pauses the sink and requeues the
 //!   message instead of holding a worker, and is logged and counted as an
-//!   escalation. While a sink is down its messages wait in the queue and
-//!   one probe at a time retries with growing pauses.
-//! * **Spool**: queued messages survive a restart (JSON lines, atomic
-//!   replace); [`Notifier::shutdown`] flushes what it can within a timeout
-//!   and spools the rest.
+//!   escalation.
+//! * **A circuit breaker per sink** (`keel-breaker`, named `notify:{sink}`,
+//!   optionally in the program's [`BreakerRegistry`]): a failed round of
+//!   attempts opens it, its messages wait in the queue, probes go one at a
+//!   time with growing open times; [`Notifier::breakers`] shows and forces
+//!   them like every other breaker.
+//! * **Spool**: queued messages survive a restart (JSON lines, temporary
+//!   file, fsync, rename); [`Notifier::shutdown`] sends what the rate limits
+//!   allow within its budget (as digests) and spools the rest, by default
+//!   under the state directory ([`NotifierBuilder::state_dir`]).
 //! * **Metrics** (feature `metrics`): queued, sent, deduplicated, debounced,
 //!   dropped, retried by sink and priority, queue depth, latencies; see
 //!   [`metrics`].
@@ -75,6 +93,9 @@
 //! # }
 //! ```
 //!
+//! Features: `telegram` (on by default), `slack`, `pagerduty`, `rootly`,
+//! `webhook` (one sender each), `metrics` (Prometheus).
+//!
 //! With Telegram (the `telegram` feature, on by default):
 //!
 //! ```no_run
@@ -89,7 +110,7 @@
 //!     .build()?;
 //! let notifier = Notifier::builder()
 //!     .sink(telegram)
-//!     .spool("/var/lib/watchdog/notify.spool")
+//!     .state_dir("/var/lib/watchdog") // the spool is notify.spool in it
 //!     .build()?;
 //! # let _ = notifier; Ok(()) }
 //! ```
