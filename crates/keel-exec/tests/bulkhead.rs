@@ -156,3 +156,30 @@ async fn each_run_of_an_executor_gets_its_own_slots() {
         "two runs of two at a time, side by side"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_run_waiting_for_a_busy_bulkhead_stops_at_its_deadline() {
+    let api = queued(1, 10);
+    let _held = api.try_acquire().unwrap();
+    let exec = ParallelExecutor::builder()
+        .bulkhead(api.clone())
+        .overall_timeout(5 * SEC)
+        .build()
+        .unwrap();
+    let calls = AtomicUsize::new(0);
+    let report = exec
+        .run(0..3u32, |_| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, ()>(()) }
+        })
+        .await;
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    assert_eq!(report.cancelled(), 3);
+    assert!(
+        report
+            .errors()
+            .all(|(_, e)| matches!(e, ExecError::Cancelled(c) if !c.started))
+    );
+    assert_eq!(report.wall_time(), 5 * SEC);
+    assert_eq!(api.queued(), 0, "the run's wait left the queue");
+}
