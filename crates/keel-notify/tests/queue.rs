@@ -662,6 +662,8 @@ async fn metrics_count_by_sink_and_priority() {
         r#"watchdog_notify_queue_depth{priority="critical"} 0"#,
         r#"watchdog_notify_send_duration_seconds_count{sink="mem"} 3"#,
         r#"watchdog_notify_delivery_latency_seconds_count{sink="mem",priority="warning"} 1"#,
+        r#"watchdog_notify_observed_to_accepted_seconds_count{sink="mem",priority="warning"} 1"#,
+        r#"watchdog_notify_messages_total{sink="mem",kind="single"} 1"#,
     ] {
         assert!(text.contains(line), "missing {line} in\n{text}");
     }

@@ -17,7 +17,7 @@ use keel_notify::{
 };
 use keel_retry::{Backoff, Jitter, RetryPolicy};
 use keel_testkit::Fault;
-use keel_testkit::fakes::telegram::{FakeTelegram, TelegramFault};
+use keel_testkit::fakes::telegram::{FakeTelegram, TelegramFault, TelegramLimits};
 
 const CHAT: i64 = -1_001_234_567_890;
 
@@ -386,4 +386,61 @@ async fn notifier_delivers_through_429s_of_both_forms() {
     assert_eq!(got[0].plain_text, "🔴 VM vm-1 stopped\n\nzone: a");
     let stats = notifier.stats();
     assert_eq!((stats.sent, stats.retried, stats.requeued), (1, 2, 0));
+}
+
+#[tokio::test]
+async fn a_burst_goes_out_as_digests_within_telegrams_real_limits() {
+    let tg = FakeTelegram::start().await;
+    tg.set_limits(Some(TelegramLimits::REAL));
+    let notifier = Notifier::builder()
+        .sink(
+            TelegramSink::builder(tg.token(), CHAT)
+                .base_url(tg.base_url())
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    notifier
+        .notify(Notification::critical(
+            "vm-000:STOPPED",
+            "VM vm-000 is STOPPED",
+        ))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for i in 1..100 {
+        notifier
+            .notify(
+                Notification::critical(
+                    format!("vm-{i:03}:STOPPED"),
+                    format!("VM vm-{i:03} is STOPPED"),
+                )
+                .subject(format!("vm-{i:03}"))
+                .field("vm", format!("vm-{i:03}")),
+            )
+            .unwrap();
+    }
+    let report = notifier.shutdown(Duration::from_secs(10)).await;
+    assert_eq!((report.dropped, report.spooled), (0, 0));
+    let got = tg.messages();
+    assert_eq!(tg.rate_limited(), 0, "never over Telegram's limits");
+    assert!(got.len() <= 3, "{} messages", got.len());
+    assert_eq!(
+        got[0].plain_text, "🔴 VM vm-000 is STOPPED",
+        "the first goes alone"
+    );
+    assert!(
+        got[1].plain_text.starts_with("📋 "),
+        "{}",
+        got[1].plain_text
+    );
+    let lines: usize = got[1..]
+        .iter()
+        .map(|m| m.plain_text.lines().filter(|l| l.starts_with("🔴")).count())
+        .sum();
+    assert_eq!(lines, 99, "every event on its own line");
+    let stats = notifier.stats();
+    assert_eq!((stats.sent, stats.messages), (100, got.len() as u64));
+    let last = got.last().unwrap().received_at - got[0].received_at;
+    assert!(last < Duration::from_secs(3), "{last:?}");
 }
