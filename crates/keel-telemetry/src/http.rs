@@ -205,7 +205,13 @@ async fn serve(
             biased;
             () = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok((stream, _)) => {
+                    // Answers are small: never hold one back for Nagle.
+                    if let Err(e) = stream.set_nodelay(true) {
+                        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                    }
+                    stream
+                }
                 Err(e) => {
                     accept_error(e).await;
                     continue;
