@@ -14,9 +14,9 @@
 use std::time::{Duration, Instant};
 
 use axum::{Router, routing::get};
-use keel::breaker::{BreakerConfig, CircuitBreaker, State};
+use keel::breaker::{BreakerConfig, Bulkhead, CircuitBreaker, State};
 use keel::retry::{Backoff, Jitter, RetryPolicy};
-use keel::{Outcome, Pipeline, PipelineError, RateLimit, classify};
+use keel::{CallOptions, Outcome, Pipeline, PipelineError, RateLimit, classify};
 use keel_testkit::{FakeServer, FaultConfig};
 use reqwest::StatusCode;
 
@@ -75,7 +75,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .breaker(breaker.clone())
         .rate_limit(RateLimit::per_second(50).burst(10))
-        .bulkhead(8)
+        .bulkhead(Bulkhead::new(8))
         .attempt_timeout(Duration::from_millis(500))
         .build()?;
     let client = reqwest::Client::new();
@@ -86,8 +86,13 @@ async fn main() -> anyhow::Result<()> {
         async move {
             let started = Instant::now();
             let result = pipeline
-                .call_classified(classifier, |attempt| {
-                    let request = client.get(url.as_str());
+                .call_with(&CallOptions::new().classify(classifier), |attempt| {
+                    // The attempt is told how long it has left: the HTTP
+                    // client stops waiting when the pipeline would.
+                    let mut request = client.get(url.as_str());
+                    if let Some(left) = attempt.timeout {
+                        request = request.timeout(left);
+                    }
                     async move {
                         let response = request.send().await?;
                         let retry_after = response
@@ -96,7 +101,6 @@ async fn main() -> anyhow::Result<()> {
                             .and_then(|v| v.to_str().ok())
                             .and_then(|v| v.parse().ok())
                             .map(Duration::from_secs);
-                        let _ = attempt;
                         Ok((response.status(), retry_after))
                     }
                 })
