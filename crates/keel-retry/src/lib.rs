@@ -101,3 +101,8 @@ pub use layer::{RetryLayer, RetryService};
 pub use metrics::RetryMetrics;
 pub use policy::{BoxFuture, RetryPolicy};
 pub use stats::RetryStats;
+
+/// The README's examples, compiled and run as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
