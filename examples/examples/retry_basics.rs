@@ -4,6 +4,7 @@
 //! statistics. Public API only; runs in well under a second.
 //!
 //! Run: `cargo run -p keel-examples --example retry_basics`.
+#![allow(clippy::print_stdout)] // an example reports to its reader
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
