@@ -74,10 +74,10 @@ function renderOverview(o) {
   $("#firing-empty").hidden = o.firing.length > 0;
 
   fill($("#top-table tbody"), o.top_alerts.map((t) =>
-    el("tr", { class: "clickable", onclick: () => search("alertname=" + t.alertname) },
+    el("tr", { class: "clickable", onclick: () => search("alertname=" + quote(t.alertname)) },
       el("td", {}, t.alertname), el("td", {}, t.namespace || "–"), el("td", { class: "r" }, t.events))));
   fill($("#flapping-table tbody"), o.flapping_alerts.map((t) =>
-    el("tr", { class: "clickable", onclick: () => search("alertname=" + t.alertname) },
+    el("tr", { class: "clickable", onclick: () => search("alertname=" + quote(t.alertname)) },
       el("td", {}, t.alertname), el("td", {}, t.namespace || "–"), el("td", { class: "r" }, t.flaps))));
   if (o.flapping_alerts.length === 0) {
     fill($("#flapping-table tbody"), [el("tr", {}, el("td", { colspan: 3, class: "empty" }, "No flapping alerts."))]);
@@ -123,14 +123,40 @@ function renderChart(c) {
   $("#chart").replaceChildren(svg, legend);
 }
 
+// Search terms are name=value; either side goes in double quotes when it
+// holds spaces, "=", quotes or backslashes (escaped with a backslash):
+// alertname="Disk full"  "service.name"=api.
+const TERM = /\s*(?:"((?:[^"\\]|\\.)*)"|([^\s="]+))=(?:"((?:[^"\\]|\\.)*)"|([^\s"]*))/y;
+const unquote = (s) => s.replace(/\\(.)/g, "$1");
+const quote = (s) => (s === "" || /[\s="\\]/.test(s)) ? '"' + s.replace(/["\\]/g, "\\$&") + '"' : s;
+
+function parseTerms(text) {
+  const terms = [];
+  TERM.lastIndex = 0;
+  while (TERM.lastIndex < text.length && text.slice(TERM.lastIndex).trim() !== "") {
+    const m = TERM.exec(text);
+    if (!m) throw new Error("search terms are name=value (quote a side with spaces: alertname=\"Disk full\")");
+    terms.push([m[1] !== undefined ? unquote(m[1]) : m[2], m[3] !== undefined ? unquote(m[3]) : m[4]]);
+  }
+  return terms;
+}
+
 async function search(prefill) {
   if (typeof prefill === "string") $("#search-labels").value = prefill;
   const params = new URLSearchParams({ limit: "50" });
-  for (const term of $("#search-labels").value.split(/\s+/).filter(Boolean)) {
-    const [name, ...rest] = term.split("=");
-    const value = rest.join("=");
+  let terms;
+  try {
+    terms = parseTerms($("#search-labels").value);
+  } catch (err) {
+    $("#search-error").textContent = String(err.message || err);
+    $("#search-error").hidden = false;
+    return;
+  }
+  for (const [name, value] of terms) {
     if (name === "alertname" || name === "namespace" || name === "severity" || name === "fingerprint") params.set(name, value);
-    else params.append("label", name + "=" + value);
+    // The server reads label=name=value, or label="name"=value when the
+    // name holds "=" or starts with a quote.
+    else params.append("label", (/[="\\]/.test(name) ? '"' + name.replace(/["\\]/g, "\\$&") + '"' : name) + "=" + value);
   }
   const status = $("#search-status").value;
   if (status) params.set("status", status);

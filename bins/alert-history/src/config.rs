@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use keel_core::ConfigError;
+use keel_telemetry::{KitArgs, Program};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::sqlite::SqliteConnectOptions;
 
@@ -86,17 +87,9 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub db_max_connections: u32,
 
-    /// Log format: `text` or `json`.
-    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
-    pub log_format: String,
-
-    /// Log filter directives (tracing-subscriber `EnvFilter` syntax).
-    #[arg(long, env = "RUST_LOG", default_value = "info")]
-    pub rust_log: String,
-
-    /// Validate the configuration and exit (0 when valid, 64 otherwise).
-    #[arg(long)]
-    pub check_config: bool,
+    /// `--check-config`, `RUST_LOG` and `LOG_FORMAT` (the kit's options).
+    #[command(flatten)]
+    pub kit: KitArgs,
 }
 
 /// The backend a database URL selects.
@@ -125,20 +118,18 @@ impl Config {
             retention_interval_seconds: 3600,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             db_max_connections: 16,
-            log_format: "text".to_owned(),
-            rust_log: "info".to_owned(),
-            check_config: false,
+            kit: KitArgs::default(),
         }
     }
 
     /// Checks every value; the error names the variable to fix.
     ///
     /// # Errors
-    /// [`Error::Config`].
-    pub fn validate(&self) -> Result<(), Error> {
+    /// The [`ConfigError`].
+    pub fn validate(&self) -> Result<(), ConfigError> {
         self.check_database_url()?;
         let bad = |variable: &'static str, reason: &str| {
-            Err(Error::Config(ConfigError::new(variable, reason.to_owned())))
+            Err(ConfigError::new(variable, reason.to_owned()))
         };
         if self.retention_days == 0 || self.retention_days > 36_500 {
             return bad("RETENTION_DAYS", "must be between 1 and 36500");
@@ -180,7 +171,7 @@ impl Config {
                 return bad(variable, "must be non-empty without spaces");
             }
         }
-        self.log_config()?;
+        self.kit.log.config()?;
         Ok(())
     }
 
@@ -199,37 +190,44 @@ impl Config {
         }
     }
 
-    /// Parses `DATABASE_URL` as its database's driver will, and for SQLite
-    /// checks the file's directory: it must be a writable directory, or not
-    /// exist yet under a writable one (it is created at start), and an
-    /// existing database file must be writable. PostgreSQL is not contacted
-    /// (`--check-config` works offline); its host is named in start-up
-    /// errors instead.
+    /// Parses `DATABASE_URL` as its database's driver will (at every
+    /// start).
     ///
     /// # Errors
-    /// [`Error::Config`] naming `DATABASE_URL`, the path and what is wrong.
-    pub fn check_database_url(&self) -> Result<(), Error> {
-        let bad = |reason: String| Err(ConfigError::new("DATABASE_URL", reason).into());
-        match self.backend()? {
+    /// A [`ConfigError`] naming `DATABASE_URL`.
+    pub fn check_database_url(&self) -> Result<(), ConfigError> {
+        let bad = |reason: String| Err(ConfigError::new("DATABASE_URL", reason));
+        let backend = self.backend().map_err(|_| {
+            ConfigError::new("DATABASE_URL", "must start with sqlite:// or postgres://")
+        })?;
+        match backend {
             Backend::Postgres => match PgConnectOptions::from_str(&self.database_url) {
                 Ok(_) => Ok(()),
                 Err(e) => bad(format!("not a PostgreSQL URL: {e}")),
             },
-            Backend::Sqlite => {
-                let options = match SqliteConnectOptions::from_str(&self.database_url) {
-                    Ok(options) => options,
-                    Err(e) => return bad(format!("not a SQLite URL: {e}")),
-                };
-                let path = options.get_filename();
-                if path == Path::new(":memory:") {
-                    return Ok(());
-                }
-                match sqlite_path_problem(path) {
-                    None => Ok(()),
-                    Some(problem) => bad(format!("{}: {problem}", path.display())),
-                }
-            }
+            Backend::Sqlite => match SqliteConnectOptions::from_str(&self.database_url) {
+                Ok(_) => Ok(()),
+                Err(e) => bad(format!("not a SQLite URL: {e}")),
+            },
         }
+    }
+
+    /// What `--check-config` adds to [`Config::validate`]: the SQLite
+    /// database's directory exists and is writable (at a normal start a
+    /// missing directory is created instead). PostgreSQL is not contacted
+    /// (`--check-config` works offline); start-up errors name its host.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming `DATABASE_URL` and the path.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        self.validate()?;
+        if self.backend().ok() == Some(Backend::Sqlite)
+            && let Ok(options) = SqliteConnectOptions::from_str(&self.database_url)
+            && options.get_filename() != Path::new(":memory:")
+        {
+            keel_telemetry::check::writable_path("DATABASE_URL", options.get_filename())?;
+        }
+        Ok(())
     }
 
     /// The retention period.
@@ -251,60 +249,19 @@ impl Config {
     pub fn retention_interval(&self) -> Duration {
         Duration::from_secs(self.retention_interval_seconds)
     }
-
-    /// The logging configuration from `LOG_FORMAT` and `RUST_LOG`.
-    ///
-    /// # Errors
-    /// [`Error::Config`] naming `LOG_FORMAT` or `RUST_LOG`.
-    pub fn log_config(&self) -> Result<keel_telemetry::LogConfig, Error> {
-        keel_telemetry::LogConfig::from_env_values(Some(&self.log_format), Some(&self.rust_log))
-            .map_err(|e| {
-                let variable = if e.to_string().contains("LOG_FORMAT") {
-                    "LOG_FORMAT"
-                } else {
-                    "RUST_LOG"
-                };
-                ConfigError::new(variable, e.to_string()).into()
-            })
-    }
 }
 
-/// Why a SQLite database cannot be created or written at `path`, if it
-/// cannot.
-fn sqlite_path_problem(path: &Path) -> Option<String> {
-    if path.is_dir() {
-        return Some("is a directory, not a database file".to_owned());
+impl Program for Config {
+    fn kit_args(&self) -> &KitArgs {
+        &self.kit
     }
-    if path.exists() {
-        return std::fs::OpenOptions::new()
-            .write(true)
-            .open(path)
-            .err()
-            .map(|e| format!("the database file is not writable ({e})"));
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        Config::validate(self)
     }
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    // The nearest directory that exists: the rest is created at start.
-    let existing = dir.ancestors().find(|d| d.exists())?;
-    if !existing.is_dir() {
-        return Some(format!("{} is not a directory", existing.display()));
-    }
-    let probe = existing.join(format!(".alert-history-check-{}", std::process::id()));
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&probe)
-    {
-        Ok(_) => {
-            let _ = std::fs::remove_file(&probe);
-            None
-        }
-        Err(e) => Some(format!(
-            "directory {} is not writable ({e})",
-            existing.display()
-        )),
+
+    fn check(&self) -> Result<(), ConfigError> {
+        Config::check(self)
     }
 }
 
@@ -317,35 +274,26 @@ mod tests {
     }
 
     #[test]
-    fn sqlite_paths_are_checked() {
+    fn check_config_checks_the_sqlite_directory() {
         let dir = tempfile::tempdir().unwrap();
-        let ok = |path: &Path| {
+        let check = |path: &Path| {
             let mut config = parse(&[]).unwrap();
             config.database_url = format!("sqlite://{}", path.display());
-            config.validate()
+            config.validate().unwrap();
+            config.check()
         };
-        ok(&dir.path().join("a.db")).unwrap();
-        // A missing directory under a writable one is created at start.
-        ok(&dir.path().join("new/sub/a.db")).unwrap();
+        check(&dir.path().join("a.db")).unwrap();
+        // A missing directory: valid for a start (it is created), but
+        // --check-config says it is missing.
+        let err = check(&dir.path().join("new/a.db")).unwrap_err().to_string();
+        assert!(err.contains("DATABASE_URL") && err.contains("new"), "{err}");
         let file = dir.path().join("file");
         std::fs::write(&file, b"").unwrap();
-        let err = ok(&file.join("a.db")).unwrap_err().to_string();
+        let err = check(&file.join("a.db")).unwrap_err().to_string();
         assert!(
-            err.contains("DATABASE_URL") && err.contains("is not a directory"),
+            err.contains("DATABASE_URL") && err.contains("file"),
             "{err}"
         );
-        let err = ok(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("is a directory"), "{err}");
-        // As root every directory is writable; elsewhere a read-only one is refused.
-        let ro = dir.path().join("ro");
-        std::fs::create_dir(&ro).unwrap();
-        let mut perms = std::fs::metadata(&ro).unwrap().permissions();
-        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o555);
-        std::fs::set_permissions(&ro, perms).unwrap();
-        if std::fs::write(ro.join("x"), b"").is_err() {
-            let err = ok(&ro.join("a.db")).unwrap_err().to_string();
-            assert!(err.contains("not writable") && err.contains("ro"), "{err}");
-        }
     }
 
     #[test]
@@ -418,15 +366,12 @@ mod tests {
                 .to_string()
                 .contains("WEBHOOK_TOKEN")
         );
+        let err = parse(&["--log-format", "xml"]).unwrap_err().to_string();
+        assert!(err.contains("xml"), "{err}");
         let mut config = parse(&[]).unwrap();
-        config.log_format = "xml".into();
-        assert!(
-            config
-                .validate()
-                .unwrap_err()
-                .to_string()
-                .contains("LOG_FORMAT")
-        );
+        config.kit.log.log_filter = "not a [filter".into();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("RUST_LOG"), "{err}");
         let mut config = parse(&[]).unwrap();
         config.api_token_for_reads = true;
         let err = config.validate().unwrap_err().to_string();
@@ -439,7 +384,7 @@ mod tests {
             let err = config.validate().unwrap_err().to_string();
             assert!(err.contains("BODY_READ_TIMEOUT_SECONDS"), "{err}");
         }
-        for url in ["postgres://u:p@[bad/x", "sqlite:///dev/null/x.db"] {
+        for url in ["postgres://u:p@[bad/x", "postgresql://[::1", "mysql://db/x"] {
             let mut config = parse(&[]).unwrap();
             config.database_url = url.into();
             let err = config.validate().unwrap_err().to_string();

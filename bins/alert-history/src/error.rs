@@ -8,7 +8,7 @@ use thiserror::Error;
 pub enum Error {
     /// A configuration value is invalid; its field is the environment
     /// variable to fix.
-    #[error(transparent)]
+    #[error("invalid configuration")]
     Config(#[from] keel_core::ConfigError),
     /// The database could not be opened at start: `target` is the SQLite
     /// path or the PostgreSQL host, port and database of `DATABASE_URL`.
@@ -39,7 +39,7 @@ pub enum Error {
         /// The error.
         source: std::io::Error,
     },
-    /// Telemetry setup failed.
+    /// Telemetry setup failed (or the HTTP server).
     #[error("telemetry setup failed")]
     Telemetry(#[from] keel_telemetry::TelemetryError),
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{MatchedPath, Path, RawQuery, Request, State};
+use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -140,7 +140,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health/database", get(health_database))
         .route("/admin/retention", post(admin_retention))
         .merge(reads)
-        .layer(middleware::from_fn_with_state(state.clone(), track_latency))
+        .layer(state.inner.metrics.http().layer())
         .with_state(state)
 }
 
@@ -154,20 +154,6 @@ async fn require_read(State(state): State<AppState>, request: Request, next: Nex
     response
         .headers_mut()
         .insert(header::WWW_AUTHENTICATE, READ_CHALLENGE);
-    response
-}
-
-async fn track_latency(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let endpoint = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let started = tokio::time::Instant::now();
-    let response = next.run(request).await;
-    state
-        .inner
-        .metrics
-        .observe_latency(&endpoint, started.elapsed().as_secs_f64());
     response
 }
 
@@ -412,11 +398,28 @@ where
     Ok(Some(n))
 }
 
-/// A time: RFC 3339, a naive ISO time (taken as UTC), a date, or Unix
-/// seconds.
+/// Unix times at or above this (in absolute value) are taken as
+/// milliseconds: as seconds they would be past the year 5000, as
+/// milliseconds they are after 1973.
+const MILLISECONDS_FROM: f64 = 1e11;
+
+/// Which end of a range a time parameter is: a bare date means the start
+/// of that day for `since` and its end (last millisecond) for `until`, so
+/// both are inclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum End {
+    /// `since`.
+    Start,
+    /// `until`.
+    Finish,
+}
+
+/// A time: RFC 3339, a naive ISO time (taken as UTC), a date (the whole
+/// day, see [`End`]), Unix seconds, or Unix milliseconds (13 digits).
 pub(crate) fn time_param(
     pairs: &[(String, String)],
     name: &str,
+    end: End,
 ) -> Result<Option<i64>, QueryError> {
     let Some(v) = last(pairs, name) else {
         return Ok(None);
@@ -428,31 +431,71 @@ pub(crate) fn time_param(
         return Ok(Some(t.and_utc().timestamp_millis()));
     }
     if let Ok(d) = chrono::NaiveDate::parse_from_str(v, "%Y-%m-%d") {
-        return Ok(Some(
-            d.and_hms_opt(0, 0, 0)
-                .unwrap_or_default()
-                .and_utc()
-                .timestamp_millis(),
-        ));
+        let start = d
+            .and_hms_opt(0, 0, 0)
+            .unwrap_or_default()
+            .and_utc()
+            .timestamp_millis();
+        return Ok(Some(match end {
+            End::Start => start,
+            End::Finish => start + 86_400_000 - 1,
+        }));
     }
-    if let Ok(secs) = v.parse::<f64>()
-        && secs.is_finite()
-        && secs.abs() < 1e13
+    if let Ok(n) = v.parse::<f64>()
+        && n.is_finite()
+        && n.abs() < 1e16
     {
-        return Ok(Some((secs * 1000.0).round() as i64));
+        let ms = if n.abs() >= MILLISECONDS_FROM {
+            n
+        } else {
+            n * 1000.0
+        };
+        return Ok(Some(ms.round() as i64));
     }
     Err(QueryError::new(
         name,
-        format!("not a time (RFC 3339 or Unix seconds): {v:?}"),
+        format!("not a time (RFC 3339, a date, Unix seconds or milliseconds): {v:?}"),
     ))
 }
 
-fn is_label_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+/// Parses one `label=` value: `name=value`, the name being any UTF-8
+/// text without `=` (Prometheus 3 and Alertmanager 0.28 allow UTF-8 label
+/// names such as `service.name`), or `"name"=value` with the name in
+/// double quotes (`\"` and `\\` escaped), which may hold `=` too.
+pub(crate) fn parse_label_filter(v: &str) -> Result<(String, String), QueryError> {
+    let bad = |why: &str| QueryError::new("label", format!("{why}, got {v:?}"));
+    let (name, value) = if let Some(rest) = v.strip_prefix('"') {
+        let mut name = String::new();
+        let mut chars = rest.char_indices();
+        let mut end = None;
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => match chars.next() {
+                    Some((_, e)) => name.push(e),
+                    None => return Err(bad("unfinished escape in a quoted label name")),
+                },
+                '"' => {
+                    end = Some(i);
+                    break;
+                }
+                c => name.push(c),
+            }
+        }
+        let end = end.ok_or_else(|| bad("unterminated quoted label name"))?;
+        let value = rest[end + 1..]
+            .strip_prefix('=')
+            .ok_or_else(|| bad("expected \"name\"=value"))?;
+        (name, value.to_owned())
+    } else {
+        let (name, value) = v
+            .split_once('=')
+            .ok_or_else(|| bad("expected name=value"))?;
+        (name.to_owned(), value.to_owned())
+    };
+    if name.is_empty() {
+        return Err(bad("empty label name"));
+    }
+    Ok((name, value))
 }
 
 /// Parses the parameters of `GET /history`.
@@ -473,16 +516,7 @@ pub fn parse_history_query(raw: Option<&str>) -> Result<HistoryQuery, QueryError
         if k != "label" {
             continue;
         }
-        let (name, value) = v
-            .split_once('=')
-            .ok_or_else(|| QueryError::new("label", format!("expected name=value, got {v:?}")))?;
-        if !is_label_name(name) {
-            return Err(QueryError::new(
-                "label",
-                format!("invalid label name {name:?}"),
-            ));
-        }
-        labels.push((name.to_owned(), value.to_owned()));
+        labels.push(parse_label_filter(v)?);
     }
     let cursor = match last(&pairs, "cursor") {
         None => None,
@@ -504,8 +538,8 @@ pub fn parse_history_query(raw: Option<&str>) -> Result<HistoryQuery, QueryError
         fingerprint: text(&pairs, "fingerprint"),
         namespace: text(&pairs, "namespace"),
         severity: text(&pairs, "severity"),
-        since: time_param(&pairs, "since")?,
-        until: time_param(&pairs, "until")?,
+        since: time_param(&pairs, "since", End::Start)?,
+        until: time_param(&pairs, "until", End::Finish)?,
         labels,
         limit: number(&pairs, "limit", 1, MAX_LIMIT)?.unwrap_or(DEFAULT_LIMIT),
         offset,
@@ -634,8 +668,8 @@ pub fn parse_report_query(raw: Option<&str>) -> Result<ReportQuery, QueryError> 
     Ok(ReportQuery {
         alertname: text(&pairs, "alertname"),
         namespace: text(&pairs, "namespace"),
-        since: time_param(&pairs, "since")?,
-        until: time_param(&pairs, "until")?,
+        since: time_param(&pairs, "since", End::Start)?,
+        until: time_param(&pairs, "until", End::Finish)?,
         min_flap: number(&pairs, "min_flap", 1, 1_000_000)?.unwrap_or(defaults.min_flap),
         top: number(&pairs, "top", 1, 1000)?.unwrap_or(defaults.top),
     })

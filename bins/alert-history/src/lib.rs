@@ -70,7 +70,7 @@ pub mod timeline;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use keel_telemetry::{DrainReport, Shutdown};
+use keel_telemetry::{DrainReport, HttpServer, ReadTimeouts, Shutdown};
 use tokio::net::TcpListener;
 
 pub use config::{Backend, Config};
@@ -81,13 +81,15 @@ pub use model::{NewEvent, Status, parse_webhook};
 pub use pipeline::{Batch, Pipeline, Stage, StageError};
 pub use store::{HistoryQuery, IngestOutcome, ReportQuery, Store};
 
-/// A running service: HTTP server and retention task, both tracked by one
-/// [`Shutdown`].
+/// A running service: the HTTP server (the kit's [`HttpServer`], with
+/// header and body read timeouts and a drain no stalled client can hold)
+/// and the retention task, both tracked by one [`Shutdown`].
 #[derive(Debug)]
 pub struct Service {
     local_addr: SocketAddr,
     shutdown: Shutdown,
     state: AppState,
+    server: HttpServer,
 }
 
 impl Service {
@@ -98,29 +100,29 @@ impl Service {
     /// [`Error::Config`] for an invalid configuration, the database, migration
     /// or bind error otherwise.
     pub async fn start(config: &Config) -> Result<Service, Error> {
+        Service::start_with(config, Shutdown::new()).await
+    }
+
+    /// [`Service::start`] under a given [`Shutdown`] (the kit's, in the
+    /// binary): the HTTP server and the retention task are tracked by it.
+    ///
+    /// # Errors
+    /// As [`Service::start`].
+    pub async fn start_with(config: &Config, shutdown: Shutdown) -> Result<Service, Error> {
         config.validate()?;
-        let shutdown = Shutdown::new();
+        let timeouts = ReadTimeouts::new(config.header_read_timeout(), config.body_read_timeout())?;
         let store = Store::connect(&config.database_url, config.db_max_connections).await?;
         let state = AppState::new(store.clone(), config, shutdown.token())?;
         state.metrics().set_db_alerts(store.count_events().await?);
-        let listen = |source| Error::Listen {
-            addr: config.listen_addr,
-            source,
-        };
         let listener = TcpListener::bind(config.listen_addr)
             .await
-            .map_err(listen)?;
-        let local_addr = listener.local_addr().map_err(listen)?;
-        let app = router(state.clone());
-        let stop = shutdown.triggered();
-        shutdown.spawn(async move {
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(stop)
-                .await
-            {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
-        });
+            .map_err(|source| Error::Listen {
+                addr: config.listen_addr,
+                source,
+            })?;
+        let server =
+            HttpServer::from_listener(listener, router(state.clone()), &shutdown, timeouts)?;
+        let local_addr = server.local_addr();
         shutdown.spawn(retention::task(
             store.clone(),
             state.metrics().clone(),
@@ -139,6 +141,7 @@ impl Service {
             local_addr,
             shutdown,
             state,
+            server,
         })
     }
 
@@ -165,5 +168,15 @@ impl Service {
         let report = self.shutdown.drain(drain).await;
         self.state.store().close().await;
         report
+    }
+
+    /// Once the shutdown has been triggered: waits for the HTTP server to
+    /// answer its in-flight requests (the kit bounds the wait), then closes
+    /// the database.
+    pub async fn finish(self) {
+        if let Err(e) = self.server.wait().await {
+            tracing::warn!(error = %e, "HTTP server task failed");
+        }
+        self.state.store().close().await;
     }
 }

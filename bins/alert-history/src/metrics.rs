@@ -1,38 +1,35 @@
 //! The service's Prometheus metrics, with the predecessor's names once the
 //! program prefix `alert_history_` is added.
 //!
-//! Label values stay bounded: `endpoint` is the matched route template
-//! (`/alerts/{fingerprint}`, never a fingerprint), `status` is
-//! `firing`/`resolved`, and the `(alertname, namespace)` pairs of
-//! `webhook_events` are capped at [`LABEL_SET_CAP`] distinct pairs: a new
-//! pair past the cap first frees the slots of pairs idle for
-//! [`LABEL_SET_IDLE_MS`] (their series are dropped, as a Prometheus
-//! exporter's TTL does; a pair seen again later restarts from zero, which
-//! `rate()` reads as a counter reset), and is counted under
-//! `alertname="other", namespace="other"` only while every slot is in
-//! recent use.
+//! Label values come from alerts, so they go through the kit's
+//! [`LabelFamily`]: each value is capped at
+//! [`keel_telemetry::MAX_LABEL_VALUE_LEN`] bytes and escaped (a quote, a
+//! backslash or a newline in an alert name cannot break the scrape or
+//! inject a sample), and the `(alertname, namespace, status)` sets of
+//! `webhook_events` are capped at [`LABEL_SET_CAP`] pairs (two statuses
+//! each): a new pair past the cap takes the slot of a set idle for
+//! [`LABEL_SET_IDLE`] (its series is dropped, as a Prometheus exporter's
+//! TTL does; it restarts from zero if it comes back, which `rate()` reads
+//! as a counter reset), and is counted under `alertname="other",
+//! namespace="other"` (its status kept) only while every slot is in recent
+//! use. Request latency is the kit's [`HttpMetrics`] (by route template,
+//! method and status class).
 
-use std::collections::HashMap;
+use std::time::Duration;
 
-use parking_lot::Mutex;
-use prometheus_client::encoding::EncodeLabelSet;
+use keel_telemetry::{HttpMetrics, LabelFamily};
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::model::{NewEvent, Status};
+use crate::model::NewEvent;
 
 /// Most distinct `(alertname, namespace)` label pairs on
 /// `webhook_events_total`; the rest fold into `other`.
 pub const LABEL_SET_CAP: usize = 1000;
-/// A pair not seen for this long (1 hour, by the deliveries' receive time)
-/// gives its slot up when a new pair needs one.
-pub const LABEL_SET_IDLE_MS: i64 = 3_600_000;
-/// Idle pairs are looked for at most this often (1 minute), so a flood of
-/// new pairs past the cap costs one scan a minute, not one per alert.
-const LABEL_SET_SWEEP_MS: i64 = 60_000;
+/// A label set not seen for this long gives its slot up when a new pair
+/// needs one.
+pub const LABEL_SET_IDLE: Duration = Duration::from_secs(3600);
 /// Alerts received, by alertname, namespace and status.
 pub const WEBHOOK_EVENTS: &str = "webhook_events";
 /// Webhook deliveries rejected or failed.
@@ -43,113 +40,16 @@ pub const HISTORY_QUERIES: &str = "history_queries";
 pub const REPORT_QUERIES: &str = "report_queries";
 /// Events stored in the database.
 pub const DB_ALERTS: &str = "db_alerts";
-/// Request latency by route template.
-pub const REQUEST_LATENCY: &str = "request_latency_seconds";
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct EventLabels {
-    alertname: String,
-    namespace: String,
-    status: String,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct EndpointLabels {
-    endpoint: String,
-}
-
-type LatencyFamily = Family<EndpointLabels, Histogram, fn() -> Histogram>;
-
-fn latency_histogram() -> Histogram {
-    // 0.5 ms .. ~8 s.
-    Histogram::new(exponential_buckets(0.0005, 2.0, 15))
-}
 
 /// The metrics; cloning shares them.
 #[derive(Debug, Clone)]
 pub struct Metrics {
-    webhook_events: Family<EventLabels, Counter>,
+    webhook_events: LabelFamily<Counter, 3>,
     webhook_errors: Counter,
     history_queries: Counter,
     report_queries: Counter,
     db_alerts: Gauge,
-    latency: LatencyFamily,
-    seen: std::sync::Arc<Mutex<LabelSets>>,
-    cap: usize,
-}
-
-/// The admitted `(alertname, namespace)` pairs and when each was last seen
-/// (epoch ms). Nested maps, so a lookup by `&str` needs no allocation.
-#[derive(Debug, Default)]
-struct LabelSets {
-    last_seen: HashMap<String, HashMap<String, i64>>,
-    len: usize,
-    last_sweep_ms: Option<i64>,
-}
-
-impl LabelSets {
-    /// Whether the pair has (or now gets) its own series.
-    fn admit(
-        &mut self,
-        alertname: &str,
-        namespace: &str,
-        now_ms: i64,
-        cap: usize,
-        family: &Family<EventLabels, Counter>,
-    ) -> bool {
-        if let Some(seen) = self
-            .last_seen
-            .get_mut(alertname)
-            .and_then(|m| m.get_mut(namespace))
-        {
-            *seen = (*seen).max(now_ms);
-            return true;
-        }
-        if self.len >= cap
-            && self
-                .last_sweep_ms
-                .is_none_or(|at| now_ms - at >= LABEL_SET_SWEEP_MS)
-        {
-            self.sweep(now_ms, family);
-        }
-        if self.len >= cap {
-            return false;
-        }
-        self.last_seen
-            .entry(alertname.to_owned())
-            .or_default()
-            .insert(namespace.to_owned(), now_ms);
-        self.len += 1;
-        true
-    }
-
-    /// Drops the pairs idle for [`LABEL_SET_IDLE_MS`], and their series.
-    fn sweep(&mut self, now_ms: i64, family: &Family<EventLabels, Counter>) {
-        self.last_sweep_ms = Some(now_ms);
-        let cutoff = now_ms.saturating_sub(LABEL_SET_IDLE_MS);
-        let mut removed = 0;
-        self.last_seen.retain(|alertname, namespaces| {
-            namespaces.retain(|namespace, seen| {
-                if *seen >= cutoff {
-                    return true;
-                }
-                for status in [Status::Firing, Status::Resolved] {
-                    family.remove(&EventLabels {
-                        alertname: alertname.clone(),
-                        namespace: namespace.clone(),
-                        status: status.as_str().to_owned(),
-                    });
-                }
-                removed += 1;
-                false
-            });
-            !namespaces.is_empty()
-        });
-        self.len -= removed;
-        if removed > 0 {
-            tracing::debug!(removed, "idle webhook_events label pairs dropped");
-        }
-    }
+    http: HttpMetrics,
 }
 
 impl Default for Metrics {
@@ -159,17 +59,23 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Metrics whose `(alertname, namespace)` pairs are capped at `cap`.
+    /// Metrics whose `(alertname, namespace)` pairs are capped at `cap`
+    /// (at least 1).
     pub fn with_cap(cap: usize) -> Self {
+        let webhook_events = LabelFamily::builder(["alertname", "namespace", "status"])
+            .max_sets(2 * cap.max(1))
+            .idle_after(LABEL_SET_IDLE)
+            .keep(["status"])
+            .build()
+            // Fixed names, a cap of at least 2 and a non-zero idle time.
+            .unwrap_or_else(|e| unreachable!("{e}"));
         Metrics {
-            webhook_events: Family::default(),
+            webhook_events,
             webhook_errors: Counter::default(),
             history_queries: Counter::default(),
             report_queries: Counter::default(),
             db_alerts: Gauge::default(),
-            latency: Family::new_with_constructor(latency_histogram),
-            seen: Default::default(),
-            cap,
+            http: HttpMetrics::new(),
         }
     }
 
@@ -200,35 +106,20 @@ impl Metrics {
             "Alert events stored in the database",
             self.db_alerts.clone(),
         );
-        registry.register(
-            REQUEST_LATENCY,
-            "HTTP request latency by route",
-            self.latency.clone(),
-        );
+        self.http.register(registry);
     }
 
-    /// Counts the alerts of a delivery received at `now_ms` (epoch ms).
-    pub fn record_events(&self, events: &[NewEvent], now_ms: i64) {
-        let mut seen = self.seen.lock();
+    /// The request-latency middleware's metrics.
+    pub fn http(&self) -> &HttpMetrics {
+        &self.http
+    }
+
+    /// Counts the alerts of a delivery (an unlabelled namespace is `none`).
+    pub fn record_events(&self, events: &[NewEvent]) {
         for e in events {
             let namespace = e.namespace.as_deref().unwrap_or("none");
-            let (alertname, namespace) = if seen.admit(
-                &e.alertname,
-                namespace,
-                now_ms,
-                self.cap,
-                &self.webhook_events,
-            ) {
-                (e.alertname.as_str(), namespace)
-            } else {
-                ("other", "other")
-            };
             self.webhook_events
-                .get_or_create(&EventLabels {
-                    alertname: alertname.to_owned(),
-                    namespace: namespace.to_owned(),
-                    status: e.status.as_str().to_owned(),
-                })
+                .get_or_create([&e.alertname, namespace, e.status.as_str()])
                 .inc();
         }
     }
@@ -262,15 +153,6 @@ impl Metrics {
     pub fn db_alerts(&self) -> i64 {
         self.db_alerts.get()
     }
-
-    /// Observes one request's latency under its route template.
-    pub fn observe_latency(&self, endpoint: &str, seconds: f64) {
-        self.latency
-            .get_or_create(&EndpointLabels {
-                endpoint: endpoint.to_owned(),
-            })
-            .observe(seconds);
-    }
 }
 
 #[cfg(test)]
@@ -290,8 +172,7 @@ mod tests {
     fn names_match_the_predecessor() {
         let m = Metrics::default();
         let events = parse_webhook(include_bytes!("../tests/data/webhook-firing.json")).unwrap();
-        m.record_events(&events, 0);
-        m.observe_latency("/webhook", 0.01);
+        m.record_events(&events);
         let text = encode(&m);
         for name in [
             "alert_history_webhook_events_total{alertname=\"DiskFull\",namespace=\"none\",status=\"firing\"} 1",
@@ -299,35 +180,16 @@ mod tests {
             "alert_history_history_queries_total",
             "alert_history_report_queries_total",
             "alert_history_db_alerts",
-            "alert_history_request_latency_seconds_bucket{le=",
+            "alert_history_http_request_duration_seconds",
         ] {
             assert!(text.contains(name), "{name} missing in\n{text}");
         }
     }
 
-    #[test]
-    fn label_sets_are_capped() {
-        let m = Metrics::with_cap(3);
-        for i in 0..10 {
-            let body = format!(
-                r#"{{"alerts":[{{"status":"firing","labels":{{"alertname":"A{i}"}},"startsAt":"2026-01-01T00:00:00Z"}}]}}"#
-            );
-            m.record_events(&parse_webhook(body.as_bytes()).unwrap(), 0);
-        }
-        let text = encode(&m);
-        let series = text
-            .lines()
-            .filter(|l| l.starts_with("alert_history_webhook_events_total{"))
-            .count();
-        assert_eq!(series, 4, "{text}");
-        assert!(text.contains("alertname=\"other\",namespace=\"other\",status=\"firing\"} 7"));
-    }
-
     fn firing(alertname: &str) -> Vec<NewEvent> {
-        let body = format!(
-            r#"{{"alerts":[{{"status":"firing","labels":{{"alertname":"{alertname}"}},"startsAt":"2026-01-01T00:00:00Z"}}]}}"#
-        );
-        parse_webhook(body.as_bytes()).unwrap()
+        let body = serde_json::json!({"alerts":[{"status":"firing","labels":{"alertname":alertname},
+            "startsAt":"2026-01-01T00:00:00Z"}]});
+        parse_webhook(body.to_string().as_bytes()).unwrap()
     }
 
     fn series(m: &Metrics) -> Vec<String> {
@@ -338,56 +200,62 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn idle_label_sets_give_their_slots_to_new_ones() {
-        const MIN: i64 = 60_000;
+    #[tokio::test(start_paused = true)]
+    async fn label_sets_are_capped() {
         let m = Metrics::with_cap(3);
-        for name in ["A0", "A1", "A2"] {
-            m.record_events(&firing(name), 0);
+        for i in 0..10 {
+            m.record_events(&firing(&format!("A{i}")));
         }
-        m.record_events(&firing("A1"), 50 * MIN);
-        // Full, and nothing idle for an hour yet: the new pair is "other".
-        m.record_events(&firing("A3"), 59 * MIN);
+        let text = series(&m).join("\n");
+        // Three statuses' worth of slots (2 per pair): six pairs fit.
+        assert_eq!(series(&m).len(), 7, "{text}");
+        assert!(text.contains("alertname=\"other\",namespace=\"other\",status=\"firing\"} 4"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_label_sets_give_their_slots_to_new_ones() {
+        let m = Metrics::with_cap(1);
+        m.record_events(&firing("A0"));
+        m.record_events(&firing("A1"));
+        tokio::time::advance(Duration::from_secs(50 * 60)).await;
+        m.record_events(&firing("A1"));
+        m.record_events(&firing("A2"));
         let text = series(&m).join("\n");
         assert!(text.contains("alertname=\"other\""), "{text}");
-        assert!(!text.contains("A3"), "{text}");
-        // A minute later A0 and A2 have been idle for an hour: their series
-        // go and A3 (and one more) get slots; A1, seen at 50 min, stays.
-        m.record_events(&firing("A3"), 61 * MIN);
-        m.record_events(&firing("A4"), 61 * MIN);
+        assert!(!text.contains("A2"), "{text}");
+        // Eleven minutes later A0 has been idle for an hour: its series goes
+        // and A3 takes the slot; A1, seen at 50 min, stays.
+        tokio::time::advance(Duration::from_secs(11 * 60)).await;
+        m.record_events(&firing("A3"));
         let text = series(&m).join("\n");
         assert!(!text.contains("\"A0\""), "{text}");
-        assert!(!text.contains("\"A2\""), "{text}");
         assert!(text.contains("alertname=\"A1\""), "{text}");
         assert!(
             text.contains("alertname=\"A3\",namespace=\"none\",status=\"firing\"} 1"),
             "{text}"
         );
-        assert!(text.contains("alertname=\"A4\""), "{text}");
-        // Full again (A1, A3, A4): a fifth pair waits for the next sweep.
-        m.record_events(&firing("A5"), 61 * MIN);
-        assert!(!series(&m).join("\n").contains("A5"));
-        assert_eq!(series(&m).len(), 4);
     }
 
     #[test]
-    fn sweeps_are_rate_limited() {
-        const MIN: i64 = 60_000;
-        let m = Metrics::with_cap(1);
-        m.record_events(&firing("A0"), 0);
-        // The sweep at 60 min finds A0 not yet idle for an hour: B is other.
-        m.record_events(&firing("B"), 60 * MIN);
-        assert!(series(&m).join("\n").contains("\"other\""));
-        // At 60.5 min A0 is idle, but the last sweep was half a minute ago.
-        m.record_events(&firing("B"), 60 * MIN + 30_000);
-        assert!(!series(&m).join("\n").contains("\"B\""));
-        // At 61 min the next sweep frees A0's slot for B.
-        m.record_events(&firing("B"), 61 * MIN);
-        let text = series(&m).join("\n");
+    fn hostile_alert_names_are_escaped_and_capped() {
+        let m = Metrics::default();
+        let long = "x".repeat(1 << 20);
+        for name in [
+            "Disk \"root\" full",
+            "back\\slash",
+            "new\nline 1\n# x",
+            long.as_str(),
+        ] {
+            m.record_events(&firing(name));
+        }
+        let text = encode(&m);
+        assert!(text.contains(r#"alertname="Disk \"root\" full""#), "{text}");
+        assert!(text.contains(r#"alertname="back\\slash""#), "{text}");
+        assert!(text.contains(r#"alertname="new\nline 1\n# x""#), "{text}");
+        assert!(text.len() < 10_000, "{} bytes", text.len());
         assert!(
-            text.contains("alertname=\"B\",namespace=\"none\",status=\"firing\"} 1"),
-            "{text}"
+            text.lines()
+                .all(|l| !l.starts_with("line") && !l.starts_with("# x"))
         );
-        assert!(!text.contains("\"A0\""), "{text}");
     }
 }

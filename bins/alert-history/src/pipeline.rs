@@ -77,7 +77,7 @@ impl Stage for RecordMetrics {
     }
 
     fn after_commit<'a>(&'a self, batch: &'a Batch, outcome: IngestOutcome) -> BoxFuture<'a, ()> {
-        self.0.record_events(&batch.events, batch.received_at_ms);
+        self.0.record_events(&batch.events);
         self.0.add_db_alerts(outcome.saved as i64);
         Box::pin(async {})
     }

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use chrono::Utc;
-use keel_telemetry::CancellationToken;
+use keel_telemetry::{CancellationToken, every};
 
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -46,22 +46,18 @@ pub async fn purge(store: &Store, metrics: &Metrics, cutoff: i64) -> Result<u64,
     Ok(total)
 }
 
-/// Runs `round` now and then every `interval` until `token` is cancelled.
-/// A round in progress is finished before returning.
+/// Runs `round` now and then every `interval` (the kit's [`every`]) until
+/// `token` is cancelled. A round in progress is finished before returning.
 pub async fn run_every<F, Fut>(interval: Duration, token: CancellationToken, mut round: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = ()>,
 {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            biased;
-            () = token.cancelled() => return,
-            _ = ticker.tick() => round().await,
-        }
+    if token.is_cancelled() {
+        return;
     }
+    round().await;
+    every(interval, token, round).await;
 }
 
 /// The retention task: [`purge`] now and every `interval` with the cutoff

@@ -969,13 +969,22 @@ impl Store {
                     let p = f.param(Param::Json(Value::Object(object)));
                     f.conditions.push(format!("labels @> {p}"));
                 }
-                Backend::Sqlite => {
-                    // Label names are validated as Prometheus names, so the
-                    // quoted JSON path needs no escaping.
+                Backend::Sqlite if !name.contains(['"', '\\']) => {
+                    // Any UTF-8 name (`service.name`) is one key in a
+                    // quoted JSON path.
                     let path = f.param(Param::Text(format!("$.\"{name}\"")));
                     let v = f.param(Param::Text(value.clone()));
                     f.conditions
                         .push(format!("json_extract(labels, {path}) = {v}"));
+                }
+                Backend::Sqlite => {
+                    // A quote or backslash cannot be written in a JSON
+                    // path: compare the keys themselves.
+                    let k = f.param(Param::Text(name.clone()));
+                    let v = f.param(Param::Text(value.clone()));
+                    f.conditions.push(format!(
+                        "EXISTS (SELECT 1 FROM json_each(labels) WHERE key = {k} AND value = {v})"
+                    ));
                 }
             }
         }
@@ -1088,9 +1097,14 @@ impl Store {
         let namespace_sql = format!(
             "SELECT COALESCE(namespace, 'none') AS k, COUNT(*) FROM alert_events{filter} GROUP BY COALESCE(namespace, 'none')"
         );
+        // The current states whose event (the start of a firing alert, the
+        // end of a resolved one) is in the window, like the events above.
         let mut sf = Filter::default();
         sf.eq("alertname", &q.alertname);
         sf.eq("namespace", &q.namespace);
+        const STATE_AT: &str = "CASE WHEN status = 'firing' THEN starts_at ELSE ends_at END";
+        sf.cmp(STATE_AT, ">=", q.since);
+        sf.cmp(STATE_AT, "<=", q.until);
         let state_filter = sf.sql();
         let status_sql =
             format!("SELECT status, COUNT(*) FROM alert_state{state_filter} GROUP BY status");

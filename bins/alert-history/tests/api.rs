@@ -34,6 +34,9 @@ on_both_backends!(
     an_alert_without_alertname_does_not_lose_its_group,
     unstorable_values_are_422_naming_the_field,
     everything_accepted_reads_back,
+    until_a_date_includes_that_day_and_milliseconds_are_understood,
+    utf8_label_names_filter_history,
+    report_summary_honours_since_and_until,
 );
 
 fn rows(v: &Value) -> &Vec<Value> {
@@ -421,7 +424,9 @@ async fn history_filters(db: TestDb) {
     for (query, param) in [
         ("status=open", "status"),
         ("label=team", "label"),
-        ("label=bad-name=x", "label"),
+        // UTF-8 names (bad-name, service.name) are names: only an empty
+        // or unterminated quoted one is refused.
+        ("label==x", "label"),
         ("since=yesterday", "since"),
         ("cursor=zzz", "cursor"),
         ("cursor=1-1&offset=3", "offset"),
@@ -688,8 +693,8 @@ async fn metrics_use_route_templates(db: TestDb) {
         "alert_history_history_queries_total 1",
         "alert_history_report_queries_total 1",
         "alert_history_db_alerts 1",
-        "endpoint=\"/alerts/{fingerprint}\"",
-        "endpoint=\"/webhook\"",
+        "alert_history_http_request_duration_seconds_count{route=\"/alerts/{fingerprint}\",method=\"GET\",status=\"2xx\"} 1",
+        "route=\"/webhook\",method=\"POST\"",
     ] {
         assert!(text.contains(needle), "{needle} missing:\n{text}");
     }
@@ -944,4 +949,81 @@ async fn everything_accepted_reads_back(db: TestDb) {
     let (status, history) = t.get("/history?alertname=Edge").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(rows(&history)[0]["annotations"]["deep"], deep);
+}
+
+async fn until_a_date_includes_that_day_and_milliseconds_are_understood(db: TestDb) {
+    let t = TestApp::new(db).await;
+    // at(m) is m minutes after 2026-01-01T00:00:00Z: 23:59 that day, and
+    // the next day's 00:01.
+    t.deliver(&payload(vec![
+        firing("Late", "ca11000000000001", 23 * 60 + 59, &[]),
+        firing("Next", "ca11000000000002", 24 * 60 + 1, &[]),
+    ]))
+    .await;
+    let (status, rows_) = t.get("/history?until=2026-01-01").await;
+    assert_eq!(status, StatusCode::OK, "{rows_}");
+    let names: Vec<&str> = rows(&rows_)
+        .iter()
+        .map(|r| r["alertname"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["Late"]);
+    let (_, rows_) = t.get("/history?since=2026-01-02").await;
+    assert_eq!(rows(&rows_).len(), 1);
+    // 2026-01-01T23:00:00Z in seconds and in milliseconds.
+    for since in ["1767308400", "1767308400000"] {
+        let (status, rows_) = t.get(&format!("/history?since={since}")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(rows(&rows_).len(), 2, "since={since}");
+    }
+}
+
+async fn utf8_label_names_filter_history(db: TestDb) {
+    let t = TestApp::new(db).await;
+    t.deliver(&payload(vec![
+        firing("U", "ca22000000000001", 0, &[("service.name", "api")]),
+        firing("U", "ca22000000000002", 0, &[("service.name", "db")]),
+        firing("U", "ca22000000000003", 0, &[("odd\"na=me", "x y")]),
+    ]))
+    .await;
+    for (query, expected) in [
+        ("label=service.name=api", "ca22000000000001"),
+        ("label=%22service.name%22=db", "ca22000000000002"),
+        ("label=%22odd%5C%22na%3Dme%22=x%20y", "ca22000000000003"),
+    ] {
+        let (status, body) = t.get(&format!("/history?{query}")).await;
+        assert_eq!(status, StatusCode::OK, "{query}: {body}");
+        let fps: Vec<&str> = rows(&body)
+            .iter()
+            .map(|r| r["fingerprint"].as_str().unwrap())
+            .collect();
+        assert_eq!(fps, [expected], "{query}");
+    }
+    for bad in ["label=%22open=x", "label==x", "label=noequals"] {
+        let (status, body) = t.get(&format!("/history?{bad}")).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {body}");
+    }
+}
+
+async fn report_summary_honours_since_and_until(db: TestDb) {
+    let t = TestApp::new(db).await;
+    t.deliver(&payload(vec![
+        firing("Old", "ca33000000000001", 0, &[("severity", "critical")]),
+        firing("New", "ca33000000000002", 120, &[("severity", "warning")]),
+    ]))
+    .await;
+    let (_, all) = t.get("/report").await;
+    assert_eq!(all["summary"]["firing_now"], 2, "{all}");
+    let (_, recent) = t.get(&format!("/report?since={}", at(60))).await;
+    assert_eq!(recent["total_events"], 1, "{recent}");
+    assert_eq!(recent["summary"]["firing_now"], 1, "{recent}");
+    assert_eq!(
+        recent["summary"]["firing_by_severity"],
+        json!({ "warning": 1 })
+    );
+    let (_, early) = t.get(&format!("/report?until={}", at(60))).await;
+    assert_eq!(early["summary"]["firing_now"], 1, "{early}");
+    assert_eq!(
+        early["summary"]["firing_by_severity"],
+        json!({ "critical": 1 })
+    );
 }

@@ -13,9 +13,15 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
         .envs(env.iter().copied())
         .output()
         .unwrap();
+    // Configuration errors go to stderr, log lines (start-up failures) to
+    // the log target: both are read.
     (
         out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        ),
     )
 }
 
@@ -53,7 +59,7 @@ fn invalid_configuration_exits_64_naming_the_variable() {
 #[test]
 fn start_up_errors_name_the_database() {
     // Nothing listens on port 1: refused at once, not a pool timeout.
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let (code, stderr) = run(
         &[],
         &[

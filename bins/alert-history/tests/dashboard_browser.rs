@@ -103,6 +103,15 @@ async fn seed(client: &reqwest::Client, base: &str) {
             Some(650),
         )],
         vec![alert("Watchdog", "am", "none", "monitoring", 1200, None)],
+        // A name with spaces and quotes: a click must search for all of it.
+        vec![alert(
+            "Disk \"root\" full",
+            "node-9",
+            "info",
+            "prod",
+            400,
+            Some(390),
+        )],
     ];
     // A flapping alert: five periods, four resolved.
     for i in 0..5 {
@@ -306,6 +315,22 @@ async fn dashboard_shows_what_the_api_says() {
             .at_most(Duration::from_secs(10))
             .for_element(Locator::Css(
                 "#timeline-panel:not([hidden]) #timeline-table tbody tr",
+            ))
+            .await?;
+        // Clicking a top alert whose name holds spaces and quotes searches
+        // for exactly that name.
+        browser
+            .find(Locator::XPath(
+                "//table[@id='top-table']//td[.='Disk \"root\" full']/ancestor::tr",
+            ))
+            .await?
+            .click()
+            .await?;
+        browser
+            .wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::XPath(
+                "//table[@id='history-table']/tbody[count(tr)=1]/tr/td[.='Disk \"root\" full']",
             ))
             .await?;
         browser.execute("window.scrollTo(0, 0)", vec![]).await?;

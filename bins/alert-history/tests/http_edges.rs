@@ -167,3 +167,109 @@ async fn a_stalled_body_is_408_after_the_body_timeout() {
         "{waited:?}"
     );
 }
+
+/// A client that stops in the middle of its request head is disconnected
+/// after `HEADER_READ_TIMEOUT_SECONDS`, and does not hold the shutdown
+/// drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_request_head_is_cut_off_and_does_not_hold_the_drain() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = support::sqlite().await;
+    let mut config = alert_history::Config::for_database(&db.url);
+    config.header_read_timeout_seconds = 1;
+    let service = alert_history::Service::start(&config).await.unwrap();
+    let addr = service.local_addr();
+
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"POST /webhook HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "still connected after 10 s");
+
+    // Another stalled client, then shutdown: the drain ends at once.
+    let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stalled
+        .write_all(b"GET /healthz HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let report = service.stop(Duration::from_secs(10)).await;
+    assert!(started.elapsed() < Duration::from_secs(5), "{report:?}");
+    assert_eq!(report.abandoned, 0, "{report:?}");
+    drop(stalled);
+}
+
+/// Alert names with quotes, backslashes, newlines and 1 MB of text leave
+/// `/metrics` parseable (`promtool check metrics`), bounded and without
+/// injected samples.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_survive_hostile_alert_names() {
+    let t = TestApp::new(support::sqlite().await).await;
+    let huge = "y".repeat(1 << 20);
+    let names = [
+        "Disk \"root\" full",
+        "back\\slash\\",
+        "new\nline_injected 1\n# EOF",
+        huge.as_str(),
+    ];
+    let alerts = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| firing(name, &format!("h{i}"), 0, &[("namespace", name)]))
+        .collect();
+    assert_eq!(t.deliver(&payload(alerts)).await, 4);
+    let (status, text) = t.get("/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    let text = text.as_str().unwrap().to_owned();
+    assert!(text.len() < 20_000, "{} bytes", text.len());
+    assert!(
+        !text.lines().any(|l| l.starts_with("line_injected")),
+        "{text}"
+    );
+    assert_eq!(text.lines().filter(|l| *l == "# EOF").count(), 1, "{text}");
+    let Ok(mut promtool) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    else {
+        eprintln!("skipped the promtool check: promtool is not installed");
+        return;
+    };
+    use std::io::Write;
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // promtool reads the Prometheus 0.0.4 text format: exit 1 is a parse
+    // error (what an unescaped quote or newline causes); exit 3 is lint
+    // findings, of which only "no help text" on counters is expected
+    // (OpenMetrics puts HELP on the family name, the sample is `_total`).
+    assert!(
+        !report.contains("error while linting"),
+        "promtool could not parse /metrics: {report}\n{text}"
+    );
+    match out.status.code() {
+        Some(0) => {}
+        Some(3) => {
+            for finding in report.lines().filter(|l| !l.trim().is_empty()) {
+                assert!(
+                    finding.ends_with("_total no help text"),
+                    "unexpected promtool finding {finding:?}"
+                );
+            }
+        }
+        other => panic!("promtool exited with {other:?}: {report}"),
+    }
+}
