@@ -1,0 +1,142 @@
+//! The supervisor's metrics, metald's names under the program prefix
+//! (`vm_supervisor_`): orphans by reason, recovery attempts by outcome,
+//! successes, recovery duration by outcome, healthy and unhealthy VMs.
+//! The health checks themselves (`vm_health_checks_total`,
+//! `vm_health_check_failures_total`, `vm_health_check_duration_seconds`)
+//! are keel-health's metrics registered under `vm_health`.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+fn duration_histogram() -> Histogram {
+    // 50 ms to about 14 min.
+    Histogram::new(exponential_buckets(0.05, 2.0, 15))
+}
+
+/// The metrics (cheap to clone; clones share).
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    orphaned: Family<Reason, Counter>,
+    attempts: Family<OutcomeLabel, Counter>,
+    successes: Counter,
+    duration: Family<OutcomeLabel, Histogram, fn() -> Histogram>,
+    healthy: Gauge,
+    unhealthy: Gauge,
+    short_circuit: Gauge,
+    adopted: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            orphaned: Family::default(),
+            attempts: Family::default(),
+            successes: Counter::default(),
+            duration: Family::new_with_constructor(duration_histogram),
+            healthy: Gauge::default(),
+            unhealthy: Gauge::default(),
+            short_circuit: Gauge::default(),
+            adopted: Counter::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Registers the metrics (short names; the program adds its prefix).
+    pub fn register(&self, r: &mut Registry) {
+        r.register(
+            "vm_orphaned",
+            "Orphaned VMs detected, by reason",
+            self.orphaned.clone(),
+        );
+        r.register(
+            "vm_recovery_attempts",
+            "Recovery attempts, by outcome",
+            self.attempts.clone(),
+        );
+        r.register(
+            "vm_recovery_success",
+            "Successful recoveries",
+            self.successes.clone(),
+        );
+        r.register(
+            "vm_recovery_duration_seconds",
+            "Recovery duration, by outcome",
+            self.duration.clone(),
+        );
+        r.register(
+            "reliability_healthy_vms",
+            "VMs healthy now",
+            self.healthy.clone(),
+        );
+        r.register(
+            "reliability_unhealthy_vms",
+            "VMs unhealthy now",
+            self.unhealthy.clone(),
+        );
+        r.register(
+            "fleet_short_circuit",
+            "1 while recovery is suspended because too many VMs are unhealthy",
+            self.short_circuit.clone(),
+        );
+        r.register(
+            "vm_adopted",
+            "Running VMs adopted after a supervisor restart",
+            self.adopted.clone(),
+        );
+    }
+
+    /// An orphan was detected.
+    pub fn orphaned(&self, reason: &'static str) {
+        self.orphaned.get_or_create(&Reason { reason }).inc();
+    }
+
+    /// A recovery attempt ended.
+    pub fn attempt(&self, outcome: &'static str, took: Duration) {
+        self.attempts.get_or_create(&OutcomeLabel { outcome }).inc();
+        self.duration
+            .get_or_create(&OutcomeLabel { outcome })
+            .observe(took.as_secs_f64());
+        if outcome == "success" {
+            self.successes.inc();
+        }
+    }
+
+    /// Fleet gauges.
+    pub fn fleet(&self, healthy: usize, unhealthy: usize, short_circuit: bool) {
+        self.healthy.set(healthy as i64);
+        self.unhealthy.set(unhealthy as i64);
+        self.short_circuit.set(i64::from(short_circuit));
+    }
+
+    /// A VM was adopted.
+    pub fn adopted(&self) {
+        self.adopted.inc();
+    }
+
+    /// Orphans counted for `reason` (tests).
+    pub fn orphaned_count(&self, reason: &'static str) -> u64 {
+        self.orphaned.get_or_create(&Reason { reason }).get()
+    }
+
+    /// Successful recoveries (tests).
+    pub fn success_count(&self) -> u64 {
+        self.successes.get()
+    }
+}

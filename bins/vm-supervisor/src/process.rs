@@ -1,0 +1,319 @@
+//! VM processes: started in a process group of their own (so neither a
+//! terminal's signals nor the supervisor's death reach them), identified
+//! by pid *and* start time (field 22 of `/proc/<pid>/stat`), so a recycled
+//! pid is never mistaken for the VM and never signalled; stopped as a
+//! group, TERM then KILL; watched for exit at once.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::{Pid, getpgid};
+use tokio::sync::watch;
+
+use crate::spec::VmSpec;
+
+/// How often an adopted process (not our child: no exit notification) is
+/// looked up in `/proc`.
+pub const ADOPTED_POLL: Duration = Duration::from_millis(50);
+
+/// A process as the registry knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    /// The pid.
+    pub pid: u32,
+    /// Field 22 of `/proc/<pid>/stat`: clock ticks after boot.
+    pub start_time: u64,
+}
+
+/// What `/proc` says about an identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// Running, same start time.
+    Alive,
+    /// No such process (or a zombie).
+    Dead,
+    /// The pid is another process now.
+    Mismatch,
+}
+
+/// `(state, start_time)` from `/proc/<pid>/stat`. The command name (field
+/// 2) is in parentheses and may hold spaces and parentheses: fields are
+/// counted after its last `)`.
+pub fn stat(pid: u32) -> Option<(char, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    // After the name, field 3 is the state; field 22 is 19 further on.
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((state, start))
+}
+
+impl Identity {
+    /// The identity of a running pid.
+    pub fn of(pid: u32) -> Option<Identity> {
+        stat(pid).map(|(_, start_time)| Identity { pid, start_time })
+    }
+
+    /// Whether this exact process still runs.
+    pub fn liveness(&self) -> Liveness {
+        match stat(self.pid) {
+            None => Liveness::Dead,
+            Some((s, _)) if s == 'Z' || s == 'X' => Liveness::Dead,
+            Some((_, t)) if t != self.start_time => Liveness::Mismatch,
+            Some(_) => Liveness::Alive,
+        }
+    }
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// Exited with this code.
+    Code(i32),
+    /// Killed by this signal.
+    Signal(i32),
+    /// Gone, not our child: the status is unknown (an adopted process).
+    Unknown,
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitStatus::Code(c) => write!(f, "exit code {c}"),
+            ExitStatus::Signal(s) => write!(f, "signal {s}"),
+            ExitStatus::Unknown => f.write_str("unknown (adopted process)"),
+        }
+    }
+}
+
+/// A running VM process: its identity and a receiver that gets its exit
+/// status as soon as it ends.
+#[derive(Debug, Clone)]
+pub struct Running {
+    /// Who.
+    pub identity: Identity,
+    /// `None` while it runs.
+    pub exited: watch::Receiver<Option<ExitStatus>>,
+}
+
+impl Running {
+    /// Waits until the process ends.
+    pub async fn wait(&mut self) -> ExitStatus {
+        loop {
+            if let Some(status) = *self.exited.borrow_and_update() {
+                return status;
+            }
+            if self.exited.changed().await.is_err() {
+                return self.exited.borrow().unwrap_or(ExitStatus::Unknown);
+            }
+        }
+    }
+
+    /// Whether it has ended.
+    pub fn has_exited(&self) -> bool {
+        self.exited.borrow().is_some()
+    }
+}
+
+/// Starts `spec`'s command in a new process group (its pgid is its pid),
+/// stdin/stdout/stderr on `/dev/null`, after removing a stale socket file.
+/// A task waits for the child and reports its exit at once.
+///
+/// # Errors
+/// The spawn error (command missing, not executable, bad workdir).
+pub fn spawn(spec: &VmSpec) -> std::io::Result<Running> {
+    remove_socket(&spec.socket_path())?;
+    let mut command = tokio::process::Command::new(&spec.command);
+    command
+        .args(spec.expanded_args())
+        .envs(spec.expanded_env())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .kill_on_drop(false);
+    if let Some(dir) = spec.expanded_workdir() {
+        command.current_dir(dir);
+    }
+    let mut child = command.spawn()?;
+    let pid = child
+        .id()
+        .ok_or_else(|| std::io::Error::other("the child exited before its pid was read"))?;
+    // The child cannot have been reaped yet (only the task below waits), so
+    // its /proc entry exists, zombie or not.
+    let start_time = stat(pid).map(|(_, t)| t).unwrap_or(0);
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(async move {
+        let status = match child.wait().await {
+            Ok(s) => {
+                use std::os::unix::process::ExitStatusExt;
+                match (s.code(), s.signal()) {
+                    (Some(c), _) => ExitStatus::Code(c),
+                    (None, Some(sig)) => ExitStatus::Signal(sig),
+                    (None, None) => ExitStatus::Unknown,
+                }
+            }
+            Err(_) => ExitStatus::Unknown,
+        };
+        let _ = tx.send(Some(status));
+    });
+    Ok(Running {
+        identity: Identity { pid, start_time },
+        exited: rx,
+    })
+}
+
+/// Watches a process that is not our child (adopted after a restart):
+/// polls `/proc` every [`ADOPTED_POLL`] until it is gone or its pid belongs
+/// to another process. The task ends when every receiver is dropped.
+pub fn adopt(identity: Identity) -> Running {
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(ADOPTED_POLL);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = tx.closed() => return,
+            }
+            if identity.liveness() != Liveness::Alive {
+                let _ = tx.send(Some(ExitStatus::Unknown));
+                return;
+            }
+        }
+    });
+    Running {
+        identity,
+        exited: rx,
+    }
+}
+
+/// Removes `path` if it is a socket (or a dangling leftover of one); a
+/// missing file is fine.
+///
+/// # Errors
+/// When something else than a socket is in the way, or removal fails.
+pub fn remove_socket(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path),
+        Ok(_) => Err(std::io::Error::other(format!(
+            "{} exists and is not a socket",
+            path.display()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn signal(identity: Identity, sig: Signal) {
+    // Re-checked before every signal: a pid reused by another process is
+    // never signalled.
+    if identity.liveness() != Liveness::Alive {
+        return;
+    }
+    let pid = Pid::from_raw(identity.pid as i32);
+    // We started it as a group leader; if it still leads its group, the
+    // whole group (helpers, jailer children) gets the signal.
+    let result = if getpgid(Some(pid)) == Ok(pid) {
+        killpg(pid, sig)
+    } else {
+        kill(pid, sig)
+    };
+    if let Err(e) = result {
+        tracing::debug!(pid = identity.pid, error = %e, "signal not delivered");
+    }
+}
+
+/// Stops `running`: SIGTERM to its group, SIGKILL after `grace`; returns
+/// once it is gone (or `grace` twice over has passed).
+pub async fn stop(running: &mut Running, grace: Duration) {
+    if running.has_exited() {
+        return;
+    }
+    signal(running.identity, Signal::SIGTERM);
+    if tokio::time::timeout(grace, running.wait()).await.is_ok() {
+        return;
+    }
+    tracing::warn!(
+        pid = running.identity.pid,
+        "did not stop after SIGTERM: SIGKILL"
+    );
+    signal(running.identity, Signal::SIGKILL);
+    let _ = tokio::time::timeout(grace.max(Duration::from_secs(1)), running.wait()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_of_self_and_of_nothing() {
+        let me = std::process::id();
+        let (state, start) = stat(me).unwrap();
+        assert!(state == 'R' || state == 'S');
+        assert!(start > 0);
+        assert_eq!(Identity::of(me).unwrap().liveness(), Liveness::Alive);
+        let other = Identity {
+            pid: me,
+            start_time: start + 1,
+        };
+        assert_eq!(other.liveness(), Liveness::Mismatch);
+        // pid_max is at most 2^22.
+        assert_eq!(stat(9_999_999), None);
+    }
+
+    #[test]
+    fn remove_socket_refuses_a_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, "x").unwrap();
+        assert!(remove_socket(&file).is_err());
+        assert!(remove_socket(&dir.path().join("missing")).is_ok());
+        let sock = dir.path().join("s");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        remove_socket(&sock).unwrap();
+        assert!(!sock.exists());
+    }
+
+    #[tokio::test]
+    async fn a_child_exit_is_seen_and_the_group_is_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec: VmSpec = serde_yaml::from_str(&format!(
+            "{{id: t, command: /bin/sh, args: ['-c', 'exit 7'], socket: {}/s}}",
+            dir.path().display()
+        ))
+        .unwrap();
+        let mut r = spawn(&spec).unwrap();
+        assert_eq!(r.wait().await, ExitStatus::Code(7));
+
+        let spec: VmSpec = serde_yaml::from_str(&format!(
+            "{{id: t, command: /bin/sh, args: ['-c', 'trap \"\" TERM; sleep 30 & touch {0}/ready; wait'], socket: {0}/s}}",
+            dir.path().display()
+        ))
+        .unwrap();
+        let mut r = spawn(&spec).unwrap();
+        // A real event, bounded: the shell has set its trap.
+        for _ in 0..500 {
+            if dir.path().join("ready").exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(r.identity.liveness(), Liveness::Alive);
+        let pgid = getpgid(Some(Pid::from_raw(r.identity.pid as i32))).unwrap();
+        assert_eq!(
+            pgid.as_raw() as u32,
+            r.identity.pid,
+            "its own process group"
+        );
+        stop(&mut r, Duration::from_millis(200)).await;
+        assert_eq!(
+            r.wait().await,
+            ExitStatus::Signal(9),
+            "TERM ignored, then KILL"
+        );
+    }
+}
