@@ -1,5 +1,5 @@
-//! The periodic-task loop every program writes: run something every
-//! interval until shutdown.
+//! The periodic-task loop programs and libraries would otherwise write by
+//! hand: run something every interval until shutdown.
 
 use std::future::Future;
 use std::time::Duration;
@@ -18,12 +18,12 @@ use tokio_util::sync::CancellationToken;
 ///   burst of them, and never more than one run per interval on average.
 /// * **Shutdown**: the token is watched while waiting. A run in progress is
 ///   not interrupted; hand the token (or a child) to the task when a run
-///   must stop early. Spawn the loop with [`crate::Shutdown::spawn`] so the
-///   drain waits for the last run.
+///   must stop early. In a program, spawn the loop with keel-telemetry's
+///   `Shutdown::spawn` so the drain waits for the last run.
 ///
 /// ```
 /// use std::time::Duration;
-/// use keel_telemetry::{CancellationToken, every};
+/// use keel_core::{CancellationToken, every};
 ///
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
 /// # async fn main() {
@@ -65,7 +65,7 @@ where
 mod tests {
     use std::sync::Arc;
 
-    use parking_lot::Mutex;
+    use std::sync::Mutex;
 
     use super::*;
 
@@ -87,7 +87,7 @@ mod tests {
             let log = log.clone();
             async move {
                 let n = {
-                    let mut log = log.lock();
+                    let mut log = log.lock().unwrap();
                     log.push(start.elapsed().as_secs());
                     log.len() - 1
                 };
@@ -96,7 +96,7 @@ mod tests {
             }
         })
         .await;
-        seen.lock().clone()
+        seen.lock().unwrap().clone()
     }
 
     #[tokio::test(start_paused = true)]

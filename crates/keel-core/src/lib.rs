@@ -35,6 +35,7 @@
 mod classify_impl;
 mod clock;
 mod config_error;
+mod every;
 mod outcome;
 mod priority;
 mod rng;
@@ -42,9 +43,12 @@ mod rng;
 pub use classify_impl::{Classify, ErrorOutcome, classify};
 pub use clock::{Clock, ManualClock};
 pub use config_error::ConfigError;
+pub use every::every;
 pub use outcome::Outcome;
 pub use priority::{Priority, UnknownPriority};
 pub use rng::Rng;
+/// The cancellation token [`every`] watches (tokio-util's).
+pub use tokio_util::sync::CancellationToken;
 
 /// The boxed error type used where Keel crates erase an error's type.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

@@ -120,7 +120,6 @@
 mod admin;
 pub mod check;
 mod error;
-mod every;
 mod http;
 mod labels;
 mod logging;
@@ -131,12 +130,13 @@ mod shutdown;
 
 pub use admin::{AdminBuilder, AdminState, HEALTHZ_PATH, METRICS_PATH, READYZ_PATH, router};
 pub use error::TelemetryError;
-pub use every::every;
 pub use http::{
     BodyReadError, CLOSE_GRACE, DEFAULT_BODY_READ_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT,
     HttpMetrics, HttpServer, Latency, LatencyFuture, LatencyLayer, REQUEST_DURATION,
     ReadTimeoutBody, ReadTimeouts, UNMATCHED_ROUTE, health_routes,
 };
+/// The periodic-task loop (keel-core's, re-exported for programs).
+pub use keel_core::every;
 pub use labels::{
     DEFAULT_IDLE_AFTER, DEFAULT_MAX_SETS, LabelFamily, LabelFamilyBuilder, LabelValue,
     MAX_LABEL_VALUE_LEN, OTHER, cap_label_value, write_escaped_label_value,

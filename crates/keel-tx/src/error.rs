@@ -288,7 +288,7 @@ mod tests {
         let config = ConfigError::new("transaction_timeout", "must be greater than zero");
         assert_eq!(
             config.to_string(),
-            "invalid configuration: transaction_timeout must be greater than zero"
+            "invalid `transaction_timeout`: must be greater than zero"
         );
     }
 }

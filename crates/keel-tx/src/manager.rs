@@ -6,6 +6,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use chrono::Utc;
+use keel_core::{CancellationToken, every};
 use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::OwnedMutexGuard;
@@ -65,6 +66,14 @@ struct Inner {
     state: Mutex<State>,
     hooks: Hooks,
     recovered: Vec<AuditRecord>,
+    /// Stops the reaper when the last handle to the manager goes.
+    reaper: CancellationToken,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.reaper.cancel();
+    }
 }
 
 struct State {
@@ -167,8 +176,13 @@ impl TxManager {
             }),
             hooks,
             recovered,
+            reaper: CancellationToken::new(),
         });
-        tokio::spawn(reaper(Arc::downgrade(&inner), inner.config.reap_interval));
+        tokio::spawn(reaper(
+            Arc::downgrade(&inner),
+            inner.config.reap_interval,
+            inner.reaper.clone(),
+        ));
         Ok(TxManager { inner })
     }
 
@@ -697,16 +711,18 @@ fn closed(state: &State, tx: TxId, resource: &str) -> TxError {
     TransactionClosed { tx, status }.into()
 }
 
-async fn reaper(inner: Weak<Inner>, interval: Duration) {
-    let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticker.tick().await;
-        let Some(inner) = inner.upgrade() else {
-            return;
-        };
-        inner.reap().await;
-    }
+/// Rolls back transactions left open too long, every `interval`, until the
+/// manager is dropped (its `Inner` cancels `stop`).
+async fn reaper(inner: Weak<Inner>, interval: Duration, stop: CancellationToken) {
+    every(interval, stop, || {
+        let inner = inner.upgrade();
+        async move {
+            if let Some(inner) = inner {
+                inner.reap().await;
+            }
+        }
+    })
+    .await;
 }
 
 /// An open transaction on one resource.

@@ -306,7 +306,7 @@ async fn an_invalid_schema_name_is_a_config_error() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, TxError::Config(c) if c.field == "schema"),
+        matches!(&err, TxError::Config(c) if c.field() == "schema"),
         "{err:?}"
     );
 }
