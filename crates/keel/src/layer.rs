@@ -86,6 +86,10 @@ where
 {
     type Response = S::Response;
     type Error = PipelineError<S::Error>;
+    // Boxed: the pipeline's call is an `async fn`, whose future type cannot
+    // be named on stable Rust; this is the one allocation per request the
+    // layer adds. keel-breaker's layer names its future; keel-retry's runs
+    // the async retry loop and is boxed for the same reason.
     type Future = Pin<Box<dyn Future<Output = Result<S::Response, Self::Error>> + Send>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
