@@ -178,9 +178,25 @@ pub(crate) struct Schedule {
     pub(crate) backoff: Backoff,
     pub(crate) jitter: Jitter,
     pub(crate) max_delay: Duration,
+    /// The delay of a fixed schedule (constant backoff, no jitter) in
+    /// nanoseconds, worked out once; `NO_PREVIOUS` when delays vary.
+    fixed: u64,
 }
 
 impl Schedule {
+    pub(crate) fn new(backoff: Backoff, jitter: Jitter, max_delay: Duration) -> Self {
+        let fixed = match (backoff, jitter) {
+            (Backoff::Constant { delay }, Jitter::None) => nanos(delay.min(max_delay)),
+            _ => NO_PREVIOUS,
+        };
+        Schedule {
+            backoff,
+            jitter,
+            max_delay,
+            fixed,
+        }
+    }
+
     /// The delay before retry `retry` (1-based). `prev` is the previous
     /// backoff delay, used by decorrelated jitter only.
     #[inline]
@@ -196,8 +212,8 @@ impl Schedule {
         // The common fixed schedule (zero delays in tests and benches, a
         // constant pause) skips the general computation below, which does
         // not inline.
-        if let (Backoff::Constant { delay }, Jitter::None) = (self.backoff, self.jitter) {
-            return nanos(delay.min(self.max_delay));
+        if self.fixed != NO_PREVIOUS {
+            return self.fixed;
         }
         self.varying_nanos(retry, prev, rng)
     }
@@ -297,11 +313,7 @@ mod tests {
     const S: Duration = Duration::from_secs(1);
 
     fn schedule(backoff: Backoff, jitter: Jitter, max_delay: Duration) -> Schedule {
-        Schedule {
-            backoff,
-            jitter,
-            max_delay,
-        }
+        Schedule::new(backoff, jitter, max_delay)
     }
 
     #[test]

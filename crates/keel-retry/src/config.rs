@@ -252,11 +252,7 @@ impl RetryPolicyBuilder {
     pub(crate) fn build_unchecked(self) -> RetryPolicy {
         RetryPolicy::from_inner(Inner {
             max_retries: self.max_retries,
-            schedule: Schedule {
-                backoff: self.backoff,
-                jitter: self.jitter,
-                max_delay: self.max_delay,
-            },
+            schedule: Schedule::new(self.backoff, self.jitter, self.max_delay),
             max_elapsed: self.max_elapsed,
             attempt_timeout: self.attempt_timeout,
             max_retry_after: self.max_retry_after,
