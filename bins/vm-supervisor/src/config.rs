@@ -185,7 +185,13 @@ impl Timings {
     pub fn with(&self, o: &spec::Overrides) -> Timings {
         Timings {
             health_interval: o.health_interval.unwrap_or(self.health_interval),
-            health_timeout: o.health_timeout.unwrap_or(self.health_timeout),
+            // keel-health never overlaps two checks of a target: a check
+            // may not outlast the interval, so a shorter interval override
+            // shortens the inherited timeout too.
+            health_timeout: o
+                .health_timeout
+                .unwrap_or(self.health_timeout)
+                .min(o.health_interval.unwrap_or(self.health_interval)),
             failure_threshold: o.failure_threshold.unwrap_or(self.failure_threshold),
             recovery_threshold: o.recovery_threshold.unwrap_or(self.recovery_threshold),
             retry_interval: o.retry_interval.unwrap_or(self.retry_interval),
@@ -321,6 +327,12 @@ impl Config {
         non_zero("RETRY_INTERVAL", self.retry_interval)?;
         non_zero("RECOVERY_TIMEOUT", self.recovery_timeout)?;
         non_zero("START_TIMEOUT", self.start_timeout)?;
+        if self.health_timeout > self.health_interval {
+            return Err(ConfigError::new(
+                "HEALTH_TIMEOUT",
+                "must not exceed HEALTH_INTERVAL (checks of one VM never overlap)",
+            ));
+        }
         if self.failure_threshold == 0 {
             return Err(ConfigError::new("FAILURE_THRESHOLD", "must be at least 1"));
         }
@@ -480,6 +492,7 @@ mod tests {
                 "MAX_CONCURRENT_RECOVERIES",
             ),
             (&["--health-interval", "0s"][..], "HEALTH_INTERVAL"),
+            (&["--health-interval", "1s"][..], "HEALTH_TIMEOUT"),
             (&["--database-url", "mysql://x"][..], "DATABASE_URL"),
             (&["--telegram-bot-token", "1:a"][..], "TELEGRAM_CHAT_ID"),
             (&["--alert-webhook-url", "ftp://x"][..], "ALERT_WEBHOOK_URL"),
@@ -493,6 +506,8 @@ mod tests {
     fn durations_in_every_unit() {
         let s = parse(&[
             "--health-interval",
+            "500ms",
+            "--health-timeout",
             "500ms",
             "--retry-interval",
             "2m",

@@ -167,6 +167,14 @@ impl VmSpec {
                 return Err(err(format!("{at}.{name}"), "must be above zero"));
             }
         }
+        if let (Some(i), Some(t)) = (o.health_interval, o.health_timeout)
+            && t > i
+        {
+            return Err(err(
+                format!("{at}.health_timeout"),
+                "must not exceed health_interval (checks never overlap)",
+            ));
+        }
         for (name, n) in [
             ("failure_threshold", o.failure_threshold),
             ("recovery_threshold", o.recovery_threshold),

@@ -306,6 +306,12 @@ impl Supervisor {
         self.inner.vms.lock().get(id).map(|h| view_now(&h.view))
     }
 
+    /// What the health checker knows of `id` (none while it has no
+    /// process, or before its API first answered).
+    pub fn health(&self, id: &str) -> Option<keel_health::TargetStatus> {
+        self.inner.checker.status(id)
+    }
+
     /// The journal of `id`, newest first.
     ///
     /// # Errors
@@ -902,6 +908,10 @@ impl VmTask {
                         .await;
                     self.view.lock().restarts += 1;
                     self.inner.alerts.recovered(self.id(), attempt_no);
+                } else {
+                    // Start failures count (a bad command gets backoff and
+                    // stops); recoveries count from a good start.
+                    self.attempts = 0;
                 }
                 self.phase = Phase::Up;
             }

@@ -1,0 +1,210 @@
+//! The supervisor's own restarts: the real binary killed with SIGKILL and
+//! started again adopts every VM (none restarted or duplicated); a
+//! recorded pid that now belongs to another process is neither adopted nor
+//! signalled; the journal survives.
+
+mod support;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use support::*;
+use vm_supervisor::registry::Registry;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn spawn_supervisor(lab: &Lab, port: u16) -> tokio::process::Child {
+    tokio::process::Command::new(SUPERVISOR)
+        .env_clear()
+        .env("SUPERVISOR_CONFIG", lab.config_path())
+        .env("DATABASE_URL", lab.db_url())
+        .env("ADMIN_ADDR", format!("127.0.0.1:{port}"))
+        .env("ADMIN_TOKEN", "sekret")
+        .env("HEALTH_INTERVAL", "100ms")
+        .env("HEALTH_TIMEOUT", "100ms")
+        .env("RETRY_INTERVAL", "200ms")
+        .env("MAX_RETRY_INTERVAL", "1s")
+        .env("STOP_GRACE", "500ms")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("supervisor binary starts")
+}
+
+async fn vms(port: u16) -> Option<Vec<serde_json::Value>> {
+    let r = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/vms"))
+        .bearer_auth("sekret")
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?;
+    r.json().await.ok()
+}
+
+/// Waits until `/vms` lists `n` VMs, every one running and healthy;
+/// returns their pids by id.
+async fn all_healthy(port: u16, n: usize) -> Vec<(String, u64, u64)> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(list) = vms(port).await {
+            let ok: Vec<_> = list
+                .iter()
+                .filter(|v| v["state"] == "running" && v["healthy"] == true)
+                .map(|v| {
+                    (
+                        v["id"].as_str().unwrap().to_owned(),
+                        v["pid"].as_u64().unwrap(),
+                        v["restarts"].as_u64().unwrap(),
+                    )
+                })
+                .collect();
+            if ok.len() == n {
+                return ok;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "VMs not all healthy"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_supervisor_then_every_vm_is_adopted() {
+    let lab = Lab::new();
+    lab.write_config(&[
+        lab.vm_yaml("a", &[], ""),
+        lab.vm_yaml("b", &[], ""),
+        lab.vm_yaml("c", &[], ""),
+    ]);
+    let port = free_port();
+    let mut first = spawn_supervisor(&lab, port);
+    let before = all_healthy(port, 3).await;
+    let vm_pids = lab.processes();
+    assert_eq!(vm_pids.len(), 3);
+
+    first.start_kill().unwrap(); // SIGKILL
+    first.wait().await.unwrap();
+    // The VMs live on: their own process groups.
+    assert_eq!(
+        lab.processes(),
+        vm_pids,
+        "VMs survive the supervisor's SIGKILL"
+    );
+
+    let port = free_port();
+    let mut second = spawn_supervisor(&lab, port);
+    let after = all_healthy(port, 3).await;
+    assert_eq!(after, before, "same pids, no restarts");
+    // Some checks later: still nothing restarted or duplicated.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(all_healthy(port, 3).await, before);
+    assert_eq!(lab.processes(), vm_pids, "no duplicate VM process");
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("vm_supervisor_vm_adopted_total 3"),
+        "{metrics}"
+    );
+
+    // An adopted VM's death is seen (no child exit: /proc) and recovered.
+    sigkill(before[0].1 as u32);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let now = all_healthy(port, 3).await;
+        if now
+            .iter()
+            .any(|v| v.0 == before[0].0 && v.1 != before[0].1 && v.2 == 1)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "adopted VM not recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // SIGTERM: exit 0, VMs left running.
+    let pid = nix::unistd::Pid::from_raw(second.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(12), second.wait())
+        .await
+        .expect("stops within the drain bound")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(lab.processes().len(), 3, "SIGTERM leaves the VMs running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recycled_pid_is_not_adopted_and_not_signalled() {
+    let lab = Lab::new();
+    let vms = lab.write_config(&[lab.vm_yaml("vm-1", &[], "")]);
+    // An unrelated process holds the pid the registry recorded, with
+    // another start time: as if the VM died and its pid was reused.
+    let mut unrelated = tokio::process::Command::new("sleep")
+        .arg("60")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = unrelated.id().unwrap();
+    let (_, real_start) = vm_supervisor::process::stat(pid).unwrap();
+    let registry = Registry::open(&lab.db_url(), 10).await.unwrap();
+    registry.upsert(&vms[0], "file").await.unwrap();
+    registry
+        .set_process("vm-1", Some((pid, real_start.saturating_sub(100))))
+        .await
+        .unwrap();
+    registry.close().await;
+
+    let run = start(settings(&lab), vms).await;
+    let s = &run.supervisor;
+    let view = wait_healthy(s, "vm-1", Some(pid)).await;
+    assert_ne!(view.pid, Some(pid));
+    assert_eq!(view.last_reason.as_deref(), Some("process_mismatch"));
+    assert_eq!(run.metrics.orphaned_count("process_mismatch"), 1);
+    assert!(
+        unrelated.try_wait().unwrap().is_none(),
+        "the unrelated process was not signalled"
+    );
+    assert_eq!(vm_supervisor::process::stat(pid).unwrap().1, real_start);
+    s.shutdown(Duration::from_secs(5)).await;
+    unrelated.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_journal_and_restarts_survive_a_supervisor_restart() {
+    let lab = Lab::new();
+    let vms = lab.write_config(&[lab.vm_yaml("vm-1", &[], "")]);
+    let run = start(settings(&lab), vms.clone()).await;
+    let first = wait_healthy(&run.supervisor, "vm-1", None).await;
+    sigkill(first.pid.unwrap());
+    let second = wait_healthy(&run.supervisor, "vm-1", first.pid).await;
+    assert!(run.supervisor.shutdown(Duration::from_secs(5)).await);
+    assert_eq!(lab.processes(), vec![second.pid.unwrap()], "left running");
+
+    let run = start(settings(&lab), vms).await;
+    let adopted = wait_healthy(&run.supervisor, "vm-1", None).await;
+    assert_eq!(adopted.pid, second.pid, "adopted, not restarted");
+    assert_eq!(adopted.restarts, 1);
+    assert_eq!(adopted.last_reason.as_deref(), Some("process_dead"));
+    let attempts = run.supervisor.attempts("vm-1").await.unwrap();
+    let reasons: Vec<_> = attempts.iter().map(|a| a.reason.as_str()).collect();
+    assert_eq!(reasons, ["process_dead", "initial_start"]);
+    assert_eq!(attempts[0].exit_status.as_deref(), Some("signal 9"));
+    run.supervisor.shutdown(Duration::from_secs(5)).await;
+}
