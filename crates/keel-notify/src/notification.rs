@@ -97,7 +97,7 @@ impl Phase {
 ///   empty).
 /// * `subject` (optional) names what the notification is about (a VM): when
 ///   several notifications wait for one destination and go out as one
-///   [`Digest`], those with the same subject share one line showing the
+///   [`Digest`](crate::Digest), those with the same subject share one line showing the
 ///   latest state and the count (a VM that stopped and recovered while
 ///   waiting appears once). Without a subject, the dedup key is used.
 /// * `observed_at` is when the program saw the change; the notifier

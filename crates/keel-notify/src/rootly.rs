@@ -13,7 +13,7 @@
 //!   "started_at": "2026-12-07T05:00:00Z"}}}
 //! ```
 //!
-//! A [`Phase::Resolve`](crate::Phase::Resolve) notification sends
+//! A [`crate::Phase::Resolve`] notification sends
 //! `ended_at` instead of `started_at`, with the same deduplication key.
 //! Answers map like every HTTP sender's: `201` accepted; 429 with
 //! `Retry-After` an overload; 408, 5xx and transport failures retryable;
