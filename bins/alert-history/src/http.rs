@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::error::{PayloadError, QueryError};
 use crate::metrics::Metrics;
 use crate::model::{Status, format_time, parse_time, parse_webhook};
-use crate::pipeline::{Batch, IngestError, Pipeline, RecordMetrics};
+use crate::pipeline::{Incoming, IngestError, IngestStages, RecordMetrics};
 use crate::store::{Cursor, EventRow, HistoryQuery, ReportQuery, StateRow, Store};
 use crate::timeline::{self, Point};
 use crate::{dashboard, retention};
@@ -42,7 +42,7 @@ pub(crate) struct Inner {
     pub(crate) metrics: Metrics,
     pub(crate) registry: MetricsRegistry,
     pub(crate) readiness: Readiness,
-    pub(crate) pipeline: Pipeline,
+    pub(crate) pipeline: IngestStages,
     pub(crate) tokens: Tokens,
     pub(crate) body_read_timeout: Duration,
     pub(crate) max_body_bytes: usize,
@@ -85,7 +85,7 @@ impl AppState {
         })?;
         Ok(AppState {
             inner: Arc::new(Inner {
-                pipeline: Pipeline::new().stage(RecordMetrics(metrics.clone())),
+                pipeline: IngestStages::new().stage(RecordMetrics(metrics.clone())),
                 store,
                 metrics,
                 registry,
@@ -119,7 +119,7 @@ impl AppState {
 
 /// The whole HTTP API. Reads (history, timelines, report, dashboard and
 /// its JSON, `/metrics`, `/health/detailed`) go through the read-token
-/// check ([`crate::auth`]); the webhook and admin routes check their own
+/// check (the `auth` module); the webhook and admin routes check their own
 /// tokens; liveness and readiness are always open.
 pub fn router(state: AppState) -> Router {
     let reads = Router::new()
@@ -284,7 +284,7 @@ async fn ingest(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Res
     )
     .await?;
     let events = parse_webhook(&bytes)?;
-    let batch = Batch {
+    let batch = Incoming {
         received: events.len(),
         events,
         received_at_ms: Utc::now().timestamp_millis(),

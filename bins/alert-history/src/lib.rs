@@ -78,7 +78,7 @@ pub use error::{Error, PayloadError, QueryError};
 pub use http::{AppState, router};
 pub use metrics::Metrics;
 pub use model::{NewEvent, Status, parse_webhook};
-pub use pipeline::{Batch, Pipeline, Stage, StageError};
+pub use pipeline::{Incoming, IngestStages, Stage, StageError};
 pub use store::{HistoryQuery, IngestOutcome, ReportQuery, Store};
 
 /// A running service: the HTTP server (the kit's [`HttpServer`], with

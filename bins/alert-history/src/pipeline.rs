@@ -1,4 +1,5 @@
-//! Ingest as a list of stages around the store's commit.
+//! Ingest as a list of stages around the store's commit ([`IngestStages`];
+//! named apart from `keel::Pipeline`, the policy pipeline of the core).
 //!
 //! A delivery goes through every stage's [`Stage::before_store`] in order
 //! (they may rewrite, enrich or drop events, or refuse the delivery), then
@@ -17,7 +18,7 @@ use crate::store::{IngestOutcome, Store};
 
 /// One delivery on its way through the pipeline.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Batch {
+pub struct Incoming {
     /// The alerts, validated and normalised.
     pub events: Vec<NewEvent>,
     /// Alerts in the delivery as received (stages may drop some events).
@@ -55,13 +56,20 @@ pub trait Stage: Send + Sync + 'static {
 
     /// Runs before the commit; an error aborts the delivery (nothing is
     /// stored, the sender gets a 5xx and retries).
-    fn before_store<'a>(&'a self, batch: &'a mut Batch) -> BoxFuture<'a, Result<(), StageError>> {
+    fn before_store<'a>(
+        &'a self,
+        batch: &'a mut Incoming,
+    ) -> BoxFuture<'a, Result<(), StageError>> {
         let _ = batch;
         Box::pin(async { Ok(()) })
     }
 
     /// Runs after a successful commit; it cannot fail the delivery.
-    fn after_commit<'a>(&'a self, batch: &'a Batch, outcome: IngestOutcome) -> BoxFuture<'a, ()> {
+    fn after_commit<'a>(
+        &'a self,
+        batch: &'a Incoming,
+        outcome: IngestOutcome,
+    ) -> BoxFuture<'a, ()> {
         let _ = (batch, outcome);
         Box::pin(async {})
     }
@@ -76,7 +84,11 @@ impl Stage for RecordMetrics {
         "metrics"
     }
 
-    fn after_commit<'a>(&'a self, batch: &'a Batch, outcome: IngestOutcome) -> BoxFuture<'a, ()> {
+    fn after_commit<'a>(
+        &'a self,
+        batch: &'a Incoming,
+        outcome: IngestOutcome,
+    ) -> BoxFuture<'a, ()> {
         self.0.record_events(&batch.events);
         self.0.add_db_alerts(outcome.saved as i64);
         Box::pin(async {})
@@ -85,11 +97,11 @@ impl Stage for RecordMetrics {
 
 /// The ordered stages of ingest.
 #[derive(Clone, Default)]
-pub struct Pipeline {
+pub struct IngestStages {
     stages: Vec<Arc<dyn Stage>>,
 }
 
-impl std::fmt::Debug for Pipeline {
+impl std::fmt::Debug for IngestStages {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_list()
             .entries(self.stages.iter().map(|s| s.name()))
@@ -97,10 +109,10 @@ impl std::fmt::Debug for Pipeline {
     }
 }
 
-impl Pipeline {
+impl IngestStages {
     /// No stages: validate, store, answer.
     pub fn new() -> Self {
-        Pipeline::default()
+        IngestStages::default()
     }
 
     /// Appends a stage.
@@ -120,7 +132,11 @@ impl Pipeline {
     /// # Errors
     /// [`IngestError::Stage`] when a stage refuses, [`IngestError::Database`]
     /// when the commit fails.
-    pub async fn run(&self, store: &Store, mut batch: Batch) -> Result<IngestOutcome, IngestError> {
+    pub async fn run(
+        &self,
+        store: &Store,
+        mut batch: Incoming,
+    ) -> Result<IngestOutcome, IngestError> {
         for stage in &self.stages {
             stage.before_store(&mut batch).await?;
         }
