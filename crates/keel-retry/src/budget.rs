@@ -208,16 +208,31 @@ impl RetryBudget {
     }
 
     pub(crate) fn withdraw(&self) -> Result<Withdrawal<'_>, RetryBudgetExhausted> {
-        self.withdraw_in(self.period())
+        self.withdraw_in(self.period(), 0)
+    }
+
+    /// What one request deposits, in fixed-point units.
+    #[inline]
+    pub(crate) fn deposit_units(&self) -> i64 {
+        self.inner.deposit
     }
 
     /// [`withdraw`](Self::withdraw) in the slot of `period`.
     #[inline]
-    pub(crate) fn withdraw_in(&self, period: u64) -> Result<Withdrawal<'_>, RetryBudgetExhausted> {
-        if self.balance(period) < UNIT {
+    ///
+    /// `carried` is a deposit of the same call not made yet (see
+    /// [`deposit_units`](Self::deposit_units)): it counts towards the
+    /// balance and is booked in the same update as the withdrawal, so a
+    /// policy's call that retries pays one compare-and-swap, not two.
+    pub(crate) fn withdraw_in(
+        &self,
+        period: u64,
+        carried: i64,
+    ) -> Result<Withdrawal<'_>, RetryBudgetExhausted> {
+        if self.balance(period).saturating_add(carried) < UNIT {
             return Err(RetryBudgetExhausted::new());
         }
-        self.inner.add(period, -UNIT);
+        self.inner.add(period, carried - UNIT);
         Ok(Withdrawal {
             budget: self,
             period,
@@ -290,14 +305,19 @@ impl Inner {
         let _ = slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
             let (epoch, count) = unpack(word);
             let age = mine.wrapping_sub(epoch) & EPOCH_MASK;
-            Some(if age == 0 || age > EPOCH_MASK / 2 {
-                // Same period, or a writer already moved the slot ahead of
-                // our (slightly stale) clock reading: add to what is there.
-                pack(epoch, count.saturating_add(delta))
+            if age == 0 {
+                Some(pack(epoch, count.saturating_add(delta)))
+            } else if age > EPOCH_MASK / 2 {
+                // The slot is ahead of our period: a writer read the clock
+                // just after us (add to what is there), or our period is a
+                // whole window old (a deposit a policy made at the end of a
+                // long call): it no longer counts, so it is dropped.
+                let ahead = (EPOCH_MASK + 1) - age;
+                (ahead < SLOTS as u64).then(|| pack(epoch, count.saturating_add(delta)))
             } else {
                 // The slot holds an expired period: start it afresh.
-                pack(mine, delta)
-            })
+                Some(pack(mine, delta))
+            }
         });
     }
 }
@@ -456,6 +476,22 @@ mod tests {
         let w = b.withdraw().unwrap();
         w.commit();
         assert_eq!(b.available(), 0);
+    }
+
+    #[test]
+    fn a_deposit_booked_a_window_late_is_dropped() {
+        let (b, clock) = manual(1.0, 0, Duration::from_secs(1));
+        let start = b.period();
+        // The slot of `start` now holds the period a window later.
+        clock.advance(Duration::from_secs(1));
+        b.deposit();
+        assert_eq!(b.available(), 1);
+        b.deposit_in(start);
+        assert_eq!(b.available(), 1, "a window-old deposit no longer counts");
+        // A withdrawal carrying its call's deposit books both at once.
+        let w = b.withdraw_in(b.period(), b.deposit_units()).unwrap();
+        w.commit();
+        assert_eq!(b.available(), 1);
     }
 
     #[test]

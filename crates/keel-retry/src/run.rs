@@ -71,6 +71,9 @@ pub(crate) struct Run<'p, E> {
     /// The budget token taken for the retry being slept towards: spent by
     /// [`slept`](Run::slept), handed back if the call is dropped first.
     pending: Option<Withdrawal<'p>>,
+    /// The budget period of this call's deposit, while it is not made: it
+    /// is booked with the first withdrawal, or when the call ends.
+    deposit: Option<u64>,
     /// The call returned (its outcome is counted); dropped without it, it
     /// counts as cancelled.
     ended: bool,
@@ -81,6 +84,9 @@ impl<E> Drop for Run<'_, E> {
     #[inline]
     fn drop(&mut self) {
         self.publish_retries();
+        if let (Some(period), Some(budget)) = (self.deposit.take(), &self.policy.budget) {
+            budget.deposit_in(period);
+        }
         if !self.ended {
             bump(&self.policy.counters.cancelled);
         }
@@ -159,13 +165,16 @@ impl<'p, E: fmt::Debug> Run<'p, E> {
             uncounted_retries: 0,
             prev_delay: NO_PREVIOUS,
             pending: None,
+            deposit: None,
             ended: false,
             last: None,
         }
     }
 
-    /// Starts the call: deposits it into the budget. (It is counted when
-    /// it ends, see `RetryStats`.)
+    /// Starts the call: reads the clock if a rule needs it and notes the
+    /// budget period of its deposit (made with its first retry, or when it
+    /// ends: one compare-and-swap either way). The call is counted when it
+    /// ends, see `RetryStats`.
     #[inline(always)]
     pub(crate) fn start(&mut self) {
         let policy = self.policy;
@@ -174,8 +183,7 @@ impl<'p, E: fmt::Debug> Run<'p, E> {
             self.started = Some(started);
             self.deadline = policy.max_elapsed.and_then(|d| started.checked_add(d));
             if let Some(budget) = &policy.budget {
-                let period = self.budget_period(budget);
-                budget.deposit_in(period);
+                self.deposit = Some(self.budget_period(budget));
             }
         }
     }
@@ -263,8 +271,17 @@ impl<'p, E: fmt::Debug> Run<'p, E> {
         }
 
         if let Some(budget) = &p.budget {
-            match budget.withdraw_in(self.budget_period(budget)) {
-                Ok(w) => self.pending = Some(w),
+            let period = self.budget_period(budget);
+            let carried = if self.deposit.is_some() {
+                budget.deposit_units()
+            } else {
+                0
+            };
+            match budget.withdraw_in(period, carried) {
+                Ok(w) => {
+                    self.deposit = None;
+                    self.pending = Some(w);
+                }
                 Err(_) => return self.give_up(GiveUp::Budget, result),
             }
         }
