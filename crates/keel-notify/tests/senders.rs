@@ -371,3 +371,69 @@ async fn every_sender_delivers_through_a_5xx_storm_under_a_notifier() {
     assert_eq!(ro.alerts().len(), 1);
     assert_eq!(hook.messages().len(), 1);
 }
+
+#[tokio::test]
+async fn a_slack_burst_goes_out_as_digests_within_one_per_second() {
+    let fake = FakeSlack::start().await; // 1/s per channel enforced
+    let n = Notifier::builder()
+        .sink(
+            SlackSink::bot(slack::DEFAULT_TOKEN, "C0123")
+                .base_url(fake.base_url())
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    n.notify(Notification::critical("vm-0", "VM vm-0 is STOPPED"))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for i in 1..60 {
+        n.notify(Notification::critical(
+            format!("vm-{i}"),
+            format!("VM vm-{i} is STOPPED"),
+        ))
+        .unwrap();
+    }
+    let report = n.shutdown(Duration::from_secs(10)).await;
+    assert_eq!((report.dropped, report.spooled), (0, 0));
+    let got = fake.messages();
+    assert_eq!(fake.rate_limited(), 0, "never over Slack's 1/s");
+    assert_eq!(got.len(), 2, "one alone, then one digest");
+    assert_eq!(got[1].blocks[0]["text"]["text"], "*59 alerts: 59 critical*");
+    assert_eq!(n.stats().sent, 60);
+}
+
+#[tokio::test]
+async fn a_pagerduty_resolve_never_overtakes_its_trigger() {
+    let fake = FakePagerDuty::start().await;
+    let n = Notifier::builder()
+        .sink(
+            PagerDutySink::builder(ROUTING_KEY)
+                .base_url(fake.base_url())
+                .build()
+                .unwrap(),
+        )
+        .workers(3)
+        .debounce(keel_notify::Priority::Info, Duration::ZERO)
+        .build()
+        .unwrap();
+    // The trigger is slow to be answered; the resolve, raised meanwhile,
+    // must wait for it although two workers are free.
+    fake.server()
+        .faults()
+        .push_next(Fault::Delay(Duration::from_millis(500)));
+    n.notify(Notification::critical("vm-1:STOPPED", "VM vm-1 is STOPPED").subject("vm-1"))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    n.notify(
+        Notification::info("vm-1:recovered", "VM vm-1 recovered")
+            .subject("vm-1")
+            .resolves(),
+    )
+    .unwrap();
+    let report = n.shutdown(Duration::from_secs(10)).await;
+    assert_eq!(report.dropped, 0);
+    let actions: Vec<String> = fake.events().into_iter().map(|e| e.action).collect();
+    assert_eq!(actions, ["trigger", "resolve"]);
+    assert!(fake.open_incidents().is_empty());
+}
