@@ -1,6 +1,6 @@
 //! Counters every notifier keeps ([`Stats`]) and, with the `metrics`
 //! feature, the Prometheus families registered by
-//! [`Notifier::register_metrics`](crate::Notifier::register_metrics).
+//! `Notifier::register_metrics`.
 //!
 //! Prometheus names (short and unprefixed: the binary adds its prefix with
 //! `Registry::sub_registry_with_prefix`; the encoder appends `_total` to
