@@ -13,7 +13,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::Utc;
-use keel_telemetry::{CancellationToken, CheckStatus, MetricsRegistry, Readiness};
+use keel_telemetry::{BodyReadError, CancellationToken, CheckStatus, MetricsRegistry, Readiness};
 use serde_json::{Value, json};
 
 use crate::auth::{READ_CHALLENGE, Tokens};
@@ -335,10 +335,27 @@ async fn read_body(
             }
             Ok(None) => return Ok(buf.freeze()),
             Ok(Some(Err(e))) => {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("reading the request body failed: {e}"),
-                ));
+                // The kit's server cuts a stalled body (or one still
+                // arriving at shutdown) itself; say which.
+                let kit =
+                    std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |e| {
+                        e.source()
+                    })
+                    .find_map(|e| e.downcast_ref::<BodyReadError>());
+                return Err(match kit {
+                    Some(BodyReadError::Timeout(after)) => ApiError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        format!("no request body data for {} s", after.as_secs()),
+                    ),
+                    Some(_) => ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "shutting down: send the delivery again",
+                    ),
+                    None => ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        format!("reading the request body failed: {e}"),
+                    ),
+                });
             }
             Ok(Some(Ok(chunk))) => {
                 if buf.len() + chunk.len() > limit {

@@ -177,6 +177,7 @@ async fn a_stalled_request_head_is_cut_off_and_does_not_hold_the_drain() {
     let db = support::sqlite().await;
     let mut config = alert_history::Config::for_database(&db.url);
     config.header_read_timeout_seconds = 1;
+    config.body_read_timeout_seconds = 1;
     let service = alert_history::Service::start(&config).await.unwrap();
     let addr = service.local_addr();
 
@@ -187,6 +188,21 @@ async fn a_stalled_request_head_is_cut_off_and_does_not_hold_the_drain() {
     let mut answer = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut answer)).await;
     assert!(read.is_ok(), "still connected after 10 s");
+
+    // A body that stops arriving: 408 after BODY_READ_TIMEOUT_SECONDS.
+    let mut body = tokio::net::TcpStream::connect(addr).await.unwrap();
+    body.write_all(
+        b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"alerts\":[",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), body.read_to_end(&mut answer))
+        .await
+        .expect("answered within 10 s")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
 
     // Another stalled client, then shutdown: the drain ends at once.
     let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -272,4 +288,26 @@ async fn metrics_survive_hostile_alert_names() {
         }
         other => panic!("promtool exited with {other:?}: {report}"),
     }
+}
+
+/// A row stored before ingest checked what is storable (here a number
+/// outside f64 and JSON nested 200 deep) still reads back: its `raw` comes
+/// back as text instead of the timeline failing with 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_stored_before_the_storable_check_still_read_back() {
+    let t = TestApp::new(support::sqlite().await).await;
+    t.deliver(&payload(vec![firing("Old", "old-1", 0, &[])]))
+        .await;
+    let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+    let raw = format!(r#"{{"status":"firing","n":1e400,"deep":{deep}}}"#);
+    let pool = sqlx::SqlitePool::connect(&t.db.url).await.unwrap();
+    sqlx::query("UPDATE alert_events SET raw = $1 WHERE fingerprint = 'old-1'")
+        .bind(&raw)
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let (status, body) = t.get("/alerts/old-1").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["events"][0]["raw"], serde_json::json!(raw));
 }

@@ -227,17 +227,23 @@ impl Store {
     /// # Errors
     /// The database error.
     pub async fn raw_events(&self, fingerprint: &str) -> Result<Vec<Value>, sqlx::Error> {
+        // Read as text and parsed here: a row stored before ingest checked
+        // what is storable (JSON nested past serde_json's limit, `1e400`)
+        // comes back as its text instead of failing the whole timeline.
         let raw = match self.backend() {
-            Backend::Sqlite => "raw",
-            Backend::Postgres => write::RAW_POSTGRES,
+            Backend::Sqlite => "raw".to_owned(),
+            Backend::Postgres => format!("({})::text", write::RAW_POSTGRES),
         };
         let sql =
             format!("SELECT {raw} FROM alert_events WHERE fingerprint = $1 ORDER BY event_at, id");
-        let rows: Vec<(Json<Value>,)> = on_read!(self, |pool| sqlx::query_as(&sql)
+        let rows: Vec<(String,)> = on_read!(self, |pool| sqlx::query_as(&sql)
             .bind(fingerprint)
             .fetch_all(pool)
             .await)?;
-        Ok(rows.into_iter().map(|(raw,)| raw.0).collect())
+        Ok(rows
+            .into_iter()
+            .map(|(raw,)| serde_json::from_str(&raw).unwrap_or(Value::String(raw)))
+            .collect())
     }
 
     /// Every event of one alert, oldest first, and its current state.
