@@ -906,7 +906,11 @@ impl VmTask {
                         .registry
                         .count_restart(self.id(), reason.as_str())
                         .await;
-                    self.view.lock().restarts += 1;
+                    {
+                        let mut v = self.view.lock();
+                        v.restarts += 1;
+                        v.last_reason = Some(reason.as_str().to_owned());
+                    }
                     self.inner.alerts.recovered(self.id(), attempt_no);
                 } else {
                     // Start failures count (a bad command gets backoff and
