@@ -63,7 +63,7 @@ pub enum Output {
 /// Every option is also an environment variable (the name in capitals).
 /// Durations are written `30s`, `5m`, `1h` or `250ms`.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "pod-rebalancer", version, about, long_about = None)]
+#[command(name = "pod-rebalancer", version, about, long_about = None, args_override_self = true)]
 pub struct Config {
     /// Base URL of the Prometheus HTTP API.
     #[arg(

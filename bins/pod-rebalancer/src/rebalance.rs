@@ -360,14 +360,19 @@ async fn run_inner(
         }
         current = kube.deployment(&settings.deployment).await?;
         if let Some(r) = Record::from_deployment(&current) {
-            if r.locked_by_other(&clients.run_id, Utc::now()) {
+            let now = Utc::now();
+            // Another run took the lock, or already acted meanwhile.
+            if r.locked_by_other(&clients.run_id, now)
+                || r.cooling_down(settings.strategy.as_str(), settings.cooldown, now)
+            {
                 break;
             }
             lock.failures = r.failures;
         }
     }
     if !locked {
-        report.refuse("another run took the lock first (resourceVersion conflict)");
+        report
+            .refuse("another run took the lock first (resourceVersion conflict) or has just acted");
         return Ok(());
     }
 

@@ -1,6 +1,7 @@
 //! Fakes of the external HTTP APIs Keel programs talk to, each a small axum
 //! router wrapped by the fault layer ([`crate::FakeServer`]).
 
+pub mod kube;
 mod limits;
 pub mod pagerduty;
 pub mod rootly;

@@ -1,0 +1,675 @@
+//! A fake Kubernetes API server (plain HTTP on loopback) for the few calls a
+//! controller such as pod-rebalancer makes, answering with real object JSON
+//! and `Status` objects:
+//!
+//! - `GET /api/v1/namespaces/{ns}/pods?labelSelector=k=v,...` (equality
+//!   selectors) → `PodList`; `GET .../pods/{name}`; `DELETE .../pods/{name}`
+//!   (honours `gracePeriodSeconds` only by recording it);
+//! - `POST .../pods/{name}/eviction` → 201, or 429 `TooManyRequests` when a
+//!   PodDisruptionBudget allows no more disruptions (the API server's own
+//!   message), 404 when the pod is gone;
+//! - `GET/PATCH .../apis/apps/v1/namespaces/{ns}/deployments/{name}`: a
+//!   JSON merge patch carrying `metadata.resourceVersion` is conditional
+//!   (409 `Conflict` when stale), as on a real API server; every write bumps
+//!   the resourceVersion;
+//! - `GET /apis/autoscaling/v2/namespaces/{ns}/horizontalpodautoscalers/{name}`;
+//! - `POST /api/v1/namespaces/{ns}/events` (recorded).
+//!
+//! An evicted or deleted pod is replaced, as its ReplicaSet would, by a new
+//! pod that is Ready at once, Ready only after a number of list calls, or
+//! never ([`Replacement`]). Generic faults (500 storms, drops, latency)
+//! come from [`FakeKube::server`].
+
+use std::collections::BTreeMap;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+use crate::FakeServer;
+
+/// What replaces an evicted or deleted pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Replacement {
+    /// Nothing (the pod count drops).
+    None,
+    /// A new pod, Ready at once.
+    #[default]
+    Ready,
+    /// A new pod that becomes Ready after this many pod list calls.
+    ReadyAfterLists(u32),
+    /// A new pod that never becomes Ready.
+    NeverReady,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    namespace: String,
+    pods: BTreeMap<String, Value>,
+    deployment: Option<Value>,
+    hpa: Option<Value>,
+    version: u64,
+    pdb_disruptions_allowed: Option<u32>,
+    replacement: Replacement,
+    pending_ready: Vec<(String, u32)>,
+    replaced: u32,
+    evictions: Vec<String>,
+    refused_evictions: Vec<String>,
+    deletions: Vec<(String, Option<u64>)>,
+    events: Vec<Value>,
+    conflicts: usize,
+}
+
+type Shared = Arc<Mutex<Inner>>;
+
+fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
+    inner.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A pod object: labels, Ready condition, creation time (RFC 3339), CPU
+/// request (`"500m"`) of its one container.
+pub fn pod_json(
+    name: &str,
+    labels: &[(&str, &str)],
+    ready: bool,
+    created: &str,
+    cpu_request: &str,
+) -> Value {
+    let labels: serde_json::Map<String, Value> = labels
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), json!(v)))
+        .collect();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": labels, "creationTimestamp": created, "annotations": {}},
+        "spec": {"containers": [{"name": "app", "resources": {"requests": {"cpu": cpu_request}}}]},
+        "status": {"phase": "Running", "conditions": [
+            {"type": "Ready", "status": if ready { "True" } else { "False" }}
+        ]},
+    })
+}
+
+/// A `Status` object, as the API server sends with errors.
+pub fn status_json(code: StatusCode, reason: &str, message: &str) -> Value {
+    json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code.as_u16(),
+    })
+}
+
+fn status(code: StatusCode, reason: &str, message: &str) -> Response {
+    (code, axum::Json(status_json(code, reason, message))).into_response()
+}
+
+fn set_ready(pod: &mut Value, ready: bool) {
+    pod["status"]["conditions"] =
+        json!([{"type": "Ready", "status": if ready { "True" } else { "False" }}]);
+}
+
+/// A running fake API server; dropping it stops the server.
+#[derive(Debug)]
+pub struct FakeKube {
+    server: FakeServer,
+    inner: Shared,
+}
+
+impl FakeKube {
+    /// Starts a fake API server whose objects live in `namespace`.
+    pub async fn start(namespace: &str) -> Self {
+        let inner: Shared = Arc::new(Mutex::new(Inner {
+            namespace: namespace.to_owned(),
+            version: 1,
+            ..Inner::default()
+        }));
+        let app = Router::new()
+            .route("/api/v1/namespaces/{ns}/pods", get(list_pods))
+            .route(
+                "/api/v1/namespaces/{ns}/pods/{name}",
+                get(get_pod).delete(delete_pod),
+            )
+            .route(
+                "/api/v1/namespaces/{ns}/pods/{name}/eviction",
+                post(evict_pod),
+            )
+            .route(
+                "/apis/apps/v1/namespaces/{ns}/deployments/{name}",
+                get(get_deployment).patch(patch_deployment),
+            )
+            .route(
+                "/apis/autoscaling/v2/namespaces/{ns}/horizontalpodautoscalers/{name}",
+                get(get_hpa),
+            )
+            .route("/api/v1/namespaces/{ns}/events", post(create_event))
+            .with_state(inner.clone());
+        let server = FakeServer::start(app).await;
+        FakeKube { server, inner }
+    }
+
+    /// `http://127.0.0.1:{port}`.
+    pub fn url(&self) -> String {
+        self.server.base_url()
+    }
+
+    /// The underlying server: generic faults and every recorded request.
+    pub fn server(&self) -> &FakeServer {
+        &self.server
+    }
+
+    /// Writes a kubeconfig whose current context points at this server
+    /// (token `fake-token`) into `dir` and returns its path.
+    ///
+    /// # Panics
+    /// When the file cannot be written.
+    pub fn write_kubeconfig(&self, dir: &FsPath) -> PathBuf {
+        let path = dir.join("kubeconfig");
+        let text = format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: fake\nclusters:\n- name: fake\n  cluster:\n    server: {}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: {}\nusers:\n- name: fake\n  user:\n    token: fake-token\n",
+            self.url(),
+            lock(&self.inner).namespace
+        );
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("kubeconfig: {e}"));
+        path
+    }
+
+    fn bump(inner: &mut Inner) -> String {
+        inner.version += 1;
+        inner.version.to_string()
+    }
+
+    /// Adds (or replaces) a pod object.
+    pub fn put_pod(&self, mut pod: Value) {
+        let mut inner = lock(&self.inner);
+        let rv = Self::bump(&mut inner);
+        pod["metadata"]["resourceVersion"] = json!(rv);
+        pod["metadata"]["namespace"] = json!(inner.namespace);
+        let name = pod["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        inner.pods.insert(name, pod);
+    }
+
+    /// Changes a pod in place.
+    pub fn update_pod(&self, name: &str, change: impl FnOnce(&mut Value)) {
+        let mut inner = lock(&self.inner);
+        if let Some(p) = inner.pods.get_mut(name) {
+            change(p);
+        }
+    }
+
+    /// Sets the Deployment: `replicas`, settled (every pod updated and
+    /// observed) unless changed later with [`FakeKube::update_deployment`].
+    pub fn set_deployment(&self, name: &str, replicas: u64, labels: &[(&str, &str)]) {
+        let labels: serde_json::Map<String, Value> = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), json!(v)))
+            .collect();
+        let mut inner = lock(&self.inner);
+        let rv = Self::bump(&mut inner);
+        inner.deployment = Some(json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "namespace": inner.namespace, "generation": 1,
+                          "resourceVersion": rv, "annotations": {}},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": labels}},
+            "status": {"observedGeneration": 1, "replicas": replicas, "updatedReplicas": replicas,
+                        "readyReplicas": replicas, "availableReplicas": replicas},
+        }));
+    }
+
+    /// Changes the Deployment in place (bumps its resourceVersion).
+    pub fn update_deployment(&self, change: impl FnOnce(&mut Value)) {
+        let mut inner = lock(&self.inner);
+        let rv = Self::bump(&mut inner);
+        if let Some(d) = inner.deployment.as_mut() {
+            change(d);
+            d["metadata"]["resourceVersion"] = json!(rv);
+        }
+    }
+
+    /// The Deployment object.
+    pub fn deployment(&self) -> Option<Value> {
+        lock(&self.inner).deployment.clone()
+    }
+
+    /// Sets an autoscaling/v2 HPA with a CPU utilisation target.
+    pub fn set_hpa(&self, name: &str, cpu_percent: u32, current: u64, desired: u64) {
+        let mut inner = lock(&self.inner);
+        inner.hpa = Some(json!({
+            "apiVersion": "autoscaling/v2",
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": name, "namespace": inner.namespace},
+            "spec": {"minReplicas": 1, "maxReplicas": 100, "metrics": [
+                {"type": "Resource", "resource": {"name": "cpu",
+                    "target": {"type": "Utilization", "averageUtilization": cpu_percent}}}
+            ]},
+            "status": {"currentReplicas": current, "desiredReplicas": desired},
+        }));
+    }
+
+    /// A PodDisruptionBudget allowing `n` more evictions (`None`: no PDB).
+    pub fn set_pdb_disruptions_allowed(&self, n: Option<u32>) {
+        lock(&self.inner).pdb_disruptions_allowed = n;
+    }
+
+    /// What replaces evicted and deleted pods.
+    pub fn set_replacement(&self, r: Replacement) {
+        lock(&self.inner).replacement = r;
+    }
+
+    /// Names of the pods now.
+    pub fn pod_names(&self) -> Vec<String> {
+        lock(&self.inner).pods.keys().cloned().collect()
+    }
+
+    /// Pods evicted, in order.
+    pub fn evictions(&self) -> Vec<String> {
+        lock(&self.inner).evictions.clone()
+    }
+
+    /// Evictions refused with 429.
+    pub fn refused_evictions(&self) -> Vec<String> {
+        lock(&self.inner).refused_evictions.clone()
+    }
+
+    /// Pods deleted, with the grace period asked for.
+    pub fn deletions(&self) -> Vec<(String, Option<u64>)> {
+        lock(&self.inner).deletions.clone()
+    }
+
+    /// Events created.
+    pub fn events(&self) -> Vec<Value> {
+        lock(&self.inner).events.clone()
+    }
+
+    /// How many conditional writes were refused with 409.
+    pub fn conflicts(&self) -> usize {
+        lock(&self.inner).conflicts
+    }
+}
+
+fn wrong_namespace(inner: &Inner, ns: &str) -> Option<Response> {
+    (inner.namespace != ns).then(|| {
+        status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("namespaces \"{ns}\" not found"),
+        )
+    })
+}
+
+fn matches(pod: &Value, selector: &str) -> bool {
+    selector
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .all(|term| match term.split_once('=') {
+            Some((k, v)) => {
+                pod["metadata"]["labels"][k.trim().trim_end_matches('=')]
+                    == v.trim().trim_start_matches('=')
+            }
+            None => false,
+        })
+}
+
+async fn list_pods(
+    State(state): State<Shared>,
+    Path(ns): Path<String>,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> Response {
+    let mut inner = lock(&state);
+    if let Some(r) = wrong_namespace(&inner, &ns) {
+        return r;
+    }
+    // Replacements that become Ready after some lists.
+    let mut now_ready = Vec::new();
+    for (name, left) in &mut inner.pending_ready {
+        *left = left.saturating_sub(1);
+        if *left == 0 {
+            now_ready.push(name.clone());
+        }
+    }
+    inner.pending_ready.retain(|(_, left)| *left > 0);
+    for name in now_ready {
+        if let Some(p) = inner.pods.get_mut(&name) {
+            set_ready(p, true);
+        }
+    }
+    let selector = query.get("labelSelector").cloned().unwrap_or_default();
+    let items: Vec<Value> = inner
+        .pods
+        .values()
+        .filter(|p| matches(p, &selector))
+        .cloned()
+        .collect();
+    axum::Json(json!({
+        "kind": "PodList",
+        "apiVersion": "v1",
+        "metadata": {"resourceVersion": inner.version.to_string()},
+        "items": items,
+    }))
+    .into_response()
+}
+
+async fn get_pod(
+    State(state): State<Shared>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Response {
+    let inner = lock(&state);
+    if let Some(r) = wrong_namespace(&inner, &ns) {
+        return r;
+    }
+    match inner.pods.get(&name) {
+        Some(p) => axum::Json(p.clone()).into_response(),
+        None => status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("pods \"{name}\" not found"),
+        ),
+    }
+}
+
+/// Removes `name` and adds its replacement.
+fn remove_and_replace(inner: &mut Inner, name: &str) -> Option<Value> {
+    let removed = inner.pods.remove(name)?;
+    inner.version += 1;
+    let replacement = inner.replacement;
+    if replacement == Replacement::None {
+        return Some(removed);
+    }
+    inner.replaced += 1;
+    let mut pod = removed.clone();
+    let new_name = format!("{name}-r{}", inner.replaced);
+    pod["metadata"]["name"] = json!(new_name);
+    pod["metadata"]["creationTimestamp"] = json!(chrono_like_now());
+    pod["metadata"]["resourceVersion"] = json!(inner.version.to_string());
+    match replacement {
+        Replacement::Ready => set_ready(&mut pod, true),
+        Replacement::ReadyAfterLists(n) => {
+            set_ready(&mut pod, false);
+            inner.pending_ready.push((new_name.clone(), n.max(1)));
+        }
+        Replacement::NeverReady | Replacement::None => set_ready(&mut pod, false),
+    }
+    inner.pods.insert(new_name, pod);
+    Some(removed)
+}
+
+/// Now in RFC 3339 from the system clock (object timestamps are wall time).
+fn chrono_like_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let days = secs / 86400;
+    let rem = secs % 86400;
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// Howard Hinnant's days-from-civil inverse.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+async fn evict_pod(
+    State(state): State<Shared>,
+    Path((ns, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let mut inner = lock(&state);
+    if let Some(r) = wrong_namespace(&inner, &ns) {
+        return r;
+    }
+    let eviction: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if eviction["kind"] != "Eviction" || eviction["metadata"]["name"] != name.as_str() {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "body must be a policy/v1 Eviction naming the pod",
+        );
+    }
+    if !inner.pods.contains_key(&name) {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("pods \"{name}\" not found"),
+        );
+    }
+    if let Some(allowed) = inner.pdb_disruptions_allowed.as_mut() {
+        if *allowed == 0 {
+            inner.refused_evictions.push(name);
+            return status(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequests",
+                "Cannot evict pod as it would violate the pod's disruption budget.",
+            );
+        }
+        *allowed -= 1;
+    }
+    remove_and_replace(&mut inner, &name);
+    inner.evictions.push(name);
+    (
+        StatusCode::CREATED,
+        axum::Json(json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})),
+    )
+        .into_response()
+}
+
+async fn delete_pod(
+    State(state): State<Shared>,
+    Path((ns, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let mut inner = lock(&state);
+    if let Some(r) = wrong_namespace(&inner, &ns) {
+        return r;
+    }
+    let options: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    match remove_and_replace(&mut inner, &name) {
+        Some(pod) => {
+            inner
+                .deletions
+                .push((name, options["gracePeriodSeconds"].as_u64()));
+            axum::Json(pod).into_response()
+        }
+        None => status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("pods \"{name}\" not found"),
+        ),
+    }
+}
+
+async fn get_deployment(
+    State(state): State<Shared>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Response {
+    let inner = lock(&state);
+    if let Some(r) = wrong_namespace(&inner, &ns) {
+        return r;
+    }
+    match &inner.deployment {
+        Some(d) if d["metadata"]["name"] == name.as_str() => axum::Json(d.clone()).into_response(),
+        _ => status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("deployments.apps \"{name}\" not found"),
+        ),
+    }
+}
+
+fn merge(target: &mut Value, patch: &Value) {
+    match (target.as_object_mut(), patch.as_object()) {
+        (Some(t), Some(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        _ => *target = patch.clone(),
+    }
+}
+
+async fn patch_deployment(
+    State(state): State<Shared>,
+    Path((ns, name)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut inner = lock(&state);
+    if let Some(r) = wrong_namespace(&inner, &ns) {
+        return r;
+    }
+    let content_type = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if content_type != "application/merge-patch+json" {
+        return status(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            &format!("the body of the request was in an unknown format: {content_type}"),
+        );
+    }
+    let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
+        return status(StatusCode::BAD_REQUEST, "BadRequest", "invalid JSON");
+    };
+    let current_rv = match &inner.deployment {
+        Some(d) if d["metadata"]["name"] == name.as_str() => d["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        _ => {
+            return status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                &format!("deployments.apps \"{name}\" not found"),
+            );
+        }
+    };
+    if let Some(rv) = patch["metadata"]["resourceVersion"].as_str()
+        && rv != current_rv
+    {
+        inner.conflicts += 1;
+        return status(
+            StatusCode::CONFLICT,
+            "Conflict",
+            &format!(
+                "Operation cannot be fulfilled on deployments.apps \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
+            ),
+        );
+    }
+    inner.version += 1;
+    let rv = inner.version.to_string();
+    let Some(d) = inner.deployment.as_mut() else {
+        return status(StatusCode::NOT_FOUND, "NotFound", "gone");
+    };
+    merge(d, &patch);
+    d["metadata"]["resourceVersion"] = json!(rv);
+    axum::Json(d.clone()).into_response()
+}
+
+async fn get_hpa(
+    State(state): State<Shared>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Response {
+    let inner = lock(&state);
+    if let Some(r) = wrong_namespace(&inner, &ns) {
+        return r;
+    }
+    match &inner.hpa {
+        Some(h) if h["metadata"]["name"] == name.as_str() => axum::Json(h.clone()).into_response(),
+        _ => status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("horizontalpodautoscalers.autoscaling \"{name}\" not found"),
+        ),
+    }
+}
+
+async fn create_event(
+    State(state): State<Shared>,
+    Path(ns): Path<String>,
+    body: Bytes,
+) -> Response {
+    let mut inner = lock(&state);
+    if let Some(r) = wrong_namespace(&inner, &ns) {
+        return r;
+    }
+    let Ok(event) = serde_json::from_slice::<Value>(&body) else {
+        return status(StatusCode::BAD_REQUEST, "BadRequest", "invalid JSON");
+    };
+    if event["kind"] != "Event" || event["involvedObject"]["name"].as_str().is_none() {
+        return status(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            "not an Event with an involvedObject",
+        );
+    }
+    inner.events.push(event.clone());
+    (StatusCode::CREATED, axum::Json(event)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_454), (2026, 1, 1));
+        assert!(chrono_like_now().ends_with('Z'));
+    }
+
+    #[test]
+    fn selectors_and_merge() {
+        let p = pod_json(
+            "a",
+            &[("app", "c"), ("tier", "x")],
+            true,
+            "2026-01-01T00:00:00Z",
+            "1",
+        );
+        assert!(matches(&p, "app=c"));
+        assert!(matches(&p, "app=c,tier=x"));
+        assert!(matches(&p, "app==c"));
+        assert!(!matches(&p, "app=d"));
+        let mut d = json!({"metadata": {"annotations": {"a": "1", "b": "2"}}});
+        merge(
+            &mut d,
+            &json!({"metadata": {"annotations": {"a": null, "c": "3"}}}),
+        );
+        assert_eq!(
+            d,
+            json!({"metadata": {"annotations": {"b": "2", "c": "3"}}})
+        );
+    }
+}
