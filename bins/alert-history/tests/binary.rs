@@ -74,6 +74,20 @@ fn start_up_errors_name_the_database() {
     );
     assert!(!stderr.contains("PoolTimedOut"), "{stderr}");
     assert!(started.elapsed() < Duration::from_secs(8), "{stderr}");
+    // A path that cannot be created names the path, not `SqliteError`.
+    let (code, stderr) = run(
+        &[],
+        &[
+            ("DATABASE_URL", "sqlite:///dev/null/h.db"),
+            ("LISTEN_ADDR", "127.0.0.1:0"),
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("DATABASE_URL") && stderr.contains("/dev/null/h.db"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("code: 14"), "{stderr}");
     // A missing directory is created; the database opens in it.
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("a/b/h.db").display());

@@ -279,9 +279,15 @@ impl Store {
             Backend::Sqlite => {
                 let options = SqliteConnectOptions::from_str(url)?;
                 let target = options.get_filename().display().to_string();
+                let path = options.get_filename().to_owned();
+                // SQLite says "unable to open database file" (code 14) for
+                // every cause: name the cause when the path shows it.
                 let open_error = |e: &dyn std::fmt::Display| Error::Open {
                     target: target.clone(),
-                    reason: e.to_string(),
+                    reason: match keel_telemetry::check::writable_path("DATABASE_URL", &path) {
+                        Err(cause) => cause.reason().to_owned(),
+                        Ok(()) => e.to_string(),
+                    },
                 };
                 if let Some(dir) = options.get_filename().parent()
                     && !dir.as_os_str().is_empty()
