@@ -120,6 +120,18 @@ async fn kill_9_of_the_supervisor_then_every_vm_is_adopted() {
         metrics.contains("vm_supervisor_vm_adopted_total 3"),
         "{metrics}"
     );
+    // metald's names under the program prefix (the alert rules and the
+    // dashboard in deploy/vm-supervisor read these).
+    for name in [
+        "vm_supervisor_vm_health_checks_total",
+        "vm_supervisor_vm_health_check_failures_total",
+        "vm_supervisor_vm_health_check_duration_seconds_bucket",
+        "vm_supervisor_reliability_healthy_vms 3",
+        "vm_supervisor_reliability_unhealthy_vms 0",
+        "vm_supervisor_fleet_short_circuit 0",
+    ] {
+        assert!(metrics.contains(name), "{name} missing:\n{metrics}");
+    }
 
     // An adopted VM's death is seen (no child exit: /proc) and recovered.
     sigkill(before[0].1 as u32);
@@ -137,6 +149,21 @@ async fn kill_9_of_the_supervisor_then_every_vm_is_adopted() {
             "adopted VM not recovered"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "vm_supervisor_vm_orphaned_total{reason=\"process_dead\"} 1",
+        "vm_supervisor_vm_recovery_attempts_total{outcome=\"success\"} 1",
+        "vm_supervisor_vm_recovery_success_total 1",
+        "vm_supervisor_vm_recovery_duration_seconds_count{outcome=\"success\"} 1",
+    ] {
+        assert!(metrics.contains(name), "{name} missing:\n{metrics}");
     }
 
     // SIGTERM: exit 0, VMs left running.
