@@ -63,6 +63,8 @@ enum Pools {
             )
         )]
         finish: Arc<Notify>,
+        /// Stops the checkpointer when the store is closed.
+        stop: keel_telemetry::CancellationToken,
     },
     /// The pool, and the queue of the group-commit dispatcher
     /// ([`postgres_writer`](pg_writer::postgres_writer)).
@@ -340,6 +342,7 @@ impl Store {
                     .map_err(|e| open_error(&e))?;
                 let (jobs, queue) = mpsc::channel(1024);
                 let finish = Arc::new(Notify::new());
+                let stop = keel_telemetry::CancellationToken::new();
                 let durability = Arc::new(durability);
                 tokio::spawn(sqlite_writer::sqlite_writer(
                     write.clone(),
@@ -351,6 +354,7 @@ impl Store {
                     tokio::spawn(sqlite_writer::sqlite_checkpointer(
                         read.clone(),
                         finish.clone(),
+                        stop.clone(),
                     ));
                 }
                 (
@@ -359,6 +363,7 @@ impl Store {
                         read,
                         jobs,
                         finish,
+                        stop,
                     },
                     durability,
                 )
@@ -407,7 +412,10 @@ impl Store {
     /// Closes every connection.
     pub async fn close(&self) {
         match &self.pools {
-            Pools::Sqlite { write, read, .. } => {
+            Pools::Sqlite {
+                write, read, stop, ..
+            } => {
+                stop.cancel();
                 read.close().await;
                 write.close().await;
             }
@@ -677,6 +685,33 @@ mod tests {
             assert_eq!(stored(read, tag).await, 20, "{tag} lost at restart");
         }
         again.close().await;
+    }
+
+    /// The checkpointer (on the kit's `every`) ends when the store is
+    /// closed, so no task outlives the store.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_checkpointer_ends_with_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("t.db");
+        let store = Store::open(&format!("sqlite://{}", db.display()), 2, true)
+            .await
+            .unwrap();
+        store.ingest(&delivery("a", 5), 1).await.unwrap();
+        let Pools::Sqlite { read, stop, .. } = &store.pools else {
+            unreachable!()
+        };
+        let task = tokio::spawn(sqlite_writer::sqlite_checkpointer(
+            read.clone(),
+            Arc::new(Notify::new()),
+            stop.clone(),
+        ));
+        let stop = stop.clone();
+        store.close().await;
+        assert!(stop.is_cancelled());
+        tokio::time::timeout(std::time::Duration::from_secs(5), task)
+            .await
+            .expect("the checkpointer ends when the store closes")
+            .unwrap();
     }
 
     #[tokio::test]

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use keel_telemetry::{CancellationToken, every};
 use sqlx::sqlite::SqlitePool;
 use tokio::sync::{Notify, mpsc};
 
@@ -119,26 +120,28 @@ const CHECKPOINT_PASSES: usize = 12;
 /// (1.5 GB in 15 s at 6,000 alerts/s), and every new frame lands on a
 /// fresh, zero-filled page of the file. The writer has automatic
 /// checkpoints turned off.
-pub(super) async fn sqlite_checkpointer(read: SqlitePool, finish: Arc<Notify>) {
-    let mut tick = tokio::time::interval(CHECKPOINT_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        if read.is_closed() {
-            return;
-        }
-        match checkpoint_passes(&read).await {
-            Ok(true) => finish.notify_one(),
-            Ok(false) => {}
-            Err(e) => {
-                if read.is_closed() {
-                    return;
+///
+/// Runs on the kit's [`every`] until `stop` is cancelled (the store is
+/// closed).
+pub(super) async fn sqlite_checkpointer(
+    read: SqlitePool,
+    finish: Arc<Notify>,
+    stop: CancellationToken,
+) {
+    every(CHECKPOINT_INTERVAL, stop, move || {
+        let (read, finish) = (read.clone(), finish.clone());
+        async move {
+            match checkpoint_passes(&read).await {
+                Ok(true) => finish.notify_one(),
+                Ok(false) => {}
+                Err(e) if read.is_closed() => {
+                    tracing::debug!(error = %e, "SQLite checkpoint after close");
                 }
-                tracing::warn!(error = %e, "SQLite checkpoint failed");
+                Err(e) => tracing::warn!(error = %e, "SQLite checkpoint failed"),
             }
         }
-    }
+    })
+    .await;
 }
 
 /// Step 1 of [`sqlite_checkpointer`]: `PASSIVE` checkpoints from `read`
