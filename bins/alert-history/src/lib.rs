@@ -10,10 +10,17 @@
 //! `/readyz` and `/health/*` serve operators. The routes and response shapes
 //! of the Python predecessor are kept; Keel's additions are extra fields.
 //!
-//! Modules: [`config`] (the clap struct), [`model`] (the webhook payload),
-//! [`store`] (SQLite/PostgreSQL), [`pipeline`] (ingest stages),
-//! [`http`] (the API), [`dashboard`] (HTML + JSON), [`metrics`],
-//! [`retention`], [`timeline`].
+//! A 2xx from `POST /webhook` means the alerts are stored: a failed write
+//! is answered 503 (Alertmanager retries) and turns readiness red until
+//! writes are durable again ([`store::NotDurable`]); an alert that either
+//! database could not store or read back is refused with 422 naming the
+//! field ([`model::MAX_JSON_DEPTH`]).
+//!
+//! Modules: [`config`] (the clap struct, a kit [`keel_telemetry::Program`]),
+//! [`model`] (the webhook payload and what is storable), [`store`]
+//! (SQLite/PostgreSQL, one module per concept inside), [`pipeline`] (ingest
+//! stages), [`http`] (the API and which token guards which route),
+//! [`dashboard`] (HTML + JSON), [`metrics`], [`retention`], [`timeline`].
 //!
 //! Serving the API in-process over a temporary SQLite file:
 //!
