@@ -57,8 +57,11 @@ fn run_id() -> String {
 async fn emit(settings: &Settings, report: &Report) {
     let json = serde_json::to_string_pretty(report).unwrap_or_default();
     if settings.output == Output::Json {
+        // One line: the kit logs to stdout too, so a reader takes the line
+        // that starts with `{"strategy"` (or reads REPORT_FILE).
+        let line = serde_json::to_string(report).unwrap_or_default();
         let mut stdout = std::io::stdout().lock();
-        let _ = writeln!(stdout, "{json}");
+        let _ = writeln!(stdout, "{line}");
         let _ = stdout.flush();
     }
     if let Some(path) = &settings.report_file

@@ -16,8 +16,8 @@ use crate::config::Queries;
 #[derive(Debug, thiserror::Error)]
 pub enum PromError {
     /// Connection refused, reset, timed out.
-    #[error("request failed")]
-    Http(#[source] reqwest::Error),
+    #[error("request failed: {0}")]
+    Http(String),
     /// A non-2xx answer.
     #[error("HTTP {status}: {body}")]
     Status {
@@ -122,9 +122,9 @@ impl Prometheus {
         if let Some(t) = timeout {
             request = request.timeout(t);
         }
-        let response = request.send().await.map_err(PromError::Http)?;
+        let response = request.send().await.map_err(http_error)?;
         let status = response.status();
-        let body = response.text().await.map_err(PromError::Http)?;
+        let body = response.text().await.map_err(http_error)?;
         if !status.is_success() {
             return Err(PromError::Status {
                 status: status.as_u16(),
@@ -181,6 +181,17 @@ impl Prometheus {
         }
         Ok(out)
     }
+}
+
+/// The error with its sources (reqwest's own Display omits the cause).
+fn http_error(e: reqwest::Error) -> PromError {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    PromError::Http(text)
 }
 
 /// Parses a `/api/v1/query` answer whose result is a vector labelled `pod`.

@@ -64,6 +64,7 @@ struct Inner {
     deletions: Vec<(String, Option<u64>)>,
     events: Vec<Value>,
     conflicts: usize,
+    before_next_patch: Option<Value>,
 }
 
 type Shared = Arc<Mutex<Inner>>;
@@ -292,6 +293,14 @@ impl FakeKube {
     /// Events created.
     pub fn events(&self) -> Vec<Value> {
         lock(&self.inner).events.clone()
+    }
+
+    /// Another writer, deterministically between a client's read and its
+    /// write: just before the next Deployment PATCH is evaluated, `patch`
+    /// (a JSON merge patch) is applied and the resourceVersion bumped, so a
+    /// conditional write based on the earlier read gets 409.
+    pub fn write_before_next_patch(&self, patch: Value) {
+        lock(&self.inner).before_next_patch = Some(patch);
     }
 
     /// How many conditional writes were refused with 409.
@@ -562,6 +571,14 @@ async fn patch_deployment(
     let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
         return status(StatusCode::BAD_REQUEST, "BadRequest", "invalid JSON");
     };
+    if let Some(other) = inner.before_next_patch.take() {
+        inner.version += 1;
+        let rv = inner.version.to_string();
+        if let Some(d) = inner.deployment.as_mut() {
+            merge(d, &other);
+            d["metadata"]["resourceVersion"] = json!(rv);
+        }
+    }
     let current_rv = match &inner.deployment {
         Some(d) if d["metadata"]["name"] == name.as_str() => d["metadata"]["resourceVersion"]
             .as_str()

@@ -1,0 +1,189 @@
+//! The binary: configuration errors exit 64 naming the variable, the JSON
+//! report on stdout with the run's exit code, and the metrics pushed to a
+//! real Pushgateway (Debian's `prometheus-pushgateway`).
+
+mod support;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+use tokio::process::Command;
+
+fn binary() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pod-rebalancer"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+#[tokio::test]
+async fn invalid_configuration_exits_64_naming_the_variable() {
+    let output = binary()
+        .env("KUBE_LABEL_SELECTOR", "app=consumer")
+        .env("DEPLOYMENT_NAME", "consumer")
+        .env("MAX_PODS_TO_DELETE", "0")
+        .output()
+        .await
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("MAX_PODS_TO_DELETE"));
+
+    let output = binary()
+        .env("DEPLOYMENT_NAME", "consumer")
+        .env("KUBE_LABEL_SELECTOR", "")
+        .output()
+        .await
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("KUBE_LABEL_SELECTOR"));
+}
+
+/// The report is the one line on stdout that is a JSON object (the kit's
+/// logs surround it).
+fn report_line(stdout: &[u8]) -> Value {
+    let text = String::from_utf8_lossy(stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("{\"strategy\""))
+        .unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+struct Pushgateway {
+    url: String,
+    _child: tokio::process::Child,
+}
+
+async fn pushgateway() -> Pushgateway {
+    let port = free_port();
+    let child = Command::new("prometheus-pushgateway")
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("prometheus-pushgateway (apt-get install -y --no-install-recommends prometheus-pushgateway)");
+    let url = format!("http://127.0.0.1:{port}");
+    for _ in 0..100 {
+        if let Ok(r) = reqwest::get(format!("{url}/-/ready")).await
+            && r.status().is_success()
+        {
+            return Pushgateway { url, _child: child };
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("pushgateway not ready at {url}");
+}
+
+#[tokio::test]
+async fn one_run_prints_the_json_report_and_pushes_its_metrics() {
+    let prometheus = prometheus().await;
+    let kube = kube().await;
+    let gateway = pushgateway().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = kube.write_kubeconfig(dir.path());
+    let args = config_args(&kubeconfig, prometheus.url(), &["--output", "json"]);
+    let output = binary()
+        .args(&args[1..])
+        .env("PUSHGATEWAY_URL", &gateway.url)
+        .env("REPORT_FILE", dir.path().join("report.json"))
+        .output()
+        .await
+        .expect("runs");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = report_line(&output.stdout);
+    assert_eq!(report["strategy"], "composite");
+    assert_eq!(report["dry_run"], false);
+    assert_eq!(report["acted"], true);
+    assert_eq!(report["exit_code"], 0);
+    assert_eq!(report["pods"].as_array().map(Vec::len), Some(PODS));
+    let pod = &report["pods"][7];
+    for field in ["name", "cpu", "lag", "memory", "score", "ready"] {
+        assert!(pod.get(field).is_some(), "pods[].{field}");
+    }
+    assert_eq!(report["chosen"][0]["name"], HOT);
+    assert!(
+        report["chosen"][0]["reason"]
+            .as_str()
+            .expect("reason")
+            .starts_with("most busy")
+    );
+    assert!(
+        report["refused"]
+            .as_array()
+            .expect("refused")
+            .iter()
+            .any(|r| r["name"] == NO_SERIES && r["why"].is_string())
+    );
+    let file: Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("report.json")).expect("REPORT_FILE"),
+    )
+    .expect("JSON");
+    assert_eq!(file, report);
+
+    let metrics = reqwest::get(format!("{}/metrics", gateway.url))
+        .await
+        .expect("pushgateway")
+        .text()
+        .await
+        .expect("text");
+    let line = |prefix: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(prefix) && l.contains("deployment=\"consumer\""))
+            .unwrap_or_else(|| panic!("{prefix} missing in:\n{metrics}"))
+            .to_owned()
+    };
+    assert!(line("rebalancer_executions_total{").contains("status=\"success\""));
+    assert!(line("rebalancer_executions_total{").ends_with(" 1"));
+    assert!(line("rebalancer_pods_analyzed_total{").ends_with(" 47"));
+    let deleted: Vec<String> = metrics
+        .lines()
+        .filter(|l| l.starts_with("rebalancer_pods_deleted_total{"))
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        deleted
+            .iter()
+            .any(|l| l.contains("type=\"most_busy\"") && l.ends_with(" 1")),
+        "{deleted:?}"
+    );
+    assert!(
+        deleted
+            .iter()
+            .any(|l| l.contains("type=\"least_busy\"") && l.ends_with(" 1")),
+        "{deleted:?}"
+    );
+    line("rebalancer_execution_duration_seconds{");
+    line("rebalancer_load_variance_current{");
+}
+
+#[tokio::test]
+async fn prometheus_down_exits_3_from_the_binary() {
+    let kube = kube().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = kube.write_kubeconfig(dir.path());
+    let args = config_args(&kubeconfig, "http://127.0.0.1:9", &["--output", "json"]);
+    let output = binary().args(&args[1..]).output().await.expect("runs");
+    assert_eq!(output.status.code(), Some(3));
+    let report: Value = report_line(&output.stdout);
+    assert_eq!(report["exit_code"], 3);
+}
