@@ -3,6 +3,7 @@
 //! and the AWS presets of a registry.
 //!
 //! `cargo run -p keel-examples --example breaker_basics`
+#![allow(clippy::print_stdout)]
 
 use std::time::Duration;
 
