@@ -122,21 +122,31 @@ impl AppState {
 /// check (the `auth` module); the webhook and admin routes check their own
 /// tokens; liveness and readiness are always open.
 pub fn router(state: AppState) -> Router {
+    let live = keel_telemetry::liveness_route;
+    let ready = || {
+        keel_telemetry::readiness_route(
+            state.inner.readiness.clone(),
+            Some(state.inner.shutting_down.clone()),
+        )
+    };
     let reads = Router::new()
         .route("/history", get(history))
         .route("/alerts/{fingerprint}", get(alert_timeline))
         .route("/report", get(report))
         .route("/health/detailed", get(health_detailed))
-        .route("/metrics", get(metrics))
+        .route(
+            "/metrics",
+            keel_telemetry::metrics_route(state.inner.registry.clone()),
+        )
         .merge(dashboard::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_read));
     Router::new()
         .route("/webhook", post(webhook))
         .route("/webhook/", post(webhook))
-        .route("/healthz", get(healthz))
-        .route("/health/liveness", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/health/readiness", get(readyz))
+        .route("/healthz", live())
+        .route("/health/liveness", live())
+        .route("/readyz", ready())
+        .route("/health/readiness", ready())
         .route("/health/database", get(health_database))
         .route("/admin/retention", post(admin_retention))
         .merge(reads)
@@ -724,10 +734,6 @@ pub(crate) fn report_json(report: &crate::store::Report) -> Value {
 
 // ---------------------------------------------------------------- health
 
-async fn healthz() -> Response {
-    axum::Json(json!({ "status": "ok" })).into_response()
-}
-
 async fn database_check(state: &AppState) -> (bool, Value) {
     let report = state.inner.readiness.evaluate().await;
     let mut deps = serde_json::Map::new();
@@ -745,26 +751,6 @@ async fn database_check(state: &AppState) -> (bool, Value) {
         deps.insert(check.name.clone(), v);
     }
     (report.ready, Value::Object(deps))
-}
-
-async fn readyz(State(state): State<AppState>) -> Response {
-    if state.inner.shutting_down.is_cancelled() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({ "status": "shutting_down", "dependencies": {} })),
-        )
-            .into_response();
-    }
-    let (ready, deps) = database_check(&state).await;
-    if ready {
-        axum::Json(json!({ "status": "ready", "dependencies": deps })).into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({ "status": "not_ready", "dependencies": deps })),
-        )
-            .into_response()
-    }
 }
 
 async fn health_database(State(state): State<AppState>) -> Response {
@@ -806,21 +792,6 @@ async fn health_detailed(State(state): State<AppState>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, axum::Json(body)).into_response()
-}
-
-async fn metrics(State(state): State<AppState>) -> Response {
-    match state.inner.registry.encode() {
-        Ok(text) => (
-            [(
-                header::CONTENT_TYPE,
-                keel_telemetry::OPENMETRICS_CONTENT_TYPE,
-            )],
-            text,
-        )
-            .into_response(),
-        Err(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "metrics encoding failed")
-            .into_response(),
-    }
 }
 
 // ---------------------------------------------------------------- admin

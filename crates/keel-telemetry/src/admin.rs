@@ -186,7 +186,22 @@ pub fn router(state: AdminState) -> Router {
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
-    match state.inner.metrics.encode() {
+    encode_metrics(&state.inner.metrics)
+}
+
+/// The `/metrics` handler for a program's own router: `metrics` in the
+/// OpenMetrics text format (the admin router serves the same).
+pub fn metrics_route<S: Clone + Send + Sync + 'static>(
+    metrics: MetricsRegistry,
+) -> axum::routing::MethodRouter<S> {
+    axum::routing::get(move || {
+        let metrics = metrics.clone();
+        async move { encode_metrics(&metrics) }
+    })
+}
+
+fn encode_metrics(metrics: &MetricsRegistry) -> Response {
+    match metrics.encode() {
         Ok(text) => ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], text).into_response(),
         Err(_) => {
             tracing::warn!("metrics encoding failed");

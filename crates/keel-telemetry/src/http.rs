@@ -15,7 +15,7 @@ use axum::Router;
 use axum::extract::{MatchedPath, Request};
 use axum::http::{Method, Response};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{MethodRouter, get};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -475,7 +475,7 @@ where
 ///
 /// ```
 /// use axum::Router;
-/// use axum::routing::get;
+/// use axum::routing::{MethodRouter, get};
 /// use keel_telemetry::{HttpMetrics, MetricsRegistry};
 ///
 /// let metrics = MetricsRegistry::new("alert_history")?;
@@ -667,41 +667,87 @@ where
 /// `/healthz` (alive: `200 {"status":"ok"}`) and `/readyz` (`200` when
 /// every check of `readiness` passes, `503` naming the failing ones, and
 /// `503 shutting_down` once `shutdown` has been triggered), to merge into
-/// a program's own router when it serves them on its main port.
+/// a program's own router when it serves them on its main port. Mount
+/// [`liveness_route`] and [`readiness_route`] under more paths when a
+/// program must also answer at older ones.
 pub fn health_routes(readiness: Readiness, shutdown: Option<Shutdown>) -> Router {
-    Router::new().route(HEALTHZ_PATH, get(healthz)).route(
+    Router::new().route(HEALTHZ_PATH, liveness_route()).route(
         READYZ_PATH,
-        get(move || {
-            let readiness = readiness.clone();
-            let shutdown = shutdown.clone();
-            async move { readyz(&readiness, shutdown.as_ref()).await }
-        }),
+        readiness_route(readiness, shutdown.map(|s| s.token())),
     )
+}
+
+/// The liveness handler: `200 {"status":"ok"}` while the process serves.
+pub fn liveness_route<S: Clone + Send + Sync + 'static>() -> MethodRouter<S> {
+    get(healthz)
+}
+
+/// The readiness handler: `200 {"status":"ready", ...}` when every check of
+/// `readiness` passes, `503 {"status":"not_ready", ...}` naming the failing
+/// ones, and `503 {"status":"shutting_down"}` once `stopping` is cancelled.
+///
+/// The body lists the checks twice, for two kinds of reader:
+/// `"checks"` (an array of `{name, status, duration_ms, error?}`) and
+/// `"dependencies"` (an object by check name of
+/// `{status: "ok"|"error", latency_ms, error?}`); `"failing"` names the
+/// failing checks.
+pub fn readiness_route<S: Clone + Send + Sync + 'static>(
+    readiness: Readiness,
+    stopping: Option<CancellationToken>,
+) -> MethodRouter<S> {
+    get(move || {
+        let readiness = readiness.clone();
+        let stopping = stopping.clone();
+        async move { readyz(&readiness, stopping.as_ref()).await }
+    })
 }
 
 async fn healthz() -> axum::response::Response {
     axum::Json(serde_json::json!({ "status": "ok" })).into_response()
 }
 
-async fn readyz(readiness: &Readiness, shutdown: Option<&Shutdown>) -> axum::response::Response {
+async fn readyz(
+    readiness: &Readiness,
+    stopping: Option<&CancellationToken>,
+) -> axum::response::Response {
     use axum::http::StatusCode;
     use serde_json::json;
-    if shutdown.is_some_and(Shutdown::is_triggered) {
-        let body = json!({ "status": "shutting_down", "failing": [], "checks": [] });
+    if stopping.is_some_and(CancellationToken::is_cancelled) {
+        let body = json!({
+            "status": "shutting_down",
+            "failing": [],
+            "checks": [],
+            "dependencies": {},
+        });
         return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
     }
     let report = readiness.evaluate().await;
-    if report.ready {
-        let body = json!({ "status": "ready", "checks": report.checks });
-        (StatusCode::OK, axum::Json(body)).into_response()
+    let dependencies: serde_json::Map<String, serde_json::Value> = report
+        .checks
+        .iter()
+        .map(|check| {
+            let mut v = json!({
+                "status": if check.status == crate::CheckStatus::Pass { "ok" } else { "error" },
+                "latency_ms": check.duration_ms,
+            });
+            if let Some(error) = &check.error {
+                v["error"] = json!(error);
+            }
+            (check.name.clone(), v)
+        })
+        .collect();
+    let (code, status) = if report.ready {
+        (StatusCode::OK, "ready")
     } else {
-        let body = json!({
-            "status": "not_ready",
-            "failing": report.failing(),
-            "checks": report.checks,
-        });
-        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
-    }
+        (StatusCode::SERVICE_UNAVAILABLE, "not_ready")
+    };
+    let body = json!({
+        "status": status,
+        "failing": report.failing(),
+        "checks": report.checks,
+        "dependencies": dependencies,
+    });
+    (code, axum::Json(body)).into_response()
 }
 
 #[cfg(test)]

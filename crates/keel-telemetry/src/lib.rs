@@ -128,12 +128,14 @@ mod readiness;
 mod run;
 mod shutdown;
 
-pub use admin::{AdminBuilder, AdminState, HEALTHZ_PATH, METRICS_PATH, READYZ_PATH, router};
+pub use admin::{
+    AdminBuilder, AdminState, HEALTHZ_PATH, METRICS_PATH, READYZ_PATH, metrics_route, router,
+};
 pub use error::TelemetryError;
 pub use http::{
     BodyReadError, CLOSE_GRACE, DEFAULT_BODY_READ_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT,
     HttpMetrics, HttpServer, Latency, LatencyFuture, LatencyLayer, REQUEST_DURATION,
-    ReadTimeoutBody, ReadTimeouts, UNMATCHED_ROUTE, health_routes,
+    ReadTimeoutBody, ReadTimeouts, UNMATCHED_ROUTE, health_routes, liveness_route, readiness_route,
 };
 /// The periodic-task loop (keel-core's, re-exported for programs).
 pub use keel_core::every;
