@@ -187,3 +187,42 @@ async fn prometheus_down_exits_3_from_the_binary() {
     let report: Value = report_line(&output.stdout);
     assert_eq!(report["exit_code"], 3);
 }
+
+#[tokio::test]
+async fn with_an_interval_it_runs_again_until_sigterm() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let prometheus = prometheus().await;
+    let kube = kube().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = kube.write_kubeconfig(dir.path());
+    let args = config_args(
+        &kubeconfig,
+        prometheus.url(),
+        &["--output", "json", "--dry-run", "--interval", "1s"],
+    );
+    let mut child = binary().args(&args[1..]).spawn().expect("spawns");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut reports = 0;
+    while reports < 2 {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("a line in time")
+            .expect("stdout readable")
+            .expect("still running");
+        if line.starts_with("{\"strategy\"") {
+            let report: Value = serde_json::from_str(&line).expect("JSON");
+            assert_eq!(report["chosen"][0]["name"], HOT);
+            reports += 1;
+        }
+    }
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id().expect("pid")).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("stops within the drain bound")
+        .expect("exit status");
+    assert_eq!(status.code(), Some(0));
+    // Dry runs: two decisions, no eviction.
+    assert!(kube.evictions().is_empty());
+}
