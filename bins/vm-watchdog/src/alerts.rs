@@ -4,26 +4,54 @@
 //! digest subject); the notifier measures "observed → accepted by Telegram"
 //! and [`Alerts::configure`] feeds it to the watchdog's metrics.
 
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 use std::time::Duration;
 
 use keel_notify::{Admitted, Notification, Notifier, NotifierBuilder};
+use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use crate::metrics::Metrics;
 use crate::status::{VmStatus, human_duration};
 
+/// One open episode of a warning cause: its number (in every key, so the
+/// next episode is never taken for a repeat of this one) and the keys
+/// raised during it.
+#[derive(Debug)]
+struct Episode {
+    n: u64,
+    keys: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+struct Episodes {
+    open: HashMap<String, Episode>,
+    /// Episodes ever opened per cause.
+    counts: HashMap<String, u64>,
+}
+
 /// Builds the watchdog's notifications and hands them to the notifier.
 ///
-/// Keys (what dedup and debounce see): `{vm}:{STATUS}` for critical status
-/// alerts (never suppressed), `{vm}:recovered:{n}` per incident,
-/// `{vm}:stuck:{STATUS}`, `{vm}:missing`, `{vm}:start-failed`,
-/// `api:{group}:down`/`up`, `config:invalid:{hash}`. VM alerts have the VM
-/// as their subject, so a VM that stopped and recovered while the chat's
-/// rate limit held both appears once in the digest, with its latest state.
+/// Alerts come in **episodes**: a cause (`api:compute`, `config`,
+/// `web-1:stuck`, `web-1:unreachable`...) opens one when it starts and
+/// closes it when it ends. Every key carries the episode number, so dedup
+/// and debounce act within one episode only: a second API outage 20 s after
+/// the first is a new message. Closing an episode withdraws its warnings
+/// still held in the notifier's debounce (the cause ended before anyone had
+/// to hear of it: nothing is sent) and otherwise sends one resolved notice,
+/// with the same subject, so it never overtakes the warning (keel-notify
+/// keeps a subject's states in order).
+///
+/// VM alerts have the VM as their subject, so a VM that stopped and
+/// recovered while the chat's rate limit held both appears once in the
+/// digest, with its latest state, and "recovered" never overtakes "is
+/// STOPPED".
 #[derive(Debug, Clone)]
 pub struct Alerts {
     notifier: Notifier,
+    episodes: Arc<Mutex<Episodes>>,
 }
 
 impl Alerts {
@@ -38,12 +66,20 @@ impl Alerts {
 
     /// Alerts through `notifier` (built from [`Alerts::configure`]).
     pub fn new(notifier: Notifier) -> Self {
-        Alerts { notifier }
+        Alerts {
+            notifier,
+            episodes: Arc::default(),
+        }
     }
 
     /// The notifier (for shutdown and stats).
     pub fn notifier(&self) -> &Notifier {
         &self.notifier
+    }
+
+    /// Whether `cause` has an open episode.
+    pub fn is_open(&self, cause: &str) -> bool {
+        self.episodes.lock().open.contains_key(cause)
     }
 
     fn send(&self, notification: Notification, observed_at: Option<Instant>) {
@@ -59,6 +95,63 @@ impl Alerts {
             Ok(admitted) => tracing::debug!(key, ?admitted, "alert admitted"),
             Err(e) => tracing::debug!(key, error = %e, "alert not admitted"),
         }
+    }
+
+    /// Raises an alert within `cause`'s episode (opening one if none is
+    /// open): `build` gets the key to use (`{cause}#{episode}{suffix}`).
+    fn raise(
+        &self,
+        cause: &str,
+        suffix: &str,
+        observed_at: Option<Instant>,
+        build: impl FnOnce(String) -> Notification,
+    ) {
+        let key = {
+            let mut episodes = self.episodes.lock();
+            let Episodes { open, counts } = &mut *episodes;
+            let episode = open.entry(cause.to_owned()).or_insert_with(|| {
+                let n = counts.entry(cause.to_owned()).or_insert(0);
+                *n += 1;
+                Episode {
+                    n: *n,
+                    keys: Vec::new(),
+                }
+            });
+            let key = format!("{cause}#{}{suffix}", episode.n);
+            if !episode.keys.contains(&key) {
+                episode.keys.push(key.clone());
+            }
+            key
+        };
+        self.send(build(key).subject(cause), observed_at);
+    }
+
+    /// Ends `cause`'s episode: withdraws its alerts still held in the
+    /// debounce and, when one of them was already released, sends
+    /// `resolved` (built from its key). Returns whether a notice was sent;
+    /// nothing happens when no episode is open.
+    fn end(
+        &self,
+        cause: &str,
+        observed_at: Option<Instant>,
+        resolved: impl FnOnce(String) -> Notification,
+    ) -> bool {
+        let Some(episode) = self.episodes.lock().open.remove(cause) else {
+            return false;
+        };
+        let mut released = false;
+        for key in &episode.keys {
+            if self.notifier.withdraw(key) {
+                tracing::debug!(key, "alert withdrawn: its cause ended during the debounce");
+            } else {
+                released = true;
+            }
+        }
+        if released {
+            let key = format!("{cause}#{}:resolved", episode.n);
+            self.send(resolved(key).subject(cause).resolves(), observed_at);
+        }
+        released
     }
 
     /// Critical: `vm` is `status` (STOPPED, CRASHED, ERROR); starting it.
@@ -80,75 +173,149 @@ impl Alerts {
         .field("vm", vm)
         .field("status", VmStatus::Running.as_str())
         .field("downtime", human_duration(downtime))
-        .subject(vm);
+        .subject(vm)
+        .resolves();
         self.send(n, Some(observed_at));
     }
 
-    /// Warning: `vm` has been `status` for `stuck_for`.
+    /// Critical: `vm`'s port probe failed `failures` times in a row while
+    /// the cloud API cannot confirm its status (its last known one is
+    /// `last_status`). Ended by [`Alerts::confirmed`].
+    pub fn unreachable(
+        &self,
+        vm: &str,
+        failures: u32,
+        last_status: Option<VmStatus>,
+        observed_at: Instant,
+    ) {
+        let last = last_status.map_or("unknown", VmStatus::as_str);
+        self.raise(&format!("{vm}:unreachable"), "", Some(observed_at), |key| {
+            Notification::critical(
+                key,
+                format!("VM {vm} unreachable (API unavailable, cannot confirm status)"),
+            )
+            .body(format!(
+                "The port probe failed {failures} times in a row and the cloud API does not \
+                 answer; last status seen: {last} (not current). It is started as soon as the \
+                 API confirms it is down."
+            ))
+            .field("vm", vm)
+            .field("last_known_status", last)
+        });
+    }
+
+    /// Ends `vm`'s "unreachable" episode, if any: the API answered with
+    /// `status` (a critical status is alerted as such; its own alert follows
+    /// and this notice only says the status is known again).
+    pub fn confirmed(&self, vm: &str, status: VmStatus, observed_at: Instant) {
+        self.end(&format!("{vm}:unreachable"), Some(observed_at), |key| {
+            Notification::info(
+                key,
+                format!("VM {vm}: status confirmed by the API ({status})"),
+            )
+            .field("vm", vm)
+            .field("status", status.as_str())
+        });
+    }
+
+    /// Warning: `vm` has been `status` for `stuck_for`. Ended by
+    /// [`Alerts::unstuck`].
     pub fn stuck(&self, vm: &str, status: VmStatus, stuck_for: Duration, observed_at: Instant) {
-        let n = Notification::warning(
-            format!("{vm}:stuck:{status}"),
-            format!(
-                "VM {vm} stuck in {status} for {}",
-                human_duration(stuck_for)
-            ),
-        )
-        .field("vm", vm)
-        .field("status", status.as_str())
-        .subject(vm);
-        self.send(n, Some(observed_at));
+        self.raise(&format!("{vm}:stuck"), "", Some(observed_at), |key| {
+            Notification::warning(
+                key,
+                format!(
+                    "VM {vm} stuck in {status} for {}",
+                    human_duration(stuck_for)
+                ),
+            )
+            .field("vm", vm)
+            .field("status", status.as_str())
+        });
+    }
+
+    /// Ends `vm`'s "stuck" episode, if any: it left the status it was stuck
+    /// in for `status`.
+    pub fn unstuck(&self, vm: &str, status: VmStatus, observed_at: Instant) {
+        self.end(&format!("{vm}:stuck"), Some(observed_at), |key| {
+            Notification::info(key, format!("VM {vm} no longer stuck: now {status}"))
+                .field("vm", vm)
+                .field("status", status.as_str())
+        });
     }
 
     /// Warning: the API does not know `vm` (404) although it is configured.
+    /// Ended by [`Alerts::found`].
     pub fn missing(&self, vm: &str) {
-        let n = Notification::warning(format!("{vm}:missing"), format!("VM {vm} not found"))
-            .body("The cloud API answers 404 for this VM; check vms.yaml.")
-            .field("vm", vm);
-        self.send(n, None);
+        self.raise(&format!("{vm}:missing"), "", None, |key| {
+            Notification::warning(key, format!("VM {vm} not found"))
+                .body("The cloud API answers 404 for this VM; check vms.yaml.")
+                .field("vm", vm)
+        });
     }
 
-    /// Warning: starting `vm` failed for good (after retries).
-    pub fn start_failed(&self, vm: &str, error: &str) {
+    /// Ends `vm`'s "not found" episode, if any.
+    pub fn found(&self, vm: &str) {
+        self.end(&format!("{vm}:missing"), None, |key| {
+            Notification::info(key, format!("VM {vm} found again")).field("vm", vm)
+        });
+    }
+
+    /// Warning: starting `vm` failed for good (after retries). One per
+    /// incident of the VM (`incident`); it ends with the incident.
+    pub fn start_failed(&self, vm: &str, incident: u64, error: &str) {
         let n = Notification::warning(
-            format!("{vm}:start-failed"),
+            format!("{vm}:start-failed:{incident}"),
             format!("Could not start VM {vm}"),
         )
         .body(error)
-        .field("vm", vm);
+        .field("vm", vm)
+        .subject(vm);
         self.send(n, None);
     }
 
     /// Warning: the circuit breaker of API `group` opened: statuses are kept
-    /// as last seen and checks back off.
+    /// as last seen (not presented as current) and checks back off. Ended
+    /// by [`Alerts::api_up`].
     pub fn api_down(&self, group: &str) {
-        let n = Notification::warning(
-            format!("api:{group}:down"),
-            format!("Cloud API unavailable ({group})"),
-        )
-        .body("Repeated failures opened the circuit breaker; keeping the last known statuses and backing off.");
-        self.send(n, None);
+        self.raise(&format!("api:{group}"), "", None, |key| {
+            Notification::warning(key, format!("Cloud API unavailable ({group})")).body(
+                "Its failure rate opened the circuit breaker; the last known statuses are kept \
+                 (not current) and checks back off.",
+            )
+        });
     }
 
-    /// Info: the breaker of `group` closed again.
+    /// Ends the outage episode of `group`: withdrawn if its warning was
+    /// still held, else "available again".
     pub fn api_up(&self, group: &str) {
-        let n = Notification::info(
-            format!("api:{group}:up"),
-            format!("Cloud API available again ({group})"),
-        );
-        self.send(n, None);
+        self.end(&format!("api:{group}"), None, |key| {
+            Notification::info(key, format!("Cloud API available again ({group})"))
+        });
     }
 
     /// Warning: `vms.yaml` changed into something invalid; the running
-    /// configuration stays.
+    /// configuration stays. One per distinct error within the episode;
+    /// ended by [`Alerts::config_valid`].
     pub fn config_invalid(&self, error: &str) {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         error.hash(&mut hasher);
-        let n = Notification::warning(
-            format!("config:invalid:{:016x}", hasher.finish()),
-            "vms.yaml is invalid; keeping the running configuration",
-        )
-        .body(error);
-        self.send(n, None);
+        let suffix = format!(":{:016x}", hasher.finish());
+        self.raise("config", &suffix, None, |key| {
+            Notification::warning(
+                key,
+                "vms.yaml is invalid; keeping the running configuration",
+            )
+            .body(error)
+        });
+    }
+
+    /// Ends the "vms.yaml is invalid" episode: its held warnings are
+    /// withdrawn, or "vms.yaml is valid again" goes out.
+    pub fn config_valid(&self) {
+        self.end("config", None, |key| {
+            Notification::info(key, "vms.yaml is valid again; configuration applied")
+        });
     }
 }
 

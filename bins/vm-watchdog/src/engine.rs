@@ -32,6 +32,10 @@ pub fn tcp_prober() -> Prober {
     Arc::new(|host: &str, port: u16| TcpProbe::new(host, port).reset_on_close(true).boxed())
 }
 
+/// Consecutive failed port probes, with the API unable to confirm the
+/// VM's status, before it is alerted as unreachable.
+pub const DEFAULT_UNREACHABLE_AFTER: u32 = 3;
+
 /// Settings of the engine.
 #[derive(Clone)]
 pub struct EngineSettings {
@@ -43,6 +47,9 @@ pub struct EngineSettings {
     pub probe_timeout: Duration,
     /// Makes port probes.
     pub prober: Prober,
+    /// Consecutive failed port probes after which a VM whose status the
+    /// API cannot confirm is alerted as unreachable (default 3).
+    pub unreachable_after: u32,
 }
 
 impl std::fmt::Debug for EngineSettings {
@@ -51,6 +58,7 @@ impl std::fmt::Debug for EngineSettings {
             .field("bounds", &self.bounds)
             .field("seed", &self.seed)
             .field("probe_timeout", &self.probe_timeout)
+            .field("unreachable_after", &self.unreachable_after)
             .finish_non_exhaustive()
     }
 }
@@ -64,6 +72,7 @@ impl EngineSettings {
             seed: None,
             probe_timeout: bounds.min.min(Duration::from_secs(3)),
             prober: tcp_prober(),
+            unreachable_after: DEFAULT_UNREACHABLE_AFTER,
         }
     }
 }
@@ -73,6 +82,9 @@ impl EngineSettings {
 struct Row {
     status: Option<VmStatus>,
     last_check: Option<chrono::DateTime<chrono::Utc>>,
+    /// The last check got an answer: `status` is current, not only the
+    /// last one known.
+    confirmed: bool,
     next_check: Instant,
 }
 
@@ -96,6 +108,7 @@ impl StatusBoard {
                     Row {
                         status,
                         last_check: None,
+                        confirmed: false,
                         next_check,
                     },
                 );
@@ -106,6 +119,14 @@ impl StatusBoard {
     pub(crate) fn checked(&self, vm: &str) {
         if let Some(row) = self.rows.lock().get_mut(vm) {
             row.last_check = Some(chrono::Utc::now());
+            row.confirmed = true;
+        }
+    }
+
+    /// A check got no answer: the status shown is the last known one.
+    pub(crate) fn unconfirmed(&self, vm: &str) {
+        if let Some(row) = self.rows.lock().get_mut(vm) {
+            row.confirmed = false;
         }
     }
 
@@ -124,6 +145,7 @@ pub(crate) struct Shared<R> {
     pub(crate) bounds: Bounds,
     pub(crate) probe_timeout: Duration,
     pub(crate) prober: Prober,
+    pub(crate) unreachable_after: u32,
     pub(crate) api_settings_deadline: Duration,
     pub(crate) live: AtomicUsize,
     tasks: Mutex<HashMap<String, Entry>>,
@@ -191,6 +213,7 @@ impl<R: RawApi> Engine<R> {
                 bounds: settings.bounds,
                 probe_timeout: settings.probe_timeout,
                 prober: settings.prober,
+                unreachable_after: settings.unreachable_after.max(1),
                 live: AtomicUsize::new(0),
                 tasks: Mutex::new(HashMap::new()),
                 retired: Mutex::new(Vec::new()),
@@ -347,8 +370,10 @@ impl<R: RawApi> Engine<R> {
 
     /// The `/health` document: `status` (`healthy`, `degraded` while an API
     /// breaker is open, `shutting_down`), `vms_monitored`, `tasks`,
-    /// `uptime_seconds`, and per VM `name`, `status`, `last_check` (RFC
-    /// 3339) and `next_check_in_s`.
+    /// `uptime_seconds`, and per VM `name`, `status`, `status_confirmed`
+    /// (`false` while the last check got no answer: `status` is then only
+    /// the last one known, never presented as current), `last_check` (the
+    /// last answered one, RFC 3339) and `next_check_in_s`.
     pub fn health(&self) -> Value {
         let now = Instant::now();
         let status = if self.cancel.is_cancelled() {
@@ -368,6 +393,7 @@ impl<R: RawApi> Engine<R> {
                 json!({
                     "name": name,
                     "status": row.status.map(VmStatus::as_str),
+                    "status_confirmed": row.confirmed,
                     "last_check": row.last_check.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
                     "next_check_in_s": row.next_check.saturating_duration_since(now).as_secs_f64(),
                 })

@@ -93,6 +93,12 @@ pub(crate) struct VmTask<R> {
     /// is firewalled costs few calls, yet a VM that stops after its SSH
     /// died is still noticed well before its next routine check.
     probe_suspect: Option<Suspect>,
+    /// Port probes failed in a row.
+    probe_failures: u32,
+    /// The last status check got no answer from the API.
+    last_check_failed: bool,
+    /// Alerted as unreachable (API unavailable) in the current episode.
+    unreachable_alerted: bool,
     next_check: Instant,
     next_probe: Instant,
     gone: bool,
@@ -131,6 +137,9 @@ impl<R: RawApi> VmTask<R> {
             missing_alerted: false,
             probe: None,
             probe_suspect: None,
+            probe_failures: 0,
+            last_check_failed: false,
+            unreachable_alerted: false,
             next_check: now + first,
             next_probe: now,
             gone: false,
@@ -246,16 +255,20 @@ impl<R: RawApi> VmTask<R> {
         let took = started.elapsed();
         match result {
             Ok(obs) => {
+                self.last_check_failed = false;
                 shared.metrics.check(&name, Some(obs.status), took);
                 shared.board.checked(&name);
                 self.observe(obs).await;
             }
             Err(e) if e.not_found => {
+                self.last_check_failed = false;
                 shared.metrics.check(&name, None, took);
                 shared.board.checked(&name);
                 self.on_missing();
             }
             Err(e) => {
+                self.last_check_failed = true;
+                shared.board.unconfirmed(&name);
                 shared.metrics.check(&name, None, took);
                 self.schedule.failed();
                 warn!(
@@ -291,7 +304,13 @@ impl<R: RawApi> VmTask<R> {
         let previous = self.status;
         let status = obs.status;
         self.schedule.observed(status);
-        self.missing_alerted = false;
+        if std::mem::take(&mut self.missing_alerted) {
+            self.shared.alerts.found(self.name());
+        }
+        if std::mem::take(&mut self.unreachable_alerted) {
+            info!(vm = %self.name(), %status, "the API answers again");
+            self.shared.alerts.confirmed(self.name(), status, now);
+        }
         if obs.nat_ip.is_some() && obs.nat_ip != self.nat_ip {
             self.nat_ip = obs.nat_ip;
             if self.spec.ssh_host.is_none() {
@@ -301,7 +320,9 @@ impl<R: RawApi> VmTask<R> {
         if previous != Some(status) {
             self.status = Some(status);
             self.status_since = now;
-            self.stuck_alerted = false;
+            if std::mem::take(&mut self.stuck_alerted) {
+                self.shared.alerts.unstuck(self.name(), status, now);
+            }
             info!(
                 vm = %self.name(),
                 from = previous.map_or("UNKNOWN", VmStatus::as_str),
@@ -402,7 +423,7 @@ impl<R: RawApi> VmTask<R> {
                             info!(vm = %name, operation = %op, %error, "start aborted by a state change");
                         } else {
                             warn!(vm = %name, operation = %op, %error, "start operation failed");
-                            shared.alerts.start_failed(&name, &error);
+                            shared.alerts.start_failed(&name, self.incidents, &error);
                         }
                         self.pending_start = None;
                     }
@@ -446,10 +467,39 @@ impl<R: RawApi> VmTask<R> {
             Err(e) => {
                 warn!(vm = %name, error = %e, kind = e.kind, "start failed; retrying at the next check");
                 if e.kind != "circuit_rejected" {
-                    shared.alerts.start_failed(&name, &e.message);
+                    shared
+                        .alerts
+                        .start_failed(&name, self.incidents, &e.message);
                 }
             }
         }
+    }
+
+    /// Alerts "unreachable (API unavailable, cannot confirm status)" once
+    /// per episode when the probe has failed often enough; the start follows
+    /// as soon as the API answers (fast polling until then).
+    fn maybe_unreachable(&mut self, observed_at: Instant) {
+        if self.unreachable_alerted || self.probe_failures < self.shared.unreachable_after {
+            return;
+        }
+        warn!(
+            vm = %self.name(),
+            probe_failures = self.probe_failures,
+            last_status = ?self.status,
+            "port unreachable and the API cannot confirm the status"
+        );
+        self.unreachable_alerted = true;
+        self.shared
+            .alerts
+            .unreachable(self.name(), self.probe_failures, self.status, observed_at);
+        self.schedule.set_fast(true);
+        self.next_check = self.next_check.min(Instant::now() + self.shared.bounds.min);
+    }
+
+    /// The next probe within half a minimum interval of `probed_at`.
+    fn probe_faster(&mut self, probed_at: Instant) {
+        let sooner = probed_at + jitter(self.shared.bounds.min / 2, &self.shared.rng);
+        self.next_probe = self.next_probe.min(sooner);
     }
 
     fn probe_target(&self) -> Option<(&str, u16)> {
@@ -476,12 +526,22 @@ impl<R: RawApi> VmTask<R> {
             Ok(Ok(()))
         );
         if ok {
+            self.probe_failures = 0;
             if self.probe_suspect.take().is_some() {
                 info!(vm = %self.name(), "SSH port reachable again");
             }
             return;
         }
+        self.probe_failures = self.probe_failures.saturating_add(1);
         let now = Instant::now();
+        // The API could not confirm the last time, or cannot now (its
+        // breaker is open): the probe is the only witness, so it is asked
+        // twice as often, and the VM is alerted as unreachable as soon as
+        // it has failed often enough.
+        if self.last_check_failed || shared.api.group_open(&self.spec.source) {
+            self.probe_faster(now);
+            self.maybe_unreachable(now);
+        }
         if let Some(suspect) = self.probe_suspect
             && now < suspect.next_check
         {
@@ -489,6 +549,10 @@ impl<R: RawApi> VmTask<R> {
         }
         debug!(vm = %self.name(), "SSH probe failed; checking the API now");
         self.check(Reason::ProbeFailed).await;
+        if self.last_check_failed {
+            self.probe_faster(now);
+            self.maybe_unreachable(now);
+        }
         if self.status == Some(VmStatus::Running) {
             let backoff = match self.probe_suspect {
                 None => {

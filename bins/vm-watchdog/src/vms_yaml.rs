@@ -13,7 +13,7 @@
 //!     proxy_url: http://proxy.internal:8000/legacy   # GET /info, POST /start
 //! ```
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use serde::Deserialize;
@@ -125,7 +125,15 @@ pub fn parse(text: &str, path: &Path) -> Result<VmsFile, VmsFileError> {
     let Some(raw_vms) = raw.vms else {
         return Err(fail("missing `vms:` list".into()));
     };
+    if raw_vms.is_empty() {
+        // Also on reload: an emptied list would silently stop every
+        // monitor; keeping the running configuration and warning is safer.
+        return Err(fail(
+            "the `vms:` list is empty; nothing to watch (list at least one VM)".into(),
+        ));
+    }
     let mut names = HashSet::new();
+    let mut sources = HashMap::new();
     let mut vms = Vec::with_capacity(raw_vms.len());
     for (i, vm) in raw_vms.into_iter().enumerate() {
         let name = vm.name.trim().to_owned();
@@ -169,6 +177,15 @@ pub fn parse(text: &str, path: &Path) -> Result<VmsFile, VmsFileError> {
                 return Err(fail(format!("{at}: needs instance_id or proxy_url")));
             }
         };
+        if let Some(first) = sources.insert(source.clone(), name.clone()) {
+            let what = match &source {
+                VmSource::Instance { id } => format!("instance_id `{id}`"),
+                VmSource::Proxy { url } => format!("proxy_url `{url}`"),
+            };
+            return Err(fail(format!(
+                "{at}: duplicate {what} (already used by `{first}`): two monitors would start one VM twice"
+            )));
+        }
         let ssh_host = match vm.ssh_host.as_deref().map(str::trim) {
             None => None,
             Some("") => return Err(fail(format!("{at}: ssh_host is empty"))),
@@ -246,8 +263,12 @@ vms:
                 url: "http://proxy.internal:8000/legacy".into()
             }
         );
-        let empty = p("vms: []").unwrap();
-        assert!(empty.vms.is_empty() && empty.folder_id.is_none());
+        assert!(
+            p("vms: []")
+                .unwrap_err()
+                .to_string()
+                .contains("the `vms:` list is empty")
+        );
     }
 
     #[test]
@@ -263,6 +284,14 @@ vms:
             (
                 "vms:\n  - name: a\n    instance_id: i1\n  - name: a\n    instance_id: i2\n",
                 "vms[1] (a): duplicate name",
+            ),
+            (
+                "vms:\n  - name: a\n    instance_id: i1\n  - name: b\n    instance_id: i1\n",
+                "vms[1] (b): duplicate instance_id `i1` (already used by `a`)",
+            ),
+            (
+                "vms:\n  - name: a\n    proxy_url: http://p/x\n  - name: b\n    proxy_url: http://p/x/\n",
+                "vms[1] (b): duplicate proxy_url `http://p/x`",
             ),
             (
                 "vms:\n  - name: a\n    instance_id: i1\n    proxy_url: http://x\n",

@@ -77,6 +77,7 @@ impl<R: RawApi> Reloader<R> {
         let loaded = vms_yaml::load(&self.path).await;
         if loaded.is_ok() && self.invalid.take().is_some() {
             tracing::info!(path = %self.path.display(), "vms.yaml is valid again");
+            self.engine.alerts().config_valid();
         }
         match loaded {
             Ok(file) if file == self.current => {

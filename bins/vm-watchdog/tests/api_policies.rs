@@ -110,26 +110,39 @@ async fn each_vm_is_rate_limited_at_ten_per_second_with_bursts_of_five() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn the_breaker_opens_after_five_consecutive_failures() {
+async fn the_breaker_opens_on_the_failure_rate_not_on_a_run_of_failures() {
     let script = ScriptedApi::default();
     script.add("i-1", VmStatus::Running, None);
-    script.set_fail(true);
     let api = Api::new(script.clone(), no_read_retries(10), Metrics::new(), None).unwrap();
-    for _ in 0..5 {
-        assert!(!api.any_breaker_open());
-        let err = api
-            .status("web-1", &vm("i-1"), ReadReason::Routine)
-            .await
-            .unwrap_err();
-        assert_eq!(err.kind, "inner", "{err:?}");
+    let source = vm("i-1");
+    let read = || api.status("web-1", &source, ReadReason::Routine);
+    // Half the calls failing, in runs of five: the old rule (5 in a row)
+    // opened on the first run; 50 % is under the 75 % threshold.
+    for round in 0..8 {
+        script.set_fail(round % 2 == 0);
+        for _ in 0..5 {
+            let _ = read().await;
+        }
     }
-    assert!(api.any_breaker_open(), "open after the fifth failure");
-    let err = api
-        .status("web-1", &vm("i-1"), ReadReason::Routine)
-        .await
-        .unwrap_err();
+    assert!(!api.any_breaker_open(), "50 % failures keep it closed");
+    // A fresh window: an outage. Fewer than 20 calls never open it...
+    tokio::time::advance(Duration::from_secs(31)).await;
+    script.set_fail(true);
+    for _ in 0..19 {
+        assert_eq!(read().await.unwrap_err().kind, "inner");
+    }
+    assert!(!api.any_breaker_open(), "19 calls are under minimum_calls");
+    // ...the 20th failure (100 % of 20) does.
+    assert_eq!(read().await.unwrap_err().kind, "inner");
+    assert!(api.any_breaker_open(), "open at 75 %+ of 20 calls");
+    let before = script.count("get");
+    let err = read().await.unwrap_err();
     assert_eq!(err.kind, "circuit_rejected", "{err:?}");
-    assert_eq!(script.count("get"), 5, "the open breaker spares the API");
+    assert_eq!(
+        script.count("get"),
+        before,
+        "the open breaker spares the API"
+    );
 }
 
 #[tokio::test(start_paused = true)]

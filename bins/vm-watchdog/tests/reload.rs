@@ -125,14 +125,46 @@ async fn an_invalid_file_alerts_once_per_error_however_long_it_stays_broken() {
     run_for(Duration::from_secs(1)).await;
     assert_eq!(alerts(), 2);
 
-    // Fixed, then broken again the first way: alerted again.
+    // Fixed: the episode ends with "valid again" (after the 10 s info
+    // debounce), once.
     std::fs::write(&path, yaml(&["a", "b"])).unwrap();
     assert!(reloader.reload().await);
     assert_eq!(h.engine.vm_names(), ["a", "b"]);
-    run_for(Duration::from_secs(400)).await;
+    run_for(Duration::from_secs(11)).await;
+    assert_eq!(h.inbox.titled("vms.yaml is valid again").len(), 1);
+    // Broken again the first way right away: a new episode, alerted again
+    // although the dedup window of the first alert has not passed.
     std::fs::write(&path, duplicate).unwrap();
     assert!(!reloader.reload().await);
     run_for(Duration::from_secs(1)).await;
     assert_eq!(alerts(), 3);
+    let titles: Vec<String> = h.inbox.all().into_iter().map(|g| g.title).collect();
+    assert_eq!(
+        titles.last().map(String::as_str),
+        Some("vms.yaml is invalid; keeping the running configuration"),
+        "{titles:?}"
+    );
+    assert!(h.engine.shutdown(Duration::from_secs(1)).await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_file_fixed_within_the_warning_debounce_alerts_nothing() {
+    let api = ScriptedApi::default();
+    api.add("i-a", VmStatus::Running, None);
+    // The default 30 s warning debounce.
+    let h = harness_custom(api, ApiSettings::new(10), |b| b);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vms.yaml");
+    std::fs::write(&path, yaml(&["a"])).unwrap();
+    let first = vms_yaml::load(&path).await.unwrap();
+    h.engine.apply(&first);
+    let mut reloader = Reloader::new(Arc::clone(&h.engine), path.clone(), first);
+    std::fs::write(&path, "vms: [").unwrap();
+    assert!(!reloader.reload().await);
+    run_for(Duration::from_secs(5)).await;
+    std::fs::write(&path, yaml(&["a"])).unwrap();
+    assert!(!reloader.reload().await, "unchanged once valid");
+    run_for(Duration::from_secs(120)).await;
+    assert!(h.inbox.all().is_empty(), "{:?}", h.inbox.all());
     assert!(h.engine.shutdown(Duration::from_secs(1)).await);
 }

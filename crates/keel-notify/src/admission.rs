@@ -149,6 +149,16 @@ impl Admission {
         out
     }
 
+    /// Drops the notification held under `key`, if any (its cause ended
+    /// before its debounce did). Returns whether one was held.
+    pub(crate) fn withdraw(&mut self, key: &str) -> bool {
+        if self.pending.remove(key).is_none() {
+            return false;
+        }
+        self.deadlines.retain(|_, k| k != key);
+        true
+    }
+
     /// Removes and returns every held notification, earliest first.
     pub(crate) fn release_all(&mut self) -> Vec<Released> {
         let keys: Vec<String> = std::mem::take(&mut self.deadlines).into_values().collect();
@@ -231,6 +241,20 @@ mod tests {
                 until: t0 + 360 * S
             }
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_withdrawn_notification_is_never_released() {
+        let mut a = admission();
+        let t0 = Instant::now();
+        let w = Notification::warning("api:down", "down");
+        assert!(matches!(a.admit(w.clone(), t0), Decision::Held { .. }));
+        assert!(a.withdraw("api:down"));
+        assert!(!a.withdraw("api:down"), "nothing held any more");
+        assert_eq!(a.next_deadline(), None);
+        assert!(a.due(t0 + 60 * S).is_empty());
+        // Not released, so no dedup window: the next one is held again.
+        assert!(matches!(a.admit(w, t0 + S), Decision::Held { .. }));
     }
 
     #[tokio::test(start_paused = true)]

@@ -353,6 +353,21 @@ impl Notifier {
         Ok(admitted)
     }
 
+    /// Drops the notification held in its debounce under `key`, if any,
+    /// because what it reported is already over (a warning whose cause
+    /// ended within the debounce need not reach anyone). Returns whether
+    /// one was held; `false` means it was never admitted, or already went
+    /// to the queue (then the caller sends its resolution instead).
+    pub fn withdraw(&self, key: &str) -> bool {
+        let shared = &self.shared;
+        let mut st = shared.state.lock();
+        let withdrawn = st.admission.withdraw(key);
+        if withdrawn {
+            shared.update_gauges(&st);
+        }
+        withdrawn
+    }
+
     /// Counters since the notifier was built, and the current depth.
     pub fn stats(&self) -> Stats {
         let mut stats = self.shared.counters.snapshot();

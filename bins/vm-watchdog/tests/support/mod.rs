@@ -458,6 +458,7 @@ pub fn harness_custom(
             seed: Some(7),
             probe_timeout: Duration::from_secs(1),
             prober: probes.prober(),
+            unreachable_after: vm_watchdog::DEFAULT_UNREACHABLE_AFTER,
         },
     );
     Harness {
