@@ -19,12 +19,13 @@ pub const STOP_BUDGET: Duration = Duration::from_secs(9);
 /// A program-level failure.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Invalid configuration (exit 64).
-    #[error(transparent)]
+    /// Invalid configuration (exit 64: the kit finds the `ConfigError` in
+    /// the source chain).
+    #[error("invalid configuration")]
     Config(#[from] keel_core::ConfigError),
-    /// The registry.
-    #[error(transparent)]
-    Registry(#[from] crate::registry::RegistryError),
+    /// The registry or the supervisor's start.
+    #[error("supervisor did not start")]
+    Start(#[from] crate::supervisor::StartError),
     /// The notifier.
     #[error("notifier")]
     Notify(#[from] keel_notify::NotifyError),

@@ -168,6 +168,20 @@ pub enum CommandError {
     Registry(#[from] RegistryError),
 }
 
+/// Why the supervisor could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The registry.
+    #[error("registry")]
+    Registry(#[from] RegistryError),
+    /// The health checker.
+    #[error("health checker")]
+    Health(#[source] keel_health::HealthError),
+    /// A setting the core refused (names the variable: exit 64).
+    #[error("invalid setting")]
+    Config(#[from] keel_core::ConfigError),
+}
+
 /// Knobs for tests and the load program.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
@@ -237,7 +251,8 @@ impl Supervisor {
     /// started or recovered.
     ///
     /// # Errors
-    /// The registry's.
+    /// [`StartError`]: the registry, the health checker, the bulkhead's
+    /// configuration.
     pub async fn start(
         settings: Settings,
         vms: Vec<VmSpec>,
@@ -245,7 +260,7 @@ impl Supervisor {
         health_metrics: HealthMetrics,
         alerts: Alerts,
         options: Options,
-    ) -> Result<Supervisor, RegistryError> {
+    ) -> Result<Supervisor, StartError> {
         let registry = Registry::open(&settings.database_url, settings.attempts_kept).await?;
         for spec in &vms {
             registry.upsert(spec, "file").await?;
@@ -254,14 +269,12 @@ impl Supervisor {
         if let Some(seed) = options.seed {
             builder = builder.seed(seed);
         }
-        let checker = builder
-            .build()
-            .map_err(|e| RegistryError::Db(sqlx::Error::Configuration(e.to_string().into())))?;
+        let checker = builder.build().map_err(StartError::Health)?;
         let bulkhead = Bulkhead::builder("recoveries")
             .max_concurrent(settings.max_concurrent_recoveries)
             .queue(10_000)
             .build()
-            .map_err(|e| RegistryError::Db(sqlx::Error::Configuration(e.to_string().into())))?;
+            .map_err(|e| keel_core::ConfigError::new("MAX_CONCURRENT_RECOVERIES", e.to_string()))?;
         let (fleet_blocked, _) = watch::channel(false);
         let inner = Arc::new(Inner {
             settings,

@@ -5,8 +5,15 @@ mod support;
 use support::*;
 
 fn run(env: &[(&str, &str)]) -> std::process::Output {
+    run_with(env, true)
+}
+
+fn run_with(env: &[(&str, &str)], check: bool) -> std::process::Output {
     let mut c = std::process::Command::new(SUPERVISOR);
-    c.env_clear().arg("--check-config");
+    c.env_clear();
+    if check {
+        c.arg("--check-config");
+    }
     for (k, v) in env {
         c.env(k, v);
     }
@@ -41,6 +48,22 @@ fn invalid_configuration_exits_64_naming_the_variable() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "{stderr}");
     assert!(stderr.contains("vms[0].id"), "{stderr}");
+    // The same file at a real start (not --check-config): 64 too.
+    let db = format!("sqlite://{}", lab.path().join("r.db").display());
+    let out = run_with(
+        &[
+            ("SUPERVISOR_CONFIG", path.to_str().unwrap()),
+            ("DATABASE_URL", &db),
+            ("ADMIN_ADDR", "127.0.0.1:0"),
+        ],
+        false,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("SUPERVISOR_CONFIG") && stderr.contains("vms[0].id"),
+        "{stderr}"
+    );
     // A good one passes.
     lab.write_config(&[lab.vm_yaml("ok", &[], "")]);
     let out = run(&[("SUPERVISOR_CONFIG", path.to_str().unwrap())]);
