@@ -1,5 +1,5 @@
-//! Watching `vms.yaml`: file events (the `notify` crate) are debounced,
-//! then the file is reloaded; a valid change is applied to the engine, an
+//! Watching `vms.yaml`: file events (the `notify` crate) and SIGHUP are
+//! debounced, then the file is reloaded; a valid change is applied to the engine, an
 //! invalid one keeps the running configuration, is logged with its exact
 //! error and raises one warning alert: one per distinct error, however often
 //! or however long apart the broken file is saved again, until a valid file
@@ -111,7 +111,7 @@ impl<R: RawApi> Reloader<R> {
 }
 
 /// Watches `reloader`'s file (through its directory, so editors that
-/// replace the file are seen) until `cancel` fires.
+/// replace the file are seen) and reloads on SIGHUP, until `cancel` fires.
 ///
 /// # Errors
 /// [`Error::Io`] when the watcher cannot start.
@@ -127,6 +127,33 @@ pub fn spawn<R: RawApi>(
         _ => PathBuf::from("."),
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
+    // SIGHUP reloads too (the usual daemon convention, and the way to
+    // reload where file events do not arrive: some network and overlay
+    // file systems, a ConfigMap's symlink swap on an old kernel).
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| Error::Io {
+            context: "cannot listen for SIGHUP".into(),
+            source: e,
+        })?;
+    let hup_tx = tx.clone();
+    let hup_cancel = cancel.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                biased;
+                () = hup_cancel.cancelled() => return,
+                got = hangup.recv() => {
+                    if got.is_none() {
+                        return;
+                    }
+                    tracing::info!("SIGHUP: reloading vms.yaml");
+                    if hup_tx.send(()).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let relevant = match &event {
             Ok(e) => {

@@ -168,3 +168,72 @@ async fn a_file_fixed_within_the_warning_debounce_alerts_nothing() {
     assert!(h.inbox.all().is_empty(), "{:?}", h.inbox.all());
     assert!(h.engine.shutdown(Duration::from_secs(1)).await);
 }
+
+#[tokio::test]
+async fn sighup_reloads_vms_yaml() {
+    let api = ScriptedApi::default();
+    for n in ["a", "b"] {
+        api.add(&format!("i-{n}"), VmStatus::Running, None);
+    }
+    let h = harness_custom(api, ApiSettings::new(10), |b| b);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vms.yaml");
+    std::fs::write(&path, yaml(&["a"])).unwrap();
+    let first = vms_yaml::load(&path).await.unwrap();
+    h.engine.apply(&first);
+    // Changed before the watcher starts: no file event will tell it.
+    std::fs::write(&path, yaml(&["a", "b"])).unwrap();
+    let cancel = CancellationToken::new();
+    let watcher = watch::spawn(
+        Reloader::new(Arc::clone(&h.engine), path.clone(), first),
+        Duration::from_millis(100),
+        cancel.clone(),
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(h.engine.vm_names(), ["a"], "nothing reloads on its own");
+    nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGHUP).unwrap();
+    eventually(Duration::from_secs(10), "VM b added", || {
+        (h.engine.vm_names() == ["a", "b"]).then_some(())
+    })
+    .await;
+    cancel.cancel();
+    watcher.await.unwrap();
+    assert!(h.engine.shutdown(Duration::from_secs(1)).await);
+}
+
+/// A log file next to `vms.yaml` (written on every reload at
+/// `RUST_LOG=trace`) must not trigger reloads: only events naming
+/// `vms.yaml` count, so the watcher never feeds on its own log.
+#[tokio::test]
+async fn writes_to_other_files_in_the_directory_do_not_reload() {
+    let api = ScriptedApi::default();
+    for n in ["a", "b"] {
+        api.add(&format!("i-{n}"), VmStatus::Running, None);
+    }
+    let h = harness_custom(api, ApiSettings::new(10), |b| b);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vms.yaml");
+    std::fs::write(&path, yaml(&["a"])).unwrap();
+    let first = vms_yaml::load(&path).await.unwrap();
+    h.engine.apply(&first);
+    // Changed before the watcher starts: only a reload would apply it.
+    std::fs::write(&path, yaml(&["a", "b"])).unwrap();
+    let cancel = CancellationToken::new();
+    let watcher = watch::spawn(
+        Reloader::new(Arc::clone(&h.engine), path.clone(), first),
+        Duration::from_millis(50),
+        cancel.clone(),
+    )
+    .unwrap();
+    let log = dir.path().join("vm-watchdog.log");
+    for i in 0..50 {
+        std::fs::write(&log, format!("line {i}\n")).unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(h.engine.vm_names(), ["a"], "the log's writes reloaded");
+    cancel.cancel();
+    watcher.await.unwrap();
+    assert!(h.engine.shutdown(Duration::from_secs(1)).await);
+}
