@@ -122,6 +122,12 @@ impl Watchdog {
             .workers(settings.telegram_workers);
         if let Some(spool) = &settings.alert_spool {
             notifier = notifier.spool(spool.clone());
+        } else if let Some(dir) = &settings.state_dir {
+            notifier = notifier.state_dir(dir.clone());
+        } else if std::env::var_os("STATE_DIRECTORY").is_none() {
+            tracing::warn!(
+                "neither ALERT_SPOOL nor STATE_DIR is set: alerts still queued at shutdown will be lost (logged with their count)"
+            );
         }
         let notifier = notifier.build().map_err(Error::Notify)?;
         registry

@@ -105,6 +105,14 @@ pub struct Config {
     #[arg(long, env = "ALERT_SPOOL")]
     pub alert_spool: Option<PathBuf>,
 
+    /// State directory: without `ALERT_SPOOL`, the alert spool is
+    /// `notify.spool` in it, so alerts the rate limits leave unsent at
+    /// SIGTERM are sent at the next start. Unset, systemd's
+    /// `STATE_DIRECTORY` is used; with neither, alerts left at shutdown are
+    /// lost (logged at error with the count).
+    #[arg(long, env = "STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+
     /// `--check-config`, `RUST_LOG` and `LOG_FORMAT`.
     #[command(flatten)]
     pub kit: KitArgs,
@@ -154,6 +162,8 @@ pub struct Settings {
     pub credentials: Credentials,
     /// Alert spool file.
     pub alert_spool: Option<PathBuf>,
+    /// State directory (the default spool's home).
+    pub state_dir: Option<PathBuf>,
 }
 
 /// `value` as an http(s) base URL without its trailing slash.
@@ -257,6 +267,7 @@ impl Config {
             telegram_url: url("TELEGRAM_API_URL", &self.telegram_api_url)?,
             credentials,
             alert_spool: self.alert_spool.clone(),
+            state_dir: self.state_dir.clone(),
         })
     }
 }
@@ -270,7 +281,9 @@ impl Program for Config {
         Config::validate(self).map(drop)
     }
 
-    /// `vms.yaml` readable and valid, the alert spool's directory writable.
+    /// `vms.yaml` readable and valid (at least one VM, no duplicate
+    /// instance), the alert spool's directory (or the state directory)
+    /// writable.
     fn check(&self) -> Result<(), ConfigError> {
         check::readable_file("VMS_CONFIG", &self.vms_config)?;
         let text = std::fs::read_to_string(&self.vms_config)
@@ -278,6 +291,8 @@ impl Program for Config {
         vms_yaml::parse(&text, &self.vms_config).map_err(|e| e.into_config_error())?;
         if let Some(spool) = &self.alert_spool {
             check::writable_path("ALERT_SPOOL", spool)?;
+        } else if let Some(dir) = &self.state_dir {
+            check::writable_path("STATE_DIR", &dir.join("notify.spool"))?;
         }
         Ok(())
     }
@@ -435,6 +450,31 @@ mod tests {
         .check()
         .unwrap_err();
         assert_eq!(err.field(), "ALERT_SPOOL");
+        let err = parse(&[
+            "--vms-config",
+            vms_arg,
+            "--state-dir",
+            dir.path().join("no-dir").to_str().unwrap(),
+        ])
+        .unwrap()
+        .check()
+        .unwrap_err();
+        assert_eq!(err.field(), "STATE_DIR");
+        parse(&[
+            "--vms-config",
+            vms_arg,
+            "--state-dir",
+            dir.path().to_str().unwrap(),
+        ])
+        .unwrap()
+        .check()
+        .unwrap();
+        std::fs::write(&vms, "vms: []\n").unwrap();
+        let empty = parse(&["--vms-config", vms_arg])
+            .unwrap()
+            .check()
+            .unwrap_err();
+        assert!(empty.reason().contains("list is empty"), "{empty}");
         let config = parse(&[]).unwrap();
         assert_eq!(config.metrics_prefix(), None);
         assert_eq!(config.admin_addr(), Some("0.0.0.0:8080".parse().unwrap()));
