@@ -160,7 +160,9 @@ impl Watchdog {
             ProxyClient::new(client),
         );
         let hook_alerts = alerts.clone();
+        let hook_metrics = metrics.clone();
         let hook: BreakerHook = Arc::new(move |group: &str, open: bool| {
+            hook_metrics.breaker_open(group, open);
             if open {
                 tracing::warn!(group, "cloud API circuit opened");
                 hook_alerts.api_down(group);
@@ -186,6 +188,20 @@ impl Watchdog {
         engine_settings.bounds = settings.bounds;
         let engine = Arc::new(Engine::new(api, alerts, metrics.clone(), engine_settings));
         let report = engine.apply(&vms);
+        engine.set_config_valid(true, Some(chrono::Utc::now().timestamp()));
+        // `telegram_up` follows the Telegram breaker between scrapes of
+        // `/health` too.
+        let gauge_engine = engine.clone();
+        let gauge_cancel = kit.token().child_token();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    () = gauge_cancel.cancelled() => return,
+                    _ = tick.tick() => { gauge_engine.alerts_deliverable(); }
+                }
+            }
+        });
         tracing::info!(vms = report.added.len(), folder = ?vms.folder_id, "monitoring started");
 
         kit.set_admin_routes(crate::http::routes(engine.clone()));

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use keel_core::Rng;
@@ -146,6 +146,7 @@ pub(crate) struct Shared<R> {
     pub(crate) probe_timeout: Duration,
     pub(crate) prober: Prober,
     pub(crate) unreachable_after: u32,
+    pub(crate) config_valid: AtomicBool,
     pub(crate) api_settings_deadline: Duration,
     pub(crate) live: AtomicUsize,
     tasks: Mutex<HashMap<String, Entry>>,
@@ -214,6 +215,7 @@ impl<R: RawApi> Engine<R> {
                 probe_timeout: settings.probe_timeout,
                 prober: settings.prober,
                 unreachable_after: settings.unreachable_after.max(1),
+                config_valid: AtomicBool::new(true),
                 live: AtomicUsize::new(0),
                 tasks: Mutex::new(HashMap::new()),
                 retired: Mutex::new(Vec::new()),
@@ -232,6 +234,29 @@ impl<R: RawApi> Engine<R> {
     /// The alerts.
     pub fn alerts(&self) -> &Alerts {
         &self.shared.alerts
+    }
+
+    /// Records whether `vms.yaml` on disk is valid (`/health` is degraded
+    /// while it is not) and, when a valid one was applied, when (Unix
+    /// seconds).
+    pub fn set_config_valid(&self, valid: bool, applied_at: Option<i64>) {
+        self.shared.config_valid.store(valid, Ordering::Release);
+        self.shared.metrics.config(valid, applied_at);
+    }
+
+    /// Whether alerts can reach Telegram now: every sink's circuit breaker
+    /// is closed (a sink whose sends fail, or whose token or chat is
+    /// rejected, opens it). Also sets the `telegram_up` gauge.
+    pub fn alerts_deliverable(&self) -> bool {
+        let up = self
+            .shared
+            .alerts
+            .notifier()
+            .breakers()
+            .iter()
+            .all(|b| b.state() == keel_breaker::State::Closed);
+        self.shared.metrics.telegram(up);
+        up
     }
 
     /// Makes the running tasks match `file`: new VMs get a task, VMs no
@@ -368,17 +393,28 @@ impl<R: RawApi> Engine<R> {
         self.shared.board.rows.lock().get(vm).and_then(|r| r.status)
     }
 
-    /// The `/health` document: `status` (`healthy`, `degraded` while an API
-    /// breaker is open, `shutting_down`), `vms_monitored`, `tasks`,
+    /// The `/health` document: `status` (`healthy`; `degraded` while an API
+    /// breaker is open, alerts cannot reach Telegram or `vms.yaml` on disk
+    /// is invalid, each named in `degraded_reasons`; `shutting_down`), `vms_monitored`, `tasks`,
     /// `uptime_seconds`, and per VM `name`, `status`, `status_confirmed`
     /// (`false` while the last check got no answer: `status` is then only
     /// the last one known, never presented as current), `last_check` (the
     /// last answered one, RFC 3339) and `next_check_in_s`.
     pub fn health(&self) -> Value {
         let now = Instant::now();
+        let mut reasons = Vec::new();
+        if self.shared.api.any_breaker_open() {
+            reasons.push("cloud_api_unavailable");
+        }
+        if !self.alerts_deliverable() {
+            reasons.push("alerts_undeliverable");
+        }
+        if !self.shared.config_valid.load(Ordering::Acquire) {
+            reasons.push("config_invalid");
+        }
         let status = if self.cancel.is_cancelled() {
             "shutting_down"
-        } else if self.shared.api.any_breaker_open() {
+        } else if !reasons.is_empty() {
             "degraded"
         } else {
             "healthy"
@@ -401,6 +437,7 @@ impl<R: RawApi> Engine<R> {
             .collect();
         json!({
             "status": status,
+            "degraded_reasons": reasons,
             "vms_monitored": self.vms_monitored(),
             "tasks": self.live_tasks(),
             "uptime_seconds": now.saturating_duration_since(self.started).as_secs(),

@@ -8,6 +8,10 @@
 //! | `api_errors_total` | counter | `endpoint` (`instances.get`, `instances.list`, `instances.start`, `operations.get`, `proxy.info`, `proxy.start`, `iam`) |
 //! | `alerts_sent_total` | counter | `priority` (accepted by Telegram) |
 //! | `alert_reaction_seconds` | histogram | `priority`: status change observed → alert accepted by Telegram |
+//! | `api_breaker_open` | gauge | `group` (`compute`, `proxy:{host}:{port}`): 1 while the group's circuit breaker is open |
+//! | `config_valid` | gauge | none: 0 while `vms.yaml` on disk is invalid (the running configuration is the last valid one) |
+//! | `config_last_reload_timestamp_seconds` | gauge | none: when a valid `vms.yaml` was last applied (Unix time) |
+//! | `telegram_up` | gauge | none: 0 while Telegram's circuit breaker is not closed (alerts cannot be delivered) |
 //!
 //! Per VM there is only the check counter: a histogram per VM would be
 //! 15 series per VM (14,000 more at 1,000 VMs) for a latency that is the
@@ -26,6 +30,7 @@ use keel_telemetry::LabelValue;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
@@ -41,6 +46,11 @@ struct CheckLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct GroupLabel {
+    group: LabelValue,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct EndpointLabel {
     endpoint: &'static str,
 }
@@ -48,6 +58,12 @@ struct EndpointLabel {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct PriorityLabel {
     priority: &'static str,
+}
+
+fn gauge(value: i64) -> Gauge {
+    let g = Gauge::default();
+    g.set(value);
+    g
 }
 
 fn check_buckets() -> Histogram {
@@ -67,6 +83,10 @@ struct Inner {
     api_errors: Family<EndpointLabel, Counter>,
     alerts_sent: Family<PriorityLabel, Counter>,
     reaction: Family<PriorityLabel, Histogram, fn() -> Histogram>,
+    breaker_open: Family<GroupLabel, Gauge>,
+    config_valid: Gauge,
+    last_reload: Gauge,
+    telegram_up: Gauge,
 }
 
 /// The metrics, shared by clones. Updates are atomic; nothing locks except
@@ -92,6 +112,10 @@ impl Metrics {
                 api_errors: Family::default(),
                 alerts_sent: Family::default(),
                 reaction: Family::new_with_constructor(reaction_buckets),
+                breaker_open: Family::default(),
+                config_valid: gauge(1),
+                last_reload: gauge(0),
+                telegram_up: gauge(1),
             }),
         }
     }
@@ -122,6 +146,50 @@ impl Metrics {
             Unit::Seconds,
             i.reaction.clone(),
         );
+        registry.register(
+            "api_breaker_open",
+            "1 while the cloud API group's circuit breaker is open",
+            i.breaker_open.clone(),
+        );
+        registry.register(
+            "config_valid",
+            "0 while vms.yaml on disk is invalid (the last valid one runs)",
+            i.config_valid.clone(),
+        );
+        registry.register(
+            "config_last_reload_timestamp_seconds",
+            "When a valid vms.yaml was last applied (Unix time)",
+            i.last_reload.clone(),
+        );
+        registry.register(
+            "telegram_up",
+            "0 while Telegram's circuit breaker is not closed",
+            i.telegram_up.clone(),
+        );
+    }
+
+    /// The breaker of API `group` opened (`true`) or closed.
+    pub fn breaker_open(&self, group: &str, open: bool) {
+        self.inner
+            .breaker_open
+            .get_or_create(&GroupLabel {
+                group: group.into(),
+            })
+            .set(i64::from(open));
+    }
+
+    /// `vms.yaml` was found valid (and applied, at `applied_at` Unix
+    /// seconds, when it changed) or invalid.
+    pub fn config(&self, valid: bool, applied_at: Option<i64>) {
+        self.inner.config_valid.set(i64::from(valid));
+        if let Some(at) = applied_at {
+            self.inner.last_reload.set(at);
+        }
+    }
+
+    /// Whether alerts can be delivered to Telegram now.
+    pub fn telegram(&self, up: bool) {
+        self.inner.telegram_up.set(i64::from(up));
     }
 
     /// One check of `vm` that saw `status` (`None`: it failed) in `took`.
@@ -218,6 +286,10 @@ mod tests {
         metrics.check("web-1", None, Duration::from_millis(20));
         metrics.api_error("instances.get");
         metrics.alert_sent(Priority::Critical, Some(Duration::from_secs(3)));
+        metrics.breaker_open("compute", true);
+        metrics.config(false, None);
+        metrics.config(false, Some(1_700_000_000));
+        metrics.telegram(false);
         let mut text = String::new();
         encode(&mut text, &registry).unwrap();
         for needle in [
@@ -227,6 +299,10 @@ mod tests {
             r#"api_errors_total{endpoint="instances.get"} 1"#,
             r#"alerts_sent_total{priority="critical"} 1"#,
             r#"alert_reaction_seconds_bucket{le="4.0",priority="critical"} 1"#,
+            r#"api_breaker_open{group="compute"} 1"#,
+            "config_valid 0\n",
+            "config_last_reload_timestamp_seconds 1700000000\n",
+            "telegram_up 0\n",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }

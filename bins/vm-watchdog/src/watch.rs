@@ -82,6 +82,7 @@ impl<R: RawApi> Reloader<R> {
         match loaded {
             Ok(file) if file == self.current => {
                 tracing::debug!(path = %self.path.display(), "vms.yaml unchanged");
+                self.engine.set_config_valid(true, None);
                 false
             }
             Ok(file) => {
@@ -95,11 +96,14 @@ impl<R: RawApi> Reloader<R> {
                     "vms.yaml reloaded"
                 );
                 self.current = file;
+                self.engine
+                    .set_config_valid(true, Some(chrono::Utc::now().timestamp()));
                 true
             }
             Err(e) => {
                 let error = e.to_string();
                 tracing::error!(%error, "vms.yaml is invalid; keeping the running configuration");
+                self.engine.set_config_valid(false, None);
                 if self.invalid.as_deref() != Some(error.as_str()) {
                     self.engine.alerts().config_invalid(&error);
                     self.invalid = Some(error);

@@ -181,3 +181,59 @@ async fn a_stuck_transition_gets_a_resolved_notice_when_it_ends() {
     assert!(titles[0].starts_with("VM slow stuck in STARTING for 5m"));
     assert_eq!(titles[1], "VM slow no longer stuck: now RUNNING");
 }
+
+#[tokio::test(start_paused = true)]
+async fn health_is_degraded_while_alerts_cannot_be_delivered() {
+    let api = ScriptedApi::default();
+    let vms = running_fleet(&api, 1);
+    let h = harness(api.clone());
+    h.engine.apply(&file(vms));
+    run_for(S(10)).await;
+    assert_eq!(h.engine.health()["status"], "healthy");
+    // A rejected token or chat, or Telegram down: its breaker opens.
+    let breaker = h.notifier.breaker("inbox").unwrap();
+    breaker.force_open();
+    let health = h.engine.health();
+    assert_eq!(health["status"], "degraded");
+    assert_eq!(
+        health["degraded_reasons"],
+        serde_json::json!(["alerts_undeliverable"])
+    );
+    assert_eq!(metric(&h.metrics, "telegram_up"), "0");
+    breaker.reset();
+    assert_eq!(h.engine.health()["status"], "healthy");
+    assert_eq!(metric(&h.metrics, "telegram_up"), "1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn health_is_degraded_while_vms_yaml_is_invalid() {
+    let api = ScriptedApi::default();
+    let vms = running_fleet(&api, 1);
+    let h = harness(api.clone());
+    h.engine.apply(&file(vms));
+    h.engine.set_config_valid(false, None);
+    let health = h.engine.health();
+    assert_eq!(health["status"], "degraded");
+    assert_eq!(
+        health["degraded_reasons"],
+        serde_json::json!(["config_invalid"])
+    );
+    assert_eq!(metric(&h.metrics, "config_valid"), "0");
+    h.engine.set_config_valid(true, Some(1_700_000_000));
+    assert_eq!(h.engine.health()["status"], "healthy");
+    assert_eq!(
+        metric(&h.metrics, "config_last_reload_timestamp_seconds"),
+        "1700000000"
+    );
+}
+
+fn metric(metrics: &vm_watchdog::Metrics, name: &str) -> String {
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+        .to_owned()
+}
