@@ -164,6 +164,32 @@ impl Alerts {
         self.send(n, Some(observed_at));
     }
 
+    /// Critical: `vm` is still `status` `down_for` after its alert, after
+    /// `attempts` start attempts (reminder number `k` of incident `n`).
+    pub fn still_down(
+        &self,
+        vm: &str,
+        status: VmStatus,
+        down_for: Duration,
+        attempts: u32,
+        (n, k): (u64, u32),
+        observed_at: Instant,
+    ) {
+        let n = Notification::critical(
+            format!("{vm}:still-down:{n}:{k}"),
+            format!(
+                "VM {vm} still {status} after {} ({attempts} start attempts)",
+                human_duration(down_for)
+            ),
+        )
+        .body("The watchdog keeps starting it; it may need a person.")
+        .field("vm", vm)
+        .field("status", status.as_str())
+        .field("attempts", attempts.to_string())
+        .subject(vm);
+        self.send(n, Some(observed_at));
+    }
+
     /// Info: `vm` is running again after `downtime` (incident number `n`).
     pub fn recovered(&self, vm: &str, downtime: Duration, n: u64, observed_at: Instant) {
         let n = Notification::info(

@@ -36,6 +36,9 @@ pub fn tcp_prober() -> Prober {
 /// VM's status, before it is alerted as unreachable.
 pub const DEFAULT_UNREACHABLE_AFTER: u32 = 3;
 
+/// How long a VM may stay down after its alert before a reminder.
+pub const DEFAULT_REMINDER_AFTER: Duration = Duration::from_secs(15 * 60);
+
 /// Settings of the engine.
 #[derive(Clone)]
 pub struct EngineSettings {
@@ -50,6 +53,9 @@ pub struct EngineSettings {
     /// Consecutive failed port probes after which a VM whose status the
     /// API cannot confirm is alerted as unreachable (default 3).
     pub unreachable_after: u32,
+    /// A VM still down this long after its alert gets a reminder with the
+    /// start attempts made (and another each period after; default 15 min).
+    pub reminder_after: Duration,
 }
 
 impl std::fmt::Debug for EngineSettings {
@@ -73,6 +79,7 @@ impl EngineSettings {
             probe_timeout: bounds.min.min(Duration::from_secs(3)),
             prober: tcp_prober(),
             unreachable_after: DEFAULT_UNREACHABLE_AFTER,
+            reminder_after: DEFAULT_REMINDER_AFTER,
         }
     }
 }
@@ -146,6 +153,7 @@ pub(crate) struct Shared<R> {
     pub(crate) probe_timeout: Duration,
     pub(crate) prober: Prober,
     pub(crate) unreachable_after: u32,
+    pub(crate) reminder_after: Duration,
     pub(crate) config_valid: AtomicBool,
     pub(crate) api_settings_deadline: Duration,
     pub(crate) live: AtomicUsize,
@@ -215,6 +223,7 @@ impl<R: RawApi> Engine<R> {
                 probe_timeout: settings.probe_timeout,
                 prober: settings.prober,
                 unreachable_after: settings.unreachable_after.max(1),
+                reminder_after: settings.reminder_after.max(Duration::from_secs(60)),
                 config_valid: AtomicBool::new(true),
                 live: AtomicUsize::new(0),
                 tasks: Mutex::new(HashMap::new()),

@@ -80,7 +80,9 @@ pub use alerts::Alerts;
 pub use api::{Api, ApiSettings, CallError, HttpApi, RawApi, ReadReason, api_breaker, start_retry};
 pub use app::{Options, StopReport, Watchdog};
 pub use config::{Config, Credentials, Settings};
-pub use engine::{ApplyReport, DEFAULT_UNREACHABLE_AFTER, Engine, EngineSettings, Prober};
+pub use engine::{
+    ApplyReport, DEFAULT_REMINDER_AFTER, DEFAULT_UNREACHABLE_AFTER, Engine, EngineSettings, Prober,
+};
 pub use error::{ApiError, ConfigError, Error, TokenError, VmsFileError};
 pub use metrics::Metrics;
 pub use schedule::{Bounds, Schedule};

@@ -55,6 +55,11 @@ enum Reason {
 struct Incident {
     since: Instant,
     alerted: VmStatus,
+    /// Start requests made during the incident.
+    attempts: u32,
+    /// Reminders sent, and when the next one is due.
+    reminders: u32,
+    next_reminder: Instant,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -343,6 +348,9 @@ impl<R: RawApi> VmTask<R> {
                         self.incident = Some(Incident {
                             since: now,
                             alerted: status,
+                            attempts: 0,
+                            reminders: 0,
+                            next_reminder: now + self.shared.reminder_after,
                         });
                         warn!(vm = %self.name(), %status, "critical status; starting the VM");
                         self.shared.alerts.critical_status(self.name(), status, now);
@@ -352,6 +360,20 @@ impl<R: RawApi> VmTask<R> {
                         self.shared
                             .alerts
                             .critical_status(&self.spec.name, status, now);
+                    }
+                    Some(incident) if now >= incident.next_reminder => {
+                        incident.reminders += 1;
+                        incident.next_reminder = now + self.shared.reminder_after;
+                        let down_for = now.saturating_duration_since(incident.since);
+                        warn!(vm = %self.spec.name, %status, down_s = down_for.as_secs(), attempts = incident.attempts, "VM still down");
+                        self.shared.alerts.still_down(
+                            &self.spec.name,
+                            status,
+                            down_for,
+                            incident.attempts,
+                            (self.incidents, incident.reminders),
+                            now,
+                        );
                     }
                     Some(_) => {}
                 }
@@ -447,6 +469,9 @@ impl<R: RawApi> VmTask<R> {
             }
         }
         info!(vm = %name, "starting VM");
+        if let Some(incident) = &mut self.incident {
+            incident.attempts += 1;
+        }
         match shared.api.start(&name, &self.spec.source).await {
             Ok(StartAck::Started { operation }) => {
                 info!(vm = %name, operation = ?operation, "start accepted");

@@ -237,3 +237,38 @@ fn metric(metrics: &vm_watchdog::Metrics, name: &str) -> String {
         .unwrap_or_else(|| panic!("no {name} in {text}"))
         .to_owned()
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_vm_still_down_after_15_minutes_gets_a_reminder_with_the_attempts() {
+    let api = ScriptedApi::default();
+    api.add("i-1", VmStatus::Running, Some("10.0.0.1"));
+    api.inner.lock().start_sticks = true;
+    let h = harness(api.clone());
+    h.engine.apply(&file(vec![instance("web-1", "i-1")]));
+    run_for(S(120)).await;
+    api.set_status("i-1", VmStatus::Stopped);
+    h.probes.set_down("10.0.0.1", true);
+    run_for(S(10)).await;
+    assert_eq!(h.inbox.titled("VM web-1 is STOPPED").len(), 1);
+    run_for(S(14 * 60)).await;
+    assert!(
+        h.inbox.titled("still STOPPED").is_empty(),
+        "not before 15 min"
+    );
+    run_for(S(90)).await;
+    let reminders = h.inbox.titled("VM web-1 still STOPPED after 15m");
+    assert_eq!(reminders.len(), 1, "{:?}", h.inbox.all());
+    assert_eq!(reminders[0].priority, Priority::Critical);
+    let attempts = api.calls_to("start", "i-1").len();
+    assert!(attempts >= 2, "{attempts}");
+    assert!(
+        reminders[0].title.ends_with("start attempts)"),
+        "{}",
+        reminders[0].title
+    );
+    // The next one a period later, not at every check.
+    run_for(S(14 * 60)).await;
+    assert_eq!(h.inbox.titled("still STOPPED").len(), 1);
+    run_for(S(90)).await;
+    assert_eq!(h.inbox.titled("still STOPPED").len(), 2);
+}

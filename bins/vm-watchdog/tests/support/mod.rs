@@ -459,6 +459,7 @@ pub fn harness_custom(
             probe_timeout: Duration::from_secs(1),
             prober: probes.prober(),
             unreachable_after: vm_watchdog::DEFAULT_UNREACHABLE_AFTER,
+            reminder_after: vm_watchdog::DEFAULT_REMINDER_AFTER,
         },
     );
     Harness {
