@@ -190,6 +190,40 @@ impl Alerts {
         self.send(n, Some(observed_at));
     }
 
+    /// Critical: `vm` went down `restarts` times within `window`: it is
+    /// not restarted for `cool_off`. Ended by [`Alerts::flap_over`].
+    pub fn needs_intervention(
+        &self,
+        vm: &str,
+        restarts: usize,
+        window: Duration,
+        cool_off: Duration,
+        observed_at: Instant,
+    ) {
+        self.raise(&format!("{vm}:flapping"), "", Some(observed_at), |key| {
+            Notification::critical(
+                key,
+                format!(
+                    "VM {vm} needs intervention: down {restarts} times in {}",
+                    human_duration(window)
+                ),
+            )
+            .body(format!(
+                "Not restarting it for {}; restarts resume then.",
+                human_duration(cool_off)
+            ))
+            .field("vm", vm)
+        });
+    }
+
+    /// Ends `vm`'s flapping episode: restarts resume.
+    pub fn flap_over(&self, vm: &str, observed_at: Instant) {
+        self.end(&format!("{vm}:flapping"), Some(observed_at), |key| {
+            Notification::info(key, format!("VM {vm}: cool-off over, restarting it again"))
+                .field("vm", vm)
+        });
+    }
+
     /// Info: `vm` is running again after `downtime` (incident number `n`).
     pub fn recovered(&self, vm: &str, downtime: Duration, n: u64, observed_at: Instant) {
         let n = Notification::info(

@@ -56,6 +56,15 @@ pub struct EngineSettings {
     /// A VM still down this long after its alert gets a reminder with the
     /// start attempts made (and another each period after; default 15 min).
     pub reminder_after: Duration,
+    /// Flap guard: a VM restarted this many times within
+    /// [`flap_window`](Self::flap_window) is no longer restarted for
+    /// [`flap_cool_off`](Self::flap_cool_off) and alerted as needing
+    /// intervention (default 5).
+    pub flap_restarts: u32,
+    /// The flap guard's window (default 30 min).
+    pub flap_window: Duration,
+    /// How long a flapping VM is left alone (default 1 h).
+    pub flap_cool_off: Duration,
 }
 
 impl std::fmt::Debug for EngineSettings {
@@ -80,6 +89,9 @@ impl EngineSettings {
             prober: tcp_prober(),
             unreachable_after: DEFAULT_UNREACHABLE_AFTER,
             reminder_after: DEFAULT_REMINDER_AFTER,
+            flap_restarts: 5,
+            flap_window: Duration::from_secs(30 * 60),
+            flap_cool_off: Duration::from_secs(60 * 60),
         }
     }
 }
@@ -154,6 +166,7 @@ pub(crate) struct Shared<R> {
     pub(crate) prober: Prober,
     pub(crate) unreachable_after: u32,
     pub(crate) reminder_after: Duration,
+    pub(crate) flap: (u32, Duration, Duration),
     pub(crate) config_valid: AtomicBool,
     pub(crate) api_settings_deadline: Duration,
     pub(crate) live: AtomicUsize,
@@ -224,6 +237,11 @@ impl<R: RawApi> Engine<R> {
                 prober: settings.prober,
                 unreachable_after: settings.unreachable_after.max(1),
                 reminder_after: settings.reminder_after.max(Duration::from_secs(60)),
+                flap: (
+                    settings.flap_restarts.max(1),
+                    settings.flap_window,
+                    settings.flap_cool_off,
+                ),
                 config_valid: AtomicBool::new(true),
                 live: AtomicUsize::new(0),
                 tasks: Mutex::new(HashMap::new()),

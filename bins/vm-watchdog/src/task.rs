@@ -88,6 +88,10 @@ pub(crate) struct VmTask<R> {
     nat_ip: Option<String>,
     incident: Option<Incident>,
     incidents: u64,
+    /// When recent incidents began (the flap guard's window).
+    recent_incidents: std::collections::VecDeque<Instant>,
+    /// Flapping: not restarted until then.
+    hold_starts_until: Option<Instant>,
     pending_start: Option<PendingStart>,
     stuck_alerted: bool,
     missing_alerted: bool,
@@ -137,6 +141,8 @@ impl<R: RawApi> VmTask<R> {
             nat_ip: None,
             incident: None,
             incidents: 0,
+            recent_incidents: std::collections::VecDeque::new(),
+            hold_starts_until: None,
             pending_start: None,
             stuck_alerted: false,
             missing_alerted: false,
@@ -354,6 +360,7 @@ impl<R: RawApi> VmTask<R> {
                         });
                         warn!(vm = %self.name(), %status, "critical status; starting the VM");
                         self.shared.alerts.critical_status(self.name(), status, now);
+                        self.flap_guard(now);
                     }
                     Some(incident) if incident.alerted != status => {
                         incident.alerted = status;
@@ -416,9 +423,41 @@ impl<R: RawApi> VmTask<R> {
         }
     }
 
+    /// Counts an incident; too many within the window hold the VM's
+    /// starts for the cool-off and alert that it needs intervention.
+    fn flap_guard(&mut self, now: Instant) {
+        let (restarts, window, cool_off) = self.shared.flap;
+        self.recent_incidents.push_back(now);
+        while let Some(&first) = self.recent_incidents.front() {
+            if now.saturating_duration_since(first) < window {
+                break;
+            }
+            self.recent_incidents.pop_front();
+        }
+        if self.hold_starts_until.is_none() && self.recent_incidents.len() > restarts as usize {
+            let count = self.recent_incidents.len();
+            warn!(vm = %self.name(), incidents = count, "VM flapping; holding restarts for the cool-off");
+            self.hold_starts_until = Some(now + cool_off);
+            self.shared
+                .alerts
+                .needs_intervention(self.name(), count, window, cool_off, now);
+        }
+    }
+
     /// Issues a start unless one is in progress; follows the operation of
     /// the previous one.
     async fn ensure_started(&mut self) {
+        if let Some(until) = self.hold_starts_until {
+            let now = Instant::now();
+            if now < until {
+                debug!(vm = %self.spec.name, "flapping: restart held");
+                return;
+            }
+            info!(vm = %self.spec.name, "cool-off over; restarting again");
+            self.hold_starts_until = None;
+            self.recent_incidents.clear();
+            self.shared.alerts.flap_over(&self.spec.name, now);
+        }
         let shared = self.shared.clone();
         let name = self.spec.name.clone();
         if let Some(pending) = &self.pending_start {

@@ -272,3 +272,39 @@ async fn a_vm_still_down_after_15_minutes_gets_a_reminder_with_the_attempts() {
     run_for(S(90)).await;
     assert_eq!(h.inbox.titled("still STOPPED").len(), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_flapping_vm_is_left_alone_for_the_cool_off_then_restarted() {
+    let api = ScriptedApi::default();
+    api.add("i-1", VmStatus::Running, Some("10.0.0.1"));
+    let h = harness(api.clone());
+    h.engine.apply(&file(vec![instance("web-1", "i-1")]));
+    run_for(S(120)).await;
+    // Six crashes two minutes apart: the sixth within 30 min is one over
+    // the limit of 5 restarts.
+    for _ in 0..6 {
+        api.set_status("i-1", VmStatus::Crashed);
+        h.probes.set_down("10.0.0.1", true);
+        run_for(S(10)).await;
+        h.probes.set_down("10.0.0.1", false);
+        run_for(S(110)).await;
+    }
+    assert_eq!(api.calls_to("start", "i-1").len(), 5, "{:?}", h.inbox.all());
+    let held = h
+        .inbox
+        .titled("VM web-1 needs intervention: down 6 times in 30m");
+    assert_eq!(held.len(), 1, "{:?}", h.inbox.all());
+    assert_eq!(held[0].priority, Priority::Critical);
+    assert_eq!(h.engine.status_of("web-1"), Some(VmStatus::Crashed));
+    // Left alone for the hour's cool-off, then started again.
+    run_for(S(50 * 60)).await;
+    assert_eq!(api.calls_to("start", "i-1").len(), 5);
+    run_for(S(11 * 60)).await;
+    assert_eq!(api.calls_to("start", "i-1").len(), 6);
+    assert_eq!(
+        h.inbox
+            .titled("VM web-1: cool-off over, restarting it again")
+            .len(),
+        1
+    );
+}

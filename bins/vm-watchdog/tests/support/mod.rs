@@ -460,6 +460,9 @@ pub fn harness_custom(
             prober: probes.prober(),
             unreachable_after: vm_watchdog::DEFAULT_UNREACHABLE_AFTER,
             reminder_after: vm_watchdog::DEFAULT_REMINDER_AFTER,
+            flap_restarts: 5,
+            flap_window: Duration::from_secs(30 * 60),
+            flap_cool_off: Duration::from_secs(60 * 60),
         },
     );
     Harness {
