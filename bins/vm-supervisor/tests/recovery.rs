@@ -180,3 +180,97 @@ async fn out_of_attempts_needs_intervention_then_manual_recovery_acts() {
     .await;
     s.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_failing_to_start_needs_intervention_and_late_recovery_brings_it_back() {
+    let lab = Lab::new();
+    let marker = lab.path().join("marker");
+    // Exits 1 at once until the marker exists, then is a normal fake VM.
+    let script = format!(
+        "test -f {} && exec {FAKE_VMM} --api-sock {{socket}} --id {{id}}; exit 1",
+        marker.display()
+    );
+    let text = format!(
+        "vms:\n  - id: vm-1\n    command: /bin/sh\n    args: ['-c', {script:?}]\n    socket: '{}/{{id}}.sock'\n",
+        lab.path().display()
+    );
+    std::fs::write(lab.config_path(), &text).unwrap();
+    let vms = vm_supervisor::spec::parse(&text, &lab.config_path())
+        .unwrap()
+        .vms;
+    let mut settings = settings(&lab);
+    settings.late_recovery_interval = Some(Duration::from_secs(1));
+    let run = start(settings, vms).await;
+    let s = &run.supervisor;
+    wait_for("needs_intervention", || {
+        s.get("vm-1")
+            .filter(|v| v.state == VmState::NeedsIntervention)
+    })
+    .await;
+    let attempts = s.attempts("vm-1").await.unwrap();
+    assert_eq!(
+        attempts.len(),
+        3,
+        "MAX_RETRIES starts, then it stops acting"
+    );
+    assert!(
+        attempts
+            .iter()
+            .all(|a| a.outcome.as_deref() == Some("failure")
+                && a.error.as_deref().unwrap_or("").contains("exit code 1")),
+        "{attempts:?}"
+    );
+    // A late recovery fails too while the cause remains...
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !s
+        .attempts("vm-1")
+        .await
+        .unwrap()
+        .iter()
+        .any(|a| a.reason == "late_recovery" && a.outcome.as_deref() == Some("failure"))
+    {
+        assert!(tokio::time::Instant::now() < deadline, "no late recovery");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(s.get("vm-1").unwrap().state, VmState::NeedsIntervention);
+    // ...and succeeds once it is gone.
+    std::fs::write(&marker, "").unwrap();
+    let v = wait_healthy(s, "vm-1", None).await;
+    assert_eq!(v.last_reason.as_deref(), Some("late_recovery"));
+    s.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_healthy_again_before_its_backoff_ends_is_not_restarted() {
+    let lab = Lab::new();
+    // A long backoff before a second attempt leaves time to recover.
+    let vms = lab.write_config(&[lab.vm_yaml(
+        "vm-1",
+        &[],
+        "    retry_interval: 10s\n    max_retry_interval: 10s\n",
+    )]);
+    let run = start(settings(&lab), vms).await;
+    let s = &run.supervisor;
+    let first = wait_healthy(s, "vm-1", None).await;
+    // A first recovery (immediate) puts it within a run of failures...
+    sigkill(first.pid.unwrap());
+    let second = wait_healthy(s, "vm-1", first.pid).await;
+    // ...so the next failure waits 10 s before recovering.
+    fault(&lab.socket("vm-1"), r#"{"fault":"error"}"#).await;
+    wait_for("unhealthy", || {
+        s.get("vm-1").filter(|v| v.state == VmState::Unhealthy)
+    })
+    .await;
+    fault(&lab.socket("vm-1"), r#"{"fault":"none"}"#).await;
+    // RECOVERY_THRESHOLD (2) good checks make it healthy: no restart.
+    let back = wait_healthy(s, "vm-1", None).await;
+    assert_eq!((back.pid, back.restarts), (second.pid, 1));
+    assert!(s.health("vm-1").unwrap().consecutive_successes >= 2);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let still = s.get("vm-1").unwrap();
+    assert_eq!(
+        (still.pid, still.restarts, still.state),
+        (second.pid, 1, VmState::Running)
+    );
+    s.shutdown(Duration::from_secs(5)).await;
+}
