@@ -30,6 +30,7 @@ pub mod config;
 pub mod duration;
 pub mod http;
 pub mod metrics;
+pub(crate) mod policy;
 pub mod process;
 pub mod registry;
 pub mod spec;

@@ -24,6 +24,7 @@ use crate::alerts::Alerts;
 use crate::api;
 use crate::config::{Settings, Timings};
 use crate::metrics::Metrics;
+use crate::policy::{Policy, Step};
 use crate::process::{self, ExitStatus, Identity, Liveness, Running};
 use crate::registry::{Attempt, Desired, Registry, RegistryError, VmRecord};
 use crate::spec::VmSpec;
@@ -692,16 +693,35 @@ impl VmTask {
     }
 
     /// Records a failure and schedules its recovery.
+    fn policy(&self) -> Policy {
+        Policy {
+            timings: self.timings,
+            max_retries: self.inner.settings.max_retries,
+            late_recovery: self.inner.settings.late_recovery_interval,
+        }
+    }
+
+    /// Applies `step`: schedules the next attempt, or enters
+    /// `needs_intervention` with a critical alert.
+    fn schedule(&mut self, step: Step, reason: Reason, exit: Option<ExitStatus>, error: &str) {
+        self.phase = match step {
+            Step::RecoverAt(at) => Phase::Due { reason, exit, at },
+            Step::Intervention { late } => {
+                if !matches!(self.phase, Phase::Intervention { .. }) {
+                    self.inner
+                        .alerts
+                        .needs_intervention(self.id(), self.attempts, error);
+                }
+                Phase::Intervention { late }
+            }
+        };
+    }
+
+    /// Records a failure and schedules its recovery.
     fn fail(&mut self, reason: Reason, exit: Option<ExitStatus>, detail: &str) {
         let now = Instant::now();
-        let stable = self
-            .view
-            .lock()
-            .started
-            .is_some_and(|s| now.duration_since(s) >= self.timings.stable_period);
-        if stable {
-            self.attempts = 0;
-        }
+        let started = self.view.lock().started;
+        self.attempts = self.policy().carried(self.attempts, started, now);
         {
             let mut v = self.view.lock();
             v.healthy = false;
@@ -711,17 +731,8 @@ impl VmTask {
             self.inner.metrics.orphaned(reason.as_str());
             self.inner.alerts.orphaned(self.id(), reason, detail);
         }
-        self.phase = if self.attempts >= self.inner.settings.max_retries {
-            Phase::Intervention {
-                late: self.inner.settings.late_recovery_interval.map(|d| now + d),
-            }
-        } else {
-            Phase::Due {
-                reason,
-                exit,
-                at: now + self.timings.backoff_before(self.attempts + 1),
-            }
-        };
+        let step = self.policy().next(self.attempts, now);
+        self.schedule(step, reason, exit, detail);
     }
 
     async fn on_exit(&mut self, status: ExitStatus) {
@@ -940,24 +951,12 @@ impl VmTask {
                     "vm recovery attempt failed"
                 );
                 let now = Instant::now();
-                if reason == Reason::LateRecovery {
-                    self.phase = Phase::Intervention {
-                        late: self.inner.settings.late_recovery_interval.map(|d| now + d),
-                    };
-                } else if self.attempts >= self.inner.settings.max_retries {
-                    self.inner
-                        .alerts
-                        .needs_intervention(self.id(), self.attempts, &error);
-                    self.phase = Phase::Intervention {
-                        late: self.inner.settings.late_recovery_interval.map(|d| now + d),
-                    };
+                let step = if reason == Reason::LateRecovery {
+                    self.policy().after_late(now)
                 } else {
-                    self.phase = Phase::Due {
-                        reason,
-                        exit,
-                        at: now + self.timings.backoff_before(self.attempts + 1),
-                    };
-                }
+                    self.policy().next(self.attempts, now)
+                };
+                self.schedule(step, reason, exit, &error);
             }
         }
         self.show();
