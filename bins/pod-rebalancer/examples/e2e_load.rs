@@ -28,7 +28,7 @@ fn openmetrics(n: usize) -> String {
         String::from("# TYPE container_memory_working_set_bytes gauge\n"),
     );
     for i in 0..n {
-        let rate = if i == 7 {
+        let rate = if i % 10 == 7 {
             2.0
         } else {
             0.45 + ((i * 7919) % 100) as f64 / 1000.0
