@@ -4,7 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use keel_core::{Classify, Clock, Outcome};
+use keel_core::{Classify, Outcome};
 use tokio::time::Instant;
 
 use crate::attempt::{Attempt, RetryEvent};
@@ -52,9 +52,15 @@ pub(crate) enum Step<T, E> {
 /// inside an attempt).
 pub(crate) struct Run<'p, E> {
     policy: &'p Inner,
-    /// The timing state, when a rule needs the clock (kept apart so that a
-    /// call without one starts with a few stores).
-    clocked: Option<Clocked<'p>>,
+    /// When the call started; `None` when nothing needs the clock.
+    started: Option<Instant>,
+    deadline: Option<Instant>,
+    /// The last reading, reusable while `fresh`.
+    now: Option<Instant>,
+    /// The budget's slot period for `now`, once computed.
+    period: Option<u64>,
+    /// No wait since `now` was read (always false for a manual clock).
+    fresh: bool,
     attempts: u32,
     /// Retries started but not yet added to the shared counter: published
     /// when the call next waits or ends, so back-to-back retries cost one
@@ -62,68 +68,23 @@ pub(crate) struct Run<'p, E> {
     uncounted_retries: u32,
     /// The previous backoff delay in nanoseconds (`NO_PREVIOUS` at first).
     prev_delay: u64,
+    /// The budget token taken for the retry being slept towards: spent by
+    /// [`slept`](Run::slept), handed back if the call is dropped first.
+    pending: Option<Withdrawal<'p>>,
+    /// The budget period of this call's deposit, while it is not made: it
+    /// is booked with the first withdrawal, or when the call ends.
+    deposit: Option<u64>,
     /// The call returned (its outcome is counted); dropped without it, it
     /// counts as cancelled.
     ended: bool,
     last: Option<E>,
 }
 
-/// What a call with a maximum elapsed time, a budget or a hook keeps.
-struct Clocked<'p> {
-    /// When the call started.
-    started: Instant,
-    deadline: Option<Instant>,
-    /// The last reading, reusable while `fresh`.
-    now: Instant,
-    /// No wait since `now` was read (always false for a manual clock).
-    fresh: bool,
-    /// The budget's slot period for `now`, once computed.
-    period: Option<u64>,
-    /// The budget period of this call's deposit, while it is not made: it
-    /// is booked with the first withdrawal, or when the call ends.
-    deposit: Option<u64>,
-    /// The budget token taken for the retry being slept towards: spent by
-    /// [`slept`](Run::slept), handed back if the call is dropped first.
-    pending: Option<Withdrawal<'p>>,
-}
-
-impl<'p> Clocked<'p> {
-    /// The policy's clock, read again only after a wait.
-    #[inline]
-    fn now(&mut self, clock: &Clock) -> Instant {
-        if !self.fresh {
-            self.now = clock.now();
-            self.period = None;
-            self.fresh = !clock.is_manual();
-        }
-        self.now
-    }
-
-    /// The budget's current slot period, reusing the reading when it may.
-    #[inline]
-    fn budget_period(&mut self, policy: &Inner, budget: &RetryBudget) -> u64 {
-        if self.fresh
-            && let Some(period) = self.period
-        {
-            return period;
-        }
-        let now = self.now(&policy.clock);
-        let period = budget.period_at(tokio_reading(policy, Some(now)));
-        // A budget on a manual clock reads its own: never reuse that.
-        if !budget.is_manual() {
-            self.period = Some(period);
-        }
-        period
-    }
-}
-
 impl<E> Drop for Run<'_, E> {
     #[inline]
     fn drop(&mut self) {
         self.publish_retries();
-        if let Some(c) = &mut self.clocked
-            && let (Some(period), Some(budget)) = (c.deposit.take(), &self.policy.budget)
-        {
+        if let (Some(period), Some(budget)) = (self.deposit.take(), &self.policy.budget) {
             budget.deposit_in(period);
         }
         if !self.ended {
@@ -148,10 +109,42 @@ impl<E> Run<'_, E> {
     /// cached reading is stale and pending counts are published.
     #[inline]
     pub(crate) fn waited(&mut self) {
-        if let Some(c) = &mut self.clocked {
-            c.fresh = false;
-        }
+        self.fresh = false;
         self.publish_retries();
+    }
+
+    /// The policy's clock, read again only after a wait.
+    #[inline]
+    fn now(&mut self) -> Instant {
+        match self.now {
+            Some(now) if self.fresh => now,
+            _ => {
+                let clock = &self.policy.clock;
+                let now = clock.now();
+                self.now = Some(now);
+                self.period = None;
+                self.fresh = !clock.is_manual();
+                now
+            }
+        }
+    }
+
+    /// The budget's current slot period, reusing the reading when it may.
+    #[inline]
+    fn budget_period(&mut self, budget: &RetryBudget) -> u64 {
+        if self.fresh
+            && let Some(period) = self.period
+        {
+            return period;
+        }
+        let now = self.now();
+        let policy = self.policy;
+        let period = budget.period_at(tokio_reading(policy, Some(now)));
+        // A budget on a manual clock reads its own: never reuse that.
+        if !budget.is_manual() {
+            self.period = Some(period);
+        }
+        period
     }
 }
 
@@ -163,10 +156,16 @@ impl<'p, E: fmt::Debug> Run<'p, E> {
     pub(crate) fn new(policy: &'p Inner) -> Self {
         Run {
             policy,
-            clocked: None,
+            started: None,
+            deadline: None,
+            now: None,
+            period: None,
+            fresh: false,
             attempts: 0,
             uncounted_retries: 0,
             prev_delay: NO_PREVIOUS,
+            pending: None,
+            deposit: None,
             ended: false,
             last: None,
         }
@@ -180,29 +179,19 @@ impl<'p, E: fmt::Debug> Run<'p, E> {
     pub(crate) fn start(&mut self) {
         let policy = self.policy;
         if policy.max_elapsed.is_some() || policy.hook.is_some() || policy.budget.is_some() {
-            let started = policy.clock.now();
-            let mut c = Clocked {
-                started,
-                deadline: policy.max_elapsed.and_then(|d| started.checked_add(d)),
-                now: started,
-                fresh: !policy.clock.is_manual(),
-                period: None,
-                deposit: None,
-                pending: None,
-            };
+            let started = self.now();
+            self.started = Some(started);
+            self.deadline = policy.max_elapsed.and_then(|d| started.checked_add(d));
             if let Some(budget) = &policy.budget {
-                c.deposit = Some(c.budget_period(policy, budget));
+                self.deposit = Some(self.budget_period(budget));
             }
-            self.clocked = Some(c);
         }
     }
 
     /// The sleep before the next attempt is over: its budget token is spent.
     #[inline(always)]
     pub(crate) fn slept(&mut self) {
-        if let Some(c) = &mut self.clocked
-            && let Some(w) = c.pending.take()
-        {
+        if let Some(w) = self.pending.take() {
             w.commit();
         }
     }
@@ -216,14 +205,8 @@ impl<'p, E: fmt::Debug> Run<'p, E> {
             self.uncounted_retries += 1;
         }
         self.attempts = self.attempts.saturating_add(1);
-        let clock = &self.policy.clock;
-        let remaining = match &mut self.clocked {
-            Some(c) => {
-                let deadline = c.deadline;
-                deadline.map(|d| d.saturating_duration_since(c.now(clock)))
-            }
-            None => None,
-        };
+        let deadline = self.deadline;
+        let remaining = deadline.map(|d| d.saturating_duration_since(self.now()));
         let limit = match (self.policy.attempt_timeout, remaining) {
             (None, None) => None,
             (Some(t), None) => Some((t, Limit::Attempt)),
@@ -277,31 +260,29 @@ impl<'p, E: fmt::Debug> Run<'p, E> {
             }
         };
 
-        let clock = &p.clock;
-        let mut now = None;
-        if let Some(c) = &mut self.clocked {
-            let t = c.now(clock);
-            now = Some(t);
-            if let Some(deadline) = c.deadline
-                && t.checked_add(Duration::from_nanos(delay))
-                    .is_none_or(|wake| wake >= deadline)
-            {
-                return self.give_up(GiveUp::Deadline, result);
-            }
-            if let Some(budget) = &p.budget {
-                let period = c.budget_period(p, budget);
-                let carried = if c.deposit.is_some() {
-                    budget.deposit_units()
-                } else {
-                    0
-                };
-                match budget.withdraw_in(period, carried) {
-                    Ok(w) => {
-                        c.deposit = None;
-                        c.pending = Some(w);
-                    }
-                    Err(_) => return self.give_up(GiveUp::Budget, result),
+        let started = self.started;
+        let now = started.map(|_| self.now());
+        if let Some((deadline, now)) = self.deadline.zip(now)
+            && now
+                .checked_add(Duration::from_nanos(delay))
+                .is_none_or(|wake| wake >= deadline)
+        {
+            return self.give_up(GiveUp::Deadline, result);
+        }
+
+        if let Some(budget) = &p.budget {
+            let period = self.budget_period(budget);
+            let carried = if self.deposit.is_some() {
+                budget.deposit_units()
+            } else {
+                0
+            };
+            match budget.withdraw_in(period, carried) {
+                Ok(w) => {
+                    self.deposit = None;
+                    self.pending = Some(w);
                 }
+                Err(_) => return self.give_up(GiveUp::Budget, result),
             }
         }
 
@@ -360,7 +341,7 @@ impl<'p, E: fmt::Debug> Run<'p, E> {
         tracing::debug!(attempt, outcome = %outcome, delay = ?delay, error = ?error, "retrying");
         if let Some(hook) = &self.policy.hook {
             let elapsed = now
-                .zip(self.clocked.as_ref().map(|c| c.started))
+                .zip(self.started)
                 .map_or(Duration::ZERO, |(now, started)| {
                     now.saturating_duration_since(started)
                 });
