@@ -1,6 +1,6 @@
 //! `deploy/pod-rebalancer` stays valid: the alert rules pass `promtool
 //! check rules` and their unit test and use only metrics the program
-//! pushes; the CronJob forbids overlapping runs; RBAC grants what the
+//! pushes, as does the Grafana dashboard; the CronJob forbids overlapping runs; RBAC grants what the
 //! program calls; every ConfigMap key is a variable the program reads.
 
 use std::path::{Path, PathBuf};
@@ -46,8 +46,13 @@ fn rules_pass_promtool() {
 }
 
 #[test]
-fn rules_use_pushed_metrics_only() {
+fn rules_and_dashboard_use_pushed_metrics_only() {
     let rules = std::fs::read_to_string(deploy().join("prometheus/rules.yml")).expect("rules");
+    let dashboard =
+        std::fs::read_to_string(deploy().join("grafana/pod-rebalancer.json")).expect("dashboard");
+    let parsed: serde_json::Value = serde_json::from_str(&dashboard).expect("dashboard JSON");
+    assert!(parsed["panels"].as_array().is_some_and(|p| p.len() >= 4));
+    let text = format!("{rules}\n{dashboard}");
     let pushed = [
         "rebalancer_executions_total",
         "rebalancer_pods_analyzed_total",
@@ -55,7 +60,7 @@ fn rules_use_pushed_metrics_only() {
         "rebalancer_execution_duration_seconds",
         "rebalancer_load_variance_current",
     ];
-    let mut rest = rules.as_str();
+    let mut rest = text.as_str();
     while let Some(at) = rest.find("rebalancer_") {
         let tail = &rest[at..];
         let end = tail
