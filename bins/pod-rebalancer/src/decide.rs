@@ -341,17 +341,21 @@ fn hpa_cpu(
         );
         return;
     }
-    for &i in &top {
-        decision.chosen.push(Chosen {
-            name: pods[i].name.clone(),
-            reason: format!("top CPU {:.3} > {threshold:.3}", cpu(i)),
-        });
-    }
-    for &i in &bottom {
-        decision.chosen.push(Chosen {
-            name: pods[i].name.clone(),
-            reason: format!("bottom CPU {:.3}", cpu(i)),
-        });
+    // Pairs (busiest with idlest, second with second), so that a cap of
+    // MAX_PODS_TO_DELETE keeps whole pairs rather than only busy pods.
+    for k in 0..top.len().max(bottom.len()) {
+        if let Some(&i) = top.get(k) {
+            decision.chosen.push(Chosen {
+                name: pods[i].name.clone(),
+                reason: format!("top CPU {:.3} > {threshold:.3}", cpu(i)),
+            });
+        }
+        if let Some(&i) = bottom.get(k) {
+            decision.chosen.push(Chosen {
+                name: pods[i].name.clone(),
+                reason: format!("bottom CPU {:.3}", cpu(i)),
+            });
+        }
     }
     decision.explanation = format!(
         "predicted improvement {improvement:.1}% (top mean {top_mean:.3} -> {after:.3}) > {}%",
@@ -544,6 +548,31 @@ mod tests {
         // Top mean 1.4 -> mean(1.4, 0.2) = 0.8: 42.9% > 10%.
         assert_eq!(names(&d.chosen), ["d", "a"]);
         assert!(d.explanation.contains("42.9%"), "{}", d.explanation);
+    }
+
+    #[test]
+    fn hpa_cpu_pairs_top_and_bottom_for_the_cap() {
+        // Threshold 0.9: e (1.6) and d (1.2) are top; a (0.1), b (0.2) bottom.
+        // Top mean 1.4 -> mean(1.6, 1.2, 0.1, 0.2) = 0.775: 44.6 %.
+        let pods = vec![
+            pod("a", 0.1, 0.0, 0.0),
+            pod("b", 0.2, 0.0, 0.0),
+            pod("c", 0.5, 0.0, 0.0),
+            pod("d", 1.2, 0.0, 0.0),
+            pod("e", 1.6, 0.0, 0.0),
+        ];
+        let settings = DecisionSettings {
+            top_k: 2,
+            ..DecisionSettings::default()
+        };
+        let hpa = Some(HpaTarget {
+            cpu_utilization_percent: 60.0,
+        });
+        let d = decide(Strategy::HpaCpu, &settings, &pods, hpa);
+        assert_eq!(names(&d.chosen), ["e", "a", "d", "b"]);
+        assert!(d.explanation.contains("44.6%"), "{}", d.explanation);
+        let (kept, _) = limit(&d.chosen, &pods, 2, 1);
+        assert_eq!(names(&kept), ["e", "a"]);
     }
 
     #[test]
