@@ -52,12 +52,15 @@ const PREVIEW_SEED: u64 = 0x6b65_656c_2d72_6574;
 /// for a retry that had not started yet is handed back.
 ///
 /// # Cost
-/// Per call: a few relaxed atomic increments and one random draw per retry
-/// when jittered; no allocation. The clock is read only when a rule needs
-/// it: at the start of the call and at each attempt and retry decision with
-/// a maximum elapsed time, at the start and at each retry with an
-/// `on_retry` hook; never otherwise (a budget reads its own, once per call
-/// and once per retry). A zero delay does not touch the timer.
+/// Per call: one relaxed atomic increment when it ends (plus one for its
+/// retries, if any), one random draw per retry when jittered, no
+/// allocation. The clock is read only when a rule needs it (a maximum
+/// elapsed time, a budget, an `on_retry` hook), and then at the start of
+/// the call and again only after the call waited: a call whose attempts
+/// fail at once and retry without delay reads it once. A budget on tokio's
+/// clock reuses those readings; with a budget, a call does one
+/// compare-and-swap per retry (its deposit rides on the first) or one when
+/// it ends. A zero delay does not touch the timer.
 #[derive(Clone)]
 pub struct RetryPolicy {
     inner: Arc<Inner>,
