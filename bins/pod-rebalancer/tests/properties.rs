@@ -16,11 +16,14 @@ fn metric() -> impl Strategy<Value = Option<f64>> {
     ]
 }
 
-fn pod() -> impl Strategy<Value = (Option<f64>, Option<f64>, Option<f64>, u8)> {
+/// CPU, lag, memory, and a kind (0: not Ready, 1: opted out, else eligible).
+type RawPod = (Option<f64>, Option<f64>, Option<f64>, u8);
+
+fn pod() -> impl Strategy<Value = RawPod> {
     (metric(), metric(), metric(), 0u8..10)
 }
 
-fn build(raw: &[(Option<f64>, Option<f64>, Option<f64>, u8)]) -> Vec<PodInput> {
+fn build(raw: &[RawPod]) -> Vec<PodInput> {
     raw.iter()
         .enumerate()
         .map(|(i, &(cpu, lag, memory, kind))| PodInput {
