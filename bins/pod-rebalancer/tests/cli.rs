@@ -226,3 +226,39 @@ async fn with_an_interval_it_runs_again_until_sigterm() {
     // Dry runs: two decisions, no eviction.
     assert!(kube.evictions().is_empty());
 }
+
+#[tokio::test]
+async fn check_config_validates_without_running() {
+    let base = |c: &mut Command| {
+        c.env("KUBE_LABEL_SELECTOR", "app=consumer")
+            .env("DEPLOYMENT_NAME", "consumer")
+            .arg("--check-config");
+    };
+    let mut missing = binary();
+    base(&mut missing);
+    let output = missing
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .output()
+        .await
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("KUBECONFIG"));
+
+    let kube = kube().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut valid = binary();
+    base(&mut valid);
+    let output = valid
+        .env("KUBECONFIG", kube.write_kubeconfig(dir.path()))
+        .output()
+        .await
+        .expect("runs");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Nothing was called.
+    assert_eq!(kube.server().request_count(), 0);
+}
