@@ -134,6 +134,11 @@ pub struct VmView {
     pub last_reason: Option<String>,
     #[serde(skip)]
     started: Option<Instant>,
+    /// In a run of failures (from a failure to the next good start or
+    /// health recovery): what the fleet short-circuit counts, so a VM
+    /// between two attempts does not make it flap.
+    #[serde(skip)]
+    failing: bool,
 }
 
 /// An admin command.
@@ -448,15 +453,15 @@ impl Inner {
         let (mut total, mut healthy, mut unhealthy) = (0usize, 0usize, 0usize);
         for h in self.vms.lock().values() {
             let v = h.view.lock();
-            match v.state {
-                VmState::Paused | VmState::Stopped => continue,
-                VmState::Unhealthy | VmState::Recovering | VmState::NeedsIntervention => {
-                    unhealthy += 1;
-                }
-                VmState::Running if v.healthy => healthy += 1,
-                VmState::Running | VmState::Starting => {}
+            if matches!(v.state, VmState::Paused | VmState::Stopped) {
+                continue;
             }
             total += 1;
+            if v.failing {
+                unhealthy += 1;
+            } else if v.state == VmState::Running && v.healthy {
+                healthy += 1;
+            }
         }
         let pct = self.settings.max_unhealthy_percent as usize;
         let blocked = unhealthy >= 2 && unhealthy * 100 > pct * total;
@@ -484,6 +489,7 @@ fn spawn_vm(inner: &Arc<Inner>, record: VmRecord) {
         restarts: record.restarts,
         last_reason: record.last_reason.clone(),
         started: None,
+        failing: false,
     }));
     inner.vms.lock().insert(
         record.spec.id.clone(),
@@ -704,6 +710,7 @@ impl VmTask {
     /// Applies `step`: schedules the next attempt, or enters
     /// `needs_intervention` with a critical alert.
     fn schedule(&mut self, step: Step, reason: Reason, exit: Option<ExitStatus>, error: &str) {
+        self.view.lock().failing = true;
         self.phase = match step {
             Step::RecoverAt(at) => Phase::Due { reason, exit, at },
             Step::Intervention { late } => {
@@ -725,6 +732,7 @@ impl VmTask {
         {
             let mut v = self.view.lock();
             v.healthy = false;
+            v.failing = true;
             v.last_reason = Some(reason.as_str().to_owned());
         }
         if reason.is_orphan() {
@@ -745,7 +753,11 @@ impl VmTask {
         {
             self.desired = Desired::Stopped;
             self.phase = Phase::Stopped;
-            self.view.lock().healthy = false;
+            {
+                let mut v = self.view.lock();
+                v.healthy = false;
+                v.failing = false;
+            }
             let _ = self
                 .inner
                 .registry
@@ -788,6 +800,7 @@ impl VmTask {
                         {
                             tracing::info!(vm_id = self.id(), "vm healthy again before recovery");
                             self.phase = Phase::Up;
+                            self.view.lock().failing = false;
                         }
                     }
                     HealthState::Unknown => {}
@@ -942,6 +955,7 @@ impl VmTask {
                     self.attempts = 0;
                 }
                 self.phase = Phase::Up;
+                self.view.lock().failing = false;
             }
             Some(error) => {
                 tracing::warn!(
