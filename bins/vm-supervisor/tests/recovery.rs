@@ -152,11 +152,8 @@ async fn out_of_attempts_needs_intervention_then_manual_recovery_acts() {
     let lab = Lab::new();
     // Exits 1 s after every start: each recovery "succeeds", the VM dies
     // again within the stable period.
-    let vms = lab.write_config(&[lab.vm_yaml(
-        "vm-1",
-        &["--exit-after", "300ms", "--exit-code", "5"],
-        "",
-    )]);
+    let vms =
+        lab.write_config(&[lab.vm_yaml("vm-1", &["--exit-after", "1s", "--exit-code", "5"], "")]);
     let mut settings = settings(&lab);
     settings.late_recovery_interval = None;
     let run = start(settings, vms).await;
