@@ -3,9 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use keel_core::{CancellationToken, every};
 use tokio::task::JoinHandle;
-use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, warn};
 
 use crate::executor::Inner;
@@ -21,21 +20,16 @@ use crate::store::IdempotencyStore;
 /// progress, if any.
 #[derive(Debug)]
 pub struct CleanupTask {
-    stop: Option<oneshot::Sender<()>>,
+    stop: CancellationToken,
     handle: Option<JoinHandle<()>>,
 }
 
 impl CleanupTask {
     pub(crate) fn spawn<S: IdempotencyStore>(inner: Arc<Inner<S>>, interval: Duration) -> Self {
-        let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(async move {
-            let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
-            ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = &mut stop_rx => break,
-                    _ = ticker.tick() => {}
-                }
+        let stop = CancellationToken::new();
+        let handle = tokio::spawn(every(interval, stop.clone(), move || {
+            let inner = inner.clone();
+            async move {
                 match inner.store.purge_expired().await {
                     Ok(0) => {}
                     Ok(n) => {
@@ -49,18 +43,16 @@ impl CleanupTask {
                     Err(e) => warn!(error = %e, "could not purge expired idempotency entries"),
                 }
             }
-        });
+        }));
         CleanupTask {
-            stop: Some(stop_tx),
+            stop,
             handle: Some(handle),
         }
     }
 
     /// Stops the task and waits for it to end.
     pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        self.stop.cancel();
         if let Some(handle) = self.handle.take() {
             let _ = handle.await;
         }

@@ -1,4 +1,4 @@
-//! Errors: the crate's [`Error`] enum, the rejection structs callers match
+//! Errors: the crate's [`IdempotencyError`] enum, the rejection structs callers match
 //! on, and [`ExecuteError`], which adds the operation's own error.
 
 use std::fmt;
@@ -12,7 +12,7 @@ use crate::key::IdempotencyKey;
 /// error (see [`ExecuteError`]).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum Error {
+pub enum IdempotencyError {
     /// The key is held by a running operation and the call chose not to wait
     /// (or waited past its limit).
     #[error(transparent)]
@@ -32,15 +32,15 @@ pub enum Error {
     Config(#[from] ConfigError),
 }
 
-impl ErrorOutcome for Error {
+impl ErrorOutcome for IdempotencyError {
     /// An in-flight rejection is an overload (try again after the holder's
     /// lease), a mismatch or a configuration problem is the caller's own
     /// (neutral), a store or codec failure counts as a failure.
     fn outcome(&self) -> Outcome {
         match self {
-            Error::InFlight(e) => e.outcome(),
-            Error::FingerprintMismatch(_) | Error::Config(_) => Outcome::Neutral,
-            Error::Store(_) | Error::Codec(_) => Outcome::Failure,
+            IdempotencyError::InFlight(e) => e.outcome(),
+            IdempotencyError::FingerprintMismatch(_) | IdempotencyError::Config(_) => Outcome::Neutral,
+            IdempotencyError::Store(_) | IdempotencyError::Codec(_) => Outcome::Failure,
         }
     }
 }
@@ -202,14 +202,14 @@ pub struct InvalidDigest {
 /// The error of [`Call::run`](crate::Call::run) and
 /// [`Idempotency::execute`](crate::Idempotency::execute): either the
 /// operation's own error (run now, or replayed from the store), or an
-/// idempotency [`Error`].
+/// idempotency [`IdempotencyError`].
 #[non_exhaustive]
 pub enum ExecuteError<E> {
     /// The operation failed with `E`: in this call, or in an earlier call
     /// whose non-retryable failure was stored and is replayed now.
     Operation(E),
     /// The idempotency machinery refused or failed.
-    Idempotency(Error),
+    Idempotency(IdempotencyError),
 }
 
 impl<E> ExecuteError<E> {
@@ -222,7 +222,7 @@ impl<E> ExecuteError<E> {
     }
 
     /// The idempotency error, if that is what this is.
-    pub fn as_idempotency(&self) -> Option<&Error> {
+    pub fn as_idempotency(&self) -> Option<&IdempotencyError> {
         match self {
             ExecuteError::Idempotency(e) => Some(e),
             ExecuteError::Operation(_) => None,
@@ -232,7 +232,7 @@ impl<E> ExecuteError<E> {
     /// The in-flight rejection, if that is what this is.
     pub fn as_in_flight(&self) -> Option<&RequestInFlight> {
         match self {
-            ExecuteError::Idempotency(Error::InFlight(e)) => Some(e),
+            ExecuteError::Idempotency(IdempotencyError::InFlight(e)) => Some(e),
             _ => None,
         }
     }
@@ -240,14 +240,14 @@ impl<E> ExecuteError<E> {
     /// The fingerprint mismatch, if that is what this is.
     pub fn as_fingerprint_mismatch(&self) -> Option<&FingerprintMismatch> {
         match self {
-            ExecuteError::Idempotency(Error::FingerprintMismatch(e)) => Some(e),
+            ExecuteError::Idempotency(IdempotencyError::FingerprintMismatch(e)) => Some(e),
             _ => None,
         }
     }
 }
 
-impl<E> From<Error> for ExecuteError<E> {
-    fn from(e: Error) -> Self {
+impl<E> From<IdempotencyError> for ExecuteError<E> {
+    fn from(e: IdempotencyError) -> Self {
         ExecuteError::Idempotency(e)
     }
 }
@@ -303,7 +303,7 @@ mod tests {
             "idempotency store (redis) failed during begin"
         );
         assert_eq!(e.source().unwrap().to_string(), "connection refused");
-        let wrapped = Error::from(e);
+        let wrapped = IdempotencyError::from(e);
         assert!(!wrapped.to_string().contains("refused"));
 
         #[derive(Debug, thiserror::Error)]
@@ -317,7 +317,7 @@ mod tests {
     #[test]
     fn outcomes() {
         let key = IdempotencyKey::from_digest([0; 32]);
-        let busy = Error::from(RequestInFlight {
+        let busy = IdempotencyError::from(RequestInFlight {
             key,
             retry_after: Some(Duration::from_secs(2)),
             waited: false,
@@ -327,11 +327,11 @@ mod tests {
             Outcome::overloaded_for(Duration::from_secs(2))
         );
         assert_eq!(
-            Error::from(FingerprintMismatch { key }).outcome(),
+            IdempotencyError::from(FingerprintMismatch { key }).outcome(),
             Outcome::Neutral
         );
         assert!(
-            Error::from(StoreError::new("memory", "begin", "x"))
+            IdempotencyError::from(StoreError::new("memory", "begin", "x"))
                 .outcome()
                 .is_retryable()
         );

@@ -16,7 +16,7 @@ use tracing::{debug, warn};
 
 use crate::cleanup::CleanupTask;
 use crate::config::{Builder, InFlightPolicy};
-use crate::error::{ConfigError, Error, ExecuteError, FingerprintMismatch, RequestInFlight};
+use crate::error::{ConfigError, IdempotencyError, ExecuteError, FingerprintMismatch, RequestInFlight};
 use crate::key::{Fingerprint, IdempotencyKey};
 use crate::memory::MemoryStore;
 use crate::metrics::Recorder;
@@ -284,7 +284,7 @@ impl<S: IdempotencyStore> Idempotency<S> {
         in_flight: Option<InFlightPolicy>,
         op: F,
         decide: impl FnOnce(&R) -> Result<Decision, serde_json::Error>,
-    ) -> Result<RawOutcome<R>, Error>
+    ) -> Result<RawOutcome<R>, IdempotencyError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = R>,
@@ -399,7 +399,7 @@ impl<S: IdempotencyStore> Idempotency<S> {
         previous: Previous,
         op: F,
         decide: impl FnOnce(&R) -> Result<Decision, serde_json::Error>,
-    ) -> Result<RawOutcome<R>, Error>
+    ) -> Result<RawOutcome<R>, IdempotencyError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = R>,
@@ -419,7 +419,7 @@ impl<S: IdempotencyStore> Idempotency<S> {
             Err(e) => {
                 guard.disarm();
                 self.release_logged(key, owner).await;
-                return Err(Error::Codec(e));
+                return Err(IdempotencyError::Codec(e));
             }
         };
         inner.recorder.executed(decision.outcome);
@@ -587,7 +587,7 @@ impl<'a, S: IdempotencyStore, C> Call<'a, S, C> {
     }
 
     /// Like [`Call::run`], and says whether the operation ran in this call.
-    pub async fn run_detailed<T, E, F, Fut>(self, op: F) -> Result<Executed<T, E>, Error>
+    pub async fn run_detailed<T, E, F, Fut>(self, op: F) -> Result<Executed<T, E>, IdempotencyError>
     where
         C: Classify<T, E>,
         T: Serialize + DeserializeOwned,
@@ -635,10 +635,10 @@ impl<'a, S: IdempotencyStore, C> Call<'a, S, C> {
                 };
                 let result = match stored {
                     Stored::Completed(bytes) => {
-                        Ok(serde_json::from_slice(&bytes).map_err(Error::Codec)?)
+                        Ok(serde_json::from_slice(&bytes).map_err(IdempotencyError::Codec)?)
                     }
                     Stored::Failed(bytes) => {
-                        Err(serde_json::from_slice(&bytes).map_err(Error::Codec)?)
+                        Err(serde_json::from_slice(&bytes).map_err(IdempotencyError::Codec)?)
                     }
                 };
                 Executed { result, kind }

@@ -58,7 +58,7 @@ use tower_service::Service;
 use tracing::warn;
 
 use crate::config::InFlightPolicy;
-use crate::error::{ConfigError, Error};
+use crate::error::{ConfigError, IdempotencyError};
 use crate::executor::{Decision, Idempotency, RawOutcome, Stored};
 use crate::key::{Fingerprint, IdempotencyKey};
 use crate::memory::MemoryStore;
@@ -571,7 +571,7 @@ where
                 }
             })
         }
-        Err(Error::InFlight(e)) => {
+        Err(IdempotencyError::InFlight(e)) => {
             let mut res = problem(
                 StatusCode::CONFLICT,
                 "request-in-flight",
@@ -585,13 +585,13 @@ where
                 .insert(RETRY_AFTER, HeaderValue::from(secs));
             Ok(res)
         }
-        Err(Error::FingerprintMismatch(_)) => Ok(problem(
+        Err(IdempotencyError::FingerprintMismatch(_)) => Ok(problem(
             StatusCode::UNPROCESSABLE_ENTITY,
             "key-reused",
             "Idempotency-Key reused",
             "This Idempotency-Key was already used with a different request payload.",
         )),
-        Err(Error::Store(e)) => {
+        Err(IdempotencyError::Store(e)) => {
             warn!(key = %key, error = %e, "idempotency store unavailable; refusing the request");
             let mut res = problem(
                 StatusCode::SERVICE_UNAVAILABLE,

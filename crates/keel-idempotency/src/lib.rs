@@ -115,7 +115,7 @@ pub use config::{
     Builder, DEFAULT_HEARTBEAT, DEFAULT_LEASE, DEFAULT_TTL, DEFAULT_WAIT_TIMEOUT, InFlightPolicy,
 };
 pub use error::{
-    ConfigError, Error, ExecuteError, FingerprintMismatch, InvalidDigest, RequestInFlight,
+    ConfigError, ExecuteError, IdempotencyError, FingerprintMismatch, InvalidDigest, RequestInFlight,
     StoreError, StoredError,
 };
 pub use executor::{Call, Executed, ExecutionKind, Idempotency};

@@ -206,7 +206,7 @@ impl PostgresStoreBuilder {
 
     /// Checks the configuration, creates the table if asked, and builds the
     /// store.
-    pub async fn build(self) -> Result<PostgresStore, crate::Error> {
+    pub async fn build(self) -> Result<PostgresStore, crate::IdempotencyError> {
         check_identifier("schema", &self.schema)?;
         check_identifier("table", &self.table)?;
         if self.poll_interval.is_zero() {
@@ -245,7 +245,7 @@ impl PostgresStore {
     /// Connects to `url` (`postgres://user@host:port/db`) with a pool of
     /// 10 connections (waiting at most 10 s for one) and builds a store with
     /// the default schema and table, creating them if missing.
-    pub async fn connect(url: &str) -> Result<Self, crate::Error> {
+    pub async fn connect(url: &str) -> Result<Self, crate::IdempotencyError> {
         let options = PgPoolOptions::new()
             .max_connections(10)
             .acquire_timeout(Duration::from_secs(10));
@@ -253,7 +253,7 @@ impl PostgresStore {
     }
 
     /// Like [`PostgresStore::connect`], with your pool options.
-    pub async fn connect_with(url: &str, options: PgPoolOptions) -> Result<Self, crate::Error> {
+    pub async fn connect_with(url: &str, options: PgPoolOptions) -> Result<Self, crate::IdempotencyError> {
         let pool = options
             .connect(url)
             .await

@@ -207,7 +207,7 @@ impl RedisStore {
     /// exponential backoff from 100 ms, so an unreachable server is
     /// reported after a few seconds; use [`RedisStore::connect_with_config`]
     /// to choose otherwise.
-    pub async fn connect(url: &str) -> Result<Self, crate::Error> {
+    pub async fn connect(url: &str) -> Result<Self, crate::IdempotencyError> {
         Self::connect_with_config(url, ConnectionManagerConfig::new()).await
     }
 
@@ -216,7 +216,7 @@ impl RedisStore {
     pub async fn connect_with_config(
         url: &str,
         config: ConnectionManagerConfig,
-    ) -> Result<Self, crate::Error> {
+    ) -> Result<Self, crate::IdempotencyError> {
         let client =
             redis::Client::open(url).map_err(|e| StoreError::new(BACKEND, "connect", e))?;
         let conn = ConnectionManager::new_with_config(client, config)

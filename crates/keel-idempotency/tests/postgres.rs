@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use keel_core::Rng;
 use keel_idempotency::{
-    Error, Fingerprint, Idempotency, IdempotencyKey, IdempotencyStore, PostgresStore,
+    Fingerprint, Idempotency, IdempotencyError, IdempotencyKey, IdempotencyStore, PostgresStore,
 };
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
@@ -285,7 +285,7 @@ async fn invalid_configuration_names_the_field() {
             .await
             .unwrap_err();
         match err {
-            Error::Config(c) => assert_eq!(c.field(), field),
+            IdempotencyError::Config(c) => assert_eq!(c.field(), field),
             other => panic!("expected a config error, got {other:?}"),
         }
     }
@@ -294,7 +294,7 @@ async fn invalid_configuration_names_the_field() {
         .build()
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Config(ref c) if c.field() == "poll_interval"));
+    assert!(matches!(err, IdempotencyError::Config(ref c) if c.field() == "poll_interval"));
 }
 
 #[tokio::test]
@@ -316,7 +316,7 @@ async fn without_creation_a_missing_table_is_a_store_error() {
         .await
         .unwrap_err();
     match err.as_idempotency() {
-        Some(Error::Store(e)) => {
+        Some(IdempotencyError::Store(e)) => {
             assert_eq!(
                 e.to_string(),
                 "idempotency store (postgres) failed during begin"

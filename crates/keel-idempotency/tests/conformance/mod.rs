@@ -878,7 +878,7 @@ pub(crate) async fn per_call_ttl_is_validated<H: Harness>(h: &H) {
         .await
         .unwrap_err();
     match err.as_idempotency() {
-        Some(keel_idempotency::Error::Config(c)) => assert_eq!(c.field(), "ttl"),
+        Some(keel_idempotency::IdempotencyError::Config(c)) => assert_eq!(c.field(), "ttl"),
         other => panic!("expected a config error, got {other:?}"),
     }
 }
