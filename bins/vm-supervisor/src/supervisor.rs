@@ -155,6 +155,7 @@ enum Cmd {
 struct Handle {
     tx: mpsc::UnboundedSender<Cmd>,
     view: Arc<Mutex<VmView>>,
+    socket: std::path::PathBuf,
 }
 
 /// A command refused.
@@ -388,6 +389,13 @@ impl Supervisor {
             if vms.contains_key(&spec.id) {
                 return Err(CommandError::Exists(spec.id));
             }
+            let socket = spec.socket_path();
+            if let Some((other, _)) = vms.iter().find(|(_, h)| h.socket == socket) {
+                return Err(CommandError::Invalid(format!(
+                    "vm.socket: {} is {other}'s socket",
+                    socket.display()
+                )));
+            }
         }
         self.inner.registry.upsert(&spec, "api").await?;
         let record = VmRecord {
@@ -496,6 +504,7 @@ fn spawn_vm(inner: &Arc<Inner>, record: VmRecord) {
         Handle {
             tx,
             view: view.clone(),
+            socket: record.spec.socket_path(),
         },
     );
     let task = VmTask {

@@ -129,6 +129,14 @@ async fn list_show_recover_pause_resume_add_delete() {
         .0,
         422
     );
+    let mut same_socket = json!({"id": "vm-3", "command": FAKE_VMM});
+    same_socket["socket"] = json!(lab.socket("vm-1").display().to_string());
+    let (status, body) = call(&app, "POST", "/vms", Some("t0ken"), Some(same_socket)).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("vm-1's socket"),
+        "{body}"
+    );
     let vm2 = wait_healthy(s, "vm-2", None).await;
     assert_eq!(lab.processes().len(), 2);
     assert_eq!(
