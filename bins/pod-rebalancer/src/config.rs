@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use keel_telemetry::{ConfigError, KitArgs, Program, check};
+use keel_telemetry::{ConfigError, KitArgs, LogTarget, Program, check};
 
 /// The default CPU query: `{pods}` is replaced by the regex of the pods'
 /// names, `{namespace}` by the namespace.
@@ -437,6 +437,11 @@ impl Program for Config {
             check::readable_file("KUBECONFIG", path)?;
         }
         Ok(())
+    }
+
+    /// Standard output is the report's; logs go to standard error.
+    fn log_target(&self) -> LogTarget {
+        LogTarget::Stderr
     }
 }
 

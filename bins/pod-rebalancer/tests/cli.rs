@@ -44,14 +44,12 @@ async fn invalid_configuration_exits_64_naming_the_variable() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("KUBE_LABEL_SELECTOR"));
 }
 
-/// The report is the one line on stdout that is a JSON object (the kit's
-/// logs surround it).
+/// The report is all of stdout: one JSON line (logs go to stderr).
 fn report_line(stdout: &[u8]) -> Value {
     let text = String::from_utf8_lossy(stdout);
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("{\"strategy\""))
-        .unwrap_or_default();
+    let mut lines = text.lines();
+    let line = lines.next().unwrap_or_default();
+    assert_eq!(lines.next(), None, "stdout holds only the report: {text}");
     serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
 

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::{
-    AdminState, DEFAULT_DRAIN_TIMEOUT, HttpServer, LogArgs, LogConfig, MetricsRegistry,
+    AdminState, DEFAULT_DRAIN_TIMEOUT, HttpServer, LogArgs, LogConfig, LogTarget, MetricsRegistry,
     ReadTimeouts, Readiness, Shutdown, TelemetryError, router,
 };
 
@@ -157,6 +157,12 @@ pub trait Program: Parser + Send + 'static {
     /// this long (default [`DEFAULT_DRAIN_TIMEOUT`], 10 s).
     fn drain_timeout(&self) -> Duration {
         DEFAULT_DRAIN_TIMEOUT
+    }
+
+    /// Where logs go: standard output by default; standard error for a
+    /// command-line program whose standard output is a report.
+    fn log_target(&self) -> LogTarget {
+        LogTarget::Stdout
     }
 }
 
@@ -483,7 +489,11 @@ fn parse<C: Program, I: IntoIterator<Item = OsString>>(args: I) -> Result<(Strin
 }
 
 fn validate<C: Program>(config: &C) -> Result<LogConfig, ConfigError> {
-    let log = config.kit_args().log.config()?;
+    let log = config
+        .kit_args()
+        .log
+        .config()?
+        .with_target(config.log_target());
     config.validate()?;
     Ok(log)
 }
