@@ -50,8 +50,8 @@ async fn orphan_recovery_and_intervention_alerts_reach_the_webhook() {
 
     let text = || serde_json::to_string(&hook.messages()).unwrap();
     let deadline = tokio::time::Instant::now() + WAIT;
-    // The orphan warning itself is resolved by the recovery within
-    // keel-notify's debounce, so only the recovery is told.
+    // The orphan warning is held for keel-notify's 30 s warning debounce
+    // (repeats collapse), longer than this test waits.
     while !(text().contains("VM vm-1 recovered")
         && text().contains("VM broken needs intervention after 3 recovery attempts"))
     {
