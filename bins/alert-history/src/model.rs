@@ -131,12 +131,22 @@ impl NewEvent {
 /// # Errors
 /// As above.
 pub fn parse_webhook(body: &[u8]) -> Result<Vec<NewEvent>, PayloadError> {
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let payload: Payload<'_> =
-        serde_path_to_error::deserialize(&mut de).map_err(|e| payload_error(body, None, e))?;
-    de.end().map_err(|e| PayloadError::Malformed {
-        reason: e.to_string(),
-    })?;
+    // Plain serde first: tracking the path of every value costs about as
+    // much as the parse itself, and is only needed to name the field of an
+    // error, so a body or alert that fails is parsed again with tracking
+    // (same input, same error).
+    let payload: Payload<'_> = match serde_json::from_slice(body) {
+        Ok(payload) => payload,
+        Err(_) => {
+            let mut de = serde_json::Deserializer::from_slice(body);
+            let payload = serde_path_to_error::deserialize(&mut de)
+                .map_err(|e| payload_error(body, None, e))?;
+            de.end().map_err(|e| PayloadError::Malformed {
+                reason: e.to_string(),
+            })?;
+            payload
+        }
+    };
     payload
         .alerts
         .into_iter()
@@ -147,9 +157,13 @@ pub fn parse_webhook(body: &[u8]) -> Result<Vec<NewEvent>, PayloadError> {
                 field: format!("alerts[{i}]{path}"),
                 reason,
             })?;
-            let alert: AlertIn =
-                serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(text))
-                    .map_err(|e| payload_error(body, Some(i), e))?;
+            let alert: AlertIn = match serde_json::from_str(text) {
+                Ok(alert) => alert,
+                Err(_) => serde_path_to_error::deserialize(
+                    &mut serde_json::Deserializer::from_str(text),
+                )
+                .map_err(|e| payload_error(body, Some(i), e))?,
+            };
             convert(i, alert, text)
         })
         .collect()
