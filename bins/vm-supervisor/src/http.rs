@@ -1,5 +1,7 @@
 //! The admin API on the kit's admin server: `/vms` (list, add), `/vms/{id}`
-//! (show with its attempts, delete), `/vms/{id}/recover|pause|resume`.
+//! (show with its attempts, delete), `/vms/{id}/recover|pause|resume`, and
+//! `/drain` (`GET` the host's recovery state, `POST {"drained": bool}` to
+//! stop or restart recovering every VM for host maintenance).
 //! With `ADMIN_TOKEN` set, `/vms` routes need `Authorization: Bearer
 //! <token>`; `/healthz`, `/readyz` and `/metrics` are the kit's.
 
@@ -34,6 +36,7 @@ pub fn routes(supervisor: Supervisor, token: Option<String>) -> Router {
         .route("/vms/{id}/recover", post(recover))
         .route("/vms/{id}/pause", post(pause))
         .route("/vms/{id}/resume", post(resume))
+        .route("/drain", get(drain_state).post(set_drain))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth))
         .with_state(state)
 }
@@ -114,6 +117,36 @@ fn accepted(result: Result<(), CommandError>, id: &str, what: &str) -> Response 
         )
             .into_response(),
         Err(e) => command_error(e),
+    }
+}
+
+fn drain_body(s: &Supervisor) -> serde_json::Value {
+    json!({
+        "drained": s.drained(),
+        "short_circuited": s.short_circuited(),
+        "recovering": !s.drained() && !s.short_circuited(),
+    })
+}
+
+async fn drain_state(State(s): State<AppState>) -> Response {
+    Json(drain_body(&s.supervisor)).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct DrainRequest {
+    drained: bool,
+}
+
+async fn set_drain(
+    State(s): State<AppState>,
+    body: Result<Json<DrainRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    match body {
+        Ok(Json(request)) => {
+            s.supervisor.set_drained(request.drained);
+            Json(drain_body(&s.supervisor)).into_response()
+        }
+        Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, e.body_text()),
     }
 }
 

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use keel_breaker::Bulkhead;
@@ -204,7 +205,13 @@ struct Inner {
     alerts: Alerts,
     bulkhead: Bulkhead,
     vms: Mutex<BTreeMap<String, Handle>>,
+    /// Recovery suspended: by the fleet short-circuit or an operator's drain
+    /// (what the VM tasks watch).
     fleet_blocked: watch::Sender<bool>,
+    /// The short-circuit's own verdict (alerted on change).
+    short_circuit: AtomicBool,
+    /// An operator drained the host: nothing is recovered until undrained.
+    drained: AtomicBool,
     token: CancellationToken,
     tasks: TaskTracker,
 }
@@ -292,6 +299,8 @@ impl Supervisor {
             bulkhead,
             vms: Mutex::new(BTreeMap::new()),
             fleet_blocked,
+            short_circuit: AtomicBool::new(false),
+            drained: AtomicBool::new(false),
             token: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });
@@ -425,7 +434,23 @@ impl Supervisor {
 
     /// Whether recovery is suspended by the fleet short-circuit.
     pub fn short_circuited(&self) -> bool {
-        *self.inner.fleet_blocked.borrow()
+        self.inner.short_circuit.load(Ordering::SeqCst)
+    }
+
+    /// Drains the host for maintenance (`true`): no VM is recovered (health
+    /// checks go on and are reported) until drained is set back to `false`.
+    /// Recovery is suspended while either this or the fleet short-circuit
+    /// holds.
+    pub fn set_drained(&self, drained: bool) {
+        if self.inner.drained.swap(drained, Ordering::SeqCst) != drained {
+            tracing::warn!(drained, "operator changed host drain");
+            self.inner.update_fleet();
+        }
+    }
+
+    /// Whether an operator drained the host.
+    pub fn drained(&self) -> bool {
+        self.inner.drained.load(Ordering::SeqCst)
     }
 
     /// Stops supervising: every VM task ends, **the VMs keep running**
@@ -474,14 +499,16 @@ impl Inner {
         let pct = self.settings.max_unhealthy_percent as usize;
         let blocked = unhealthy >= 2 && unhealthy * 100 > pct * total;
         self.metrics.fleet(healthy, unhealthy, blocked);
-        let was = *self.fleet_blocked.borrow();
-        if blocked != was {
+        if self.short_circuit.swap(blocked, Ordering::SeqCst) != blocked {
             if blocked {
                 self.alerts.host_problem(unhealthy, total);
             } else {
                 self.alerts.host_ok(unhealthy, total);
             }
-            self.fleet_blocked.send_replace(blocked);
+        }
+        let suspended = blocked || self.drained.load(Ordering::SeqCst);
+        if *self.fleet_blocked.borrow() != suspended {
+            self.fleet_blocked.send_replace(suspended);
         }
     }
 }

@@ -158,3 +158,53 @@ async fn list_show_recover_pause_resume_add_delete() {
     );
     s.shutdown(std::time::Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_host_recovers_nothing_until_undrained() {
+    let lab = Lab::new();
+    let vms = lab.write_config(&[lab.vm_yaml("vm-1", &[], "")]);
+    let run = start(settings(&lab), vms).await;
+    let s = &run.supervisor;
+    let app = vm_supervisor::http::routes(s.clone(), None);
+    let first = wait_healthy(s, "vm-1", None).await;
+
+    let (status, state) = call(&app, "GET", "/drain", None, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(state["recovering"], true);
+    let (status, state) = call(&app, "POST", "/drain", None, Some(json!({"drained": true}))).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (state["drained"].clone(), state["recovering"].clone()),
+        (json!(true), json!(false))
+    );
+    assert_eq!(
+        call(
+            &app,
+            "POST",
+            "/drain",
+            None,
+            Some(json!({"drained": "yes"}))
+        )
+        .await
+        .0,
+        422
+    );
+
+    // A crash while drained is seen but not recovered.
+    sigkill(first.pid.unwrap());
+    wait_for("pid gone", || s.get("vm-1").filter(|v| v.pid.is_none())).await;
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    assert!(lab.processes().is_empty(), "not recovered while drained");
+
+    // Undrained: recovered.
+    let (_, state) = call(
+        &app,
+        "POST",
+        "/drain",
+        None,
+        Some(json!({"drained": false})),
+    )
+    .await;
+    assert_eq!(state["recovering"], true);
+    wait_healthy(s, "vm-1", first.pid).await;
+}
