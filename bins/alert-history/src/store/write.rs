@@ -660,6 +660,32 @@ pub(super) async fn write_sqlite(
     Ok(saved)
 }
 
+/// PostgreSQL arguments with room for `rows` of `params` parameters each
+/// and all their text: bound one by one into an empty buffer, the
+/// arguments of a chunk (hundreds of kB) were grown and copied about ten
+/// times.
+fn pg_arguments(rows: &[EventWrite<'_>], params: usize) -> sqlx::postgres::PgArguments {
+    use sqlx::Arguments;
+    let text: usize = rows
+        .iter()
+        .map(|w| {
+            let (e, last) = (w.first, w.last);
+            e.fingerprint.len()
+                + e.alertname.len()
+                + e.namespace.as_ref().map_or(0, String::len)
+                + e.severity.as_ref().map_or(0, String::len)
+                + e.labels.len()
+                + last.annotations.len()
+                + last.generator_url.as_ref().map_or(0, String::len)
+                + last.raw.len()
+        })
+        .sum();
+    let mut arguments = sqlx::postgres::PgArguments::default();
+    // Each value: a 4-byte length, then at most 8 bytes or its text.
+    arguments.reserve(rows.len() * params, text + rows.len() * params * 12);
+    arguments
+}
+
 /// Writes the deliveries of one PostgreSQL group commit in the open
 /// transaction, as if one after the other; returns each one's new events.
 ///
@@ -683,7 +709,10 @@ pub(super) async fn write_postgres(
     let mut stored: Vec<EventWrite<'_>> = Vec::new();
     for rows in chunked(&merged.events) {
         let returned: Vec<(String, String, i64, i64)> = bind_events!(
-            sqlx::query_as(event_sql(Backend::Postgres, rows.len())),
+            sqlx::query_as_with(
+                event_sql(Backend::Postgres, rows.len()),
+                pg_arguments(rows, EVENT_PARAMS + 1)
+            ),
             rows,
             last.content_hash
         )
@@ -704,7 +733,8 @@ pub(super) async fn write_postgres(
     }
     let mut changed: Vec<(i64, String, Option<String>, String, i64)> = Vec::new();
     for rows in chunked(&stored) {
-        let mut query = sqlx::query_as(redelivery_sql(rows.len()));
+        let mut query =
+            sqlx::query_as_with(redelivery_sql(rows.len()), pg_arguments(rows, 10));
         for w in rows {
             let (e, last) = (w.first, w.last);
             query = query
