@@ -7,7 +7,10 @@
 //!
 //! * **running → stopped**: a random running VM stops (its listener closes
 //!   and the fake says STOPPED); reaction = the stop → the Telegram fake
-//!   receiving "VM x is STOPPED". The port probe notices it.
+//!   receiving a message naming it ("VM x is STOPPED", or "VM x unreachable
+//!   (API unavailable, cannot confirm status)" while the API cannot
+//!   confirm). The port probe notices it. The time until the fake accepts
+//!   the VM's start is reported too.
 //! * **fast-poll → crashed**: a VM stops, the watchdog starts it, and while
 //!   it is PROVISIONING/STARTING (polled at `MIN_CHECK_INTERVAL`) it
 //!   crashes; reaction = the crash → "VM x is CRASHED" received.
@@ -21,9 +24,16 @@
 //! cargo run --release -p keel-examples --example vm_watchdog_load -- --vms 1000
 //! ```
 //!
-//! By default the Telegram sink declares no rate limits: the fake is not
-//! Telegram, and Telegram's 20 messages/min per group would measure the
-//! queue, not the watchdog. `--telegram-limits` keeps the real ones.
+//! Telegram's real limits are always on, on both sides: the sink declares
+//! them (1 message/s per chat, 20/min per group, 30/s per bot) and the fake
+//! enforces them ([`TelegramLimits::REAL`], a 429 for any message over a
+//! limit, counted and printed). Alerts that wait behind the limits go out
+//! as digests (one message, one line per VM); a VM counts as alerted when a
+//! message naming it arrives, alone or in a digest.
+//!
+//! A mass outage (100 VMs within one second) is `--stops 100 --every-ms 10
+//! --crashes 0`; the degraded API `--error-rate 0.5 --latency-min-ms 100
+//! --latency-max-ms 2000`.
 
 #![allow(clippy::disallowed_types, clippy::print_stdout)]
 
@@ -35,7 +45,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use keel_core::Rng;
 use keel_testkit::FaultConfig;
-use keel_testkit::fakes::telegram::FakeTelegram;
+use keel_testkit::fakes::telegram::{FakeTelegram, TelegramLimits};
 use keel_testkit::fakes::yandex::{FakeYandex, SshPort, StepDelays};
 use reqwest::StatusCode;
 use tokio::sync::Mutex;
@@ -69,9 +79,6 @@ struct Args {
     /// `instances.list` per poll instead of one `get` per VM.
     #[arg(long)]
     folder: bool,
-    /// Keep Telegram's real rate limits on the sink.
-    #[arg(long)]
-    telegram_limits: bool,
     /// Seconds to let the schedules settle after every VM is seen running.
     #[arg(long, default_value_t = 90)]
     settle_s: u64,
@@ -190,6 +197,7 @@ async fn main() -> anyhow::Result<()> {
         .start()
         .await;
     let tg = FakeTelegram::start().await;
+    tg.set_limits(Some(TelegramLimits::REAL));
 
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("vms.yaml");
@@ -235,14 +243,8 @@ async fn main() -> anyhow::Result<()> {
         tg_base.as_str(),
     ])?;
     let settings = config.validate()?;
-    let options = Options {
-        telegram_rate_limits: if args.telegram_limits {
-            None
-        } else {
-            Some(Vec::new())
-        },
-        ..Options::default()
-    };
+    // The sink keeps Telegram's own rate limits (the default).
+    let options = Options::default();
     if args.folder {
         // Baseline: what the fake alone costs to render the folder listing
         // the watchdog will ask for (peak RSS is monotonic, so this comes
@@ -351,6 +353,7 @@ async fn main() -> anyhow::Result<()> {
     let requests_start =
         requests.load(std::sync::atomic::Ordering::Relaxed) + yc.server().request_count();
     let stop_results: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let start_results: Arc<Mutex<Vec<Duration>>> = Arc::default();
     let crash_results: Arc<Mutex<Vec<Duration>>> = Arc::default();
     let missed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
@@ -381,23 +384,37 @@ async fn main() -> anyhow::Result<()> {
         let yc = yc.clone();
         let tg = tg.clone();
         let stop_results = stop_results.clone();
+        let start_results = start_results.clone();
         let crash_results = crash_results.clone();
         let missed = missed.clone();
         let delay = rng.duration_between(Duration::ZERO, Duration::from_millis(2_000));
         tasks.push(tokio::spawn(async move {
             if !crash {
-                match telegram_message(
-                    &tg,
-                    &format!("VM {name} is STOPPED"),
-                    at,
-                    Duration::from_secs(60),
-                )
-                .await
-                {
+                // Started: the fake accepted a `:start` (STOPPED →
+                // PROVISIONING at once), watched alongside the alert.
+                let started = async {
+                    let end = Instant::now() + Duration::from_secs(60);
+                    while yc.status(&id).as_deref() == Some("STOPPED") {
+                        if Instant::now() > end {
+                            return None;
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Some(at.elapsed())
+                };
+                // The first message naming the VM: `is STOPPED`, or, while the
+                // API cannot confirm, `unreachable (API unavailable, ...)`.
+                let needle = format!("VM {name} ");
+                let alerted = telegram_message(&tg, &needle, at, Duration::from_secs(60));
+                let (alerted, started) = tokio::join!(alerted, started);
+                match alerted {
                     Some(got) => stop_results.lock().await.push(got - at),
                     None => {
                         missed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
+                }
+                if let Some(took) = started {
+                    start_results.lock().await.push(took);
                 }
                 return;
             }
@@ -458,6 +475,10 @@ async fn main() -> anyhow::Result<()> {
         "running VM stops -> critical alert received",
         stop_results.lock().await.clone(),
     );
+    summary(
+        "running VM stops -> start accepted by the API",
+        start_results.lock().await.clone(),
+    );
     let (_, p99_crash) = summary(
         "fast-poll VM crashes -> critical alert received",
         crash_results.lock().await.clone(),
@@ -468,22 +489,32 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("API requests: {requests} ({:.1}/s)", requests as f64 / wall);
     let messages = tg.messages();
-    // Matched on the title line only (bodies quote API errors).
+    // Lines, not messages: a digest names many VMs, one line each.
     let count = |needle: &str| {
         messages
             .iter()
-            .filter(|m| m.plain_text.lines().next().unwrap_or("").contains(needle))
+            .flat_map(|m| m.plain_text.lines())
+            .filter(|l| l.contains(needle))
             .count()
     };
     println!(
-        "Telegram messages: {} (STOPPED {}, CRASHED {}, recovered {}, could not start {}, stuck {}, API unavailable {})",
+        "Telegram messages: {} (STOPPED {}, unreachable {}, CRASHED {}, recovered {}, could not start {}, stuck {}, API unavailable {})",
         messages.len(),
         count("is STOPPED"),
+        count("unreachable (API unavailable"),
         count("is CRASHED"),
         count("recovered after"),
         count("Could not start"),
         count("stuck in"),
-        count("API unavailable"),
+        count("Cloud API unavailable"),
+    );
+    println!(
+        "Telegram 429s (limits exceeded): {}; digests: {}",
+        tg.rate_limited(),
+        messages
+            .iter()
+            .filter(|m| m.plain_text.lines().count() > 2)
+            .count()
     );
     println!(
         "CPU: {cpu:.1} s over {wall:.0} s = {:.1} % of one core (fakes included)",
@@ -502,9 +533,12 @@ async fn main() -> anyhow::Result<()> {
     );
     let report = watchdog.stop(Duration::from_secs(10)).await;
     println!(
-        "stopped in {:.2} s (tasks stopped: {})",
+        "stopped in {:.2} s (tasks stopped: {}; alerts at stop: sent {}, spooled {}, dropped {})",
         report.elapsed.as_secs_f64(),
-        report.tasks_stopped
+        report.tasks_stopped,
+        report.alerts_sent,
+        report.alerts_spooled,
+        report.alerts_dropped
     );
     println!(
         "targets: p99 stop {} (<= 10 s), p99 fast-poll {} (<= 6 s)",
