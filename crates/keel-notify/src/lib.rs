@@ -162,3 +162,8 @@ pub use slack::{SlackSink, SlackSinkBuilder};
 pub use telegram::{ChatId, TelegramSink, TelegramSinkBuilder, TooLong};
 #[cfg(feature = "webhook")]
 pub use webhook::{WebhookSink, WebhookSinkBuilder};
+
+/// The README's examples, compiled and run as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
