@@ -140,7 +140,7 @@ fn proc_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// The service's own `/webhook` latency histogram: (upper bound in
+/// The service's own `/webhook` latency histogram (answered deliveries): (upper bound in
 /// seconds, cumulative count) per bucket, from its `/metrics`.
 async fn webhook_buckets(client: &reqwest::Client, base: &str) -> Vec<(f64, f64)> {
     let text = match client.get(format!("{base}/metrics")).send().await {
@@ -149,8 +149,14 @@ async fn webhook_buckets(client: &reqwest::Client, base: &str) -> Vec<(f64, f64)
     };
     text.lines()
         .filter(|l| {
-            l.starts_with("alert_history_request_latency_seconds_bucket{")
-                && l.contains("endpoint=\"/webhook\"")
+            // Older builds: their own histogram; since /metrics moved to
+            // keel-telemetry's route: the kit's, per route and status class
+            // (the answered deliveries: 2xx).
+            (l.starts_with("alert_history_request_latency_seconds_bucket{")
+                && l.contains("endpoint=\"/webhook\""))
+                || (l.starts_with("alert_history_http_request_duration_seconds_bucket{")
+                    && l.contains("route=\"/webhook\"")
+                    && l.contains("status=\"2xx\""))
         })
         .filter_map(|l| {
             let le = l.split("le=\"").nth(1)?.split('"').next()?;
