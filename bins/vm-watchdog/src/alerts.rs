@@ -354,6 +354,24 @@ impl Alerts {
         });
     }
 
+    /// Warning: alerts cannot reach Telegram (its breaker opened). It is
+    /// delivered, with its resolution, once Telegram takes messages again,
+    /// so the chat learns that alerts may have been late.
+    pub fn telegram_failing(&self) {
+        self.raise("telegram", "", None, |key| {
+            Notification::warning(key, "Telegram was failing; alerts were delayed").body(
+                "The watchdog could not deliver alerts for a while; check the log and the spool.",
+            )
+        });
+    }
+
+    /// Ends the Telegram-failing episode.
+    pub fn telegram_ok(&self) {
+        self.end("telegram", None, |key| {
+            Notification::info(key, "Telegram delivers again")
+        });
+    }
+
     /// Warning: `vms.yaml` changed into something invalid; the running
     /// configuration stays. One per distinct error within the episode;
     /// ended by [`Alerts::config_valid`].

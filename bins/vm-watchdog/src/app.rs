@@ -198,7 +198,7 @@ impl Watchdog {
             loop {
                 tokio::select! {
                     () = gauge_cancel.cancelled() => return,
-                    _ = tick.tick() => { gauge_engine.alerts_deliverable(); }
+                    _ = tick.tick() => { gauge_engine.watch_delivery(); }
                 }
             }
         });

@@ -168,6 +168,7 @@ pub(crate) struct Shared<R> {
     pub(crate) reminder_after: Duration,
     pub(crate) flap: (u32, Duration, Duration),
     pub(crate) config_valid: AtomicBool,
+    pub(crate) delivering: AtomicBool,
     pub(crate) api_settings_deadline: Duration,
     pub(crate) live: AtomicUsize,
     tasks: Mutex<HashMap<String, Entry>>,
@@ -243,6 +244,7 @@ impl<R: RawApi> Engine<R> {
                     settings.flap_cool_off,
                 ),
                 config_valid: AtomicBool::new(true),
+                delivering: AtomicBool::new(true),
                 live: AtomicUsize::new(0),
                 tasks: Mutex::new(HashMap::new()),
                 retired: Mutex::new(Vec::new()),
@@ -283,6 +285,22 @@ impl<R: RawApi> Engine<R> {
             .iter()
             .all(|b| b.state() == keel_breaker::State::Closed);
         self.shared.metrics.telegram(up);
+        up
+    }
+
+    /// Called periodically: follows Telegram's breaker, opening a
+    /// "Telegram failing" episode when it stops delivering and ending it
+    /// when it delivers again. Returns whether it delivers.
+    pub fn watch_delivery(&self) -> bool {
+        let up = self.alerts_deliverable();
+        let was_up = self.shared.delivering.swap(up, Ordering::AcqRel);
+        if was_up && !up {
+            tracing::error!("alerts cannot be delivered to Telegram");
+            self.shared.alerts.telegram_failing();
+        } else if !was_up && up {
+            tracing::info!("Telegram delivers again");
+            self.shared.alerts.telegram_ok();
+        }
         up
     }
 

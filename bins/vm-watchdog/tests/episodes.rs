@@ -308,3 +308,31 @@ async fn a_flapping_vm_is_left_alone_for_the_cool_off_then_restarted() {
         1
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn telegram_failing_is_an_episode_reported_once_it_delivers_again() {
+    let api = ScriptedApi::default();
+    let vms = running_fleet(&api, 1);
+    let h = harness(api.clone());
+    h.engine.apply(&file(vms));
+    let breaker = h.notifier.breaker("inbox").unwrap();
+    breaker.force_open();
+    assert!(!h.engine.watch_delivery());
+    assert!(
+        !h.engine.watch_delivery(),
+        "one episode, however often checked"
+    );
+    run_for(S(60)).await;
+    assert!(h.inbox.all().is_empty(), "nothing gets through meanwhile");
+    breaker.reset();
+    assert!(h.engine.watch_delivery());
+    run_for(S(60)).await;
+    let titles: Vec<String> = h.inbox.all().into_iter().map(|g| g.title).collect();
+    assert_eq!(
+        titles,
+        [
+            "Telegram was failing; alerts were delayed",
+            "Telegram delivers again"
+        ]
+    );
+}
