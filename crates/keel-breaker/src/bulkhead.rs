@@ -333,6 +333,12 @@ impl Bulkhead {
         if self.inner.try_fast() {
             return Ok(self.permit(false));
         }
+        // The waiting path is boxed so that callers that embed this future
+        // (a pipeline's attempt) stay small on the common, free-slot path.
+        Box::pin(self.acquire_slow(priority)).await
+    }
+
+    async fn acquire_slow(&self, priority: Priority) -> Result<BulkheadPermit, BulkheadFull> {
         let waiting = match self.inner.enqueue(priority) {
             Enqueued::Admitted => return Ok(self.permit(false)),
             Enqueued::Refused => {

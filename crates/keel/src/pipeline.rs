@@ -603,7 +603,12 @@ impl Pipeline {
         };
         let mut waited = attempt.number > 1;
         if let Some(limiter) = &self.limiter {
-            waited |= self.wait_for_slot(limiter, call).await?;
+            // The check is synchronous; only an attempt that must wait builds
+            // (and boxes) the waiting future, so the common path stays small.
+            if let Err(wait) = limiter.check(call.key) {
+                Box::pin(self.wait_for_slot(limiter, call, wait)).await?;
+                waited = true;
+            }
         }
         let slot = match &self.bulkhead {
             Some(bulkhead) => match bulkhead.acquire(call.priority).await {
@@ -693,20 +698,17 @@ impl Pipeline {
         }
     }
 
-    /// Waits for a rate-limiter slot when the deadline leaves time for it;
-    /// otherwise refuses the attempt as an overload. `Ok(true)` when it
-    /// waited.
+    /// Waits for a rate-limiter slot (the first check asked to wait `wait`)
+    /// when the deadline leaves time for it; otherwise refuses the attempt
+    /// as an overload.
     async fn wait_for_slot<E, C: ?Sized>(
         &self,
         limiter: &RateLimiter,
         call: &Call<'_, C>,
-    ) -> Result<bool, AttemptError<E>> {
+        mut wait: Duration,
+    ) -> Result<(), AttemptError<E>> {
         let mut waited = false;
         loop {
-            let wait = match limiter.check(call.key) {
-                Ok(()) => return Ok(waited),
-                Err(wait) => wait,
-            };
             let now = Instant::now();
             if call.deadline.is_some_and(|(_, ends)| now + wait > ends) {
                 bump(&self.stats.rate_limit_rejections);
@@ -724,6 +726,10 @@ impl Pipeline {
                 Ordering::Relaxed,
             );
             tokio::time::sleep(wait).await;
+            wait = match limiter.check(call.key) {
+                Ok(()) => return Ok(()),
+                Err(wait) => wait,
+            };
         }
     }
 }
