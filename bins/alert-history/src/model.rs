@@ -159,10 +159,10 @@ pub fn parse_webhook(body: &[u8]) -> Result<Vec<NewEvent>, PayloadError> {
             })?;
             let alert: AlertIn = match serde_json::from_str(text) {
                 Ok(alert) => alert,
-                Err(_) => serde_path_to_error::deserialize(
-                    &mut serde_json::Deserializer::from_str(text),
-                )
-                .map_err(|e| payload_error(body, Some(i), e))?,
+                Err(_) => {
+                    serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(text))
+                        .map_err(|e| payload_error(body, Some(i), e))?
+                }
             };
             convert(i, alert, text)
         })

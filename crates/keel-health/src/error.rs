@@ -1,4 +1,3 @@
-
 use crate::target::TargetId;
 
 /// Everything a [`HealthChecker`](crate::HealthChecker) operation or a probe

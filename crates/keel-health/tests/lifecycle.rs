@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_core::Rng;
-use keel_health::{HealthError, HealthChecker, HealthState, ProbeFailure, probe_fn};
+use keel_health::{HealthChecker, HealthError, HealthState, ProbeFailure, probe_fn};
 use support::{Script, config, settle};
 use tokio::time::{Instant, sleep, sleep_until};
 

@@ -39,7 +39,9 @@ impl ErrorOutcome for IdempotencyError {
     fn outcome(&self) -> Outcome {
         match self {
             IdempotencyError::InFlight(e) => e.outcome(),
-            IdempotencyError::FingerprintMismatch(_) | IdempotencyError::Config(_) => Outcome::Neutral,
+            IdempotencyError::FingerprintMismatch(_) | IdempotencyError::Config(_) => {
+                Outcome::Neutral
+            }
             IdempotencyError::Store(_) | IdempotencyError::Codec(_) => Outcome::Failure,
         }
     }

@@ -16,7 +16,9 @@ use tracing::{debug, warn};
 
 use crate::cleanup::CleanupTask;
 use crate::config::{Builder, InFlightPolicy};
-use crate::error::{ConfigError, IdempotencyError, ExecuteError, FingerprintMismatch, RequestInFlight};
+use crate::error::{
+    ConfigError, ExecuteError, FingerprintMismatch, IdempotencyError, RequestInFlight,
+};
 use crate::key::{Fingerprint, IdempotencyKey};
 use crate::memory::MemoryStore;
 use crate::metrics::Recorder;

@@ -115,8 +115,8 @@ pub use config::{
     Builder, DEFAULT_HEARTBEAT, DEFAULT_LEASE, DEFAULT_TTL, DEFAULT_WAIT_TIMEOUT, InFlightPolicy,
 };
 pub use error::{
-    ConfigError, ExecuteError, IdempotencyError, FingerprintMismatch, InvalidDigest, RequestInFlight,
-    StoreError, StoredError,
+    ConfigError, ExecuteError, FingerprintMismatch, IdempotencyError, InvalidDigest,
+    RequestInFlight, StoreError, StoredError,
 };
 pub use executor::{Call, Executed, ExecutionKind, Idempotency};
 pub use key::{Fingerprint, IdempotencyKey, canonical_json};

@@ -253,7 +253,10 @@ impl PostgresStore {
     }
 
     /// Like [`PostgresStore::connect`], with your pool options.
-    pub async fn connect_with(url: &str, options: PgPoolOptions) -> Result<Self, crate::IdempotencyError> {
+    pub async fn connect_with(
+        url: &str,
+        options: PgPoolOptions,
+    ) -> Result<Self, crate::IdempotencyError> {
         let pool = options
             .connect(url)
             .await

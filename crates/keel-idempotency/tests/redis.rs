@@ -281,7 +281,10 @@ async fn connect_reports_an_unreachable_server() {
     .await
     .expect("connect gives up")
     .unwrap_err();
-    assert!(matches!(err, keel_idempotency::IdempotencyError::Store(_)), "{err:?}");
+    assert!(
+        matches!(err, keel_idempotency::IdempotencyError::Store(_)),
+        "{err:?}"
+    );
     assert_eq!(
         err.to_string(),
         "idempotency store (redis) failed during connect"

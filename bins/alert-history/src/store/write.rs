@@ -733,8 +733,7 @@ pub(super) async fn write_postgres(
     }
     let mut changed: Vec<(i64, String, Option<String>, String, i64)> = Vec::new();
     for rows in chunked(&stored) {
-        let mut query =
-            sqlx::query_as_with(redelivery_sql(rows.len()), pg_arguments(rows, 10));
+        let mut query = sqlx::query_as_with(redelivery_sql(rows.len()), pg_arguments(rows, 10));
         for w in rows {
             let (e, last) = (w.first, w.last);
             query = query
