@@ -1,4 +1,5 @@
-//! The HTTP side: `/health` (the status JSON), next to the `/healthz`,
+//! The HTTP side: `/health` (the status JSON) and `/breakers` (every
+//! breaker's state, read-only), next to the `/healthz`,
 //! `/readyz` and `/metrics` that keel-telemetry's admin server serves.
 //!
 //! The issue names the metrics without a program prefix
@@ -21,11 +22,24 @@ pub const HEALTH_PATH: &str = "/health";
 /// served by the kit's admin server (`Kit::set_admin_routes`) once the
 /// engine exists.
 pub fn routes<R: RawApi>(engine: Arc<Engine<R>>) -> Router {
-    Router::new().route(
-        HEALTH_PATH,
-        get(move || {
-            let engine = engine.clone();
-            async move { axum::Json(engine.health()) }
-        }),
-    )
+    // The API groups' breakers and the notifier's (one per sink), read-only:
+    // forcing them needs an authenticated admin API, which this program
+    // does not have yet.
+    let breakers = {
+        let engine = engine.clone();
+        move || {
+            let mut all = engine.api().breakers().breakers();
+            all.extend(engine.alerts().notifier().breakers());
+            all
+        }
+    };
+    Router::new()
+        .route(
+            HEALTH_PATH,
+            get(move || {
+                let engine = engine.clone();
+                async move { axum::Json(engine.health()) }
+            }),
+        )
+        .merge(keel_telemetry::breaker_routes(Arc::new(breakers), false))
 }

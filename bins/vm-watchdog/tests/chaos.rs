@@ -154,6 +154,31 @@ async fn half_the_api_failing_still_alerts_and_starts_every_stopped_vm() {
         (health["vms_monitored"].as_u64(), health["tasks"].as_u64()),
         (Some(10), Some(10))
     );
+    // The breakers behind the chaos are visible: the Compute API's and the
+    // notifier's Telegram sink, read-only.
+    let breakers: serde_json::Value = reqwest::get(format!("http://{admin}/breakers"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = breakers
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|b| b["name"].as_str())
+        .collect();
+    assert!(names.contains(&"compute"), "{breakers}");
+    assert!(names.iter().any(|n| n.starts_with("notify:")), "{breakers}");
+    let forced = reqwest::Client::new()
+        .post(format!("http://{admin}/breakers/compute/open"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        forced.status().is_client_error(),
+        "no unauthenticated forcing"
+    );
     // Chaos really happened.
     assert!(
         watchdog.metrics().api_errors("instances.get")

@@ -118,6 +118,7 @@
 //! ```
 
 mod admin;
+mod breakers;
 pub mod check;
 mod error;
 mod http;
@@ -131,6 +132,7 @@ mod shutdown;
 pub use admin::{
     AdminBuilder, AdminState, HEALTHZ_PATH, METRICS_PATH, READYZ_PATH, metrics_route, router,
 };
+pub use breakers::{BreakerSource, breaker_routes};
 pub use error::TelemetryError;
 pub use http::{
     BodyReadError, CLOSE_GRACE, DEFAULT_BODY_READ_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT,
