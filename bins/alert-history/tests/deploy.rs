@@ -36,7 +36,7 @@ fn rules_and_alertmanager_config_are_valid() {
     let prometheus = deploy().join("prometheus");
     for args in [
         ["check", "rules", "rules.yml"],
-        ["test", "rules", "rules_test.yml"],
+        ["test", "rules", "alerts_test.yml"],
     ] {
         match run_tool("promtool", &args, &prometheus) {
             Some((ok, out)) => assert!(ok, "promtool {args:?}: {out}"),

@@ -27,7 +27,7 @@ fn rules_pass_promtool() {
     let dir = deploy().join("prometheus");
     for args in [
         ["check", "rules", "rules.yml"],
-        ["test", "rules", "rules_test.yml"],
+        ["test", "rules", "alerts_test.yml"],
     ] {
         match Command::new("promtool")
             .args(args)
