@@ -35,6 +35,25 @@
 //!   are rendered in the Bot API's JSON ([`TelegramRenderer`]). Every
 //!   request, faulted or not, is recorded there too.
 //!
+//! * `getMe` (the bot: id from the token, `username` [`BOT_USERNAME`]),
+//!   `getChat` and `getChatMember` (the chat must pass
+//!   [`FakeTelegram::restrict_chats`], else `Bad Request: chat not found`;
+//!   the bot's own membership is [`FakeTelegram::set_bot_status`]), and
+//!   `deleteWebhook`.
+//! * `getUpdates` long polling with Telegram's semantics: updates the test
+//!   queues ([`FakeTelegram::push_message`], [`FakeTelegram::push_update`])
+//!   get increasing `update_id`s; a call returns those with `update_id >=
+//!   offset` (at most `limit`), and an `offset` confirms (forgets) every
+//!   update below it; with none ready it waits up to `timeout` seconds
+//!   (tokio's clock) for one. A second `getUpdates` while one waits ends the
+//!   first with 409 `Conflict: terminated by other getUpdates request`; with
+//!   a webhook set ([`FakeTelegram::set_webhook`]) every call is a 409.
+//!   Each call is recorded ([`FakeTelegram::update_polls`]).
+//! * Scripted faults per method ([`FakeTelegram::inject_method`]): the
+//!   faults of [`FakeTelegram::inject`] and [`FakeTelegram::set_down`] apply
+//!   to `sendMessage` only, so a test scripting alerts is not disturbed by a
+//!   long poll running beside them.
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! use keel_testkit::fakes::telegram::{FakeTelegram, TelegramFault};
@@ -68,6 +87,22 @@ pub const DEFAULT_TOKEN: &str = "123456:TEST-fake-token";
 
 /// Telegram's text limit, in UTF-16 code units after entity parsing.
 pub const TEXT_LIMIT: usize = 4_096;
+
+/// The bot's `username` as `getMe` answers it.
+pub const BOT_USERNAME: &str = "fake_bot";
+
+/// One `getUpdates` call the fake received.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpdatesPoll {
+    /// `offset` (0 when absent).
+    pub offset: i64,
+    /// `timeout`, seconds (0 when absent: a short poll).
+    pub timeout: u64,
+    /// `allowed_updates`, if sent.
+    pub allowed_updates: Option<Value>,
+    /// When the fake received it (tokio's clock).
+    pub received_at: Instant,
+}
 
 /// One message the fake accepted.
 #[derive(Debug, Clone, PartialEq)]
@@ -171,12 +206,25 @@ struct Inner {
     down: Option<TelegramFault>,
     chats: Option<Vec<String>>,
     next_id: i64,
+    /// Faults scripted per method (lower-case name).
+    method_script: HashMap<String, VecDeque<TelegramFault>>,
+    /// Queued updates not yet confirmed by an `offset`.
+    updates: VecDeque<(i64, Value)>,
+    next_update_id: i64,
+    polls: Vec<UpdatesPoll>,
+    /// Bumped by every `getUpdates`: a waiting call that sees it change was
+    /// terminated by a newer one.
+    poll_generation: u64,
+    webhook: Option<String>,
+    bot_status: String,
 }
 
 /// The fake's shared state; [`app`] serves it.
 #[derive(Debug, Clone)]
 pub struct FakeTelegramState {
     inner: Arc<Mutex<Inner>>,
+    /// Wakes waiting `getUpdates` calls (a new update, a newer call).
+    wake: Arc<tokio::sync::Notify>,
 }
 
 impl FakeTelegramState {
@@ -193,8 +241,33 @@ impl FakeTelegramState {
                 down: None,
                 chats: None,
                 next_id: 1,
+                method_script: HashMap::new(),
+                updates: VecDeque::new(),
+                next_update_id: 1,
+                polls: Vec::new(),
+                poll_generation: 0,
+                webhook: None,
+                bot_status: "administrator".to_owned(),
             })),
+            wake: Arc::new(tokio::sync::Notify::new()),
         }
+    }
+
+    /// Queues `update` (its `update_id` is set by the fake) and wakes a
+    /// waiting `getUpdates`. Returns the `update_id`.
+    pub fn push_update(&self, mut update: Value) -> i64 {
+        let id = {
+            let mut inner = self.lock();
+            let id = inner.next_update_id;
+            inner.next_update_id += 1;
+            if let Value::Object(map) = &mut update {
+                map.insert("update_id".into(), json!(id));
+            }
+            inner.updates.push_back((id, update));
+            id
+        };
+        self.wake.notify_waiters();
+        id
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -332,6 +405,73 @@ impl FakeTelegram {
         self.state.lock().rate_limited
     }
 
+    /// Plays `fault` on the next request of `method` (`getUpdates`,
+    /// `getMe`, `getChat`...; case-insensitive), after earlier ones scripted
+    /// for it. For `sendMessage`, use [`inject`](Self::inject).
+    pub fn inject_method(&self, method: &str, fault: TelegramFault) {
+        self.state
+            .lock()
+            .method_script
+            .entry(method.to_ascii_lowercase())
+            .or_default()
+            .push_back(fault);
+    }
+
+    /// Queues an update (its `update_id` is set here) for `getUpdates`.
+    /// Returns the `update_id`.
+    pub fn push_update(&self, update: Value) -> i64 {
+        self.state.push_update(update)
+    }
+
+    /// Queues a text message as Telegram delivers it: `{"update_id",
+    /// "message": {"message_id", "from": {"id", ...}, "chat": {"id",
+    /// "type"}, "date", "text", "message_thread_id"?}}`. Returns the
+    /// `update_id`.
+    pub fn push_message(&self, chat_id: i64, from_id: i64, thread: Option<i64>, text: &str) -> i64 {
+        let message_id = {
+            let mut inner = self.state.lock();
+            let id = inner.next_id;
+            inner.next_id += 1;
+            id
+        };
+        let chat_type = if chat_id < 0 { "supergroup" } else { "private" };
+        let mut message = json!({
+            "message_id": message_id,
+            "from": { "id": from_id, "is_bot": false, "first_name": "Operator" },
+            "chat": { "id": chat_id, "type": chat_type },
+            "date": unix_now(),
+            "text": text,
+        });
+        if let Some(t) = thread {
+            message["message_thread_id"] = json!(t);
+            message["is_topic_message"] = json!(true);
+        }
+        self.push_update(json!({ "message": message }))
+    }
+
+    /// Every `getUpdates` call received, in order.
+    pub fn update_polls(&self) -> Vec<UpdatesPoll> {
+        self.state.lock().polls.clone()
+    }
+
+    /// Updates queued and not yet confirmed by an `offset`.
+    pub fn pending_updates(&self) -> usize {
+        self.state.lock().updates.len()
+    }
+
+    /// Sets (`Some(url)`) or removes the webhook: while one is set,
+    /// `getUpdates` answers 409 as Telegram does. `deleteWebhook` removes it.
+    pub fn set_webhook(&self, url: Option<String>) {
+        self.state.lock().webhook = url;
+    }
+
+    /// The bot's `status` in every chat, as `getChatMember` answers for the
+    /// bot's own id: `administrator` (the default), `member`, `left`,
+    /// `kicked`...
+    pub fn set_bot_status(&self, status: &str) {
+        self.state.lock().bot_status = status.to_owned();
+    }
+
     /// Accepts only these chats (as sent: `"-100123"`, `"@name"`); others get
     /// `Bad Request: chat not found`.
     pub fn restrict_chats<I, S>(&self, chats: I)
@@ -408,7 +548,15 @@ async fn handle(
         if token != inner.token {
             return error(401, "Unauthorized");
         }
-        inner.script.pop_front().or(inner.down)
+        let method = method.to_ascii_lowercase();
+        if method == "sendmessage" {
+            inner.script.pop_front().or(inner.down)
+        } else {
+            inner
+                .method_script
+                .get_mut(&method)
+                .and_then(VecDeque::pop_front)
+        }
     };
     if let Some(fault) = fault {
         if let TelegramFault::Delay(d) = fault {
@@ -417,14 +565,189 @@ async fn handle(
             return response;
         }
     }
-    if !method.eq_ignore_ascii_case("sendMessage") {
-        return error(404, "Not Found");
-    }
     let params = match params(query.as_deref(), &headers, &body) {
         Ok(p) => p,
         Err(description) => return error(400, &description),
     };
-    send_message(&state, params)
+    match method.to_ascii_lowercase().as_str() {
+        "sendmessage" => send_message(&state, params),
+        "getme" => get_me(&state),
+        "getchat" => match chat_of(&state, &params) {
+            Ok(chat) => reply(200, json!({ "ok": true, "result": chat })),
+            Err(response) => response,
+        },
+        "getchatmember" => get_chat_member(&state, &params),
+        "getupdates" => get_updates(&state, &params).await,
+        "deletewebhook" => {
+            state.lock().webhook = None;
+            reply(
+                200,
+                json!({ "ok": true, "result": true, "description": "Webhook was deleted" }),
+            )
+        }
+        _ => error(404, "Not Found"),
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The bot's id: the token's digits before `:`.
+fn bot_id(token: &str) -> i64 {
+    token
+        .split(':')
+        .next()
+        .and_then(|id| id.parse().ok())
+        .unwrap_or(123_456)
+}
+
+fn bot_user(token: &str) -> Value {
+    json!({
+        "id": bot_id(token),
+        "is_bot": true,
+        "first_name": "Fake bot",
+        "username": BOT_USERNAME,
+    })
+}
+
+fn get_me(state: &FakeTelegramState) -> Response {
+    let token = state.lock().token.clone();
+    let mut user = bot_user(&token);
+    user["can_join_groups"] = json!(true);
+    user["can_read_all_group_messages"] = json!(false);
+    user["supports_inline_queries"] = json!(false);
+    reply(200, json!({ "ok": true, "result": user }))
+}
+
+/// The chat named by `chat_id`, as `getChat` answers it, or Telegram's
+/// error.
+fn chat_of(state: &FakeTelegramState, params: &Map<String, Value>) -> Result<Value, Response> {
+    let chat_id = params
+        .get("chat_id")
+        .and_then(as_text)
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    if chat_id.is_empty() {
+        return Err(error(400, "Bad Request: chat_id is empty"));
+    }
+    let numeric = chat_id.parse::<i64>().ok();
+    if numeric.is_none() && !chat_id.starts_with('@') {
+        return Err(error(400, "Bad Request: chat not found"));
+    }
+    if let Some(chats) = &state.lock().chats
+        && !chats.contains(&chat_id)
+    {
+        return Err(error(400, "Bad Request: chat not found"));
+    }
+    Ok(match numeric {
+        Some(id) if id < 0 => {
+            json!({ "id": id, "type": "supergroup", "title": "Fake group", "is_forum": true })
+        }
+        Some(id) => json!({ "id": id, "type": "private", "first_name": "Fake" }),
+        None => json!({
+            "id": -1_000_000_000_001_i64,
+            "type": "channel",
+            "title": "Fake channel",
+            "username": chat_id.trim_start_matches('@'),
+        }),
+    })
+}
+
+fn get_chat_member(state: &FakeTelegramState, params: &Map<String, Value>) -> Response {
+    if let Err(response) = chat_of(state, params) {
+        return response;
+    }
+    let Some(user_id) = params
+        .get("user_id")
+        .and_then(as_text)
+        .and_then(|u| u.trim().parse::<i64>().ok())
+    else {
+        return error(400, "Bad Request: invalid user_id specified");
+    };
+    let inner = state.lock();
+    let result = if user_id == bot_id(&inner.token) {
+        json!({ "user": bot_user(&inner.token), "status": inner.bot_status })
+    } else {
+        json!({
+            "user": { "id": user_id, "is_bot": false, "first_name": "Member" },
+            "status": "member",
+        })
+    };
+    reply(200, json!({ "ok": true, "result": result }))
+}
+
+fn conflict(description: &str) -> Response {
+    error(409, &format!("Conflict: {description}"))
+}
+
+async fn get_updates(state: &FakeTelegramState, params: &Map<String, Value>) -> Response {
+    let number = |name: &str| {
+        params
+            .get(name)
+            .and_then(as_text)
+            .and_then(|v| v.trim().parse::<i64>().ok())
+    };
+    let offset = number("offset").unwrap_or(0);
+    let timeout = number("timeout").unwrap_or(0).max(0).unsigned_abs();
+    let limit = usize::try_from(number("limit").unwrap_or(100).clamp(1, 100)).unwrap_or(100);
+    let allowed_updates = params.get("allowed_updates").map(|v| match v {
+        // A form or query parameter carries the JSON array as text.
+        Value::String(s) => serde_json::from_str(s).unwrap_or_else(|_| v.clone()),
+        other => other.clone(),
+    });
+    let now = Instant::now();
+    let generation = {
+        let mut inner = state.lock();
+        if inner.webhook.is_some() {
+            return conflict(
+                "can't use getUpdates method while webhook is active; use deleteWebhook to delete the webhook first",
+            );
+        }
+        inner.polls.push(UpdatesPoll {
+            offset,
+            timeout,
+            allowed_updates,
+            received_at: now,
+        });
+        if offset > 0 {
+            inner.updates.retain(|(id, _)| *id >= offset);
+        }
+        inner.poll_generation += 1;
+        inner.poll_generation
+    };
+    // An earlier call still waiting ends with 409.
+    state.wake.notify_waiters();
+    let deadline = now + Duration::from_secs(timeout);
+    loop {
+        let notified = state.wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        {
+            let inner = state.lock();
+            if inner.poll_generation != generation {
+                return conflict(
+                    "terminated by other getUpdates request; make sure that only one bot instance is running",
+                );
+            }
+            let ready: Vec<Value> = inner
+                .updates
+                .iter()
+                .filter(|(id, _)| *id >= offset)
+                .take(limit)
+                .map(|(_, u)| u.clone())
+                .collect();
+            if !ready.is_empty() || Instant::now() >= deadline {
+                return reply(200, json!({ "ok": true, "result": ready }));
+            }
+        }
+        tokio::select! {
+            () = &mut notified => {}
+            () = tokio::time::sleep_until(deadline) => {}
+        }
+    }
 }
 
 /// Query parameters, then the body's (JSON object or form), later ones
@@ -580,9 +903,7 @@ fn send_message(state: &FakeTelegramState, params: Map<String, Value>) -> Respon
             json!({ "id": -1_000_000_000_001_i64, "type": "channel", "username": chat_id.trim_start_matches('@') })
         }
     };
-    let date = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let date = unix_now();
     let mut result = json!({
         "message_id": message_id,
         "from": { "id": 123_456, "is_bot": true, "first_name": "Fake bot", "username": "fake_bot" },
@@ -794,6 +1115,108 @@ mod tests {
             "the window has room again"
         );
         assert_eq!(state.lock().rate_limited, 2);
+    }
+
+    async fn call(state: &FakeTelegramState, method: &str, body: Value) -> (u16, Value) {
+        use tower::ServiceExt as _;
+        let request = http::Request::post(format!("/bot{DEFAULT_TOKEN}/{method}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(axum::body::Body::from(body.to_string()))
+            .unwrap();
+        let response = app(state.clone()).oneshot(request).await.unwrap();
+        let status = response.status().as_u16();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn get_updates_long_polls_and_confirms_by_offset() {
+        let state = FakeTelegramState::new(DEFAULT_TOKEN);
+        // Nothing queued: waits the whole timeout, then an empty result.
+        let started = Instant::now();
+        let (status, body) = call(&state, "getUpdates", json!({ "timeout": 30 })).await;
+        assert_eq!((status, body["result"].clone()), (200, json!([])));
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
+        // An update pushed during the wait ends it at once.
+        let waiting = tokio::spawn({
+            let state = state.clone();
+            async move { call(&state, "getUpdates", json!({ "timeout": 30 })).await }
+        });
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let id = state.push_update(json!({ "message": { "text": "/status" } }));
+        let (_, body) = waiting.await.unwrap();
+        assert_eq!(body["result"][0]["update_id"], id);
+        // Not confirmed: returned again; confirmed by offset: gone.
+        let (_, body) = call(&state, "getUpdates", json!({ "offset": id })).await;
+        assert_eq!(body["result"].as_array().unwrap().len(), 1);
+        let (_, body) = call(&state, "getUpdates", json!({ "offset": id + 1 })).await;
+        assert_eq!(body["result"], json!([]));
+        assert_eq!(state.lock().updates.len(), 0);
+        assert_eq!(state.lock().polls.len(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_second_consumer_or_a_webhook_is_a_conflict() {
+        let state = FakeTelegramState::new(DEFAULT_TOKEN);
+        let first = tokio::spawn({
+            let state = state.clone();
+            async move { call(&state, "getUpdates", json!({ "timeout": 30 })).await }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let second = tokio::spawn({
+            let state = state.clone();
+            async move { call(&state, "getUpdates", json!({ "timeout": 1 })).await }
+        });
+        let (status, body) = first.await.unwrap();
+        assert_eq!(status, 409);
+        assert!(
+            body["description"]
+                .as_str()
+                .unwrap()
+                .starts_with("Conflict: terminated by other getUpdates request"),
+            "{body}"
+        );
+        assert_eq!(second.await.unwrap().0, 200);
+        state.lock().webhook = Some("https://example.com/hook".into());
+        assert_eq!(call(&state, "getUpdates", json!({})).await.0, 409);
+        assert_eq!(call(&state, "deleteWebhook", json!({})).await.0, 200);
+        assert_eq!(call(&state, "getUpdates", json!({})).await.0, 200);
+    }
+
+    #[tokio::test]
+    async fn get_me_get_chat_and_membership() {
+        let state = FakeTelegramState::new(DEFAULT_TOKEN);
+        let (status, body) = call(&state, "getMe", json!({})).await;
+        assert_eq!(status, 200);
+        assert_eq!(body["result"]["id"], 123_456);
+        assert_eq!(body["result"]["username"], BOT_USERNAME);
+        state.lock().chats = Some(vec!["-100".into()]);
+        assert_eq!(
+            call(&state, "getChat", json!({ "chat_id": -100 })).await.0,
+            200
+        );
+        let (status, body) = call(&state, "getChat", json!({ "chat_id": -5 })).await;
+        assert_eq!(status, 400);
+        assert_eq!(body["description"], "Bad Request: chat not found");
+        let member = json!({ "chat_id": -100, "user_id": 123_456 });
+        let (_, body) = call(&state, "getChatMember", member.clone()).await;
+        assert_eq!(body["result"]["status"], "administrator");
+        state.lock().bot_status = "kicked".into();
+        let (_, body) = call(&state, "getChatMember", member).await;
+        assert_eq!(body["result"]["status"], "kicked");
+        // Faults scripted for a method leave sendMessage alone.
+        state
+            .lock()
+            .method_script
+            .entry("getme".into())
+            .or_default()
+            .push_back(TelegramFault::TooManyRequests { retry_after: 3 });
+        assert_eq!(post(&state, "-100").await.0, 200);
+        let (status, body) = call(&state, "getMe", json!({})).await;
+        assert_eq!(status, 429);
+        assert_eq!(body["parameters"]["retry_after"], 3);
     }
 
     #[test]
