@@ -5,8 +5,9 @@
 //!   validated into [`config::Settings`]; [`spec`]: the YAML of VMs.
 //! * [`registry`]: the durable registry (SQLite through sqlx): spec, pid,
 //!   the process's start time, desired state, the attempt journal.
-//! * [`process`]: process groups, identity by pid *and* start time, stop
-//!   as a group (TERM, then KILL), exit seen at once.
+//! * [`process`]: process groups, identity by pid *and* start time and a
+//!   pidfd, stop as a group (TERM, then KILL), exit seen at once (an
+//!   adopted process's through its pidfd).
 //! * [`supervisor`]: one task per VM; health through keel-health (socket
 //!   file → process → connect → `GET /`), metald's orphan reasons,
 //!   recovery with backoff, a keel-breaker `Bulkhead` bounding concurrent

@@ -1,21 +1,53 @@
 //! VM processes: started in a process group of their own (so neither a
 //! terminal's signals nor the supervisor's death reach them), identified
-//! by pid *and* start time (field 22 of `/proc/<pid>/stat`), so a recycled
-//! pid is never mistaken for the VM and never signalled; stopped as a
-//! group, TERM then KILL; watched for exit at once.
+//! by pid *and* start time (field 22 of `/proc/<pid>/stat`), held by a
+//! pidfd where the kernel offers one (Linux ≥ 5.3), so a recycled pid is
+//! never mistaken for the VM and never signalled; stopped as a group, TERM
+//! then KILL; watched for exit at once (a child by its wait, an adopted
+//! process by its pidfd's readiness).
+//!
+//! # Who gets a signal
+//!
+//! With a pidfd (opened at spawn or adoption, then checked against the
+//! recorded start time, so it names the recorded process and no other):
+//!
+//! 1. `poll` on the pidfd: readable means the leader has exited; then
+//!    **nothing** is signalled (its group cannot be verified any more).
+//! 2. The leader still leads its group (`getpgid(pid) == pid`): `killpg`
+//!    signals the group (helpers, jailer children included).
+//! 3. The leader is signalled through its pidfd (`pidfd_send_signal`),
+//!    which cannot reach another process whatever happened to the pid.
+//!
+//! The group has no pidfd: between 1 and 2 the pid number is used. For it to
+//! name another group there, the leader must exit and be reaped, every
+//! other member of its group must end (a live member keeps the number
+//! taken) and the kernel's pid counter must wrap around `pid_max` (up to
+//! 4 M) to hand the number out again, all within those microseconds.
+//! (`PIDFD_SIGNAL_PROCESS_GROUP`, Linux 6.9, would close even that, but
+//! rustix does not offer the flag and the workspace forbids `unsafe`.)
+//!
+//! Without a pidfd (older kernels, or a seccomp filter refusing it) the
+//! start time is read from `/proc` right before each signal instead, and an
+//! adopted process is looked up in `/proc` every [`ADOPTED_POLL`].
+//!
+//! rustix provides `pidfd_open`/`pidfd_send_signal` (nix 0.30 has neither);
+//! it is already in the lock file through tempfile and tokio's deps.
 
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::{Pid, getpgid};
+use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
 use crate::spec::VmSpec;
 
-/// How often an adopted process (not our child: no exit notification) is
-/// looked up in `/proc`.
+/// How often an adopted process is looked up in `/proc` when no pidfd could
+/// be opened for it (with a pidfd its exit is seen at once).
 pub const ADOPTED_POLL: Duration = Duration::from_millis(50);
 
 /// A process as the registry knows it.
@@ -89,14 +121,51 @@ impl std::fmt::Display for ExitStatus {
     }
 }
 
-/// A running VM process: its identity and a receiver that gets its exit
-/// status as soon as it ends.
+/// A running VM process: its identity, a receiver that gets its exit
+/// status as soon as it ends, and its pidfd when the kernel gave one.
 #[derive(Debug, Clone)]
 pub struct Running {
     /// Who.
     pub identity: Identity,
     /// `None` while it runs.
     pub exited: watch::Receiver<Option<ExitStatus>>,
+    /// A handle on this very process (never on a later owner of its pid).
+    pidfd: Option<Arc<OwnedFd>>,
+}
+
+/// Opens a pidfd on `identity` and checks, *after* opening it, that the pid
+/// still has the recorded start time: the pidfd then names the recorded
+/// process. `Err(true)`: the process is gone (or the pid is another
+/// process now); `Err(false)`: no pidfd on this kernel, use `/proc`.
+fn open_pidfd(identity: Identity) -> Result<OwnedFd, bool> {
+    let Some(pid) = rustix::process::Pid::from_raw(identity.pid as i32) else {
+        return Err(true);
+    };
+    match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
+        Ok(fd) if identity.liveness() == Liveness::Alive => Ok(fd),
+        Ok(_) => Err(true),
+        Err(rustix::io::Errno::SRCH) => Err(true),
+        Err(e) => {
+            tracing::debug!(pid = identity.pid, error = %e, "no pidfd: /proc fallback");
+            Err(false)
+        }
+    }
+}
+
+/// Whether the process behind `pidfd` has exited (a zombie counts): a
+/// pidfd polls readable from then on.
+fn pidfd_exited(pidfd: &OwnedFd) -> bool {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
+    let zero = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    match poll(&mut fds, Some(&zero)) {
+        Ok(n) => n > 0,
+        // Cannot tell: count it as exited, so nothing is signalled.
+        Err(_) => true,
+    }
 }
 
 impl Running {
@@ -143,8 +212,10 @@ pub fn spawn(spec: &VmSpec) -> std::io::Result<Running> {
         .id()
         .ok_or_else(|| std::io::Error::other("the child exited before its pid was read"))?;
     // The child cannot have been reaped yet (only the task below waits), so
-    // its /proc entry exists, zombie or not.
+    // its /proc entry exists, zombie or not, and the pidfd names it.
     let start_time = stat(pid).map(|(_, t)| t).unwrap_or(0);
+    let identity = Identity { pid, start_time };
+    let pidfd = open_pidfd(identity).ok().map(Arc::new);
     let (tx, rx) = watch::channel(None);
     tokio::spawn(async move {
         let status = match child.wait().await {
@@ -161,32 +232,71 @@ pub fn spawn(spec: &VmSpec) -> std::io::Result<Running> {
         let _ = tx.send(Some(status));
     });
     Ok(Running {
-        identity: Identity { pid, start_time },
+        identity,
         exited: rx,
+        pidfd,
     })
 }
 
-/// Watches a process that is not our child (adopted after a restart):
-/// polls `/proc` every [`ADOPTED_POLL`] until it is gone or its pid belongs
-/// to another process. The task ends when every receiver is dropped.
-pub fn adopt(identity: Identity) -> Running {
+/// Watches a process that is not our child (adopted after a restart). With
+/// a pidfd its exit is seen at once (the pidfd turns readable); without,
+/// `/proc` is polled every `poll` until the process is gone or its pid
+/// belongs to another process. The task ends when every receiver is
+/// dropped.
+pub fn adopt(identity: Identity, poll: Duration) -> Running {
     let (tx, rx) = watch::channel(None);
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(ADOPTED_POLL);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                () = tx.closed() => return,
-            }
-            if identity.liveness() != Liveness::Alive {
-                let _ = tx.send(Some(ExitStatus::Unknown));
-                return;
-            }
+    let pidfd = match open_pidfd(identity) {
+        Ok(fd) => Some(Arc::new(fd)),
+        Err(true) => {
+            let _ = tx.send(Some(ExitStatus::Unknown));
+            return Running {
+                identity,
+                exited: rx,
+                pidfd: None,
+            };
         }
-    });
+        Err(false) => None,
+    };
+    // `AsyncFd::register` (its successor) is `unsafe`, which this crate
+    // forbids; `new` is deprecated for fds that may close while registered
+    // (tokio #8587), and this one cannot: the `AsyncFd` owns an `Arc` of it.
+    #[allow(deprecated)]
+    let ready = pidfd.clone().map(AsyncFd::new);
+    match ready {
+        Some(Ok(ready)) => {
+            tokio::spawn(async move {
+                tokio::select! {
+                    r = ready.readable() => {
+                        drop(r);
+                        let _ = tx.send(Some(ExitStatus::Unknown));
+                    }
+                    () = tx.closed() => {}
+                }
+            });
+        }
+        other => {
+            if let Some(Err(e)) = other {
+                tracing::debug!(pid = identity.pid, error = %e, "pidfd not pollable: /proc fallback");
+            }
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(poll);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        () = tx.closed() => return,
+                    }
+                    if identity.liveness() != Liveness::Alive {
+                        let _ = tx.send(Some(ExitStatus::Unknown));
+                        return;
+                    }
+                }
+            });
+        }
+    }
     Running {
         identity,
         exited: rx,
+        pidfd,
     }
 }
 
@@ -208,21 +318,40 @@ pub fn remove_socket(path: &Path) -> std::io::Result<()> {
     }
 }
 
-fn signal(identity: Identity, sig: Signal) {
-    // Re-checked before every signal: a pid reused by another process is
-    // never signalled.
-    if identity.liveness() != Liveness::Alive {
+/// Signals `running`'s process group by the rule in the module doc.
+fn signal(running: &Running, sig: Signal) {
+    let identity = running.identity;
+    let pid = Pid::from_raw(identity.pid as i32);
+    let Some(pidfd) = &running.pidfd else {
+        // No pidfd: the start time is re-checked before every signal, so a
+        // pid reused by another process is never signalled.
+        if identity.liveness() != Liveness::Alive {
+            return;
+        }
+        let result = if getpgid(Some(pid)) == Ok(pid) {
+            killpg(pid, sig)
+        } else {
+            kill(pid, sig)
+        };
+        if let Err(e) = result {
+            tracing::debug!(pid = identity.pid, error = %e, "signal not delivered");
+        }
+        return;
+    };
+    if pidfd_exited(pidfd) {
         return;
     }
-    let pid = Pid::from_raw(identity.pid as i32);
-    // We started it as a group leader; if it still leads its group, the
-    // whole group (helpers, jailer children) gets the signal.
-    let result = if getpgid(Some(pid)) == Ok(pid) {
-        killpg(pid, sig)
+    if getpgid(Some(pid)) == Ok(pid)
+        && let Err(e) = killpg(pid, sig)
+    {
+        tracing::debug!(pid = identity.pid, error = %e, "group signal not delivered");
+    }
+    let rsig = if sig == Signal::SIGKILL {
+        rustix::process::Signal::KILL
     } else {
-        kill(pid, sig)
+        rustix::process::Signal::TERM
     };
-    if let Err(e) = result {
+    if let Err(e) = rustix::process::pidfd_send_signal(pidfd.as_fd(), rsig) {
         tracing::debug!(pid = identity.pid, error = %e, "signal not delivered");
     }
 }
@@ -233,7 +362,7 @@ pub async fn stop(running: &mut Running, grace: Duration) {
     if running.has_exited() {
         return;
     }
-    signal(running.identity, Signal::SIGTERM);
+    signal(running, Signal::SIGTERM);
     if tokio::time::timeout(grace, running.wait()).await.is_ok() {
         return;
     }
@@ -241,7 +370,7 @@ pub async fn stop(running: &mut Running, grace: Duration) {
         pid = running.identity.pid,
         "did not stop after SIGTERM: SIGKILL"
     );
-    signal(running.identity, Signal::SIGKILL);
+    signal(running, Signal::SIGKILL);
     let _ = tokio::time::timeout(grace.max(Duration::from_secs(1)), running.wait()).await;
 }
 
@@ -315,5 +444,70 @@ mod tests {
             ExitStatus::Signal(9),
             "TERM ignored, then KILL"
         );
+    }
+
+    fn sleeper() -> std::process::Child {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_adopted_exit_is_seen_at_once_through_the_pidfd() {
+        let mut child = sleeper();
+        let identity = Identity::of(child.id()).unwrap();
+        assert!(
+            open_pidfd(identity).is_ok(),
+            "this kernel offers pidfd_open"
+        );
+        // The /proc fallback would take an hour to notice.
+        let mut r = adopt(identity, Duration::from_secs(3600));
+        assert!(r.pidfd.is_some());
+        assert!(!r.has_exited());
+        child.kill().unwrap();
+        let seen = tokio::time::timeout(Duration::from_secs(2), r.wait()).await;
+        assert_eq!(seen.ok(), Some(ExitStatus::Unknown));
+        child.wait().unwrap();
+        // Reaped: its pidfd stays readable, so nothing is ever signalled
+        // through the pid again.
+        assert!(pidfd_exited(r.pidfd.as_ref().unwrap()));
+    }
+
+    #[tokio::test]
+    async fn a_pid_with_another_start_time_is_never_signalled() {
+        let mut child = sleeper();
+        let real = Identity::of(child.id()).unwrap();
+        let recorded = Identity {
+            pid: real.pid,
+            start_time: real.start_time - 1,
+        };
+        // Adoption refuses it (no pidfd on the wrong process)...
+        let mut r = adopt(recorded, Duration::from_secs(3600));
+        assert!(r.has_exited() && r.pidfd.is_none());
+        stop(&mut r, Duration::from_millis(100)).await;
+        // ...and the fallback path re-checks the start time before a signal.
+        let (_, rx) = watch::channel(None);
+        let mut r = Running {
+            identity: recorded,
+            exited: rx,
+            pidfd: None,
+        };
+        stop(&mut r, Duration::from_millis(100)).await;
+        assert!(child.try_wait().unwrap().is_none(), "not signalled");
+        assert_eq!(real.liveness(), Liveness::Alive);
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_adopted_group_is_stopped_through_its_pidfd() {
+        let mut child = sleeper();
+        let mut r = adopt(Identity::of(child.id()).unwrap(), Duration::from_secs(3600));
+        stop(&mut r, Duration::from_secs(2)).await;
+        assert!(r.has_exited(), "TERM through the pidfd and the group");
+        assert!(child.wait().unwrap().code().is_none());
     }
 }

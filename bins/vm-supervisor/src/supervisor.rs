@@ -195,10 +195,14 @@ pub enum StartError {
 pub struct Options {
     /// Health checker seed (first-check jitter).
     pub seed: Option<u64>,
+    /// How often an adopted process is looked up in `/proc` when the kernel
+    /// gives no pidfd (default [`process::ADOPTED_POLL`]).
+    pub adopted_poll: Option<Duration>,
 }
 
 struct Inner {
     settings: Settings,
+    adopted_poll: Duration,
     registry: Registry,
     checker: HealthChecker,
     metrics: Metrics,
@@ -292,6 +296,7 @@ impl Supervisor {
         let (fleet_blocked, _) = watch::channel(false);
         let inner = Arc::new(Inner {
             settings,
+            adopted_poll: options.adopted_poll.unwrap_or(process::ADOPTED_POLL),
             registry,
             checker,
             metrics,
@@ -634,7 +639,7 @@ impl VmTask {
                 Some((identity, Liveness::Alive)) => {
                     tracing::info!(vm_id = self.id(), pid = identity.pid, "adopted running vm");
                     self.inner.metrics.adopted();
-                    self.watch(process::adopt(identity));
+                    self.watch(process::adopt(identity, self.inner.adopted_poll));
                     self.view.lock().healthy = true;
                 }
                 Some((identity, Liveness::Mismatch)) => {

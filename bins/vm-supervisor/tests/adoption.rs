@@ -235,3 +235,48 @@ async fn the_journal_and_restarts_survive_a_supervisor_restart() {
     assert_eq!(attempts[0].exit_status.as_deref(), Some("signal 9"));
     run.supervisor.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adopted_vms_exit_is_seen_at_once_not_at_the_next_check() {
+    let lab = Lab::new();
+    let vms = lab.write_config(&[lab.vm_yaml("vm-1", &[], "")]);
+    let run = start(settings(&lab), vms.clone()).await;
+    let first = wait_healthy(&run.supervisor, "vm-1", None).await;
+    assert!(run.supervisor.shutdown(Duration::from_secs(5)).await);
+
+    // Checks once a minute, and a /proc fallback as slow: only the pidfd
+    // can tell of the exit within seconds.
+    let mut slow = settings(&lab);
+    slow.timings.health_interval = Duration::from_secs(60);
+    slow.timings.health_timeout = Duration::from_secs(5);
+    let metrics = vm_supervisor::metrics::Metrics::default();
+    let supervisor = vm_supervisor::supervisor::Supervisor::start(
+        slow,
+        vms,
+        metrics.clone(),
+        keel_health::HealthMetrics::new(),
+        vm_supervisor::alerts::Alerts::new(None),
+        vm_supervisor::supervisor::Options {
+            seed: Some(7),
+            adopted_poll: Some(Duration::from_secs(60)),
+        },
+    )
+    .await
+    .unwrap();
+    let adopted = wait_healthy(&supervisor, "vm-1", None).await;
+    assert_eq!(adopted.pid, first.pid, "adopted");
+    let killed = tokio::time::Instant::now();
+    sigkill(first.pid.unwrap());
+    let back = wait_healthy(&supervisor, "vm-1", first.pid).await;
+    let took = killed.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "exit seen and recovered in {took:?}, the next check was 60 s away"
+    );
+    assert_eq!(back.last_reason.as_deref(), Some("process_dead"));
+    assert_eq!(metrics.orphaned_count("process_dead"), 1);
+    let attempts = supervisor.attempts("vm-1").await.unwrap();
+    assert_eq!(attempts[0].reason, "process_dead");
+    assert_eq!(lab.processes(), vec![back.pid.unwrap()]);
+    supervisor.shutdown(Duration::from_secs(5)).await;
+}

@@ -146,7 +146,10 @@ pub async fn start(settings: Settings, vms: Vec<VmSpec>) -> Running {
         metrics.clone(),
         HealthMetrics::new(),
         Alerts::new(None),
-        Options { seed: Some(7) },
+        Options {
+            seed: Some(7),
+            ..Options::default()
+        },
     )
     .await
     .expect("supervisor starts");
