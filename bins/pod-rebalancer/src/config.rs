@@ -4,8 +4,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
-use keel_telemetry::{ConfigError, KitArgs, LogTarget, Program, check};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, FromArgMatches, Parser, ValueEnum};
+use keel_telemetry::{ConfigError, KitArgs, LogTarget, Program, RUST_LOG_VAR, check};
 
 /// The default CPU query: `{pods}` is replaced by the regex of the pods'
 /// names, `{namespace}` by the namespace.
@@ -13,6 +14,9 @@ pub const DEFAULT_CPU_QUERY: &str = "sum by (pod) (rate(container_cpu_usage_seco
 /// The default Kafka lag query.
 pub const DEFAULT_LAG_QUERY: &str =
     "sum by (pod) (kafka_consumer_lag_sum{namespace=\"{namespace}\",pod=~\"{pods}\"})";
+/// The default consumption-rate query (the plan's
+/// `rate(kafka_consumer_messages_consumed_total[5m])`, summed per pod).
+pub const DEFAULT_CONSUMPTION_RATE_QUERY: &str = "sum by (pod) (rate(kafka_consumer_messages_consumed_total{namespace=\"{namespace}\",pod=~\"{pods}\"}[5m]))";
 /// The default memory query.
 pub const DEFAULT_MEMORY_QUERY: &str = "sum by (pod) (container_memory_working_set_bytes{namespace=\"{namespace}\",pod=~\"{pods}\",container!=\"\"})";
 
@@ -154,6 +158,10 @@ pub struct Config {
     /// PromQL of memory per pod.
     #[arg(long, env = "MEMORY_QUERY", default_value = DEFAULT_MEMORY_QUERY)]
     pub memory_query: String,
+    /// PromQL of Kafka records consumed per second per pod (reported, and
+    /// composite's tie-breaker; not in the score).
+    #[arg(long, env = "CONSUMPTION_RATE_QUERY", default_value = DEFAULT_CONSUMPTION_RATE_QUERY)]
+    pub consumption_rate_query: String,
     /// `text` or `json` (the report on stdout).
     #[arg(long, env = "OUTPUT", value_enum, default_value = "text")]
     pub output: Output,
@@ -168,7 +176,104 @@ pub struct Config {
     pub kubeconfig: Option<PathBuf>,
     #[command(flatten)]
     #[allow(missing_docs)]
-    pub kit: KitArgs,
+    pub kit: Kit,
+}
+
+/// `LOG_LEVEL` (the issue's name): a level for every target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    /// Everything.
+    Trace,
+    /// Per-call detail.
+    Debug,
+    /// Lifecycle (the default).
+    Info,
+    /// Problems only.
+    Warn,
+    /// Failures only.
+    Error,
+}
+
+impl LogLevel {
+    /// The `tracing` filter directive.
+    pub fn directive(self) -> &'static str {
+        match self {
+            LogLevel::Trace => "trace",
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+const LOG_LEVEL_ID: &str = "log_level";
+
+/// keel-telemetry's [`KitArgs`] plus `LOG_LEVEL`, mapped onto the kit's
+/// filter when `RUST_LOG` (`--log-filter`) is not given: the kit reads
+/// `RUST_LOG` only, so the mapping happens while clap builds the struct and
+/// [`Program::kit_args`] returns the mapped arguments.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Kit {
+    /// The kit's arguments, with `LOG_LEVEL` applied.
+    pub args: KitArgs,
+    /// `LOG_LEVEL`, if given.
+    pub log_level: Option<LogLevel>,
+}
+
+impl Kit {
+    fn apply(&mut self, matches: &ArgMatches) {
+        self.log_level = matches.get_one::<LogLevel>(LOG_LEVEL_ID).copied();
+        // An explicit RUST_LOG (or --log-filter) is the more precise one.
+        let filter_given = matches!(
+            matches.value_source("log_filter"),
+            Some(ValueSource::EnvVariable | ValueSource::CommandLine)
+        );
+        if let Some(level) = self.log_level
+            && !filter_given
+        {
+            level.directive().clone_into(&mut self.args.log.log_filter);
+        }
+    }
+}
+
+impl FromArgMatches for Kit {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut kit = Kit {
+            args: KitArgs::from_arg_matches(matches)?,
+            log_level: None,
+        };
+        kit.apply(matches);
+        Ok(kit)
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        self.args.update_from_arg_matches(matches)?;
+        self.apply(matches);
+        Ok(())
+    }
+}
+
+impl Args for Kit {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        KitArgs::augment_args(cmd).arg(log_level_arg())
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        KitArgs::augment_args_for_update(cmd).arg(log_level_arg())
+    }
+}
+
+fn log_level_arg() -> clap::Arg {
+    clap::Arg::new(LOG_LEVEL_ID)
+        .long("log-level")
+        .env("LOG_LEVEL")
+        .value_name("LOG_LEVEL")
+        .ignore_case(true)
+        .value_parser(clap::builder::EnumValueParser::<LogLevel>::new())
+        .help(format!(
+            "Log level of every target (trace, debug, info, warn, error); {RUST_LOG_VAR}, when set, wins"
+        ))
 }
 
 /// The validated configuration.
@@ -229,6 +334,8 @@ pub struct Queries {
     pub lag: String,
     /// Memory bytes per pod.
     pub memory: String,
+    /// Records consumed per second per pod.
+    pub consumption_rate: String,
 }
 
 /// What the strategies read.
@@ -358,6 +465,7 @@ impl Config {
         template("CPU_QUERY", &self.cpu_query)?;
         template("LAG_QUERY", &self.lag_query)?;
         template("MEMORY_QUERY", &self.memory_query)?;
+        template("CONSUMPTION_RATE_QUERY", &self.consumption_rate_query)?;
         let pushgateway = match &self.pushgateway_url {
             Some(url) if !url.trim().is_empty() => Some(
                 check::http_url("PUSHGATEWAY_URL", url)?
@@ -411,6 +519,7 @@ impl Config {
                 cpu: self.cpu_query.clone(),
                 lag: self.lag_query.clone(),
                 memory: self.memory_query.clone(),
+                consumption_rate: self.consumption_rate_query.clone(),
             },
             output: self.output,
             report_file: self.report_file.clone(),
@@ -425,7 +534,7 @@ impl Config {
 
 impl Program for Config {
     fn kit_args(&self) -> &KitArgs {
-        &self.kit
+        &self.kit.args
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -483,6 +592,7 @@ mod tests {
             (&["--top-k", "0"], "TOP_K"),
             (&["--cooldown", "5x"], "COOLDOWN"),
             (&["--cpu-query", "up"], "CPU_QUERY"),
+            (&["--consumption-rate-query", " "], "CONSUMPTION_RATE_QUERY"),
             (&["--pushgateway-url", "nope"], "PUSHGATEWAY_URL"),
             (&["--interval", "0s"], "INTERVAL"),
         ];
@@ -501,6 +611,35 @@ mod tests {
         assert_eq!(d("1.5h"), Duration::from_secs(5400));
         assert!(parse_duration("X", "-1s").is_err());
         assert!(parse_duration("X", "").is_err());
+    }
+
+    #[test]
+    fn log_level_maps_onto_the_kit_filter_unless_rust_log_is_given() {
+        let filter = |c: &Config| c.kit_args().log.log_filter.clone();
+        assert_eq!(filter(&parse(&[])), "info");
+        let c = parse(&["--log-level", "DEBUG"]);
+        assert_eq!(c.kit.log_level, Some(LogLevel::Debug));
+        assert_eq!(filter(&c), "debug");
+        assert_eq!(
+            filter(&parse(&[
+                "--log-level",
+                "error",
+                "--log-filter",
+                "warn,pod_rebalancer=debug"
+            ])),
+            "warn,pod_rebalancer=debug"
+        );
+        let err = Config::try_parse_from([
+            "pod-rebalancer",
+            "--kube-label-selector",
+            "a=b",
+            "--deployment-name",
+            "d",
+            "--log-level",
+            "loud",
+        ])
+        .expect_err("not a level");
+        assert_eq!(err.kind(), clap::error::ErrorKind::InvalidValue);
     }
 
     #[test]

@@ -28,6 +28,10 @@ pub struct PodInput {
     pub lag: Option<f64>,
     /// Memory bytes.
     pub memory: Option<f64>,
+    /// Kafka records consumed per second. Not part of the score (the plan's
+    /// score is CPU, lag and memory): it breaks ties between equal scores
+    /// and explains the choice.
+    pub consumption_rate: Option<f64>,
     /// Sum of the containers' CPU requests, cores.
     pub cpu_request: Option<f64>,
 }
@@ -43,6 +47,8 @@ pub struct PodReport {
     pub lag: Option<f64>,
     /// Memory bytes (null when missing).
     pub memory: Option<f64>,
+    /// Records consumed per second (null when missing).
+    pub consumption_rate: Option<f64>,
     /// Score (null when not scored).
     pub score: Option<f64>,
     /// Ready.
@@ -157,6 +163,7 @@ pub fn decide(
         ("cpu", cpu.clone()),
         ("lag", column(|p| p.lag)),
         ("memory", column(|p| p.memory)),
+        ("consumption_rate", column(|p| p.consumption_rate)),
     ] {
         if let Some(s) = Stats::of(&values) {
             decision.stats.insert(name.to_owned(), s);
@@ -176,6 +183,7 @@ pub fn decide(
             cpu: p.cpu,
             lag: p.lag,
             memory: p.memory,
+            consumption_rate: p.consumption_rate,
             score: *score,
             ready: p.ready,
         })
@@ -217,16 +225,20 @@ fn composite(
         );
         return;
     }
-    // Candidates: scored and eligible, ordered by score (ties by name).
+    // Candidates: scored and eligible, ordered by score; on equal scores
+    // the pod consuming more records is the busier (a missing rate counts
+    // as none), then the first name.
     let mut candidates: Vec<usize> = scored
         .iter()
         .copied()
         .filter(|&i| pods[i].ineligible.is_none())
         .collect();
+    let rate = |i: usize| finite(pods[i].consumption_rate).unwrap_or(f64::NEG_INFINITY);
     candidates.sort_by(|&a, &b| {
         scores[b]
             .unwrap_or(0.0)
             .total_cmp(&scores[a].unwrap_or(0.0))
+            .then_with(|| rate(b).total_cmp(&rate(a)))
             .then_with(|| pods[a].name.cmp(&pods[b].name))
     });
     for &i in scored {
@@ -244,7 +256,8 @@ fn composite(
         return;
     }
     let s = |i: usize| scores[i].unwrap_or(0.0);
-    // Ties go to the first name, at both ends.
+    // Ties: the consumption rate (higher is busier), then the first name,
+    // at both ends.
     let busiest = candidates[0];
     let idlest = candidates
         .iter()
@@ -252,16 +265,21 @@ fn composite(
         .filter(|&i| i != busiest)
         .min_by(|&a, &b| {
             s(a).total_cmp(&s(b))
+                .then_with(|| rate(a).total_cmp(&rate(b)))
                 .then_with(|| pods[a].name.cmp(&pods[b].name))
         })
         .unwrap_or(busiest);
+    let consuming = |i: usize| match finite(pods[i].consumption_rate) {
+        Some(r) => format!(", consuming {r:.1} records/s"),
+        None => String::new(),
+    };
     decision.chosen.push(Chosen {
         name: pods[busiest].name.clone(),
-        reason: format!("most busy: score {:.3}", s(busiest)),
+        reason: format!("most busy: score {:.3}{}", s(busiest), consuming(busiest)),
     });
     decision.chosen.push(Chosen {
         name: pods[idlest].name.clone(),
-        reason: format!("least busy: score {:.3}", s(idlest)),
+        reason: format!("least busy: score {:.3}{}", s(idlest), consuming(idlest)),
     });
     decision.explanation = format!(
         "spread out: CPU CV {cpu_cv:.3} (threshold {}), lag CV {lag_cv:.3} (threshold {}); rotate the most and the least busy pod",
@@ -450,6 +468,56 @@ mod tests {
         assert_eq!(d.pods[3].score, Some(1.0));
         assert_eq!(d.pods[0].score, Some(0.0));
         assert!((d.pods[1].score.expect("scored") - 0.16).abs() < 1e-12);
+    }
+
+    #[test]
+    fn consumption_rate_breaks_ties_and_is_reported_not_scored() {
+        // b and c tie at the top (score 0.8: memory is equal), x and y at
+        // the bottom (0): the
+        // higher consumption rate is the busier one; a missing rate counts
+        // as none; NaN is missing.
+        let with_rate = |name, cpu, rate: Option<f64>| PodInput {
+            consumption_rate: rate,
+            ..pod(name, cpu, cpu * 10.0, 100.0)
+        };
+        let pods = vec![
+            with_rate("b", 6.0, Some(100.0)),
+            with_rate("c", 6.0, Some(250.0)),
+            with_rate("m", 3.0, Some(1e6)),
+            with_rate("x", 1.0, Some(f64::NAN)),
+            with_rate("y", 1.0, Some(5.0)),
+        ];
+        let d = decide(
+            Strategy::Composite,
+            &DecisionSettings::default(),
+            &pods,
+            None,
+        );
+        assert_eq!(names(&d.chosen), ["c", "x"]);
+        assert_eq!(
+            d.chosen[0].reason,
+            "most busy: score 0.800, consuming 250.0 records/s"
+        );
+        assert_eq!(d.chosen[1].reason, "least busy: score 0.000");
+        // The huge rate of m changes neither its score nor the choice.
+        assert!((d.pods[2].score.expect("scored") - 0.32).abs() < 1e-12);
+        assert_eq!(d.pods[1].consumption_rate, Some(250.0));
+        let rate = d.stats["consumption_rate"];
+        assert_eq!(rate.count, 4, "NaN left out of the statistics");
+        // Same rates but swapped: the choice follows the rate, not the name.
+        let pods = vec![
+            with_rate("b", 6.0, Some(300.0)),
+            with_rate("c", 6.0, None),
+            with_rate("x", 1.0, Some(5.0)),
+            with_rate("y", 1.0, Some(1.0)),
+        ];
+        let d = decide(
+            Strategy::Composite,
+            &DecisionSettings::default(),
+            &pods,
+            None,
+        );
+        assert_eq!(names(&d.chosen), ["b", "y"]);
     }
 
     #[test]

@@ -2,9 +2,9 @@
 //! metrics and evicts the most and the least busy ones, so the scheduler
 //! and the Kafka consumer group spread the load again.
 //!
-//! One run: pods from the API server → CPU, lag and memory per pod from
-//! Prometheus, queried in parallel (keel-exec, each query through a
-//! `keel::Pipeline`) → [`decide`] (pure) → safety limits → evict (or
+//! One run: pods from the API server → CPU, lag, memory and consumption
+//! rate per pod from Prometheus, queried in parallel (keel-exec, each
+//! query through a `keel::Pipeline`) → [`decide`] (pure) → safety limits → evict (or
 //! explain, in a dry run) with pacing → the record on the Deployment
 //! (memory, cooldown, outcome verification, lock) → the JSON report and
 //! the exit code ([`rebalance::exit`]).

@@ -1,5 +1,5 @@
 //! Prometheus: instant PromQL queries through a `keel::Pipeline` (deadline,
-//! retry, breaker), the three metrics fetched in parallel with keel-exec.
+//! retry, breaker), the four metrics fetched in parallel with keel-exec.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -37,7 +37,7 @@ pub enum PromError {
 /// One metric per pod; a pod absent from the map has no series.
 pub type PerPod = HashMap<String, f64>;
 
-/// The three metrics.
+/// The four metrics.
 #[derive(Debug, Clone, Default)]
 pub struct Metrics {
     /// CPU cores.
@@ -46,7 +46,12 @@ pub struct Metrics {
     pub lag: PerPod,
     /// Memory bytes.
     pub memory: PerPod,
+    /// Kafka records consumed per second.
+    pub consumption_rate: PerPod,
 }
+
+/// The metrics in the order they are queried, with their names in logs.
+const METRICS: [&str; 4] = ["cpu", "lag", "memory", "consumption_rate"];
 
 /// A Prometheus HTTP API client.
 #[derive(Debug, Clone)]
@@ -134,7 +139,7 @@ impl Prometheus {
         parse_vector(&body)
     }
 
-    /// Fetches CPU, lag and memory of `pods` in parallel.
+    /// Fetches CPU, lag, memory and consumption rate of `pods` in parallel.
     ///
     /// # Errors
     /// The first failed query's error.
@@ -149,9 +154,10 @@ impl Prometheus {
             (0usize, render(&queries.cpu, namespace, &regex)),
             (1, render(&queries.lag, namespace, &regex)),
             (2, render(&queries.memory, namespace, &regex)),
+            (3, render(&queries.consumption_rate, namespace, &regex)),
         ];
         let exec = ParallelExecutor::builder()
-            .concurrency(3)
+            .concurrency(METRICS.len())
             .build()
             .map_err(|e| PromError::Pipeline(e.to_string()))?;
         let http = &self.http;
@@ -173,10 +179,12 @@ impl Prometheus {
                 keel::exec::ExecError::Failed(PipelineError::Inner(inner)) => inner,
                 other => PromError::Pipeline(other.to_string()),
             })?;
+            tracing::debug!(metric = METRICS[i], pods = map.len(), "Prometheus answered");
             match i {
                 0 => out.cpu = map,
                 1 => out.lag = map,
-                _ => out.memory = map,
+                2 => out.memory = map,
+                _ => out.consumption_rate = map,
             }
         }
         Ok(out)

@@ -184,6 +184,7 @@ fn inputs(
                 cpu: metrics.cpu.get(&p.name).copied(),
                 lag: metrics.lag.get(&p.name).copied(),
                 memory: metrics.memory.get(&p.name).copied(),
+                consumption_rate: metrics.consumption_rate.get(&p.name).copied(),
                 cpu_request: p.cpu_request,
             }
         })

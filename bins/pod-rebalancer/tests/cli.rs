@@ -114,7 +114,15 @@ async fn one_run_prints_the_json_report_and_pushes_its_metrics() {
     assert_eq!(report["exit_code"], 0);
     assert_eq!(report["pods"].as_array().map(Vec::len), Some(PODS));
     let pod = &report["pods"][7];
-    for field in ["name", "cpu", "lag", "memory", "score", "ready"] {
+    for field in [
+        "name",
+        "cpu",
+        "lag",
+        "memory",
+        "consumption_rate",
+        "score",
+        "ready",
+    ] {
         assert!(pod.get(field).is_some(), "pods[].{field}");
     }
     assert_eq!(report["chosen"][0]["name"], HOT);
@@ -259,4 +267,65 @@ async fn check_config_validates_without_running() {
     );
     // Nothing was called.
     assert_eq!(kube.server().request_count(), 0);
+}
+
+/// The levels of the JSON log lines on stderr.
+fn log_levels(stderr: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v["level"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn log_level_sets_the_filter_unless_rust_log_is_set() {
+    let kube = kube().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = kube.write_kubeconfig(dir.path());
+    // Prometheus down: a short run that logs at ERROR (Prometheus), INFO
+    // (run finished) and, from the program and its HTTP clients, DEBUG.
+    let args = config_args(&kubeconfig, "http://127.0.0.1:9", &["--output", "json"]);
+    let run = |vars: &[(&str, &str)]| {
+        let mut command = binary();
+        command.args(&args[1..]).env("LOG_FORMAT", "json");
+        for (k, v) in vars {
+            command.env(k, v);
+        }
+        command.output()
+    };
+
+    let levels = log_levels(&run(&[]).await.expect("runs").stderr);
+    assert!(levels.iter().any(|l| l == "INFO"), "{levels:?}");
+    assert!(!levels.iter().any(|l| l == "DEBUG"), "{levels:?}");
+
+    let output = run(&[("LOG_LEVEL", "debug")]).await.expect("runs");
+    assert_eq!(output.status.code(), Some(3));
+    let levels = log_levels(&output.stderr);
+    assert!(levels.iter().any(|l| l == "DEBUG"), "{levels:?}");
+
+    let levels = log_levels(&run(&[("LOG_LEVEL", "ERROR")]).await.expect("runs").stderr);
+    assert!(levels.iter().any(|l| l == "ERROR"), "{levels:?}");
+    assert!(levels.iter().all(|l| l == "ERROR"), "{levels:?}");
+
+    // RUST_LOG is the more precise one and wins.
+    let levels = log_levels(
+        &run(&[("LOG_LEVEL", "error"), ("RUST_LOG", "info")])
+            .await
+            .expect("runs")
+            .stderr,
+    );
+    assert!(levels.iter().any(|l| l == "INFO"), "{levels:?}");
+
+    // A blank LOG_LEVEL is unset; a wrong one exits 64 naming it.
+    let levels = log_levels(&run(&[("LOG_LEVEL", " ")]).await.expect("runs").stderr);
+    assert!(levels.iter().any(|l| l == "INFO"), "{levels:?}");
+    let output = run(&[("LOG_LEVEL", "loud")]).await.expect("runs");
+    assert_eq!(output.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("LOG_LEVEL"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(kube.server().request_count() > 0);
 }

@@ -38,6 +38,7 @@ fn build(raw: &[RawPod]) -> Vec<PodInput> {
             cpu,
             lag,
             memory,
+            consumption_rate: cpu.map(|c| c * 100.0),
             cpu_request: Some(1.0),
         })
         .collect()

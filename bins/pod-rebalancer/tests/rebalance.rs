@@ -38,6 +38,36 @@ async fn composite_evicts_the_hot_and_the_idle_pod() {
     assert!((cpu.cv - 0.4352).abs() < 0.001, "cv {}", cpu.cv);
     let hot = report.pods.iter().find(|p| p.name == HOT).expect("hot pod");
     assert_eq!(hot.score, Some(1.0));
+    // The consumption rate, per pod, from the real Prometheus: reported and
+    // in the reasons, not scored (a pod without it is still scored).
+    let rate = |name: &str| {
+        report
+            .pods
+            .iter()
+            .find(|p| p.name == name)
+            .expect("pod")
+            .consumption_rate
+    };
+    let close = |v: Option<f64>, want: f64| v.is_some_and(|v| (v - want).abs() < want * 0.02);
+    assert!(close(rate(HOT), 120.0), "{:?}", rate(HOT));
+    assert!(close(rate(IDLE), 20.0), "{:?}", rate(IDLE));
+    assert!(
+        close(rate("consumer-00"), 200.0),
+        "{:?}",
+        rate("consumer-00")
+    );
+    assert_eq!(rate(NO_RATE), None);
+    let no_rate = report.pods.iter().find(|p| p.name == NO_RATE).expect("pod");
+    assert!(no_rate.score.is_some());
+    assert_eq!(
+        report.stats["consumption_rate"].count, 46,
+        "47 scored, one without a rate"
+    );
+    assert!(
+        report.chosen[0].reason.contains("records/s"),
+        "{}",
+        report.chosen[0].reason
+    );
     // One event per evicted pod.
     let events = kube.events();
     assert_eq!(events.len(), 2);

@@ -27,6 +27,9 @@ pub const NAN_MEMORY: &str = "consumer-45";
 /// No series at all.
 pub const NO_SERIES: &str = "consumer-46";
 
+/// No consumption-rate series (still scored: the rate is not in the score).
+pub const NO_RATE: &str = "consumer-12";
+
 pub fn pod_name(i: usize) -> String {
     format!("consumer-{i:02}")
 }
@@ -44,8 +47,20 @@ pub fn planted(i: usize) -> (Option<f64>, Option<f64>, Option<f64>) {
     }
 }
 
+/// Kafka records consumed per second planted for pod `i`: the hot pod is
+/// behind (120/s), the idle one has little to do (20/s), the others 200/s.
+pub fn planted_rate(i: usize) -> Option<f64> {
+    match pod_name(i).as_str() {
+        HOT => Some(120.0),
+        IDLE => Some(20.0),
+        NO_RATE | NO_SERIES => None,
+        _ => Some(200.0),
+    }
+}
+
 /// OpenMetrics text: every 15 s over the last 10 minutes, a CPU counter
-/// growing at the planted rate, lag and memory gauges.
+/// growing at the planted rate, lag and memory gauges, and a consumed
+/// records counter growing at [`planted_rate`].
 pub fn openmetrics(planted: impl Fn(usize) -> (Option<f64>, Option<f64>, Option<f64>)) -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -55,9 +70,11 @@ pub fn openmetrics(planted: impl Fn(usize) -> (Option<f64>, Option<f64>, Option<
     let mut cpu = String::from("# TYPE container_cpu_usage_seconds counter\n");
     let mut lag = String::from("# TYPE kafka_consumer_lag_sum gauge\n");
     let mut memory = String::from("# TYPE container_memory_working_set_bytes gauge\n");
+    let mut consumed = String::from("# TYPE kafka_consumer_messages_consumed counter\n");
     for i in 0..PODS {
         let pod = pod_name(i);
         let (c, l, m) = planted(i);
+        let r = planted_rate(i);
         let labels = format!("namespace=\"{NAMESPACE}\",pod=\"{pod}\",container=\"app\"");
         for step in 0..=39u64 {
             let t = start + step * 15;
@@ -74,6 +91,13 @@ pub fn openmetrics(planted: impl Fn(usize) -> (Option<f64>, Option<f64>, Option<
                     "kafka_consumer_lag_sum{{namespace=\"{NAMESPACE}\",pod=\"{pod}\"}} {l} {t}"
                 );
             }
+            if let Some(r) = r {
+                let _ = writeln!(
+                    consumed,
+                    "kafka_consumer_messages_consumed_total{{namespace=\"{NAMESPACE}\",pod=\"{pod}\"}} {} {t}",
+                    r * (step * 15) as f64
+                );
+            }
             if let Some(m) = m {
                 let v = if m.is_nan() {
                     "NaN".to_owned()
@@ -87,7 +111,7 @@ pub fn openmetrics(planted: impl Fn(usize) -> (Option<f64>, Option<f64>, Option<
             }
         }
     }
-    format!("{cpu}{lag}{memory}# EOF\n")
+    format!("{cpu}{lag}{memory}{consumed}# EOF\n")
 }
 
 pub async fn prometheus() -> Prometheus {
