@@ -163,11 +163,14 @@ impl RetryPolicy {
         run.start();
         loop {
             let (attempt, limit) = run.next_attempt();
-            let fut = op(attempt);
+            // Pinned where it is built and only borrowed below: an
+            // attempt's future can be large (a whole pipeline attempt is
+            // over a kilobyte), and moving it into a timeout would copy it
+            // on every attempt.
+            let mut fut = pin!(op(attempt));
             let result = match limit {
                 None => {
                     // Tells `run` whether the attempt waited (see `Run`).
-                    let mut fut = pin!(fut);
                     let run = &mut run;
                     AttemptResult::Done(
                         poll_fn(|cx| {
@@ -183,7 +186,7 @@ impl RetryPolicy {
                 Some((within, which)) => {
                     // A timed attempt starts a timer: count it as waiting.
                     run.waited();
-                    match tokio::time::timeout(within, fut).await {
+                    match tokio::time::timeout(within, fut.as_mut()).await {
                         Ok(r) => AttemptResult::Done(r),
                         Err(_) => AttemptResult::TimedOut(which),
                     }

@@ -12,7 +12,7 @@ use crate::backoff::{NO_PREVIOUS, nanos};
 use crate::budget::{RetryBudget, Withdrawal};
 use crate::error::RetryError;
 use crate::policy::Inner;
-use crate::stats::bump;
+use crate::stats::{SUCCESS_RETRY_SLOTS, bump};
 use std::sync::atomic::Ordering;
 
 /// Which limit cut an attempt off.
@@ -303,11 +303,20 @@ impl<'p, E: fmt::Debug> Run<'p, E> {
         self.ended = true;
         Step::Return(match result {
             Ok(v) if outcome.is_success() => {
-                bump(if self.attempts > 1 {
-                    &counters.successes_after_retry
+                if self.attempts > 1 {
+                    // The success and the retries not yet published, in one
+                    // add (see `Counters::successes_after_retry`).
+                    let unpublished = self.uncounted_retries as usize;
+                    let slot = if unpublished < SUCCESS_RETRY_SLOTS {
+                        self.uncounted_retries = 0;
+                        unpublished
+                    } else {
+                        0
+                    };
+                    bump(&counters.successes_after_retry[slot]);
                 } else {
-                    &counters.successes_first_try
-                });
+                    bump(&counters.successes_first_try);
+                }
                 Ok(v)
             }
             Ok(v) => {

@@ -45,12 +45,22 @@ pub struct RetryStats {
 /// calls are the sum of the outcomes, and every call makes exactly one first
 /// attempt, so attempts = calls + retries. A call that succeeds at once
 /// costs one atomic increment.
+/// See `Counters::successes_after_retry`.
+pub(crate) const SUCCESS_RETRY_SLOTS: usize = 4;
+
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) retries: AtomicU64,
     /// Successes are split so each costs one increment; `successes` is the sum.
     pub(crate) successes_first_try: AtomicU64,
-    pub(crate) successes_after_retry: AtomicU64,
+    /// Calls that succeeded after retrying, by how many of their retries
+    /// were not yet added to `retries` when they ended (0 to 3): one atomic
+    /// add then counts both the success and those retries, and a call that
+    /// succeeds after retrying without waiting (zero delays) costs one
+    /// atomic operation in all, as a first-try success does. A call with
+    /// more unpublished retries publishes them to `retries` and counts
+    /// under 0.
+    pub(crate) successes_after_retry: [AtomicU64; SUCCESS_RETRY_SLOTS],
     pub(crate) not_retryable: AtomicU64,
     pub(crate) exhausted: AtomicU64,
     pub(crate) budget_refusals: AtomicU64,
@@ -67,8 +77,13 @@ pub(crate) fn bump(counter: &AtomicU64) {
 impl Counters {
     pub(crate) fn snapshot(&self) -> RetryStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let retries = get(&self.retries);
-        let successes_after_retry = get(&self.successes_after_retry);
+        let mut retries = get(&self.retries);
+        let mut successes_after_retry = 0;
+        for (unpublished, calls) in (0u64..).zip(&self.successes_after_retry) {
+            let calls = get(calls);
+            successes_after_retry += calls;
+            retries += unpublished * calls;
+        }
         let successes = get(&self.successes_first_try) + successes_after_retry;
         let not_retryable = get(&self.not_retryable);
         let exhausted = get(&self.exhausted);

@@ -641,3 +641,53 @@ async fn a_retry_is_counted_once_its_attempt_waits_and_a_call_once_it_ends() {
         (1, 2, 1, 1)
     );
 }
+
+/// Successes after retrying are counted with the retries they made, whether
+/// those retries were published while the call waited (a non-zero delay)
+/// or not (zero delays, up to and beyond the slots a success can carry).
+#[tokio::test(start_paused = true)]
+async fn retries_are_counted_once_with_and_without_waits() {
+    for (delay, failures) in [
+        (Duration::ZERO, 1u32),
+        (Duration::ZERO, 3),
+        (Duration::ZERO, 4),
+        (Duration::ZERO, 7),
+        (S, 2),
+        (S, 5),
+    ] {
+        let policy = RetryPolicy::builder()
+            .backoff(Backoff::constant(delay))
+            .max_delay(delay)
+            .jitter(Jitter::None)
+            .max_retries(10)
+            .build()
+            .unwrap();
+        for _ in 0..3 {
+            let result = policy
+                .retry(|attempt| async move {
+                    if attempt.number <= failures {
+                        Err("transient")
+                    } else {
+                        Ok(attempt.number)
+                    }
+                })
+                .await;
+            assert_eq!(result.unwrap(), failures + 1);
+        }
+        let first_try = policy.retry(|_| async { Ok::<_, &str>(0) }).await;
+        assert_eq!(first_try.unwrap(), 0);
+        let s = policy.stats();
+        let retries = u64::from(3 * failures);
+        assert_eq!(
+            (
+                s.calls,
+                s.successes,
+                s.successes_after_retry,
+                s.retries,
+                s.attempts
+            ),
+            (4, 4, 3, retries, 4 + retries),
+            "delay {delay:?}, {failures} failures per call"
+        );
+    }
+}

@@ -473,14 +473,14 @@ impl Pipeline {
             deadline: started.map(|(d, now)| (d, now + d)),
             started: started.map(|(_, now)| now),
         };
+        // Pinned where it is built (see `cut_at`).
+        let retried = std::pin::pin!(self.retried(&call, retry, op));
         let result = match call.deadline {
-            None => self.retried(&call, retry, op).await,
-            Some((deadline, ends)) => {
-                match tokio::time::timeout_at(ends, self.retried(&call, retry, op)).await {
-                    Ok(result) => result,
-                    Err(_) => Err(PipelineError::DeadlineExceeded { deadline }),
-                }
-            }
+            None => retried.await,
+            Some((deadline, ends)) => match cut_at(|| ends, retried).await {
+                Ok(result) => result,
+                Err(_) => Err(PipelineError::DeadlineExceeded { deadline }),
+            },
         };
         if matches!(result, Err(PipelineError::DeadlineExceeded { .. })) {
             bump(&self.stats.deadline_exceeded);
@@ -601,19 +601,29 @@ impl Pipeline {
             },
             None => None,
         };
-        let mut waited = attempt.number > 1;
+        // One clock reading serves the whole attempt until something makes
+        // it wait: the call's start for its first attempt, else one read
+        // here for the rate limiter, reused for the attempt's time limit.
+        let mut reading = if attempt.number == 1 {
+            call.started
+        } else {
+            None
+        };
         if let Some(limiter) = &self.limiter {
+            let now = *reading.get_or_insert_with(Instant::now);
             // The check is synchronous; only an attempt that must wait builds
             // (and boxes) the waiting future, so the common path stays small.
-            if let Err(wait) = limiter.check(call.key) {
+            if let Err(wait) = limiter.check_at(call.key, now) {
                 Box::pin(self.wait_for_slot(limiter, call, wait)).await?;
-                waited = true;
+                reading = None;
             }
         }
         let slot = match &self.bulkhead {
             Some(bulkhead) => match bulkhead.acquire(call.priority).await {
                 Ok(slot) => {
-                    waited |= slot.waited();
+                    if slot.waited() {
+                        reading = None;
+                    }
                     Some(slot)
                 }
                 Err(full) => {
@@ -633,54 +643,56 @@ impl Pipeline {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        // Without a deadline the limit is known without the time; the clock
+        // is read (if no reading is at hand) only when the operation does
+        // not finish at once, see `cut_at`.
         let cut = match (own, call.deadline) {
             (None, None) => None,
-            (Some(timeout), None) => Some((Instant::now(), timeout, Cut::Attempt(timeout))),
+            (Some(timeout), None) => Some((reading, timeout, Cut::Attempt(timeout))),
             (own, Some((deadline, ends))) => {
-                let now = match call.started {
-                    Some(started) if !waited => started,
-                    _ => Instant::now(),
-                };
+                let now = reading.unwrap_or_else(Instant::now);
                 let left = ends.saturating_duration_since(now);
                 Some(match own {
-                    Some(timeout) if timeout < left => (now, timeout, Cut::Attempt(timeout)),
-                    _ => (now, left, Cut::Deadline(deadline)),
+                    Some(timeout) if timeout < left => (Some(now), timeout, Cut::Attempt(timeout)),
+                    _ => (Some(now), left, Cut::Deadline(deadline)),
                 })
             }
         };
         let left = cut.map(|(_, left, _)| left);
-        let fut = {
+        let fut = std::pin::pin!({
             let mut op = op.lock().unwrap_or_else(PoisonError::into_inner);
             (*op)(attempt.with_timeout(left))
-        };
+        });
         let result = match cut {
             None => fut.await,
-            Some((now, left, why)) => match tokio::time::timeout_at(now + left, fut).await {
-                Ok(result) => result,
-                Err(_) => {
-                    let (error, outcome) = match why {
-                        Cut::Attempt(timeout) => {
-                            bump(&self.stats.attempt_timeouts);
-                            (PipelineError::AttemptTimeout { timeout }, Outcome::Failure)
+            Some((now, left, why)) => {
+                match cut_at(|| now.unwrap_or_else(Instant::now) + left, fut).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        let (error, outcome) = match why {
+                            Cut::Attempt(timeout) => {
+                                bump(&self.stats.attempt_timeouts);
+                                (PipelineError::AttemptTimeout { timeout }, Outcome::Failure)
+                            }
+                            Cut::Deadline(deadline) => (
+                                PipelineError::DeadlineExceeded { deadline },
+                                if self.deadline_cut_is_failure {
+                                    Outcome::Failure
+                                } else {
+                                    Outcome::Neutral
+                                },
+                            ),
+                        };
+                        if let Some(permit) = permit {
+                            permit.record(outcome);
                         }
-                        Cut::Deadline(deadline) => (
-                            PipelineError::DeadlineExceeded { deadline },
-                            if self.deadline_cut_is_failure {
-                                Outcome::Failure
-                            } else {
-                                Outcome::Neutral
-                            },
-                        ),
-                    };
-                    if let Some(permit) = permit {
-                        permit.record(outcome);
+                        if let Some(slot) = slot {
+                            slot.record(outcome);
+                        }
+                        return Err(AttemptError::rejected_by(error, outcome));
                     }
-                    if let Some(slot) = slot {
-                        slot.record(outcome);
-                    }
-                    return Err(AttemptError::rejected_by(error, outcome));
                 }
-            },
+            }
         };
         let outcome = call.classifier.classify(&result);
         if let Some(permit) = permit {
@@ -731,6 +743,30 @@ impl Pipeline {
                 Err(wait) => wait,
             };
         }
+    }
+}
+
+/// Runs `fut` until the instant `at` gives, like `tokio::time::timeout_at`,
+/// but polls `fut` once before it asks for the instant or touches the
+/// timer: a call that is ready at once (a cache hit, an error returned
+/// before any I/O) neither reads the clock nor builds a tokio `Sleep`
+/// (which clones the runtime handle). Those two were about a third of a
+/// five-policy pipeline call that did not wait. A future still pending
+/// after its first poll gets tokio's timeout, measured from then: the
+/// first poll only starts the operation, so the limit moves by that poll's
+/// CPU time at most.
+///
+/// It takes the future pinned where its caller built it: a pipeline's
+/// futures are large (the retried attempts of one call are over a
+/// kilobyte), and taking them by value would copy them.
+async fn cut_at<F: Future>(
+    at: impl FnOnce() -> Instant,
+    mut fut: std::pin::Pin<&mut F>,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(fut.as_mut().poll(cx))).await;
+    match first {
+        std::task::Poll::Ready(output) => Ok(output),
+        std::task::Poll::Pending => tokio::time::timeout_at(at(), fut).await,
     }
 }
 

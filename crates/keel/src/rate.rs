@@ -1,3 +1,5 @@
+use std::cell::Cell;
+use std::hash::BuildHasher;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
@@ -69,18 +71,88 @@ pub(crate) struct KeelGovernorClock {
     origin: Instant,
 }
 
+thread_local! {
+    /// A reading of the limiter's clock that the caller already holds, for
+    /// the one governor check running on this thread (see
+    /// [`RateLimiter::check_at`]). governor reads its clock itself and takes
+    /// no instant from the caller; a clock read costs 15–20 ns on a VM,
+    /// about a tenth of a whole pipeline call, and the pipeline has read the
+    /// clock already. Set and cleared around one synchronous check, so it
+    /// never outlives it.
+    static READING: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// Clears [`READING`] when the check ends, also if it panics.
+struct Pinned;
+
+impl Pinned {
+    fn new(now: Instant) -> Self {
+        READING.set(Some(now));
+        Pinned
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        READING.set(None);
+    }
+}
+
 impl GovernorClock for KeelGovernorClock {
     type Instant = Duration;
 
     fn now(&self) -> Duration {
-        self.clock.now().saturating_duration_since(self.origin)
+        READING
+            .get()
+            .unwrap_or_else(|| self.clock.now())
+            .saturating_duration_since(self.origin)
+    }
+}
+
+/// The keyed map's hasher. Its keys are already seeded 64-bit hashes of
+/// the caller's keys (see [`RateLimiter::check`]), so hashing them again
+/// (governor's default is SipHash, a seventh of a keyed call) adds nothing.
+#[derive(Debug, Clone, Copy, Default)]
+struct AlreadyHashed;
+
+impl BuildHasher for AlreadyHashed {
+    type Hasher = AlreadyHashedHasher;
+
+    fn build_hasher(&self) -> AlreadyHashedHasher {
+        AlreadyHashedHasher(0)
+    }
+}
+
+/// Passes a `u64` key through unchanged.
+#[derive(Debug, Default)]
+struct AlreadyHashedHasher(u64);
+
+impl std::hash::Hasher for AlreadyHashedHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys reach this map; anything else is still hashed,
+        // not silently collapsed.
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+
+    fn write_u64(&mut self, key: u64) {
+        self.0 = key;
     }
 }
 
 type Direct =
     governor::RateLimiter<NotKeyed, InMemoryState, KeelGovernorClock, NoOpMiddleware<Duration>>;
-type Keyed =
-    governor::RateLimiter<u64, DashMapStateStore<u64>, KeelGovernorClock, NoOpMiddleware<Duration>>;
+type Keyed = governor::RateLimiter<
+    u64,
+    DashMapStateStore<u64, AlreadyHashed>,
+    KeelGovernorClock,
+    NoOpMiddleware<Duration>,
+>;
 
 /// A rate limiter: one rate for every call, or one rate per key (per VM,
 /// per tenant); governor's GCRA underneath.
@@ -109,7 +181,8 @@ pub struct RateLimiter {
 #[derive(Debug)]
 enum Limiter {
     Direct(Direct, KeelGovernorClock),
-    Keyed(Keyed, KeelGovernorClock),
+    /// The map, its clock, and the seeded hasher of the caller's keys.
+    Keyed(Keyed, KeelGovernorClock, foldhash::fast::RandomState),
 }
 
 impl RateLimiter {
@@ -147,29 +220,59 @@ impl RateLimiter {
         };
         Ok(RateLimiter {
             inner: std::sync::Arc::new(Limiter::Keyed(
-                governor::RateLimiter::dashmap_with_clock(limit.quota()?, clock.clone()),
+                governor::RateLimiter::dashmap_with_clock_and_hasher(
+                    limit.quota()?,
+                    clock.clone(),
+                    AlreadyHashed,
+                ),
                 clock,
+                foldhash::fast::RandomState::default(),
             )),
         })
     }
 
     /// Takes a slot now, or says how long until one frees up. A direct
     /// limiter ignores the key; a keyed one limits `None` as one more key.
+    ///
+    /// Keys are hashed to 64 bits (foldhash, seeded per limiter) so a check
+    /// never allocates; two keys whose hashes collide would share a rate,
+    /// with odds of about one in 2^64 per pair, and a caller who does not
+    /// know the seed cannot choose keys that collide.
     pub fn check(&self, key: Option<&str>) -> Result<(), Duration> {
-        match &*self.inner {
-            Limiter::Direct(limiter, clock) => limiter
-                .check()
-                .map_err(|not_until| not_until.wait_time_from(clock.now())),
-            Limiter::Keyed(limiter, clock) => limiter
-                .check_key(&key_hash(key.unwrap_or_default()))
-                .map_err(|not_until| not_until.wait_time_from(clock.now())),
-        }
+        self.check_at(key, self.clock().now())
+    }
+
+    /// [`check`](Self::check) with a reading of the limiter's clock the
+    /// caller already holds (a [`Pipeline`](crate::Pipeline) reads the
+    /// clock once per attempt and shares the reading). On a manual clock
+    /// the limiter reads its own, as a test may move it at any time.
+    pub(crate) fn check_at(&self, key: Option<&str>, now: Instant) -> Result<(), Duration> {
+        let (limiter, clock) = match &*self.inner {
+            Limiter::Direct(limiter, clock) => (Either::Direct(limiter), clock),
+            Limiter::Keyed(limiter, clock, keys) => (
+                Either::Keyed(limiter, keys.hash_one(key.unwrap_or_default())),
+                clock,
+            ),
+        };
+        let now = if clock.clock.is_manual() {
+            clock.clock.now()
+        } else {
+            now
+        };
+        let _pinned = Pinned::new(now);
+        let checked = match limiter {
+            Either::Direct(limiter) => limiter.check(),
+            Either::Keyed(limiter, key) => limiter.check_key(&key),
+        };
+        checked.map_err(|not_until| {
+            not_until.wait_time_from(now.saturating_duration_since(clock.origin))
+        })
     }
 
     /// The clock the limiter reads.
     pub fn clock(&self) -> &Clock {
         match &*self.inner {
-            Limiter::Direct(_, clock) | Limiter::Keyed(_, clock) => &clock.clock,
+            Limiter::Direct(_, clock) | Limiter::Keyed(_, clock, _) => &clock.clock,
         }
     }
 
@@ -181,7 +284,7 @@ impl RateLimiter {
     /// Forgets keys whose rate state has fully recovered (keyed limiters
     /// only), so a limiter keyed by short-lived ids does not grow forever.
     pub fn retain_recent(&self) {
-        if let Limiter::Keyed(limiter, _) = &*self.inner {
+        if let Limiter::Keyed(limiter, ..) = &*self.inner {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }
@@ -191,7 +294,7 @@ impl RateLimiter {
     pub fn len(&self) -> usize {
         match &*self.inner {
             Limiter::Direct(..) => 1,
-            Limiter::Keyed(limiter, _) => limiter.len(),
+            Limiter::Keyed(limiter, ..) => limiter.len(),
         }
     }
 
@@ -206,18 +309,10 @@ impl RateLimiter {
     }
 }
 
-/// Keys are hashed to 64 bits so a check never allocates; two distinct keys
-/// that collide would merely share a rate. FNV-1a, written here rather than
-/// taken from a crate for these few lines: keys are short (a VM name, a
-/// tenant id), where it costs a few nanoseconds against SipHash's twenty,
-/// and the limiter's map hashes the `u64` again with its own seeded hasher,
-/// so a key chosen to collide can at worst share another key's rate.
-fn key_hash(key: &str) -> u64 {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    key.bytes().fold(OFFSET, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(PRIME)
-    })
+/// The limiter a check goes to, with its key's hash.
+enum Either<'a> {
+    Direct(&'a Direct),
+    Keyed(&'a Keyed, u64),
 }
 
 #[cfg(test)]

@@ -586,3 +586,48 @@ fn every_policy_of_a_pipeline_reads_the_pipelines_clock() {
         .unwrap_err();
     assert!(err.reason().contains("rate limiter"), "{err}");
 }
+
+/// An attempt that does not finish at once is cut exactly when its time is
+/// up, whether the pipeline held a clock reading (a rate limiter, a
+/// deadline) or read the clock only once the operation was pending.
+#[tokio::test(start_paused = true)]
+async fn attempt_timeouts_are_measured_from_the_attempts_start() {
+    let plain = Pipeline::builder()
+        .attempt_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let limited = Pipeline::builder()
+        .rate_limit(RateLimit::per_second(1000))
+        .attempt_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let with_deadline = Pipeline::builder()
+        .deadline(Duration::from_secs(3))
+        .attempt_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    for pipeline in [&plain, &limited, &with_deadline] {
+        let start = Instant::now();
+        let fast = pipeline
+            .call(|_| async {
+                tokio::time::sleep(Duration::from_millis(1_999)).await;
+                Ok::<_, &str>(1)
+            })
+            .await;
+        assert_eq!(fast.unwrap(), 1);
+        assert_eq!(start.elapsed(), Duration::from_millis(1_999));
+        let start = Instant::now();
+        let slow = pipeline
+            .call(|_| async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                Ok::<_, &str>(1)
+            })
+            .await;
+        assert!(
+            matches!(slow, Err(PipelineError::AttemptTimeout { .. })),
+            "{slow:?}"
+        );
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+        assert_eq!(pipeline.stats().attempt_timeouts, 1);
+    }
+}
