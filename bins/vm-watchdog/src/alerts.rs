@@ -4,12 +4,13 @@
 //! digest subject); the notifier measures "observed → accepted by Telegram"
 //! and [`Alerts::configure`] feeds it to the watchdog's metrics.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use keel_notify::{Admitted, Notification, Notifier, NotifierBuilder};
+use keel_notify::{Admitted, Notification, Notifier, NotifierBuilder, TelegramSink};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
@@ -52,6 +53,57 @@ struct Episodes {
 pub struct Alerts {
     notifier: Notifier,
     episodes: Arc<Mutex<Episodes>>,
+    routing: Option<Arc<Mutex<Routing>>>,
+    replies: Arc<AtomicU64>,
+}
+
+/// What a Telegram sink made by a [`SinkFactory`] is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SinkFor {
+    /// The alerts of VMs whose `topic_id` is this forum topic.
+    Topic(i64),
+    /// Replies to operator commands sent in this topic (`None`: outside
+    /// any topic): no icons, silent, no digests.
+    Reply(Option<i64>),
+}
+
+impl SinkFor {
+    /// The sink's name: `telegram-topic-42`, `telegram-replies`,
+    /// `telegram-replies-42`.
+    pub fn sink_name(self) -> String {
+        match self {
+            SinkFor::Topic(t) => format!("telegram-topic-{t}"),
+            SinkFor::Reply(None) => REPLY_SINK.to_owned(),
+            SinkFor::Reply(Some(t)) => format!("{REPLY_SINK}-{t}"),
+        }
+    }
+}
+
+/// Name (and name prefix) of the sinks that carry command replies; their
+/// deliveries are not alerts and are not counted in `alerts_sent_total`.
+pub const REPLY_SINK: &str = "telegram-replies";
+
+/// Builds the Telegram sink for a topic or for command replies (same bot,
+/// chat and rate limits as the main sink, so every message to the chat
+/// shares Telegram's limits).
+pub type SinkFactory =
+    Arc<dyn Fn(SinkFor) -> Result<TelegramSink, keel_notify::ConfigError> + Send + Sync>;
+
+struct Routing {
+    default_sink: String,
+    default_topic: Option<i64>,
+    factory: SinkFactory,
+    vm_sinks: HashMap<String, String>,
+    created: HashSet<String>,
+}
+
+impl std::fmt::Debug for Routing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Routing")
+            .field("default_sink", &self.default_sink)
+            .field("vm_sinks", &self.vm_sinks.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Alerts {
@@ -60,15 +112,105 @@ impl Alerts {
     /// accepted time goes to `alert_reaction_seconds`.
     pub fn configure(builder: NotifierBuilder, metrics: Metrics) -> NotifierBuilder {
         builder.on_accepted(move |accepted| {
+            if accepted.sink.starts_with(REPLY_SINK) {
+                return;
+            }
             metrics.alert_sent(accepted.priority, Some(accepted.observed_to_accepted));
         })
     }
 
-    /// Alerts through `notifier` (built from [`Alerts::configure`]).
+    /// Alerts through `notifier` (built from [`Alerts::configure`]), to
+    /// every sink.
     pub fn new(notifier: Notifier) -> Self {
         Alerts {
             notifier,
             episodes: Arc::default(),
+            routing: None,
+            replies: Arc::default(),
+        }
+    }
+
+    /// Routes each VM's alerts to the sink of its topic ([`Alerts::route`])
+    /// and everything else to `default_sink` (which posts to
+    /// `default_topic`); `factory` makes the topic and reply sinks not among
+    /// `existing` (sinks the notifier was built with) when first needed.
+    #[must_use]
+    pub fn with_routing(
+        mut self,
+        default_sink: impl Into<String>,
+        default_topic: Option<i64>,
+        factory: SinkFactory,
+        existing: impl IntoIterator<Item = String>,
+    ) -> Self {
+        self.routing = Some(Arc::new(Mutex::new(Routing {
+            default_sink: default_sink.into(),
+            default_topic,
+            factory,
+            vm_sinks: HashMap::new(),
+            created: existing.into_iter().collect(),
+        })));
+        self
+    }
+
+    /// The sink for `what`, made and added to the notifier if needed;
+    /// `None` without routing or when it cannot be made (logged).
+    fn sink_for(&self, what: SinkFor) -> Option<String> {
+        let routing = self.routing.as_ref()?;
+        let mut routing = routing.lock();
+        let name = what.sink_name();
+        if routing.created.contains(&name) {
+            return Some(name);
+        }
+        let added = (routing.factory)(what)
+            .map_err(|e| e.to_string())
+            .and_then(|sink| self.notifier.add_sink(sink).map_err(|e| e.to_string()));
+        match added {
+            Ok(()) => {
+                routing.created.insert(name.clone());
+                Some(name)
+            }
+            Err(error) => {
+                tracing::warn!(sink = %name, %error, "cannot add a Telegram sink; using the default one");
+                Some(routing.default_sink.clone())
+            }
+        }
+    }
+
+    /// Sends `vm`'s alerts to forum topic `topic` (`None`: the default
+    /// topic, `TOPIC_ID`). No effect without routing.
+    pub fn route(&self, vm: &str, topic: Option<i64>) {
+        let Some(routing) = &self.routing else { return };
+        let default = {
+            let r = routing.lock();
+            (topic.is_none() || topic == r.default_topic).then(|| r.default_sink.clone())
+        };
+        let sink = match (default, topic) {
+            (Some(default), _) => default,
+            (None, Some(t)) => match self.sink_for(SinkFor::Topic(t)) {
+                Some(sink) => sink,
+                None => return,
+            },
+            (None, None) => return,
+        };
+        routing.lock().vm_sinks.insert(vm.to_owned(), sink);
+    }
+
+    /// Replies `text` to an operator command sent in `thread` (its first
+    /// line in bold). Replies go through the notifier, so they share the
+    /// chat's rate limits with the alerts; they are critical so that no
+    /// debounce delays them, and silent (no notification sound).
+    pub fn reply(&self, thread: Option<i64>, text: &str) {
+        let n = self.replies.fetch_add(1, Ordering::Relaxed);
+        let (title, body) = text.split_once('\n').unwrap_or((text, ""));
+        let mut notification = Notification::critical(format!("reply:{n}"), title)
+            .body(body)
+            .subject(format!("reply:{n}"));
+        if let Some(sink) = self.sink_for(SinkFor::Reply(thread)) {
+            notification = notification.to(sink);
+        }
+        match self.notifier.notify(notification) {
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot queue a command reply"),
         }
     }
 
@@ -84,10 +226,26 @@ impl Alerts {
 
     fn send(&self, notification: Notification, observed_at: Option<Instant>) {
         let key = notification.key().to_owned();
-        let notification = match observed_at {
+        let mut notification = match observed_at {
             Some(at) => notification.observed_at(at),
             None => notification,
         };
+        if let Some(routing) = &self.routing
+            && notification.sinks().is_empty()
+        {
+            let routing = routing.lock();
+            let vm = notification
+                .fields()
+                .iter()
+                .find(|(k, _)| k == "vm")
+                .map(|(_, v)| v.as_str());
+            let sink = vm
+                .and_then(|vm| routing.vm_sinks.get(vm))
+                .unwrap_or(&routing.default_sink)
+                .clone();
+            drop(routing);
+            notification = notification.to(sink);
+        }
         match self.notifier.notify(notification) {
             Ok(admitted @ (Admitted::Deduplicated | Admitted::Dropped)) => {
                 tracing::debug!(key, ?admitted, "alert not queued");
@@ -156,8 +314,19 @@ impl Alerts {
 
     /// Critical: `vm` is `status` (STOPPED, CRASHED, ERROR); starting it.
     pub fn critical_status(&self, vm: &str, status: VmStatus, observed_at: Instant) {
+        self.down(vm, status, observed_at, true);
+    }
+
+    /// Critical: `vm` is `status`; with `starting` false (`auto_start:
+    /// false` in vms.yaml) the body says it is not started.
+    pub fn down(&self, vm: &str, status: VmStatus, observed_at: Instant, starting: bool) {
+        let body = if starting {
+            "Starting it now; polling every few seconds until it is RUNNING."
+        } else {
+            "auto_start is off for this VM (vms.yaml): it is not started; start it by hand."
+        };
         let n = Notification::critical(format!("{vm}:{status}"), format!("VM {vm} is {status}"))
-            .body("Starting it now; polling every few seconds until it is RUNNING.")
+            .body(body)
             .field("vm", vm)
             .field("status", status.as_str())
             .subject(vm);

@@ -6,13 +6,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_notify::{Notifier, RateLimit, TelegramSink};
+use keel_notify::{Notifier, Priority, RateLimit, TelegramSink};
 use keel_telemetry::{Kit, MetricsRegistry, Shutdown};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::alerts::Alerts;
+use crate::alerts::{Alerts, SinkFactory, SinkFor};
 use crate::api::{Api, ApiSettings, BreakerHook, HttpApi};
+use crate::commands::CommandSettings;
 use crate::config::Settings;
 use crate::engine::{Engine, EngineSettings};
 use crate::error::Error;
@@ -45,6 +46,13 @@ pub struct Options {
     /// own, serving the admin routes on `HEALTH_ADDR` with an unprefixed
     /// registry (tests).
     pub kit: Option<Kit>,
+    /// Run the self-checks ([`crate::selfcheck`]) at start (default
+    /// `true`): a rejected credential fails the start (exit 64); a service
+    /// that cannot be reached is logged and the program starts.
+    pub self_check: bool,
+    /// The command poller's settings when `TELEGRAM_COMMANDS` is on
+    /// (default: [`CommandSettings::new`]; tests shorten its timeouts).
+    pub commands: Option<CommandSettings>,
 }
 
 impl Default for Options {
@@ -55,8 +63,70 @@ impl Default for Options {
             engine: None,
             debounce: watch::DEFAULT_DEBOUNCE,
             kit: None,
+            self_check: true,
+            commands: None,
         }
     }
+}
+
+/// Makes the Telegram sinks of forum topics and command replies: same bot,
+/// chat, base URL and rate limits as the main sink (the limits are keyed by
+/// chat and bot, so every sink shares them).
+fn sink_factory(settings: &Settings, limits: Option<Vec<RateLimit>>) -> SinkFactory {
+    let token = settings.bot_token.clone();
+    let chat = settings.chat.clone();
+    let base = settings.telegram_url.clone();
+    Arc::new(move |what: SinkFor| {
+        let mut b = TelegramSink::builder(token.clone(), chat.clone())
+            .base_url(base.clone())
+            .name(what.sink_name());
+        match what {
+            SinkFor::Topic(topic) => b = b.thread_id(topic),
+            SinkFor::Reply(topic) => {
+                if let Some(topic) = topic {
+                    b = b.thread_id(topic);
+                }
+                b = b
+                    .icons(false)
+                    .digests(false)
+                    .silent_at_or_below(Priority::Critical);
+            }
+        }
+        if let Some(limits) = &limits {
+            b = b.rate_limits(limits.clone());
+        }
+        b.build()
+    })
+}
+
+/// After a start whose self-check could not reach Telegram: asks `getMe`
+/// every 30 s until Telegram answers, then counts alerts as deliverable
+/// again (as far as the sinks' breakers say).
+fn spawn_recheck(
+    engine: Arc<Engine<HttpApi>>,
+    settings: Settings,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    tokio::spawn(async move {
+        let client = crate::selfcheck::client();
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(30)) => {}
+            }
+            match crate::selfcheck::telegram(&client, &settings).await {
+                Ok(_) => {
+                    tracing::info!("self-check: Telegram answers now");
+                    engine.set_telegram_verified(true);
+                    return;
+                }
+                Err(e) if e.is_rejected() => {
+                    tracing::error!(error = %e, "self-check: Telegram rejects the configuration");
+                }
+                Err(e) => tracing::debug!(error = %e, "self-check: Telegram still unreachable"),
+            }
+        }
+    });
 }
 
 /// A running watchdog.
@@ -92,6 +162,30 @@ impl Watchdog {
     /// [`Error`] when the notifier, the admin server or the watcher cannot
     /// start.
     pub async fn start(settings: &Settings, vms: VmsFile, options: Options) -> Result<Self, Error> {
+        // Self-checks first: rejected credentials stop the start (exit 64).
+        let check_client = crate::selfcheck::client();
+        let mut telegram_unverified = false;
+        let mut bot = None;
+        if options.self_check {
+            match crate::selfcheck::telegram(&check_client, settings).await {
+                Ok(info) => {
+                    tracing::info!(bot = ?info.username, "self-check: Telegram accepts the bot token and the chat");
+                    bot = Some(info);
+                }
+                Err(f) if f.is_rejected() => return Err(Error::Config(f.into_config_error())),
+                Err(f) => {
+                    tracing::warn!(error = %f, "self-check: cannot reach Telegram; starting anyway (telegram_up stays 0 until it answers)");
+                    telegram_unverified = true;
+                }
+            }
+            match crate::selfcheck::cloud(&check_client, settings, &vms).await {
+                Ok(()) => tracing::info!("self-check: the cloud accepts the credentials"),
+                Err(f) if f.is_rejected() => return Err(Error::Config(f.into_config_error())),
+                Err(f) => {
+                    tracing::warn!(error = %f, "self-check: cannot reach the cloud API; starting anyway")
+                }
+            }
+        }
         let kit = match options.kit.clone() {
             Some(kit) => kit,
             None => Kit::builder()
@@ -117,9 +211,24 @@ impl Watchdog {
         let telegram = telegram
             .build()
             .map_err(|e| Error::Notify(keel_notify::NotifyError::Config(e)))?;
+        let default_sink = keel_notify::Sink::name(&telegram).to_owned();
+        let factory = sink_factory(settings, options.telegram_rate_limits.clone());
         let mut notifier = Alerts::configure(Notifier::builder(), metrics.clone())
             .sink(telegram)
             .workers(settings.telegram_workers);
+        // The sinks of the topics vms.yaml names now exist before the spool
+        // is read back, so spooled alerts find their topic.
+        let mut sinks = vec![default_sink.clone()];
+        for topic in vms.vms.iter().filter_map(|vm| vm.topic_id) {
+            let name = SinkFor::Topic(topic).sink_name();
+            if Some(topic) == settings.topic_id || sinks.contains(&name) {
+                continue;
+            }
+            let sink = factory(SinkFor::Topic(topic))
+                .map_err(|e| Error::Notify(keel_notify::NotifyError::Config(e)))?;
+            notifier = notifier.sink(sink);
+            sinks.push(name);
+        }
         if let Some(spool) = &settings.alert_spool {
             notifier = notifier.spool(spool.clone());
         } else if let Some(dir) = &settings.state_dir {
@@ -133,7 +242,12 @@ impl Watchdog {
         registry
             .register_with_prefix("vm_watchdog_notify", |r| notifier.register_metrics(r))
             .map_err(Error::Telemetry)?;
-        let alerts = Alerts::new(notifier.clone());
+        let alerts = Alerts::new(notifier.clone()).with_routing(
+            default_sink,
+            settings.topic_id,
+            factory,
+            sinks,
+        );
 
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
@@ -186,7 +300,13 @@ impl Watchdog {
             .clone()
             .unwrap_or_else(|| EngineSettings::new(settings.bounds));
         engine_settings.bounds = settings.bounds;
+        engine_settings.stuck_after = settings.stuck_after;
+        engine_settings.updating_stuck_after = settings.updating_stuck_after;
         let engine = Arc::new(Engine::new(api, alerts, metrics.clone(), engine_settings));
+        if telegram_unverified {
+            engine.set_telegram_verified(false);
+            spawn_recheck(engine.clone(), settings.clone(), kit.token().child_token());
+        }
         let report = engine.apply(&vms);
         engine.set_config_valid(true, Some(chrono::Utc::now().timestamp()));
         // `telegram_up` follows the Telegram breaker between scrapes of
@@ -204,7 +324,34 @@ impl Watchdog {
         });
         tracing::info!(vms = report.added.len(), folder = ?vms.folder_id, "monitoring started");
 
-        kit.set_admin_routes(crate::http::routes(engine.clone()));
+        kit.set_admin_routes(crate::http::routes(
+            engine.clone(),
+            settings.admin_token.clone(),
+        ));
+        if settings.telegram_commands {
+            let command_settings = options.commands.clone().unwrap_or_else(|| {
+                CommandSettings::new(settings, bot.as_ref().and_then(|b| b.username.clone()))
+            });
+            let client = reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .build()
+                .map_err(|e| Error::Io {
+                    context: "cannot build the HTTP client".into(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+            tokio::spawn(crate::commands::run(
+                engine.clone(),
+                command_settings,
+                client,
+                kit.token().child_token(),
+            ));
+        } else if settings.admin_user_ids.is_empty() {
+            tracing::debug!("TELEGRAM_COMMANDS is off: no commands from the chat");
+        } else {
+            tracing::warn!(
+                "TELEGRAM_ADMIN_USER_IDS is set but TELEGRAM_COMMANDS is off: no commands are taken"
+            );
+        }
         let watcher = watch::spawn(
             Reloader::new(engine.clone(), settings.vms_config.clone(), vms),
             options.debounce,

@@ -113,6 +113,41 @@ pub struct Config {
     #[arg(long, env = "STATE_DIR")]
     pub state_dir: Option<PathBuf>,
 
+    /// Seconds a VM may stay in STARTING, PROVISIONING, RESTARTING or
+    /// STOPPING before a "stuck" warning (a VM's `stuck_after` in vms.yaml
+    /// overrides it).
+    #[arg(long, env = "STUCK_AFTER", default_value_t = 300)]
+    pub stuck_after: u64,
+
+    /// Seconds a VM may stay UPDATING before a "stuck" warning (a VM's
+    /// `updating_stuck_after` overrides it).
+    #[arg(long, env = "UPDATING_STUCK_AFTER", default_value_t = 600)]
+    pub updating_stuck_after: u64,
+
+    /// Bearer token of the admin API's mutating endpoints (pause, resume,
+    /// maintenance, mute, ack, breaker forcing) at least 16 characters.
+    /// Unset, those answer 403; the read-only listings stay open.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Take operator commands (`/status`, `/ack`, `/mute`, `/resume`) from
+    /// the chat by `getUpdates` long polling. Off by default: only one
+    /// consumer of a bot's updates may run, and a bot with a webhook cannot
+    /// poll.
+    #[arg(long, env = "TELEGRAM_COMMANDS")]
+    pub telegram_commands: bool,
+
+    /// Comma-separated Telegram user ids allowed to send commands (default:
+    /// anyone in `GROUP_CHAT_ID`).
+    #[arg(long, env = "TELEGRAM_ADMIN_USER_IDS")]
+    pub telegram_admin_user_ids: Option<String>,
+
+    /// With `--check-config`: also check the credentials online (Telegram
+    /// `getMe`, `getChat`, `getChatMember`; one IAM token and one Compute
+    /// call). Without it, `--check-config` stays offline.
+    #[arg(long, env = "CHECK_ONLINE")]
+    pub online: bool,
+
     /// `--check-config`, `RUST_LOG` and `LOG_FORMAT`.
     #[command(flatten)]
     pub kit: KitArgs,
@@ -164,6 +199,16 @@ pub struct Settings {
     pub alert_spool: Option<PathBuf>,
     /// State directory (the default spool's home).
     pub state_dir: Option<PathBuf>,
+    /// `STUCK_AFTER`.
+    pub stuck_after: Duration,
+    /// `UPDATING_STUCK_AFTER`.
+    pub updating_stuck_after: Duration,
+    /// `ADMIN_TOKEN`.
+    pub admin_token: Option<String>,
+    /// `TELEGRAM_COMMANDS`.
+    pub telegram_commands: bool,
+    /// `TELEGRAM_ADMIN_USER_IDS` (empty: anyone in the chat).
+    pub admin_user_ids: Vec<i64>,
 }
 
 /// `value` as an http(s) base URL without its trailing slash.
@@ -248,7 +293,47 @@ impl Config {
             (None, Some(token)) => Credentials::OAuth(token),
             (None, None) => Credentials::Metadata,
         };
+        let stuck = |variable: &'static str, secs: u64| {
+            if secs == 0 || Duration::from_secs(secs) > crate::duration::MAX {
+                Err(ConfigError::new(
+                    variable,
+                    "must be within 1 second..=30 days",
+                ))
+            } else {
+                Ok(Duration::from_secs(secs))
+            }
+        };
+        let stuck_after = stuck("STUCK_AFTER", self.stuck_after)?;
+        let updating_stuck_after = stuck("UPDATING_STUCK_AFTER", self.updating_stuck_after)?;
+        let admin_token = match non_empty("ADMIN_TOKEN", self.admin_token.as_ref())? {
+            Some(t) if t.len() < 16 || t.contains(char::is_whitespace) => {
+                return Err(ConfigError::new(
+                    "ADMIN_TOKEN",
+                    "must be at least 16 characters without spaces (try `openssl rand -hex 32`)",
+                ));
+            }
+            t => t,
+        };
+        let admin_user_ids = match self.telegram_admin_user_ids.as_deref().map(str::trim) {
+            None | Some("") => Vec::new(),
+            Some(list) => list
+                .split(',')
+                .map(|id| {
+                    id.trim().parse::<i64>().map_err(|_| {
+                        ConfigError::new(
+                            "TELEGRAM_ADMIN_USER_IDS",
+                            format!("`{}` is not a numeric Telegram user id", id.trim()),
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
         Ok(Settings {
+            stuck_after,
+            updating_stuck_after,
+            admin_token,
+            telegram_commands: self.telegram_commands,
+            admin_user_ids,
             bot_token: bot_token.to_owned(),
             chat,
             topic_id: self.topic_id,
@@ -284,15 +369,39 @@ impl Program for Config {
     /// `vms.yaml` readable and valid (at least one VM, no duplicate
     /// instance), the alert spool's directory (or the state directory)
     /// writable.
+    ///
+    /// With `--online`, also the self-checks (`crate::selfcheck`): Telegram
+    /// accepts `BOT_TOKEN` and the bot is in `GROUP_CHAT_ID`; the cloud
+    /// accepts the credentials. A rejection names the variable at fault;
+    /// a service that cannot be reached names its URL variable.
     fn check(&self) -> Result<(), ConfigError> {
         check::readable_file("VMS_CONFIG", &self.vms_config)?;
         let text = std::fs::read_to_string(&self.vms_config)
             .map_err(|e| ConfigError::new("VMS_CONFIG", e.to_string()))?;
-        vms_yaml::parse(&text, &self.vms_config).map_err(|e| e.into_config_error())?;
+        let vms = vms_yaml::parse(&text, &self.vms_config).map_err(|e| e.into_config_error())?;
         if let Some(spool) = &self.alert_spool {
             check::writable_path("ALERT_SPOOL", spool)?;
         } else if let Some(dir) = &self.state_dir {
             check::writable_path("STATE_DIR", &dir.join("notify.spool"))?;
+        }
+        if self.online {
+            let settings = Config::validate(self)?;
+            // `--check-config` runs before any runtime exists.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| ConfigError::new("CHECK_ONLINE", format!("no runtime: {e}")))?;
+            runtime.block_on(async {
+                let client = crate::selfcheck::client();
+                crate::selfcheck::telegram(&client, &settings)
+                    .await
+                    .map_err(crate::selfcheck::Failure::into_config_error)?;
+                crate::selfcheck::cloud(&client, &settings, &vms)
+                    .await
+                    .map_err(crate::selfcheck::Failure::into_config_error)?;
+                Ok::<(), ConfigError>(())
+            })?;
+            eprintln!("vm-watchdog: Telegram and the cloud accept the credentials");
         }
         Ok(())
     }

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::alerts::Alerts;
 use crate::api::{Api, RawApi};
+use crate::control::{ControlError, CtlState, VmCtl, check_duration, wall};
 use crate::metrics::Metrics;
 use crate::schedule::Bounds;
 use crate::status::VmStatus;
@@ -65,6 +66,13 @@ pub struct EngineSettings {
     pub flap_window: Duration,
     /// How long a flapping VM is left alone (default 1 h).
     pub flap_cool_off: Duration,
+    /// `STUCK_AFTER`: STARTING, PROVISIONING, RESTARTING or STOPPING for
+    /// longer is a "stuck" warning (default 5 min; a VM's `stuck_after`
+    /// overrides it).
+    pub stuck_after: Duration,
+    /// `UPDATING_STUCK_AFTER` (default 10 min; a VM's
+    /// `updating_stuck_after` overrides it).
+    pub updating_stuck_after: Duration,
 }
 
 impl std::fmt::Debug for EngineSettings {
@@ -92,6 +100,8 @@ impl EngineSettings {
             flap_restarts: 5,
             flap_window: Duration::from_secs(30 * 60),
             flap_cool_off: Duration::from_secs(60 * 60),
+            stuck_after: crate::status::TRANSITION_STUCK_AFTER,
+            updating_stuck_after: crate::status::UPDATE_STUCK_AFTER,
         }
     }
 }
@@ -167,6 +177,13 @@ pub(crate) struct Shared<R> {
     pub(crate) unreachable_after: u32,
     pub(crate) reminder_after: Duration,
     pub(crate) flap: (u32, Duration, Duration),
+    /// Global stuck thresholds: transitions, UPDATING.
+    pub(crate) stuck: (Duration, Duration),
+    /// Operator control per VM name.
+    pub(crate) controls: Mutex<HashMap<String, Arc<VmCtl>>>,
+    /// The start self-check could not reach Telegram and it has not
+    /// answered since: alerts may not be deliverable.
+    pub(crate) telegram_unverified: AtomicBool,
     pub(crate) config_valid: AtomicBool,
     pub(crate) delivering: AtomicBool,
     pub(crate) api_settings_deadline: Duration,
@@ -243,6 +260,9 @@ impl<R: RawApi> Engine<R> {
                     settings.flap_window,
                     settings.flap_cool_off,
                 ),
+                stuck: (settings.stuck_after, settings.updating_stuck_after),
+                controls: Mutex::new(HashMap::new()),
+                telegram_unverified: AtomicBool::new(false),
                 config_valid: AtomicBool::new(true),
                 delivering: AtomicBool::new(true),
                 live: AtomicUsize::new(0),
@@ -283,9 +303,20 @@ impl<R: RawApi> Engine<R> {
             .notifier()
             .breakers()
             .iter()
-            .all(|b| b.state() == keel_breaker::State::Closed);
+            .all(|b| b.state() == keel_breaker::State::Closed)
+            && !self.shared.telegram_unverified.load(Ordering::Acquire);
         self.shared.metrics.telegram(up);
         up
+    }
+
+    /// Records whether Telegram could be reached by the self-check: while
+    /// it could not (and has not answered since), alerts count as
+    /// undeliverable (`telegram_up` 0, `/health` degraded).
+    pub fn set_telegram_verified(&self, verified: bool) {
+        self.shared
+            .telegram_unverified
+            .store(!verified, Ordering::Release);
+        self.alerts_deliverable();
     }
 
     /// Called periodically: follows Telegram's breaker, opening a
@@ -333,6 +364,10 @@ impl<R: RawApi> Engine<R> {
         for name in &report.removed {
             shared.board.remove(name);
             shared.metrics.remove_vm(name);
+            shared.controls.lock().remove(name);
+        }
+        for spec in &file.vms {
+            shared.alerts.route(&spec.name, spec.topic_id);
         }
         for spec in &file.vms {
             let folder = match spec.source {
@@ -390,7 +425,13 @@ impl<R: RawApi> Engine<R> {
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         let cancel = self.cancel.child_token();
         let (control, rx) = mpsc::channel(4);
-        let task = VmTask::new(spec.clone(), folder.clone(), shared.clone());
+        let ctl = shared
+            .controls
+            .lock()
+            .entry(spec.name.clone())
+            .or_default()
+            .clone();
+        let task = VmTask::new(spec.clone(), folder.clone(), shared.clone(), ctl);
         let name = spec.name.clone();
         let token = cancel.clone();
         let join = tokio::spawn(async move {
@@ -403,6 +444,7 @@ impl<R: RawApi> Engine<R> {
                 drop(tasks);
                 shared.board.remove(&name);
                 shared.metrics.remove_vm(&name);
+                shared.controls.lock().remove(&name);
             }
         });
         Entry {
@@ -488,6 +530,230 @@ impl<R: RawApi> Engine<R> {
             "uptime_seconds": now.saturating_duration_since(self.started).as_secs(),
             "vms": vms,
         })
+    }
+
+    fn ctl(&self, vm: &str) -> Result<Arc<VmCtl>, ControlError> {
+        if !self.shared.tasks.lock().contains_key(vm) {
+            return Err(ControlError::UnknownVm(vm.to_owned()));
+        }
+        self.shared
+            .controls
+            .lock()
+            .get(vm)
+            .cloned()
+            .ok_or_else(|| ControlError::UnknownVm(vm.to_owned()))
+    }
+
+    /// One VM as the admin API and `/status` show it: its `/health` row
+    /// plus `down_since`, `auto_start`, `topic_id`, `paused`,
+    /// `maintenance` (`{"until", "source": "operator" | "window"}` or
+    /// null), `muted_until`, `acknowledged`, `flap_hold_until` and
+    /// `supervised` (neither paused nor in maintenance). `None` for a VM
+    /// not configured.
+    pub fn vm_view(&self, vm: &str) -> Option<Value> {
+        let spec = self.shared.tasks.lock().get(vm)?.spec.clone();
+        let ctl = self.shared.controls.lock().get(vm).cloned()?;
+        let now = Instant::now();
+        let st: CtlState = {
+            let mut st = ctl.state.lock();
+            st.expire(now);
+            st.clone()
+        };
+        let row = self.shared.board.rows.lock().get(vm).cloned();
+        let rfc =
+            |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let maintenance = match (
+            st.maintenance_until,
+            spec.maintenance_at(chrono::Utc::now()),
+        ) {
+            (Some(until), _) => json!({ "until": rfc(wall(until)), "source": "operator" }),
+            (None, Some(window)) => json!({ "until": rfc(window.end), "source": "window" }),
+            (None, None) => Value::Null,
+        };
+        let supervised = !st.paused && maintenance.is_null();
+        Some(json!({
+            "name": vm,
+            "status": row.as_ref().and_then(|r| r.status).map(VmStatus::as_str),
+            "status_confirmed": row.as_ref().is_some_and(|r| r.confirmed),
+            "last_check": row.as_ref().and_then(|r| r.last_check).map(rfc),
+            "down_since": st.down_since.map(|t| rfc(wall(t))),
+            "auto_start": spec.auto_start,
+            "topic_id": spec.topic_id,
+            "supervised": supervised,
+            "paused": st.paused,
+            "maintenance": maintenance,
+            "muted_until": st.muted_until.map(|t| rfc(wall(t))),
+            "acknowledged": st.acked,
+            "flap_hold_until": st.flap_hold_until.map(|t| rfc(wall(t))),
+        }))
+    }
+
+    /// Every VM's [`vm_view`](Self::vm_view), by name.
+    pub fn vms_view(&self) -> Vec<Value> {
+        self.vm_names()
+            .iter()
+            .filter_map(|name| self.vm_view(name))
+            .collect()
+    }
+
+    fn done(&self, vm: &str) -> Result<Value, ControlError> {
+        self.vm_view(vm)
+            .ok_or_else(|| ControlError::UnknownVm(vm.to_owned()))
+    }
+
+    /// Pauses `vm`'s supervision: its status is still read, but it is
+    /// neither started nor alerted about until [`resume`](Self::resume).
+    ///
+    /// # Errors
+    /// [`ControlError::UnknownVm`].
+    pub fn pause(&self, vm: &str) -> Result<Value, ControlError> {
+        self.ctl(vm)?.update(|st| st.paused = true);
+        tracing::warn!(vm, "supervision paused by an operator");
+        self.done(vm)
+    }
+
+    /// Resumes full supervision of `vm`: ends a pause, an operator's
+    /// maintenance and a mute, and releases the flap guard's hold (restarts
+    /// resume at once). Maintenance windows of `vms.yaml` still apply.
+    ///
+    /// # Errors
+    /// [`ControlError::UnknownVm`].
+    pub fn resume(&self, vm: &str) -> Result<Value, ControlError> {
+        self.ctl(vm)?.update(|st| {
+            st.paused = false;
+            st.maintenance_until = None;
+            st.muted_until = None;
+            if st.flap_hold_until.is_some() {
+                st.release_flap = true;
+            }
+        });
+        tracing::info!(vm, "supervision resumed by an operator");
+        self.done(vm)
+    }
+
+    /// Puts `vm` in maintenance for `duration`: neither started nor alerted
+    /// until it ends (or [`end_maintenance`](Self::end_maintenance)).
+    ///
+    /// # Errors
+    /// [`ControlError::UnknownVm`], [`ControlError::BadDuration`].
+    pub fn start_maintenance(&self, vm: &str, duration: Duration) -> Result<Value, ControlError> {
+        let duration = check_duration(duration)?;
+        let ctl = self.ctl(vm)?;
+        ctl.update(|st| st.maintenance_until = Some(Instant::now() + duration));
+        tracing::warn!(
+            vm,
+            minutes = duration.as_secs() / 60,
+            "maintenance started by an operator"
+        );
+        self.done(vm)
+    }
+
+    /// Ends an operator's maintenance of `vm`.
+    ///
+    /// # Errors
+    /// [`ControlError::UnknownVm`].
+    pub fn end_maintenance(&self, vm: &str) -> Result<Value, ControlError> {
+        self.ctl(vm)?.update(|st| st.maintenance_until = None);
+        tracing::info!(vm, "maintenance ended by an operator");
+        self.done(vm)
+    }
+
+    /// Mutes `vm`'s alerts for `duration` (it is still started).
+    ///
+    /// # Errors
+    /// [`ControlError::UnknownVm`], [`ControlError::BadDuration`].
+    pub fn mute(&self, vm: &str, duration: Duration) -> Result<Value, ControlError> {
+        let duration = check_duration(duration)?;
+        self.ctl(vm)?
+            .update(|st| st.muted_until = Some(Instant::now() + duration));
+        tracing::info!(
+            vm,
+            minutes = duration.as_secs() / 60,
+            "alerts muted by an operator"
+        );
+        self.done(vm)
+    }
+
+    /// Ends a mute of `vm`.
+    ///
+    /// # Errors
+    /// [`ControlError::UnknownVm`].
+    pub fn unmute(&self, vm: &str) -> Result<Value, ControlError> {
+        self.ctl(vm)?.update(|st| st.muted_until = None);
+        self.done(vm)
+    }
+
+    /// Acknowledges that `vm` is down: no reminders until it recovers.
+    ///
+    /// # Errors
+    /// [`ControlError::UnknownVm`], [`ControlError::NotDown`] when it is
+    /// not down.
+    pub fn ack(&self, vm: &str) -> Result<Value, ControlError> {
+        let ctl = self.ctl(vm)?;
+        let acked = {
+            let mut st = ctl.state.lock();
+            if st.down_since.is_some() {
+                st.acked = true;
+            }
+            st.acked
+        };
+        if !acked {
+            return Err(ControlError::NotDown(vm.to_owned()));
+        }
+        tracing::info!(vm, "down VM acknowledged by an operator");
+        self.done(vm)
+    }
+
+    /// The `/status` text: how many VMs, then the ones down, paused, in
+    /// maintenance, muted or held by the flap guard (one line each).
+    pub fn summary(&self) -> String {
+        let views = self.vms_view();
+        let mut lines = Vec::new();
+        let mut down = 0;
+        for v in &views {
+            let name = v["name"].as_str().unwrap_or("?");
+            let mut marks = Vec::new();
+            if let Some(since) = v["down_since"].as_str() {
+                down += 1;
+                marks.push(format!(
+                    "down ({}) since {since}{}",
+                    v["status"].as_str().unwrap_or("?"),
+                    if v["acknowledged"] == json!(true) {
+                        ", acknowledged"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+            if v["paused"] == json!(true) {
+                marks.push("paused".to_owned());
+            }
+            if let Some(until) = v["maintenance"]["until"].as_str() {
+                marks.push(format!("maintenance until {until}"));
+            }
+            if let Some(until) = v["muted_until"].as_str() {
+                marks.push(format!("muted until {until}"));
+            }
+            if let Some(until) = v["flap_hold_until"].as_str() {
+                marks.push(format!("flapping: restarts held until {until}"));
+            }
+            if v["auto_start"] == json!(false) && !marks.is_empty() {
+                marks.push("alert only".to_owned());
+            }
+            if !marks.is_empty() {
+                lines.push(format!("{name}: {}", marks.join("; ")));
+            }
+        }
+        let mut text = format!("{} VMs watched, {down} down.", views.len());
+        if lines.is_empty() {
+            text.push_str(" Nothing down, paused, muted or in maintenance.");
+        } else {
+            for line in lines {
+                text.push('\n');
+                text.push_str(&line);
+            }
+        }
+        text
     }
 
     /// Stops every task and waits for them, at most `timeout`. Returns

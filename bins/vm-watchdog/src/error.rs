@@ -149,6 +149,9 @@ pub struct TokenError {
     pub source_name: &'static str,
     /// What went wrong.
     pub message: String,
+    /// The HTTP status of the answer that refused a token (`Some(401)`
+    /// for a rejected OAuth token), `None` without an answer.
+    pub status: Option<u16>,
 }
 
 #[cfg(test)]

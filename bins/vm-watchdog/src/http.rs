@@ -1,5 +1,5 @@
-//! The HTTP side: `/health` (the status JSON) and `/breakers` (every
-//! breaker's state, read-only), next to the `/healthz`,
+//! The HTTP side: `/health` (the status JSON) and the admin API
+//! ([`crate::admin`]: `/vms`, `/breakers`, operator actions), next to the `/healthz`,
 //! `/readyz` and `/metrics` that keel-telemetry's admin server serves.
 //!
 //! The issue names the metrics without a program prefix
@@ -21,18 +21,11 @@ pub const HEALTH_PATH: &str = "/health";
 /// The watchdog's own admin routes: `/health` from `engine`. They are
 /// served by the kit's admin server (`Kit::set_admin_routes`) once the
 /// engine exists.
-pub fn routes<R: RawApi>(engine: Arc<Engine<R>>) -> Router {
-    // The API groups' breakers and the notifier's (one per sink), read-only:
-    // forcing them needs an authenticated admin API, which this program
-    // does not have yet.
-    let breakers = {
-        let engine = engine.clone();
-        move || {
-            let mut all = engine.api().breakers().breakers();
-            all.extend(engine.alerts().notifier().breakers());
-            all
-        }
-    };
+///
+/// The admin API ([`crate::admin`]: `/vms`, `/breakers`, operator
+/// actions behind `admin_token`) is merged in.
+pub fn routes<R: RawApi>(engine: Arc<Engine<R>>, admin_token: Option<String>) -> Router {
+    let admin = crate::admin::routes(engine.clone(), admin_token);
     Router::new()
         .route(
             HEALTH_PATH,
@@ -41,5 +34,5 @@ pub fn routes<R: RawApi>(engine: Arc<Engine<R>>) -> Router {
                 async move { axum::Json(engine.health()) }
             }),
         )
-        .merge(keel_telemetry::breaker_routes(Arc::new(breakers), false))
+        .merge(admin)
 }

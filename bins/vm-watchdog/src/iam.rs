@@ -162,6 +162,7 @@ impl TokenSource {
         let fail = |message: String| TokenError {
             source_name: name,
             message,
+            status: None,
         };
         let request = match &self.kind {
             Kind::OAuth { url, oauth } => self
@@ -184,7 +185,10 @@ impl TokenSource {
             .await
             .map_err(|e| fail(format!("reading the answer failed: {e}")))?;
         if !status.is_success() {
-            return Err(fail(format!("HTTP {}: {}", status.as_u16(), body.trim())));
+            return Err(TokenError {
+                status: Some(status.as_u16()),
+                ..fail(format!("HTTP {}: {}", status.as_u16(), body.trim()))
+            });
         }
         match &self.kind {
             Kind::OAuth { .. } => {

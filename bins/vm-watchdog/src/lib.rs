@@ -59,10 +59,14 @@
 //! # Ok::<(), vm_watchdog::VmsFileError>(())
 //! ```
 
+pub mod admin;
 pub mod alerts;
 pub mod api;
 pub mod app;
+pub mod commands;
 pub mod config;
+mod control;
+pub mod duration;
 pub mod engine;
 mod error;
 pub mod http;
@@ -70,6 +74,7 @@ pub mod iam;
 pub mod metrics;
 pub mod proxy;
 pub mod schedule;
+pub mod selfcheck;
 pub mod status;
 mod task;
 pub mod vms_yaml;
@@ -80,6 +85,7 @@ pub use alerts::Alerts;
 pub use api::{Api, ApiSettings, CallError, HttpApi, RawApi, ReadReason, api_breaker, start_retry};
 pub use app::{Options, StopReport, Watchdog};
 pub use config::{Config, Credentials, Settings};
+pub use control::ControlError;
 pub use engine::{
     ApplyReport, DEFAULT_REMINDER_AFTER, DEFAULT_UNREACHABLE_AFTER, Engine, EngineSettings, Prober,
 };
@@ -88,4 +94,4 @@ pub use metrics::Metrics;
 pub use schedule::{Bounds, Schedule};
 pub use status::{Action, VmStatus};
 pub use task::{START_GRACE, START_OPERATION_TIMEOUT};
-pub use vms_yaml::{VmSource, VmSpec, VmsFile};
+pub use vms_yaml::{VmSource, VmSpec, VmsFile, Window};

@@ -12,8 +12,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::api::{RawApi, ReadReason};
+use crate::control::VmCtl;
 use crate::engine::Shared;
-use crate::schedule::{Schedule, jitter};
+use crate::schedule::{Bounds, Schedule, jitter};
 use crate::status::{Action, VmStatus};
 use crate::vms_yaml::{VmSource, VmSpec};
 use crate::yandex::{Observation, OperationState, StartAck};
@@ -49,6 +50,28 @@ pub(crate) enum Exit {
 enum Reason {
     Scheduled,
     ProbeFailed,
+    /// An operator changed the VM's supervision (resume, ack...).
+    Operator,
+}
+
+/// What operator control allows now.
+#[derive(Debug, Clone, Copy)]
+struct Gate {
+    /// Why supervision is off (`paused`, `maintenance`): neither started
+    /// nor alerted.
+    quiet: Option<&'static str>,
+    /// No alerts (quiet, or muted).
+    muted: bool,
+    /// The incident was acknowledged: no reminders.
+    acked: bool,
+}
+
+/// `global` with `spec`'s own interval overrides (a `max` below the
+/// effective `min` is raised to it).
+fn vm_bounds(global: Bounds, spec: &VmSpec) -> Bounds {
+    let min = spec.min_check_interval.unwrap_or(global.min);
+    let max = spec.max_check_interval.unwrap_or(global.max).max(min);
+    Bounds { min, max }
 }
 
 #[derive(Debug)]
@@ -57,6 +80,9 @@ struct Incident {
     alerted: VmStatus,
     /// Start requests made during the incident.
     attempts: u32,
+    /// An alert of this incident went out (not muted): its recovery is
+    /// announced too.
+    announced: bool,
     /// Reminders sent, and when the next one is due.
     reminders: u32,
     next_reminder: Instant,
@@ -82,6 +108,9 @@ pub(crate) struct VmTask<R> {
     spec: VmSpec,
     folder: Option<String>,
     shared: Arc<Shared<R>>,
+    ctl: Arc<VmCtl>,
+    /// The interval bounds of this VM (global, or its own from vms.yaml).
+    bounds: Bounds,
     schedule: Schedule,
     status: Option<VmStatus>,
     status_since: Instant,
@@ -123,18 +152,24 @@ impl<R> Drop for LiveGuard<R> {
 }
 
 impl<R: RawApi> VmTask<R> {
-    pub(crate) fn new(spec: VmSpec, folder: Option<String>, shared: Arc<Shared<R>>) -> Self {
+    pub(crate) fn new(
+        spec: VmSpec,
+        folder: Option<String>,
+        shared: Arc<Shared<R>>,
+        ctl: Arc<VmCtl>,
+    ) -> Self {
         let now = Instant::now();
-        let schedule = Schedule::new(shared.bounds);
+        let bounds = vm_bounds(shared.bounds, &spec);
+        let schedule = Schedule::new(bounds);
         // Spread the first checks over one minimum interval so a thousand
         // VMs do not hit the API in the same instant.
-        let first = shared
-            .rng
-            .duration_between(Duration::ZERO, shared.bounds.min / 2);
+        let first = shared.rng.duration_between(Duration::ZERO, bounds.min / 2);
         VmTask {
             spec,
             folder,
             shared,
+            ctl,
+            bounds,
             schedule,
             status: None,
             status_since: now,
@@ -169,6 +204,7 @@ impl<R: RawApi> VmTask<R> {
         self.shared.live.fetch_add(1, Ordering::AcqRel);
         let _live = LiveGuard(self.shared.clone());
         self.publish();
+        let ctl = self.ctl.clone();
         loop {
             let probing = self.status == Some(VmStatus::Running) && self.probe_target().is_some();
             tokio::select! {
@@ -178,6 +214,13 @@ impl<R: RawApi> VmTask<R> {
                     Some(update) => self.reconfigure(update),
                     None => return Exit::Cancelled,
                 },
+                () = ctl.wake.notified() => {
+                    tokio::select! {
+                        biased;
+                        () = cancel.cancelled() => return Exit::Cancelled,
+                        () = self.check(Reason::Operator) => {}
+                    }
+                }
                 () = sleep_until(self.next_check) => {
                     tokio::select! {
                         biased;
@@ -208,6 +251,53 @@ impl<R: RawApi> VmTask<R> {
         }
         self.spec = update.spec;
         self.folder = update.folder;
+        self.bounds = vm_bounds(self.shared.bounds, &self.spec);
+        self.schedule.set_bounds(self.bounds);
+    }
+
+    /// What operator control and the maintenance windows allow now; also
+    /// forgets expired maintenance and mutes, and carries out an early
+    /// release of the flap guard.
+    fn gate(&mut self, now: Instant) -> Gate {
+        let (gate, release) = {
+            let mut st = self.ctl.state.lock();
+            if st.expire(now) {
+                info!(vm = %self.spec.name, "an operator's maintenance or mute is over");
+            }
+            let quiet = if st.paused {
+                Some("paused")
+            } else if st.maintenance_until.is_some()
+                || self.spec.maintenance_at(chrono::Utc::now()).is_some()
+            {
+                Some("maintenance")
+            } else {
+                None
+            };
+            let gate = Gate {
+                quiet,
+                muted: quiet.is_some() || st.muted_until.is_some(),
+                acked: st.acked,
+            };
+            (gate, std::mem::take(&mut st.release_flap))
+        };
+        if release && self.hold_starts_until.take().is_some() {
+            info!(vm = %self.spec.name, "flap guard released by an operator; restarting again");
+            self.recent_incidents.clear();
+            self.ctl.state.lock().flap_hold_until = None;
+            self.shared.alerts.flap_over(&self.spec.name, now);
+        }
+        gate
+    }
+
+    /// The stuck threshold of `status` for this VM.
+    fn stuck_limit(&self, status: VmStatus) -> Duration {
+        if status == VmStatus::Updating {
+            self.spec
+                .updating_stuck_after
+                .unwrap_or(self.shared.stuck.1)
+        } else {
+            self.spec.stuck_after.unwrap_or(self.shared.stuck.0)
+        }
     }
 
     fn publish(&self) {
@@ -234,9 +324,7 @@ impl<R: RawApi> VmTask<R> {
                 // interval old; a failed probe, or a VM being recovered
                 // (fast-poll mode), needs one that started after now.
                 let fresh_since = if reason == Reason::Scheduled && !self.schedule.is_fast() {
-                    started
-                        .checked_sub(shared.bounds.min / 2)
-                        .unwrap_or(started)
+                    started.checked_sub(self.bounds.min / 2).unwrap_or(started)
                 } else {
                     started
                 };
@@ -303,7 +391,8 @@ impl<R: RawApi> VmTask<R> {
             return;
         }
         self.schedule.observed(VmStatus::Unspecified);
-        if !self.missing_alerted {
+        let gate = self.gate(Instant::now());
+        if !self.missing_alerted && !gate.muted {
             warn!(vm = %self.name(), "the API does not know this VM (404)");
             self.shared.alerts.missing(self.name());
             self.missing_alerted = true;
@@ -346,8 +435,17 @@ impl<R: RawApi> VmTask<R> {
         {
             pending.progressed = true;
         }
+        let gate = self.gate(now);
         match status.action() {
             Action::AlertAndStart => {
+                if let Some(why) = gate.quiet {
+                    if previous != Some(status) {
+                        info!(vm = %self.name(), %status, why, "down, but supervision is off: neither alerting nor starting");
+                    }
+                    self.schedule.set_fast(false);
+                    return;
+                }
+                let auto_start = self.spec.auto_start;
                 match &mut self.incident {
                     None => {
                         self.incidents += 1;
@@ -355,37 +453,59 @@ impl<R: RawApi> VmTask<R> {
                             since: now,
                             alerted: status,
                             attempts: 0,
+                            announced: !gate.muted,
                             reminders: 0,
                             next_reminder: now + self.shared.reminder_after,
                         });
-                        warn!(vm = %self.name(), %status, "critical status; starting the VM");
-                        self.shared.alerts.critical_status(self.name(), status, now);
-                        self.flap_guard(now);
+                        self.ctl.state.lock().down_since = Some(now);
+                        if gate.muted {
+                            warn!(vm = %self.name(), %status, auto_start, "critical status (alerts muted)");
+                        } else {
+                            warn!(vm = %self.name(), %status, auto_start, "critical status");
+                            self.shared
+                                .alerts
+                                .down(self.name(), status, now, auto_start);
+                        }
+                        if auto_start {
+                            self.flap_guard(now, gate.muted);
+                        }
                     }
                     Some(incident) if incident.alerted != status => {
                         incident.alerted = status;
-                        self.shared
-                            .alerts
-                            .critical_status(&self.spec.name, status, now);
+                        if !gate.muted {
+                            incident.announced = true;
+                            self.shared
+                                .alerts
+                                .down(&self.spec.name, status, now, auto_start);
+                        }
                     }
                     Some(incident) if now >= incident.next_reminder => {
                         incident.reminders += 1;
                         incident.next_reminder = now + self.shared.reminder_after;
                         let down_for = now.saturating_duration_since(incident.since);
-                        warn!(vm = %self.spec.name, %status, down_s = down_for.as_secs(), attempts = incident.attempts, "VM still down");
-                        self.shared.alerts.still_down(
-                            &self.spec.name,
-                            status,
-                            down_for,
-                            incident.attempts,
-                            (self.incidents, incident.reminders),
-                            now,
-                        );
+                        if gate.muted || gate.acked {
+                            debug!(vm = %self.spec.name, acked = gate.acked, "reminder skipped (muted or acknowledged)");
+                        } else {
+                            incident.announced = true;
+                            warn!(vm = %self.spec.name, %status, down_s = down_for.as_secs(), attempts = incident.attempts, "VM still down");
+                            self.shared.alerts.still_down(
+                                &self.spec.name,
+                                status,
+                                down_for,
+                                incident.attempts,
+                                (self.incidents, incident.reminders),
+                                now,
+                            );
+                        }
                     }
                     Some(_) => {}
                 }
-                self.schedule.set_fast(true);
-                self.ensure_started().await;
+                if auto_start {
+                    self.schedule.set_fast(true);
+                    self.ensure_started().await;
+                } else {
+                    self.schedule.set_fast(false);
+                }
             }
             Action::Probe => {
                 self.schedule.set_fast(false);
@@ -393,20 +513,29 @@ impl<R: RawApi> VmTask<R> {
                 if let Some(incident) = self.incident.take() {
                     let downtime = now.saturating_duration_since(incident.since);
                     info!(vm = %self.name(), downtime_s = downtime.as_secs(), "VM recovered");
-                    self.shared
-                        .alerts
-                        .recovered(self.name(), downtime, self.incidents, now);
+                    {
+                        let mut st = self.ctl.state.lock();
+                        st.down_since = None;
+                        st.acked = false;
+                    }
+                    if incident.announced && !gate.muted {
+                        self.shared
+                            .alerts
+                            .recovered(self.name(), downtime, self.incidents, now);
+                    }
                 }
                 if previous != Some(VmStatus::Running) {
                     self.probe_suspect = None;
-                    self.next_probe = now + jitter(self.shared.bounds.min, &self.shared.rng);
+                    self.next_probe = now + jitter(self.bounds.min, &self.shared.rng);
                 }
             }
-            Action::WatchStuck(limit) => {
+            Action::WatchStuck(_) => {
+                let limit = self.stuck_limit(status);
                 // Poll fast through the start's transitions until RUNNING.
-                self.schedule.set_fast(self.incident.is_some());
+                self.schedule
+                    .set_fast(self.incident.is_some() && gate.quiet.is_none());
                 let stuck_for = now.saturating_duration_since(self.status_since);
-                if stuck_for >= limit && !self.stuck_alerted {
+                if stuck_for >= limit && !self.stuck_alerted && !gate.muted {
                     warn!(vm = %self.name(), %status, stuck_s = stuck_for.as_secs(), "VM stuck");
                     self.shared
                         .alerts
@@ -425,7 +554,7 @@ impl<R: RawApi> VmTask<R> {
 
     /// Counts an incident; too many within the window hold the VM's
     /// starts for the cool-off and alert that it needs intervention.
-    fn flap_guard(&mut self, now: Instant) {
+    fn flap_guard(&mut self, now: Instant, muted: bool) {
         let (restarts, window, cool_off) = self.shared.flap;
         self.recent_incidents.push_back(now);
         while let Some(&first) = self.recent_incidents.front() {
@@ -438,9 +567,12 @@ impl<R: RawApi> VmTask<R> {
             let count = self.recent_incidents.len();
             warn!(vm = %self.name(), incidents = count, "VM flapping; holding restarts for the cool-off");
             self.hold_starts_until = Some(now + cool_off);
-            self.shared
-                .alerts
-                .needs_intervention(self.name(), count, window, cool_off, now);
+            self.ctl.state.lock().flap_hold_until = Some(now + cool_off);
+            if !muted {
+                self.shared
+                    .alerts
+                    .needs_intervention(self.name(), count, window, cool_off, now);
+            }
         }
     }
 
@@ -455,6 +587,7 @@ impl<R: RawApi> VmTask<R> {
             }
             info!(vm = %self.spec.name, "cool-off over; restarting again");
             self.hold_starts_until = None;
+            self.ctl.state.lock().flap_hold_until = None;
             self.recent_incidents.clear();
             self.shared.alerts.flap_over(&self.spec.name, now);
         }
@@ -546,6 +679,10 @@ impl<R: RawApi> VmTask<R> {
         if self.unreachable_alerted || self.probe_failures < self.shared.unreachable_after {
             return;
         }
+        if self.gate(observed_at).muted {
+            debug!(vm = %self.name(), "port unreachable; supervision off or muted: not alerting");
+            return;
+        }
         warn!(
             vm = %self.name(),
             probe_failures = self.probe_failures,
@@ -557,12 +694,12 @@ impl<R: RawApi> VmTask<R> {
             .alerts
             .unreachable(self.name(), self.probe_failures, self.status, observed_at);
         self.schedule.set_fast(true);
-        self.next_check = self.next_check.min(Instant::now() + self.shared.bounds.min);
+        self.next_check = self.next_check.min(Instant::now() + self.bounds.min);
     }
 
     /// The next probe within half a minimum interval of `probed_at`.
     fn probe_faster(&mut self, probed_at: Instant) {
-        let sooner = probed_at + jitter(self.shared.bounds.min / 2, &self.shared.rng);
+        let sooner = probed_at + jitter(self.bounds.min / 2, &self.shared.rng);
         self.next_probe = self.next_probe.min(sooner);
     }
 
@@ -573,7 +710,7 @@ impl<R: RawApi> VmTask<R> {
 
     async fn probe_once(&mut self) {
         let shared = self.shared.clone();
-        self.next_probe = Instant::now() + jitter(shared.bounds.min, &shared.rng);
+        self.next_probe = Instant::now() + jitter(self.bounds.min, &shared.rng);
         let Some((host, port)) = self.probe_target() else {
             return;
         };
@@ -621,9 +758,9 @@ impl<R: RawApi> VmTask<R> {
             let backoff = match self.probe_suspect {
                 None => {
                     warn!(vm = %self.name(), "SSH port unreachable but the API says RUNNING");
-                    shared.bounds.min * 2
+                    self.bounds.min * 2
                 }
-                Some(s) => (s.backoff * 2).min(shared.bounds.target(VmStatus::Running)),
+                Some(s) => (s.backoff * 2).min(self.bounds.target(VmStatus::Running)),
             };
             self.probe_suspect = Some(Suspect {
                 next_check: Instant::now() + backoff,

@@ -11,11 +11,25 @@
 //!     ssh_port: 2222                 # default: 22
 //!   - name: legacy
 //!     proxy_url: http://proxy.internal:8000/legacy   # GET /info, POST /start
+//!   - name: batch-3                  # per-VM overrides, all optional:
+//!     instance_id: fhm5555555555555555
+//!     auto_start: false              # alert only; never started
+//!     min_check_interval: 10s        # MIN_CHECK_INTERVAL for this VM
+//!     max_check_interval: 5m         # MAX_CHECK_INTERVAL for this VM
+//!     stuck_after: 15m               # STUCK_AFTER (STARTING, PROVISIONING...)
+//!     updating_stuck_after: 30m      # UPDATING_STUCK_AFTER
+//!     topic_id: 42                   # its alerts go to this forum topic
+//!     maintenance:                   # neither started nor alerted within
+//!       - start: 2026-12-24T22:00:00Z
+//!         end: 2026-12-25T02:00:00Z
 //! ```
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use crate::error::VmsFileError;
@@ -45,6 +59,65 @@ pub struct VmSpec {
     pub ssh_host: Option<String>,
     /// Port probed while running.
     pub ssh_port: u16,
+    /// `false`: alert only, never start it (default `true`).
+    pub auto_start: bool,
+    /// This VM's `MIN_CHECK_INTERVAL`, if it has its own.
+    pub min_check_interval: Option<Duration>,
+    /// This VM's `MAX_CHECK_INTERVAL`, if it has its own.
+    pub max_check_interval: Option<Duration>,
+    /// This VM's `STUCK_AFTER` (STARTING, PROVISIONING, RESTARTING,
+    /// STOPPING), if it has its own.
+    pub stuck_after: Option<Duration>,
+    /// This VM's `UPDATING_STUCK_AFTER`, if it has its own.
+    pub updating_stuck_after: Option<Duration>,
+    /// The forum topic of this VM's alerts (default: `TOPIC_ID`).
+    pub topic_id: Option<i64>,
+    /// Maintenance windows: within one, the VM is neither started nor
+    /// alerted about.
+    pub maintenance: Vec<Window>,
+}
+
+impl VmSpec {
+    /// A VM with every optional setting at its default (probe the NAT
+    /// address on port 22, started automatically, the global intervals and
+    /// thresholds, no topic of its own, no maintenance).
+    pub fn new(name: impl Into<String>, source: VmSource) -> Self {
+        VmSpec {
+            name: name.into(),
+            source,
+            ssh_host: None,
+            ssh_port: DEFAULT_SSH_PORT,
+            auto_start: true,
+            min_check_interval: None,
+            max_check_interval: None,
+            stuck_after: None,
+            updating_stuck_after: None,
+            topic_id: None,
+            maintenance: Vec::new(),
+        }
+    }
+
+    /// The maintenance window `at` falls in, if any.
+    pub fn maintenance_at(&self, at: DateTime<Utc>) -> Option<&Window> {
+        self.maintenance.iter().find(|w| w.contains(at))
+    }
+}
+
+/// A maintenance window: `[start, end)`, absolute times (RFC 3339 in the
+/// file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Window {
+    /// First instant inside the window.
+    pub start: DateTime<Utc>,
+    /// First instant after it.
+    pub end: DateTime<Utc>,
+}
+
+impl Window {
+    /// Whether `at` is inside.
+    pub fn contains(&self, at: DateTime<Utc>) -> bool {
+        self.start <= at && at < self.end
+    }
 }
 
 /// Where a VM's status comes from.
@@ -83,6 +156,118 @@ struct RawVm {
     ssh_host: Option<String>,
     #[serde(default)]
     ssh_port: Option<u16>,
+    #[serde(default)]
+    auto_start: Option<bool>,
+    #[serde(default)]
+    min_check_interval: Option<RawDuration>,
+    #[serde(default)]
+    max_check_interval: Option<RawDuration>,
+    #[serde(default)]
+    stuck_after: Option<RawDuration>,
+    #[serde(default)]
+    updating_stuck_after: Option<RawDuration>,
+    #[serde(default)]
+    topic_id: Option<i64>,
+    #[serde(default)]
+    maintenance: Option<Vec<RawWindow>>,
+}
+
+/// `90` (seconds) or `"15m"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawDuration {
+    Seconds(u64),
+    Text(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWindow {
+    start: String,
+    end: String,
+}
+
+/// The longest interval override (as `MAX_CHECK_INTERVAL`).
+const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3_600);
+
+fn duration_field(
+    at: &str,
+    field: &str,
+    raw: Option<RawDuration>,
+    max: Duration,
+) -> Result<Option<Duration>, String> {
+    let Some(raw) = raw else { return Ok(None) };
+    let d = match raw {
+        RawDuration::Seconds(0) => return Err(format!("{at}: {field} must be at least 1 second")),
+        RawDuration::Seconds(s) => Duration::from_secs(s),
+        RawDuration::Text(t) => {
+            crate::duration::parse(&t).map_err(|e| format!("{at}: {field}: {e}"))?
+        }
+    };
+    if d > max {
+        return Err(format!(
+            "{at}: {field} must be at most {}",
+            crate::status::human_duration(max)
+        ));
+    }
+    Ok(Some(d))
+}
+
+fn instant(at: &str, field: &str, text: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(text.trim())
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| {
+            format!(
+                "{at}: {field} `{text}` is not an RFC 3339 time like 2026-12-24T22:00:00Z ({e})"
+            )
+        })
+}
+
+fn overrides(at: &str, vm: RawVm, spec: &mut VmSpec) -> Result<(), String> {
+    spec.auto_start = vm.auto_start.unwrap_or(true);
+    spec.min_check_interval = duration_field(
+        at,
+        "min_check_interval",
+        vm.min_check_interval,
+        MAX_INTERVAL,
+    )?;
+    spec.max_check_interval = duration_field(
+        at,
+        "max_check_interval",
+        vm.max_check_interval,
+        MAX_INTERVAL,
+    )?;
+    if let (Some(min), Some(max)) = (spec.min_check_interval, spec.max_check_interval)
+        && max < min
+    {
+        return Err(format!(
+            "{at}: max_check_interval must be at least its min_check_interval"
+        ));
+    }
+    spec.stuck_after = duration_field(at, "stuck_after", vm.stuck_after, crate::duration::MAX)?;
+    spec.updating_stuck_after = duration_field(
+        at,
+        "updating_stuck_after",
+        vm.updating_stuck_after,
+        crate::duration::MAX,
+    )?;
+    spec.topic_id = match vm.topic_id {
+        Some(t) if t <= 0 => {
+            return Err(format!(
+                "{at}: topic_id must be a positive message_thread_id, got {t}"
+            ));
+        }
+        t => t,
+    };
+    for (j, w) in vm.maintenance.unwrap_or_default().into_iter().enumerate() {
+        let start = instant(at, &format!("maintenance[{j}].start"), &w.start)?;
+        let end = instant(at, &format!("maintenance[{j}].end"), &w.end)?;
+        if end <= start {
+            return Err(format!("{at}: maintenance[{j}]: end must be after start"));
+        }
+        spec.maintenance.push(Window { start, end });
+    }
+    Ok(())
 }
 
 fn valid_name(name: &str) -> bool {
@@ -135,7 +320,7 @@ pub fn parse(text: &str, path: &Path) -> Result<VmsFile, VmsFileError> {
     let mut names = HashSet::new();
     let mut sources = HashMap::new();
     let mut vms = Vec::with_capacity(raw_vms.len());
-    for (i, vm) in raw_vms.into_iter().enumerate() {
+    for (i, mut vm) in raw_vms.into_iter().enumerate() {
         let name = vm.name.trim().to_owned();
         let at = format!("vms[{i}] ({name})");
         if !valid_name(&name) {
@@ -146,7 +331,7 @@ pub fn parse(text: &str, path: &Path) -> Result<VmsFile, VmsFileError> {
         if !names.insert(name.clone()) {
             return Err(fail(format!("{at}: duplicate name `{name}`")));
         }
-        let source = match (vm.instance_id, vm.proxy_url) {
+        let source = match (vm.instance_id.take(), vm.proxy_url.take()) {
             (Some(id), None) => {
                 let id = id.trim().to_owned();
                 if !valid_id(&id) {
@@ -196,12 +381,11 @@ pub fn parse(text: &str, path: &Path) -> Result<VmsFile, VmsFileError> {
             Some(0) => return Err(fail(format!("{at}: ssh_port must be 1-65535"))),
             Some(p) => p,
         };
-        vms.push(VmSpec {
-            name,
-            source,
-            ssh_host,
-            ssh_port,
-        });
+        let mut spec = VmSpec::new(name, source);
+        spec.ssh_host = ssh_host;
+        spec.ssh_port = ssh_port;
+        overrides(&at, vm, &mut spec).map_err(fail)?;
+        vms.push(spec);
     }
     Ok(VmsFile { folder_id, vms })
 }

@@ -470,14 +470,12 @@ async fn a_folder_is_refreshed_by_one_paginated_listing_per_poll() {
     }
     // A VM outside the folder is read on its own.
     api.add("i-other", VmStatus::Running, None);
-    vms.push(VmSpec {
-        name: "other".into(),
-        source: VmSource::Instance {
+    vms.push(VmSpec::new(
+        "other",
+        VmSource::Instance {
             id: "i-other".into(),
         },
-        ssh_host: None,
-        ssh_port: 22,
-    });
+    ));
     let h = harness(api.clone());
     h.engine.apply(&VmsFile {
         folder_id: Some("b1g-folder".into()),

@@ -409,12 +409,7 @@ pub struct Harness {
 }
 
 pub fn instance(name: &str, id: &str) -> VmSpec {
-    VmSpec {
-        name: name.to_owned(),
-        source: VmSource::Instance { id: id.to_owned() },
-        ssh_host: None,
-        ssh_port: 22,
-    }
+    VmSpec::new(name, VmSource::Instance { id: id.to_owned() })
 }
 
 pub fn file(vms: Vec<VmSpec>) -> VmsFile {
@@ -463,6 +458,8 @@ pub fn harness_custom(
             flap_restarts: 5,
             flap_window: Duration::from_secs(30 * 60),
             flap_cool_off: Duration::from_secs(60 * 60),
+            stuck_after: vm_watchdog::status::TRANSITION_STUCK_AFTER,
+            updating_stuck_after: vm_watchdog::status::UPDATE_STUCK_AFTER,
         },
     );
     Harness {

@@ -574,7 +574,7 @@ async fn handle(
         "getme" => get_me(&state),
         "getchat" => match chat_of(&state, &params) {
             Ok(chat) => reply(200, json!({ "ok": true, "result": chat })),
-            Err(response) => response,
+            Err(description) => error(400, description),
         },
         "getchatmember" => get_chat_member(&state, &params),
         "getupdates" => get_updates(&state, &params).await,
@@ -624,23 +624,23 @@ fn get_me(state: &FakeTelegramState) -> Response {
 
 /// The chat named by `chat_id`, as `getChat` answers it, or Telegram's
 /// error.
-fn chat_of(state: &FakeTelegramState, params: &Map<String, Value>) -> Result<Value, Response> {
+fn chat_of(state: &FakeTelegramState, params: &Map<String, Value>) -> Result<Value, &'static str> {
     let chat_id = params
         .get("chat_id")
         .and_then(as_text)
         .map(|s| s.trim().to_owned())
         .unwrap_or_default();
     if chat_id.is_empty() {
-        return Err(error(400, "Bad Request: chat_id is empty"));
+        return Err("Bad Request: chat_id is empty");
     }
     let numeric = chat_id.parse::<i64>().ok();
     if numeric.is_none() && !chat_id.starts_with('@') {
-        return Err(error(400, "Bad Request: chat not found"));
+        return Err("Bad Request: chat not found");
     }
     if let Some(chats) = &state.lock().chats
         && !chats.contains(&chat_id)
     {
-        return Err(error(400, "Bad Request: chat not found"));
+        return Err("Bad Request: chat not found");
     }
     Ok(match numeric {
         Some(id) if id < 0 => {
@@ -657,8 +657,8 @@ fn chat_of(state: &FakeTelegramState, params: &Map<String, Value>) -> Result<Val
 }
 
 fn get_chat_member(state: &FakeTelegramState, params: &Map<String, Value>) -> Response {
-    if let Err(response) = chat_of(state, params) {
-        return response;
+    if let Err(description) = chat_of(state, params) {
+        return error(400, description);
     }
     let Some(user_id) = params
         .get("user_id")
