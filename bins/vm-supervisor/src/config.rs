@@ -283,7 +283,11 @@ impl Settings {
     }
 }
 
-fn load_file(path: &std::path::Path) -> Result<SupervisorFile, ConfigError> {
+/// Reads and validates the VM file at `path` (at start and at reloads).
+///
+/// # Errors
+/// A [`ConfigError`] naming `SUPERVISOR_CONFIG`, with the file and field.
+pub(crate) fn load_file(path: &std::path::Path) -> Result<SupervisorFile, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigError::new(
             "SUPERVISOR_CONFIG",

@@ -1,8 +1,11 @@
 //! The admin API on the kit's admin server: `/vms` (list, add), `/vms/{id}`
-//! (show with its attempts, delete), `/vms/{id}/recover|pause|resume`, and
+//! (show with its attempts, delete), `/vms/{id}/recover|pause|resume`,
 //! `/drain` (`GET` the host's recovery state, `POST {"drained": bool}` to
-//! stop or restart recovering every VM for host maintenance).
-//! With `ADMIN_TOKEN` set, `/vms` routes need `Authorization: Bearer
+//! stop or restart recovering every VM for host maintenance), `GET /status`
+//! (the subsystems' switches and the configuration's state),
+//! `POST /health-checks/enable|disable`, `POST /recovery/enable|disable`
+//! and `POST /reload` (re-read `SUPERVISOR_CONFIG`, as SIGHUP does).
+//! With `ADMIN_TOKEN` set, every route here needs `Authorization: Bearer
 //! <token>`; `/healthz`, `/readyz` and `/metrics` are the kit's.
 
 use std::sync::Arc;
@@ -16,7 +19,7 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::spec::VmSpec;
-use crate::supervisor::{CommandError, Supervisor};
+use crate::supervisor::{CommandError, ReloadError, Supervisor};
 
 #[derive(Clone)]
 struct AppState {
@@ -37,6 +40,12 @@ pub fn routes(supervisor: Supervisor, token: Option<String>) -> Router {
         .route("/vms/{id}/pause", post(pause))
         .route("/vms/{id}/resume", post(resume))
         .route("/drain", get(drain_state).post(set_drain))
+        .route("/status", get(drain_state))
+        .route("/health-checks/enable", post(health_on))
+        .route("/health-checks/disable", post(health_off))
+        .route("/recovery/enable", post(recovery_on))
+        .route("/recovery/disable", post(recovery_off))
+        .route("/reload", post(reload))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth))
         .with_state(state)
 }
@@ -120,16 +129,40 @@ fn accepted(result: Result<(), CommandError>, id: &str, what: &str) -> Response 
     }
 }
 
-fn drain_body(s: &Supervisor) -> serde_json::Value {
-    json!({
-        "drained": s.drained(),
-        "short_circuited": s.short_circuited(),
-        "recovering": !s.drained() && !s.short_circuited(),
-    })
+fn drain_body(s: &Supervisor) -> Json<crate::supervisor::Status> {
+    Json(s.status())
+}
+
+async fn health_on(State(s): State<AppState>) -> Response {
+    s.supervisor.set_health_checks(true);
+    drain_body(&s.supervisor).into_response()
+}
+
+async fn health_off(State(s): State<AppState>) -> Response {
+    s.supervisor.set_health_checks(false);
+    drain_body(&s.supervisor).into_response()
+}
+
+async fn recovery_on(State(s): State<AppState>) -> Response {
+    s.supervisor.set_recovery(true);
+    drain_body(&s.supervisor).into_response()
+}
+
+async fn recovery_off(State(s): State<AppState>) -> Response {
+    s.supervisor.set_recovery(false);
+    drain_body(&s.supervisor).into_response()
+}
+
+async fn reload(State(s): State<AppState>) -> Response {
+    match s.supervisor.reload().await {
+        Ok(report) => Json(report).into_response(),
+        Err(e @ ReloadError::Invalid(_)) => error(StatusCode::UNPROCESSABLE_ENTITY, e),
+        Err(e @ ReloadError::Registry(_)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
 }
 
 async fn drain_state(State(s): State<AppState>) -> Response {
-    Json(drain_body(&s.supervisor)).into_response()
+    drain_body(&s.supervisor).into_response()
 }
 
 #[derive(serde::Deserialize)]
@@ -144,7 +177,7 @@ async fn set_drain(
     match body {
         Ok(Json(request)) => {
             s.supervisor.set_drained(request.drained);
-            Json(drain_body(&s.supervisor)).into_response()
+            drain_body(&s.supervisor).into_response()
         }
         Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, e.body_text()),
     }

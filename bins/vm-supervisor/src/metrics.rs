@@ -40,6 +40,10 @@ pub struct Metrics {
     unhealthy: Gauge,
     short_circuit: Gauge,
     adopted: Counter,
+    health_checks_enabled: Gauge,
+    recovery_enabled: Gauge,
+    reloads: Family<OutcomeLabel, Counter>,
+    reload_ok: Gauge,
 }
 
 impl Default for Metrics {
@@ -53,6 +57,10 @@ impl Default for Metrics {
             unhealthy: Gauge::default(),
             short_circuit: Gauge::default(),
             adopted: Counter::default(),
+            health_checks_enabled: Gauge::default(),
+            recovery_enabled: Gauge::default(),
+            reloads: Family::default(),
+            reload_ok: Gauge::default(),
         }
     }
 }
@@ -100,6 +108,54 @@ impl Metrics {
             "Running VMs adopted after a supervisor restart",
             self.adopted.clone(),
         );
+        r.register(
+            "health_checks_enabled",
+            "1 while health checks are switched on (POST /health-checks/enable|disable)",
+            self.health_checks_enabled.clone(),
+        );
+        r.register(
+            "recovery_enabled",
+            "1 while automatic recovery is switched on (POST /recovery/enable|disable)",
+            self.recovery_enabled.clone(),
+        );
+        r.register(
+            "config_reloads",
+            "Reloads of SUPERVISOR_CONFIG, by outcome (success|failure)",
+            self.reloads.clone(),
+        );
+        r.register(
+            "config_last_reload_success",
+            "0 after a refused reload of SUPERVISOR_CONFIG (the old one runs), 1 otherwise",
+            self.reload_ok.clone(),
+        );
+    }
+
+    /// At start: everything switched on, the file good, both reload
+    /// outcomes shown at 0.
+    pub fn started(&self) {
+        self.switches(true, true);
+        self.reload_ok.set(1);
+        for outcome in ["success", "failure"] {
+            let _ = self.reloads.get_or_create(&OutcomeLabel { outcome });
+        }
+    }
+
+    /// The operator's switches.
+    pub fn switches(&self, health_checks: bool, recovery: bool) {
+        self.health_checks_enabled.set(i64::from(health_checks));
+        self.recovery_enabled.set(i64::from(recovery));
+    }
+
+    /// A reload of `SUPERVISOR_CONFIG` ended.
+    pub fn reload(&self, ok: bool) {
+        let outcome = if ok { "success" } else { "failure" };
+        self.reloads.get_or_create(&OutcomeLabel { outcome }).inc();
+        self.reload_ok.set(i64::from(ok));
+    }
+
+    /// Reloads counted for `outcome` (tests).
+    pub fn reload_count(&self, outcome: &'static str) -> u64 {
+        self.reloads.get_or_create(&OutcomeLabel { outcome }).get()
     }
 
     /// An orphan was detected.

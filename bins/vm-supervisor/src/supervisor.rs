@@ -29,6 +29,7 @@ use crate::policy::{Policy, Step};
 use crate::process::{self, ExitStatus, Identity, Liveness, Running};
 use crate::registry::{Attempt, Desired, Registry, RegistryError, VmRecord};
 use crate::spec::VmSpec;
+use keel_core::ConfigError;
 
 /// Why a VM needs recovering: metald's orphan reasons, plus the reasons of
 /// starts that are not orphans.
@@ -150,6 +151,8 @@ enum Cmd {
     Pause,
     Resume,
     Delete(oneshot::Sender<()>),
+    /// A changed spec from a reload: used from the next recovery on.
+    Update(Box<VmSpec>),
 }
 
 #[derive(Debug)]
@@ -157,6 +160,56 @@ struct Handle {
     tx: mpsc::UnboundedSender<Cmd>,
     view: Arc<Mutex<VmView>>,
     socket: std::path::PathBuf,
+    /// The spec the VM has, or gets at its next recovery.
+    spec: VmSpec,
+    /// `file` (SUPERVISOR_CONFIG) or `api`.
+    source: String,
+}
+
+/// What `GET /status` shows: which subsystems act, and the configuration
+/// file's state.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// An operator drained the host (`POST /drain`).
+    pub drained: bool,
+    /// The fleet short-circuit holds.
+    pub short_circuited: bool,
+    /// Automatic recovery can run now (enabled, not drained, not
+    /// short-circuited).
+    pub recovering: bool,
+    /// Health checks are enabled (`POST /health-checks/enable|disable`).
+    pub health_checks: bool,
+    /// Automatic recovery is enabled (`POST /recovery/enable|disable`).
+    pub recovery: bool,
+    /// The last reload of `SUPERVISOR_CONFIG` was applied (true until one
+    /// fails; a later good one sets it back).
+    pub config_ok: bool,
+    /// Why the last reload was refused.
+    pub config_error: Option<String>,
+    /// VMs registered.
+    pub vms: usize,
+}
+
+/// What a reload changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ReloadReport {
+    /// VMs registered and started.
+    pub added: Vec<String>,
+    /// VMs whose spec changed (used from their next recovery).
+    pub changed: Vec<String>,
+    /// VMs deregistered (their process group stopped).
+    pub removed: Vec<String>,
+}
+
+/// A reload refused: the old configuration stays.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file does not read or validate (names the field).
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+    /// The registry failed part-way (what was applied stays applied).
+    #[error("registry")]
+    Registry(#[from] RegistryError),
 }
 
 /// A command refused.
@@ -200,6 +253,11 @@ pub struct Options {
     pub adopted_poll: Option<Duration>,
 }
 
+#[derive(Debug, Default)]
+struct ConfigState {
+    error: Option<String>,
+}
+
 struct Inner {
     settings: Settings,
     adopted_poll: Duration,
@@ -216,6 +274,14 @@ struct Inner {
     short_circuit: AtomicBool,
     /// An operator drained the host: nothing is recovered until undrained.
     drained: AtomicBool,
+    /// Automatic recovery enabled (an operator's switch).
+    recovery: AtomicBool,
+    /// Health checks enabled (an operator's switch; the VM tasks watch it).
+    health_checks: watch::Sender<bool>,
+    /// One reload at a time.
+    reload_lock: tokio::sync::Mutex<()>,
+    /// The last reload's verdict.
+    config: Mutex<ConfigState>,
     token: CancellationToken,
     tasks: TaskTracker,
 }
@@ -294,6 +360,9 @@ impl Supervisor {
             .build()
             .map_err(|e| keel_core::ConfigError::new("MAX_CONCURRENT_RECOVERIES", e.to_string()))?;
         let (fleet_blocked, _) = watch::channel(false);
+        let (health_checks, _) = watch::channel(true);
+        let file_ids: std::collections::BTreeSet<String> =
+            vms.iter().map(|v| v.id.clone()).collect();
         let inner = Arc::new(Inner {
             settings,
             adopted_poll: options.adopted_poll.unwrap_or(process::ADOPTED_POLL),
@@ -306,6 +375,10 @@ impl Supervisor {
             fleet_blocked,
             short_circuit: AtomicBool::new(false),
             drained: AtomicBool::new(false),
+            recovery: AtomicBool::new(true),
+            health_checks,
+            reload_lock: tokio::sync::Mutex::new(()),
+            config: Mutex::new(ConfigState::default()),
             token: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });
@@ -321,12 +394,190 @@ impl Supervisor {
                 ));
             }
         });
+        inner.metrics.started();
         let records = inner.registry.load().await?;
         for record in records {
             spawn_vm(&inner, record);
         }
         inner.update_fleet();
-        Ok(Supervisor { inner })
+        let supervisor = Supervisor { inner };
+        // The file is the truth for its VMs: one that left it while the
+        // supervisor was down goes now, as at a reload.
+        let removed = supervisor.remove_absent(&file_ids).await;
+        if !removed.is_empty() {
+            tracing::info!(?removed, "vms no longer in SUPERVISOR_CONFIG deregistered");
+        }
+        Ok(supervisor)
+    }
+
+    /// Deregisters (stopping their process groups) the VMs from the file
+    /// whose ids are not in `keep`.
+    async fn remove_absent(&self, keep: &std::collections::BTreeSet<String>) -> Vec<String> {
+        let gone: Vec<String> = self
+            .inner
+            .vms
+            .lock()
+            .iter()
+            .filter(|(id, h)| h.source == "file" && !keep.contains(*id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &gone {
+            let _ = self.delete(id).await;
+        }
+        gone
+    }
+
+    /// Re-reads `SUPERVISOR_CONFIG` (SIGHUP, `POST /reload`): VMs new to
+    /// the file are registered and started; VMs of the file that left it
+    /// are deregistered and their process groups stopped (as `DELETE`);
+    /// a changed VM gets its new spec at its next recovery (its process
+    /// runs on). VMs added through the API are left alone. An invalid file
+    /// is refused, the old configuration stays, and `GET /status` and
+    /// `vm_supervisor_config_last_reload_success` say so.
+    ///
+    /// # Errors
+    /// [`ReloadError::Invalid`] naming the file's field (nothing changed);
+    /// [`ReloadError::Registry`].
+    pub async fn reload(&self) -> Result<ReloadReport, ReloadError> {
+        let _one = self.inner.reload_lock.lock().await;
+        let result = self.apply_file().await;
+        let error = result.as_ref().err().map(|e| match e {
+            ReloadError::Invalid(c) => c.to_string(),
+            ReloadError::Registry(r) => match std::error::Error::source(r) {
+                Some(cause) => format!("{r}: {cause}"),
+                None => r.to_string(),
+            },
+        });
+        self.inner.metrics.reload(error.is_none());
+        match (&result, &error) {
+            (Ok(report), _) => tracing::info!(
+                added = ?report.added,
+                changed = ?report.changed,
+                removed = ?report.removed,
+                "SUPERVISOR_CONFIG reloaded"
+            ),
+            (Err(_), Some(e)) => {
+                tracing::error!(error = %e, "SUPERVISOR_CONFIG reload refused; old configuration kept");
+            }
+            (Err(_), None) => {}
+        }
+        self.inner.config.lock().error = error;
+        result
+    }
+
+    async fn apply_file(&self) -> Result<ReloadReport, ReloadError> {
+        let path = &self.inner.settings.supervisor_config;
+        let file = crate::config::load_file(path)?;
+        {
+            let vms = self.inner.vms.lock();
+            for (i, spec) in file.vms.iter().enumerate() {
+                let socket = spec.socket_path();
+                if let Some((other, _)) = vms
+                    .iter()
+                    .find(|(id, h)| h.source != "file" && **id != spec.id && h.socket == socket)
+                {
+                    return Err(ConfigError::new(
+                        "SUPERVISOR_CONFIG",
+                        format!(
+                            "{}: vms[{i}].socket: {} is {other}'s socket (added through the API)",
+                            path.display(),
+                            socket.display()
+                        ),
+                    )
+                    .into());
+                }
+            }
+        }
+        let keep = file.vms.iter().map(|v| v.id.clone()).collect();
+        let mut report = ReloadReport {
+            removed: self.remove_absent(&keep).await,
+            ..ReloadReport::default()
+        };
+        for spec in file.vms {
+            let known = self.inner.vms.lock().get(&spec.id).map(|h| h.spec == spec);
+            match known {
+                Some(true) => {}
+                Some(false) => {
+                    self.inner.registry.upsert(&spec, "file").await?;
+                    let mut vms = self.inner.vms.lock();
+                    if let Some(h) = vms.get_mut(&spec.id) {
+                        h.socket = spec.socket_path();
+                        h.spec = spec.clone();
+                        let _ = h.tx.send(Cmd::Update(Box::new(spec.clone())));
+                    }
+                    report.changed.push(spec.id);
+                }
+                None => {
+                    self.inner.registry.upsert(&spec, "file").await?;
+                    let id = spec.id.clone();
+                    spawn_vm(
+                        &self.inner,
+                        VmRecord {
+                            spec,
+                            source: "file".into(),
+                            pid: None,
+                            start_time: None,
+                            desired: Desired::Running,
+                            restarts: 0,
+                            last_reason: None,
+                        },
+                    );
+                    report.added.push(id);
+                }
+            }
+        }
+        self.inner.update_fleet();
+        Ok(report)
+    }
+
+    /// Turns health checks on or off for every VM. Off: no probe runs (a
+    /// process's exit is still seen at once, and recovered if recovery is
+    /// on); on again: each VM with a process is checked anew.
+    pub fn set_health_checks(&self, on: bool) {
+        if *self.inner.health_checks.borrow() != on {
+            tracing::warn!(health_checks = on, "operator switched health checks");
+            self.inner.health_checks.send_replace(on);
+            self.inner
+                .metrics
+                .switches(on, self.inner.recovery.load(Ordering::SeqCst));
+        }
+    }
+
+    /// Whether health checks are on.
+    pub fn health_checks(&self) -> bool {
+        *self.inner.health_checks.borrow()
+    }
+
+    /// Turns automatic recovery on or off (manual `recover` still acts).
+    pub fn set_recovery(&self, on: bool) {
+        if self.inner.recovery.swap(on, Ordering::SeqCst) != on {
+            tracing::warn!(recovery = on, "operator switched automatic recovery");
+            self.inner.metrics.switches(self.health_checks(), on);
+            self.inner.update_fleet();
+        }
+    }
+
+    /// Whether automatic recovery is on.
+    pub fn recovery(&self) -> bool {
+        self.inner.recovery.load(Ordering::SeqCst)
+    }
+
+    /// The subsystems' switches and the configuration's state.
+    pub fn status(&self) -> Status {
+        let drained = self.drained();
+        let short_circuited = self.short_circuited();
+        let recovery = self.recovery();
+        let config_error = self.inner.config.lock().error.clone();
+        Status {
+            drained,
+            short_circuited,
+            recovering: recovery && !drained && !short_circuited,
+            health_checks: self.health_checks(),
+            recovery,
+            config_ok: config_error.is_none(),
+            config_error,
+            vms: self.inner.vms.lock().len(),
+        }
     }
 
     /// Every VM's view, by id.
@@ -511,7 +762,8 @@ impl Inner {
                 self.alerts.host_ok(unhealthy, total);
             }
         }
-        let suspended = blocked || self.drained.load(Ordering::SeqCst);
+        let suspended =
+            blocked || self.drained.load(Ordering::SeqCst) || !self.recovery.load(Ordering::SeqCst);
         if *self.fleet_blocked.borrow() != suspended {
             self.fleet_blocked.send_replace(suspended);
         }
@@ -519,6 +771,9 @@ impl Inner {
 }
 
 fn spawn_vm(inner: &Arc<Inner>, record: VmRecord) {
+    if inner.token.is_cancelled() {
+        return;
+    }
     let (tx, rx) = mpsc::unbounded_channel();
     let view = Arc::new(Mutex::new(VmView {
         id: record.spec.id.clone(),
@@ -537,6 +792,8 @@ fn spawn_vm(inner: &Arc<Inner>, record: VmRecord) {
             tx,
             view: view.clone(),
             socket: record.spec.socket_path(),
+            spec: record.spec.clone(),
+            source: record.source.clone(),
         },
     );
     let task = VmTask {
@@ -546,6 +803,8 @@ fn spawn_vm(inner: &Arc<Inner>, record: VmRecord) {
         view,
         rx,
         fleet: inner.fleet_blocked.subscribe(),
+        health_on: inner.health_checks.subscribe(),
+        next_spec: None,
         current: None,
         desired: record.desired,
         phase: Phase::Up,
@@ -579,6 +838,10 @@ struct VmTask {
     view: Arc<Mutex<VmView>>,
     rx: mpsc::UnboundedReceiver<Cmd>,
     fleet: watch::Receiver<bool>,
+    /// Health checks switched on (by an operator).
+    health_on: watch::Receiver<bool>,
+    /// A spec from a reload, for the next recovery.
+    next_spec: Option<VmSpec>,
     current: Option<Running>,
     desired: Desired,
     phase: Phase,
@@ -675,7 +938,7 @@ impl VmTask {
                 Phase::Due { reason, at, .. } if !blocked || *reason == Reason::InitialStart => {
                     Some(*at)
                 }
-                Phase::Intervention { late } => *late,
+                Phase::Intervention { late } if !blocked => *late,
                 _ => None,
             };
             tokio::select! {
@@ -693,6 +956,7 @@ impl VmTask {
                 },
                 () = sleep_until(wake) => self.attempt(&token).await,
                 _ = self.fleet.changed() => {}
+                Ok(()) = self.health_on.changed() => self.switch_health(),
             }
         }
     }
@@ -708,7 +972,23 @@ impl VmTask {
         self.add_health(identity);
     }
 
+    /// Health checks switched on or off by an operator.
+    fn switch_health(&mut self) {
+        if *self.health_on.borrow_and_update() {
+            if let Some(identity) = self.current.as_ref().map(|r| r.identity) {
+                self.add_health(identity);
+            }
+        } else {
+            let _ = self.inner.checker.remove(self.id());
+        }
+    }
+
     fn add_health(&mut self, identity: Identity) {
+        let _ = self.inner.checker.remove(self.id());
+        self.health_since = Instant::now();
+        if !*self.health_on.borrow() {
+            return;
+        }
         let socket = self.spec.socket_path();
         let probe = all_of([
             SocketFileProbe::new(&socket).boxed(),
@@ -727,8 +1007,6 @@ impl VmTask {
             .recovery_threshold(t.recovery_threshold)
             .jitter_first_check(false)
             .build();
-        let _ = self.inner.checker.remove(self.id());
-        self.health_since = Instant::now();
         match config {
             Ok(config) => {
                 if let Err(e) = self.inner.checker.add(self.id().to_owned(), probe, config) {
@@ -887,6 +1165,10 @@ impl VmTask {
                 }
                 self.show();
             }
+            Cmd::Update(spec) => {
+                tracing::info!(vm_id = self.id(), "new spec: used from the next recovery");
+                self.next_spec = Some(*spec);
+            }
             Cmd::Delete(_) => {}
         }
     }
@@ -1025,6 +1307,13 @@ impl VmTask {
             process::stop(&mut old, self.timings.stop_grace).await;
         }
         self.view.lock().pid = None;
+        if let Some(spec) = self.next_spec.take() {
+            if spec.socket_path() != self.spec.socket_path() {
+                let _ = process::remove_socket(&self.spec.socket_path());
+            }
+            self.timings = self.inner.settings.timings.with(&spec.overrides);
+            self.spec = spec;
+        }
         let mut running = process::spawn(&self.spec)
             .map_err(|e| format!("start {}: {e}", self.spec.command.display()))?;
         let identity = running.identity;

@@ -208,3 +208,77 @@ async fn a_drained_host_recovers_nothing_until_undrained() {
     assert_eq!(state["recovering"], true);
     wait_healthy(s, "vm-1", first.pid).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_and_recovery_are_switched_at_run_time() {
+    let lab = Lab::new();
+    let vms = lab.write_config(&[lab.vm_yaml("vm-1", &[], "")]);
+    let run = start(settings(&lab), vms).await;
+    let s = &run.supervisor;
+    let app = vm_supervisor::http::routes(s.clone(), Some("t0ken".into()));
+    let first = wait_healthy(s, "vm-1", None).await;
+    let t = Some("t0ken");
+
+    assert_eq!(call(&app, "GET", "/status", None, None).await.0, 401);
+    assert_eq!(
+        call(&app, "POST", "/recovery/disable", None, None).await.0,
+        401
+    );
+    let (status, body) = call(&app, "GET", "/status", t, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        json!({"drained": false, "short_circuited": false, "recovering": true,
+               "health_checks": true, "recovery": true, "config_ok": true,
+               "config_error": null, "vms": 1})
+    );
+
+    // Health checks off: no probe runs, so a failing API goes unnoticed.
+    let (status, body) = call(&app, "POST", "/health-checks/disable", t, None).await;
+    assert_eq!((status, &body["health_checks"]), (200, &json!(false)));
+    wait_for("probe removed", || s.health("vm-1").is_none().then_some(())).await;
+    fault(&lab.socket("vm-1"), r#"{"fault":"error"}"#).await;
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    let v = s.get("vm-1").unwrap();
+    assert_eq!(
+        (v.pid, v.state, v.healthy),
+        (first.pid, VmState::Running, true)
+    );
+    // On again: checked anew, found failing, recovered.
+    let (_, body) = call(&app, "POST", "/health-checks/enable", t, None).await;
+    assert_eq!(body["health_checks"], true);
+    let second = wait_healthy(s, "vm-1", first.pid).await;
+    assert_eq!(second.last_reason.as_deref(), Some("health_check_failed"));
+
+    // Recovery off: an exit is seen, not acted on; on again: recovered.
+    let (_, body) = call(&app, "POST", "/recovery/disable", t, None).await;
+    assert_eq!(
+        (body["recovery"].clone(), body["recovering"].clone()),
+        (json!(false), json!(false))
+    );
+    sigkill(second.pid.unwrap());
+    wait_for("pid gone", || s.get("vm-1").filter(|v| v.pid.is_none())).await;
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    assert!(
+        lab.processes().is_empty(),
+        "not recovered while switched off"
+    );
+    assert_eq!(s.get("vm-1").unwrap().state, VmState::Unhealthy);
+    let (_, body) = call(&app, "POST", "/recovery/enable", t, None).await;
+    assert_eq!(body["recovering"], true);
+    wait_healthy(s, "vm-1", second.pid).await;
+
+    // POST /reload: the file's errors come back as 422.
+    std::fs::write(lab.config_path(), "vms: 3\n").unwrap();
+    let (status, body) = call(&app, "POST", "/reload", t, None).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("SUPERVISOR_CONFIG")
+    );
+    let (_, body) = call(&app, "GET", "/status", t, None).await;
+    assert_eq!(body["config_ok"], false);
+    s.shutdown(std::time::Duration::from_secs(5)).await;
+}
