@@ -182,7 +182,7 @@ impl Watchdog {
                 Ok(()) => tracing::info!("self-check: the cloud accepts the credentials"),
                 Err(f) if f.is_rejected() => return Err(Error::Config(f.into_config_error())),
                 Err(f) => {
-                    tracing::warn!(error = %f, "self-check: cannot reach the cloud API; starting anyway")
+                    tracing::warn!(error = %f, "self-check: cannot reach the cloud API; starting anyway");
                 }
             }
         }

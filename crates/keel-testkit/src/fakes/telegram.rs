@@ -102,6 +102,28 @@ pub struct UpdatesPoll {
     pub allowed_updates: Option<Value>,
     /// When the fake received it (tokio's clock).
     pub received_at: Instant,
+    /// A scripted fault ([`FakeTelegram::inject_method`]) answered it.
+    pub faulted: bool,
+}
+
+fn poll_of(params: &Map<String, Value>, faulted: bool) -> UpdatesPoll {
+    let number = |name: &str| {
+        params
+            .get(name)
+            .and_then(as_text)
+            .and_then(|v| v.trim().parse::<i64>().ok())
+    };
+    UpdatesPoll {
+        offset: number("offset").unwrap_or(0),
+        timeout: number("timeout").unwrap_or(0).max(0).unsigned_abs(),
+        allowed_updates: params.get("allowed_updates").map(|v| match v {
+            // A form or query parameter carries the JSON array as text.
+            Value::String(s) => serde_json::from_str(s).unwrap_or_else(|_| v.clone()),
+            other => other.clone(),
+        }),
+        received_at: Instant::now(),
+        faulted,
+    }
 }
 
 /// One message the fake accepted.
@@ -558,14 +580,19 @@ async fn handle(
                 .and_then(VecDeque::pop_front)
         }
     };
+    let params = params(query.as_deref(), &headers, &body);
     if let Some(fault) = fault {
         if let TelegramFault::Delay(d) = fault {
             tokio::time::sleep(d).await;
         } else if let Some(response) = fault_response(fault) {
+            if method.eq_ignore_ascii_case("getUpdates") {
+                let poll = poll_of(params.as_ref().unwrap_or(&Map::new()), true);
+                state.lock().polls.push(poll);
+            }
             return response;
         }
     }
-    let params = match params(query.as_deref(), &headers, &body) {
+    let params = match params {
         Ok(p) => p,
         Err(description) => return error(400, &description),
     };
@@ -684,21 +711,15 @@ fn conflict(description: &str) -> Response {
 }
 
 async fn get_updates(state: &FakeTelegramState, params: &Map<String, Value>) -> Response {
-    let number = |name: &str| {
-        params
-            .get(name)
-            .and_then(as_text)
-            .and_then(|v| v.trim().parse::<i64>().ok())
-    };
-    let offset = number("offset").unwrap_or(0);
-    let timeout = number("timeout").unwrap_or(0).max(0).unsigned_abs();
-    let limit = usize::try_from(number("limit").unwrap_or(100).clamp(1, 100)).unwrap_or(100);
-    let allowed_updates = params.get("allowed_updates").map(|v| match v {
-        // A form or query parameter carries the JSON array as text.
-        Value::String(s) => serde_json::from_str(s).unwrap_or_else(|_| v.clone()),
-        other => other.clone(),
-    });
-    let now = Instant::now();
+    let limit = params
+        .get("limit")
+        .and_then(as_text)
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .unwrap_or(100)
+        .clamp(1, 100);
+    let limit = usize::try_from(limit).unwrap_or(100);
+    let poll = poll_of(params, false);
+    let (offset, timeout, now) = (poll.offset, poll.timeout, poll.received_at);
     let generation = {
         let mut inner = state.lock();
         if inner.webhook.is_some() {
@@ -706,12 +727,7 @@ async fn get_updates(state: &FakeTelegramState, params: &Map<String, Value>) -> 
                 "can't use getUpdates method while webhook is active; use deleteWebhook to delete the webhook first",
             );
         }
-        inner.polls.push(UpdatesPoll {
-            offset,
-            timeout,
-            allowed_updates,
-            received_at: now,
-        });
+        inner.polls.push(poll);
         if offset > 0 {
             inner.updates.retain(|(id, _)| *id >= offset);
         }
