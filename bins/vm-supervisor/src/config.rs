@@ -27,7 +27,8 @@ pub struct Config {
     #[arg(long, env = "SUPERVISOR_CONFIG", default_value = "vm-supervisor.yaml")]
     pub supervisor_config: PathBuf,
 
-    /// The registry (`sqlite://path`; created when missing).
+    /// The registry: `sqlite://path` (created when missing) or
+    /// `postgres://user@host/db` (tables created at start).
     #[arg(
         long,
         env = "DATABASE_URL",
@@ -320,10 +321,10 @@ impl Config {
     /// A [`ConfigError`] naming the first variable at fault.
     pub fn settings(&self) -> Result<Settings, ConfigError> {
         let url = self.database_url.trim();
-        if !(url.starts_with("sqlite:")) {
+        if !crate::registry::supported(url) {
             return Err(ConfigError::new(
                 "DATABASE_URL",
-                format!("`{url}`: only sqlite:// is supported (PostgreSQL is not built yet)"),
+                format!("`{url}`: sqlite://path or postgres://… expected"),
             ));
         }
         non_zero("HEALTH_INTERVAL", self.health_interval)?;
@@ -522,6 +523,8 @@ mod tests {
         assert_eq!(s.timings.health_interval, Duration::from_millis(500));
         assert_eq!(s.timings.retry_interval, Duration::from_secs(120));
         assert_eq!(s.timings.max_retry_interval, Duration::from_secs(3600));
+        let pg = parse(&["--database-url", "postgresql://u@db/vms"]).unwrap();
+        assert_eq!(pg.database_url, "postgresql://u@db/vms");
         let off = parse(&["--late-recovery-interval", "0s"]).unwrap();
         assert_eq!(off.late_recovery_interval, None);
     }

@@ -3,8 +3,9 @@
 //!
 //! * [`config`]: one clap struct (every field an environment variable),
 //!   validated into [`config::Settings`]; [`spec`]: the YAML of VMs.
-//! * [`registry`]: the durable registry (SQLite through sqlx): spec, pid,
-//!   the process's start time, desired state, the attempt journal.
+//! * [`registry`]: the durable registry (SQLite or PostgreSQL through
+//!   sqlx): spec, pid, the process's start time, desired state, the
+//!   attempt journal.
 //! * [`process`]: process groups, identity by pid *and* start time and a
 //!   pidfd, stop as a group (TERM, then KILL), exit seen at once (an
 //!   adopted process's through its pidfd).

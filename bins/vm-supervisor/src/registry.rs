@@ -1,18 +1,26 @@
-//! The durable registry (SQLite through sqlx, migrations in
-//! `migrations/`): each VM's spec, its process (pid and start time from
-//! `/proc/<pid>/stat`), socket, desired state and restart count, and the
-//! attempt journal. What adoption after a restart reads.
+//! The durable registry, SQLite or PostgreSQL through sqlx (`DATABASE_URL`
+//! picks; the same tables and semantics, migrations in
+//! `migrations/sqlite` and `migrations/postgres`): each VM's spec, its
+//! process (pid and start time from `/proc/<pid>/stat`), socket, desired
+//! state and restart count, and the attempt journal. What adoption after a
+//! restart reads.
+//!
+//! The SQL is written once with `$n` placeholders, which both drivers bind
+//! by number; [`on_pool!`] runs it on whichever pool is open (the two
+//! pools are different types, so each arm is compiled for its driver).
 
 use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use sqlx::Row;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
 use crate::spec::VmSpec;
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// What the operator wants of a VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -97,10 +105,34 @@ pub enum RegistryError {
     Spec(String, #[source] serde_json::Error),
 }
 
+/// The open database.
+#[derive(Debug, Clone)]
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to the open pool, whichever driver.
+macro_rules! on_pool {
+    ($self:expr, |$pool:ident| $body:expr) => {
+        match &$self.pool {
+            Pool::Sqlite($pool) => $body,
+            Pool::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Whether `url` names a database the registry can open.
+pub fn supported(url: &str) -> bool {
+    ["sqlite:", "postgres://", "postgresql://"]
+        .iter()
+        .any(|p| url.starts_with(p))
+}
+
 /// The registry handle (cheap to clone).
 #[derive(Debug, Clone)]
 pub struct Registry {
-    pool: SqlitePool,
+    pool: Pool,
     keep: u32,
 }
 
@@ -111,22 +143,69 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// One `vms` row as read, before its spec is parsed.
+type RawRecord = (
+    String,
+    String,
+    String,
+    Option<i64>,
+    Option<i64>,
+    String,
+    i64,
+    Option<String>,
+);
+
+const LOAD: &str = "SELECT id, config, source, pid, start_time, desired_state, restarts, last_reason \
+     FROM vms ORDER BY id";
+const UPSERT: &str = "INSERT INTO vms (id, config, source, socket, desired_state, updated_at) \
+     VALUES ($1, $2, $3, $4, 'running', $5) \
+     ON CONFLICT (id) DO UPDATE SET config = $2, socket = $4, updated_at = $5";
+const SET_PROCESS: &str = "UPDATE vms SET pid = $2, start_time = $3, updated_at = $4 WHERE id = $1";
+const SET_DESIRED: &str = "UPDATE vms SET desired_state = $2, updated_at = $3 WHERE id = $1";
+const COUNT_RESTART: &str =
+    "UPDATE vms SET restarts = restarts + 1, last_reason = $2, updated_at = $3 WHERE id = $1";
+const DELETE_ATTEMPTS: &str = "DELETE FROM attempts WHERE vm_id = $1";
+const DELETE_VM: &str = "DELETE FROM vms WHERE id = $1";
+const BEGIN_ATTEMPT: &str = "INSERT INTO attempts (vm_id, reason, started_at, exit_status) \
+     VALUES ($1, $2, $3, $4) RETURNING id";
+const TRIM_ATTEMPTS: &str = "DELETE FROM attempts WHERE vm_id = $1 AND id NOT IN \
+     (SELECT id FROM attempts WHERE vm_id = $1 ORDER BY id DESC LIMIT $2)";
+const END_ATTEMPT: &str =
+    "UPDATE attempts SET ended_at = $2, outcome = $3, error = $4 WHERE id = $1";
+const ATTEMPTS: &str = "SELECT id, reason, started_at, ended_at, outcome, exit_status, error FROM attempts \
+     WHERE vm_id = $1 ORDER BY id DESC LIMIT $2";
+
 impl Registry {
-    /// Opens (creating the file when missing) and migrates `url`; keeps the
-    /// last `keep` attempts per VM.
+    /// Opens and migrates `url`: `sqlite://path` (the file is created when
+    /// missing) or `postgres://…` (the database must exist; the tables go
+    /// in the connection's `search_path`, so `?options[search_path]=host_a`
+    /// gives each supervisor its own schema in a shared database). Keeps
+    /// the last `keep` attempts per VM.
     ///
     /// # Errors
     /// [`RegistryError`] when the database cannot be opened or migrated.
     pub async fn open(url: &str, keep: u32) -> Result<Registry, RegistryError> {
-        let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .busy_timeout(std::time::Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options)
-            .await?;
-        MIGRATOR.run(&pool).await?;
+        let pool = if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .busy_timeout(std::time::Duration::from_secs(5));
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(options)
+                .await?;
+            SQLITE.run(&pool).await?;
+            Pool::Sqlite(pool)
+        } else {
+            let options = PgConnectOptions::from_str(url)?;
+            let pool = PgPoolOptions::new()
+                .max_connections(4)
+                .acquire_timeout(std::time::Duration::from_secs(10))
+                .connect_with(options)
+                .await?;
+            POSTGRES.run(&pool).await?;
+            Pool::Postgres(pool)
+        };
         Ok(Registry { pool, keep })
     }
 
@@ -135,27 +214,41 @@ impl Registry {
     /// # Errors
     /// [`RegistryError`].
     pub async fn load(&self) -> Result<Vec<VmRecord>, RegistryError> {
-        let rows = sqlx::query(
-            "SELECT id, config, source, pid, start_time, desired_state, restarts, last_reason \
-             FROM vms ORDER BY id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|r| {
-                let id: String = r.get("id");
-                let config: String = r.get("config");
-                let spec = serde_json::from_str(&config).map_err(|e| RegistryError::Spec(id, e))?;
-                Ok(VmRecord {
-                    spec,
-                    source: r.get("source"),
-                    pid: r.get::<Option<i64>, _>("pid").map(|p| p as u32),
-                    start_time: r.get::<Option<i64>, _>("start_time").map(|t| t as u64),
-                    desired: Desired::parse(r.get::<String, _>("desired_state").as_str()),
-                    restarts: r.get::<i64, _>("restarts") as u64,
-                    last_reason: r.get("last_reason"),
+        let rows: Vec<RawRecord> = on_pool!(self, |pool| {
+            sqlx::query(LOAD)
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .map(|r| {
+                    (
+                        r.get("id"),
+                        r.get("config"),
+                        r.get("source"),
+                        r.get("pid"),
+                        r.get("start_time"),
+                        r.get("desired_state"),
+                        r.get("restarts"),
+                        r.get("last_reason"),
+                    )
                 })
-            })
+                .collect()
+        });
+        rows.into_iter()
+            .map(
+                |(id, config, source, pid, start_time, desired, restarts, last_reason)| {
+                    let spec =
+                        serde_json::from_str(&config).map_err(|e| RegistryError::Spec(id, e))?;
+                    Ok(VmRecord {
+                        spec,
+                        source,
+                        pid: pid.map(|p| p as u32),
+                        start_time: start_time.map(|t| t as u64),
+                        desired: Desired::parse(&desired),
+                        restarts: restarts as u64,
+                        last_reason,
+                    })
+                },
+            )
             .collect()
     }
 
@@ -167,18 +260,17 @@ impl Registry {
     pub async fn upsert(&self, spec: &VmSpec, source: &str) -> Result<(), RegistryError> {
         let config =
             serde_json::to_string(spec).map_err(|e| RegistryError::Spec(spec.id.clone(), e))?;
-        sqlx::query(
-            "INSERT INTO vms (id, config, source, socket, desired_state, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, 'running', ?5) \
-             ON CONFLICT(id) DO UPDATE SET config = ?2, socket = ?4, updated_at = ?5",
-        )
-        .bind(&spec.id)
-        .bind(config)
-        .bind(source)
-        .bind(spec.socket_path().to_string_lossy().into_owned())
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
+        let socket = spec.socket_path().to_string_lossy().into_owned();
+        on_pool!(self, |pool| {
+            sqlx::query(UPSERT)
+                .bind(&spec.id)
+                .bind(&config)
+                .bind(source)
+                .bind(&socket)
+                .bind(now_ms())
+                .execute(pool)
+                .await?;
+        });
         Ok(())
     }
 
@@ -191,13 +283,15 @@ impl Registry {
         id: &str,
         process: Option<(u32, u64)>,
     ) -> Result<(), RegistryError> {
-        sqlx::query("UPDATE vms SET pid = ?2, start_time = ?3, updated_at = ?4 WHERE id = ?1")
-            .bind(id)
-            .bind(process.map(|p| i64::from(p.0)))
-            .bind(process.map(|p| p.1 as i64))
-            .bind(now_ms())
-            .execute(&self.pool)
-            .await?;
+        on_pool!(self, |pool| {
+            sqlx::query(SET_PROCESS)
+                .bind(id)
+                .bind(process.map(|p| i64::from(p.0)))
+                .bind(process.map(|p| p.1 as i64))
+                .bind(now_ms())
+                .execute(pool)
+                .await?;
+        });
         Ok(())
     }
 
@@ -206,12 +300,14 @@ impl Registry {
     /// # Errors
     /// [`RegistryError`].
     pub async fn set_desired(&self, id: &str, desired: Desired) -> Result<(), RegistryError> {
-        sqlx::query("UPDATE vms SET desired_state = ?2, updated_at = ?3 WHERE id = ?1")
-            .bind(id)
-            .bind(desired.as_str())
-            .bind(now_ms())
-            .execute(&self.pool)
-            .await?;
+        on_pool!(self, |pool| {
+            sqlx::query(SET_DESIRED)
+                .bind(id)
+                .bind(desired.as_str())
+                .bind(now_ms())
+                .execute(pool)
+                .await?;
+        });
         Ok(())
     }
 
@@ -220,14 +316,14 @@ impl Registry {
     /// # Errors
     /// [`RegistryError`].
     pub async fn count_restart(&self, id: &str, reason: &str) -> Result<(), RegistryError> {
-        sqlx::query(
-            "UPDATE vms SET restarts = restarts + 1, last_reason = ?2, updated_at = ?3 WHERE id = ?1",
-        )
-        .bind(id)
-        .bind(reason)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
+        on_pool!(self, |pool| {
+            sqlx::query(COUNT_RESTART)
+                .bind(id)
+                .bind(reason)
+                .bind(now_ms())
+                .execute(pool)
+                .await?;
+        });
         Ok(())
     }
 
@@ -236,16 +332,15 @@ impl Registry {
     /// # Errors
     /// [`RegistryError`].
     pub async fn delete(&self, id: &str) -> Result<(), RegistryError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM attempts WHERE vm_id = ?1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM vms WHERE id = ?1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
+        on_pool!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            sqlx::query(DELETE_ATTEMPTS)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(DELETE_VM).bind(id).execute(&mut *tx).await?;
+            tx.commit().await?;
+        });
         Ok(())
     }
 
@@ -259,25 +354,22 @@ impl Registry {
         reason: &str,
         exit_status: Option<&str>,
     ) -> Result<i64, RegistryError> {
-        let row = sqlx::query(
-            "INSERT INTO attempts (vm_id, reason, started_at, exit_status) VALUES (?1, ?2, ?3, ?4) \
-             RETURNING id",
-        )
-        .bind(id)
-        .bind(reason)
-        .bind(now_ms())
-        .bind(exit_status)
-        .fetch_one(&self.pool)
-        .await?;
-        let attempt: i64 = row.get(0);
-        sqlx::query(
-            "DELETE FROM attempts WHERE vm_id = ?1 AND id NOT IN \
-             (SELECT id FROM attempts WHERE vm_id = ?1 ORDER BY id DESC LIMIT ?2)",
-        )
-        .bind(id)
-        .bind(i64::from(self.keep))
-        .execute(&self.pool)
-        .await?;
+        let keep = i64::from(self.keep);
+        let attempt: i64 = on_pool!(self, |pool| {
+            let row = sqlx::query(BEGIN_ATTEMPT)
+                .bind(id)
+                .bind(reason)
+                .bind(now_ms())
+                .bind(exit_status)
+                .fetch_one(pool)
+                .await?;
+            sqlx::query(TRIM_ATTEMPTS)
+                .bind(id)
+                .bind(keep)
+                .execute(pool)
+                .await?;
+            row.get(0)
+        });
         Ok(attempt)
     }
 
@@ -291,13 +383,15 @@ impl Registry {
         outcome: &str,
         error: Option<&str>,
     ) -> Result<(), RegistryError> {
-        sqlx::query("UPDATE attempts SET ended_at = ?2, outcome = ?3, error = ?4 WHERE id = ?1")
-            .bind(attempt)
-            .bind(now_ms())
-            .bind(outcome)
-            .bind(error)
-            .execute(&self.pool)
-            .await?;
+        on_pool!(self, |pool| {
+            sqlx::query(END_ATTEMPT)
+                .bind(attempt)
+                .bind(now_ms())
+                .bind(outcome)
+                .bind(error)
+                .execute(pool)
+                .await?;
+        });
         Ok(())
     }
 
@@ -306,31 +400,29 @@ impl Registry {
     /// # Errors
     /// [`RegistryError`].
     pub async fn attempts(&self, id: &str, limit: u32) -> Result<Vec<Attempt>, RegistryError> {
-        let rows = sqlx::query(
-            "SELECT id, reason, started_at, ended_at, outcome, exit_status, error FROM attempts \
-             WHERE vm_id = ?1 ORDER BY id DESC LIMIT ?2",
-        )
-        .bind(id)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| Attempt {
-                id: r.get("id"),
-                reason: r.get("reason"),
-                started_at: r.get("started_at"),
-                ended_at: r.get("ended_at"),
-                outcome: r.get("outcome"),
-                exit_status: r.get("exit_status"),
-                error: r.get("error"),
-            })
-            .collect())
+        Ok(on_pool!(self, |pool| {
+            sqlx::query(ATTEMPTS)
+                .bind(id)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .map(|r| Attempt {
+                    id: r.get("id"),
+                    reason: r.get("reason"),
+                    started_at: r.get("started_at"),
+                    ended_at: r.get("ended_at"),
+                    outcome: r.get("outcome"),
+                    exit_status: r.get("exit_status"),
+                    error: r.get("error"),
+                })
+                .collect()
+        }))
     }
 
     /// Closes the pool.
     pub async fn close(&self) {
-        self.pool.close().await;
+        on_pool!(self, |pool| pool.close().await);
     }
 }
 
@@ -346,10 +438,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn rows_and_journal_survive_a_reopen() {
+    async fn sqlite_rows_and_journal_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("r.db").display());
-        let r = Registry::open(&url, 3).await.unwrap();
+        rows_and_journal_survive_a_reopen(&url).await;
+    }
+
+    #[tokio::test]
+    async fn postgres_rows_and_journal_survive_a_reopen() {
+        let schema = keel_testkit::services::PgSchema::new().await;
+        rows_and_journal_survive_a_reopen(schema.url()).await;
+        // Migrations run once: a third open finds them applied.
+        Registry::open(schema.url(), 3).await.unwrap().close().await;
+        schema.cleanup().await.unwrap();
+    }
+
+    async fn rows_and_journal_survive_a_reopen(url: &str) {
+        let r = Registry::open(url, 3).await.unwrap();
         r.upsert(&spec("a"), "file").await.unwrap();
         r.set_process("a", Some((42, 1234))).await.unwrap();
         r.set_desired("a", Desired::Paused).await.unwrap();
@@ -369,7 +474,7 @@ mod tests {
         r.upsert(&changed, "file").await.unwrap();
         r.close().await;
 
-        let r = Registry::open(&url, 3).await.unwrap();
+        let r = Registry::open(url, 3).await.unwrap();
         let rows = r.load().await.unwrap();
         assert_eq!(rows.len(), 1);
         let row = &rows[0];
@@ -386,5 +491,6 @@ mod tests {
         r.delete("a").await.unwrap();
         assert!(r.load().await.unwrap().is_empty());
         assert!(r.attempts("a", 10).await.unwrap().is_empty());
+        r.close().await;
     }
 }

@@ -216,15 +216,32 @@ async fn a_recycled_pid_is_not_adopted_and_not_signalled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_journal_and_restarts_survive_a_supervisor_restart() {
     let lab = Lab::new();
+    journal_and_restarts_survive_a_restart(&lab, settings(&lab)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgres_registry_survives_a_supervisor_restart_too() {
+    let lab = Lab::new();
+    let schema = keel_testkit::services::PgSchema::new().await;
+    let mut settings = settings(&lab);
+    settings.database_url = schema.url().to_owned();
+    journal_and_restarts_survive_a_restart(&lab, settings).await;
+    schema.cleanup().await.unwrap();
+}
+
+async fn journal_and_restarts_survive_a_restart(
+    lab: &Lab,
+    settings: vm_supervisor::config::Settings,
+) {
     let vms = lab.write_config(&[lab.vm_yaml("vm-1", &[], "")]);
-    let run = start(settings(&lab), vms.clone()).await;
+    let run = start(settings.clone(), vms.clone()).await;
     let first = wait_healthy(&run.supervisor, "vm-1", None).await;
     sigkill(first.pid.unwrap());
     let second = wait_healthy(&run.supervisor, "vm-1", first.pid).await;
     assert!(run.supervisor.shutdown(Duration::from_secs(5)).await);
     assert_eq!(lab.processes(), vec![second.pid.unwrap()], "left running");
 
-    let run = start(settings(&lab), vms).await;
+    let run = start(settings, vms).await;
     let adopted = wait_healthy(&run.supervisor, "vm-1", None).await;
     assert_eq!(adopted.pid, second.pid, "adopted, not restarted");
     assert_eq!(adopted.restarts, 1);
