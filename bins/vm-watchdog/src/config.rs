@@ -235,10 +235,20 @@ impl Config {
     /// A [`ConfigError`] naming the first variable at fault.
     pub fn validate(&self) -> Result<Settings, ConfigError> {
         let bot_token = self.bot_token.trim();
-        if bot_token.is_empty() || bot_token.contains(|c: char| c.is_whitespace() || c == '/') {
+        // `<bot id>:<secret>`: with a token of this shape, Telegram answers
+        // 401 for a wrong one (the start's self-check names BOT_TOKEN).
+        let well_formed = bot_token.split_once(':').is_some_and(|(id, secret)| {
+            !id.is_empty()
+                && id.chars().all(|c| c.is_ascii_digit())
+                && !secret.is_empty()
+                && secret
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+        });
+        if !well_formed {
             return Err(ConfigError::new(
                 "BOT_TOKEN",
-                "must be a bot token like `123456:ABC...` (non-empty, no spaces or slashes)",
+                "must be a bot token like `123456:ABC-def_ghi` (digits, a colon, then letters, digits, `-` or `_`)",
             ));
         }
         let chat: ChatId = self.group_chat_id.trim().parse().map_err(|e| {
@@ -501,6 +511,48 @@ mod tests {
         .validate()
         .unwrap_err();
         assert_eq!(err.field(), "GROUP_CHAT_ID");
+    }
+
+    #[test]
+    fn operator_variables_are_checked() {
+        let s = parse(&[]).unwrap().validate().unwrap();
+        assert_eq!(
+            (s.stuck_after, s.updating_stuck_after),
+            (Duration::from_secs(300), Duration::from_secs(600))
+        );
+        assert!(!s.telegram_commands && s.admin_token.is_none() && s.admin_user_ids.is_empty());
+        let s = parse(&[
+            "--stuck-after",
+            "120",
+            "--admin-token",
+            "0123456789abcdef0123",
+            "--telegram-commands",
+            "--telegram-admin-user-ids",
+            "42, 43",
+        ])
+        .unwrap()
+        .validate()
+        .unwrap();
+        assert_eq!(s.stuck_after, Duration::from_secs(120));
+        assert_eq!(s.admin_user_ids, [42, 43]);
+        assert!(s.telegram_commands);
+        let cases: [(&[&str], &str); 5] = [
+            (&["--stuck-after", "0"], "STUCK_AFTER"),
+            (
+                &["--updating-stuck-after", "99999999"],
+                "UPDATING_STUCK_AFTER",
+            ),
+            (&["--admin-token", "short"], "ADMIN_TOKEN"),
+            (&["--admin-token", " "], "ADMIN_TOKEN"),
+            (
+                &["--telegram-admin-user-ids", "42,bob"],
+                "TELEGRAM_ADMIN_USER_IDS",
+            ),
+        ];
+        for (args, variable) in cases {
+            let err = parse(args).unwrap().validate().unwrap_err();
+            assert_eq!(err.field(), variable, "{args:?}");
+        }
     }
 
     #[test]

@@ -184,6 +184,9 @@ pub(crate) struct Shared<R> {
     /// The start self-check could not reach Telegram and it has not
     /// answered since: alerts may not be deliverable.
     pub(crate) telegram_unverified: AtomicBool,
+    /// Deliveries accepted when it was found unverified: one more proves
+    /// Telegram reachable.
+    pub(crate) sent_when_unverified: AtomicU64,
     pub(crate) config_valid: AtomicBool,
     pub(crate) delivering: AtomicBool,
     pub(crate) api_settings_deadline: Duration,
@@ -263,6 +266,7 @@ impl<R: RawApi> Engine<R> {
                 stuck: (settings.stuck_after, settings.updating_stuck_after),
                 controls: Mutex::new(HashMap::new()),
                 telegram_unverified: AtomicBool::new(false),
+                sent_when_unverified: AtomicU64::new(0),
                 config_valid: AtomicBool::new(true),
                 delivering: AtomicBool::new(true),
                 live: AtomicUsize::new(0),
@@ -297,6 +301,15 @@ impl<R: RawApi> Engine<R> {
     /// is closed (a sink whose sends fail, or whose token or chat is
     /// rejected, opens it). Also sets the `telegram_up` gauge.
     pub fn alerts_deliverable(&self) -> bool {
+        if self.shared.telegram_unverified.load(Ordering::Acquire)
+            && self.shared.alerts.notifier().stats().sent
+                > self.shared.sent_when_unverified.load(Ordering::Acquire)
+        {
+            tracing::info!("Telegram accepted a message: it is reachable");
+            self.shared
+                .telegram_unverified
+                .store(false, Ordering::Release);
+        }
         let up = self
             .shared
             .alerts
@@ -312,7 +325,16 @@ impl<R: RawApi> Engine<R> {
     /// Records whether Telegram could be reached by the self-check: while
     /// it could not (and has not answered since), alerts count as
     /// undeliverable (`telegram_up` 0, `/health` degraded).
+    /// Until then (or until a message is accepted) no "Telegram failing"
+    /// episode is raised for it: the program has not delivered yet.
     pub fn set_telegram_verified(&self, verified: bool) {
+        if !verified {
+            let sent = self.shared.alerts.notifier().stats().sent;
+            self.shared
+                .sent_when_unverified
+                .store(sent, Ordering::Release);
+            self.shared.delivering.store(false, Ordering::Release);
+        }
         self.shared
             .telegram_unverified
             .store(!verified, Ordering::Release);

@@ -172,8 +172,7 @@ pub async fn telegram(client: &reqwest::Client, settings: &Settings) -> Result<B
     };
     let me = match call("getMe", json!({})).await {
         Ok(me) => me,
-        // 404 is what Telegram answers for a token of the wrong shape.
-        Err(e) if matches!(e.status, Some(401 | 404)) => {
+        Err(e) if e.status == Some(401) => {
             return Err(Failure::Rejected(ConfigError::new(
                 "BOT_TOKEN",
                 format!(
@@ -182,6 +181,17 @@ pub async fn telegram(client: &reqwest::Client, settings: &Settings) -> Result<B
                     e.description
                 ),
             )));
+        }
+        // BOT_TOKEN is well formed (checked at start): a 404 means the
+        // URL is not the Bot API.
+        Err(e) if e.status == Some(404) => {
+            return Err(Failure::Unreachable {
+                variable: "TELEGRAM_API_URL",
+                message: format!(
+                    "getMe: HTTP 404: {}: this does not look like the Bot API",
+                    e.description
+                ),
+            });
         }
         Err(e) => return Err(unreachable(&e)),
     };

@@ -456,6 +456,93 @@ vms:
     }
 
     #[test]
+    fn parses_per_vm_overrides() {
+        let file = p(r"
+vms:
+  - name: batch-3
+    instance_id: fhm5
+    auto_start: false
+    min_check_interval: 10s
+    max_check_interval: 300
+    stuck_after: 15m
+    updating_stuck_after: 1h30m
+    topic_id: 42
+    maintenance:
+      - start: 2026-12-24T22:00:00Z
+        end: 2026-12-25T02:00:00+03:00
+")
+        .unwrap();
+        let vm = &file.vms[0];
+        assert!(!vm.auto_start);
+        assert_eq!(vm.min_check_interval, Some(Duration::from_secs(10)));
+        assert_eq!(vm.max_check_interval, Some(Duration::from_secs(300)));
+        assert_eq!(vm.stuck_after, Some(Duration::from_secs(900)));
+        assert_eq!(vm.updating_stuck_after, Some(Duration::from_secs(5_400)));
+        assert_eq!(vm.topic_id, Some(42));
+        let at = |t: &str| DateTime::parse_from_rfc3339(t).unwrap().with_timezone(&Utc);
+        // 02:00+03:00 is 23:00Z; the end is exclusive.
+        let window = vm.maintenance_at(at("2026-12-24T22:30:00Z")).unwrap();
+        assert_eq!(window.end, at("2026-12-24T23:00:00Z"));
+        assert!(vm.maintenance_at(at("2026-12-24T23:00:00Z")).is_none());
+        assert!(vm.maintenance_at(at("2026-12-24T21:59:59Z")).is_none());
+        // The defaults.
+        let plain = &p("vms:\n  - name: a\n    instance_id: i1\n").unwrap().vms[0];
+        assert!(plain.auto_start && plain.maintenance.is_empty() && plain.topic_id.is_none());
+    }
+
+    #[test]
+    fn override_errors_name_the_vm_and_field() {
+        let vm = "vms:\n  - name: a\n    instance_id: i1\n";
+        let cases = [
+            (
+                "    min_check_interval: 0\n",
+                "vms[0] (a): min_check_interval must be at least 1 second",
+            ),
+            (
+                "    max_check_interval: 2d\n",
+                "vms[0] (a): max_check_interval must be at most 24h",
+            ),
+            (
+                "    min_check_interval: 1m\n    max_check_interval: 30s\n",
+                "max_check_interval must be at least its min_check_interval",
+            ),
+            (
+                "    stuck_after: soon\n",
+                "vms[0] (a): stuck_after: `soon` is not a duration",
+            ),
+            (
+                "    updating_stuck_after: 0s\n",
+                "updating_stuck_after: `0s` must be more than zero",
+            ),
+            (
+                "    topic_id: 0\n",
+                "topic_id must be a positive message_thread_id",
+            ),
+            ("    auto_start: maybe\n", "auto_start"),
+            (
+                "    maintenance:\n      - start: tomorrow\n        end: 2026-12-25T02:00:00Z\n",
+                "vms[0] (a): maintenance[0].start `tomorrow` is not an RFC 3339 time",
+            ),
+            (
+                "    maintenance:\n      - start: 2026-12-25T02:00:00Z\n        end: 2026-12-25T01:00:00Z\n",
+                "maintenance[0]: end must be after start",
+            ),
+            (
+                "    maintenance:\n      - start: 2026-12-25T02:00:00Z\n",
+                "missing field `end`",
+            ),
+        ];
+        for (extra, expected) in cases {
+            let text = format!("{vm}{extra}");
+            let err = p(&text).unwrap_err().to_string();
+            assert!(
+                err.contains(expected),
+                "{text:?}: {err} does not contain {expected:?}"
+            );
+        }
+    }
+
+    #[test]
     fn errors_say_exactly_what_is_wrong() {
         let cases = [
             ("", "empty"),

@@ -30,6 +30,7 @@ async fn half_the_api_failing_still_alerts_and_starts_every_stopped_vm() {
         .start()
         .await;
     let tg = FakeTelegram::start().await;
+    tg.set_bot_api(true);
     tg.server()
         .faults()
         .set(FaultConfig::none().with_errors(0.3, StatusCode::BAD_GATEWAY))

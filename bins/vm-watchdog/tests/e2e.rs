@@ -96,6 +96,7 @@ async fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitSta
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stops_are_alerted_started_recovered_and_sigterm_exits_cleanly() {
     let tg = FakeTelegram::start().await;
+    tg.set_bot_api(true);
     let yc = FakeYandex::builder()
         .require_iam(true)
         .steps(StepDelays::uniform(Duration::from_millis(500)))
@@ -200,6 +201,7 @@ async fn stops_are_alerted_started_recovered_and_sigterm_exits_cleanly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alerts_telegram_refuses_are_spooled_at_sigterm_and_sent_by_the_next_run() {
     let tg = FakeTelegram::start().await;
+    tg.set_bot_api(true);
     tg.set_down(Some(TelegramFault::Status(503)));
     let yc = FakeYandex::builder()
         .require_iam(true)
@@ -271,6 +273,7 @@ async fn alerts_telegram_refuses_are_spooled_at_sigterm_and_sent_by_the_next_run
 #[tokio::test]
 async fn invalid_configuration_exits_64_naming_the_variable() {
     let tg = FakeTelegram::start().await;
+    tg.set_bot_api(true);
     let yc = FakeYandex::start().await;
     let dir = tempfile::tempdir().unwrap();
     let vms = dir.path().join("vms.yaml");
@@ -333,6 +336,7 @@ async fn invalid_configuration_exits_64_naming_the_variable() {
 #[tokio::test]
 async fn blank_variables_are_unset_and_help_lists_the_log_variables() {
     let tg = FakeTelegram::start().await;
+    tg.set_bot_api(true);
     let yc = FakeYandex::start().await;
     let dir = tempfile::tempdir().unwrap();
     let vms = dir.path().join("vms.yaml");

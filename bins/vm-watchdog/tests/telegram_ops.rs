@@ -73,6 +73,7 @@ fn rejected(result: Result<impl std::fmt::Debug, Failure>) -> (String, String) {
 #[tokio::test]
 async fn telegram_self_checks_name_the_variable_at_fault() {
     let tg = FakeTelegram::start().await;
+    tg.set_bot_api(true);
     let yc = FakeYandex::start().await;
     let client = selfcheck::client();
     let bot = selfcheck::telegram(&client, &settings(&tg, &yc, &[]))
@@ -111,6 +112,7 @@ async fn telegram_self_checks_name_the_variable_at_fault() {
 #[tokio::test]
 async fn cloud_self_checks_name_the_credential_at_fault() {
     let tg = FakeTelegram::start().await;
+    tg.set_bot_api(true);
     let yc = FakeYandex::builder().require_iam(true).start().await;
     yc.add_instance("fhm1", "web-1", "b1g", "RUNNING");
     let client = selfcheck::client();
@@ -155,6 +157,54 @@ async fn cloud_self_checks_name_the_credential_at_fault() {
     assert_eq!(e.field(), "YC_OAUTH_TOKEN");
 }
 
+#[tokio::test]
+async fn an_unreachable_telegram_does_not_stop_the_start_and_health_says_so() {
+    // The Bot API's getMe is off: 404, as when TELEGRAM_API_URL is not the
+    // Bot API (and like a network error, not fatal).
+    let tg = FakeTelegram::start().await;
+    let yc = FakeYandex::builder()
+        .steps(StepDelays::uniform(Duration::from_millis(200)))
+        .start()
+        .await;
+    yc.add_instance("fhm1", "web-1", "b1g", "RUNNING");
+    let s = settings(&tg, &yc, &[]);
+    match selfcheck::telegram(&selfcheck::client(), &s).await {
+        Err(f @ Failure::Unreachable { .. }) => {
+            assert_eq!(f.into_config_error().field(), "TELEGRAM_API_URL");
+        }
+        other => panic!("{other:?}"),
+    }
+    let watchdog = Watchdog::start(&s, one_vm("fhm1"), Options::default())
+        .await
+        .unwrap();
+    let engine = watchdog.engine().clone();
+    let health = engine.health();
+    assert_eq!(health["status"], "degraded");
+    assert_eq!(
+        health["degraded_reasons"],
+        serde_json::json!(["alerts_undeliverable"])
+    );
+    // The first alert Telegram accepts proves it reachable.
+    eventually(Duration::from_secs(20), "web-1 seen", || {
+        engine.status_of("web-1").map(drop)
+    })
+    .await;
+    yc.stop_vm("fhm1");
+    eventually(
+        Duration::from_secs(30),
+        "the alert and a healthy /health",
+        || (!tg.messages().is_empty() && engine.health()["status"] == "healthy").then_some(()),
+    )
+    .await;
+    assert!(
+        tg.messages()
+            .iter()
+            .all(|m| !m.plain_text.contains("Telegram was failing")),
+        "no failing episode for a start that had not delivered yet"
+    );
+    watchdog.stop(Duration::from_secs(5)).await;
+}
+
 fn write_vms(path: &Path) {
     std::fs::write(
         path,
@@ -166,6 +216,7 @@ fn write_vms(path: &Path) {
 #[tokio::test]
 async fn check_config_online_asks_telegram_and_the_cloud() {
     let tg = FakeTelegram::start().await;
+    tg.set_bot_api(true);
     let yc = FakeYandex::start().await;
     let dir = tempfile::tempdir().unwrap();
     let vms = dir.path().join("vms.yaml");
@@ -220,6 +271,7 @@ async fn check_config_online_asks_telegram_and_the_cloud() {
 #[tokio::test]
 async fn commands_from_the_chat_are_answered_once_and_others_ignored() {
     let tg = FakeTelegram::start().await;
+    tg.set_bot_api(true);
     let yc = FakeYandex::builder()
         .steps(StepDelays::uniform(Duration::from_millis(200)))
         .start()

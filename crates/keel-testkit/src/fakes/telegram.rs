@@ -35,7 +35,10 @@
 //!   are rendered in the Bot API's JSON ([`TelegramRenderer`]). Every
 //!   request, faulted or not, is recorded there too.
 //!
-//! * `getMe` (the bot: id from the token, `username` [`BOT_USERNAME`]),
+//! * With [`FakeTelegram::set_bot_api`] on (off by default, so a fake
+//!   started as before still answers 404 to every method but
+//!   `sendMessage`): `getMe` (the bot: id from the token, `username`
+//!   [`BOT_USERNAME`]),
 //!   `getChat` and `getChatMember` (the chat must pass
 //!   [`FakeTelegram::restrict_chats`], else `Bad Request: chat not found`;
 //!   the bot's own membership is [`FakeTelegram::set_bot_status`]), and
@@ -239,6 +242,8 @@ struct Inner {
     poll_generation: u64,
     webhook: Option<String>,
     bot_status: String,
+    /// Serve the methods beyond `sendMessage`.
+    bot_api: bool,
 }
 
 /// The fake's shared state; [`app`] serves it.
@@ -270,6 +275,7 @@ impl FakeTelegramState {
                 poll_generation: 0,
                 webhook: None,
                 bot_status: "administrator".to_owned(),
+                bot_api: false,
             })),
             wake: Arc::new(tokio::sync::Notify::new()),
         }
@@ -425,6 +431,13 @@ impl FakeTelegram {
     /// Messages refused with 429 because they exceeded the rate limits.
     pub fn rate_limited(&self) -> usize {
         self.state.lock().rate_limited
+    }
+
+    /// Serves `getMe`, `getChat`, `getChatMember`, `getUpdates` and
+    /// `deleteWebhook` (`true`), or, as by default, answers 404 `Not Found`
+    /// to every method but `sendMessage` (`false`).
+    pub fn set_bot_api(&self, on: bool) {
+        self.state.lock().bot_api = on;
     }
 
     /// Plays `fault` on the next request of `method` (`getUpdates`,
@@ -596,7 +609,11 @@ async fn handle(
         Ok(p) => p,
         Err(description) => return error(400, &description),
     };
-    match method.to_ascii_lowercase().as_str() {
+    let method = method.to_ascii_lowercase();
+    if method != "sendmessage" && !state.lock().bot_api {
+        return error(404, "Not Found");
+    }
+    match method.as_str() {
         "sendmessage" => send_message(&state, params),
         "getme" => get_me(&state),
         "getchat" => match chat_of(&state, &params) {
@@ -1150,6 +1167,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn get_updates_long_polls_and_confirms_by_offset() {
         let state = FakeTelegramState::new(DEFAULT_TOKEN);
+        state.lock().bot_api = true;
         // Nothing queued: waits the whole timeout, then an empty result.
         let started = Instant::now();
         let (status, body) = call(&state, "getUpdates", json!({ "timeout": 30 })).await;
@@ -1176,6 +1194,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_second_consumer_or_a_webhook_is_a_conflict() {
         let state = FakeTelegramState::new(DEFAULT_TOKEN);
+        state.lock().bot_api = true;
         let first = tokio::spawn({
             let state = state.clone();
             async move { call(&state, "getUpdates", json!({ "timeout": 30 })).await }
@@ -1204,6 +1223,12 @@ mod tests {
     #[tokio::test]
     async fn get_me_get_chat_and_membership() {
         let state = FakeTelegramState::new(DEFAULT_TOKEN);
+        assert_eq!(
+            call(&state, "getMe", json!({})).await.0,
+            404,
+            "off by default"
+        );
+        state.lock().bot_api = true;
         let (status, body) = call(&state, "getMe", json!({})).await;
         assert_eq!(status, 200);
         assert_eq!(body["result"]["id"], 123_456);
