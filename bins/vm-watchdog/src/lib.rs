@@ -26,6 +26,14 @@
 //! * [`engine`] (the coordinator) and the per-VM task: one task per VM,
 //!   reconfigured without a restart; a TCP probe (keel-health) of each
 //!   running VM's SSH port between API checks.
+//! * Operator control: per-VM overrides in [`vms_yaml`] (`auto_start`,
+//!   intervals, stuck thresholds, `topic_id`, maintenance windows); pause,
+//!   resume, maintenance, mute and acknowledgement through the
+//!   [`Engine`] (errors are [`ControlError`]), served by [`admin`] behind
+//!   `ADMIN_TOKEN` and by the Telegram [`commands`] (`getUpdates`);
+//!   [`duration`] parses `2h`-style durations.
+//! * [`selfcheck`]: at start and under `--check-config --online`, Telegram
+//!   and the cloud are asked whether they accept the credentials.
 //! * [`alerts`] over keel-notify (priorities, dedup, debounce, Telegram);
 //!   [`metrics`]; [`http`] for `/health` and `/metrics`; [`watch`] for
 //!   reloading `vms.yaml`; [`app`] assembles everything.

@@ -491,6 +491,15 @@ vms:
     }
 
     #[test]
+    fn the_deployment_example_is_valid() {
+        let file = p(include_str!("../../../deploy/vm-watchdog/vms.example.yaml")).unwrap();
+        let batch = file.vms.iter().find(|v| v.name == "batch-3").unwrap();
+        assert!(!batch.auto_start);
+        assert_eq!(batch.topic_id, Some(77));
+        assert_eq!(batch.maintenance.len(), 1);
+    }
+
+    #[test]
     fn override_errors_name_the_vm_and_field() {
         let vm = "vms:\n  - name: a\n    instance_id: i1\n";
         let cases = [
