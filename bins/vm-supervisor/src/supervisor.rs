@@ -1187,7 +1187,11 @@ impl VmTask {
         tracing::info!(vm_id = self.id(), "vm deleted");
     }
 
-    /// One recovery attempt, through the recoveries bulkhead.
+    /// One recovery attempt, through the recoveries bulkhead. Its journal
+    /// row is closed *before* the VM's state leaves `starting`/`recovering`:
+    /// whoever sees the new state finds the attempt's outcome recorded (the
+    /// reverse does not hold: a closed row can show for a moment while the
+    /// state is still `recovering`).
     async fn attempt(&mut self, token: &CancellationToken) {
         let (reason, exit) = match &self.phase {
             Phase::Due { reason, exit, .. } => (*reason, *exit),

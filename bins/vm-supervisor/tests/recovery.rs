@@ -204,7 +204,15 @@ async fn a_vm_failing_to_start_needs_intervention_and_late_recovery_brings_it_ba
             .filter(|v| v.state == VmState::NeedsIntervention)
     })
     .await;
-    let attempts = s.attempts("vm-1").await.unwrap();
+    // The first late recovery is due 1 s later and may have begun on a
+    // loaded machine: only the automatic attempts count here.
+    let attempts: Vec<_> = s
+        .attempts("vm-1")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.reason != "late_recovery")
+        .collect();
     assert_eq!(
         attempts.len(),
         3,
@@ -229,7 +237,13 @@ async fn a_vm_failing_to_start_needs_intervention_and_late_recovery_brings_it_ba
         assert!(tokio::time::Instant::now() < deadline, "no late recovery");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(s.get("vm-1").unwrap().state, VmState::NeedsIntervention);
+    // The journal row is closed first, the state follows (a flake came from
+    // asserting the state at once, in the moment between the two).
+    wait_for("needs_intervention again", || {
+        s.get("vm-1")
+            .filter(|v| v.state == VmState::NeedsIntervention)
+    })
+    .await;
     // ...and succeeds once it is gone.
     std::fs::write(&marker, "").unwrap();
     let v = wait_healthy(s, "vm-1", None).await;
