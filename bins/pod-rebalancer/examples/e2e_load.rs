@@ -13,7 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use clap::Parser;
 use keel_testkit::Prometheus;
 use keel_testkit::fakes::kube::{FakeKube, pod_json};
-use pod_rebalancer::kube::{Connection, Kube};
+use pod_rebalancer::kube::{Kube, connect};
 use pod_rebalancer::prom::Prometheus as PromClient;
 use pod_rebalancer::{Clients, Config, run_once};
 
@@ -97,10 +97,7 @@ async fn main() -> anyhow::Result<()> {
     let settings = config.settings()?;
     let clients = Clients {
         prometheus: PromClient::new(&settings.prometheus, settings.prometheus_timeout)?,
-        kube: Kube::new(
-            Connection::discover(settings.kubeconfig.as_deref())?,
-            "load",
-        )?,
+        kube: Kube::new(connect(settings.kubeconfig.as_deref()).await?, "load")?,
         run_id: "load".into(),
     };
     // One warm-up run (connections, Prometheus caches).

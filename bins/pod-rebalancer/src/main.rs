@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use pod_rebalancer::config::Output;
-use pod_rebalancer::kube::{Connection, Kube};
+use pod_rebalancer::kube::{Kube, connect};
 use pod_rebalancer::prom::Prometheus;
 use pod_rebalancer::{Clients, Config, Report, Settings, push, run_once};
 
@@ -19,10 +19,10 @@ fn main() -> ExitCode {
     let run_code = Arc::clone(&code);
     let exit = keel_telemetry::run(move |config: Config, kit| async move {
         let settings = config.settings()?;
-        let connection = Connection::discover(settings.kubeconfig.as_deref())?;
+        let client = connect(settings.kubeconfig.as_deref()).await?;
         let clients = Clients {
             prometheus: Prometheus::new(&settings.prometheus, settings.prometheus_timeout)?,
-            kube: Kube::new(connection, &settings.namespace)?,
+            kube: Kube::new(client, &settings.namespace)?,
             run_id: run_id(),
         };
         loop {

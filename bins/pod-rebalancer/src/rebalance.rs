@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -100,20 +102,19 @@ pub struct Clients {
     pub run_id: String,
 }
 
-/// How often pacing looks at the pods.
-fn pacing_poll(pacing: Duration) -> Duration {
-    (pacing / 20).clamp(Duration::from_millis(100), Duration::from_secs(5))
-}
-
 /// Whether the Deployment is rolling out: a spec not yet observed, pods of
 /// an old template, or more pods than wanted.
-pub fn rolling_out(deployment: &serde_json::Value) -> Option<String> {
-    let spec = deployment["spec"]["replicas"].as_u64().unwrap_or(1);
-    let generation = deployment["metadata"]["generation"].as_u64().unwrap_or(0);
-    let status = &deployment["status"];
-    let observed = status["observedGeneration"].as_u64().unwrap_or(0);
-    let updated = status["updatedReplicas"].as_u64().unwrap_or(0);
-    let replicas = status["replicas"].as_u64().unwrap_or(0);
+pub fn rolling_out(deployment: &Deployment) -> Option<String> {
+    let spec = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(1);
+    let generation = deployment.metadata.generation.unwrap_or(0);
+    let status = deployment.status.clone().unwrap_or_default();
+    let observed = status.observed_generation.unwrap_or(0);
+    let updated = status.updated_replicas.unwrap_or(0);
+    let replicas = status.replicas.unwrap_or(0);
     if observed < generation {
         Some(format!(
             "deployment generation {generation} not yet observed ({observed})"
@@ -132,21 +133,26 @@ pub fn rolling_out(deployment: &serde_json::Value) -> Option<String> {
 }
 
 /// Whether the HPA is changing the replica count.
-pub fn hpa_scaling(hpa: &serde_json::Value) -> Option<String> {
-    let current = hpa["status"]["currentReplicas"].as_u64()?;
-    let desired = hpa["status"]["desiredReplicas"].as_u64()?;
+pub fn hpa_scaling(hpa: &HorizontalPodAutoscaler) -> Option<String> {
+    let status = hpa.status.as_ref()?;
+    let current = status.current_replicas?;
+    let desired = status.desired_replicas;
     (current != desired).then(|| format!("HPA scaling: {current} -> {desired} replicas"))
 }
 
 /// The HPA's CPU utilisation target.
-pub fn hpa_target(hpa: &serde_json::Value) -> Option<HpaTarget> {
-    hpa["spec"]["metrics"]
-        .as_array()?
+pub fn hpa_target(hpa: &HorizontalPodAutoscaler) -> Option<HpaTarget> {
+    hpa.spec
+        .as_ref()?
+        .metrics
+        .as_ref()?
         .iter()
-        .find(|m| m["type"] == "Resource" && m["resource"]["name"] == "cpu")
-        .and_then(|m| m["resource"]["target"]["averageUtilization"].as_f64())
+        .filter(|m| m.type_ == "Resource")
+        .filter_map(|m| m.resource.as_ref())
+        .find(|r| r.name == "cpu")
+        .and_then(|r| r.target.average_utilization)
         .map(|p| HpaTarget {
-            cpu_utilization_percent: p,
+            cpu_utilization_percent: f64::from(p),
         })
 }
 
@@ -195,7 +201,8 @@ fn inputs(
 pub async fn run_once(settings: &Settings, clients: &Clients) -> Report {
     let started = Instant::now();
     let mut report = Report::new(settings);
-    if let Err(e) = run_inner(settings, clients, &mut report).await {
+    // Boxed: the run's future holds every call's (kube's are large).
+    if let Err(e) = Box::pin(run_inner(settings, clients, &mut report)).await {
         tracing::error!(error = %e, "Kubernetes API");
         report.explanation = e.to_string();
         report.exit_code = exit::KUBERNETES;
@@ -265,7 +272,7 @@ async fn run_inner(
             tracing::info!(improved = v.improved, before = v.spread_before, after = v.spread_after, pods = ?v.pods, "outcome of the last action");
             report.previous = Some(v);
             if !settings.dry_run {
-                let rv = deployment["metadata"]["resourceVersion"].as_str();
+                let rv = deployment.metadata.resource_version.as_deref();
                 // Best effort: a conflict means another run wrote it.
                 kube.annotate_deployment(&settings.deployment, RECORD_ANNOTATION, &r.to_text(), rv)
                     .await?;
@@ -344,9 +351,7 @@ async fn run_inner(
     let mut current = deployment;
     let mut locked = false;
     for _ in 0..2 {
-        let rv = current["metadata"]["resourceVersion"]
-            .as_str()
-            .map(str::to_owned);
+        let rv = current.metadata.resource_version.clone();
         if kube
             .annotate_deployment(
                 &settings.deployment,
@@ -437,7 +442,14 @@ async fn act(
         )
         .await;
         if !settings.pacing.is_zero()
-            && !pace(settings, kube, &report.evicted, ready_before).await?
+            && !kube
+                .wait_ready(
+                    &settings.selector,
+                    &report.evicted,
+                    ready_before,
+                    settings.pacing,
+                )
+                .await?
         {
             report.exit_code = exit::PACING;
             report.explanation = format!(
@@ -449,32 +461,6 @@ async fn act(
         }
     }
     Ok(())
-}
-
-/// Waits until as many pods are Ready (the evicted ones not counted) as
-/// before the run; `false` when `PACING` passes first.
-async fn pace(
-    settings: &Settings,
-    kube: &Kube,
-    evicted: &[String],
-    ready_before: usize,
-) -> Result<bool, KubeError> {
-    let deadline = Instant::now() + settings.pacing;
-    loop {
-        let pods = kube.list_pods(&settings.selector).await?;
-        let ready = pods
-            .iter()
-            .filter(|p| p.ready && !p.terminating && !evicted.contains(&p.name))
-            .count();
-        if ready >= ready_before {
-            return Ok(true);
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            return Ok(false);
-        }
-        tokio::time::sleep(pacing_poll(settings.pacing).min(deadline - now)).await;
-    }
 }
 
 /// The strategy names, for the metrics.
@@ -491,26 +477,41 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn deployment(v: serde_json::Value) -> Deployment {
+        serde_json::from_value(v).expect("a Deployment")
+    }
+
     #[test]
     fn rollout_detection() {
-        let settled = json!({"metadata": {"generation": 3}, "spec": {"replicas": 4},
-            "status": {"observedGeneration": 3, "updatedReplicas": 4, "replicas": 4}});
+        let settled = deployment(
+            json!({"metadata": {"generation": 3}, "spec": {"replicas": 4, "selector": {}, "template": {}},
+            "status": {"observedGeneration": 3, "updatedReplicas": 4, "replicas": 4}}),
+        );
         assert_eq!(rolling_out(&settled), None);
-        let surge = json!({"metadata": {"generation": 3}, "spec": {"replicas": 4},
-            "status": {"observedGeneration": 3, "updatedReplicas": 4, "replicas": 5}});
+        let surge = deployment(
+            json!({"metadata": {"generation": 3}, "spec": {"replicas": 4, "selector": {}, "template": {}},
+            "status": {"observedGeneration": 3, "updatedReplicas": 4, "replicas": 5}}),
+        );
         assert!(rolling_out(&surge).is_some());
-        let updating = json!({"metadata": {"generation": 3}, "spec": {"replicas": 4},
-            "status": {"observedGeneration": 3, "updatedReplicas": 2, "replicas": 4}});
+        let updating = deployment(
+            json!({"metadata": {"generation": 3}, "spec": {"replicas": 4, "selector": {}, "template": {}},
+            "status": {"observedGeneration": 3, "updatedReplicas": 2, "replicas": 4}}),
+        );
         assert!(rolling_out(&updating).expect("rolling").contains("2/4"));
-        let unobserved = json!({"metadata": {"generation": 4}, "spec": {"replicas": 4},
-            "status": {"observedGeneration": 3, "updatedReplicas": 4, "replicas": 4}});
+        let unobserved = deployment(
+            json!({"metadata": {"generation": 4}, "spec": {"replicas": 4, "selector": {}, "template": {}},
+            "status": {"observedGeneration": 3, "updatedReplicas": 4, "replicas": 4}}),
+        );
         assert!(rolling_out(&unobserved).is_some());
     }
 
     #[test]
     fn hpa_fields() {
-        let hpa = json!({"spec": {"metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}]},
-            "status": {"currentReplicas": 4, "desiredReplicas": 6}});
+        let hpa: HorizontalPodAutoscaler = serde_json::from_value(json!({"spec": {"minReplicas": 1, "maxReplicas": 9,
+            "scaleTargetRef": {"kind": "Deployment", "name": "consumer"},
+            "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}]},
+            "status": {"currentReplicas": 4, "desiredReplicas": 6}}))
+        .expect("an HPA");
         assert_eq!(
             hpa_target(&hpa),
             Some(HpaTarget {
@@ -524,15 +525,7 @@ mod tests {
     }
 
     #[test]
-    fn pacing_poll_is_bounded() {
-        assert_eq!(
-            pacing_poll(Duration::from_secs(1)),
-            Duration::from_millis(100)
-        );
-        assert_eq!(
-            pacing_poll(Duration::from_secs(600)),
-            Duration::from_secs(5)
-        );
+    fn kinds() {
         assert_eq!(kind_of("top CPU 1.2 > 0.9"), "most_busy");
         assert_eq!(kind_of("least busy: score 0"), "least_busy");
     }

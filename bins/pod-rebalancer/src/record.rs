@@ -70,8 +70,12 @@ pub struct Verification {
 
 impl Record {
     /// Parses the annotation of a Deployment object, if present and valid.
-    pub fn from_deployment(deployment: &serde_json::Value) -> Option<Record> {
-        let text = deployment["metadata"]["annotations"][RECORD_ANNOTATION].as_str()?;
+    pub fn from_deployment(deployment: &k8s_openapi::api::apps::v1::Deployment) -> Option<Record> {
+        let text = deployment
+            .metadata
+            .annotations
+            .as_ref()?
+            .get(RECORD_ANNOTATION)?;
         match serde_json::from_str(text) {
             Ok(r) => Some(r),
             Err(e) => {

@@ -95,6 +95,7 @@ fn cronjob_forbids_overlap_and_rbac_covers_the_calls() {
     for (group, resource, verb) in [
         ("", "pods", "list"),
         ("", "pods", "get"),
+        ("", "pods", "watch"),
         ("", "pods/eviction", "create"),
         ("", "pods", "delete"),
         ("apps", "deployments", "get"),

@@ -1,6 +1,6 @@
 //! The pacing bound under paused tokio time: a replacement that never
 //! becomes Ready stops the run after exactly `PACING` (10 minutes here, no
-//! wall-clock wait), polling every PACING / 20 capped at 5 s. Prometheus is
+//! wall-clock wait), following the pods with a watch, not polling. Prometheus is
 //! a scripted fake here (an in-process server, so paused time only jumps
 //! when every task waits on a timer).
 
@@ -43,7 +43,7 @@ async fn pacing_gives_up_after_exactly_pacing() {
     let prometheus = fake_prometheus().await;
     let kube = kube().await;
     kube.set_replacement(Replacement::NeverReady);
-    let env = env(&kube, &prometheus.base_url(), &["--pacing", "10m"], "a");
+    let env = env(&kube, &prometheus.base_url(), &["--pacing", "10m"], "a").await;
     let started = tokio::time::Instant::now();
     let report = run_once(&env.settings, &env.clients).await;
     let waited = started.elapsed();
@@ -53,12 +53,9 @@ async fn pacing_gives_up_after_exactly_pacing() {
         waited >= Duration::from_secs(600) && waited < Duration::from_secs(601),
         "{waited:?}"
     );
-    // Lists: one to score, then one every 5 s from 0 s to 600 s.
-    let lists = kube
-        .server()
-        .requests()
-        .iter()
-        .filter(|r| r.method == http::Method::GET && r.path.ends_with("/pods"))
-        .count();
-    assert_eq!(lists, 1 + 121);
+    // No polling: one list to score; for pacing, a list and a watch from
+    // its resourceVersion, again each time the watch's 290 s timeout ends
+    // it (three watches in 600 s).
+    assert_eq!(kube.pod_lists(), 1 + 3);
+    assert_eq!(kube.pod_watches(), 3);
 }

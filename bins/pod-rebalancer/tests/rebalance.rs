@@ -4,6 +4,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use keel_testkit::FaultConfig;
 use keel_testkit::fakes::kube::Replacement;
 use pod_rebalancer::record::{RECORD_ANNOTATION, Record, State};
@@ -15,7 +17,7 @@ use support::*;
 async fn composite_evicts_the_hot_and_the_idle_pod() {
     let prometheus = prometheus().await;
     let kube = kube().await;
-    let env = env(&kube, prometheus.url(), &[], "run-a");
+    let env = env(&kube, prometheus.url(), &[], "run-a").await;
     let report = run_once(&env.settings, &env.clients).await;
 
     assert_eq!(report.exit_code, exit::OK, "{}", report.explanation);
@@ -74,7 +76,7 @@ async fn composite_evicts_the_hot_and_the_idle_pod() {
     assert_eq!(events[0]["involvedObject"]["name"], HOT);
     assert_eq!(events[0]["reason"], "Rebalanced");
     // The record: done, what was rotated, the spread before.
-    let record = Record::from_deployment(&kube.deployment().expect("deployment")).expect("record");
+    let record = record(&kube).expect("record");
     assert_eq!(record.state, State::Done);
     assert_eq!(record.pods, [HOT, IDLE]);
     assert!((record.spread_before.expect("spread") - 0.4352).abs() < 0.001);
@@ -84,7 +86,7 @@ async fn composite_evicts_the_hot_and_the_idle_pod() {
 async fn hpa_cpu_rotates_top_and_bottom() {
     let prometheus = prometheus().await;
     let kube = kube().await;
-    let env = env(&kube, prometheus.url(), &["--strategy", "hpa-cpu"], "run-a");
+    let env = env(&kube, prometheus.url(), &["--strategy", "hpa-cpu"], "run-a").await;
     let report = run_once(&env.settings, &env.clients).await;
     // Threshold 60 % x 1.5 x 1 core = 0.9: only the hot pod is above;
     // 2.0 -> mean(2.0, 0.05) = 1.025: 48.75 % > 10 %.
@@ -105,14 +107,14 @@ async fn hpa_cpu_rotates_top_and_bottom() {
 async fn dry_run_explains_and_changes_nothing() {
     let prometheus = prometheus().await;
     let kube = kube().await;
-    let env = env(&kube, prometheus.url(), &["--dry-run"], "run-a");
+    let env = env(&kube, prometheus.url(), &["--dry-run"], "run-a").await;
     let report = run_once(&env.settings, &env.clients).await;
     assert_eq!(report.exit_code, exit::OK);
     assert!(!report.acted && report.dry_run);
     assert_eq!(names(&report.chosen), [HOT, IDLE]);
     assert!(report.explanation.ends_with("(dry run: nothing changed)"));
     assert!(kube.evictions().is_empty() && kube.events().is_empty());
-    assert!(Record::from_deployment(&kube.deployment().expect("deployment")).is_none());
+    assert!(record(&kube).is_none());
 }
 
 #[tokio::test]
@@ -120,9 +122,9 @@ async fn a_pdb_429_is_not_now_and_not_retried() {
     let prometheus = prometheus().await;
     let kube = kube().await;
     kube.set_pdb_disruptions_allowed(Some(0));
-    let env = env(&kube, prometheus.url(), &[], "run-a");
+    let env = env(&kube, prometheus.url(), &[], "run-a").await;
     let report = run_once(&env.settings, &env.clients).await;
-    assert_eq!(report.exit_code, exit::REFUSED);
+    assert_eq!(report.exit_code, exit::REFUSED, "{}", report.explanation);
     assert!(!report.acted);
     assert!(
         why(&report, HOT)
@@ -139,7 +141,7 @@ async fn a_pdb_allowing_one_lets_one_go() {
     let prometheus = prometheus().await;
     let kube = kube().await;
     kube.set_pdb_disruptions_allowed(Some(1));
-    let env = env(&kube, prometheus.url(), &[], "run-a");
+    let env = env(&kube, prometheus.url(), &[], "run-a").await;
     let report = run_once(&env.settings, &env.clients).await;
     assert_eq!(report.exit_code, exit::REFUSED);
     assert!(report.acted);
@@ -157,7 +159,8 @@ async fn never_below_min_ready_pods() {
         prometheus.url(),
         &["--min-pods-required", "49", "--dry-run"],
         "a",
-    );
+    )
+    .await;
     let report = run_once(&env49.settings, &env49.clients).await;
     assert_eq!(report.exit_code, exit::REFUSED);
     assert_eq!(names(&report.chosen), [HOT]);
@@ -167,7 +170,7 @@ async fn never_below_min_ready_pods() {
             .starts_with("would leave 48 Ready pods")
     );
 
-    let env50 = env(&kube, prometheus.url(), &["--min-pods-required", "50"], "b");
+    let env50 = env(&kube, prometheus.url(), &["--min-pods-required", "50"], "b").await;
     let report = run_once(&env50.settings, &env50.clients).await;
     assert_eq!(report.exit_code, exit::REFUSED);
     assert!(report.chosen.is_empty() && !report.acted);
@@ -178,7 +181,7 @@ async fn never_below_min_ready_pods() {
 async fn max_pods_to_delete_caps_without_refusing_the_run() {
     let prometheus = prometheus().await;
     let kube = kube().await;
-    let env = env(&kube, prometheus.url(), &["--max-pods-to-delete", "1"], "a");
+    let env = env(&kube, prometheus.url(), &["--max-pods-to-delete", "1"], "a").await;
     let report = run_once(&env.settings, &env.clients).await;
     assert_eq!(report.exit_code, exit::OK);
     assert_eq!(kube.evictions(), [HOT]);
@@ -190,7 +193,7 @@ async fn a_rollout_or_an_hpa_change_skips_the_run() {
     let prometheus = prometheus().await;
     let kube = kube().await;
     kube.update_deployment(|d| d["status"]["updatedReplicas"] = json!(20));
-    let env = env(&kube, prometheus.url(), &[], "a");
+    let env = env(&kube, prometheus.url(), &[], "a").await;
     let report = run_once(&env.settings, &env.clients).await;
     assert_eq!(report.exit_code, exit::REFUSED);
     assert!(
@@ -212,14 +215,14 @@ async fn pacing_stops_when_the_replacement_never_becomes_ready() {
     let prometheus = prometheus().await;
     let kube = kube().await;
     kube.set_replacement(Replacement::NeverReady);
-    let env = env(&kube, prometheus.url(), &["--pacing", "1s"], "a");
+    let env = env(&kube, prometheus.url(), &["--pacing", "1s"], "a").await;
     let report = run_once(&env.settings, &env.clients).await;
     assert_eq!(report.exit_code, exit::PACING, "{}", report.explanation);
     // The second pod is not touched while the first is not replaced.
     assert_eq!(kube.evictions(), [HOT]);
     assert!(report.explanation.contains("PACING=1s"));
     // The record is written even so (what went, and the lock released).
-    let record = Record::from_deployment(&kube.deployment().expect("deployment")).expect("record");
+    let record = record(&kube).expect("record");
     assert_eq!(
         (record.state, record.pods),
         (State::Done, vec![HOT.to_owned()])
@@ -230,26 +233,39 @@ async fn pacing_stops_when_the_replacement_never_becomes_ready() {
 async fn pacing_waits_for_a_slow_replacement() {
     let prometheus = prometheus().await;
     let kube = kube().await;
-    kube.set_replacement(Replacement::ReadyAfterLists(3));
-    let env = env(&kube, prometheus.url(), &[], "a");
+    kube.set_replacement(Replacement::ReadyAfter(Duration::from_millis(300)));
+    let env = env(&kube, prometheus.url(), &[], "a").await;
+    let started = tokio::time::Instant::now();
     let report = run_once(&env.settings, &env.clients).await;
     assert_eq!(report.exit_code, exit::OK, "{}", report.explanation);
     assert_eq!(kube.evictions(), [HOT, IDLE]);
-    // 1 list to score, then 3 per eviction until the replacement is Ready.
-    let lists = kube
+    // Each replacement is Ready 300 ms after its eviction: the watch sees
+    // it (PACING is 5 s).
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    // No polling: one list to score, then per eviction one list and one
+    // watch from its resourceVersion.
+    assert_eq!(kube.pod_lists(), 3);
+    assert_eq!(kube.pod_watches(), 2);
+    let watch = kube
         .server()
         .requests()
-        .iter()
-        .filter(|r| r.method == http::Method::GET && r.path.ends_with("/pods"))
-        .count();
-    assert_eq!(lists, 7);
+        .into_iter()
+        .find(|r| r.query.as_deref().is_some_and(|q| q.contains("watch=true")))
+        .expect("a watch");
+    let query = watch.query.unwrap_or_default();
+    assert!(query.contains("labelSelector=app%3Dconsumer"), "{query}");
+    assert!(query.contains("resourceVersion="), "{query}");
 }
 
 #[tokio::test]
 async fn cooldown_then_outcome_verification() {
     let prometheus = prometheus().await;
     let kube = kube().await;
-    let env = env(&kube, prometheus.url(), &["--cooldown", "30m"], "a");
+    let env = env(&kube, prometheus.url(), &["--cooldown", "30m"], "a").await;
     assert_eq!(
         run_once(&env.settings, &env.clients).await.evicted,
         [HOT, IDLE]
@@ -271,7 +287,7 @@ async fn cooldown_then_outcome_verification() {
     assert!(previous.improved && previous.spread_after < 1e-9);
     assert_eq!(previous.pods, [HOT, IDLE]);
     // Verified once: the record says so.
-    let record = Record::from_deployment(&kube.deployment().expect("deployment")).expect("record");
+    let record = record(&kube).expect("record");
     assert!(record.verified);
     assert_eq!(record.failures.get("composite"), Some(&0));
 }
@@ -294,7 +310,7 @@ async fn a_strategy_that_did_not_help_is_backed_off() {
     kube.update_deployment(|d| {
         d["metadata"]["annotations"][RECORD_ANNOTATION] = json!(record.to_text());
     });
-    let env = env(&kube, prometheus.url(), &["--cooldown", "30m"], "a");
+    let env = env(&kube, prometheus.url(), &["--cooldown", "30m"], "a").await;
     let report = run_once(&env.settings, &env.clients).await;
     let previous = report.previous.expect("verified");
     assert!(!previous.improved);
@@ -305,7 +321,7 @@ async fn a_strategy_that_did_not_help_is_backed_off() {
         report.explanation
     );
     assert!(kube.evictions().is_empty());
-    let stored = Record::from_deployment(&kube.deployment().expect("deployment")).expect("record");
+    let stored = support::record(&kube).expect("record");
     assert_eq!(stored.failures.get("composite"), Some(&1));
 }
 
@@ -313,8 +329,8 @@ async fn a_strategy_that_did_not_help_is_backed_off() {
 async fn two_runs_at_once_only_one_acts() {
     let prometheus = prometheus().await;
     let kube = kube().await;
-    let a = env(&kube, prometheus.url(), &[], "run-a");
-    let b = env(&kube, prometheus.url(), &[], "run-b");
+    let a = env(&kube, prometheus.url(), &[], "run-a").await;
+    let b = env(&kube, prometheus.url(), &[], "run-b").await;
     let (ra, rb) = tokio::join!(
         run_once(&a.settings, &a.clients),
         run_once(&b.settings, &b.clients)
@@ -366,7 +382,7 @@ async fn a_held_lock_refuses_and_a_stale_one_is_taken() {
     let prometheus = prometheus().await;
     let kube = kube().await;
     seed_record(&kube, State::Acting, 1);
-    let env = env(&kube, prometheus.url(), &[], "me");
+    let env = env(&kube, prometheus.url(), &[], "me").await;
     let report = run_once(&env.settings, &env.clients).await;
     assert_eq!(report.exit_code, exit::REFUSED);
     assert!(
@@ -404,7 +420,7 @@ async fn a_lock_taken_between_read_and_write_is_seen() {
     kube.write_before_next_patch(
         json!({"metadata": {"annotations": {RECORD_ANNOTATION: other.to_text()}}}),
     );
-    let env = env(&kube, prometheus.url(), &[], "me");
+    let env = env(&kube, prometheus.url(), &[], "me").await;
     let report = run_once(&env.settings, &env.clients).await;
     assert_eq!(report.exit_code, exit::REFUSED, "{}", report.explanation);
     assert!(
@@ -424,7 +440,7 @@ async fn an_unrelated_change_between_read_and_write_is_retried_once() {
     let kube = kube().await;
     // A status update by the Deployment controller bumps resourceVersion.
     kube.write_before_next_patch(json!({"status": {"readyReplicas": 50}}));
-    let env = env(&kube, prometheus.url(), &[], "me");
+    let env = env(&kube, prometheus.url(), &[], "me").await;
     let report = run_once(&env.settings, &env.clients).await;
     assert_eq!(report.exit_code, exit::OK, "{}", report.explanation);
     assert_eq!(kube.conflicts(), 1);
@@ -441,7 +457,8 @@ async fn delete_mode_uses_the_grace_period() {
         prometheus.url(),
         &["--delete-mode", "delete", "--delete-grace-period", "45s"],
         "a",
-    );
+    )
+    .await;
     let report = run_once(&env.settings, &env.clients).await;
     // A plain delete does not consult the PDB.
     assert_eq!(report.exit_code, exit::OK, "{}", report.explanation);
@@ -455,7 +472,7 @@ async fn delete_mode_uses_the_grace_period() {
 #[tokio::test]
 async fn prometheus_down_exits_3() {
     let kube = kube().await;
-    let env = env(&kube, "http://127.0.0.1:9", &[], "a");
+    let env = env(&kube, "http://127.0.0.1:9", &[], "a").await;
     let report = run_once(&env.settings, &env.clients).await;
     assert_eq!(report.exit_code, exit::PROMETHEUS);
     assert!(report.explanation.starts_with("Prometheus unavailable"));
@@ -470,7 +487,7 @@ async fn api_server_500s_exit_4() {
         .faults()
         .set(FaultConfig::none().with_errors(1.0, http::StatusCode::INTERNAL_SERVER_ERROR))
         .expect("faults");
-    let env = env(&kube, prometheus.url(), &[], "a");
+    let env = env(&kube, prometheus.url(), &[], "a").await;
     let report = run_once(&env.settings, &env.clients).await;
     assert_eq!(report.exit_code, exit::KUBERNETES);
     assert!(

@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use clap::Parser;
 use keel_testkit::Prometheus;
 use keel_testkit::fakes::kube::{FakeKube, pod_json};
-use pod_rebalancer::kube::{Connection, Kube};
+use pod_rebalancer::kube::{Kube, connect};
 use pod_rebalancer::prom::Prometheus as PromClient;
 use pod_rebalancer::{Clients, Config, Settings};
 
@@ -179,16 +179,18 @@ pub fn config_args(kubeconfig: &std::path::Path, prometheus: &str, extra: &[&str
     args
 }
 
-pub fn env(kube: &FakeKube, prometheus: &str, extra: &[&str], run_id: &str) -> Env {
+pub async fn env(kube: &FakeKube, prometheus: &str, extra: &[&str], run_id: &str) -> Env {
     let dir = tempfile::tempdir().expect("tempdir");
     let kubeconfig = kube.write_kubeconfig(dir.path());
     let config = Config::try_parse_from(config_args(&kubeconfig, prometheus, extra)).expect("args");
     let settings = config.settings().expect("valid settings");
-    let connection = Connection::discover(settings.kubeconfig.as_deref()).expect("kubeconfig");
+    let client = connect(settings.kubeconfig.as_deref())
+        .await
+        .expect("kubeconfig");
     let clients = Clients {
         prometheus: PromClient::new(&settings.prometheus, settings.prometheus_timeout)
             .expect("client"),
-        kube: Kube::new(connection, &settings.namespace).expect("client"),
+        kube: Kube::new(client, &settings.namespace).expect("client"),
         run_id: run_id.to_owned(),
     };
     Env {
@@ -196,6 +198,13 @@ pub fn env(kube: &FakeKube, prometheus: &str, extra: &[&str], run_id: &str) -> E
         clients,
         dir,
     }
+}
+
+/// The record on the fake's Deployment.
+pub fn record(kube: &FakeKube) -> Option<pod_rebalancer::record::Record> {
+    let deployment =
+        serde_json::from_value(kube.deployment().expect("deployment")).expect("a Deployment");
+    pod_rebalancer::record::Record::from_deployment(&deployment)
 }
 
 pub fn names(list: &[pod_rebalancer::decide::Chosen]) -> Vec<&str> {

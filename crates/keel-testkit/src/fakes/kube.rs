@@ -3,11 +3,18 @@
 //! and `Status` objects:
 //!
 //! - `GET /api/v1/namespaces/{ns}/pods?labelSelector=k=v,...` (equality
-//!   selectors) → `PodList`; `GET .../pods/{name}`; `DELETE .../pods/{name}`
-//!   (honours `gracePeriodSeconds` only by recording it);
-//! - `POST .../pods/{name}/eviction` → 201, or 429 `TooManyRequests` when a
-//!   PodDisruptionBudget allows no more disruptions (the API server's own
-//!   message), 404 when the pod is gone;
+//!   selectors) → `PodList` with `metadata.resourceVersion`; with
+//!   `watch=true&resourceVersion=N` a watch: the pod changes after `N` and
+//!   then each new one as a JSON line `{"type":"ADDED|MODIFIED|DELETED",
+//!   "object":{...}}`, until `timeoutSeconds` (tokio time); a
+//!   resourceVersion older than the kept history gets an `ERROR` event
+//!   with a 410 `Expired` `Status`, as on a real API server;
+//!   `GET .../pods/{name}`; `DELETE .../pods/{name}` (honours
+//!   `gracePeriodSeconds` only by recording it);
+//! - `POST .../pods/{name}/eviction` (a policy/v1 Eviction naming the pod;
+//!   `kind` may be left out, as kube-rs does) → 201, or 429
+//!   `TooManyRequests` when a PodDisruptionBudget allows no more
+//!   disruptions (the API server's own message), 404 when the pod is gone;
 //! - `GET/PATCH .../apis/apps/v1/namespaces/{ns}/deployments/{name}`: a
 //!   JSON merge patch carrying `metadata.resourceVersion` is conditional
 //!   (409 `Conflict` when stale), as on a real API server; every write bumps
@@ -16,16 +23,18 @@
 //! - `POST /api/v1/namespaces/{ns}/events` (recorded).
 //!
 //! An evicted or deleted pod is replaced, as its ReplicaSet would, by a new
-//! pod that is Ready at once, Ready only after a number of list calls, or
-//! never ([`Replacement`]). Generic faults (500 storms, drops, latency)
+//! pod that is Ready at once, Ready after a delay (tokio time, so paused
+//! tests jump it), or never ([`Replacement`]). Generic faults (500 storms, drops, latency)
 //! come from [`FakeKube::server`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::convert::Infallible;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -42,22 +51,31 @@ pub enum Replacement {
     /// A new pod, Ready at once.
     #[default]
     Ready,
-    /// A new pod that becomes Ready after this many pod list calls.
-    ReadyAfterLists(u32),
+    /// A new pod, not Ready, that becomes Ready after this long (tokio
+    /// time).
+    ReadyAfter(Duration),
     /// A new pod that never becomes Ready.
     NeverReady,
 }
 
-#[derive(Debug, Default)]
+/// Pod changes kept for watches; an older resourceVersion gets 410.
+const HISTORY: usize = 10_000;
+
+#[derive(Debug)]
 struct Inner {
     namespace: String,
     pods: BTreeMap<String, Value>,
+    /// Pod changes, oldest first: (resourceVersion, type, object).
+    changes: VecDeque<(u64, &'static str, Value)>,
+    /// The newest change dropped from `changes` (0: none).
+    expired: u64,
+    /// The resourceVersion of the last pod change, for watchers to wait on.
+    changed: tokio::sync::watch::Sender<u64>,
     deployment: Option<Value>,
     hpa: Option<Value>,
     version: u64,
     pdb_disruptions_allowed: Option<u32>,
     replacement: Replacement,
-    pending_ready: Vec<(String, u32)>,
     replaced: u32,
     evictions: Vec<String>,
     refused_evictions: Vec<String>,
@@ -65,6 +83,46 @@ struct Inner {
     events: Vec<Value>,
     conflicts: usize,
     before_next_patch: Option<Value>,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Inner {
+            namespace: String::new(),
+            pods: BTreeMap::new(),
+            changes: VecDeque::new(),
+            expired: 0,
+            changed: tokio::sync::watch::Sender::new(0),
+            deployment: None,
+            hpa: None,
+            version: 0,
+            pdb_disruptions_allowed: None,
+            replacement: Replacement::default(),
+            replaced: 0,
+            evictions: Vec::new(),
+            refused_evictions: Vec::new(),
+            deletions: Vec::new(),
+            events: Vec::new(),
+            conflicts: 0,
+            before_next_patch: None,
+        }
+    }
+}
+
+impl Inner {
+    /// Bumps the version, stamps `pod` with it and records the change.
+    fn pod_changed(&mut self, kind: &'static str, pod: &mut Value) {
+        self.version += 1;
+        let version = self.version;
+        pod["metadata"]["resourceVersion"] = json!(version.to_string());
+        self.changes.push_back((version, kind, pod.clone()));
+        if self.changes.len() > HISTORY
+            && let Some((dropped, _, _)) = self.changes.pop_front()
+        {
+            self.expired = dropped;
+        }
+        self.changed.send_replace(version);
+    }
 }
 
 type Shared = Arc<Mutex<Inner>>;
@@ -189,25 +247,53 @@ impl FakeKube {
         inner.version.to_string()
     }
 
-    /// Adds (or replaces) a pod object.
+    /// Adds (or replaces) a pod object (a watch sees it ADDED or MODIFIED).
     pub fn put_pod(&self, mut pod: Value) {
         let mut inner = lock(&self.inner);
-        let rv = Self::bump(&mut inner);
-        pod["metadata"]["resourceVersion"] = json!(rv);
         pod["metadata"]["namespace"] = json!(inner.namespace);
         let name = pod["metadata"]["name"]
             .as_str()
             .unwrap_or_default()
             .to_owned();
+        let kind = if inner.pods.contains_key(&name) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        inner.pod_changed(kind, &mut pod);
         inner.pods.insert(name, pod);
     }
 
-    /// Changes a pod in place.
+    /// Changes a pod in place (a watch sees it MODIFIED).
     pub fn update_pod(&self, name: &str, change: impl FnOnce(&mut Value)) {
         let mut inner = lock(&self.inner);
-        if let Some(p) = inner.pods.get_mut(name) {
-            change(p);
+        if let Some(mut p) = inner.pods.remove(name) {
+            change(&mut p);
+            inner.pod_changed("MODIFIED", &mut p);
+            inner.pods.insert(name.to_owned(), p);
         }
+    }
+
+    /// How many watches of pods were started.
+    pub fn pod_watches(&self) -> usize {
+        self.server
+            .requests()
+            .iter()
+            .filter(|r| r.path.ends_with("/pods") && is_watch(r.query.as_deref()))
+            .count()
+    }
+
+    /// How many pod lists (not watches) were served.
+    pub fn pod_lists(&self) -> usize {
+        self.server
+            .requests()
+            .iter()
+            .filter(|r| {
+                r.method == http::Method::GET
+                    && r.path.ends_with("/pods")
+                    && !is_watch(r.query.as_deref())
+            })
+            .count()
     }
 
     /// Sets the Deployment: `replicas`, settled (every pod updated and
@@ -309,6 +395,12 @@ impl FakeKube {
     }
 }
 
+fn is_watch(query: Option<&str>) -> bool {
+    query.is_some_and(|q| {
+        form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "watch" && (v == "true" || v == "1"))
+    })
+}
+
 fn wrong_namespace(inner: &Inner, ns: &str) -> Option<Response> {
     (inner.namespace != ns).then(|| {
         status(
@@ -337,25 +429,24 @@ async fn list_pods(
     Path(ns): Path<String>,
     Query(query): Query<BTreeMap<String, String>>,
 ) -> Response {
-    let mut inner = lock(&state);
+    let inner = lock(&state);
     if let Some(r) = wrong_namespace(&inner, &ns) {
         return r;
     }
-    // Replacements that become Ready after some lists.
-    let mut now_ready = Vec::new();
-    for (name, left) in &mut inner.pending_ready {
-        *left = left.saturating_sub(1);
-        if *left == 0 {
-            now_ready.push(name.clone());
-        }
-    }
-    inner.pending_ready.retain(|(_, left)| *left > 0);
-    for name in now_ready {
-        if let Some(p) = inner.pods.get_mut(&name) {
-            set_ready(p, true);
-        }
-    }
     let selector = query.get("labelSelector").cloned().unwrap_or_default();
+    if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
+        let from = query
+            .get("resourceVersion")
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|v| *v > 0)
+            .unwrap_or(inner.version);
+        let timeout = query
+            .get("timeoutSeconds")
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(1800);
+        drop(inner);
+        return watch_pods(state, selector, from, Duration::from_secs(timeout));
+    }
     let items: Vec<Value> = inner
         .pods
         .values()
@@ -389,10 +480,68 @@ async fn get_pod(
     }
 }
 
-/// Removes `name` and adds its replacement.
-fn remove_and_replace(inner: &mut Inner, name: &str) -> Option<Value> {
-    let removed = inner.pods.remove(name)?;
-    inner.version += 1;
+/// One watch: the changes after `from` that match `selector`, then each new
+/// one, as JSON lines, until `timeout`.
+fn watch_pods(state: Shared, selector: String, from: u64, timeout: Duration) -> Response {
+    let changed = lock(&state).changed.subscribe();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let stream = futures::stream::unfold((Some(from), changed), move |(last, mut changed)| {
+        let state = state.clone();
+        let selector = selector.clone();
+        async move {
+            let mut last = last?;
+            loop {
+                changed.borrow_and_update();
+                let lines = {
+                    let inner = lock(&state);
+                    if last < inner.expired {
+                        let oldest = inner.expired + 1;
+                        let gone = json!({"type": "ERROR", "object": status_json(
+                                StatusCode::GONE, "Expired",
+                                &format!("too old resource version: {last} ({oldest})"))});
+                        // The watch ends after the error, as the API server's.
+                        let line = Bytes::from(format!("{gone}\n"));
+                        return Some((Ok::<_, Infallible>(line), (None, changed)));
+                    }
+                    let mut lines = String::new();
+                    let from = last;
+                    for (version, kind, pod) in inner.changes.iter().filter(|c| c.0 > from) {
+                        last = *version;
+                        if matches(pod, &selector) {
+                            lines.push_str(&json!({"type": kind, "object": pod}).to_string());
+                            lines.push('\n');
+                        }
+                    }
+                    lines
+                };
+                if !lines.is_empty() {
+                    return Some((Ok(Bytes::from(lines)), (Some(last), changed)));
+                }
+                tokio::select! {
+                    r = changed.changed() => if r.is_err() { return None },
+                    () = tokio::time::sleep_until(deadline) => return None,
+                }
+            }
+        }
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(axum::http::header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|e| {
+            status(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                &e.to_string(),
+            )
+        })
+}
+
+/// Removes `name` and adds its replacement; a replacement Ready after a
+/// delay is made Ready by a task on `state`.
+fn remove_and_replace(state: &Shared, inner: &mut Inner, name: &str) -> Option<Value> {
+    let mut removed = inner.pods.remove(name)?;
+    inner.pod_changed("DELETED", &mut removed);
     let replacement = inner.replacement;
     if replacement == Replacement::None {
         return Some(removed);
@@ -402,15 +551,25 @@ fn remove_and_replace(inner: &mut Inner, name: &str) -> Option<Value> {
     let new_name = format!("{name}-r{}", inner.replaced);
     pod["metadata"]["name"] = json!(new_name);
     pod["metadata"]["creationTimestamp"] = json!(chrono_like_now());
-    pod["metadata"]["resourceVersion"] = json!(inner.version.to_string());
     match replacement {
         Replacement::Ready => set_ready(&mut pod, true),
-        Replacement::ReadyAfterLists(n) => {
+        Replacement::ReadyAfter(delay) => {
             set_ready(&mut pod, false);
-            inner.pending_ready.push((new_name.clone(), n.max(1)));
+            let state = state.clone();
+            let new_name = new_name.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let mut inner = lock(&state);
+                if let Some(mut p) = inner.pods.remove(&new_name) {
+                    set_ready(&mut p, true);
+                    inner.pod_changed("MODIFIED", &mut p);
+                    inner.pods.insert(new_name, p);
+                }
+            });
         }
         Replacement::NeverReady | Replacement::None => set_ready(&mut pod, false),
     }
+    inner.pod_changed("ADDED", &mut pod);
     inner.pods.insert(new_name, pod);
     Some(removed)
 }
@@ -455,7 +614,8 @@ async fn evict_pod(
         return r;
     }
     let eviction: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    if eviction["kind"] != "Eviction" || eviction["metadata"]["name"] != name.as_str() {
+    let kind_ok = eviction["kind"].is_null() || eviction["kind"] == "Eviction";
+    if !kind_ok || eviction["metadata"]["name"] != name.as_str() {
         return status(
             StatusCode::BAD_REQUEST,
             "BadRequest",
@@ -480,7 +640,7 @@ async fn evict_pod(
         }
         *allowed -= 1;
     }
-    remove_and_replace(&mut inner, &name);
+    remove_and_replace(&state, &mut inner, &name);
     inner.evictions.push(name);
     (
         StatusCode::CREATED,
@@ -499,7 +659,7 @@ async fn delete_pod(
         return r;
     }
     let options: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    match remove_and_replace(&mut inner, &name) {
+    match remove_and_replace(&state, &mut inner, &name) {
         Some(pod) => {
             inner
                 .deletions
@@ -658,6 +818,91 @@ async fn create_event(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_watch_streams_changes_then_ends_at_its_timeout() {
+        let kube = FakeKube::start("ns").await;
+        kube.put_pod(pod_json(
+            "a",
+            &[("app", "c")],
+            true,
+            "2026-01-01T00:00:00Z",
+            "1",
+        ));
+        let list: Value = reqwest::get(format!(
+            "{}/api/v1/namespaces/ns/pods?labelSelector=app%3Dc",
+            kube.url()
+        ))
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+        let rv = list["metadata"]["resourceVersion"]
+            .as_str()
+            .expect("rv")
+            .to_owned();
+        let url = format!(
+            "{}/api/v1/namespaces/ns/pods?watch=true&timeoutSeconds=1&labelSelector=app%3Dc&resourceVersion={rv}",
+            kube.url()
+        );
+        let watch = tokio::spawn(async move {
+            reqwest::get(url)
+                .await
+                .expect("watch")
+                .text()
+                .await
+                .expect("body")
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        kube.update_pod("a", |p| set_ready(p, false));
+        kube.put_pod(pod_json(
+            "other",
+            &[("app", "x")],
+            true,
+            "2026-01-01T00:00:00Z",
+            "1",
+        ));
+        let body = tokio::time::timeout(Duration::from_secs(5), watch)
+            .await
+            .expect("ends at its timeout")
+            .expect("joins");
+        let events: Vec<Value> = body
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect();
+        assert_eq!(events.len(), 1, "{body}");
+        assert_eq!(events[0]["type"], "MODIFIED");
+        assert_eq!(events[0]["object"]["metadata"]["name"], "a");
+        assert_eq!(kube.pod_watches(), 1);
+        assert_eq!(kube.pod_lists(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_watch_ends_at_its_timeout_in_paused_time() {
+        let kube = FakeKube::start("ns").await;
+        let url = format!(
+            "{}/api/v1/namespaces/ns/pods?watch=true&timeoutSeconds=290&resourceVersion=1",
+            kube.url()
+        );
+        let started = tokio::time::Instant::now();
+        let body = tokio::time::timeout(Duration::from_secs(600), async {
+            reqwest::get(url)
+                .await
+                .expect("watch")
+                .text()
+                .await
+                .expect("body")
+        })
+        .await
+        .expect("ends at its timeout");
+        assert_eq!(body, "");
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(290) && waited < Duration::from_secs(291),
+            "{waited:?}"
+        );
+    }
 
     #[test]
     fn civil_dates() {
