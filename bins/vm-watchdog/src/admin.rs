@@ -18,7 +18,8 @@
 //! $ADMIN_TOKEN` (compared in constant time): without `ADMIN_TOKEN` they
 //! answer 403, with a missing or wrong token 401. Errors are JSON
 //! `{"error": "..."}`: 404 for an unknown VM or breaker, 409 for an
-//! acknowledgement of a VM that is not down, 422 for a bad duration.
+//! acknowledgement of a VM that is not down, 422 for a bad duration, 404
+//! and 405 for a path or method no endpoint has.
 
 use std::sync::Arc;
 
@@ -180,6 +181,15 @@ pub fn routes<R: RawApi>(engine: Arc<Engine<R>>, token: Option<String>) -> Route
         )
         .route("/vms/{name}/ack", post(act!(ack)))
         .merge(keel_telemetry::breaker_routes(Arc::new(breakers), true))
+        // JSON errors for paths and methods no route has (the kit serves
+        // these routes behind its own, so this answers for the whole port).
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this endpoint",
+            )
+        })
         .layer(axum::middleware::from_fn(move |request, next| {
             authorize(token.clone(), request, next)
         }))

@@ -194,12 +194,14 @@ pub fn handle<R: RawApi>(
     let chat_id = &message["chat"]["id"];
     if !chat_matches(&settings.chat, &message["chat"]) {
         warn!(chat_id = %chat_id, from = ?from, command = %command.name, "command from another chat ignored");
+        engine.metrics().telegram_command("ignored");
         return;
     }
     if !settings.admin_user_ids.is_empty()
         && !from.is_some_and(|id| settings.admin_user_ids.contains(&id))
     {
         warn!(from = ?from, command = %command.name, "command from a user not in TELEGRAM_ADMIN_USER_IDS ignored");
+        engine.metrics().telegram_command("ignored");
         return;
     }
     let Some(reply) = execute(engine, &command) else {
@@ -207,6 +209,7 @@ pub fn handle<R: RawApi>(
         return;
     };
     info!(from = ?from, command = %command.name, args = ?command.args, "operator command");
+    engine.metrics().telegram_command("handled");
     alerts.reply(message["message_thread_id"].as_i64(), &reply);
 }
 

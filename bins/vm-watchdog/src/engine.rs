@@ -284,6 +284,11 @@ impl<R: RawApi> Engine<R> {
         &self.shared.api
     }
 
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
     /// The alerts.
     pub fn alerts(&self) -> &Alerts {
         &self.shared.alerts
@@ -618,7 +623,8 @@ impl<R: RawApi> Engine<R> {
             .collect()
     }
 
-    fn done(&self, vm: &str) -> Result<Value, ControlError> {
+    fn done(&self, vm: &str, action: &'static str) -> Result<Value, ControlError> {
+        self.shared.metrics.operator_action(action);
         self.vm_view(vm)
             .ok_or_else(|| ControlError::UnknownVm(vm.to_owned()))
     }
@@ -631,7 +637,7 @@ impl<R: RawApi> Engine<R> {
     pub fn pause(&self, vm: &str) -> Result<Value, ControlError> {
         self.ctl(vm)?.update(|st| st.paused = true);
         tracing::warn!(vm, "supervision paused by an operator");
-        self.done(vm)
+        self.done(vm, "pause")
     }
 
     /// Resumes full supervision of `vm`: ends a pause, an operator's
@@ -650,7 +656,7 @@ impl<R: RawApi> Engine<R> {
             }
         });
         tracing::info!(vm, "supervision resumed by an operator");
-        self.done(vm)
+        self.done(vm, "resume")
     }
 
     /// Puts `vm` in maintenance for `duration`: neither started nor alerted
@@ -667,7 +673,7 @@ impl<R: RawApi> Engine<R> {
             minutes = duration.as_secs() / 60,
             "maintenance started by an operator"
         );
-        self.done(vm)
+        self.done(vm, "maintenance")
     }
 
     /// Ends an operator's maintenance of `vm`.
@@ -677,7 +683,7 @@ impl<R: RawApi> Engine<R> {
     pub fn end_maintenance(&self, vm: &str) -> Result<Value, ControlError> {
         self.ctl(vm)?.update(|st| st.maintenance_until = None);
         tracing::info!(vm, "maintenance ended by an operator");
-        self.done(vm)
+        self.done(vm, "maintenance_end")
     }
 
     /// Mutes `vm`'s alerts for `duration` (it is still started).
@@ -693,7 +699,7 @@ impl<R: RawApi> Engine<R> {
             minutes = duration.as_secs() / 60,
             "alerts muted by an operator"
         );
-        self.done(vm)
+        self.done(vm, "mute")
     }
 
     /// Ends a mute of `vm`.
@@ -702,7 +708,7 @@ impl<R: RawApi> Engine<R> {
     /// [`ControlError::UnknownVm`].
     pub fn unmute(&self, vm: &str) -> Result<Value, ControlError> {
         self.ctl(vm)?.update(|st| st.muted_until = None);
-        self.done(vm)
+        self.done(vm, "unmute")
     }
 
     /// Acknowledges that `vm` is down: no reminders until it recovers.
@@ -723,7 +729,7 @@ impl<R: RawApi> Engine<R> {
             return Err(ControlError::NotDown(vm.to_owned()));
         }
         tracing::info!(vm, "down VM acknowledged by an operator");
-        self.done(vm)
+        self.done(vm, "ack")
     }
 
     /// The `/status` text: how many VMs, then the ones down, paused, in

@@ -56,6 +56,16 @@ struct EndpointLabel {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ActionLabel {
+    action: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct PriorityLabel {
     priority: &'static str,
 }
@@ -87,6 +97,8 @@ struct Inner {
     config_valid: Gauge,
     last_reload: Gauge,
     telegram_up: Gauge,
+    operator_actions: Family<ActionLabel, Counter>,
+    telegram_commands: Family<ResultLabel, Counter>,
 }
 
 /// The metrics, shared by clones. Updates are atomic; nothing locks except
@@ -116,6 +128,8 @@ impl Metrics {
                 config_valid: gauge(1),
                 last_reload: gauge(0),
                 telegram_up: gauge(1),
+                operator_actions: Family::default(),
+                telegram_commands: Family::default(),
             }),
         }
     }
@@ -166,6 +180,49 @@ impl Metrics {
             "0 while Telegram's circuit breaker is not closed",
             i.telegram_up.clone(),
         );
+        registry.register(
+            "operator_actions",
+            "Operator actions done (admin API or Telegram command) by action",
+            i.operator_actions.clone(),
+        );
+        registry.register(
+            "telegram_commands",
+            "Telegram commands by result: handled, or ignored (another chat or user)",
+            i.telegram_commands.clone(),
+        );
+    }
+
+    /// An operator action was done: `pause`, `resume`, `maintenance`,
+    /// `maintenance_end`, `mute`, `unmute`, `ack`.
+    pub fn operator_action(&self, action: &'static str) {
+        self.inner
+            .operator_actions
+            .get_or_create(&ActionLabel { action })
+            .inc();
+    }
+
+    /// Operator actions of `action` done so far.
+    pub fn operator_actions(&self, action: &'static str) -> u64 {
+        self.inner
+            .operator_actions
+            .get_or_create(&ActionLabel { action })
+            .get()
+    }
+
+    /// A Telegram command was `handled` or `ignored`.
+    pub fn telegram_command(&self, result: &'static str) {
+        self.inner
+            .telegram_commands
+            .get_or_create(&ResultLabel { result })
+            .inc();
+    }
+
+    /// Telegram commands with `result` so far.
+    pub fn telegram_commands(&self, result: &'static str) -> u64 {
+        self.inner
+            .telegram_commands
+            .get_or_create(&ResultLabel { result })
+            .get()
     }
 
     /// The breaker of API `group` opened (`true`) or closed.

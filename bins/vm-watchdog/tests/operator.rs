@@ -334,6 +334,12 @@ async fn the_admin_api_needs_the_token_to_act_and_answers_json_errors() {
     let (status, body) = call(&app, "POST", &path, Some(TOKEN), None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["state"], "forced_open");
+    let (status, body) = call(&app, "GET", "/vms/web-1/nothing", None, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"], "no such endpoint");
+    let (status, body) = call(&app, "GET", "/vms/web-1/pause", None, None).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(body["error"].is_string());
     let (status, body) = call(&app, "POST", "/breakers/nope/open", Some(TOKEN), None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(body["error"].is_string());

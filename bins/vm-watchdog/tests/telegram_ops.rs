@@ -351,6 +351,9 @@ async fn commands_from_the_chat_are_answered_once_and_others_ignored() {
     })
     .await;
     assert_eq!(tg.pending_updates(), 0);
+    assert_eq!(engine.metrics().telegram_commands("ignored"), 2);
+    assert_eq!(engine.metrics().telegram_commands("handled"), 2);
+    assert_eq!(engine.metrics().operator_actions("mute"), 1);
     assert_eq!(replies("VMs watched").len(), 1, "each update handled once");
     let polls = tg.update_polls();
     assert!(
