@@ -167,7 +167,12 @@ impl Watchdog {
         let mut telegram_unverified = false;
         let mut bot = None;
         if options.self_check {
-            match crate::selfcheck::telegram(&check_client, settings).await {
+            // Both at once: an unreachable service costs its timeout once.
+            let (telegram, cloud) = tokio::join!(
+                crate::selfcheck::telegram(&check_client, settings),
+                crate::selfcheck::cloud(&check_client, settings, &vms),
+            );
+            match telegram {
                 Ok(info) => {
                     tracing::info!(bot = ?info.username, "self-check: Telegram accepts the bot token and the chat");
                     bot = Some(info);
@@ -178,7 +183,7 @@ impl Watchdog {
                     telegram_unverified = true;
                 }
             }
-            match crate::selfcheck::cloud(&check_client, settings, &vms).await {
+            match cloud {
                 Ok(()) => tracing::info!("self-check: the cloud accepts the credentials"),
                 Err(f) if f.is_rejected() => return Err(Error::Config(f.into_config_error())),
                 Err(f) => {

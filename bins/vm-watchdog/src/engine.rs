@@ -594,7 +594,10 @@ impl<R: RawApi> Engine<R> {
             spec.maintenance_at(chrono::Utc::now()),
         ) {
             (Some(until), _) => json!({ "until": rfc(wall(until)), "source": "operator" }),
-            (None, Some(window)) => json!({ "until": rfc(window.end), "source": "window" }),
+            (None, Some(window)) => json!({
+                "until": rfc(window.end_after(chrono::Utc::now())),
+                "source": "window",
+            }),
             (None, None) => Value::Null,
         };
         let supervised = !st.paused && maintenance.is_null();

@@ -22,6 +22,7 @@
 //!     maintenance:                   # neither started nor alerted within
 //!       - start: 2026-12-24T22:00:00Z
 //!         end: 2026-12-25T02:00:00Z
+//!       - weekly: "Sun 02:00-04:00"  # every week, UTC
 //! ```
 
 use std::collections::{HashMap, HashSet};
@@ -103,20 +104,99 @@ impl VmSpec {
     }
 }
 
-/// A maintenance window: `[start, end)`, absolute times (RFC 3339 in the
-/// file).
+/// A maintenance window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Window {
-    /// First instant inside the window.
-    pub start: DateTime<Utc>,
-    /// First instant after it.
-    pub end: DateTime<Utc>,
+pub enum Window {
+    /// Once: `[start, end)` (`start:` and `end:`, RFC 3339, in the file).
+    Once {
+        /// First instant inside the window.
+        start: DateTime<Utc>,
+        /// First instant after it.
+        end: DateTime<Utc>,
+    },
+    /// Every week (`weekly: "Sun 02:00-04:00"`, UTC, in the file): from
+    /// minute `from` to minute `to` of the week (Monday 00:00 UTC is 0); a
+    /// `to` not after `from` wraps past Sunday midnight.
+    Weekly {
+        /// First minute inside, 0..10080.
+        from: u32,
+        /// First minute after, 0..10080.
+        to: u32,
+    },
+}
+
+/// Minutes in a week.
+const WEEK: u32 = 7 * 24 * 60;
+
+fn minute_of_week(at: DateTime<Utc>) -> u32 {
+    use chrono::{Datelike, Timelike};
+    at.weekday().num_days_from_monday() * 24 * 60 + at.hour() * 60 + at.minute()
 }
 
 impl Window {
     /// Whether `at` is inside.
     pub fn contains(&self, at: DateTime<Utc>) -> bool {
-        self.start <= at && at < self.end
+        match *self {
+            Window::Once { start, end } => start <= at && at < end,
+            Window::Weekly { from, to } => {
+                let m = minute_of_week(at);
+                if from < to {
+                    from <= m && m < to
+                } else {
+                    m >= from || m < to
+                }
+            }
+        }
+    }
+
+    /// When the occurrence containing `at` ends (for a weekly window, the
+    /// next end after `at`).
+    pub fn end_after(&self, at: DateTime<Utc>) -> DateTime<Utc> {
+        match *self {
+            Window::Once { end, .. } => end,
+            Window::Weekly { to, .. } => {
+                use chrono::Timelike;
+                let m = minute_of_week(at);
+                let minutes = (to + WEEK - m) % WEEK;
+                let minutes = if minutes == 0 { WEEK } else { minutes };
+                let start_of_minute = at
+                    .with_second(0)
+                    .and_then(|t| t.with_nanosecond(0))
+                    .unwrap_or(at);
+                start_of_minute + chrono::Duration::minutes(i64::from(minutes))
+            }
+        }
+    }
+
+    /// Parses `"Sun 02:00-04:00"` (UTC; the day `Mon`..`Sun` or its full
+    /// name; an end not after the start crosses midnight into the next day).
+    ///
+    /// # Errors
+    /// What is wrong, quoting `text`.
+    pub fn weekly(text: &str) -> Result<Window, String> {
+        let bad = || format!("`{text}` is not a weekly window like \"Sun 02:00-04:00\" (UTC)");
+        let (day, times) = text.trim().split_once(' ').ok_or_else(bad)?;
+        let day: chrono::Weekday = day.trim().parse().map_err(|_| bad())?;
+        let (start, end) = times.trim().split_once('-').ok_or_else(bad)?;
+        let hm = |t: &str| -> Result<u32, String> {
+            let (h, m) = t.trim().split_once(':').ok_or_else(bad)?;
+            let h: u32 = h.parse().map_err(|_| bad())?;
+            let m: u32 = m.parse().map_err(|_| bad())?;
+            if h > 23 || m > 59 {
+                return Err(bad());
+            }
+            Ok(h * 60 + m)
+        };
+        let (start, end) = (hm(start)?, hm(end)?);
+        let length = (end + 24 * 60 - start) % (24 * 60);
+        if length == 0 {
+            return Err(format!("`{text}`: the window is empty (end equals start)"));
+        }
+        let from = day.num_days_from_monday() * 24 * 60 + start;
+        Ok(Window::Weekly {
+            from,
+            to: (from + length) % WEEK,
+        })
     }
 }
 
@@ -183,8 +263,12 @@ enum RawDuration {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawWindow {
-    start: String,
-    end: String,
+    #[serde(default)]
+    start: Option<String>,
+    #[serde(default)]
+    end: Option<String>,
+    #[serde(default)]
+    weekly: Option<String>,
 }
 
 /// The longest interval override (as `MAX_CHECK_INTERVAL`).
@@ -260,12 +344,24 @@ fn overrides(at: &str, vm: RawVm, spec: &mut VmSpec) -> Result<(), String> {
         t => t,
     };
     for (j, w) in vm.maintenance.unwrap_or_default().into_iter().enumerate() {
-        let start = instant(at, &format!("maintenance[{j}].start"), &w.start)?;
-        let end = instant(at, &format!("maintenance[{j}].end"), &w.end)?;
-        if end <= start {
-            return Err(format!("{at}: maintenance[{j}]: end must be after start"));
-        }
-        spec.maintenance.push(Window { start, end });
+        let window = match (w.start, w.end, w.weekly) {
+            (Some(start), Some(end), None) => {
+                let start = instant(at, &format!("maintenance[{j}].start"), &start)?;
+                let end = instant(at, &format!("maintenance[{j}].end"), &end)?;
+                if end <= start {
+                    return Err(format!("{at}: maintenance[{j}]: end must be after start"));
+                }
+                Window::Once { start, end }
+            }
+            (None, None, Some(weekly)) => Window::weekly(&weekly)
+                .map_err(|e| format!("{at}: maintenance[{j}].weekly: {e}"))?,
+            _ => {
+                return Err(format!(
+                    "{at}: maintenance[{j}]: give `start` and `end` (RFC 3339), or `weekly` (like \"Sun 02:00-04:00\")"
+                ));
+            }
+        };
+        spec.maintenance.push(window);
     }
     Ok(())
 }
@@ -482,7 +578,10 @@ vms:
         let at = |t: &str| DateTime::parse_from_rfc3339(t).unwrap().with_timezone(&Utc);
         // 02:00+03:00 is 23:00Z; the end is exclusive.
         let window = vm.maintenance_at(at("2026-12-24T22:30:00Z")).unwrap();
-        assert_eq!(window.end, at("2026-12-24T23:00:00Z"));
+        assert_eq!(
+            window.end_after(at("2026-12-24T22:30:00Z")),
+            at("2026-12-24T23:00:00Z")
+        );
         assert!(vm.maintenance_at(at("2026-12-24T23:00:00Z")).is_none());
         assert!(vm.maintenance_at(at("2026-12-24T21:59:59Z")).is_none());
         // The defaults.
@@ -491,12 +590,46 @@ vms:
     }
 
     #[test]
+    fn weekly_windows_repeat_and_may_cross_midnight() {
+        let at = |t: &str| DateTime::parse_from_rfc3339(t).unwrap().with_timezone(&Utc);
+        // 2026-12-06 is a Sunday.
+        let w = Window::weekly("Sun 02:00-04:00").unwrap();
+        assert!(w.contains(at("2026-12-06T02:00:00Z")));
+        assert!(w.contains(at("2026-12-06T03:59:59Z")));
+        assert!(!w.contains(at("2026-12-06T04:00:00Z")));
+        assert!(!w.contains(at("2026-12-07T03:00:00Z")), "Monday");
+        assert!(w.contains(at("2026-12-13T03:00:00Z")), "the next Sunday");
+        assert_eq!(
+            w.end_after(at("2026-12-13T03:00:30Z")),
+            at("2026-12-13T04:00:00Z")
+        );
+        // Sunday night into Monday: wraps past the end of the week.
+        let w = Window::weekly("sunday 23:00-01:00").unwrap();
+        assert!(w.contains(at("2026-12-06T23:30:00Z")));
+        assert!(w.contains(at("2026-12-07T00:30:00Z")));
+        assert!(!w.contains(at("2026-12-07T01:00:00Z")));
+        assert_eq!(
+            w.end_after(at("2026-12-06T23:30:00Z")),
+            at("2026-12-07T01:00:00Z")
+        );
+        let file = p(
+            "vms:\n  - name: a\n    instance_id: i1\n    maintenance:\n      - weekly: \"Sat 22:00-02:00\"\n",
+        )
+        .unwrap();
+        assert!(
+            file.vms[0]
+                .maintenance_at(at("2026-12-06T01:00:00Z"))
+                .is_some()
+        );
+    }
+
+    #[test]
     fn the_deployment_example_is_valid() {
         let file = p(include_str!("../../../deploy/vm-watchdog/vms.example.yaml")).unwrap();
         let batch = file.vms.iter().find(|v| v.name == "batch-3").unwrap();
         assert!(!batch.auto_start);
         assert_eq!(batch.topic_id, Some(77));
-        assert_eq!(batch.maintenance.len(), 1);
+        assert_eq!(batch.maintenance.len(), 2);
     }
 
     #[test]
@@ -538,7 +671,19 @@ vms:
             ),
             (
                 "    maintenance:\n      - start: 2026-12-25T02:00:00Z\n",
-                "missing field `end`",
+                "maintenance[0]: give `start` and `end`",
+            ),
+            (
+                "    maintenance:\n      - weekly: Someday 02:00-04:00\n",
+                "vms[0] (a): maintenance[0].weekly: `Someday 02:00-04:00` is not a weekly window",
+            ),
+            (
+                "    maintenance:\n      - weekly: Sun 02:00-02:00\n",
+                "the window is empty",
+            ),
+            (
+                "    maintenance:\n      - weekly: Sun 25:00-02:00\n",
+                "is not a weekly window",
             ),
         ];
         for (extra, expected) in cases {

@@ -113,7 +113,7 @@ async fn an_operators_maintenance_ends_by_itself() {
 async fn a_maintenance_window_of_vms_yaml_holds_starts_and_alerts() {
     let now = chrono::Utc::now();
     let (h, api) = running(|s| {
-        s.maintenance = vec![Window {
+        s.maintenance = vec![Window::Once {
             start: now - chrono::Duration::hours(1),
             end: now + chrono::Duration::hours(1),
         }];
