@@ -11,8 +11,8 @@
 //!
 //! `/cmd@BotName` forms are accepted when `BotName` is this bot (from
 //! `getMe`). Commands count only from `GROUP_CHAT_ID` (and, with
-//! `TELEGRAM_ADMIN_USER_IDS`, only from those users); others are ignored
-//! and logged. Replies go through the notifier ([`Alerts::reply`]), so they
+//! `TELEGRAM_ADMIN_USER_IDS`, only from those users) and when at most
+//! [`STALE_AFTER`] old; others are ignored and logged. Replies go through the notifier ([`Alerts::reply`]), so they
 //! share the chat's rate limits with the alerts.
 //!
 //! The poller asks `getUpdates` with `offset` (one past the last update
@@ -35,6 +35,10 @@ use crate::alerts::Alerts;
 use crate::api::RawApi;
 use crate::engine::Engine;
 use crate::selfcheck::{BotError, bot_call};
+
+/// Commands older than this (by the message's `date`) are ignored: they
+/// were sent while the watchdog was not polling.
+pub const STALE_AFTER: Duration = Duration::from_secs(10 * 60);
 
 /// How the poller reaches Telegram and whom it obeys.
 #[derive(Debug, Clone)]
@@ -194,6 +198,16 @@ pub fn handle<R: RawApi>(
     let chat_id = &message["chat"]["id"];
     if !chat_matches(&settings.chat, &message["chat"]) {
         warn!(chat_id = %chat_id, from = ?from, command = %command.name, "command from another chat ignored");
+        engine.metrics().telegram_command("ignored");
+        return;
+    }
+    let age = message["date"]
+        .as_i64()
+        .map(|date| chrono::Utc::now().timestamp().saturating_sub(date));
+    if age.is_some_and(|age| age > STALE_AFTER.as_secs().cast_signed()) {
+        // Telegram keeps updates for 24 h: a command sent while the
+        // watchdog was down must not act hours later.
+        warn!(from = ?from, command = %command.name, age_s = age, "stale command ignored");
         engine.metrics().telegram_command("ignored");
         return;
     }

@@ -324,6 +324,11 @@ async fn commands_from_the_chat_are_answered_once_and_others_ignored() {
     tg.push_message(-5, ADMIN, None, "/status");
     tg.push_message(CHAT, 7, None, "/mute web-1 2h");
     tg.push_message(CHAT, ADMIN, None, "/status@other_bot");
+    // Sent an hour ago (while the watchdog was down): stale.
+    tg.push_update(serde_json::json!({ "message": {
+        "message_id": 1, "from": { "id": ADMIN }, "chat": { "id": CHAT, "type": "supergroup" },
+        "date": chrono::Utc::now().timestamp() - 3_600, "text": "/resume web-1",
+    }}));
     // Answered, in the topic it came from.
     tg.push_message(CHAT, ADMIN, Some(9), "/status");
     let status = eventually(Duration::from_secs(20), "the /status reply", || {
@@ -351,7 +356,7 @@ async fn commands_from_the_chat_are_answered_once_and_others_ignored() {
     })
     .await;
     assert_eq!(tg.pending_updates(), 0);
-    assert_eq!(engine.metrics().telegram_commands("ignored"), 2);
+    assert_eq!(engine.metrics().telegram_commands("ignored"), 3);
     assert_eq!(engine.metrics().telegram_commands("handled"), 2);
     assert_eq!(engine.metrics().operator_actions("mute"), 1);
     assert_eq!(replies("VMs watched").len(), 1, "each update handled once");
