@@ -134,7 +134,13 @@ pub struct Config {
     /// the chat by `getUpdates` long polling. Off by default: only one
     /// consumer of a bot's updates may run, and a bot with a webhook cannot
     /// poll.
-    #[arg(long, env = "TELEGRAM_COMMANDS")]
+    #[arg(
+        long,
+        env = "TELEGRAM_COMMANDS",
+        value_name = "TELEGRAM_COMMANDS",
+        default_value_t = false,
+        action = clap::ArgAction::Set
+    )]
     pub telegram_commands: bool,
 
     /// Comma-separated Telegram user ids allowed to send commands (default:
@@ -527,6 +533,7 @@ mod tests {
             "--admin-token",
             "0123456789abcdef0123",
             "--telegram-commands",
+            "true",
             "--telegram-admin-user-ids",
             "42, 43",
         ])
@@ -553,6 +560,8 @@ mod tests {
             let err = parse(args).unwrap().validate().unwrap_err();
             assert_eq!(err.field(), variable, "{args:?}");
         }
+        let err = parse(&["--telegram-commands", "yes"]).unwrap_err();
+        assert!(err.to_string().contains("TELEGRAM_COMMANDS"), "{err}");
     }
 
     #[test]

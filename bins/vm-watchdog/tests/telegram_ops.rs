@@ -289,6 +289,7 @@ async fn commands_from_the_chat_are_answered_once_and_others_ignored() {
             "--topic-id",
             "42",
             "--telegram-commands",
+            "true",
             "--telegram-admin-user-ids",
             admin.as_str(),
             "--vms-config",
