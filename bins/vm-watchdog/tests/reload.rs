@@ -237,3 +237,50 @@ async fn writes_to_other_files_in_the_directory_do_not_reload() {
     watcher.await.unwrap();
     assert!(h.engine.shutdown(Duration::from_secs(1)).await);
 }
+
+#[tokio::test(start_paused = true)]
+async fn per_vm_overrides_reload_and_a_bad_one_keeps_the_running_configuration() {
+    let api = ScriptedApi::default();
+    api.add("i-a", VmStatus::Running, None);
+    let h = harness_custom(api.clone(), ApiSettings::new(10), |b| {
+        b.debounce(Priority::Warning, Duration::ZERO)
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vms.yaml");
+    std::fs::write(&path, yaml(&["a"])).unwrap();
+    let first = vms_yaml::load(&path).await.unwrap();
+    h.engine.apply(&first);
+    let mut reloader = Reloader::new(Arc::clone(&h.engine), path.clone(), first);
+    run_for(Duration::from_secs(10)).await;
+    assert_eq!(h.engine.vm_view("a").unwrap()["auto_start"], true);
+
+    // Alert only from now on; same task (its state is kept).
+    std::fs::write(
+        &path,
+        "vms:\n  - name: a\n    instance_id: i-a\n    auto_start: false\n    topic_id: 5\n",
+    )
+    .unwrap();
+    assert!(reloader.reload().await);
+    let view = h.engine.vm_view("a").unwrap();
+    assert_eq!(
+        (view["auto_start"].clone(), view["topic_id"].clone()),
+        (false.into(), 5.into())
+    );
+    assert_eq!(h.engine.live_tasks(), 1);
+    api.set_status("i-a", VmStatus::Stopped);
+    run_for(Duration::from_secs(90)).await;
+    assert_eq!(h.inbox.titled("VM a is STOPPED").len(), 1);
+    assert!(api.calls_to("start", "i-a").is_empty(), "alert only");
+
+    // A bad override: the running configuration stays, one warning.
+    std::fs::write(
+        &path,
+        "vms:\n  - name: a\n    instance_id: i-a\n    stuck_after: -5m\n",
+    )
+    .unwrap();
+    assert!(!reloader.reload().await);
+    run_for(Duration::from_secs(1)).await;
+    let warning = h.inbox.titled("vms.yaml is invalid");
+    assert_eq!(warning.len(), 1, "{:?}", h.inbox.all());
+    assert_eq!(h.engine.vm_view("a").unwrap()["auto_start"], false);
+}
