@@ -66,8 +66,9 @@ pub struct Config {
     #[arg(long, env = "VMS_CONFIG", default_value = "vms.yaml")]
     pub vms_config: PathBuf,
 
-    /// Address of the HTTP server with `/health`, `/healthz`, `/readyz` and
-    /// `/metrics` (port 0 picks a free one; the bound address is logged).
+    /// Address of the HTTP server with `/health`, `/healthz`, `/readyz`,
+    /// `/metrics` and the admin API (`/vms`, `/breakers`); port 0 picks a
+    /// free one (the bound address is logged).
     #[arg(long, env = "HEALTH_ADDR", default_value = "0.0.0.0:8080")]
     pub health_addr: SocketAddr,
 
