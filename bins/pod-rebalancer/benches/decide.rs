@@ -26,6 +26,7 @@ fn pods(n: usize) -> Vec<PodInput> {
                 cpu: Some(cpu),
                 lag: (i % 97 != 0).then_some(cpu * 2000.0),
                 memory: Some(5e8 + wobble * 1e8),
+                consumption_rate: Some(200.0 / cpu),
                 cpu_request: Some(1.0),
                 ..PodInput::default()
             }
