@@ -544,6 +544,8 @@ impl Program for Config {
     fn check(&self) -> Result<(), ConfigError> {
         if let Some(path) = &self.kubeconfig {
             check::readable_file("KUBECONFIG", path)?;
+            kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| ConfigError::new("KUBECONFIG", format!("{}: {e}", path.display())))?;
         }
         Ok(())
     }
@@ -640,6 +642,24 @@ mod tests {
         ])
         .expect_err("not a level");
         assert_eq!(err.kind(), clap::error::ErrorKind::InvalidValue);
+    }
+
+    #[test]
+    fn check_config_parses_the_kubeconfig() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("kubeconfig");
+        std::fs::write(&path, "clusters: [not, a, kubeconfig").expect("write");
+        let config = parse(&["--kubeconfig", &path.display().to_string()]);
+        assert_eq!(
+            config.check().expect_err("unparsable").field(),
+            "KUBECONFIG"
+        );
+        std::fs::write(
+            &path,
+            "apiVersion: v1\nkind: Config\ncurrent-context: c\nclusters:\n- name: c\n  cluster: {server: 'http://127.0.0.1:1'}\ncontexts:\n- name: c\n  context: {cluster: c, user: u}\nusers:\n- name: u\n  user: {token: t}\n",
+        )
+        .expect("write");
+        config.check().expect("a valid kubeconfig");
     }
 
     #[test]
