@@ -80,13 +80,13 @@ use std::time::Duration;
 use keel_telemetry::{DrainReport, HttpServer, ReadTimeouts, Shutdown};
 use tokio::net::TcpListener;
 
-pub use config::{Backend, Config};
+pub use config::{Backend, Config, SqliteSync};
 pub use error::{Error, PayloadError, QueryError};
 pub use http::{AppState, router};
 pub use metrics::Metrics;
 pub use model::{NewEvent, Status, parse_webhook};
 pub use pipeline::{Incoming, IngestStages, Stage, StageError};
-pub use store::{HistoryQuery, IngestOutcome, ReportQuery, Store};
+pub use store::{HistoryQuery, IngestOutcome, ReportQuery, Store, StoreOptions};
 
 /// A running service: the HTTP server (the kit's [`HttpServer`], with
 /// header and body read timeouts and a drain no stalled client can hold)
@@ -118,7 +118,14 @@ impl Service {
     pub async fn start_with(config: &Config, shutdown: Shutdown) -> Result<Service, Error> {
         config.validate()?;
         let timeouts = ReadTimeouts::new(config.header_read_timeout(), config.body_read_timeout())?;
-        let store = Store::connect(&config.database_url, config.db_max_connections).await?;
+        let store = Store::connect_with(
+            &config.database_url,
+            StoreOptions {
+                max_connections: config.db_max_connections,
+                sqlite_synchronous: config.sqlite_synchronous,
+            },
+        )
+        .await?;
         let state = AppState::new(store.clone(), config, shutdown.token())?;
         state.metrics().set_db_alerts(store.count_events().await?);
         let listener = TcpListener::bind(config.listen_addr)

@@ -38,6 +38,7 @@ fn invalid_configuration_exits_64_naming_the_variable() {
         ("DATABASE_URL", "sqlite:///dev/null/history.db"),
         ("API_TOKEN_FOR_READS", "true"),
         ("BODY_READ_TIMEOUT_SECONDS", "0"),
+        ("SQLITE_SYNCHRONOUS", "sometimes"),
     ] {
         let (code, stderr) = run(&["--check-config"], &[(var, value)]);
         assert_eq!(code, 64, "{var}={value}: {stderr}");

@@ -37,7 +37,7 @@ use sqlx::sqlite::{
 };
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::config::Backend;
+use crate::config::{Backend, SqliteSync};
 use crate::error::Error;
 use crate::model::NewEvent;
 
@@ -234,6 +234,25 @@ impl WriterHook {
     }
 }
 
+/// How [`Store::connect_with`] opens the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoreOptions {
+    /// Most connections (the PostgreSQL pool; SQLite's read pool).
+    pub max_connections: u32,
+    /// SQLite's `synchronous` (`SQLITE_SYNCHRONOUS`).
+    pub sqlite_synchronous: SqliteSync,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            max_connections: 16,
+            sqlite_synchronous: SqliteSync::default(),
+        }
+    }
+}
+
 /// The event store. Cloning is cheap (pools are shared).
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -247,7 +266,8 @@ impl Store {
     ///
     /// SQLite runs in WAL mode with `synchronous=NORMAL` (a commit survives
     /// a process crash; an OS crash may lose the last commits, never corrupt
-    /// the file), one writer connection (with a 32 MiB page cache) and
+    /// the file; [`Store::connect_with`] offers `FULL`), one writer
+    /// connection (with a 32 MiB page cache) and
     /// `max_connections` readers. A background task checkpoints every
     /// [`CHECKPOINT_INTERVAL`]: a reader connection copies the log back into
     /// the database file while the writer goes on, then the writer copies
@@ -258,23 +278,48 @@ impl Store {
     /// [`Error::Config`] for an unknown scheme, [`Error::Database`] when the
     /// database cannot be reached, [`Error::Migrate`] when a migration fails.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Store, Error> {
-        Store::open(url, max_connections, true).await
+        Store::connect_with(
+            url,
+            StoreOptions {
+                max_connections,
+                ..StoreOptions::default()
+            },
+        )
+        .await
+    }
+
+    /// [`Store::connect`] with every option: `sqlite_synchronous` chooses
+    /// SQLite's `synchronous` (`FULL` syncs the log at every commit, so an
+    /// acknowledged delivery survives power loss; `NORMAL` syncs at
+    /// checkpoints only: it survives a crash of the service, not of the
+    /// machine, and costs less, see `docs/PERFORMANCE.md`).
+    ///
+    /// # Errors
+    /// As [`Store::connect`].
+    pub async fn connect_with(url: &str, options: StoreOptions) -> Result<Store, Error> {
+        Store::open_with(url, options, true, WriterHook::default()).await
     }
 
     /// [`Store::connect`]; `checkpoints: false` leaves out SQLite's
     /// background checkpointer (tests drive it by hand).
+    #[cfg(test)]
     async fn open(url: &str, max_connections: u32, checkpoints: bool) -> Result<Store, Error> {
-        Store::open_with(url, max_connections, checkpoints, WriterHook::default()).await
+        let options = StoreOptions {
+            max_connections,
+            ..StoreOptions::default()
+        };
+        Store::open_with(url, options, checkpoints, WriterHook::default()).await
     }
 
     /// [`Store::open`] with `hook` run on every new SQLite writer
     /// connection (tests shrink `max_page_count` to fill the "disk").
     async fn open_with(
         url: &str,
-        max_connections: u32,
+        store_options: StoreOptions,
         checkpoints: bool,
         hook: WriterHook,
     ) -> Result<Store, Error> {
+        let max_connections = store_options.max_connections;
         let backend = crate::Config::for_database(url).backend()?;
         let mut durability = Durability::new();
         let pools = match backend {
@@ -304,7 +349,10 @@ impl Store {
                     .statement_cache_capacity(write::STATEMENT_CACHE)
                     .create_if_missing(true)
                     .journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Normal)
+                    .synchronous(match store_options.sqlite_synchronous {
+                        SqliteSync::Full => SqliteSynchronous::Full,
+                        SqliteSync::Normal => SqliteSynchronous::Normal,
+                    })
                     .busy_timeout(Duration::from_secs(10))
                     .pragma("temp_store", "memory");
                 let write = SqlitePoolOptions::new()
@@ -611,7 +659,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
         let limit = Arc::new(parking_lot::Mutex::new(None));
-        let store = Store::open_with(&url, 2, false, WriterHook(Some(limit.clone())))
+        let options = StoreOptions {
+            max_connections: 2,
+            ..StoreOptions::default()
+        };
+        let store = Store::open_with(&url, options, false, WriterHook(Some(limit.clone())))
             .await
             .unwrap();
         let Pools::Sqlite { write, read, .. } = &store.pools else {
