@@ -397,7 +397,7 @@ mod tests {
         let err = parse(&["--log-format", "xml"]).unwrap_err().to_string();
         assert!(err.contains("xml"), "{err}");
         let mut config = parse(&[]).unwrap();
-        config.kit.log.log_filter = "not a [filter".into();
+        config.kit.log.log_filter = Some("not a [filter".into());
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("RUST_LOG"), "{err}");
         let mut config = parse(&[]).unwrap();

@@ -4,9 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::parser::ValueSource;
-use clap::{ArgMatches, Args, FromArgMatches, Parser, ValueEnum};
-use keel_telemetry::{ConfigError, KitArgs, LogTarget, Program, RUST_LOG_VAR, check};
+use clap::{Parser, ValueEnum};
+use keel_telemetry::{ConfigError, KitArgs, LogTarget, Program, check};
 
 /// The default CPU query: `{pods}` is replaced by the regex of the pods'
 /// names, `{namespace}` by the namespace.
@@ -176,104 +175,7 @@ pub struct Config {
     pub kubeconfig: Option<PathBuf>,
     #[command(flatten)]
     #[allow(missing_docs)]
-    pub kit: Kit,
-}
-
-/// `LOG_LEVEL` (the name): a level for every target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogLevel {
-    /// Everything.
-    Trace,
-    /// Per-call detail.
-    Debug,
-    /// Lifecycle (the default).
-    Info,
-    /// Problems only.
-    Warn,
-    /// Failures only.
-    Error,
-}
-
-impl LogLevel {
-    /// The `tracing` filter directive.
-    pub fn directive(self) -> &'static str {
-        match self {
-            LogLevel::Trace => "trace",
-            LogLevel::Debug => "debug",
-            LogLevel::Info => "info",
-            LogLevel::Warn => "warn",
-            LogLevel::Error => "error",
-        }
-    }
-}
-
-const LOG_LEVEL_ID: &str = "log_level";
-
-/// keel-telemetry's [`KitArgs`] plus `LOG_LEVEL`, mapped onto the kit's
-/// filter when `RUST_LOG` (`--log-filter`) is not given: the kit reads
-/// `RUST_LOG` only, so the mapping happens while clap builds the struct and
-/// [`Program::kit_args`] returns the mapped arguments.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Kit {
-    /// The kit's arguments, with `LOG_LEVEL` applied.
-    pub args: KitArgs,
-    /// `LOG_LEVEL`, if given.
-    pub log_level: Option<LogLevel>,
-}
-
-impl Kit {
-    fn apply(&mut self, matches: &ArgMatches) {
-        self.log_level = matches.get_one::<LogLevel>(LOG_LEVEL_ID).copied();
-        // An explicit RUST_LOG (or --log-filter) is the more precise one.
-        let filter_given = matches!(
-            matches.value_source("log_filter"),
-            Some(ValueSource::EnvVariable | ValueSource::CommandLine)
-        );
-        if let Some(level) = self.log_level
-            && !filter_given
-        {
-            level.directive().clone_into(&mut self.args.log.log_filter);
-        }
-    }
-}
-
-impl FromArgMatches for Kit {
-    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
-        let mut kit = Kit {
-            args: KitArgs::from_arg_matches(matches)?,
-            log_level: None,
-        };
-        kit.apply(matches);
-        Ok(kit)
-    }
-
-    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
-        self.args.update_from_arg_matches(matches)?;
-        self.apply(matches);
-        Ok(())
-    }
-}
-
-impl Args for Kit {
-    fn augment_args(cmd: clap::Command) -> clap::Command {
-        KitArgs::augment_args(cmd).arg(log_level_arg())
-    }
-
-    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
-        KitArgs::augment_args_for_update(cmd).arg(log_level_arg())
-    }
-}
-
-fn log_level_arg() -> clap::Arg {
-    clap::Arg::new(LOG_LEVEL_ID)
-        .long("log-level")
-        .env("LOG_LEVEL")
-        .value_name("LOG_LEVEL")
-        .ignore_case(true)
-        .value_parser(clap::builder::EnumValueParser::<LogLevel>::new())
-        .help(format!(
-            "Log level of every target (trace, debug, info, warn, error); {RUST_LOG_VAR}, when set, wins"
-        ))
+    pub kit: KitArgs,
 }
 
 /// The validated configuration.
@@ -534,7 +436,7 @@ impl Config {
 
 impl Program for Config {
     fn kit_args(&self) -> &KitArgs {
-        &self.kit.args
+        &self.kit
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -617,10 +519,17 @@ mod tests {
 
     #[test]
     fn log_level_maps_onto_the_kit_filter_unless_rust_log_is_given() {
-        let filter = |c: &Config| c.kit_args().log.log_filter.clone();
+        let filter = |c: &Config| {
+            c.kit_args()
+                .log
+                .config()
+                .expect("valid")
+                .filter()
+                .to_owned()
+        };
         assert_eq!(filter(&parse(&[])), "info");
         let c = parse(&["--log-level", "DEBUG"]);
-        assert_eq!(c.kit.log_level, Some(LogLevel::Debug));
+        assert_eq!(c.kit.log.log_level, Some(keel_telemetry::LogLevel::Debug));
         assert_eq!(filter(&c), "debug");
         assert_eq!(
             filter(&parse(&[

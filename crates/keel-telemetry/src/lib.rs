@@ -9,7 +9,7 @@
 //!   count as unset), exit 64 naming the variable on invalid configuration
 //!   (from a typed [`ConfigError`] or clap's own error, never from message
 //!   text), `--check-config` ([`Program::check`], helpers in [`check`]),
-//!   logging from the flattened [`LogArgs`] (`RUST_LOG`, `LOG_FORMAT`), the
+//!   logging from the flattened [`LogArgs`] (`RUST_LOG`, `LOG_LEVEL`, `LOG_FORMAT`), the
 //!   runtime, the admin server, SIGTERM/SIGINT and the bounded drain. The
 //!   exit codes are documented in one place: [`Exit`].
 //! * [`HttpServer`] serves an axum router with header and body read
@@ -146,7 +146,8 @@ pub use labels::{
     MAX_LABEL_VALUE_LEN, OTHER, cap_label_value, write_escaped_label_value,
 };
 pub use logging::{
-    DEFAULT_FILTER, LOG_FORMAT_VAR, LogArgs, LogConfig, LogFormat, LogTarget, RUST_LOG_VAR,
+    DEFAULT_FILTER, LOG_FORMAT_VAR, LOG_LEVEL_VAR, LogArgs, LogConfig, LogFormat, LogLevel,
+    LogTarget, RUST_LOG_VAR,
 };
 pub use metrics::{MetricsRegistry, OPENMETRICS_CONTENT_TYPE};
 pub use readiness::{

@@ -17,8 +17,41 @@ pub const LOG_FORMAT_VAR: &str = "LOG_FORMAT";
 /// The environment variable that holds the filter directives
 /// (`info,keel_breaker=debug`).
 pub const RUST_LOG_VAR: &str = "RUST_LOG";
-/// The filter used when `RUST_LOG` is unset or empty.
+/// The environment variable that sets one level for every target
+/// (`debug`), used when `RUST_LOG` is unset.
+pub const LOG_LEVEL_VAR: &str = "LOG_LEVEL";
+/// The filter used when `RUST_LOG` and `LOG_LEVEL` are unset or empty.
 pub const DEFAULT_FILTER: &str = "info";
+
+/// `LOG_LEVEL`: one level for every target, for operators who do not write
+/// `tracing` directives. `RUST_LOG`, when set, is the more precise one and
+/// wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogLevel {
+    /// Everything.
+    Trace,
+    /// Per-call detail.
+    Debug,
+    /// Lifecycle (the default).
+    Info,
+    /// Problems only.
+    Warn,
+    /// Failures only.
+    Error,
+}
+
+impl LogLevel {
+    /// The `tracing` filter directive.
+    pub fn directive(self) -> &'static str {
+        match self {
+            LogLevel::Trace => "trace",
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -53,15 +86,20 @@ impl FromStr for LogFormat {
 // into the program's `about`.
 #[cfg_attr(
     doc,
-    doc = "The logging options every program flattens into its clap struct (through [`crate::KitArgs`]), so `--help` documents `RUST_LOG` and `LOG_FORMAT` like every other variable."
+    doc = "The logging options every program flattens into its clap struct (through [`crate::KitArgs`]), so `--help` documents `RUST_LOG`, `LOG_LEVEL` and `LOG_FORMAT` like every other variable."
 )]
 #[allow(missing_docs)]
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
 pub struct LogArgs {
     /// Which log lines to keep: `tracing` filter directives such as `info` or
-    /// `warn,keel_breaker=debug`.
-    #[arg(long = "log-filter", env = RUST_LOG_VAR, value_name = RUST_LOG_VAR, default_value = DEFAULT_FILTER)]
-    pub log_filter: String,
+    /// `warn,keel_breaker=debug` [default: LOG_LEVEL, else info].
+    #[arg(long = "log-filter", env = RUST_LOG_VAR, value_name = RUST_LOG_VAR)]
+    pub log_filter: Option<String>,
+
+    /// One level for every target (trace, debug, info, warn, error), used
+    /// when RUST_LOG is unset.
+    #[arg(long = "log-level", env = LOG_LEVEL_VAR, value_name = LOG_LEVEL_VAR, value_enum, ignore_case = true)]
+    pub log_level: Option<LogLevel>,
 
     /// Log line format: `text` (human-readable) or `json` (one object per
     /// line, fields as JSON values).
@@ -72,20 +110,26 @@ pub struct LogArgs {
 impl Default for LogArgs {
     fn default() -> Self {
         LogArgs {
-            log_filter: DEFAULT_FILTER.to_owned(),
+            log_filter: None,
+            log_level: None,
             log_format: LogFormat::Text,
         }
     }
 }
 
 impl LogArgs {
-    /// The validated configuration (an empty filter means
-    /// [`DEFAULT_FILTER`]).
+    /// The validated configuration: `RUST_LOG` when set (not blank), else
+    /// `LOG_LEVEL`, else [`DEFAULT_FILTER`].
     ///
     /// # Errors
     /// A [`ConfigError`] naming `RUST_LOG` when a directive does not parse.
     pub fn config(&self) -> Result<LogConfig, ConfigError> {
-        LogConfig::from_env_values(None, Some(&self.log_filter)).map(|config| LogConfig {
+        let filter = self
+            .log_filter
+            .as_deref()
+            .filter(|f| !f.trim().is_empty())
+            .or(self.log_level.map(LogLevel::directive));
+        LogConfig::from_env_values(None, filter).map(|config| LogConfig {
             format: self.log_format,
             ..config
         })
@@ -337,6 +381,30 @@ mod tests {
             LogArgs::default().config().unwrap().filter(),
             DEFAULT_FILTER
         );
+    }
+
+    #[test]
+    fn log_level_applies_when_rust_log_is_unset_or_blank() {
+        use clap::{CommandFactory, Parser};
+        let parse = |args: &[&str]| {
+            let cli =
+                Cli::try_parse_from(std::iter::once("p").chain(args.iter().copied())).unwrap();
+            cli.log.config().unwrap().filter().to_owned()
+        };
+        assert_eq!(parse(&["--log-level", "DEBUG"]), "debug");
+        assert_eq!(
+            parse(&["--log-level", "warn", "--log-filter", "error,keel=trace"]),
+            "error,keel=trace"
+        );
+        assert_eq!(
+            parse(&["--log-level", "warn", "--log-filter", "  "]),
+            "warn"
+        );
+        assert_eq!(parse(&[]), DEFAULT_FILTER);
+        let err = Cli::try_parse_from(["p", "--log-level", "loud"]).unwrap_err();
+        assert!(err.to_string().contains("LOG_LEVEL"), "{err}");
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("[env: LOG_LEVEL"), "{help}");
     }
 
     #[test]
