@@ -87,6 +87,20 @@ struct Args {
     seed: u64,
 }
 
+/// Frees a VM for another incident when the task watching it ends.
+struct InFlight {
+    set: Arc<std::sync::Mutex<HashSet<usize>>>,
+    vm: usize,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.set.lock() {
+            set.remove(&self.vm);
+        }
+    }
+}
+
 fn status_field(key: &str) -> Option<u64> {
     let text = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = text.lines().find(|l| l.starts_with(key))?;
@@ -179,8 +193,8 @@ async fn main() -> anyhow::Result<()> {
             needed.max(8192)
         );
     }
-    if args.stops + args.crashes > args.vms {
-        bail!("--stops + --crashes must not exceed --vms");
+    if args.vms == 0 {
+        bail!("--vms must be at least 1");
     }
 
     let yc = FakeYandex::builder()
@@ -364,13 +378,27 @@ async fn main() -> anyhow::Result<()> {
     for k in (1..kinds.len()).rev() {
         kinds.swap(k, rng.u64_between(0, k as u64) as usize);
     }
-    let mut picked: HashSet<usize> = HashSet::new();
+    // A VM is picked at most once while its incident is being watched, and
+    // only while it runs: a long run (more incidents than VMs, e.g. 2/s for
+    // 10 minutes) stops VMs again once the watchdog has brought them back.
+    let in_flight: Arc<std::sync::Mutex<HashSet<usize>>> = Arc::default();
     for crash in kinds {
         let i = loop {
             let i = rng.u64_between(0, args.vms as u64 - 1) as usize;
-            if picked.insert(i) {
+            if in_flight.lock().expect("in-flight set").contains(&i) {
+                continue;
+            }
+            let up = {
+                let all = vms.lock().await;
+                all[i].ssh.is_open() && yc.status(&all[i].id).as_deref() == Some("RUNNING")
+            };
+            if up && in_flight.lock().expect("in-flight set").insert(i) {
                 break i;
             }
+        };
+        let done = InFlight {
+            set: in_flight.clone(),
+            vm: i,
         };
         // The VM stops: its port closes and the API says STOPPED at the
         // same moment (`at` is taken before either).
@@ -389,6 +417,7 @@ async fn main() -> anyhow::Result<()> {
         let missed = missed.clone();
         let delay = rng.duration_between(Duration::ZERO, Duration::from_millis(2_000));
         tasks.push(tokio::spawn(async move {
+            let _done = done;
             if !crash {
                 // Started: the fake accepted a `:start` (STOPPED →
                 // PROVISIONING at once), watched alongside the alert.
