@@ -256,6 +256,14 @@ async fn run(args: &Args, fake: &Path, dir: &Path) -> anyhow::Result<()> {
 async fn idle(args: &Args, s: &Supervisor) -> anyhow::Result<()> {
     // Let the first checks (all at once after the starts) spread out.
     tokio::time::sleep(args.health_interval * 2).await;
+    let checks = || -> u64 {
+        s.list()
+            .iter()
+            .filter_map(|v| s.health(&v.id))
+            .map(|h| h.checks)
+            .sum()
+    };
+    let checks0 = checks();
     let (cpu0, t0) = (cpu_seconds(), Instant::now());
     let mut peak_rss = rss_mib();
     while t0.elapsed() < args.duration {
@@ -264,14 +272,9 @@ async fn idle(args: &Args, s: &Supervisor) -> anyhow::Result<()> {
     }
     let cpu = cpu_seconds() - cpu0;
     let wall = t0.elapsed().as_secs_f64();
-    let checks: u64 = s
-        .list()
-        .iter()
-        .filter_map(|v| s.health(&v.id))
-        .map(|h| h.checks)
-        .sum();
+    let checks = checks() - checks0;
     println!(
-        "idle: {} VMs every {:?}: supervisor CPU {:.2} s over {:.1} s = {:.2} % of one core; RSS now {:.1} MiB, peak {:.1} MiB; {} checks in all",
+        "idle: {} VMs every {:?}: supervisor CPU {:.2} s over {:.1} s = {:.2} % of one core; RSS now {:.1} MiB, peak {:.1} MiB; {} checks in the window ({:.0}/s)",
         args.vms,
         args.health_interval,
         cpu,
@@ -279,7 +282,8 @@ async fn idle(args: &Args, s: &Supervisor) -> anyhow::Result<()> {
         100.0 * cpu / wall,
         rss_mib(),
         peak_rss,
-        checks
+        checks,
+        checks as f64 / wall
     );
     let unhealthy = s.list().iter().filter(|v| !v.healthy).count();
     ensure!(unhealthy == 0, "{unhealthy} VMs unhealthy while idle");

@@ -185,6 +185,17 @@ impl Running {
     pub fn has_exited(&self) -> bool {
         self.exited.borrow().is_some()
     }
+
+    /// Whether this exact process still runs: one `poll` on its pidfd (a
+    /// pidfd cannot come to name another process, so only an exit
+    /// matters), or the start time in `/proc` without one.
+    pub fn liveness(&self) -> Liveness {
+        match &self.pidfd {
+            Some(fd) if pidfd_exited(fd) => Liveness::Dead,
+            Some(_) => Liveness::Alive,
+            None => self.identity.liveness(),
+        }
+    }
 }
 
 /// Starts `spec`'s command in a new process group (its pgid is its pid),
@@ -467,6 +478,7 @@ mod tests {
         let mut r = adopt(identity, Duration::from_secs(3600));
         assert!(r.pidfd.is_some());
         assert!(!r.has_exited());
+        assert_eq!(r.liveness(), Liveness::Alive);
         child.kill().unwrap();
         let seen = tokio::time::timeout(Duration::from_secs(2), r.wait()).await;
         assert_eq!(seen.ok(), Some(ExitStatus::Unknown));
@@ -474,6 +486,7 @@ mod tests {
         // Reaped: its pidfd stays readable, so nothing is ever signalled
         // through the pid again.
         assert!(pidfd_exited(r.pidfd.as_ref().unwrap()));
+        assert_eq!(r.liveness(), Liveness::Dead);
     }
 
     #[tokio::test]

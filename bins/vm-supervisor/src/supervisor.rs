@@ -301,24 +301,26 @@ impl std::fmt::Debug for Supervisor {
 }
 
 /// Identity check against the registry's process: alive with the recorded
-/// start time. Never signals.
+/// start time (through its pidfd when it has one: a `poll`, cheaper than
+/// reading `/proc`). Never signals.
 #[derive(Debug)]
 struct IdentityProbe {
-    identity: Identity,
+    process: Running,
     name: String,
 }
 
 impl Probe for IdentityProbe {
     async fn check(&self) -> ProbeResult {
-        match self.identity.liveness() {
+        let identity = self.process.identity;
+        match self.process.liveness() {
             Liveness::Alive => Ok(()),
             Liveness::Dead => Err(ProbeFailure::new(
                 FailureKind::NotRunning,
-                format!("process {} is gone", self.identity.pid),
+                format!("process {} is gone", identity.pid),
             )),
             Liveness::Mismatch => Err(ProbeFailure::new(
                 FailureKind::NotRunning,
-                format!("pid {} is another process now", self.identity.pid),
+                format!("pid {} is another process now", identity.pid),
             )),
         }
     }
@@ -969,31 +971,35 @@ impl VmTask {
             v.pid = Some(identity.pid);
             v.started = Some(Instant::now());
         }
-        self.add_health(identity);
+        self.add_health();
     }
 
     /// Health checks switched on or off by an operator.
     fn switch_health(&mut self) {
         if *self.health_on.borrow_and_update() {
-            if let Some(identity) = self.current.as_ref().map(|r| r.identity) {
-                self.add_health(identity);
-            }
+            self.add_health();
         } else {
             let _ = self.inner.checker.remove(self.id());
         }
     }
 
-    fn add_health(&mut self, identity: Identity) {
+    /// (Re)starts health checks of the current process, if any and if
+    /// health checks are on.
+    fn add_health(&mut self) {
         let _ = self.inner.checker.remove(self.id());
         self.health_since = Instant::now();
+        let Some(process) = self.current.clone() else {
+            return;
+        };
         if !*self.health_on.borrow() {
             return;
         }
+        let identity = process.identity;
         let socket = self.spec.socket_path();
         let probe = all_of([
             SocketFileProbe::new(&socket).boxed(),
             IdentityProbe {
-                identity,
+                process,
                 name: format!("process {}", identity.pid),
             }
             .boxed(),
