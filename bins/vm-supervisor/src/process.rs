@@ -30,8 +30,9 @@
 //! start time is read from `/proc` right before each signal instead, and an
 //! adopted process is looked up in `/proc` every [`ADOPTED_POLL`].
 //!
-//! rustix provides `pidfd_open`/`pidfd_send_signal` (nix 0.30 has neither);
-//! it is already in the lock file through tempfile and tokio's deps.
+//! rustix provides `pidfd_open`/`pidfd_send_signal` (nix 0.30 has neither),
+//! safe wrappers over the syscalls this crate may not call itself (`unsafe`
+//! is forbidden); it was already in the lock file through tempfile.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
@@ -357,10 +358,10 @@ fn signal(running: &Running, sig: Signal) {
     {
         tracing::debug!(pid = identity.pid, error = %e, "group signal not delivered");
     }
-    let rsig = if sig == Signal::SIGKILL {
-        rustix::process::Signal::KILL
-    } else {
-        rustix::process::Signal::TERM
+    // `stop` sends TERM, then KILL: nothing else goes through here.
+    let rsig = match sig {
+        Signal::SIGKILL => rustix::process::Signal::KILL,
+        _ => rustix::process::Signal::TERM,
     };
     if let Err(e) = rustix::process::pidfd_send_signal(pidfd.as_fd(), rsig) {
         tracing::debug!(pid = identity.pid, error = %e, "signal not delivered");
