@@ -473,14 +473,16 @@ impl Pipeline {
             deadline: started.map(|(d, now)| (d, now + d)),
             started: started.map(|(_, now)| now),
         };
-        // Pinned where it is built (see `cut_at`).
-        let retried = std::pin::pin!(self.retried(&call, retry, op));
         let result = match call.deadline {
-            None => retried.await,
-            Some((deadline, ends)) => match cut_at(|| ends, retried).await {
-                Ok(result) => result,
-                Err(_) => Err(PipelineError::DeadlineExceeded { deadline }),
-            },
+            None => self.retried(&call, retry, op).await,
+            Some((deadline, ends)) => {
+                // Pinned where it is built (see `cut_at`).
+                let retried = std::pin::pin!(self.retried(&call, retry, op));
+                match cut_at(|| ends, retried).await {
+                    Ok(result) => result,
+                    Err(_) => Err(PipelineError::DeadlineExceeded { deadline }),
+                }
+            }
         };
         if matches!(result, Err(PipelineError::DeadlineExceeded { .. })) {
             bump(&self.stats.deadline_exceeded);
@@ -658,14 +660,15 @@ impl Pipeline {
                 })
             }
         };
-        let left = cut.map(|(_, left, _)| left);
-        let fut = std::pin::pin!({
+        let start = |left: Option<Duration>| {
             let mut op = op.lock().unwrap_or_else(PoisonError::into_inner);
             (*op)(attempt.with_timeout(left))
-        });
+        };
         let result = match cut {
-            None => fut.await,
+            None => start(None).await,
             Some((now, left, why)) => {
+                // Pinned where it is built (see `cut_at`).
+                let fut = std::pin::pin!(start(Some(left)));
                 match cut_at(|| now.unwrap_or_else(Instant::now) + left, fut).await {
                     Ok(result) => result,
                     Err(_) => {
