@@ -1,5 +1,5 @@
 //! Load program for vm-supervisor: an in-process supervisor over real
-//! `fake-vmm` processes, in one of two modes.
+//! `fake-vmm` processes, in one of three modes.
 //!
 //! * `chaos` (default: 100 VMs, 3 min): random SIGKILLs and socket
 //!   removals, then checks that every VM came back healthy, that each VM
@@ -9,11 +9,16 @@
 //! * `idle` (e.g. 1,000 VMs checked every 5 s): measures the supervisor's
 //!   CPU (utime + stime from `/proc/self/stat`) and RSS (`VmRSS`) over a
 //!   window after every VM has started.
+//! * `slow` (e.g. 100 VMs for 10 min): healthy but slow VMs, each
+//!   answering its checks after 0.5-4 s (a tenth get a new latency every
+//!   second) under the default 5 s timeout and failure threshold 3: any
+//!   restart is a false one and fails the run.
 //!
 //! ```sh
 //! cargo build -p vm-supervisor --bins --examples
 //! target/debug/examples/chaos --vms 100 --duration 3m
 //! target/debug/examples/chaos --mode idle --vms 1000 --health-interval 5s --duration 60s
+//! target/release/examples/chaos --mode slow --vms 100 --health-interval 5s --duration 10m
 //! ```
 //!
 //! Exits 1 when a check fails. Every fake VM is killed at the end.
@@ -42,6 +47,10 @@ use vm_supervisor::supervisor::{Options, Supervisor, VmState};
 enum Mode {
     Chaos,
     Idle,
+    /// Healthy but slow VMs: each answers its health check after 0.5-4 s
+    /// (a new latency for a tenth of them every second); no VM may be
+    /// restarted.
+    Slow,
 }
 
 /// vm-supervisor load program (chaos or idle CPU/RSS).
@@ -59,6 +68,10 @@ struct Args {
     /// Health check interval.
     #[arg(long, default_value = "1s", value_parser = vm_supervisor::duration::parse)]
     health_interval: Duration,
+    /// Health check timeout (default: the interval, at most 1 s; `--mode
+    /// slow` defaults to 5 s, the supervisor's own default).
+    #[arg(long, value_parser = vm_supervisor::duration::parse)]
+    health_timeout: Option<Duration>,
     /// Mean time between two chaos actions (SIGKILL or socket removal).
     #[arg(long, default_value = "300ms", value_parser = vm_supervisor::duration::parse)]
     fault_every: Duration,
@@ -206,8 +219,13 @@ async fn run(args: &Args, fake: &Path, dir: &Path) -> anyhow::Result<()> {
     let mut settings = Settings::for_tests(config, db.clone());
     settings.timings = Timings {
         health_interval: args.health_interval,
-        health_timeout: args.health_interval.min(Duration::from_secs(1)),
-        failure_threshold: 2,
+        health_timeout: args.health_timeout.unwrap_or(if args.mode == Mode::Slow {
+            Duration::from_secs(5)
+        } else {
+            args.health_interval.min(Duration::from_secs(1))
+        }),
+        // The supervisor's default (3) where false restarts are the point.
+        failure_threshold: if args.mode == Mode::Slow { 3 } else { 2 },
         recovery_threshold: 2,
         retry_interval: Duration::from_millis(500),
         backoff_factor: 2.0,
@@ -247,6 +265,7 @@ async fn run(args: &Args, fake: &Path, dir: &Path) -> anyhow::Result<()> {
     let fds_before = open_fds();
     let outcome = match args.mode {
         Mode::Idle => idle(args, &s).await,
+        Mode::Slow => slow(args, &s, dir).await,
         Mode::Chaos => chaos(args, &s, dir, &metrics, fds_before, &db).await,
     };
     s.shutdown(Duration::from_secs(10)).await;
@@ -287,6 +306,64 @@ async fn idle(args: &Args, s: &Supervisor) -> anyhow::Result<()> {
     );
     let unhealthy = s.list().iter().filter(|v| !v.healthy).count();
     ensure!(unhealthy == 0, "{unhealthy} VMs unhealthy while idle");
+    Ok(())
+}
+
+/// Tells the fake VM `id` to answer `GET /` after `ms` milliseconds.
+async fn set_latency(dir: &Path, id: &str, ms: u64) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = format!(r#"{{"fault": "slow", "ms": {ms}}}"#);
+    let mut stream = tokio::net::UnixStream::connect(dir.join(format!("{id}.sock"))).await?;
+    stream
+        .write_all(
+            format!(
+                "PUT /fault HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut answer)).await??;
+    ensure!(
+        answer.starts_with(b"HTTP/1.1 2"),
+        "{id}: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    Ok(())
+}
+
+/// Healthy but slow: every VM answers its checks after 0.5-4 s, a tenth
+/// of them get a new latency every second, for `duration`. A restart is a
+/// false one.
+async fn slow(args: &Args, s: &Supervisor, dir: &Path) -> anyhow::Result<()> {
+    let rng = Rng::with_seed(args.seed);
+    let ids: Vec<String> = s.list().into_iter().map(|v| v.id).collect();
+    let restarts = || -> u64 { s.list().iter().map(|v| v.restarts).sum() };
+    for id in &ids {
+        set_latency(dir, id, rng.u64_between(500, 4_000)).await?;
+    }
+    let restarts0 = restarts();
+    let (t0, mut changes) = (Instant::now(), 0u64);
+    while t0.elapsed() < args.duration {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for _ in 0..(ids.len() / 10).max(1) {
+            let id = &ids[rng.u64_between(0, ids.len() as u64 - 1) as usize];
+            set_latency(dir, id, rng.u64_between(500, 4_000)).await?;
+            changes += 1;
+        }
+    }
+    let false_restarts = restarts() - restarts0;
+    let unhealthy = s.list().iter().filter(|v| !v.healthy).count();
+    println!(
+        "slow: {} VMs answering in 0.5-4 s (health timeout {:?}, every {:?}) for {:.0} s: {changes} latency changes, {false_restarts} restarts, {unhealthy} unhealthy at the end",
+        ids.len(),
+        args.health_timeout.unwrap_or(Duration::from_secs(5)),
+        args.health_interval,
+        t0.elapsed().as_secs_f64()
+    );
+    ensure!(false_restarts == 0, "{false_restarts} false restarts");
+    ensure!(unhealthy == 0, "{unhealthy} VMs unhealthy at the end");
     Ok(())
 }
 
