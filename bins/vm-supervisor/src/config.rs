@@ -110,6 +110,14 @@ pub struct Config {
     #[arg(long, env = "ATTEMPTS_KEPT", default_value_t = 10)]
     pub attempts_kept: u32,
 
+    /// At start, a running process that looks like a VM (its program is a
+    /// configured VM's `command`) but that the registry does not know is
+    /// reported (`report`, the default: logged, `GET /status`, a metric,
+    /// left alone) or, when its whole command line is a configured VM's
+    /// and that VM has no live process, adopted as that VM (`adopt`).
+    #[arg(long, env = "UNKNOWN_PROCESSES", value_enum, default_value_t = UnknownProcesses::Report)]
+    pub unknown_processes: UnknownProcesses,
+
     /// Telegram bot token for alerts (with TELEGRAM_CHAT_ID).
     #[arg(long, env = "TELEGRAM_BOT_TOKEN", hide_env_values = true)]
     pub telegram_bot_token: Option<String>,
@@ -227,6 +235,18 @@ pub struct AlertSinks {
     pub webhook: Option<(String, Option<String>)>,
 }
 
+/// `UNKNOWN_PROCESSES`: what start-up does with a VM-looking process the
+/// registry does not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum UnknownProcesses {
+    /// Log it, list it in `GET /status`, count it; never signal it.
+    #[default]
+    Report,
+    /// Adopt it when its command line is exactly a configured VM's (that
+    /// VM having no live process); report the others.
+    Adopt,
+}
+
 /// The validated settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -252,6 +272,8 @@ pub struct Settings {
     pub late_recovery_interval: Option<Duration>,
     /// `ATTEMPTS_KEPT`.
     pub attempts_kept: u32,
+    /// `UNKNOWN_PROCESSES`.
+    pub unknown_processes: UnknownProcesses,
     /// Alert destinations.
     pub sinks: AlertSinks,
 }
@@ -271,6 +293,7 @@ impl Settings {
             recovery_timeout: Duration::from_secs(600),
             late_recovery_interval: Some(Duration::from_secs(1800)),
             attempts_kept: 10,
+            unknown_processes: UnknownProcesses::Report,
             sinks: AlertSinks::default(),
         }
     }
@@ -425,6 +448,7 @@ impl Config {
             recovery_timeout: self.recovery_timeout,
             late_recovery_interval: Some(self.late_recovery_interval).filter(|d| !d.is_zero()),
             attempts_kept: self.attempts_kept.max(1),
+            unknown_processes: self.unknown_processes,
             sinks,
         })
     }

@@ -40,6 +40,7 @@ pub struct Metrics {
     unhealthy: Gauge,
     short_circuit: Gauge,
     adopted: Counter,
+    unknown_processes: Gauge,
     health_checks_enabled: Gauge,
     recovery_enabled: Gauge,
     reloads: Family<OutcomeLabel, Counter>,
@@ -57,6 +58,7 @@ impl Default for Metrics {
             unhealthy: Gauge::default(),
             short_circuit: Gauge::default(),
             adopted: Counter::default(),
+            unknown_processes: Gauge::default(),
             health_checks_enabled: Gauge::default(),
             recovery_enabled: Gauge::default(),
             reloads: Family::default(),
@@ -107,6 +109,11 @@ impl Metrics {
             "vm_adopted",
             "Running VMs adopted after a supervisor restart",
             self.adopted.clone(),
+        );
+        r.register(
+            "unknown_processes",
+            "VM-looking processes the registry did not know at start, left alone (UNKNOWN_PROCESSES)",
+            self.unknown_processes.clone(),
         );
         r.register(
             "health_checks_enabled",
@@ -184,6 +191,12 @@ impl Metrics {
     /// A VM was adopted.
     pub fn adopted(&self) {
         self.adopted.inc();
+    }
+
+    /// VM-looking processes the registry did not know at start.
+    pub fn set_unknown_processes(&self, n: usize) {
+        self.unknown_processes
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// Orphans counted for `reason` (tests).

@@ -84,6 +84,33 @@ pub fn stat(pid: u32) -> Option<(char, u64)> {
     Some((state, start))
 }
 
+/// The command line of `pid` (`/proc/<pid>/cmdline`), argument by
+/// argument; `None` when the process is gone or has none (a kernel thread,
+/// a zombie).
+pub fn cmdline(pid: u32) -> Option<Vec<String>> {
+    let bytes = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let bytes = bytes.strip_suffix(&[0]).unwrap_or(&bytes);
+    if bytes.is_empty() {
+        return None;
+    }
+    Some(
+        bytes
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect(),
+    )
+}
+
+/// Every process id in `/proc`.
+pub fn pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+        .collect()
+}
+
 impl Identity {
     /// The identity of a running pid.
     pub fn of(pid: u32) -> Option<Identity> {

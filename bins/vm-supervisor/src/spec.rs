@@ -195,7 +195,15 @@ impl VmSpec {
         PathBuf::from(self.expand_id(&self.socket))
     }
 
-    /// The arguments, expanded.
+    /// The whole command line a started process has: the command, then
+    /// the arguments, expanded (what `/proc/<pid>/cmdline` shows).
+    pub fn command_line(&self) -> Vec<String> {
+        std::iter::once(self.command.to_string_lossy().into_owned())
+            .chain(self.expanded_args())
+            .collect()
+    }
+
+    /// The arguments with `{socket}` and `{id}` expanded.
     pub fn expanded_args(&self) -> Vec<String> {
         let socket = self.socket_path();
         let socket = socket.to_string_lossy();

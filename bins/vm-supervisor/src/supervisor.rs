@@ -188,6 +188,21 @@ pub struct Status {
     pub config_error: Option<String>,
     /// VMs registered.
     pub vms: usize,
+    /// VM-looking processes the registry did not know at start, left
+    /// alone (`UNKNOWN_PROCESSES`).
+    pub unknown_processes: Vec<UnknownProcess>,
+}
+
+/// A running process that looks like a VM (its program is a configured
+/// VM's `command`) but that the registry did not know at start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnknownProcess {
+    /// Its pid.
+    pub pid: u32,
+    /// Its command line.
+    pub cmdline: Vec<String>,
+    /// The configured VM whose whole command line it has, if any.
+    pub matches_vm: Option<String>,
 }
 
 /// What a reload changed.
@@ -258,6 +273,83 @@ struct ConfigState {
     error: Option<String>,
 }
 
+impl Inner {
+    /// Finds the running processes that look like VMs (their program is a
+    /// configured VM's `command`) but are none of the registry's live
+    /// processes. With `UNKNOWN_PROCESSES=adopt`, one whose whole command
+    /// line is a registered VM's, that VM having no live process, becomes
+    /// that VM's process (recorded, then adopted as after a restart);
+    /// every other one is reported and never signalled.
+    async fn scan_unknown(&self, mut records: Vec<VmRecord>) -> Result<Vec<VmRecord>, StartError> {
+        let live = |r: &VmRecord| match (r.pid, r.start_time) {
+            (Some(pid), Some(start_time)) => {
+                Identity { pid, start_time }.liveness() == Liveness::Alive
+            }
+            _ => false,
+        };
+        let mut known: std::collections::BTreeSet<u32> = records
+            .iter()
+            .filter(|r| live(r))
+            .filter_map(|r| r.pid)
+            .collect();
+        let programs: std::collections::BTreeSet<String> = records
+            .iter()
+            .map(|r| r.spec.command.to_string_lossy().into_owned())
+            .collect();
+        let own = std::process::id();
+        let mut unknown = Vec::new();
+        for pid in process::pids() {
+            if pid == own || known.contains(&pid) {
+                continue;
+            }
+            let Some(cmdline) = process::cmdline(pid) else {
+                continue;
+            };
+            if !programs.contains(&cmdline[0]) {
+                continue;
+            }
+            let Some((state, start_time)) = process::stat(pid) else {
+                continue;
+            };
+            if state == 'Z' || state == 'X' {
+                continue;
+            }
+            let matching = records
+                .iter()
+                .position(|r| r.spec.command_line() == cmdline);
+            let adopt = self.settings.unknown_processes == crate::config::UnknownProcesses::Adopt
+                && matching
+                    .is_some_and(|i| !live(&records[i]) && records[i].desired == Desired::Running);
+            if adopt && let Some(i) = matching {
+                let record = &mut records[i];
+                self.registry
+                    .set_process(&record.spec.id, Some((pid, start_time)))
+                    .await?;
+                record.pid = Some(pid);
+                record.start_time = Some(start_time);
+                known.insert(pid);
+                tracing::info!(vm_id = %record.spec.id, pid, "adopting a running process the registry did not know (UNKNOWN_PROCESSES=adopt)");
+                continue;
+            }
+            let matches_vm = matching.map(|i| records[i].spec.id.clone());
+            tracing::warn!(
+                pid,
+                cmdline = %cmdline.join(" "),
+                matches_vm = matches_vm.as_deref().unwrap_or(""),
+                "a process looks like a VM but the registry does not know it: left alone"
+            );
+            unknown.push(UnknownProcess {
+                pid,
+                cmdline,
+                matches_vm,
+            });
+        }
+        self.metrics.set_unknown_processes(unknown.len());
+        *self.unknown.lock() = unknown;
+        Ok(records)
+    }
+}
+
 struct Inner {
     settings: Settings,
     adopted_poll: Duration,
@@ -282,6 +374,9 @@ struct Inner {
     reload_lock: tokio::sync::Mutex<()>,
     /// The last reload's verdict.
     config: Mutex<ConfigState>,
+    /// VM-looking processes the registry did not know at start (left
+    /// alone).
+    unknown: Mutex<Vec<UnknownProcess>>,
     token: CancellationToken,
     tasks: TaskTracker,
 }
@@ -381,6 +476,7 @@ impl Supervisor {
             health_checks,
             reload_lock: tokio::sync::Mutex::new(()),
             config: Mutex::new(ConfigState::default()),
+            unknown: Mutex::new(Vec::new()),
             token: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });
@@ -398,6 +494,7 @@ impl Supervisor {
         });
         inner.metrics.started();
         let records = inner.registry.load().await?;
+        let records = inner.scan_unknown(records).await?;
         for record in records {
             spawn_vm(&inner, record);
         }
@@ -579,6 +676,7 @@ impl Supervisor {
             config_ok: config_error.is_none(),
             config_error,
             vms: self.inner.vms.lock().len(),
+            unknown_processes: self.inner.unknown.lock().clone(),
         }
     }
 

@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::os::unix::process::CommandExt as _;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -296,4 +297,113 @@ async fn an_adopted_vms_exit_is_seen_at_once_not_at_the_next_check() {
     assert_eq!(attempts[0].reason, "process_dead");
     assert_eq!(lab.processes(), vec![back.pid.unwrap()]);
     supervisor.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Starts `spec`'s exact command line by hand, outside any supervisor (a
+/// VM left by an earlier installation, or started by an operator).
+fn start_by_hand(spec: &vm_supervisor::spec::VmSpec) -> u32 {
+    let line = spec.command_line();
+    let child = std::process::Command::new(&line[0])
+        .args(&line[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("fake-vmm starts");
+    reaped(child)
+}
+
+/// A thread reaps `child` when it exits (it is this test process's child,
+/// not a supervisor's); returns its pid.
+fn reaped(mut child: std::process::Child) -> u32 {
+    let pid = child.id();
+    std::thread::spawn(move || child.wait());
+    pid
+}
+
+/// `UNKNOWN_PROCESSES=report` (the default): a VM-looking process the
+/// registry does not know is listed and counted, and never signalled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_vm_process_is_reported_and_left_alone() {
+    let lab = Lab::new();
+    let vms = lab.write_config(&[lab.vm_yaml("vm-a", &[], ""), lab.vm_yaml("vm-b", &[], "")]);
+    // Same program, another lab's socket: looks like a VM, matches none.
+    let other = tempfile::tempdir().unwrap();
+    let foreign = std::process::Command::new(FAKE_VMM)
+        .args(["--api-sock"])
+        .arg(other.path().join("x.sock"))
+        .args(["--id", "stranger"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map(reaped)
+        .unwrap();
+    let twin = start_by_hand(&vms[0]);
+    wait_for("the hand-started process's socket", || {
+        lab.socket("vm-a").exists().then_some(())
+    })
+    .await;
+    let r = start(settings(&lab), vms).await;
+    let s = &r.supervisor;
+    let unknown = s.status().unknown_processes;
+    let find = |pid: u32| unknown.iter().find(|u| u.pid == pid).cloned();
+    assert_eq!(
+        find(twin).and_then(|u| u.matches_vm),
+        Some("vm-a".to_owned()),
+        "{unknown:?}"
+    );
+    assert_eq!(
+        find(foreign).map(|u| u.matches_vm),
+        Some(None),
+        "{unknown:?}"
+    );
+    wait_healthy(s, "vm-b", None).await;
+    // Left alone: both still run while the supervisor runs its own vm-a.
+    let own = wait_healthy(s, "vm-a", Some(twin)).await;
+    assert_ne!(own.pid, Some(twin));
+    for pid in [twin, foreign] {
+        let alive = vm_supervisor::process::stat(pid).is_some_and(|(st, _)| st != 'Z');
+        assert!(alive, "{pid} was signalled");
+    }
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(foreign as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    s.shutdown(Duration::from_secs(5)).await;
+}
+
+/// `UNKNOWN_PROCESSES=adopt`: a process with a registered VM's whole
+/// command line, that VM having no live process, becomes that VM's: no
+/// second process, no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_adopt_a_process_with_a_vms_command_line_becomes_that_vm() {
+    let lab = Lab::new();
+    let vms = lab.write_config(&[lab.vm_yaml("vm-a", &[], "")]);
+    let twin = start_by_hand(&vms[0]);
+    wait_for("the hand-started process's socket", || {
+        lab.socket("vm-a").exists().then_some(())
+    })
+    .await;
+    let mut settings = settings(&lab);
+    settings.unknown_processes = vm_supervisor::config::UnknownProcesses::Adopt;
+    let r = start(settings, vms).await;
+    let s = &r.supervisor;
+    let view = wait_healthy(s, "vm-a", None).await;
+    assert_eq!(view.pid, Some(twin), "the running process was adopted");
+    assert_eq!(view.restarts, 0);
+    // (Other tests' fake VMs run beside this one and are reported: only
+    // this lab's count.)
+    let lab_dir = lab.path().to_string_lossy().into_owned();
+    let ours: Vec<_> = s
+        .status()
+        .unknown_processes
+        .into_iter()
+        .filter(|u| u.cmdline.iter().any(|a| a.contains(&lab_dir)))
+        .collect();
+    assert!(ours.is_empty(), "{ours:?}");
+    assert_eq!(lab.processes(), vec![twin], "no second process");
+    s.shutdown(Duration::from_secs(5)).await;
 }

@@ -224,8 +224,11 @@ async fn health_checks_and_recovery_are_switched_at_run_time() {
         call(&app, "POST", "/recovery/disable", None, None).await.0,
         401
     );
-    let (status, body) = call(&app, "GET", "/status", t, None).await;
+    let (status, mut body) = call(&app, "GET", "/status", t, None).await;
     assert_eq!(status, 200);
+    // Other tests' fake VMs may show up there (this test runs beside them).
+    assert!(body["unknown_processes"].is_array(), "{body}");
+    body.as_object_mut().unwrap().remove("unknown_processes");
     assert_eq!(
         body,
         json!({"drained": false, "short_circuited": false, "recovering": true,
