@@ -70,6 +70,9 @@ pub struct VmRecord {
     pub restarts: u64,
     /// The last orphan reason.
     pub last_reason: Option<String>,
+    /// The command line the process was started or adopted with (`None`
+    /// for rows written before it was recorded).
+    pub cmdline: Option<Vec<String>>,
 }
 
 /// One journal row.
@@ -153,14 +156,16 @@ type RawRecord = (
     String,
     i64,
     Option<String>,
+    Option<String>,
 );
 
-const LOAD: &str = "SELECT id, config, source, pid, start_time, desired_state, restarts, last_reason \
+const LOAD: &str = "SELECT id, config, source, pid, start_time, desired_state, restarts, last_reason, cmdline \
      FROM vms ORDER BY id";
 const UPSERT: &str = "INSERT INTO vms (id, config, source, socket, desired_state, updated_at) \
      VALUES ($1, $2, $3, $4, 'running', $5) \
      ON CONFLICT (id) DO UPDATE SET config = $2, socket = $4, updated_at = $5";
-const SET_PROCESS: &str = "UPDATE vms SET pid = $2, start_time = $3, updated_at = $4 WHERE id = $1";
+const SET_PROCESS: &str =
+    "UPDATE vms SET pid = $2, start_time = $3, cmdline = $5, updated_at = $4 WHERE id = $1";
 const SET_DESIRED: &str = "UPDATE vms SET desired_state = $2, updated_at = $3 WHERE id = $1";
 const COUNT_RESTART: &str =
     "UPDATE vms SET restarts = restarts + 1, last_reason = $2, updated_at = $3 WHERE id = $1";
@@ -229,13 +234,14 @@ impl Registry {
                         r.get("desired_state"),
                         r.get("restarts"),
                         r.get("last_reason"),
+                        r.get("cmdline"),
                     )
                 })
                 .collect()
         });
         rows.into_iter()
             .map(
-                |(id, config, source, pid, start_time, desired, restarts, last_reason)| {
+                |(id, config, source, pid, start_time, desired, restarts, last_reason, cmdline)| {
                     let spec =
                         serde_json::from_str(&config).map_err(|e| RegistryError::Spec(id, e))?;
                     Ok(VmRecord {
@@ -246,6 +252,8 @@ impl Registry {
                         desired: Desired::parse(&desired),
                         restarts: restarts as u64,
                         last_reason,
+                        // Unreadable JSON counts as not recorded.
+                        cmdline: cmdline.and_then(|c| serde_json::from_str(&c).ok()),
                     })
                 },
             )
@@ -274,21 +282,27 @@ impl Registry {
         Ok(())
     }
 
-    /// Records the VM's process (or none).
+    /// Records the VM's process (or none): pid, start time and the
+    /// command line it runs.
     ///
     /// # Errors
     /// [`RegistryError`].
     pub async fn set_process(
         &self,
         id: &str,
-        process: Option<(u32, u64)>,
+        process: Option<(u32, u64, &[String])>,
     ) -> Result<(), RegistryError> {
+        let cmdline = process
+            .map(|p| serde_json::to_string(p.2))
+            .transpose()
+            .map_err(|e| RegistryError::Spec(id.to_owned(), e))?;
         on_pool!(self, |pool| {
             sqlx::query(SET_PROCESS)
                 .bind(id)
                 .bind(process.map(|p| i64::from(p.0)))
                 .bind(process.map(|p| p.1 as i64))
                 .bind(now_ms())
+                .bind(cmdline.as_deref())
                 .execute(pool)
                 .await?;
         });
@@ -456,7 +470,8 @@ mod tests {
     async fn rows_and_journal_survive_a_reopen(url: &str) {
         let r = Registry::open(url, 3).await.unwrap();
         r.upsert(&spec("a"), "file").await.unwrap();
-        r.set_process("a", Some((42, 1234))).await.unwrap();
+        let line = ["/usr/bin/vmm".to_owned(), "--id".to_owned(), "a".to_owned()];
+        r.set_process("a", Some((42, 1234, &line))).await.unwrap();
         r.set_desired("a", Desired::Paused).await.unwrap();
         r.count_restart("a", "process_dead").await.unwrap();
         for n in 0..5 {

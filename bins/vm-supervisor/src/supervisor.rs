@@ -323,10 +323,11 @@ impl Inner {
             if adopt && let Some(i) = matching {
                 let record = &mut records[i];
                 self.registry
-                    .set_process(&record.spec.id, Some((pid, start_time)))
+                    .set_process(&record.spec.id, Some((pid, start_time, &cmdline)))
                     .await?;
                 record.pid = Some(pid);
                 record.start_time = Some(start_time);
+                record.cmdline = Some(cmdline);
                 known.insert(pid);
                 tracing::info!(vm_id = %record.spec.id, pid, "adopting a running process the registry did not know (UNKNOWN_PROCESSES=adopt)");
                 continue;
@@ -619,6 +620,7 @@ impl Supervisor {
                             desired: Desired::Running,
                             restarts: 0,
                             last_reason: None,
+                            cmdline: None,
                         },
                     );
                     report.added.push(id);
@@ -771,6 +773,7 @@ impl Supervisor {
             desired: Desired::Running,
             restarts: 0,
             last_reason: None,
+            cmdline: None,
         };
         spawn_vm(&self.inner, record);
         self.inner.update_fleet();
@@ -998,7 +1001,16 @@ impl VmTask {
         if self.desired == Desired::Stopped {
             self.phase = Phase::Stopped;
         } else {
-            match identity.map(|i| (i, i.liveness())) {
+            // pid, start time and command line must all match: a process
+            // that exec'd another program under the same pid is not ours.
+            let liveness = |i: Identity| match i.liveness() {
+                Liveness::Alive => match (&record.cmdline, process::cmdline(i.pid)) {
+                    (Some(recorded), Some(now)) if *recorded != now => Liveness::Mismatch,
+                    _ => Liveness::Alive,
+                },
+                other => other,
+            };
+            match identity.map(|i| (i, liveness(i))) {
                 Some((identity, Liveness::Alive)) => {
                     tracing::info!(vm_id = self.id(), pid = identity.pid, "adopted running vm");
                     self.inner.metrics.adopted();
@@ -1425,10 +1437,11 @@ impl VmTask {
         let mut running = process::spawn(&self.spec)
             .map_err(|e| format!("start {}: {e}", self.spec.command.display()))?;
         let identity = running.identity;
+        let line = self.spec.command_line();
         if let Err(e) = self
             .inner
             .registry
-            .set_process(self.id(), Some((identity.pid, identity.start_time)))
+            .set_process(self.id(), Some((identity.pid, identity.start_time, &line)))
             .await
         {
             tracing::warn!(vm_id = self.id(), error = %e, "registry update failed");

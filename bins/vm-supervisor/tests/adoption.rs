@@ -194,7 +194,10 @@ async fn a_recycled_pid_is_not_adopted_and_not_signalled() {
     let registry = Registry::open(&lab.db_url(), 10).await.unwrap();
     registry.upsert(&vms[0], "file").await.unwrap();
     registry
-        .set_process("vm-1", Some((pid, real_start.saturating_sub(100))))
+        .set_process(
+            "vm-1",
+            Some((pid, real_start.saturating_sub(100), &vms[0].command_line())),
+        )
         .await
         .unwrap();
     registry.close().await;
@@ -406,4 +409,38 @@ async fn with_adopt_a_process_with_a_vms_command_line_becomes_that_vm() {
     assert!(ours.is_empty(), "{ours:?}");
     assert_eq!(lab.processes(), vec![twin], "no second process");
     s.shutdown(Duration::from_secs(5)).await;
+}
+
+/// pid and start time match but the command line is not the one recorded
+/// (the process exec'd another program): not adopted, not signalled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_with_another_command_line_is_not_adopted() {
+    let lab = Lab::new();
+    let vms = lab.write_config(&[lab.vm_yaml("vm-1", &[], "")]);
+    let mut other = tokio::process::Command::new("sleep")
+        .arg("60")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = other.id().unwrap();
+    let (_, start_time) = vm_supervisor::process::stat(pid).unwrap();
+    let registry = Registry::open(&lab.db_url(), 10).await.unwrap();
+    registry.upsert(&vms[0], "file").await.unwrap();
+    registry
+        .set_process("vm-1", Some((pid, start_time, &vms[0].command_line())))
+        .await
+        .unwrap();
+    registry.close().await;
+
+    let run = start(settings(&lab), vms).await;
+    let s = &run.supervisor;
+    let view = wait_healthy(s, "vm-1", Some(pid)).await;
+    assert_ne!(view.pid, Some(pid));
+    assert_eq!(view.last_reason.as_deref(), Some("process_mismatch"));
+    assert!(
+        other.try_wait().unwrap().is_none(),
+        "the other process was not signalled"
+    );
+    s.shutdown(Duration::from_secs(5)).await;
+    other.kill().await.unwrap();
 }
