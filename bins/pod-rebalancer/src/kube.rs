@@ -112,6 +112,12 @@ pub async fn connect(kubeconfig: Option<&Path>) -> Result<kube::Client, KubeErro
     // Retries are the pipeline's (with its breaker and deadline); kube's own
     // would also retry a PodDisruptionBudget's 429, which means "not now".
     config.default_retry = false;
+    // rustls picks its process-wide crypto provider by itself only when one
+    // provider is compiled in. A build that unifies features across a
+    // workspace (ours: the AWS SDK brings aws-lc-rs, kube and reqwest use
+    // ring) has both, and kube's TLS setup then panics. Choose ring, as the
+    // rest of the program does; a provider installed already stays.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     kube::Client::try_from(config).map_err(config_error)
 }
 
