@@ -97,6 +97,18 @@ pub struct Config {
     #[arg(long, env = "SQLITE_SYNCHRONOUS", value_enum, default_value_t = SqliteSync::Normal)]
     pub sqlite_synchronous: SqliteSync,
 
+    /// Enrichment mode and the LLM (part 2).
+    #[command(flatten)]
+    pub classify: crate::classify::ClassifyArgs,
+
+    /// Publishing targets (part 2).
+    #[command(flatten)]
+    pub targets: crate::targets::TargetArgs,
+
+    /// The outbox publisher (part 2).
+    #[command(flatten)]
+    pub publish: crate::publish::PublishArgs,
+
     /// `--check-config`, `RUST_LOG` and `LOG_FORMAT` (the kit's options).
     #[command(flatten)]
     pub kit: KitArgs,
@@ -146,6 +158,9 @@ impl Config {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             db_max_connections: 16,
             sqlite_synchronous: SqliteSync::default(),
+            classify: crate::classify::ClassifyArgs::default(),
+            targets: crate::targets::TargetArgs::default(),
+            publish: crate::publish::PublishArgs::default(),
             kit: KitArgs::default(),
         }
     }
@@ -156,6 +171,9 @@ impl Config {
     /// The [`ConfigError`].
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.check_database_url()?;
+        self.classify.validate()?;
+        self.targets.validate()?;
+        self.publish.validate()?;
         let bad = |variable: &'static str, reason: &str| {
             Err(ConfigError::new(variable, reason.to_owned()))
         };

@@ -37,6 +37,8 @@ pub struct AppState {
     pub(crate) inner: Arc<Inner>,
 }
 
+// Part 2's fields are read as its pieces land (issue 19).
+#[allow(dead_code)]
 pub(crate) struct Inner {
     pub(crate) store: Store,
     pub(crate) metrics: Metrics,
@@ -50,6 +52,23 @@ pub(crate) struct Inner {
     pub(crate) retention_days: u32,
     pub(crate) shutting_down: CancellationToken,
     pub(crate) started: tokio::time::Instant,
+    /// Enrichment mode and classifier (part 2).
+    pub(crate) enrichment: crate::classify::Enrichment,
+    /// Publishing targets in effect (part 2).
+    pub(crate) targets: crate::targets::Targets,
+    /// Filter rules and acknowledgements (part 2).
+    pub(crate) filters: crate::filters::Filters,
+}
+
+/// Part 2's components, shared by the routes and the publisher.
+#[derive(Debug, Clone, Default)]
+pub struct Parts {
+    /// Enrichment mode and classifier.
+    pub enrichment: crate::classify::Enrichment,
+    /// Publishing targets in effect.
+    pub targets: crate::targets::Targets,
+    /// Filter rules and acknowledgements.
+    pub filters: crate::filters::Filters,
 }
 
 impl std::fmt::Debug for AppState {
@@ -73,6 +92,20 @@ impl AppState {
         store: Store,
         config: &Config,
         shutting_down: CancellationToken,
+    ) -> Result<AppState, crate::Error> {
+        AppState::with_parts(store, config, shutting_down, Parts::default())
+    }
+
+    /// [`AppState::new`] with part 2's components (built by
+    /// [`crate::Service::start_with`] from the configuration).
+    ///
+    /// # Errors
+    /// As [`AppState::new`].
+    pub fn with_parts(
+        store: Store,
+        config: &Config,
+        shutting_down: CancellationToken,
+        parts: Parts,
     ) -> Result<AppState, crate::Error> {
         let metrics = Metrics::default();
         let registry = MetricsRegistry::new("alert_history")?;
@@ -102,6 +135,9 @@ impl AppState {
                 retention_days: config.retention_days,
                 shutting_down,
                 started: tokio::time::Instant::now(),
+                enrichment: parts.enrichment,
+                targets: parts.targets,
+                filters: parts.filters,
             }),
         })
     }
@@ -150,6 +186,10 @@ pub fn router(state: AppState) -> Router {
         .route("/health/database", get(health_database))
         .route("/admin/retention", post(admin_retention))
         .merge(reads)
+        .merge(crate::classify::routes())
+        .merge(crate::targets::routes())
+        .merge(crate::filters::routes())
+        .merge(crate::publish::routes())
         .layer(state.inner.metrics.http().layer())
         .with_state(state)
 }

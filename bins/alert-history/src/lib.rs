@@ -63,15 +63,20 @@
 //! ```
 
 mod auth;
+pub mod classify;
 pub mod config;
 pub mod dashboard;
 mod error;
+pub mod filters;
 pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;
+pub mod publish;
 pub mod retention;
+pub mod routing;
 pub mod store;
+pub mod targets;
 pub mod timeline;
 
 use std::net::SocketAddr;
@@ -82,7 +87,7 @@ use tokio::net::TcpListener;
 
 pub use config::{Backend, Config, SqliteSync};
 pub use error::{Error, PayloadError, QueryError};
-pub use http::{AppState, router};
+pub use http::{AppState, Parts, router};
 pub use metrics::Metrics;
 pub use model::{NewEvent, Status, parse_webhook};
 pub use pipeline::{Incoming, IngestStages, Stage, StageError};
@@ -126,7 +131,8 @@ impl Service {
             },
         )
         .await?;
-        let state = AppState::new(store.clone(), config, shutdown.token())?;
+        let parts = http::Parts::default();
+        let state = AppState::with_parts(store.clone(), config, shutdown.token(), parts)?;
         state.metrics().set_db_alerts(store.count_events().await?);
         let listener = TcpListener::bind(config.listen_addr)
             .await

@@ -15,7 +15,10 @@ pub const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
 pub const ZERO_TIME_MS: i64 = -62_135_596_800_000;
 
 /// Whether an alert is firing or resolved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Status {
     /// The alert is active.
     Firing,
