@@ -3,6 +3,7 @@
 
 pub mod kube;
 mod limits;
+pub mod llm;
 pub mod pagerduty;
 pub mod rootly;
 pub mod slack;
