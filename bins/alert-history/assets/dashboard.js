@@ -44,6 +44,25 @@ const labelsCell = (labels) =>
     .filter(([k]) => k !== "alertname")
     .map(([k, v]) => el("span", {}, k + "=" + v)));
 
+// The LLM's classification: severity badge and confidence, the reasoning
+// as a tooltip; "–" when the alert has none.
+function classificationCell(c) {
+  if (!c) return el("td", { class: "muted" }, "–");
+  return el("td", { class: "classification", title: c.reasoning || "" },
+    badge(c.severity), " ", el("span", { class: "confidence" }, Math.round(c.confidence * 100) + " %"));
+}
+
+function renderRecommendations(r) {
+  $("#recommendations-mode").textContent = "(mode: " + r.mode + ")";
+  fill($("#recommendations-table tbody"), r.recommendations.map((c) =>
+    el("tr", { class: "clickable", onclick: () => showTimeline(c.fingerprint) },
+      el("td", {}, el("strong", {}, c.alertname || c.fingerprint), c.namespace ? " · " + c.namespace : ""),
+      classificationCell(c),
+      el("td", {}, el("ul", { class: "recommendations" }, ...c.recommendations.map((t) => el("li", {}, t)))),
+      el("td", { title: fmtTime(c.classified_at) }, ago(c.classified_at)))));
+  $("#recommendations-empty").hidden = r.recommendations.length > 0;
+}
+
 async function getJSON(url) {
   const r = await fetch(url, { headers: { Accept: "application/json" } });
   const body = await r.json();
@@ -70,7 +89,8 @@ function renderOverview(o) {
       el("td", {}, badge(a.severity)),
       el("td", {}, a.namespace || "–"),
       el("td", { title: fmtTime(a.startsAt) }, ago(a.startsAt)),
-      el("td", {}, (a.annotations && (a.annotations.summary || a.annotations.description)) || ""))));
+      el("td", {}, (a.annotations && (a.annotations.summary || a.annotations.description)) || ""),
+      classificationCell(a.classification))));
   $("#firing-empty").hidden = o.firing.length > 0;
 
   fill($("#top-table tbody"), o.top_alerts.map((t) =>
@@ -221,6 +241,7 @@ async function refresh() {
     ]);
     renderOverview(overview);
     renderChart(charts);
+    getJSON("/api/dashboard/recommendations?limit=20").then(renderRecommendations, () => {});
     document.body.dataset.loaded = "true";
   } catch (err) {
     $("#updated").textContent = "error: " + (err.message || err);

@@ -29,6 +29,32 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/api/dashboard/overview", get(overview))
         .route("/api/dashboard/charts", get(charts))
         .route("/api/dashboard/alerts/recent", get(recent))
+        .route("/api/dashboard/recommendations", get(recommendations))
+}
+
+/// Adds each alert's stored classification (`classification`: severity,
+/// confidence, reasoning, recommendations, or `null`) to `rows`, JSON
+/// objects with a `fingerprint`.
+async fn with_classifications(state: &AppState, rows: &mut [Value]) -> Result<(), ApiError> {
+    let mut fingerprints: Vec<String> = rows
+        .iter()
+        .filter_map(|r| r["fingerprint"].as_str().map(str::to_owned))
+        .collect();
+    fingerprints.sort();
+    fingerprints.dedup();
+    let mut found = std::collections::HashMap::new();
+    for chunk in fingerprints.chunks(200) {
+        found.extend(crate::classify::stored_many(state.store(), chunk).await?);
+    }
+    for row in rows {
+        let c = row["fingerprint"].as_str().and_then(|f| {
+            found
+                .get(f)
+                .map(|c| crate::classify::classification_json(f, c))
+        });
+        row["classification"] = c.unwrap_or(Value::Null);
+    }
+    Ok(())
 }
 
 async fn page() -> Response {
@@ -76,7 +102,9 @@ async fn overview(
     body["window_hours"] = json!(hours);
     body["since"] = json!(format_time(since));
     body["generated_at"] = json!(format_time(now));
-    body["firing"] = Value::Array(firing.iter().map(state_json).collect());
+    let mut firing: Vec<Value> = firing.iter().map(state_json).collect();
+    with_classifications(&state, &mut firing).await?;
+    body["firing"] = Value::Array(firing);
     Ok(axum::Json(body).into_response())
 }
 
@@ -118,5 +146,40 @@ async fn recent(
             ..HistoryQuery::default()
         })
         .await?;
-    Ok(axum::Json(rows.iter().map(event_json).collect::<Vec<_>>()).into_response())
+    let mut rows: Vec<Value> = rows.iter().map(event_json).collect();
+    with_classifications(&state, &mut rows).await?;
+    Ok(axum::Json(rows).into_response())
+}
+
+/// `GET /api/dashboard/recommendations?limit=20`: the newest
+/// classifications that carry recommendations, each with its alert's
+/// current name, namespace and status.
+async fn recommendations(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let pairs = query_pairs(raw.as_deref());
+    let limit: u32 = number(&pairs, "limit", 1, 200)?.unwrap_or(20);
+    let rows = crate::classify::recent_with_recommendations(state.store(), limit).await?;
+    let items: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            let mut item = crate::classify::classification_json(&r.fingerprint, &r.classification);
+            let (name, namespace, status) = match &r.alert {
+                Some((n, ns, st)) => (json!(n), json!(ns), json!(st)),
+                None => (Value::Null, Value::Null, Value::Null),
+            };
+            item["alertname"] = name;
+            item["namespace"] = namespace;
+            item["status"] = status;
+            item
+        })
+        .collect();
+    let mode = state.inner.enrichment.mode_reading().await;
+    Ok(axum::Json(json!({
+        "mode": mode.mode.as_str(),
+        "count": items.len(),
+        "recommendations": items,
+    }))
+    .into_response())
 }

@@ -227,7 +227,7 @@ impl ApiError {
         }
     }
 
-    fn unprocessable(location: &str, field: &str, message: String) -> Self {
+    pub(crate) fn unprocessable(location: &str, field: &str, message: String) -> Self {
         let mut loc = vec![json!(location)];
         loc.extend(field.split('.').filter(|s| !s.is_empty()).map(|s| json!(s)));
         ApiError {
@@ -704,8 +704,10 @@ async fn alert_timeline(
         .collect();
     let stats = timeline::stats(&points, Utc::now().timestamp_millis());
     let latest = events.last().unwrap_or(first);
+    let ack = crate::filters::ack_json(&state, &fingerprint).await?;
     Ok(axum::Json(json!({
         "fingerprint": fingerprint,
+        "ack": ack,
         "alertname": latest.alertname,
         "namespace": latest.namespace,
         "severity": latest.severity,

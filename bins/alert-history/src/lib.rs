@@ -131,7 +131,16 @@ impl Service {
             },
         )
         .await?;
-        let parts = http::Parts::default();
+        let parts = http::Parts {
+            filters: filters::Filters::load(&store).await?,
+            ..http::Parts::default()
+        };
+        shutdown.spawn(
+            parts
+                .filters
+                .clone()
+                .watch(filters::POLL_INTERVAL, shutdown.token()),
+        );
         let state = AppState::with_parts(store.clone(), config, shutdown.token(), parts)?;
         state.metrics().set_db_alerts(store.count_events().await?);
         let listener = TcpListener::bind(config.listen_addr)

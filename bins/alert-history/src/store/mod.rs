@@ -598,6 +598,41 @@ impl Store {
     }
 }
 
+/// A pool of the configured database, for the modules that keep tables of
+/// their own (filter rules, acknowledgements: [`crate::filters`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum PoolRef<'a> {
+    /// SQLite.
+    Sqlite(&'a SqlitePool),
+    /// PostgreSQL.
+    Postgres(&'a PgPool),
+}
+
+impl Store {
+    /// The pool for reads.
+    pub(crate) fn read_pool(&self) -> PoolRef<'_> {
+        on_read!(self, |pool| PoolRef::from(pool))
+    }
+
+    /// The pool for writes (on SQLite the writer's one connection, shared
+    /// with ingest, so writes never meet `SQLITE_BUSY`).
+    pub(crate) fn write_pool(&self) -> PoolRef<'_> {
+        on_write!(self, |pool| PoolRef::from(pool))
+    }
+}
+
+impl<'a> From<&'a SqlitePool> for PoolRef<'a> {
+    fn from(pool: &'a SqlitePool) -> Self {
+        PoolRef::Sqlite(pool)
+    }
+}
+
+impl<'a> From<&'a PgPool> for PoolRef<'a> {
+    fn from(pool: &'a PgPool) -> Self {
+        PoolRef::Postgres(pool)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -99,7 +99,9 @@ impl FaultRenderer for OpenAiRenderer {
 fn openai_error(status: StatusCode, message: &str, kind: &str, code: Option<&str>) -> Response {
     (
         status,
-        axum::Json(json!({"error": {"message": message, "type": kind, "param": null, "code": code}})),
+        axum::Json(
+            json!({"error": {"message": message, "type": kind, "param": null, "code": code}}),
+        ),
     )
         .into_response()
 }
@@ -253,7 +255,7 @@ async fn completions(State(inner): State<Shared>, headers: HeaderMap, body: Byte
         }
     };
     let model = request["model"].as_str().unwrap_or("").to_owned();
-    if model.is_empty() || !request["messages"].as_array().is_some_and(|m| !m.is_empty()) {
+    if model.is_empty() || request["messages"].as_array().is_none_or(|m| m.is_empty()) {
         return openai_error(
             StatusCode::BAD_REQUEST,
             "'model' and a non-empty 'messages' are required",
