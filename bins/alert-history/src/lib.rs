@@ -133,6 +133,7 @@ impl Service {
         .await?;
         let parts = http::Parts {
             filters: filters::Filters::load(&store).await?,
+            enrichment: classify::Enrichment::from_config(&config.classify, &store).await?,
             ..http::Parts::default()
         };
         shutdown.spawn(
