@@ -360,6 +360,15 @@ async fn classification_is_validated_stored_and_cached(db: TestDb) {
     assert_eq!(stats["by_severity"]["noise"], 0);
     assert_eq!(stats["cache"]["backend"], "memory");
     assert_eq!(stats["cache"]["hits"], 1);
+    // The same counters on /metrics.
+    let (status, metrics) = a.get("/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    let metrics = metrics.as_str().unwrap();
+    assert!(
+        metrics.contains("alert_history_classification_llm_calls_total 6"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("alert_history_classification_llm_invalid_answers_total 5"));
 }
 
 async fn a_stored_classification_is_reused_after_a_restart(db: TestDb) {

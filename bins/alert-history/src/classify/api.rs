@@ -2,8 +2,6 @@
 //! Reads need the read token, changes (and anything that calls the LLM)
 //! the admin token.
 
-use std::sync::atomic::Ordering;
-
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -280,7 +278,7 @@ async fn stats(State(state): State<AppState>, headers: HeaderMap) -> Response {
         Err(err) => return ApiError::from(err).into_response(),
     };
     let c = e.counters();
-    let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let n = |a: &prometheus_client::metrics::counter::Counter| a.get();
     let mut by_severity = Map::new();
     for s in ["critical", "warning", "info", "noise"] {
         by_severity.insert(s.to_owned(), json!(counts.get(s).copied().unwrap_or(0)));

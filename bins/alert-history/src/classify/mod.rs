@@ -25,12 +25,13 @@ mod llm;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use parking_lot::Mutex;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 
 pub(crate) use api::classification_json;
@@ -258,24 +259,89 @@ impl ClassifyArgs {
     }
 }
 
-/// The counters behind `GET /classification/stats`.
+/// The counters behind `GET /classification/stats`, also served on
+/// `/metrics` (each event is counted here only).
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) cache_hits: AtomicU64,
-    pub(crate) cache_misses: AtomicU64,
-    pub(crate) stored_hits: AtomicU64,
-    pub(crate) llm_calls: AtomicU64,
-    pub(crate) llm_successes: AtomicU64,
-    pub(crate) llm_failures: AtomicU64,
-    pub(crate) llm_timeouts: AtomicU64,
-    pub(crate) llm_invalid: AtomicU64,
-    pub(crate) breaker_rejections: AtomicU64,
-    pub(crate) bound_exceeded: AtomicU64,
-    pub(crate) store_failures: AtomicU64,
+    pub(crate) cache_hits: Counter,
+    pub(crate) cache_misses: Counter,
+    pub(crate) stored_hits: Counter,
+    pub(crate) llm_calls: Counter,
+    pub(crate) llm_successes: Counter,
+    pub(crate) llm_failures: Counter,
+    pub(crate) llm_timeouts: Counter,
+    pub(crate) llm_invalid: Counter,
+    pub(crate) breaker_rejections: Counter,
+    pub(crate) bound_exceeded: Counter,
+    pub(crate) store_failures: Counter,
 }
 
-fn bump(c: &AtomicU64) {
-    c.fetch_add(1, Ordering::Relaxed);
+impl Counters {
+    fn register(&self, registry: &mut Registry) {
+        for (name, help, counter) in [
+            (
+                "classification_cache_hits",
+                "Classifications served from the cache",
+                &self.cache_hits,
+            ),
+            (
+                "classification_cache_misses",
+                "Classification cache misses",
+                &self.cache_misses,
+            ),
+            (
+                "classification_stored_hits",
+                "Classifications served from the database after a cache miss",
+                &self.stored_hits,
+            ),
+            (
+                "classification_llm_calls",
+                "LLM classification calls",
+                &self.llm_calls,
+            ),
+            (
+                "classification_llm_successes",
+                "LLM calls that gave a valid classification",
+                &self.llm_successes,
+            ),
+            (
+                "classification_llm_failures",
+                "LLM calls that gave no valid classification",
+                &self.llm_failures,
+            ),
+            (
+                "classification_llm_timeouts",
+                "LLM calls cut by their timeout or deadline",
+                &self.llm_timeouts,
+            ),
+            (
+                "classification_llm_invalid_answers",
+                "LLM answers that were not the strict classification JSON",
+                &self.llm_invalid,
+            ),
+            (
+                "classification_llm_breaker_rejections",
+                "LLM calls refused by the open breaker",
+                &self.breaker_rejections,
+            ),
+            (
+                "classification_bound_exceeded",
+                "Classifications not ready within the publishing bound",
+                &self.bound_exceeded,
+            ),
+            (
+                "classification_store_failures",
+                "Classifications that could not be stored",
+                &self.store_failures,
+            ),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
+    }
+}
+
+fn bump(c: &Counter) {
+    c.inc();
 }
 
 type Flight = Shared<BoxFuture<'static, Option<Classification>>>;
@@ -607,6 +673,11 @@ impl Enrichment {
             }
             futures::future::join_all(flights).await;
         }
+    }
+
+    /// Registers the classification counters (`classification_*`).
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        self.inner.counters.register(registry);
     }
 
     pub(crate) fn counters(&self) -> &Counters {
