@@ -202,7 +202,9 @@ async function showTimeline(fp) {
   $("#timeline-panel").hidden = false;
   $("#timeline-fp").textContent = t.alertname + " · " + fp;
   $("#timeline-summary").textContent =
-    `Now ${t.status}; firing for ${duration(t.firing_seconds)} in ${t.firing_periods} period(s); ${t.flaps} status change(s); first seen ${fmtTime(t.first_seen)}.`;
+    `Now ${t.status}; firing for ${duration(t.firing_seconds)} in ${t.firing_periods} period(s); ${t.flaps} status change(s); first seen ${fmtTime(t.first_seen)}.` +
+    (t.classification ? ` Classified ${t.classification.severity} (${Math.round(t.classification.confidence * 100)} %): ${t.classification.reasoning}` +
+      (t.classification.recommendations.length ? " Recommendations: " + t.classification.recommendations.join("; ") : "") : "");
   const events = t.events;
   const t0 = new Date(events[0].startsAt).getTime();
   const t1 = Math.max(Date.now(), t0 + 1);

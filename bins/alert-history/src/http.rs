@@ -706,9 +706,11 @@ async fn alert_timeline(
     let stats = timeline::stats(&points, Utc::now().timestamp_millis());
     let latest = events.last().unwrap_or(first);
     let ack = crate::filters::ack_json(&state, &fingerprint).await?;
+    let classification = crate::classify::stored_json(state.store(), &fingerprint).await?;
     Ok(axum::Json(json!({
         "fingerprint": fingerprint,
         "ack": ack,
+        "classification": classification,
         "alertname": latest.alertname,
         "namespace": latest.namespace,
         "severity": latest.severity,

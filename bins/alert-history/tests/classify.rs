@@ -553,6 +553,11 @@ async fn the_dashboard_shows_classifications_and_recommendations(db: TestDb) {
         d["classification"]["recommendations"],
         json!(["Investigate DiskFull"])
     );
+    // The alert's timeline carries it too.
+    let (_, timeline) = a.get("/alerts/fp-d").await;
+    assert_eq!(timeline["classification"]["severity"], "critical");
+    let (_, timeline) = a.get("/alerts/fp-u").await;
+    assert!(timeline["classification"].is_null());
     // The page shows them.
     let (_, script) = a.get("/dashboard/app.js").await;
     assert!(

@@ -704,6 +704,20 @@ impl Enrichment {
     }
 }
 
+/// The stored classification of `fingerprint` as JSON (`null` without
+/// one): the alert timeline's `classification`.
+///
+/// # Errors
+/// The database error.
+pub(crate) async fn stored_json(
+    store: &Store,
+    fingerprint: &str,
+) -> Result<serde_json::Value, sqlx::Error> {
+    Ok(db::get(store, fingerprint)
+        .await?
+        .map_or(serde_json::Value::Null, |c| classification_json(fingerprint, &c)))
+}
+
 /// `mode`, except that `enriched` without an LLM behaves as `transparent`.
 pub(crate) fn effective(mode: EnrichmentMode, llm: bool) -> EnrichmentMode {
     match mode {
