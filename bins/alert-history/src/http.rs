@@ -110,6 +110,7 @@ impl AppState {
         let metrics = Metrics::default();
         let registry = MetricsRegistry::new("alert_history")?;
         registry.register_with(|r| metrics.register(r));
+        registry.register_with(|r| parts.targets.register_metrics(r));
         registry.register_with(|r| parts.enrichment.register_metrics(r));
         let readiness = Readiness::new().with_timeout(Duration::from_secs(2))?;
         let ping_store = store.clone();

@@ -132,6 +132,7 @@ impl Service {
         )
         .await?;
         let parts = http::Parts {
+            targets: targets::Targets::from_config(&config.targets, &shutdown).await?,
             filters: filters::Filters::load(&store).await?,
             enrichment: classify::Enrichment::from_config(&config.classify, &store).await?,
             ..http::Parts::default()

@@ -20,7 +20,13 @@
 //!   (409 `Conflict` when stale), as on a real API server; every write bumps
 //!   the resourceVersion;
 //! - `GET /apis/autoscaling/v2/namespaces/{ns}/horizontalpodautoscalers/{name}`;
-//! - `POST /api/v1/namespaces/{ns}/events` (recorded).
+//! - `POST /api/v1/namespaces/{ns}/events` (recorded);
+//! - `GET /api/v1/namespaces/{ns}/secrets?labelSelector=...` → `SecretList`
+//!   (`data` base64, `metadata.resourceVersion`), in any namespace (Secrets
+//!   are kept per namespace: [`FakeKube::put_secret`]); with `watch=true` a
+//!   watch in the same JSON-lines format as the pods' (ADDED, MODIFIED,
+//!   DELETED; 410 `Expired` for a resourceVersion older than the kept
+//!   history, which [`FakeKube::put_secret_compacted`] forces).
 //!
 //! An evicted or deleted pod is replaced, as its ReplicaSet would, by a new
 //! pod that is Ready at once, Ready after a delay (tokio time, so paused
@@ -69,8 +75,15 @@ struct Inner {
     changes: VecDeque<(u64, &'static str, Value)>,
     /// The newest change dropped from `changes` (0: none).
     expired: u64,
-    /// The resourceVersion of the last pod change, for watchers to wait on.
+    /// The resourceVersion of the last pod or Secret change, for watchers
+    /// to wait on.
     changed: tokio::sync::watch::Sender<u64>,
+    /// Secrets by (namespace, name).
+    secrets: BTreeMap<(String, String), Value>,
+    /// Secret changes, oldest first: (resourceVersion, type, object).
+    secret_changes: VecDeque<(u64, &'static str, Value)>,
+    /// The newest Secret change dropped from `secret_changes` (0: none).
+    secrets_expired: u64,
     deployment: Option<Value>,
     hpa: Option<Value>,
     version: u64,
@@ -93,6 +106,9 @@ impl Default for Inner {
             changes: VecDeque::new(),
             expired: 0,
             changed: tokio::sync::watch::Sender::new(0),
+            secrets: BTreeMap::new(),
+            secret_changes: VecDeque::new(),
+            secrets_expired: 0,
             deployment: None,
             hpa: None,
             version: 0,
@@ -123,6 +139,36 @@ impl Inner {
         }
         self.changed.send_replace(version);
     }
+
+    /// Bumps the version, stamps `secret` with it and records the change.
+    fn secret_changed(&mut self, kind: &'static str, secret: &mut Value) {
+        self.version += 1;
+        let version = self.version;
+        secret["metadata"]["resourceVersion"] = json!(version.to_string());
+        self.secret_changes
+            .push_back((version, kind, secret.clone()));
+        if self.secret_changes.len() > HISTORY
+            && let Some((dropped, _, _)) = self.secret_changes.pop_front()
+        {
+            self.secrets_expired = dropped;
+        }
+        self.changed.send_replace(version);
+    }
+
+    /// The kept changes of `resource` and the newest dropped one.
+    fn history(&self, resource: Resource) -> (&VecDeque<(u64, &'static str, Value)>, u64) {
+        match resource {
+            Resource::Pods => (&self.changes, self.expired),
+            Resource::Secrets => (&self.secret_changes, self.secrets_expired),
+        }
+    }
+}
+
+/// What a watch follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resource {
+    Pods,
+    Secrets,
 }
 
 type Shared = Arc<Mutex<Inner>>;
@@ -153,6 +199,54 @@ pub fn pod_json(
             {"type": "Ready", "status": if ready { "True" } else { "False" }}
         ]},
     })
+}
+
+/// A Secret object (`Opaque`) with `labels` and `data` (base64-encoded
+/// here, as the API server serves it).
+pub fn secret_json(
+    namespace: &str,
+    name: &str,
+    labels: &[(&str, &str)],
+    data: &[(&str, &str)],
+) -> Value {
+    let labels: serde_json::Map<String, Value> = labels
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), json!(v)))
+        .collect();
+    let data: serde_json::Map<String, Value> = data
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), json!(base64(v.as_bytes()))))
+        .collect();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels,
+                      "creationTimestamp": chrono_like_now()},
+        "type": "Opaque",
+        "data": data,
+    })
+}
+
+/// Standard base64 with padding (RFC 4648 §4), as Secret data is served.
+pub fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// A `Status` object, as the API server sends with errors.
@@ -211,6 +305,7 @@ impl FakeKube {
                 get(get_hpa),
             )
             .route("/api/v1/namespaces/{ns}/events", post(create_event))
+            .route("/api/v1/namespaces/{ns}/secrets", get(list_secrets))
             .with_state(inner.clone());
         let server = FakeServer::start(app).await;
         FakeKube { server, inner }
@@ -291,6 +386,102 @@ impl FakeKube {
             .filter(|r| {
                 r.method == http::Method::GET
                     && r.path.ends_with("/pods")
+                    && !is_watch(r.query.as_deref())
+            })
+            .count()
+    }
+
+    /// Adds (or replaces) the Secret `namespace/name` with `labels` and
+    /// `data` (plain text here; served base64-encoded). A watch sees it
+    /// ADDED or MODIFIED.
+    pub fn put_secret(
+        &self,
+        namespace: &str,
+        name: &str,
+        labels: &[(&str, &str)],
+        data: &[(&str, &str)],
+    ) {
+        let mut inner = lock(&self.inner);
+        Self::put_secret_locked(&mut inner, secret_json(namespace, name, labels, data));
+    }
+
+    fn put_secret_locked(inner: &mut Inner, mut secret: Value) {
+        let key = (
+            secret["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            secret["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+        let kind = if inner.secrets.contains_key(&key) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        inner.secret_changed(kind, &mut secret);
+        inner.secrets.insert(key, secret);
+    }
+
+    /// [`FakeKube::put_secret`], and the change is dropped from the kept
+    /// history at once, as if the API server had compacted it before any
+    /// watcher read it: every Secret watch not past it gets a 410
+    /// `Expired` error event and must list again to see it.
+    pub fn put_secret_compacted(
+        &self,
+        namespace: &str,
+        name: &str,
+        labels: &[(&str, &str)],
+        data: &[(&str, &str)],
+    ) {
+        let mut inner = lock(&self.inner);
+        Self::put_secret_locked(&mut inner, secret_json(namespace, name, labels, data));
+        inner.secrets_expired = inner.version;
+        inner.secret_changes.clear();
+        let version = inner.version;
+        inner.changed.send_replace(version);
+    }
+
+    /// Deletes the Secret `namespace/name` (a watch sees it DELETED);
+    /// `false` when there was none.
+    pub fn delete_secret(&self, namespace: &str, name: &str) -> bool {
+        let mut inner = lock(&self.inner);
+        match inner
+            .secrets
+            .remove(&(namespace.to_owned(), name.to_owned()))
+        {
+            Some(mut secret) => {
+                inner.secret_changed("DELETED", &mut secret);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The Secrets now, as `(namespace, name)`.
+    pub fn secret_names(&self) -> Vec<(String, String)> {
+        lock(&self.inner).secrets.keys().cloned().collect()
+    }
+
+    /// How many watches of Secrets were started.
+    pub fn secret_watches(&self) -> usize {
+        self.server
+            .requests()
+            .iter()
+            .filter(|r| r.path.ends_with("/secrets") && is_watch(r.query.as_deref()))
+            .count()
+    }
+
+    /// How many Secret lists (not watches) were served.
+    pub fn secret_lists(&self) -> usize {
+        self.server
+            .requests()
+            .iter()
+            .filter(|r| {
+                r.method == http::Method::GET
+                    && r.path.ends_with("/secrets")
                     && !is_watch(r.query.as_deref())
             })
             .count()
@@ -445,7 +636,13 @@ async fn list_pods(
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(1800);
         drop(inner);
-        return watch_pods(state, selector, from, Duration::from_secs(timeout));
+        return watch(
+            state,
+            Resource::Pods,
+            selector,
+            from,
+            Duration::from_secs(timeout),
+        );
     }
     let items: Vec<Value> = inner
         .pods
@@ -460,6 +657,76 @@ async fn list_pods(
         "items": items,
     }))
     .into_response()
+}
+
+async fn list_secrets(
+    State(state): State<Shared>,
+    Path(ns): Path<String>,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> Response {
+    let inner = lock(&state);
+    let selector = query.get("labelSelector").cloned().unwrap_or_default();
+    if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
+        let from = query
+            .get("resourceVersion")
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|v| *v > 0)
+            .unwrap_or(inner.version);
+        let timeout = query
+            .get("timeoutSeconds")
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(1800);
+        drop(inner);
+        let selector = SecretSelector {
+            namespace: ns,
+            labels: selector,
+        };
+        return watch(
+            state,
+            Resource::Secrets,
+            selector.encode(),
+            from,
+            Duration::from_secs(timeout),
+        );
+    }
+    let items: Vec<Value> = inner
+        .secrets
+        .iter()
+        .filter(|((n, _), s)| *n == ns && matches(s, &selector))
+        .map(|(_, s)| s.clone())
+        .collect();
+    axum::Json(json!({
+        "kind": "SecretList",
+        "apiVersion": "v1",
+        "metadata": {"resourceVersion": inner.version.to_string()},
+        "items": items,
+    }))
+    .into_response()
+}
+
+/// A Secret watch's namespace and label selector, carried through the
+/// watch as one string (`namespace\0selector`).
+struct SecretSelector {
+    namespace: String,
+    labels: String,
+}
+
+impl SecretSelector {
+    fn encode(&self) -> String {
+        format!("{}\0{}", self.namespace, self.labels)
+    }
+}
+
+/// Whether a changed object passes a watch's selector: a pod's labels, or
+/// a Secret's namespace and labels.
+fn watch_matches(resource: Resource, object: &Value, selector: &str) -> bool {
+    match resource {
+        Resource::Pods => matches(object, selector),
+        Resource::Secrets => {
+            let (namespace, labels) = selector.split_once('\0').unwrap_or(("", selector));
+            object["metadata"]["namespace"] == namespace && matches(object, labels)
+        }
+    }
 }
 
 async fn get_pod(
@@ -480,9 +747,15 @@ async fn get_pod(
     }
 }
 
-/// One watch: the changes after `from` that match `selector`, then each new
-/// one, as JSON lines, until `timeout`.
-fn watch_pods(state: Shared, selector: String, from: u64, timeout: Duration) -> Response {
+/// One watch of `resource`: the changes after `from` that match
+/// `selector`, then each new one, as JSON lines, until `timeout`.
+fn watch(
+    state: Shared,
+    resource: Resource,
+    selector: String,
+    from: u64,
+    timeout: Duration,
+) -> Response {
     let changed = lock(&state).changed.subscribe();
     let deadline = tokio::time::Instant::now() + timeout;
     let stream = futures::stream::unfold((Some(from), changed), move |(last, mut changed)| {
@@ -494,8 +767,9 @@ fn watch_pods(state: Shared, selector: String, from: u64, timeout: Duration) -> 
                 changed.borrow_and_update();
                 let lines = {
                     let inner = lock(&state);
-                    if last < inner.expired {
-                        let oldest = inner.expired + 1;
+                    let (changes, expired) = inner.history(resource);
+                    if last < expired {
+                        let oldest = expired + 1;
                         let gone = json!({"type": "ERROR", "object": status_json(
                                 StatusCode::GONE, "Expired",
                                 &format!("too old resource version: {last} ({oldest})"))});
@@ -505,10 +779,10 @@ fn watch_pods(state: Shared, selector: String, from: u64, timeout: Duration) -> 
                     }
                     let mut lines = String::new();
                     let from = last;
-                    for (version, kind, pod) in inner.changes.iter().filter(|c| c.0 > from) {
+                    for (version, kind, object) in changes.iter().filter(|c| c.0 > from) {
                         last = *version;
-                        if matches(pod, &selector) {
-                            lines.push_str(&json!({"type": kind, "object": pod}).to_string());
+                        if watch_matches(resource, object, &selector) {
+                            lines.push_str(&json!({"type": kind, "object": object}).to_string());
                             lines.push('\n');
                         }
                     }
@@ -902,6 +1176,93 @@ mod tests {
             waited >= Duration::from_secs(290) && waited < Duration::from_secs(291),
             "{waited:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn secrets_are_listed_and_watched_per_namespace() {
+        let kube = FakeKube::start("ns").await;
+        let sel = [("alert-history.io/target", "true")];
+        kube.put_secret(
+            "ns",
+            "a",
+            &sel,
+            &[("format", "slack"), ("url", "https://x")],
+        );
+        kube.put_secret("other", "b", &sel, &[("format", "slack")]);
+        kube.put_secret("ns", "unlabelled", &[], &[("format", "slack")]);
+        let list: Value = reqwest::get(format!(
+            "{}/api/v1/namespaces/ns/secrets?labelSelector=alert-history.io%2Ftarget%3Dtrue",
+            kube.url()
+        ))
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+        assert_eq!(list["kind"], "SecretList");
+        let items = list["items"].as_array().expect("items");
+        assert_eq!(items.len(), 1, "{list}");
+        assert_eq!(items[0]["data"]["format"], "c2xhY2s=");
+        let rv = list["metadata"]["resourceVersion"]
+            .as_str()
+            .expect("rv")
+            .to_owned();
+        let url = format!(
+            "{}/api/v1/namespaces/ns/secrets?watch=true&timeoutSeconds=1&labelSelector=alert-history.io%2Ftarget%3Dtrue&resourceVersion={rv}",
+            kube.url()
+        );
+        let watch = tokio::spawn(async move {
+            reqwest::get(url)
+                .await
+                .expect("watch")
+                .text()
+                .await
+                .expect("body")
+        });
+        kube.put_secret("ns", "a", &sel, &[("format", "pagerduty")]);
+        kube.put_secret("other", "b", &sel, &[("format", "rootly")]);
+        assert!(kube.delete_secret("ns", "a"));
+        assert!(!kube.delete_secret("ns", "a"));
+        let body = tokio::time::timeout(Duration::from_secs(5), watch)
+            .await
+            .expect("ends at its timeout")
+            .expect("joins");
+        let events: Vec<Value> = body
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect();
+        let kinds: Vec<&str> = events
+            .iter()
+            .map(|e| e["type"].as_str().unwrap_or(""))
+            .collect();
+        assert_eq!(kinds, ["MODIFIED", "DELETED"], "{body}");
+        assert_eq!(events[0]["object"]["data"]["format"], base64(b"pagerduty"));
+        assert_eq!((kube.secret_lists(), kube.secret_watches()), (1, 1));
+        assert_eq!(kube.pod_watches(), 0);
+
+        // A compacted change: a watch from before it gets 410 Expired.
+        kube.put_secret_compacted("ns", "c", &sel, &[("format", "slack")]);
+        let body = reqwest::get(format!(
+            "{}/api/v1/namespaces/ns/secrets?watch=true&timeoutSeconds=1&resourceVersion={rv}",
+            kube.url()
+        ))
+        .await
+        .expect("watch")
+        .text()
+        .await
+        .expect("body");
+        let event: Value = serde_json::from_str(body.trim()).expect("one line");
+        assert_eq!(event["type"], "ERROR");
+        assert_eq!(event["object"]["code"], 410);
+    }
+
+    #[test]
+    fn base64_as_kubernetes_serves_it() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"https://x/y?z"), "aHR0cHM6Ly94L3k/eg==");
     }
 
     #[test]
