@@ -270,6 +270,17 @@ async fn redis_down_falls_back_says_so_and_never_fails_a_webhook() {
         .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(a.enrichment.mode().await, EnrichmentMode::Transparent);
+    // After an error Redis is left alone for a few seconds: reads answer
+    // at once from memory/env.
+    let started = tokio::time::Instant::now();
+    for _ in 0..20 {
+        assert_eq!(a.enrichment.mode().await, EnrichmentMode::Transparent);
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
     a.deliver("DiskFull", "fp-redis-down", "critical").await;
 }
 

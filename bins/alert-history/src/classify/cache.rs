@@ -18,11 +18,18 @@ pub(crate) const MEMORY_CACHE_MAX: usize = 10_000;
 /// not hold a webhook or a publish.
 const REDIS_COMMAND_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// After a failed command, Redis is left alone this long (commands fail at
+/// once): a Redis that hangs must not cost every webhook and every
+/// classification its command timeout.
+const REDIS_PAUSE_AFTER_ERROR: Duration = Duration::from_secs(5);
+
 /// A Redis connection that reconnects by itself, each command bounded.
 #[derive(Clone)]
 pub(crate) struct RedisConn {
     conn: ConnectionManager,
     prefix: String,
+    /// Until when commands fail at once, after an error.
+    paused_until: std::sync::Arc<Mutex<Option<Instant>>>,
 }
 
 impl std::fmt::Debug for RedisConn {
@@ -49,6 +56,7 @@ impl RedisConn {
         Ok(RedisConn {
             conn,
             prefix: prefix.to_owned(),
+            paused_until: std::sync::Arc::default(),
         })
     }
 
@@ -58,13 +66,24 @@ impl RedisConn {
     }
 
     async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, String> {
-        let mut conn = self.conn.clone();
-        match tokio::time::timeout(REDIS_COMMAND_TIMEOUT * 2, cmd.query_async::<T>(&mut conn)).await
+        if let Some(until) = *self.paused_until.lock()
+            && Instant::now() < until
         {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("Redis did not answer in time".to_owned()),
+            return Err("Redis failed recently; retrying in a few seconds".to_owned());
         }
+        let mut conn = self.conn.clone();
+        let result =
+            match tokio::time::timeout(REDIS_COMMAND_TIMEOUT * 2, cmd.query_async::<T>(&mut conn))
+                .await
+            {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("Redis did not answer in time".to_owned()),
+            };
+        *self.paused_until.lock() = result
+            .is_err()
+            .then(|| Instant::now() + REDIS_PAUSE_AFTER_ERROR);
+        result
     }
 
     /// `GET key`.
