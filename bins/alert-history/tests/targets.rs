@@ -290,6 +290,9 @@ async fn an_invalid_entry_fails_the_start_naming_the_variable_and_the_entry() {
         }
         other => panic!("started: {:?}", other.map(|s| s.local_addr())),
     }
+    // `--check-config` parses it too.
+    let err = config.check().unwrap_err();
+    assert_eq!(err.field(), "TARGETS_FILE");
     // A missing file too.
     config.targets.targets_file = Some(dir.path().join("missing.yaml"));
     assert!(
@@ -755,6 +758,13 @@ async fn routes_check_their_tokens_and_never_show_secrets() {
     assert_eq!(body["invalid"], serde_json::json!([]));
     assert!(body["discovery"].is_null());
     assert!(!body.to_string().contains(ROUTING_KEY), "{body}");
+    let (_, metrics) = call(&app, "GET", "/metrics", Some(READER)).await;
+    let metrics = metrics.as_str().unwrap_or_default().to_owned();
+    assert!(
+        metrics.contains("alert_history_publishing_targets 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("alert_history_publishing_targets_invalid_total 0"));
 
     // Refresh: the file changed.
     std::fs::write(
@@ -858,4 +868,30 @@ async fn the_deploy_examples_parse() {
     let kustomization =
         std::fs::read_to_string(deploy.join("kubernetes/kustomization.yaml")).unwrap();
     assert!(kustomization.contains("rbac.yaml"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_serves_its_file_targets() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "- {name: audit, format: webhook, url: https://audit.example/hook, token: s3cret-token}",
+    );
+    let db = support::sqlite().await;
+    let mut config = Config::for_database(&db.url);
+    config.targets.targets_file = Some(path);
+    let service = alert_history::Service::start(&config).await.unwrap();
+    let body: Value = reqwest::get(format!(
+        "http://{}/publishing/targets",
+        service.local_addr()
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(body["count"], 1, "{body}");
+    assert_eq!(body["targets"][0]["url"], "https://audit.example/hook");
+    assert!(!body.to_string().contains("s3cret-token"));
+    service.stop(Duration::from_secs(5)).await;
 }

@@ -27,6 +27,9 @@ const WATCH_TIMEOUT_SECS: u32 = 290;
 const BACKOFF_START: Duration = Duration::from_millis(500);
 /// Longest wait after failures.
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// The longest a list, or the start of a watch, may take: an API server
+/// that accepts the connection and never answers is a failure, not a hang.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 type RelistRequest = oneshot::Sender<Result<(), String>>;
 
@@ -214,7 +217,10 @@ impl Discovery {
         let params = ListParams::default().labels(&self.selector);
         let list = tokio::select! {
             () = self.cancel.cancelled() => return Err("shutting down".to_owned()),
-            r = self.api.list(&params) => r.map_err(|e| format!("listing Secrets: {}", chain(&e)))?,
+            r = tokio::time::timeout(CALL_TIMEOUT, self.api.list(&params)) => match r {
+                Err(_) => return Err(format!("listing Secrets: no answer within {} s", CALL_TIMEOUT.as_secs())),
+                Ok(r) => r.map_err(|e| format!("listing Secrets: {}", chain(&e)))?,
+            },
         };
         let mut secrets = BTreeMap::new();
         for secret in &list.items {
@@ -249,9 +255,13 @@ impl Discovery {
             let started = tokio::time::Instant::now();
             let stream = tokio::select! {
                 () = self.cancel.cancelled() => return Next::Stop,
-                r = self.api.watch(&params, &version) => match r {
-                    Ok(s) => s,
-                    Err(e) => return Next::Failed(format!("watching Secrets: {}", chain(&e))),
+                r = tokio::time::timeout(CALL_TIMEOUT, self.api.watch(&params, &version)) => match r {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => return Next::Failed(format!("watching Secrets: {}", chain(&e))),
+                    Err(_) => return Next::Failed(format!(
+                        "watching Secrets: no answer within {} s",
+                        CALL_TIMEOUT.as_secs()
+                    )),
                 },
             };
             let mut stream = std::pin::pin!(stream);

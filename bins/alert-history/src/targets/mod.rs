@@ -7,9 +7,10 @@
 //!   its static filters ([`Target::wants`], [`Target::confident_enough`])
 //!   and its keel-notify sink ([`Target::sink`]). Its secret never appears
 //!   in `Debug`, logs or JSON, and its URL is shown redacted.
-//! * [`Targets`]: the set in effect, read lock-free-ish (an `Arc` snapshot
-//!   behind a short read lock) by every request and the publisher;
-//!   [`Targets::subscribe`] says when it changes.
+//! * [`Targets`]: the set in effect, an `Arc` snapshot behind a
+//!   `parking_lot` read-write lock (a reader holds it only to clone the
+//!   `Arc`; arc-swap is not a workspace dependency), read by every request
+//!   and the publisher; [`Targets::subscribe`] says when it changes.
 //! * A file entry that is invalid fails the start naming `TARGETS_FILE` and
 //!   the entry; a Secret that is invalid is skipped with a warning, counted
 //!   and listed under `invalid` by `GET /publishing/targets`, never fatal.

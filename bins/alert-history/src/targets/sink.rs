@@ -60,6 +60,9 @@ impl Target {
                     .base_url(&self.url)
                     .source("alert-history")
                     .name(&self.name)
+                    // The publisher's subject is the alert's fingerprint:
+                    // PagerDuty's dedup_key is the fingerprint itself.
+                    .subject_as_dedup_key(true)
                     .build()
                     .map_err(err)?,
             ),
