@@ -715,7 +715,9 @@ pub(crate) async fn stored_json(
 ) -> Result<serde_json::Value, sqlx::Error> {
     Ok(db::get(store, fingerprint)
         .await?
-        .map_or(serde_json::Value::Null, |c| classification_json(fingerprint, &c)))
+        .map_or(serde_json::Value::Null, |c| {
+            classification_json(fingerprint, &c)
+        }))
 }
 
 /// `mode`, except that `enriched` without an LLM behaves as `transparent`.
