@@ -52,6 +52,22 @@ impl Status {
 struct Payload<'a> {
     #[serde(borrow)]
     alerts: Vec<&'a RawValue>,
+    /// Why Alertmanager sent this notification (0.33+; see
+    /// [`NewEvent::notification_reason`]).
+    #[serde(default, borrow)]
+    notification_reason: Option<&'a RawValue>,
+}
+
+/// Longest `notification_reason` kept (Alertmanager's are short phrases).
+pub const MAX_NOTIFICATION_REASON: usize = 128;
+
+/// The delivery's `notification_reason` when it is a non-empty string
+/// (anything else is ignored: a delivery is never refused for it), cut to
+/// [`MAX_NOTIFICATION_REASON`] characters.
+fn notification_reason(raw: Option<&RawValue>) -> Option<String> {
+    let text: String = serde_json::from_str(raw?.get()).ok()?;
+    let text: String = text.chars().take(MAX_NOTIFICATION_REASON).collect();
+    (!text.is_empty() && !text.contains('\0')).then_some(text)
 }
 
 /// The parts of an alert the service reads.
@@ -101,6 +117,11 @@ pub struct NewEvent {
     /// The alert object exactly as delivered (its JSON text, unknown fields
     /// included).
     pub raw: String,
+    /// The delivery's top-level `notification_reason` (Alertmanager 0.33+:
+    /// `first notification`, `new alerts added`, `some alerts resolved`,
+    /// `all alerts resolved`, `repeat interval elapsed`, ...), when sent.
+    /// Stored with the event by the delivery that first stores it.
+    pub notification_reason: Option<String>,
 }
 
 impl NewEvent {
@@ -150,6 +171,7 @@ pub fn parse_webhook(body: &[u8]) -> Result<Vec<NewEvent>, PayloadError> {
             payload
         }
     };
+    let reason = notification_reason(payload.notification_reason);
     payload
         .alerts
         .into_iter()
@@ -167,7 +189,10 @@ pub fn parse_webhook(body: &[u8]) -> Result<Vec<NewEvent>, PayloadError> {
                         .map_err(|e| payload_error(body, Some(i), e))?
                 }
             };
-            convert(i, alert, text)
+            convert(i, alert, text).map(|mut event| {
+                event.notification_reason.clone_from(&reason);
+                event
+            })
         })
         .collect()
 }
@@ -378,6 +403,7 @@ fn convert(i: usize, alert: AlertIn, raw: &str) -> Result<NewEvent, PayloadError
         annotations: alert.annotations.unwrap_or_default(),
         generator_url: alert.generator_url.filter(|s| !s.is_empty()),
         raw: raw.to_owned(),
+        notification_reason: None,
     })
 }
 

@@ -27,6 +27,7 @@ on_both_backends!(
     a_second_replica_sees_changes_within_the_poll,
     acks_cover_one_firing_episode,
     ack_routes_validate_and_authorise,
+    notification_reason_is_stored_with_each_new_event,
 );
 
 const ADMIN: &str = "admin-token";
@@ -813,4 +814,63 @@ async fn ack_routes_validate_and_authorise(db: TestDb) {
             .unwrap(),
         None
     );
+}
+
+/// Alertmanager 0.33+'s top-level `notification_reason` is stored with each
+/// event the delivery first stores; a redelivery does not change it; a
+/// delivery without it (older Alertmanager) or with a non-string stores
+/// none and is accepted all the same.
+async fn notification_reason_is_stored_with_each_new_event(db: TestDb) {
+    let r = Replica::start(&db.url).await;
+    let send = |alerts: Vec<Value>, reason: Value| {
+        let mut body = payload(alerts);
+        if !reason.is_null() {
+            body["notification_reason"] = reason;
+        }
+        body
+    };
+    let post = |body: Value| {
+        let app = r.app.clone();
+        async move {
+            let request = Request::post("/webhook")
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap();
+            let response = app.oneshot(request).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+        }
+    };
+    post(send(
+        vec![firing("A", "nr1", 0, &[]), firing("A", "nr2", 0, &[])],
+        json!("first notification"),
+    ))
+    .await;
+    post(send(
+        vec![firing("A", "nr1", 0, &[]), firing("A", "nr3", 1, &[])],
+        json!("repeat interval elapsed"),
+    ))
+    .await;
+    post(send(vec![resolved("A", "nr1", 0, 5, &[])], Value::Null)).await;
+    post(send(vec![resolved("A", "nr2", 0, 5, &[])], json!(42))).await;
+    let expected = [
+        ("nr1", "firing", Some("first notification")),
+        ("nr1", "resolved", None),
+        ("nr2", "firing", Some("first notification")),
+        ("nr2", "resolved", None),
+        ("nr3", "firing", Some("repeat interval elapsed")),
+    ];
+    let sql = "SELECT fingerprint, status, notification_reason FROM alert_events \
+               ORDER BY fingerprint, status";
+    let rows: Vec<(String, String, Option<String>)> = if db.url.starts_with("sqlite") {
+        let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
+        sqlx::query_as(sql).fetch_all(&pool).await.unwrap()
+    } else {
+        let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+        sqlx::query_as(sql).fetch_all(&pool).await.unwrap()
+    };
+    let rows: Vec<(&str, &str, Option<&str>)> = rows
+        .iter()
+        .map(|(f, s, r)| (f.as_str(), s.as_str(), r.as_deref()))
+        .collect();
+    assert_eq!(rows, expected);
 }

@@ -33,3 +33,8 @@ CREATE TABLE filter_versions (
     acks  BIGINT  NOT NULL
 );
 INSERT INTO filter_versions (id, rules, acks) VALUES (1, 0, 0);
+
+-- Alertmanager 0.33+ says why it sent a notification (top-level
+-- `notification_reason` of the webhook payload); kept with each event as
+-- the delivery that first stored it said.
+ALTER TABLE alert_events ADD COLUMN notification_reason TEXT;

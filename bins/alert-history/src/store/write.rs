@@ -67,6 +67,8 @@ pub(super) struct Encoded {
     annotations: String,
     generator_url: Option<String>,
     raw: String,
+    /// The delivery's `notification_reason`.
+    notification_reason: Option<String>,
     /// FNV-1a 64 of `raw` as delivered (PostgreSQL: a redelivery with the
     /// same hash is the same alert, and its row is left alone).
     content_hash: i64,
@@ -86,6 +88,7 @@ impl Encoded {
             annotations: json_text(&event.annotations),
             generator_url: event.generator_url.clone(),
             raw: event.raw.clone(),
+            notification_reason: event.notification_reason.clone(),
             content_hash: fnv1a64([event.raw.as_bytes()]) as i64,
         }
     }
@@ -296,7 +299,7 @@ fn chunked<T>(rows: &[T]) -> impl Iterator<Item = &[T]> {
     })
 }
 
-const EVENT_PARAMS: usize = 15;
+const EVENT_PARAMS: usize = 16;
 const STATE_PARAMS: usize = 8;
 
 /// The `VALUES` tuples for `rows` rows of `params` parameters each.
@@ -333,7 +336,7 @@ fn values(backend: Backend, rows: usize, params: usize) -> String {
 fn build_event_sql(backend: Backend, rows: usize) -> String {
     const COLUMNS: &str = "fingerprint, alertname, namespace, severity, status, starts_at, \
                            ends_at, event_at, labels, annotations, generator_url, raw, \
-                           received_at, last_seen, occurrences";
+                           received_at, last_seen, occurrences, notification_reason";
     match backend {
         // SQLite keeps the alert's JSON text exactly as delivered, updates
         // a redelivered event's row in place, and finds its new rows after
@@ -360,7 +363,7 @@ fn build_event_sql(backend: Backend, rows: usize) -> String {
             "INSERT INTO alert_events ({COLUMNS}, content_hash) \
              SELECT fingerprint, alertname, namespace, severity, status, starts_at, ends_at, \
                  event_at, l, a, generator_url, {}, received_at, last_seen, occurrences, \
-                 content_hash \
+                 notification_reason, content_hash \
              FROM (SELECT v.*, v.labels::jsonb AS l, v.annotations::jsonb AS a, \
                        v.raw::jsonb AS r \
                    FROM (VALUES {}) AS v ({COLUMNS}, content_hash) \
@@ -575,7 +578,8 @@ macro_rules! bind_events {
                 .bind(last.raw.as_str())
                 .bind(w.received_at)
                 .bind(w.last_seen)
-                .bind(w.occurrences);
+                .bind(w.occurrences)
+                .bind(e.notification_reason.as_deref());
             $(query = query.bind(last.$extra);)?
         }
         query
@@ -678,6 +682,7 @@ fn pg_arguments(rows: &[EventWrite<'_>], params: usize) -> sqlx::postgres::PgArg
                 + last.annotations.len()
                 + last.generator_url.as_ref().map_or(0, String::len)
                 + last.raw.len()
+                + e.notification_reason.as_ref().map_or(0, String::len)
         })
         .sum();
     let mut arguments = sqlx::postgres::PgArguments::default();
@@ -828,7 +833,7 @@ mod tests {
         }
         assert!(
             event_sql(Backend::Postgres, 1)
-                .contains("($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16)")
+                .contains("($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17)")
         );
         assert!(state_sql(Backend::Postgres, 1).contains("($1,$2,$3,$4,$5,$6,$7,$8)"));
     }
