@@ -649,6 +649,29 @@ async fn a_slow_llm_does_not_hold_publishing_past_the_bound_and_its_answer_is_st
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_bound_starts_the_classification_in_the_background() {
+    // transparent_with_recommendations publishes at once and classifies
+    // for the record: a zero bound must still start (and finish) the call.
+    let fake = FakeLlm::start().await;
+    fake.set_latency(Duration::from_millis(200));
+    let a = app(support::sqlite().await, llm_args(&fake)).await;
+    let e = &a.enrichment;
+    for _ in 0..3 {
+        assert_eq!(
+            e.classify_bounded(&view("fp-zero", "warning"), Duration::ZERO)
+                .await,
+            None
+        );
+    }
+    e.settle().await;
+    assert_eq!(
+        e.stored("fp-zero").await.unwrap().severity,
+        LlmSeverity::Warning
+    );
+    assert_eq!(fake.request_count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_is_retried_after_its_retry_after() {
     let fake = FakeLlm::start().await;
     fake.push(LlmAnswer::RateLimited(Duration::from_secs(1)));

@@ -25,6 +25,7 @@ mod llm;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -358,7 +359,28 @@ struct State {
     call_limit: Duration,
     ttl: Duration,
     inflight: Mutex<HashMap<String, Flight>>,
+    /// Lookups started by [`Enrichment::classify_bounded`] and not ended.
+    pending: AtomicUsize,
+    /// Notified whenever a lookup ends ([`Enrichment::settle`]).
+    idle: tokio::sync::Notify,
     counters: Counters,
+}
+
+/// One running lookup, counted in [`State::pending`] until dropped.
+struct Pending(Arc<State>);
+
+impl Pending {
+    fn start(state: &Arc<State>) -> Pending {
+        state.pending.fetch_add(1, Ordering::SeqCst);
+        Pending(state.clone())
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::SeqCst);
+        self.0.idle.notify_waiters();
+    }
 }
 
 /// The enrichment mode and the classifier, shared by every request.
@@ -411,6 +433,8 @@ impl Enrichment {
                 call_limit: timeout * (args.llm_max_retries + 2) + Duration::from_secs(30),
                 ttl: Duration::from_secs(args.classification_cache_ttl_seconds),
                 inflight: Mutex::new(HashMap::new()),
+                pending: AtomicUsize::new(0),
+                idle: tokio::sync::Notify::new(),
                 counters: Counters::default(),
             }),
         }
@@ -545,22 +569,32 @@ impl Enrichment {
     /// The classification of `alert`, waiting at most `bound`: from the
     /// cache, else the stored one (younger than the TTL), else the LLM (one
     /// call per fingerprint however many callers wait). `None` when the LLM
-    /// is off, fails, or takes longer than `bound`; a call past the bound
-    /// goes on in the background and stores its answer when it arrives.
+    /// is off, fails, or takes longer than `bound`. The lookup runs in its
+    /// own task: past the bound (even a zero bound, which only starts it)
+    /// it goes on, asks the LLM if needed, and stores the answer when it
+    /// arrives.
     pub async fn classify_bounded(
         &self,
         alert: &AlertView,
         bound: Duration,
     ) -> Option<Classification> {
         self.inner.llm.as_ref()?;
-        let work = async {
-            if let Some(c) = self.reuse(&alert.fingerprint).await {
-                return Some(c);
+        let this = self.clone();
+        let view = alert.clone();
+        let pending = Pending::start(&self.inner);
+        let lookup = tokio::spawn(async move {
+            let _pending = pending;
+            match this.reuse(&view.fingerprint).await {
+                Some(c) => Some(c),
+                None => this.flight(&view).await,
             }
-            self.flight(alert).await
-        };
-        match tokio::time::timeout(bound, work).await {
-            Ok(c) => c,
+        });
+        match tokio::time::timeout(bound, lookup).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "classification task failed");
+                None
+            }
             Err(_) => {
                 bump(&self.inner.counters.bound_exceeded);
                 tracing::debug!(fingerprint = %alert.fingerprint, bound_ms = bound.as_millis() as u64, "classification not ready within the bound");
@@ -667,11 +701,17 @@ impl Enrichment {
     /// Waits for every LLM call in flight to end (tests, shutdown).
     pub async fn settle(&self) {
         loop {
+            let idle = self.inner.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
             let flights: Vec<Flight> = self.inner.inflight.lock().values().cloned().collect();
-            if flights.is_empty() {
+            if !flights.is_empty() {
+                futures::future::join_all(flights).await;
+            } else if self.inner.pending.load(Ordering::SeqCst) > 0 {
+                idle.await;
+            } else {
                 return;
             }
-            futures::future::join_all(flights).await;
         }
     }
 
