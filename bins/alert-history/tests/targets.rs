@@ -491,6 +491,17 @@ async fn secrets_added_changed_and_removed_take_effect_while_running() {
             ("url", "https://evil.example"),
         ],
     );
+    // Two Secrets naming one target: the Secret name sorting first wins.
+    kube.put_secret(
+        "alerts",
+        "zz-dupe",
+        &[LABEL],
+        &[
+            ("name", "team-chat"),
+            ("format", "webhook"),
+            ("url", "https://dupe.example"),
+        ],
+    );
     kube.put_secret(
         "alerts",
         "marker",
@@ -500,7 +511,22 @@ async fn secrets_added_changed_and_removed_take_effect_while_running() {
     until(&targets, "the marker Secret", |t| t.get("marker").is_some()).await;
     assert!(*targets.subscribe().borrow() > before);
     let invalid = targets.invalid();
-    assert_eq!(invalid.len(), 2, "{invalid:?}");
+    assert_eq!(invalid.len(), 3, "{invalid:?}");
+    assert!(invalid.iter().any(|i| i.source == "secret alerts/zz-dupe"
+        && i.reason.contains("secret alerts/chat")));
+    assert_eq!(
+        targets.get("team-chat").unwrap().format,
+        TargetFormat::Slack
+    );
+    let mut registry = prometheus_client::registry::Registry::default();
+    targets.register_metrics(&mut registry);
+    let mut exposed = String::new();
+    prometheus_client::encoding::text::encode(&mut exposed, &registry).unwrap();
+    assert!(
+        exposed.contains("publishing_targets_invalid_total 1"),
+        "the broken Secret is counted once: {exposed}"
+    );
+    assert!(exposed.contains("publishing_targets_discovery_failing 0"));
     assert!(
         invalid
             .iter()
