@@ -403,9 +403,12 @@ async fn rules_decide_in_priority_order(db: TestDb) {
     );
 }
 
+/// An alert, its classification, and whether the rule matches it.
+type Case = (Value, Option<Classification>, bool);
+
 async fn each_condition_kind(db: TestDb) {
     let r = Replica::start(&db.url).await;
-    let cases: Vec<(Value, Vec<(Value, Option<Classification>, bool)>)> = vec![
+    let cases: Vec<(Value, Vec<Case>)> = vec![
         (
             json!({"labels": {"team": "db", "env": "prod"}}),
             vec![
