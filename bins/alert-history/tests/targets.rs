@@ -921,3 +921,44 @@ async fn the_service_serves_its_file_targets() {
     assert!(!body.to_string().contains("s3cret-token"));
     service.stop(Duration::from_secs(5)).await;
 }
+
+#[test]
+fn check_config_parses_the_targets_file_and_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("h.db").display());
+    let run = |file: &Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_alert-history"))
+            .arg("--check-config")
+            .env_clear()
+            .env("DATABASE_URL", &db)
+            .env("TARGETS_FILE", file)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&out.stdout)
+            ),
+        )
+    };
+    let good = write(
+        dir.path(),
+        "- {name: a, format: webhook, url: https://a.example}",
+    );
+    let (code, output) = run(&good);
+    assert_eq!(code, 0, "{output}");
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "- {name: a, format: webhook}").unwrap();
+    let (code, output) = run(&bad);
+    assert_eq!(code, 64, "{output}");
+    assert!(
+        output.contains("TARGETS_FILE") && output.contains("entry 1 (a)") && output.contains("url"),
+        "{output}"
+    );
+    assert!(
+        !dir.path().join("h.db").exists(),
+        "--check-config creates nothing"
+    );
+}
