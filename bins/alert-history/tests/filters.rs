@@ -688,6 +688,7 @@ async fn acks_cover_one_firing_episode(db: TestDb) {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(alert["ack"]["by"], "ann");
     assert_eq!(alert["ack"]["reason"], "disk being replaced");
+    assert_eq!(alert["ack"]["active"], true);
     let (status, got) = r
         .call(
             Method::GET,

@@ -297,14 +297,20 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// The acknowledgement of `fingerprint` as the alert's JSON shows it
-/// (`null` when none), for `GET /alerts/{fingerprint}`.
+/// (`null` when none; `active`: it covers the alert's current firing
+/// episode), for `GET /alerts/{fingerprint}`.
 pub(crate) async fn ack_json(
     state: &AppState,
     fingerprint: &str,
 ) -> Result<serde_json::Value, sqlx::Error> {
     let filters = &state.inner.filters;
     let store = filters.store_or(&state.inner.store);
-    Ok(db::get_ack(&store, fingerprint)
-        .await?
-        .map_or(serde_json::Value::Null, |a| api::ack_body(&a, None)))
+    let Some(ack) = db::get_ack(&store, fingerprint).await? else {
+        return Ok(serde_json::Value::Null);
+    };
+    let current = db::alert_state(&store, fingerprint).await?;
+    Ok(api::ack_body(
+        &ack,
+        current.as_ref().map(|(s, t)| (s.as_str(), *t)),
+    ))
 }
