@@ -61,6 +61,50 @@ struct Args {
     /// see when the slow ones happened.
     #[arg(long)]
     latency_log: Option<PathBuf>,
+    /// Publishing on (part 2): two targets (a PagerDuty fake for critical
+    /// alerts, with PagerDuty's 120 events/min, and a webhook fake for
+    /// every alert) and `enriched` mode with an LLM fake answering after
+    /// `--llm-latency-ms`, all in this process.
+    #[arg(long)]
+    publish: bool,
+    /// The LLM fake's latency with `--publish`.
+    #[arg(long, default_value_t = 500)]
+    llm_latency_ms: u64,
+}
+
+/// The fakes a `--publish` run talks to, and the service's environment
+/// for them.
+struct Publishing {
+    pd: keel_testkit::fakes::pagerduty::FakePagerDuty,
+    hook: keel_testkit::fakes::webhook::FakeWebhook,
+    llm: keel_testkit::fakes::llm::FakeLlm,
+    env: Vec<(String, String)>,
+}
+
+async fn publishing(dir: &std::path::Path, llm_latency: Duration) -> anyhow::Result<Publishing> {
+    use keel_testkit::fakes::{llm, pagerduty, webhook};
+    let pd = pagerduty::FakePagerDuty::start().await;
+    let hook = webhook::FakeWebhook::start().await;
+    let llm = llm::FakeLlm::start().await;
+    llm.set_latency(llm_latency);
+    let targets = dir.join("targets.yaml");
+    std::fs::write(
+        &targets,
+        format!(
+            "- {{name: oncall, format: pagerduty, url: '{}', api-key: {}, filter-severity: critical}}\n\
+             - {{name: archive, format: webhook, url: '{}'}}\n",
+            pd.base_url(),
+            pagerduty::ROUTING_KEY,
+            hook.url()
+        ),
+    )?;
+    let env = vec![
+        ("TARGETS_FILE".to_owned(), targets.display().to_string()),
+        ("ENRICHMENT_MODE".to_owned(), "enriched".to_owned()),
+        ("LLM_URL".to_owned(), format!("{}/v1", llm.base_url())),
+        ("LLM_API_KEY".to_owned(), llm::API_KEY.to_owned()),
+    ];
+    Ok(Publishing { pd, hook, llm, env })
 }
 
 struct Service {
@@ -75,7 +119,12 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-async fn start(bin: &PathBuf, url: &str, args: &Args) -> anyhow::Result<(Service, Duration)> {
+async fn start(
+    bin: &PathBuf,
+    url: &str,
+    args: &Args,
+    env: &[(String, String)],
+) -> anyhow::Result<(Service, Duration)> {
     let port = free_port()?;
     let log = match &args.service_log_file {
         Some(path) => Stdio::from(
@@ -92,6 +141,7 @@ async fn start(bin: &PathBuf, url: &str, args: &Args) -> anyhow::Result<(Service
         .env("DATABASE_URL", url)
         .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
         .env("RUST_LOG", &args.service_log)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdout(log)
         .kill_on_drop(true)
         .spawn()
@@ -405,9 +455,15 @@ async fn main() -> anyhow::Result<()> {
 
     // First start creates the database; the second measures time to ready on
     // an existing one.
-    let (first, fresh_ready) = start(&bin, &url, &args).await?;
+    let publishing = if args.publish {
+        Some(publishing(dir.path(), Duration::from_millis(args.llm_latency_ms)).await?)
+    } else {
+        None
+    };
+    let env = publishing.as_ref().map_or(&[][..], |p| &p.env[..]);
+    let (first, fresh_ready) = start(&bin, &url, &args, env).await?;
     stop(first).await?;
-    let (service, ready) = start(&bin, &url, &args).await?;
+    let (service, ready) = start(&bin, &url, &args, env).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle_rss = proc_kib(service.pid, "VmRSS:");
 
@@ -525,6 +581,18 @@ async fn main() -> anyhow::Result<()> {
         .await?
         .json()
         .await?;
+    let publishing_stats: Option<Value> = if publishing.is_some() {
+        Some(
+            client
+                .get(format!("{}/publishing/stats", service.base))
+                .send()
+                .await?
+                .json()
+                .await?,
+        )
+    } else {
+        None
+    };
     stop(service).await?;
     if let Some(name) = schema {
         psql(&args.postgres_url, &format!("DROP SCHEMA {name} CASCADE"))?;
@@ -597,5 +665,21 @@ async fn main() -> anyhow::Result<()> {
     println!("ready (existing db) {} ms", ready.as_millis());
     println!("idle RSS            {:.1} MiB", idle_rss as f64 / 1024.0);
     println!("peak RSS (VmHWM)    {:.1} MiB", peak_rss as f64 / 1024.0);
+    if let (Some(p), Some(stats)) = (&publishing, &publishing_stats) {
+        println!(
+            "publishing          enriched mode, LLM fake at {} ms: {} LLM requests, \
+             PagerDuty {} events, webhook {} messages by the end of the run",
+            args.llm_latency_ms,
+            p.llm.request_count(),
+            p.pd.events().len(),
+            p.hook.messages().len()
+        );
+        for (name, t) in stats["targets"].as_object().into_iter().flatten() {
+            println!(
+                "  target {name:<9} backlog {} (oldest {} s), last 24 h {}",
+                t["backlog"], t["oldest_age_seconds"], t["last_24h"]
+            );
+        }
+    }
     Ok(())
 }

@@ -58,6 +58,8 @@ pub(crate) struct Inner {
     pub(crate) targets: crate::targets::Targets,
     /// Filter rules and acknowledgements (part 2).
     pub(crate) filters: crate::filters::Filters,
+    /// The outbox publisher (part 2), when publishing runs.
+    pub(crate) publisher: Option<crate::publish::Publisher>,
 }
 
 /// Part 2's components, shared by the routes and the publisher.
@@ -69,6 +71,8 @@ pub struct Parts {
     pub targets: crate::targets::Targets,
     /// Filter rules and acknowledgements.
     pub filters: crate::filters::Filters,
+    /// The outbox publisher, when publishing runs.
+    pub publisher: Option<crate::publish::Publisher>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -110,8 +114,11 @@ impl AppState {
         let metrics = Metrics::default();
         let registry = MetricsRegistry::new("alert_history")?;
         registry.register_with(|r| metrics.register(r));
-        registry.register_with(|r| parts.targets.register_metrics(r));
         registry.register_with(|r| parts.enrichment.register_metrics(r));
+        registry.register_with(|r| parts.targets.register_metrics(r));
+        if let Some(publisher) = &parts.publisher {
+            registry.register_with(|r| publisher.register_metrics(r));
+        }
         let readiness = Readiness::new().with_timeout(Duration::from_secs(2))?;
         let ping_store = store.clone();
         readiness.add_fn("database", move || {
@@ -140,6 +147,7 @@ impl AppState {
                 enrichment: parts.enrichment,
                 targets: parts.targets,
                 filters: parts.filters,
+                publisher: parts.publisher,
             }),
         })
     }
@@ -242,7 +250,7 @@ impl ApiError {
         }
     }
 
-    fn database(error: &sqlx::Error) -> Self {
+    pub(crate) fn database(error: &sqlx::Error) -> Self {
         tracing::warn!(error = %error, "database error");
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "database unavailable")
     }
@@ -298,6 +306,27 @@ async fn webhook(State(state): State<AppState>, headers: HeaderMap, body: Body) 
 }
 
 async fn ingest(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let (_, outcome) = receive(state, headers, body).await?;
+    Ok(axum::Json(json!({
+        "result": "ok",
+        "saved": outcome.saved,
+        "processed_alerts": outcome.processed,
+    }))
+    .into_response())
+}
+
+/// The identity of each event of a delivery: (fingerprint, status,
+/// startsAt, endsAt).
+pub(crate) type EventKey = (String, crate::model::Status, i64, i64);
+
+/// Checks, reads, parses and stores one webhook delivery (what `/webhook`
+/// and `/webhook/proxy` share); returns the identities of its events and
+/// the outcome. Wakes the publisher after the commit.
+pub(crate) async fn receive(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Vec<EventKey>, crate::store::IngestOutcome), ApiError> {
     let inner = &state.inner;
     if !inner.tokens.webhook_allowed(headers) {
         return Err(ApiError::new(
@@ -336,6 +365,10 @@ async fn ingest(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Res
     )
     .await?;
     let events = parse_webhook(&bytes)?;
+    let keys: Vec<EventKey> = events
+        .iter()
+        .map(|e| (e.fingerprint.clone(), e.status, e.starts_at, e.ends_at))
+        .collect();
     let batch = Incoming {
         received: events.len(),
         events,
@@ -357,12 +390,12 @@ async fn ingest(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Res
         processed = outcome.processed,
         "webhook stored"
     );
-    Ok(axum::Json(json!({
-        "result": "ok",
-        "saved": outcome.saved,
-        "processed_alerts": outcome.processed,
-    }))
-    .into_response())
+    if outcome.saved > 0
+        && let Some(publisher) = &inner.publisher
+    {
+        publisher.wake();
+    }
+    Ok((keys, outcome))
 }
 
 /// Reads a request body of at most `limit` bytes; a body that goes `idle`

@@ -131,12 +131,24 @@ impl Service {
             },
         )
         .await?;
-        let parts = http::Parts {
+        let mut parts = http::Parts {
             targets: targets::Targets::from_config(&config.targets, &shutdown).await?,
             filters: filters::Filters::load(&store).await?,
             enrichment: classify::Enrichment::from_config(&config.classify, &store).await?,
-            ..http::Parts::default()
+            publisher: None,
         };
+        // Publishing runs where targets can exist; without a targets source
+        // (the embedded default) ingest writes no outbox rows at all.
+        if config.targets.targets_file.is_some() || config.targets.targets_from_kubernetes {
+            parts.publisher = Some(publish::Publisher::start(
+                &store,
+                &parts.targets,
+                &parts.filters,
+                &parts.enrichment,
+                &config.publish,
+                &shutdown,
+            ));
+        }
         shutdown.spawn(
             parts
                 .filters

@@ -74,7 +74,38 @@ async fn rules_and_dashboard_use_metrics_the_service_exposes() {
     t.deliver(&payload(vec![firing("A", "d1", 0, &[])])).await;
     t.get("/history").await;
     let (_, exposed) = t.get("/metrics").await;
-    let exposed = exposed.as_str().unwrap().to_owned();
+    let mut exposed = exposed.as_str().unwrap().to_owned();
+    // Publishing's metrics exist where a targets source is configured.
+    let hook = keel_testkit::fakes::webhook::FakeWebhook::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let targets = dir.path().join("targets.yaml");
+    std::fs::write(
+        &targets,
+        format!(
+            "- {{name: archive, format: webhook, url: '{}'}}\n",
+            hook.url()
+        ),
+    )
+    .unwrap();
+    let db = support::sqlite().await;
+    let mut config = alert_history::Config::for_database(&db.url);
+    config.targets.targets_file = Some(targets);
+    let service = alert_history::Service::start(&config).await.unwrap();
+    let metrics = format!("http://{}/metrics", service.local_addr());
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let text = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
+        if text.contains("alert_history_outbox_oldest_age_seconds{") {
+            exposed.push_str(&text);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no publishing metrics:\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    service.stop(std::time::Duration::from_secs(2)).await;
 
     let dashboard = std::fs::read_to_string(deploy().join("grafana/alert-history.json")).unwrap();
     let parsed: serde_json::Value = serde_json::from_str(&dashboard).unwrap();

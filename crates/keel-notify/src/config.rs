@@ -8,6 +8,7 @@ use keel_breaker::{BreakerConfig, BreakerRegistry};
 use keel_retry::{Backoff, Jitter, RetryPolicy};
 
 use crate::error::{ConfigError, NotifyError};
+use crate::metrics::DropReason;
 use crate::notification::Priority;
 use crate::notifier::Notifier;
 use crate::sink::{DynSink, Sink};
@@ -51,6 +52,7 @@ pub(crate) struct Settings {
     pub(crate) spool: Option<PathBuf>,
     pub(crate) spool_interval: Option<Duration>,
     pub(crate) on_accepted: Option<AcceptedHook>,
+    pub(crate) on_dropped: Option<DroppedHook>,
 }
 
 /// Checks a sink's name and rate limits.
@@ -71,6 +73,25 @@ pub(crate) fn validate_sink(s: &dyn DynSink) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// A callback told about every delivery dropped.
+pub(crate) type DroppedHook = Arc<dyn Fn(&Dropped<'_>) + Send + Sync>;
+
+/// One delivery (notification × sink) dropped, as told to the
+/// [`NotifierBuilder::on_dropped`] callback: what a program with its own
+/// durable record of each notification (an outbox) settles it by.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct Dropped<'a> {
+    /// The sink's name.
+    pub sink: &'a str,
+    /// The notification's dedup key.
+    pub key: &'a str,
+    /// Its priority.
+    pub priority: Priority,
+    /// Why it was dropped.
+    pub reason: DropReason,
 }
 
 /// A callback told about every event a sink accepted.
@@ -137,6 +158,8 @@ pub struct NotifierBuilder {
     state_dir: Option<PathBuf>,
     spool_interval: Option<Duration>,
     on_accepted: Option<AcceptedHook>,
+    on_dropped: Option<DroppedHook>,
+    no_spool: bool,
 }
 
 impl std::fmt::Debug for NotifierBuilder {
@@ -183,6 +206,8 @@ impl NotifierBuilder {
             spool: None,
             state_dir: None,
             on_accepted: None,
+            on_dropped: None,
+            no_spool: false,
             spool_interval: None,
         }
     }
@@ -291,6 +316,26 @@ impl NotifierBuilder {
         self
     }
 
+    /// Calls `hook` for every delivery dropped (a permanent rejection by
+    /// the sink, a queue overflow, a shutdown without spool, a removed
+    /// sink), on the task that dropped it: keep it fast. With
+    /// [`on_accepted`](Self::on_accepted), every delivery ends in exactly
+    /// one of the two calls unless it is spooled at shutdown.
+    pub fn on_dropped(mut self, hook: impl Fn(&Dropped<'_>) + Send + Sync + 'static) -> Self {
+        self.on_dropped = Some(Arc::new(hook));
+        self
+    }
+
+    /// No spool, even with a state directory or `$STATE_DIRECTORY`: for a
+    /// program that keeps its own durable record of what is to be sent (an
+    /// outbox in its database) and would otherwise send twice what both
+    /// kept. What is queued at shutdown is dropped (and told to
+    /// [`on_dropped`](Self::on_dropped)).
+    pub fn no_spool(mut self) -> Self {
+        self.no_spool = true;
+        self
+    }
+
     /// The program's state directory: without an explicit
     /// [`spool`](Self::spool), the spool is `{dir}/notify.spool`, so what
     /// the rate limits leave unsent at shutdown survives the restart.
@@ -339,6 +384,9 @@ impl NotifierBuilder {
     /// The spool path: explicit, else under the state directory (given,
     /// else `$STATE_DIRECTORY`).
     fn spool_path(&self) -> Option<PathBuf> {
+        if self.no_spool {
+            return None;
+        }
         if let Some(p) = &self.spool {
             return Some(p.clone());
         }
@@ -398,6 +446,7 @@ impl NotifierBuilder {
             spool,
             spool_interval: self.spool_interval,
             on_accepted: self.on_accepted,
+            on_dropped: self.on_dropped,
         };
         Notifier::start(settings, self.sinks)
     }

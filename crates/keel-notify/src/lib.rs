@@ -144,11 +144,11 @@ pub mod telegram;
 #[cfg(feature = "webhook")]
 pub mod webhook;
 
-pub use config::{Accepted, NotifierBuilder};
+pub use config::{Accepted, Dropped, NotifierBuilder};
 pub use digest::Digest;
 pub use error::{ConfigError, NotifyError, QueueClosed, SinkError, UnknownSink};
 pub use keel_breaker::{BreakerConfig, BreakerRegistry, CircuitBreaker, State as BreakerState};
-pub use metrics::Stats;
+pub use metrics::{DropReason, Stats};
 pub use notification::{Message, Notification, Phase, Priority};
 pub use notifier::{Admitted, Notifier, ShutdownReport};
 #[cfg(feature = "pagerduty")]

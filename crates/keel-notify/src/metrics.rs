@@ -61,9 +61,11 @@ pub mod names {
     pub const MESSAGES: &str = "messages";
 }
 
-/// Why a delivery was dropped (the `reason` label).
+/// Why a delivery was dropped (the `reason` label; told to
+/// [`NotifierBuilder::on_dropped`](crate::NotifierBuilder::on_dropped)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum DropReason {
+#[non_exhaustive]
+pub enum DropReason {
     /// The queue was full.
     Overflow,
     /// The sink rejected the message permanently.
@@ -79,8 +81,9 @@ pub(crate) enum DropReason {
 }
 
 impl DropReason {
-    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
-    pub(crate) const fn as_str(self) -> &'static str {
+    /// The `reason` label: `overflow`, `permanent`, `shutdown`,
+    /// `unknown_sink`, `abandoned` or `removed`.
+    pub const fn as_str(self) -> &'static str {
         match self {
             DropReason::Overflow => "overflow",
             DropReason::Permanent => "permanent",

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::admission::{Admission, Decision};
-use crate::config::{Accepted, MAX_PAUSE, NotifierBuilder, Settings};
+use crate::config::{Accepted, Dropped, MAX_PAUSE, NotifierBuilder, Settings};
 use crate::digest::{self, Digest};
 use crate::error::{ConfigError, NotifyError, QueueClosed, SinkError, UnknownSink};
 use crate::metrics::{Counters, DropReason, Metrics, Stats};
@@ -780,8 +780,16 @@ impl Shared {
 
     fn count_drop(&self, d: &Delivery, reason: DropReason) {
         Counters::add(&self.counters.dropped);
-        self.metrics
-            .dropped(&self.sink(d.sink).name, d.priority(), reason);
+        let sink = self.sink(d.sink);
+        self.metrics.dropped(&sink.name, d.priority(), reason);
+        if let Some(hook) = &self.settings.on_dropped {
+            hook(&Dropped {
+                sink: &sink.name,
+                key: d.message.key(),
+                priority: d.priority(),
+                reason,
+            });
+        }
     }
 
     fn update_gauges(&self, st: &State) {

@@ -59,6 +59,7 @@ pub struct PagerDutySink {
     source: String,
     timeout: Duration,
     rate_limits: Option<Vec<RateLimit>>,
+    subject_as_dedup_key: bool,
 }
 
 impl fmt::Debug for PagerDutySink {
@@ -81,6 +82,7 @@ pub struct PagerDutySinkBuilder {
     client: Option<reqwest::Client>,
     timeout: Duration,
     rate_limits: Option<Vec<RateLimit>>,
+    subject_as_dedup_key: bool,
 }
 
 impl fmt::Debug for PagerDutySinkBuilder {
@@ -128,6 +130,16 @@ impl PagerDutySinkBuilder {
         self
     }
 
+    /// Uses the notification's subject itself as the `dedup_key` (when it
+    /// is 1 to 255 printable ASCII characters, else the default hashed
+    /// key): for a program whose subjects are already stable identifiers
+    /// that people look up in PagerDuty, such as an Alertmanager
+    /// fingerprint. Default off (`keel-` + a hash of the subject).
+    pub fn subject_as_dedup_key(mut self, on: bool) -> Self {
+        self.subject_as_dedup_key = on;
+        self
+    }
+
     /// Validates and builds.
     ///
     /// # Errors
@@ -159,6 +171,7 @@ impl PagerDutySinkBuilder {
             source: self.source,
             timeout: self.timeout,
             rate_limits: self.rate_limits,
+            subject_as_dedup_key: self.subject_as_dedup_key,
         })
     }
 }
@@ -174,6 +187,19 @@ impl PagerDutySink {
             client: None,
             timeout: Duration::from_secs(10),
             rate_limits: None,
+            subject_as_dedup_key: false,
+        }
+    }
+
+    /// The `dedup_key` of a subject under this sink's settings.
+    pub fn dedup_key_of(&self, subject: &str) -> String {
+        let verbatim = self.subject_as_dedup_key
+            && (1..=255).contains(&subject.len())
+            && subject.bytes().all(|b| b.is_ascii_graphic());
+        if verbatim {
+            subject.to_owned()
+        } else {
+            dedup_key(subject)
         }
     }
 
@@ -184,7 +210,7 @@ impl PagerDutySink {
         let mut event = json!({
             "routing_key": self.routing_key,
             "event_action": action,
-            "dedup_key": dedup_key(n.subject_key()),
+            "dedup_key": self.dedup_key_of(n.subject_key()),
             "client": "keel-notify",
         });
         if action == "trigger" {
@@ -273,6 +299,29 @@ mod tests {
         assert_eq!(t["payload"]["custom_details"]["fields"]["zone"], "a");
         assert!(r.get("payload").is_none());
         assert_eq!(severity(Priority::Warning), "warning");
+    }
+
+    #[test]
+    fn the_subject_can_be_the_dedup_key() {
+        let sink = PagerDutySink::builder(KEY)
+            .subject_as_dedup_key(true)
+            .build()
+            .unwrap();
+        let m =
+            |subject: &str| Message::new(1, Notification::critical("k", "t").subject(subject), 1);
+        assert_eq!(
+            sink.event(&m("12a9e0cfd9b7b39d"))["dedup_key"],
+            "12a9e0cfd9b7b39d"
+        );
+        // Not a usable key as it is: hashed as by default.
+        for bad in ["with space", &"x".repeat(256)] {
+            assert_eq!(sink.event(&m(bad))["dedup_key"], json!(dedup_key(bad)));
+        }
+        let default = PagerDutySink::builder(KEY).build().unwrap();
+        assert_eq!(
+            default.event(&m("12a9e0cfd9b7b39d"))["dedup_key"],
+            json!(dedup_key("12a9e0cfd9b7b39d"))
+        );
     }
 
     #[test]

@@ -390,6 +390,47 @@ async fn permanent_rejection_is_dropped_counted_and_not_retried() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn on_dropped_tells_every_drop_and_no_spool_keeps_nothing() {
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let sink = MemorySink::new("mem");
+    sink.script([Answer::Reject]);
+    let dropped = Arc::new(Mutex::new(Vec::new()));
+    let seen = dropped.clone();
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let ok = accepted.clone();
+    let n = notifier()
+        .sink(sink.clone())
+        .state_dir(dir.path())
+        .no_spool()
+        .on_dropped(move |d| {
+            seen.lock()
+                .unwrap()
+                .push((d.key.to_owned(), d.reason.as_str()));
+        })
+        .on_accepted(move |a| ok.lock().unwrap().push(a.key.to_owned()))
+        .build()
+        .unwrap();
+    n.notify(Notification::critical("bad", "bad")).unwrap();
+    n.notify(Notification::critical("good", "good")).unwrap();
+    assert!(n.flush(secs(5)).await);
+    sink.set_down(true);
+    n.notify(Notification::critical("late", "late")).unwrap();
+    let report = n.shutdown(Duration::ZERO).await;
+    assert_eq!(report.spooled, 0, "no spool even with a state directory");
+    assert!(!dir.path().join("notify.spool").exists());
+    assert_eq!(*accepted.lock().unwrap(), ["good"]);
+    assert_eq!(
+        *dropped.lock().unwrap(),
+        [
+            ("bad".to_owned(), "permanent"),
+            ("late".to_owned(), "shutdown")
+        ],
+        "each delivery ends in exactly one of the two calls"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn retryable_failures_are_retried_quickly_before_requeueing() {
     let sink = MemorySink::new("mem");
     sink.script([Answer::Fail, Answer::Fail]);

@@ -145,6 +145,7 @@ macro_rules! in_transaction {
 
 mod cursor;
 mod durability;
+mod outbox;
 mod pg_writer;
 mod query;
 mod report;
@@ -154,6 +155,7 @@ mod write;
 
 pub use cursor::Cursor;
 pub use durability::NotDurable;
+pub use outbox::{Backlog, HistoryEntry, HistoryRecord, OutboxRow, Outcomes, Route as OutboxRoute};
 pub use pg_writer::POSTGRES_WRITERS;
 pub use query::{EventRow, HistoryQuery, StateRow};
 pub use report::{Bucket, GroupCount, Report, ReportQuery};
@@ -258,6 +260,8 @@ impl Default for StoreOptions {
 pub struct Store {
     pools: Pools,
     durability: Arc<Durability>,
+    /// Which targets a new event's outbox rows name (part 2).
+    outbox: Arc<outbox::OutboxRouting>,
 }
 
 impl Store {
@@ -322,6 +326,7 @@ impl Store {
         let max_connections = store_options.max_connections;
         let backend = crate::Config::for_database(url).backend()?;
         let mut durability = Durability::new();
+        let outbox = Arc::new(outbox::OutboxRouting::default());
         let pools = match backend {
             Backend::Sqlite => {
                 let options = SqliteConnectOptions::from_str(url)?;
@@ -397,6 +402,7 @@ impl Store {
                     queue,
                     finish.clone(),
                     durability.clone(),
+                    outbox.clone(),
                 ));
                 if checkpoints {
                     tokio::spawn(sqlite_writer::sqlite_checkpointer(
@@ -433,12 +439,17 @@ impl Store {
                     pool.clone(),
                     queue,
                     durability.clone(),
+                    outbox.clone(),
                 ));
                 (Pools::Postgres { pool, jobs }, durability)
             }
         };
         let (pools, durability) = pools;
-        Ok(Store { pools, durability })
+        Ok(Store {
+            pools,
+            durability,
+            outbox,
+        })
     }
 
     /// Which database this store uses.

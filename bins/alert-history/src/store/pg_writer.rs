@@ -8,6 +8,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool};
 use tokio::sync::mpsc;
 
 use super::durability::Durability;
+use super::outbox::OutboxRouting;
 use super::{Delivery, WriteJob, answer, take_group, write};
 use crate::error::Error;
 
@@ -26,6 +27,7 @@ pub(super) async fn postgres_writer(
     pool: PgPool,
     mut jobs: mpsc::Receiver<WriteJob>,
     durability: Arc<Durability>,
+    outbox: Arc<OutboxRouting>,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(POSTGRES_WRITERS));
     while let Some(first) = jobs.recv().await {
@@ -35,10 +37,15 @@ pub(super) async fn postgres_writer(
         let batch = take_group(first, &mut jobs);
         let pool = pool.clone();
         let durability = durability.clone();
+        let outbox = outbox.clone();
         tokio::spawn(async move {
             let deliveries: Vec<&Delivery> = batch.iter().map(|job| &job.delivery).collect();
-            let result = in_transaction!(pool, |tx| write::write_postgres(&mut tx, &deliveries)
-                .await?);
+            let result = in_transaction!(pool, |tx| write::write_postgres(
+                &mut tx,
+                &deliveries,
+                &outbox
+            )
+            .await?);
             durability.record(&result);
             answer(batch, result, "PostgreSQL");
             drop(slot);

@@ -9,6 +9,7 @@ use sqlx::sqlite::SqlitePool;
 use tokio::sync::{Notify, mpsc};
 
 use super::durability::Durability;
+use super::outbox::OutboxRouting;
 use super::{Delivery, WriteJob, answer, take_group, write};
 
 /// The SQLite writer: takes the deliveries waiting now, commits them in one
@@ -24,6 +25,7 @@ pub(super) async fn sqlite_writer(
     mut jobs: mpsc::Receiver<WriteJob>,
     finish: Arc<Notify>,
     durability: Arc<Durability>,
+    outbox: Arc<OutboxRouting>,
 ) {
     loop {
         // The checkpoint first: under sustained load a delivery is always
@@ -41,13 +43,18 @@ pub(super) async fn sqlite_writer(
         };
         let batch = take_group(first, &mut jobs);
         let deliveries: Vec<&Delivery> = batch.iter().map(|job| &job.delivery).collect();
-        let result = in_transaction!(pool, |tx| write::write_sqlite(&mut tx, &deliveries).await?)
-            .and_then(|saved| {
-                durability
-                    .check_file()
-                    .map(|()| saved)
-                    .map_err(|e| sqlx::Error::Io(std::io::Error::other(e.to_string())))
-            });
+        let result = in_transaction!(pool, |tx| write::write_sqlite(
+            &mut tx,
+            &deliveries,
+            &outbox
+        )
+        .await?)
+        .and_then(|saved| {
+            durability
+                .check_file()
+                .map(|()| saved)
+                .map_err(|e| sqlx::Error::Io(std::io::Error::other(e.to_string())))
+        });
         durability.record(&result);
         answer(batch, result, "SQLite");
     }

@@ -15,6 +15,7 @@ use std::sync::OnceLock;
 
 use sqlx::{Postgres, Sqlite, Transaction};
 
+use super::outbox::{self, OutboxRouting};
 use crate::config::Backend;
 use crate::model::{NewEvent, Status, fnv1a64};
 
@@ -129,6 +130,29 @@ impl Encoded {
             || (self.starts_at == old.starts_at
                 && self.status == Status::Resolved
                 && (old.status == Status::Firing || self.ends_at != old.ends_at))
+    }
+}
+
+impl Encoded {
+    /// What a route sees of this event: its identity, the label-derived
+    /// columns and its labels (annotations are left out: routes filter on
+    /// labels).
+    pub(super) fn view(&self, event_id: i64) -> crate::routing::AlertView {
+        let labels: std::collections::BTreeMap<String, String> =
+            serde_json::from_str(&self.labels).unwrap_or_default();
+        crate::routing::AlertView {
+            event_id,
+            fingerprint: self.fingerprint.clone(),
+            alertname: self.alertname.clone(),
+            namespace: self.namespace.clone(),
+            severity: self.severity.clone(),
+            status: self.status,
+            starts_at: self.starts_at,
+            ends_at: self.ends_at,
+            labels,
+            annotations: serde_json::Map::new(),
+            generator_url: self.generator_url.clone(),
+        }
     }
 }
 
@@ -373,7 +397,7 @@ fn build_event_sql(backend: Backend, rows: usize) -> String {
                           LIMIT 1) IS NULL \
                    OFFSET 0) w \
              ON CONFLICT (fingerprint, status, starts_at, ends_at) DO NOTHING \
-             RETURNING fingerprint, status, starts_at, ends_at",
+             RETURNING id, fingerprint, status, starts_at, ends_at",
             stripped_raw("r", "l", "a", "status", "generator_url"),
             values(backend, rows, EVENT_PARAMS + 1)
         ),
@@ -629,6 +653,7 @@ macro_rules! write_states {
 pub(super) async fn write_sqlite(
     tx: &mut Transaction<'_, Sqlite>,
     deliveries: &[&Delivery],
+    outbox: &OutboxRouting,
 ) -> Result<Vec<u64>, sqlx::Error> {
     let merged = merge(deliveries);
     let (before,): (i64,) = sqlx::query_as("SELECT coalesce(max(id), 0) FROM alert_events")
@@ -640,26 +665,32 @@ pub(super) async fn write_sqlite(
             .await?;
     }
     let (new,): (String,) = sqlx::query_as(
-        "SELECT coalesce(json_group_array(json_array(fingerprint, status, starts_at, ends_at)), \
-         '[]') FROM alert_events WHERE id > $1",
+        "SELECT coalesce(json_group_array(json_array(id, fingerprint, status, starts_at, \
+         ends_at)), '[]') FROM alert_events WHERE id > $1",
     )
     .bind(before)
     .fetch_one(&mut **tx)
     .await?;
-    let new: Vec<(String, String, i64, i64)> = serde_json::from_str(&new)
+    let new: Vec<(i64, String, String, i64, i64)> = serde_json::from_str(&new)
         .map_err(|e| sqlx::Error::Decode(format!("new event keys: {e}").into()))?;
     let index: HashMap<(&str, &str, i64, i64), usize> = merged
         .events
         .iter()
-        .map(|w| (w.first.row_key(), w.delivery))
+        .enumerate()
+        .map(|(i, w)| (w.first.row_key(), i))
         .collect();
     let mut saved = vec![0u64; deliveries.len()];
-    for (fingerprint, status, starts_at, ends_at) in &new {
-        if let Some(&d) = index.get(&(fingerprint.as_str(), status.as_str(), *starts_at, *ends_at))
+    let mut new_events: Vec<(i64, &Encoded)> = Vec::new();
+    for (id, fingerprint, status, starts_at, ends_at) in &new {
+        if let Some(&i) = index.get(&(fingerprint.as_str(), status.as_str(), *starts_at, *ends_at))
         {
-            saved[d] += 1;
+            let w = &merged.events[i];
+            saved[w.delivery] += 1;
+            new_events.push((*id, w.last));
         }
     }
+    let now = deliveries.last().map_or(0, |d| d.now_ms);
+    outbox::write_sqlite(tx, outbox, new_events.into_iter(), now).await?;
     write_states!(tx, Backend::Sqlite, merged);
     Ok(saved)
 }
@@ -702,6 +733,7 @@ fn pg_arguments(rows: &[EventWrite<'_>], params: usize) -> sqlx::postgres::PgArg
 pub(super) async fn write_postgres(
     tx: &mut Transaction<'_, Postgres>,
     deliveries: &[&Delivery],
+    outbox: &OutboxRouting,
 ) -> Result<Vec<u64>, sqlx::Error> {
     let mut merged = merge(deliveries);
     merged
@@ -712,8 +744,9 @@ pub(super) async fn write_postgres(
         .sort_unstable_by(|a, b| a.event.fingerprint.cmp(&b.event.fingerprint));
     let mut saved = vec![0u64; deliveries.len()];
     let mut stored: Vec<EventWrite<'_>> = Vec::new();
+    let mut new_events: Vec<(i64, &Encoded)> = Vec::new();
     for rows in chunked(&merged.events) {
-        let returned: Vec<(String, String, i64, i64)> = bind_events!(
+        let returned: Vec<(i64, String, String, i64, i64)> = bind_events!(
             sqlx::query_as_with(
                 event_sql(Backend::Postgres, rows.len()),
                 pg_arguments(rows, EVENT_PARAMS + 1)
@@ -724,13 +757,14 @@ pub(super) async fn write_postgres(
         .fetch_all(&mut **tx)
         .await?;
         // RETURNING order is unspecified: match rows by key.
-        let new: std::collections::HashSet<(&str, &str, i64, i64)> = returned
+        let new: HashMap<(&str, &str, i64, i64), i64> = returned
             .iter()
-            .map(|(f, s, start, end)| (f.as_str(), s.as_str(), *start, *end))
+            .map(|(id, f, s, start, end)| ((f.as_str(), s.as_str(), *start, *end), *id))
             .collect();
         for w in rows {
-            if new.contains(&w.first.row_key()) {
+            if let Some(&id) = new.get(&w.first.row_key()) {
                 saved[w.delivery] += 1;
+                new_events.push((id, w.last));
             } else {
                 stored.push(*w);
             }
@@ -776,6 +810,9 @@ pub(super) async fn write_postgres(
             .execute(&mut **tx)
             .await?;
     }
+    let now = deliveries.last().map_or(0, |d| d.now_ms);
+    new_events.sort_unstable_by_key(|e| e.0);
+    outbox::write_postgres(tx, outbox, new_events.into_iter(), now).await?;
     write_states!(tx, Backend::Postgres, merged);
     Ok(saved)
 }
