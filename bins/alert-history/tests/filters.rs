@@ -616,6 +616,8 @@ async fn a_second_replica_sees_changes_within_the_poll(db: TestDb) {
         .expect("B reloads within a few poll intervals")
         .unwrap();
     assert_eq!(b.filters.decide(&alert, None, "t"), Decision::Allow);
+    stop.cancel();
+    poll.await.unwrap();
 
     // Acknowledgements too: B's cached "not acked" goes once A acks.
     a.deliver(vec![firing("A", "fp-shared", 0, &[])]).await;
@@ -631,8 +633,6 @@ async fn a_second_replica_sees_changes_within_the_poll(db: TestDb) {
         .await;
     assert_eq!(status, StatusCode::CREATED);
     assert!(a.filters.acked(&shared).await.unwrap().is_some());
-    stop.cancel();
-    poll.await.unwrap();
     assert!(b.filters.reload_now().await.unwrap());
     assert_eq!(b.filters.acked(&shared).await.unwrap().unwrap().by, "ann");
 }

@@ -171,8 +171,18 @@ impl Filters {
 
     async fn reload_rules(&self, store: &Store) -> Result<(), sqlx::Error> {
         let (version, rules) = db::load_rules(store).await?;
-        *self.shared.rules.write() = Arc::new(RuleSet::new(rules));
-        self.shared.rules_version.send_replace(version);
+        let rules = Arc::new(RuleSet::new(rules));
+        // Under the watch's lock, and never back to an older version: a
+        // poll that read before this replica's own change cannot undo it.
+        self.shared.rules_version.send_if_modified(|current| {
+            if version < *current {
+                return false;
+            }
+            *self.shared.rules.write() = rules;
+            let changed = version != *current;
+            *current = version;
+            changed
+        });
         Ok(())
     }
 
