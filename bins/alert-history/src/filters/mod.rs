@@ -171,6 +171,12 @@ impl Filters {
 
     async fn reload_rules(&self, store: &Store) -> Result<(), sqlx::Error> {
         let (version, rules) = db::load_rules(store).await?;
+        self.install(version, rules);
+        Ok(())
+    }
+
+    /// Puts `rules`, read at `version`, in effect unless newer ones are.
+    fn install(&self, version: i64, rules: Vec<Arc<Rule>>) {
         let rules = Arc::new(RuleSet::new(rules));
         // Under the watch's lock, and never back to an older version: a
         // poll that read before this replica's own change cannot undo it.
@@ -183,7 +189,6 @@ impl Filters {
             *current = version;
             changed
         });
-        Ok(())
     }
 
     fn invalidate_acks(&self, fingerprint: Option<&str>) {
@@ -323,4 +328,29 @@ pub(crate) async fn ack_json(
         &ack,
         current.as_ref().map(|(s, t)| (s.as_str(), *t)),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A poll that read the rules before this replica's own change, and
+    /// installs them after it, leaves the newer rules in effect.
+    #[tokio::test]
+    async fn a_stale_read_never_replaces_newer_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("f.db").display());
+        let store = Store::connect(&url, 2).await.unwrap();
+        let filters = Filters::load(&store).await.unwrap();
+        let (stale_version, stale) = db::load_rules(&store).await.unwrap();
+        let spec: RuleSpec =
+            serde_json::from_value(serde_json::json!({"name": "r", "action": "deny"})).unwrap();
+        db::put_rule(&store, &spec, 1).await.unwrap();
+        filters.reload_rules(&store).await.unwrap();
+        assert_eq!(filters.rules().rules().len(), 1);
+        filters.install(stale_version, stale);
+        assert_eq!(filters.rules().rules().len(), 1);
+        assert_eq!(*filters.rules_version().borrow(), stale_version + 1);
+        store.close().await;
+    }
 }
