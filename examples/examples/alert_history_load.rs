@@ -101,7 +101,7 @@ async fn publishing(dir: &std::path::Path, llm_latency: Duration) -> anyhow::Res
     let env = vec![
         ("TARGETS_FILE".to_owned(), targets.display().to_string()),
         ("ENRICHMENT_MODE".to_owned(), "enriched".to_owned()),
-        ("LLM_URL".to_owned(), format!("{}/v1", llm.base_url())),
+        ("LLM_URL".to_owned(), llm.base_url()),
         ("LLM_API_KEY".to_owned(), llm::API_KEY.to_owned()),
     ];
     Ok(Publishing { pd, hook, llm, env })

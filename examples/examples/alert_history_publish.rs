@@ -158,7 +158,7 @@ async fn main() -> anyhow::Result<()> {
     if args.llm_latency_ms > 0 {
         command
             .env("ENRICHMENT_MODE", "enriched")
-            .env("LLM_URL", format!("{}/v1", llm.base_url()))
+            .env("LLM_URL", llm.base_url())
             .env("LLM_API_KEY", llm::API_KEY);
     } else {
         command.env("ENRICHMENT_MODE", "transparent");

@@ -85,7 +85,8 @@ function renderOverview(o) {
 
   fill($("#firing-table tbody"), o.firing.map((a) =>
     el("tr", { class: "clickable", "data-fingerprint": a.fingerprint, onclick: () => showTimeline(a.fingerprint) },
-      el("td", {}, el("strong", {}, a.alertname)),
+      el("td", {}, el("strong", {}, a.alertname),
+        a.ack && a.ack.active ? el("span", { class: "badge ack", title: `acknowledged by ${a.ack.by}: ${a.ack.reason}` }, "ack") : null),
       el("td", {}, badge(a.severity)),
       el("td", {}, a.namespace || "–"),
       el("td", { title: fmtTime(a.startsAt) }, ago(a.startsAt)),
@@ -203,6 +204,7 @@ async function showTimeline(fp) {
   $("#timeline-fp").textContent = t.alertname + " · " + fp;
   $("#timeline-summary").textContent =
     `Now ${t.status}; firing for ${duration(t.firing_seconds)} in ${t.firing_periods} period(s); ${t.flaps} status change(s); first seen ${fmtTime(t.first_seen)}.` +
+    (t.ack && t.ack.active ? ` Acknowledged by ${t.ack.by} (${fmtTime(t.ack.acked_at)}): ${t.ack.reason}; not published until it resolves.` : "") +
     (t.classification ? ` Classified ${t.classification.severity} (${Math.round(t.classification.confidence * 100)} %): ${t.classification.reasoning}` +
       (t.classification.recommendations.length ? " Recommendations: " + t.classification.recommendations.join("; ") : "") : "");
   const events = t.events;

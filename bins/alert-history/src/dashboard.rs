@@ -57,6 +57,21 @@ async fn with_classifications(state: &AppState, rows: &mut [Value]) -> Result<()
     Ok(())
 }
 
+/// Adds each firing alert's acknowledgement (`ack`: by, reason, when,
+/// whether it covers the current episode, or `null`) to `rows`. One lookup
+/// per row: the firing list is bounded (`FIRING_LIST_LIMIT`).
+async fn with_acks(state: &AppState, rows: &mut [Value]) -> Result<(), ApiError> {
+    for row in rows {
+        let Some(fingerprint) = row["fingerprint"].as_str().map(str::to_owned) else {
+            continue;
+        };
+        row["ack"] = crate::filters::ack_json(state, &fingerprint)
+            .await
+            .map_err(|e| ApiError::database(&e))?;
+    }
+    Ok(())
+}
+
 async fn page() -> Response {
     (
         [
@@ -104,6 +119,7 @@ async fn overview(
     body["generated_at"] = json!(format_time(now));
     let mut firing: Vec<Value> = firing.iter().map(state_json).collect();
     with_classifications(&state, &mut firing).await?;
+    with_acks(&state, &mut firing).await?;
     body["firing"] = Value::Array(firing);
     Ok(axum::Json(body).into_response())
 }

@@ -267,6 +267,10 @@ on_both_backends!(
     publishes_each_new_event_once_per_target,
     a_target_down_keeps_its_rows_until_it_is_back,
     the_proxy_answers_with_this_deliverys_publishing,
+    each_mode_classifies_filters_and_publishes_as_documented,
+    an_llm_that_is_down_or_slow_does_not_hold_publishing,
+    a_delay_rule_holds_and_drops_what_resolved_meanwhile,
+    an_acknowledged_alert_is_not_published_until_it_resolves,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -465,4 +469,389 @@ async fn two_replicas_share_the_outbox_and_survive_one_killed() {
         "repeats only for rows in flight at the kill: {repeats}"
     );
     b.kill().await.unwrap();
+}
+
+// ---------------------------------------------------------------- modes, rules, acks
+
+/// A service with one webhook target (every alert) and an LLM fake.
+struct Enriched {
+    service: Service,
+    base: String,
+    client: reqwest::Client,
+    hook: keel_testkit::fakes::webhook::FakeWebhook,
+    llm: keel_testkit::fakes::llm::FakeLlm,
+    _dir: tempfile::TempDir,
+}
+
+impl Enriched {
+    async fn start(db: &TestDb, bound_ms: u64) -> Enriched {
+        use keel_testkit::fakes::{llm, webhook};
+        let hook = webhook::FakeWebhook::start().await;
+        let llm = llm::FakeLlm::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let file = write_targets(
+            dir.path(),
+            &format!(
+                "- {{name: archive, format: webhook, url: '{}'}}\n",
+                hook.url()
+            ),
+        );
+        let mut config = Config::for_database(&db.url);
+        config.targets.targets_file = Some(file);
+        config.publish.publish_poll_ms = 50;
+        config.classify.llm_url = Some(llm.base_url());
+        config.classify.llm_api_key = Some(llm::API_KEY.to_owned());
+        config.classify.llm_max_retries = 0;
+        config.classify.classify_bound_ms = bound_ms;
+        let service = Service::start(&config).await.unwrap();
+        let base = format!("http://{}", service.local_addr());
+        Enriched {
+            service,
+            base,
+            client: reqwest::Client::new(),
+            hook,
+            llm,
+            _dir: dir,
+        }
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The outcome rows of one alert.
+    async fn outcomes(&self, fp: &str) -> Vec<Value> {
+        let (_, h) = self.get(&format!("/alerts/{fp}/publishing")).await;
+        h["publishing"].as_array().cloned().unwrap_or_default()
+    }
+
+    async fn settled(&self, fp: &str) -> Value {
+        let mut last = Vec::new();
+        eventually(
+            &format!("{fp} to settle"),
+            Duration::from_secs(20),
+            async || {
+                last = self.outcomes(fp).await;
+                !last.is_empty()
+            },
+        )
+        .await;
+        last[0].clone()
+    }
+
+    /// The webhook message of one alert, if it was published.
+    fn message(&self, fp: &str) -> Option<Value> {
+        self.hook.messages().into_iter().find(|m| {
+            m["fields"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|kv| kv[1] == fp))
+        })
+    }
+
+    fn field(message: &Value, key: &str) -> Option<String> {
+        message["fields"]
+            .as_array()?
+            .iter()
+            .find(|kv| kv[0] == key)
+            .and_then(|kv| kv[1].as_str().map(str::to_owned))
+    }
+}
+
+fn sev(name: &str, fp: &str, start: i64, severity: &str) -> Value {
+    firing(name, fp, start, &[("severity", severity)])
+}
+
+async fn each_mode_classifies_filters_and_publishes_as_documented(db: TestDb) {
+    let env = Enriched::start(&db, 5_000).await;
+    // The LLM fake classifies by the severity label; anything else is noise.
+    let (status, body) = env
+        .post(
+            "/proxy/filters/rules",
+            &json!({"name": "drop-noise", "target": "*", "action": "deny", "priority": 1,
+                    "conditions": {"severity": ["noise"]}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+
+    // enriched (the default): classified, then filtered.
+    env.post(
+        "/webhook",
+        &payload(vec![
+            sev("Real", "a100000000000001", 1, "critical"),
+            sev("Chatter", "a100000000000002", 1, "whatever"),
+        ]),
+    )
+    .await;
+    let real = env.settled("a100000000000001").await;
+    assert_eq!(real["status"], "success", "{real}");
+    let message = env.message("a100000000000001").unwrap();
+    assert_eq!(
+        Enriched::field(&message, "classification").as_deref(),
+        Some("critical (0.90)"),
+        "{message}"
+    );
+    let noise = env.settled("a100000000000002").await;
+    assert_eq!(noise["status"], "filtered", "{noise}");
+    assert!(
+        noise["detail"].as_str().unwrap().contains("drop-noise"),
+        "{noise}"
+    );
+    assert!(env.message("a100000000000002").is_none());
+
+    // transparent: no LLM, the rule's severity is the label's.
+    let calls = env.llm.request_count();
+    let (status, _) = env
+        .post("/enrichment/mode", &json!({"mode": "transparent"}))
+        .await;
+    assert_eq!(status, 200);
+    env.post(
+        "/webhook",
+        &payload(vec![sev("Chatter", "a100000000000003", 2, "whatever")]),
+    )
+    .await;
+    assert_eq!(env.settled("a100000000000003").await["status"], "success");
+    assert_eq!(env.llm.request_count(), calls, "transparent calls no LLM");
+    let message = env.message("a100000000000003").unwrap();
+    assert_eq!(Enriched::field(&message, "classification"), None);
+
+    // transparent_with_recommendations: published unfiltered, classified
+    // beside (stored for the dashboard).
+    env.post(
+        "/enrichment/mode",
+        &json!({"mode": "transparent_with_recommendations"}),
+    )
+    .await;
+    env.post(
+        "/webhook",
+        &payload(vec![sev("Chatter", "a100000000000004", 3, "whatever")]),
+    )
+    .await;
+    assert_eq!(env.settled("a100000000000004").await["status"], "success");
+    eventually("the recommendation", Duration::from_secs(20), async || {
+        let (status, c) = env.get("/classification/a100000000000004").await;
+        status == 200 && c.to_string().contains("noise")
+    })
+    .await;
+    env.service.stop(Duration::from_secs(2)).await;
+}
+
+async fn an_llm_that_is_down_or_slow_does_not_hold_publishing(db: TestDb) {
+    let env = Enriched::start(&db, 300).await;
+    // Slower than the bound: the alert goes out unclassified, saying so.
+    env.llm.set_latency(Duration::from_secs(3));
+    let t0 = tokio::time::Instant::now();
+    env.post(
+        "/webhook",
+        &payload(vec![sev("Slow", "a200000000000001", 1, "critical")]),
+    )
+    .await;
+    assert_eq!(env.settled("a200000000000001").await["status"], "success");
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    let message = env.message("a200000000000001").unwrap();
+    assert!(
+        Enriched::field(&message, "classification")
+            .unwrap()
+            .starts_with("unclassified"),
+        "{message}"
+    );
+    // Down: the same.
+    env.llm.set_latency(Duration::ZERO);
+    env.llm
+        .server()
+        .faults()
+        .set(FaultConfig::none().with_errors(1.0, http::StatusCode::BAD_GATEWAY))
+        .unwrap();
+    env.post(
+        "/webhook",
+        &payload(vec![sev("Down", "a200000000000002", 1, "critical")]),
+    )
+    .await;
+    assert_eq!(env.settled("a200000000000002").await["status"], "success");
+    let message = env.message("a200000000000002").unwrap();
+    assert!(
+        Enriched::field(&message, "classification")
+            .unwrap()
+            .starts_with("unclassified")
+    );
+    env.service.stop(Duration::from_secs(2)).await;
+}
+
+async fn a_delay_rule_holds_and_drops_what_resolved_meanwhile(db: TestDb) {
+    let env = Enriched::start(&db, 2_000).await;
+    env.post("/enrichment/mode", &json!({"mode": "transparent"}))
+        .await;
+    let (status, body) = env
+        .post(
+            "/proxy/filters/rules",
+            &json!({"name": "hold-flappy", "target": "archive", "action": "delay",
+                    "delay_seconds": 2, "priority": 1,
+                    "conditions": {"alertname_pattern": "Flappy.*", "status": "firing"}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let t0 = tokio::time::Instant::now();
+    env.post(
+        "/webhook",
+        &payload(vec![
+            sev("FlappyA", "a300000000000001", 1, "warning"),
+            sev("FlappyB", "a300000000000002", 1, "warning"),
+        ]),
+    )
+    .await;
+    // A resolves within the hold; B does not.
+    env.post(
+        "/webhook",
+        &payload(vec![resolved(
+            "FlappyA",
+            "a300000000000001",
+            1,
+            2,
+            &[("severity", "warning")],
+        )]),
+    )
+    .await;
+    eventually("B after its hold", Duration::from_secs(20), async || {
+        env.message("a300000000000002").is_some()
+    })
+    .await;
+    assert!(t0.elapsed() >= Duration::from_secs(2), "held for the delay");
+    eventually("A's firing dropped", Duration::from_secs(20), async || {
+        env.outcomes("a300000000000001")
+            .await
+            .iter()
+            .any(|o| o["status"] == "filtered")
+    })
+    .await;
+    let a = env.outcomes("a300000000000001").await;
+    assert!(
+        a.iter().any(|o| o["status"] == "filtered"
+            && o["detail"]
+                .as_str()
+                .unwrap()
+                .contains("resolved while held")),
+        "{a:?}"
+    );
+    // Only A's resolve went out for A.
+    let titles: Vec<String> = env
+        .hook
+        .messages()
+        .iter()
+        .map(|m| m["title"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert!(
+        !titles.contains(&"[FIRING] FlappyA".to_owned()),
+        "{titles:?}"
+    );
+    env.service.stop(Duration::from_secs(2)).await;
+}
+
+async fn an_acknowledged_alert_is_not_published_until_it_resolves(db: TestDb) {
+    let env = Enriched::start(&db, 2_000).await;
+    env.post("/enrichment/mode", &json!({"mode": "transparent"}))
+        .await;
+    // The target is down: the alert waits in its sender, behind the breaker.
+    env.hook
+        .server()
+        .faults()
+        .set(FaultConfig::none().with_errors(1.0, http::StatusCode::SERVICE_UNAVAILABLE))
+        .unwrap();
+    env.post(
+        "/webhook",
+        &payload(vec![sev("Known", "a400000000000001", 1, "critical")]),
+    )
+    .await;
+    eventually("the breaker to open", Duration::from_secs(20), async || {
+        let (_, stats) = env.get("/publishing/stats").await;
+        stats["targets"]["archive"]["breaker"] == "open"
+    })
+    .await;
+    let (status, body) = env
+        .post(
+            "/alerts/a400000000000001/ack",
+            &json!({"by": "alice", "reason": "known, fix deploying"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    // The dashboard shows it.
+    let (_, overview) = env.get("/api/dashboard/overview").await;
+    let row = overview["firing"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["fingerprint"] == "a400000000000001")
+        .cloned()
+        .unwrap();
+    assert_eq!(row["ack"]["by"], "alice", "{row}");
+    assert_eq!(row["ack"]["active"], true, "{row}");
+    eventually(
+        "the waiting alert to be dropped",
+        Duration::from_secs(20),
+        async || {
+            env.outcomes("a400000000000001").await.iter().any(|o| {
+                o["status"] == "filtered"
+                    && o["detail"]
+                        .as_str()
+                        .unwrap_or("")
+                        .contains("acknowledged by alice")
+            })
+        },
+    )
+    .await;
+    // Back up: the resolve goes out (never suppressed) and ends the ack.
+    env.hook.server().faults().clear();
+    env.post(
+        "/webhook",
+        &payload(vec![resolved(
+            "Known",
+            "a400000000000001",
+            1,
+            5,
+            &[("severity", "critical")],
+        )]),
+    )
+    .await;
+    let titles = || -> Vec<String> {
+        env.hook
+            .messages()
+            .iter()
+            .map(|m| m["title"].as_str().unwrap_or("").to_owned())
+            .collect()
+    };
+    eventually("the resolve", Duration::from_secs(60), async || {
+        titles().contains(&"[RESOLVED] Known".to_owned())
+    })
+    .await;
+    assert!(
+        !titles().contains(&"[FIRING] Known".to_owned()),
+        "{:?}",
+        titles()
+    );
+    // A new firing episode is published.
+    env.post(
+        "/webhook",
+        &payload(vec![sev("Known", "a400000000000001", 10, "critical")]),
+    )
+    .await;
+    eventually("the new episode", Duration::from_secs(20), async || {
+        titles().contains(&"[FIRING] Known".to_owned())
+    })
+    .await;
+    env.service.stop(Duration::from_secs(2)).await;
 }

@@ -78,11 +78,14 @@ pub enum DropReason {
     Abandoned,
     /// Its sink was removed at run time.
     Removed,
+    /// The program cancelled it before it was sent
+    /// ([`Notifier::cancel`](crate::Notifier::cancel)).
+    Cancelled,
 }
 
 impl DropReason {
     /// The `reason` label: `overflow`, `permanent`, `shutdown`,
-    /// `unknown_sink`, `abandoned` or `removed`.
+    /// `unknown_sink`, `abandoned`, `removed` or `cancelled`.
     pub const fn as_str(self) -> &'static str {
         match self {
             DropReason::Overflow => "overflow",
@@ -91,6 +94,7 @@ impl DropReason {
             DropReason::UnknownSink => "unknown_sink",
             DropReason::Abandoned => "abandoned",
             DropReason::Removed => "removed",
+            DropReason::Cancelled => "cancelled",
         }
     }
 }

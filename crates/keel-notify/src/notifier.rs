@@ -368,6 +368,28 @@ impl Notifier {
         withdrawn
     }
 
+    /// Cancels the notification `key` wherever it waits (held in its
+    /// debounce, or queued for any sink) because it must not go out any
+    /// more (an acknowledged alert); one already being sent is not
+    /// stopped. Each queued delivery removed is dropped as
+    /// [`DropReason::Cancelled`] (counted, and told to
+    /// [`on_dropped`](crate::NotifierBuilder::on_dropped)). Returns how many
+    /// deliveries were removed (a held notification counts one).
+    pub fn cancel(&self, key: &str) -> usize {
+        let shared = &self.shared;
+        let (held, removed) = {
+            let mut st = shared.state.lock();
+            let held = st.admission.withdraw(key);
+            let removed = st.queue.remove_key(key);
+            shared.update_gauges(&st);
+            (held, removed)
+        };
+        for d in &removed {
+            shared.count_drop(d, DropReason::Cancelled);
+        }
+        usize::from(held) + removed.len()
+    }
+
     /// Counters since the notifier was built, and the current depth.
     pub fn stats(&self) -> Stats {
         let mut stats = self.shared.counters.snapshot();

@@ -176,6 +176,25 @@ impl Queue {
         out
     }
 
+    /// Removes and returns every queued delivery of the notification
+    /// `key` (any sink), in serving order.
+    pub(crate) fn remove_key(&mut self, key: &str) -> Vec<Delivery> {
+        let mut out = Vec::new();
+        for lane in &mut self.lanes {
+            let seqs: Vec<u64> = lane
+                .iter()
+                .filter(|(_, d)| d.message.key() == key)
+                .map(|(&seq, _)| seq)
+                .collect();
+            for seq in seqs {
+                let d = *lane.remove(&seq).expect("key just found");
+                self.per_sink[d.sink] -= 1;
+                out.push(d);
+            }
+        }
+        out
+    }
+
     /// Removes everything, in serving order.
     pub(crate) fn drain(&mut self) -> Vec<Delivery> {
         self.per_sink.iter_mut().for_each(|n| *n = 0);

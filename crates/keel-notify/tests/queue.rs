@@ -431,6 +431,46 @@ async fn on_dropped_tells_every_drop_and_no_spool_keeps_nothing() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn cancel_removes_what_waits_and_tells_it() {
+    use std::sync::{Arc, Mutex};
+    let sink = MemorySink::new("mem");
+    sink.set_down(true);
+    let dropped = Arc::new(Mutex::new(Vec::new()));
+    let seen = dropped.clone();
+    let n = notifier()
+        .sink(sink.clone())
+        .on_dropped(move |d| {
+            seen.lock()
+                .unwrap()
+                .push((d.key.to_owned(), d.reason.as_str()));
+        })
+        .build()
+        .unwrap();
+    for key in ["a", "b", "c"] {
+        n.notify(Notification::critical(key, key)).unwrap();
+    }
+    // A warning held in its debounce is cancelled too.
+    n.notify(Notification::warning("w", "w")).unwrap();
+    tokio::time::sleep(secs(1)).await;
+    assert_eq!(n.cancel("b"), 1);
+    assert_eq!(n.cancel("w"), 1);
+    assert_eq!(n.cancel("nothing"), 0);
+    sink.set_down(false);
+    assert!(n.flush(secs(120)).await);
+    let keys = sink.keys();
+    assert!(
+        !keys.contains(&"b".to_owned()) && !keys.contains(&"w".to_owned()),
+        "{keys:?}"
+    );
+    assert!(keys.contains(&"c".to_owned()), "{keys:?}");
+    assert_eq!(
+        *dropped.lock().unwrap(),
+        [("b".to_owned(), "cancelled")],
+        "a queued delivery is told; a held one never reached the queue"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn retryable_failures_are_retried_quickly_before_requeueing() {
     let sink = MemorySink::new("mem");
     sink.script([Answer::Fail, Answer::Fail]);

@@ -379,6 +379,11 @@ async fn post_ack(
     };
     db::put_ack(&store, &ack).await?;
     state.inner.filters.invalidate_acks(Some(&fingerprint));
+    // What already waits in a target's sender for this alert goes no
+    // further (recorded as filtered).
+    if let Some(publisher) = &state.inner.publisher {
+        publisher.acknowledged(&fingerprint, &ack.by);
+    }
     tracing::info!(fingerprint = %fingerprint, by = %ack.by, "alert acknowledged");
     Ok((
         StatusCode::CREATED,

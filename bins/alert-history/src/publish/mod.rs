@@ -239,18 +239,34 @@ struct Worker {
     target: Arc<Target>,
     notifier: Notifier,
     stop: CancellationToken,
+    /// The worker's inbox (the notifier's outcomes, acknowledgements).
+    inbox: mpsc::UnboundedSender<Told>,
 }
 
 /// What the notifier told about one row.
 enum Told {
-    Accepted { row: i64 },
-    Dropped { row: i64, reason: DropReason },
+    Accepted {
+        row: i64,
+    },
+    Dropped {
+        row: i64,
+        reason: DropReason,
+    },
+    /// The alert was acknowledged: what of it waits in the sender is
+    /// cancelled.
+    Acked {
+        fingerprint: String,
+        by: String,
+    },
 }
 
 /// A row handed to the notifier.
 struct InFlight {
+    /// Set when an acknowledgement cancelled it.
+    acked_by: Option<String>,
     event_id: i64,
     fingerprint: String,
+    firing: bool,
     attempt: i64,
     created_at: i64,
 }
@@ -327,6 +343,18 @@ impl Publisher {
     /// This replica's name in leases.
     pub fn owner(&self) -> &str {
         &self.inner.owner
+    }
+
+    /// An alert was acknowledged: its firing notifications still waiting in
+    /// any target's sender are cancelled and recorded as `filtered` (one
+    /// being sent at this moment goes out).
+    pub fn acknowledged(&self, fingerprint: &str, by: &str) {
+        for w in self.inner.workers.lock().values() {
+            let _ = w.inbox.send(Told::Acked {
+                fingerprint: fingerprint.to_owned(),
+                by: by.to_owned(),
+            });
+        }
     }
 
     /// Wakes every target's worker (new rows were committed).
@@ -421,6 +449,7 @@ impl Publisher {
         let sink = target.sink().map_err(|e| e.to_string())?;
         let (tx, rx) = mpsc::unbounded_channel();
         let accepted = tx.clone();
+        let inbox = tx.clone();
         let notifier = Notifier::builder()
             .sink(sink)
             .capacity(self.inner.batch.max(1) * 2)
@@ -465,6 +494,7 @@ impl Publisher {
             target: target.clone(),
             notifier: notifier.clone(),
             stop: stop.clone(),
+            inbox,
         };
         let p = self.clone();
         tokio::spawn(async move { p.run_worker(target, notifier, rx, stop).await });
@@ -491,7 +521,8 @@ impl Publisher {
                 news.push(t);
             }
             if !news.is_empty() {
-                self.settle_told(&target, &mut in_flight, news).await;
+                self.settle_told(&target, &notifier, &mut in_flight, news)
+                    .await;
             }
             let room = inner.batch.saturating_sub(in_flight.len());
             let mut claimed = 0;
@@ -530,7 +561,7 @@ impl Publisher {
             tokio::select! {
                 () = stop.cancelled() => break,
                 t = told.recv() => match t {
-                    Some(t) => self.settle_told(&target, &mut in_flight, vec![t]).await,
+                    Some(t) => self.settle_told(&target, &notifier, &mut in_flight, vec![t]).await,
                     None => break,
                 },
                 _ = wake.changed() => {}
@@ -583,8 +614,13 @@ impl Publisher {
                     in_flight.insert(
                         row.id,
                         InFlight {
+                            acked_by: None,
                             event_id,
                             fingerprint: fingerprint.clone(),
+                            firing: row
+                                .alert
+                                .as_ref()
+                                .is_some_and(|a| a.status == Status::Firing),
                             attempt: row.attempts,
                             created_at: row.created_at,
                         },
@@ -687,7 +723,7 @@ impl Publisher {
                             }
                             Ok(_) => {}
                             Err(e) => {
-                                tracing::warn!(error = %e, "reading the alert's state failed")
+                                tracing::warn!(error = %e, "reading the alert's state failed");
                             }
                         }
                     }
@@ -705,6 +741,7 @@ impl Publisher {
     async fn settle_told(
         &self,
         target: &Target,
+        notifier: &Notifier,
         in_flight: &mut HashMap<i64, InFlight>,
         told: Vec<Told>,
     ) {
@@ -715,6 +752,23 @@ impl Publisher {
             let (row, outcome) = match t {
                 Told::Accepted { row } => (row, None),
                 Told::Dropped { row, reason } => (row, Some(reason)),
+                Told::Acked { fingerprint, by } => {
+                    let rows: Vec<i64> = in_flight
+                        .iter()
+                        .filter(|(_, f)| f.firing && f.fingerprint == fingerprint)
+                        .map(|(&id, _)| id)
+                        .collect();
+                    for id in rows {
+                        if notifier.cancel(&row_key(id)) > 0 {
+                            // Told back as a `Cancelled` drop; settled
+                            // with the reason now.
+                            if let Some(f) = in_flight.get_mut(&id) {
+                                f.acked_by = Some(by.clone());
+                            }
+                        }
+                    }
+                    continue;
+                }
             };
             let Some(f) = in_flight.remove(&row) else {
                 continue;
@@ -732,6 +786,16 @@ impl Publisher {
             };
             match outcome {
                 None => settled.push((row, entry("success", None))),
+                Some(DropReason::Cancelled) => settled.push((
+                    row,
+                    entry(
+                        "filtered",
+                        Some(format!(
+                            "acknowledged by {} while waiting to be sent",
+                            f.acked_by.as_deref().unwrap_or("someone")
+                        )),
+                    ),
+                )),
                 Some(DropReason::Permanent) => settled.push((
                     row,
                     entry(
