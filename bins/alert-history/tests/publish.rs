@@ -855,3 +855,96 @@ async fn an_acknowledged_alert_is_not_published_until_it_resolves(db: TestDb) {
     .await;
     env.service.stop(Duration::from_secs(2)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_added_changed_and_removed_while_running_steers_publishing() {
+    use keel_testkit::fakes::kube::FakeKube;
+    use keel_testkit::fakes::webhook::FakeWebhook;
+    let db = support::sqlite().await;
+    let kube = FakeKube::start("alerts").await;
+    let first = FakeWebhook::start().await;
+    let second = FakeWebhook::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_database(&db.url);
+    config.targets.targets_from_kubernetes = true;
+    config.targets.targets_namespace = Some("alerts".to_owned());
+    config.targets.kubeconfig = Some(kube.write_kubeconfig(dir.path()));
+    config.publish.publish_poll_ms = 50;
+    let service = Service::start(&config).await.unwrap();
+    let base = format!("http://{}", service.local_addr());
+    let client = reqwest::Client::new();
+    let post = async |alert: Value| {
+        let r = client
+            .post(format!("{base}/webhook"))
+            .json(&payload(vec![alert]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    };
+    let targets = async || -> Value {
+        client
+            .get(format!("{base}/publishing/targets"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    };
+    let label = [("alert-history.io/target", "true")];
+    // Added: alerts go to it.
+    kube.put_secret(
+        "alerts",
+        "archive",
+        &label,
+        &[("format", "webhook"), ("url", &first.url())],
+    );
+    eventually("the Secret's target", Duration::from_secs(20), async || {
+        targets().await["count"] == 1
+    })
+    .await;
+    post(crit("Added", "a500000000000001", 1)).await;
+    eventually(
+        "published to the first URL",
+        Duration::from_secs(20),
+        async || first.messages().len() == 1,
+    )
+    .await;
+    // Changed (another URL, warnings only): the new settings apply.
+    kube.put_secret(
+        "alerts",
+        "archive",
+        &label,
+        &[
+            ("format", "webhook"),
+            ("url", &second.url()),
+            ("filter-severity", "warning"),
+        ],
+    );
+    eventually("the changed target", Duration::from_secs(20), async || {
+        targets().await.to_string().contains(&second.url())
+    })
+    .await;
+    post(crit("Critical", "a500000000000002", 2)).await;
+    post(sev("Warned", "a500000000000003", 2, "warning")).await;
+    eventually(
+        "published to the second URL",
+        Duration::from_secs(20),
+        async || second.messages().len() == 1,
+    )
+    .await;
+    assert_eq!(first.messages().len(), 1, "nothing more to the old URL");
+    assert!(second.messages()[0].to_string().contains("Warned"));
+    // Removed: new alerts get no rows.
+    assert!(kube.delete_secret("alerts", "archive"));
+    eventually("no targets", Duration::from_secs(20), async || {
+        targets().await["count"] == 0
+    })
+    .await;
+    post(sev("Gone", "a500000000000004", 3, "warning")).await;
+    let backlog = service.state().store().outbox_backlog().await.unwrap();
+    assert!(backlog.is_empty(), "{backlog:?}");
+    assert_eq!(second.messages().len(), 1);
+    service.stop(Duration::from_secs(2)).await;
+}
