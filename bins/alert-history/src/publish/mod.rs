@@ -510,9 +510,17 @@ impl Publisher {
         mut told: mpsc::UnboundedReceiver<Told>,
         stop: CancellationToken,
     ) {
+        use futures::StreamExt;
         let inner = &self.inner;
         let mut wake = inner.wake.subscribe();
         let mut in_flight: HashMap<i64, InFlight> = HashMap::new();
+        // Rows being decided (classification may take up to its bound),
+        // handed on in id order as they complete: a slow decision delays
+        // the rows behind it, never the claiming of more.
+        let mut deciding: futures::stream::FuturesOrdered<
+            futures::future::BoxFuture<'static, (OutboxRow, Step)>,
+        > = futures::stream::FuturesOrdered::new();
+        let mut deciding_ids: std::collections::HashSet<i64> = std::collections::HashSet::new();
         let mut backoff = Duration::ZERO;
         loop {
             // Settle what the notifier told first: it frees room.
@@ -524,7 +532,7 @@ impl Publisher {
                 self.settle_told(&target, &notifier, &mut in_flight, news)
                     .await;
             }
-            let room = inner.batch.saturating_sub(in_flight.len());
+            let room = inner.batch.saturating_sub(in_flight.len() + deciding.len());
             let mut claimed = 0;
             if room > 0 && backoff.is_zero() {
                 match inner
@@ -540,7 +548,15 @@ impl Publisher {
                 {
                     Ok(rows) => {
                         claimed = rows.len();
-                        self.process(&target, &notifier, &mut in_flight, rows).await;
+                        for row in rows {
+                            deciding_ids.insert(row.id);
+                            let p = self.clone();
+                            let t = target.clone();
+                            deciding.push_back(Box::pin(async move {
+                                let step = p.decide(&t, &row).await;
+                                (row, step)
+                            }));
+                        }
                     }
                     Err(e) => {
                         tracing::warn!(target = %target.name, error = %e, "outbox claim failed");
@@ -548,9 +564,9 @@ impl Publisher {
                     }
                 }
             }
-            // More due rows right away if the batch was full and there is
-            // room; otherwise wait for news, a wake-up or the poll.
-            if claimed > 0 && claimed == room && in_flight.len() < inner.batch {
+            // More due rows right away if the claim was full; otherwise
+            // wait for a decision, news, a wake-up or the poll.
+            if claimed > 0 && claimed == room {
                 continue;
             }
             let pause = if backoff.is_zero() {
@@ -560,6 +576,10 @@ impl Publisher {
             };
             tokio::select! {
                 () = stop.cancelled() => break,
+                Some((row, step)) = deciding.next(), if !deciding.is_empty() => {
+                    deciding_ids.remove(&row.id);
+                    self.handle(&target, &notifier, &mut in_flight, row, step).await;
+                }
                 t = told.recv() => match t {
                     Some(t) => self.settle_told(&target, &notifier, &mut in_flight, vec![t]).await,
                     None => break,
@@ -570,8 +590,11 @@ impl Publisher {
         }
         // Give back what this worker still holds: the next owner (this
         // replica's next worker, or another) publishes it.
-        let released: Vec<(i64, Option<HistoryEntry>)> =
-            in_flight.keys().map(|&id| (id, None)).collect();
+        let released: Vec<(i64, Option<HistoryEntry>)> = in_flight
+            .keys()
+            .chain(deciding_ids.iter())
+            .map(|&id| (id, None))
+            .collect();
         if let Err(e) = inner
             .store
             .release_outbox(&inner.owner, &released, now_ms())
@@ -581,70 +604,67 @@ impl Publisher {
         }
     }
 
-    async fn process(
+    /// Acts on one decided row: hands it to the notifier, holds it, or
+    /// settles it.
+    async fn handle(
         &self,
         target: &Arc<Target>,
         notifier: &Notifier,
         in_flight: &mut HashMap<i64, InFlight>,
-        rows: Vec<OutboxRow>,
+        row: OutboxRow,
+        step: Step,
     ) {
         let inner = &self.inner;
-        // Decisions may wait for the LLM (bounded): all rows at once.
-        let steps =
-            futures::future::join_all(rows.iter().map(|row| self.decide(target, row))).await;
-        let mut settled = Vec::new();
-        for (row, step) in rows.into_iter().zip(steps) {
-            let (event_id, fingerprint) = row
-                .alert
-                .as_ref()
-                .map_or((0, String::new()), |a| (a.event_id, a.fingerprint.clone()));
-            let entry = |status: &'static str, detail: Option<String>| HistoryEntry {
-                event_id,
-                fingerprint: fingerprint.clone(),
-                target: target.name.clone(),
-                status,
-                attempt: row.attempts,
-                response_code: None,
-                latency_ms: Some(now_ms() - row.created_at),
-                detail,
-                at: now_ms(),
-            };
-            match step {
-                Step::Send(notification) => {
-                    in_flight.insert(
-                        row.id,
-                        InFlight {
-                            acked_by: None,
-                            event_id,
-                            fingerprint: fingerprint.clone(),
-                            firing: row
-                                .alert
-                                .as_ref()
-                                .is_some_and(|a| a.status == Status::Firing),
-                            attempt: row.attempts,
-                            created_at: row.created_at,
-                        },
-                    );
-                    if let Err(e) = notifier.notify(*notification) {
-                        // Closed: the worker is stopping; the row goes back.
-                        tracing::debug!(error = %e, "notifier closed");
-                        in_flight.remove(&row.id);
-                        let _ = inner
-                            .store
-                            .release_outbox(&inner.owner, &[(row.id, None)], now_ms())
-                            .await;
-                    }
+        let (event_id, fingerprint, firing) =
+            row.alert.as_ref().map_or((0, String::new(), false), |a| {
+                (
+                    a.event_id,
+                    a.fingerprint.clone(),
+                    a.status == Status::Firing,
+                )
+            });
+        let entry = |status: &'static str, detail: String| HistoryEntry {
+            event_id,
+            fingerprint: fingerprint.clone(),
+            target: target.name.clone(),
+            status,
+            attempt: row.attempts,
+            response_code: None,
+            latency_ms: Some(now_ms() - row.created_at),
+            detail: Some(detail),
+            at: now_ms(),
+        };
+        match step {
+            Step::Send(notification) => {
+                in_flight.insert(
+                    row.id,
+                    InFlight {
+                        acked_by: None,
+                        event_id,
+                        fingerprint: fingerprint.clone(),
+                        firing,
+                        attempt: row.attempts,
+                        created_at: row.created_at,
+                    },
+                );
+                if let Err(e) = notifier.notify(*notification) {
+                    // Closed: the worker is stopping; the row goes back.
+                    tracing::debug!(error = %e, "notifier closed");
+                    in_flight.remove(&row.id);
+                    let _ = inner
+                        .store
+                        .release_outbox(&inner.owner, &[(row.id, None)], now_ms())
+                        .await;
                 }
-                Step::Filtered(why) => settled.push((row.id, entry("filtered", Some(why)))),
-                Step::Failed(why) => settled.push((row.id, entry("failure", Some(why)))),
-                Step::Delay(until) => {
-                    if let Err(e) = inner.store.delay_outbox(&inner.owner, row.id, until).await {
-                        tracing::warn!(error = %e, "holding an outbox row failed; it is retried");
-                    }
+            }
+            Step::Filtered(why) => self.settle(vec![(row.id, entry("filtered", why))]).await,
+            Step::Failed(why) => self.settle(vec![(row.id, entry("failure", why))]).await,
+            Step::Delay(until) => {
+                if let Err(e) = inner.store.delay_outbox(&inner.owner, row.id, until).await {
+                    tracing::warn!(error = %e, "holding an outbox row failed; it is retried");
                 }
             }
         }
-        self.settle(settled).await;
     }
 
     /// Filters, classifies and builds the notification of one row.
