@@ -208,7 +208,7 @@ async fn main() -> anyhow::Result<()> {
             // Let the tail settle (bounded).
             let expected_pd = n.div_ceil(args.critical_every) as usize;
             let deadline = Instant::now() + Duration::from_secs(120);
-            while (hook.deliveries().len() < n as usize || pd.events().len() < expected_pd)
+            while (hook.messages().len() < n as usize || pd.events().len() < expected_pd)
                 && Instant::now() < deadline
             {
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -217,10 +217,18 @@ async fn main() -> anyhow::Result<()> {
                 i.and_then(|i| committed.get(&i))
                     .map(|&c| at.saturating_duration_since(c))
             };
+            // A delivery may be a digest: a JSON array of messages.
             let hook_lags: Vec<Duration> = hook
                 .deliveries()
                 .iter()
-                .filter_map(|d| lag_of(probe_of(&d.json.to_string()), d.received_at))
+                .flat_map(|d| {
+                    let messages = match &d.json {
+                        Value::Array(items) => items.clone(),
+                        other => vec![other.clone()],
+                    };
+                    messages.into_iter().map(move |m| (m, d.received_at))
+                })
+                .filter_map(|(m, at)| lag_of(probe_of(&m.to_string()), at))
                 .collect();
             let pd_lags: Vec<Duration> = pd
                 .events()

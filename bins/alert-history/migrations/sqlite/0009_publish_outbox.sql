@@ -16,8 +16,16 @@ CREATE TABLE IF NOT EXISTS publish_outbox (
     lease_until     INTEGER,
     last_error      TEXT
 );
-CREATE INDEX IF NOT EXISTS publish_outbox_due ON publish_outbox (target, next_attempt_at, id);
-CREATE INDEX IF NOT EXISTS publish_outbox_event ON publish_outbox (event_id);
+-- A claim walks one target's rows in id order and stops after its LIMIT:
+-- the rows it skips (leased or held by a delay) are at most a batch or a
+-- few, however long the backlog. (An index on next_attempt_at would make
+-- every claim sort the whole backlog.)
+CREATE INDEX IF NOT EXISTS publish_outbox_target ON publish_outbox (target, id);
+-- Lease renewal: the rows one replica holds.
+CREATE INDEX IF NOT EXISTS publish_outbox_owner ON publish_outbox (lease_owner)
+    WHERE lease_owner IS NOT NULL;
+-- No index on event_id: each would cost every ingest's outbox insert;
+-- /webhook/proxy finds its rows by id range (rows written since it began).
 
 -- One row per publishing attempt's outcome.
 CREATE TABLE IF NOT EXISTS publish_history (

@@ -460,6 +460,10 @@ impl Publisher {
             .debounce(Priority::Warning, Duration::ZERO)
             .debounce(Priority::Info, Duration::ZERO)
             .no_spool()
+            // A target back after a long outage is probed within 30 s (the
+            // notifier's default grows its breaker's open time to 5 min,
+            // made for chat alerts that a digest sums up later).
+            .sink_breaker(publishing_breaker())
             .on_accepted(move |a| {
                 if let Some(row) = parse_row_key(a.key) {
                     let _ = accepted.send(Told::Accepted { row });
@@ -517,8 +521,13 @@ impl Publisher {
         // Rows being decided (classification may take up to its bound),
         // handed on in id order as they complete: a slow decision delays
         // the rows behind it, never the claiming of more.
+        //
+        // Each decision is its own task: a future parked in the queue would
+        // not be polled while this loop awaits the database, and one that
+        // had checked out a connection would hold it meanwhile (every
+        // connection held so, the pool deadlocks).
         let mut deciding: futures::stream::FuturesOrdered<
-            futures::future::BoxFuture<'static, (OutboxRow, Step)>,
+            tokio::task::JoinHandle<(OutboxRow, Step)>,
         > = futures::stream::FuturesOrdered::new();
         let mut deciding_ids: std::collections::HashSet<i64> = std::collections::HashSet::new();
         let mut backoff = Duration::ZERO;
@@ -552,7 +561,7 @@ impl Publisher {
                             deciding_ids.insert(row.id);
                             let p = self.clone();
                             let t = target.clone();
-                            deciding.push_back(Box::pin(async move {
+                            deciding.push_back(tokio::spawn(async move {
                                 let step = p.decide(&t, &row).await;
                                 (row, step)
                             }));
@@ -576,9 +585,16 @@ impl Publisher {
             };
             tokio::select! {
                 () = stop.cancelled() => break,
-                Some((row, step)) = deciding.next(), if !deciding.is_empty() => {
-                    deciding_ids.remove(&row.id);
-                    self.handle(&target, &notifier, &mut in_flight, row, step).await;
+                Some(decided) = deciding.next(), if !deciding.is_empty() => {
+                    match decided {
+                        Ok((row, step)) => {
+                            deciding_ids.remove(&row.id);
+                            self.handle(&target, &notifier, &mut in_flight, row, step).await;
+                        }
+                        // A decision that panicked: its row stays leased and
+                        // is taken again when the lease expires.
+                        Err(e) => tracing::error!(target = %target.name, error = %e, "an outbox decision failed"),
+                    }
                 }
                 t = told.recv() => match t {
                     Some(t) => self.settle_told(&target, &notifier, &mut in_flight, vec![t]).await,
@@ -952,6 +968,21 @@ impl Publisher {
     }
 }
 
+/// Each target's sender breaker: opens after one failed round of
+/// attempts, probes one at a time, open 1 s growing ×2 up to 30 s.
+fn publishing_breaker() -> keel_notify::BreakerConfig {
+    keel_notify::BreakerConfig::builder()
+        .no_failure_rate()
+        .consecutive_failures(1)
+        .minimum_calls(1)
+        .open_duration(Duration::from_secs(1))
+        .open_duration_growth(2.0, Duration::from_secs(30))
+        .half_open_max_probes(1)
+        .half_open_successes(1)
+        .build()
+        .expect("the publishing breaker settings are valid")
+}
+
 /// Whether a running worker's target is still the same (else restarted).
 fn same_target(a: &Target, b: &Target) -> bool {
     a.to_json() == b.to_json() && a.secret == b.secret
@@ -1143,8 +1174,17 @@ async fn proxy_inner(
     body: Body,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let (keys, outcome) = crate::http::receive(state, headers, body).await?;
     let store = state.store();
+    // This delivery's outbox rows are written after this id.
+    let after = if state.inner.publisher.is_some() {
+        store
+            .outbox_max_id()
+            .await
+            .map_err(|e| ApiError::database(&e))?
+    } else {
+        0
+    };
+    let (keys, outcome) = crate::http::receive(state, headers, body).await?;
     let ids = store
         .event_ids(&keys)
         .await
@@ -1156,7 +1196,7 @@ async fn proxy_inner(
         loop {
             settled.mark_unchanged();
             pending = store
-                .outbox_rows_of_events(&ids)
+                .outbox_rows_of_events(&ids, after)
                 .await
                 .map_err(|e| ApiError::database(&e))?;
             if pending == 0 {

@@ -574,29 +574,49 @@ impl Store {
         }
     }
 
-    /// Outbox rows still waiting for the given events.
+    /// The largest outbox row id now (0 when empty): rows written later
+    /// have larger ids.
     ///
     /// # Errors
     /// The database's.
-    pub async fn outbox_rows_of_events(&self, event_ids: &[i64]) -> Result<i64, sqlx::Error> {
+    pub async fn outbox_max_id(&self) -> Result<i64, sqlx::Error> {
+        let sql = "SELECT coalesce(max(id), 0) FROM publish_outbox";
+        let (n,): (i64,) = on_read!(self, |pool| sqlx::query_as(sql).fetch_one(pool).await)?;
+        Ok(n)
+    }
+
+    /// Outbox rows still waiting for the given events among those written
+    /// after row `after` (a primary-key range: no index on `event_id` is
+    /// kept for this).
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn outbox_rows_of_events(
+        &self,
+        event_ids: &[i64],
+        after: i64,
+    ) -> Result<i64, sqlx::Error> {
         match &self.pools {
             super::Pools::Sqlite { read, .. } => {
                 let ids = serde_json::to_string(event_ids).unwrap_or_else(|_| "[]".to_owned());
                 let (n,): (i64,) = sqlx::query_as(
                     "SELECT count(*) FROM publish_outbox \
-                     WHERE event_id IN (SELECT value FROM json_each($1))",
+                     WHERE id > $2 AND event_id IN (SELECT value FROM json_each($1))",
                 )
                 .bind(ids)
+                .bind(after)
                 .fetch_one(read)
                 .await?;
                 Ok(n)
             }
             super::Pools::Postgres { pool, .. } => {
-                let (n,): (i64,) =
-                    sqlx::query_as("SELECT count(*) FROM publish_outbox WHERE event_id = ANY($1)")
-                        .bind(event_ids.to_vec())
-                        .fetch_one(pool)
-                        .await?;
+                let (n,): (i64,) = sqlx::query_as(
+                    "SELECT count(*) FROM publish_outbox WHERE id > $2 AND event_id = ANY($1)",
+                )
+                .bind(event_ids.to_vec())
+                .bind(after)
+                .fetch_one(pool)
+                .await?;
                 Ok(n)
             }
         }
