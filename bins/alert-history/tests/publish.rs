@@ -948,3 +948,53 @@ async fn a_secret_added_changed_and_removed_while_running_steers_publishing() {
     assert_eq!(second.messages().len(), 1);
     service.stop(Duration::from_secs(2)).await;
 }
+
+/// Decisions that wait for the database must not hold connections the
+/// publisher's own loop needs: with two connections and a batch of 50, a
+/// decision parked with its connection checked out used to deadlock the
+/// pool until its 10 s acquire timeout, and ingest with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_pool_never_deadlocks_publishing_or_ingest() {
+    let db = support::postgres().await;
+    let hook = keel_testkit::fakes::webhook::FakeWebhook::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_targets(
+        dir.path(),
+        &format!(
+            "- {{name: a, format: webhook, url: '{0}'}}\n- {{name: b, format: webhook, url: '{0}'}}\n",
+            hook.url()
+        ),
+    );
+    let mut config = Config::for_database(&db.url);
+    config.db_max_connections = 2;
+    config.targets.targets_file = Some(file);
+    config.publish.publish_poll_ms = 20;
+    let service = Service::start(&config).await.unwrap();
+    let base = format!("http://{}", service.local_addr());
+    let client = reqwest::Client::new();
+    let t0 = tokio::time::Instant::now();
+    for i in 0..30 {
+        let alerts: Vec<Value> = (0..5)
+            .map(|k| crit(&format!("Pool{i}_{k}"), &format!("b6{i:07}{k:07}"), i))
+            .collect();
+        let r = client
+            .post(format!("{base}/webhook"))
+            .json(&payload(alerts))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    eventually(
+        "every alert to both targets",
+        Duration::from_secs(30),
+        async || hook.messages().len() >= 300,
+    )
+    .await;
+    assert!(
+        t0.elapsed() < Duration::from_secs(9),
+        "no pool acquire timed out: {:?}",
+        t0.elapsed()
+    );
+    service.stop(Duration::from_secs(2)).await;
+}
