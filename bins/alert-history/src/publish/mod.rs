@@ -279,6 +279,12 @@ enum Step {
     Failed(String),
 }
 
+/// Most outcomes settled in one transaction.
+const SETTLE_BATCH: usize = 64;
+
+/// Longest an outcome waits to be settled with others.
+const SETTLE_DELAY: Duration = Duration::from_millis(20);
+
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -530,16 +536,28 @@ impl Publisher {
             tokio::task::JoinHandle<(OutboxRow, Step)>,
         > = futures::stream::FuturesOrdered::new();
         let mut deciding_ids: std::collections::HashSet<i64> = std::collections::HashSet::new();
+        // Outcomes are settled in batches (one transaction, one commit for
+        // up to SETTLE_BATCH rows, at most SETTLE_DELAY after the first): a
+        // commit per row competed with ingest's group commits.
+        let mut outcomes: Vec<(i64, HistoryEntry)> = Vec::new();
+        let mut flush_at: Option<Instant> = None;
         let mut backoff = Duration::ZERO;
         loop {
+            if outcomes.len() >= SETTLE_BATCH || flush_at.is_some_and(|at| Instant::now() >= at) {
+                self.settle(std::mem::take(&mut outcomes)).await;
+                flush_at = None;
+            }
             // Settle what the notifier told first: it frees room.
             let mut news = Vec::new();
             while let Ok(t) = told.try_recv() {
                 news.push(t);
             }
             if !news.is_empty() {
-                self.settle_told(&target, &notifier, &mut in_flight, news)
+                self.settle_told(&target, &notifier, &mut in_flight, news, &mut outcomes)
                     .await;
+            }
+            if !outcomes.is_empty() && flush_at.is_none() {
+                flush_at = Some(Instant::now() + SETTLE_DELAY);
             }
             let room = inner.batch.saturating_sub(in_flight.len() + deciding.len());
             let mut claimed = 0;
@@ -589,7 +607,8 @@ impl Publisher {
                     match decided {
                         Ok((row, step)) => {
                             deciding_ids.remove(&row.id);
-                            self.handle(&target, &notifier, &mut in_flight, row, step).await;
+                            self.handle(&target, &notifier, &mut in_flight, row, step, &mut outcomes)
+                                .await;
                         }
                         // A decision that panicked: its row stays leased and
                         // is taken again when the lease expires.
@@ -597,13 +616,21 @@ impl Publisher {
                     }
                 }
                 t = told.recv() => match t {
-                    Some(t) => self.settle_told(&target, &notifier, &mut in_flight, vec![t]).await,
+                    Some(t) => {
+                        self.settle_told(&target, &notifier, &mut in_flight, vec![t], &mut outcomes)
+                            .await;
+                    }
                     None => break,
                 },
                 _ = wake.changed() => {}
                 () = tokio::time::sleep(pause) => {}
+                () = tokio::time::sleep_until(flush_at.unwrap_or_else(Instant::now)), if flush_at.is_some() => {}
+            }
+            if !outcomes.is_empty() && flush_at.is_none() {
+                flush_at = Some(Instant::now() + SETTLE_DELAY);
             }
         }
+        self.settle(std::mem::take(&mut outcomes)).await;
         // Give back what this worker still holds: the next owner (this
         // replica's next worker, or another) publishes it.
         let released: Vec<(i64, Option<HistoryEntry>)> = in_flight
@@ -629,6 +656,7 @@ impl Publisher {
         in_flight: &mut HashMap<i64, InFlight>,
         row: OutboxRow,
         step: Step,
+        outcomes: &mut Vec<(i64, HistoryEntry)>,
     ) {
         let inner = &self.inner;
         let (event_id, fingerprint, firing) =
@@ -673,8 +701,8 @@ impl Publisher {
                         .await;
                 }
             }
-            Step::Filtered(why) => self.settle(vec![(row.id, entry("filtered", why))]).await,
-            Step::Failed(why) => self.settle(vec![(row.id, entry("failure", why))]).await,
+            Step::Filtered(why) => outcomes.push((row.id, entry("filtered", why))),
+            Step::Failed(why) => outcomes.push((row.id, entry("failure", why))),
             Step::Delay(until) => {
                 if let Err(e) = inner.store.delay_outbox(&inner.owner, row.id, until).await {
                     tracing::warn!(error = %e, "holding an outbox row failed; it is retried");
@@ -780,6 +808,7 @@ impl Publisher {
         notifier: &Notifier,
         in_flight: &mut HashMap<i64, InFlight>,
         told: Vec<Told>,
+        outcomes: &mut Vec<(i64, HistoryEntry)>,
     ) {
         let inner = &self.inner;
         let mut settled = Vec::new();
@@ -869,7 +898,7 @@ impl Publisher {
                 tracing::warn!(error = %e, "releasing outbox rows failed; their leases will expire");
             }
         }
-        self.settle(settled).await;
+        outcomes.extend(settled);
     }
 
     /// Records outcomes and deletes their rows; retried (with backoff) until
