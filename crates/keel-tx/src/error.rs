@@ -44,6 +44,12 @@ pub enum TxError {
     /// The journal could not record or read state.
     #[error(transparent)]
     Journal(#[from] JournalError),
+    /// The external write of [`Transaction::commit_through`] failed; the
+    /// transaction was rolled back.
+    ///
+    /// [`Transaction::commit_through`]: crate::Transaction::commit_through
+    #[error(transparent)]
+    ExternalWrite(#[from] ExternalWriteFailed),
 }
 
 /// Another transaction holds the resource (a `FailFast` begin, a `Wait`
@@ -154,6 +160,49 @@ impl InvalidChange {
 }
 
 pub use keel_core::ConfigError;
+
+/// The write to the store of record in
+/// [`Transaction::commit_through`](crate::Transaction::commit_through)
+/// failed, so the transaction was rolled back (cause
+/// [`RollbackCause::ExternalWrite`](crate::RollbackCause::ExternalWrite)) and
+/// the document kept its snapshot.
+///
+/// The write's own error is the [`source`](std::error::Error::source) (or
+/// [`into_source`](ExternalWriteFailed::into_source), to downcast it).
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+#[error("external write of resource {resource:?} failed; transaction {tx} rolled back")]
+pub struct ExternalWriteFailed {
+    resource: String,
+    tx: TxId,
+    #[source]
+    source: BoxError,
+}
+
+impl ExternalWriteFailed {
+    pub(crate) fn new(resource: impl Into<String>, tx: TxId, source: BoxError) -> Self {
+        ExternalWriteFailed {
+            resource: resource.into(),
+            tx,
+            source,
+        }
+    }
+
+    /// The resource.
+    pub fn resource(&self) -> &str {
+        &self.resource
+    }
+
+    /// The transaction that was rolled back.
+    pub fn tx(&self) -> TxId {
+        self.tx
+    }
+
+    /// The write's error, for downcasting to the store's own error type.
+    pub fn into_source(self) -> BoxError {
+        self.source
+    }
+}
 
 /// A saga names a step that is not registered with the executor.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -284,6 +333,16 @@ mod tests {
         assert_eq!(
             conflict.to_string(),
             "resource \"c1\" is at version 4, not the expected 3"
+        );
+        let tx = TxId::new();
+        let external = ExternalWriteFailed::new("c1", tx, "precondition failed".into());
+        assert_eq!(
+            external.to_string(),
+            format!("external write of resource \"c1\" failed; transaction {tx} rolled back")
+        );
+        assert_eq!(
+            external.source().map(ToString::to_string).as_deref(),
+            Some("precondition failed")
         );
         let config = ConfigError::new("transaction_timeout", "must be greater than zero");
         assert_eq!(

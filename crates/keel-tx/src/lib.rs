@@ -12,10 +12,13 @@
 //!   [`BeginMode`]), record [`set`](Transaction::set),
 //!   [`delete`](Transaction::delete) and [`merge`](Transaction::merge)
 //!   changes at JSON Pointers (RFC 6901; merge is an RFC 7396 merge patch),
-//!   then [`commit`](Transaction::commit) atomically or
+//!   then [`commit`](Transaction::commit) atomically (or
+//!   [`commit_through`](Transaction::commit_through) a conditional write to
+//!   a store of record outside the journal) or
 //!   [`rollback`](Transaction::rollback) to the snapshot. Writers outside
 //!   transactions use [`put`](TxManager::put) with a version (optimistic
-//!   concurrency). A reaper rolls back transactions left open past their
+//!   concurrency), or [`sync`](TxManager::sync) to follow the store of
+//!   record. A reaper rolls back transactions left open past their
 //!   timeout (30 minutes by default). Every transaction leaves an
 //!   [`AuditRecord`]: who, when, what, the trace id, each change with before
 //!   and after values, and how it ended.
@@ -74,6 +77,89 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # A store of record outside the journal
+//!
+//! When the document's store of record is elsewhere (an S3 object written
+//! with a conditional `PutObject` on its `ETag`, a database row),
+//! [`commit_through`](Transaction::commit_through) makes the commit depend
+//! on that write: it runs the write with the would-be document and version
+//! after the changes are journaled and before the commit marker, commits if
+//! it succeeds and rolls back ([`RollbackCause::ExternalWrite`],
+//! [`TxError::ExternalWrite`]) if it fails. The store of record wins and the
+//! journal is the write-ahead audit and working copy: if the commit marker
+//! cannot be written after a successful write, or the process stops between
+//! the two, the transaction is rolled back while the store holds the new
+//! document, so re-read the store and hand its document to
+//! [`sync`](TxManager::sync), which replaces the journal's copy whatever its
+//! version (and writes nothing when they are equal).
+//!
+//! ```
+//! use std::sync::{Arc, Mutex};
+//! use std::sync::atomic::{AtomicU32, Ordering};
+//! use keel_tx::{BeginMode, MemoryJournal, RollbackCause, TxError, TxManager, TxStatus};
+//! use serde_json::{Value, json};
+//!
+//! /// Stands in for S3: one object and its ETag (here, the version), and a
+//! /// number of requests to fail first.
+//! #[derive(Default)]
+//! struct Bucket { object: Mutex<Option<(Value, u64)>>, outages: AtomicU32 }
+//!
+//! impl Bucket {
+//!     fn put_if_match(&self, etag: u64, value: Value, new_etag: u64) -> Result<(), String> {
+//!         if self.outages.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+//!             return Err("503 SlowDown".into());
+//!         }
+//!         let mut object = self.object.lock().unwrap();
+//!         if object.as_ref().map_or(0, |(_, e)| *e) != etag {
+//!             return Err("412 PreconditionFailed".into());
+//!         }
+//!         *object = Some((value, new_etag));
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), TxError> {
+//! let bucket = Arc::new(Bucket { outages: AtomicU32::new(1), ..Bucket::default() });
+//! let manager = TxManager::builder(Arc::new(MemoryJournal::new())).open().await?;
+//!
+//! for attempt in 1.. {
+//!     let mut tx = manager.begin("cluster-a", "create", "controller-1", "trace-7", BeginMode::FailFast).await?;
+//!     tx.set("", json!({"spec": {"masters": 3}})).await?;
+//!     let bucket = bucket.clone();
+//!     // Called once with the document and version the commit would produce;
+//!     // the commit marker is written only if its future returns `Ok`.
+//!     let result = tx
+//!         .commit_through(|doc, version| {
+//!             let doc = doc.clone();
+//!             async move { bucket.put_if_match(version - 1, doc, version) }
+//!         })
+//!         .await;
+//!     match result {
+//!         Ok(committed) => {
+//!             assert_eq!((attempt, committed.version), (2, 1));
+//!             break;
+//!         }
+//!         // Rolled back: nothing committed, and the resource is free again.
+//!         Err(TxError::ExternalWrite(failed)) => {
+//!             assert_eq!(failed.resource(), "cluster-a");
+//!             assert!(manager.get("cluster-a").is_none());
+//!         }
+//!         Err(other) => return Err(other),
+//!     }
+//! }
+//! let audit = manager.audit("cluster-a");
+//! assert!(matches!(
+//!     &audit[0].status,
+//!     TxStatus::RolledBack { cause: RollbackCause::ExternalWrite, reason } if reason == "503 SlowDown"
+//! ));
+//! assert_eq!(audit[1].status, TxStatus::Committed { version: 1 });
+//!
+//! // At start-up (or after a failed commit), the store of record wins.
+//! let (object, _etag) = bucket.object.lock().unwrap().clone().unwrap();
+//! assert_eq!(manager.sync("cluster-a", object).await?, 1, "equal: nothing written");
+//! # Ok(()) }
+//! ```
+//!
 //! # A saga
 //!
 //! ```
@@ -128,8 +214,9 @@ mod state;
 
 pub use config::{BeginMode, TxManagerBuilder};
 pub use error::{
-    ConfigError, InvalidChange, InvalidSaga, JournalError, JournalErrorKind, PathProblem,
-    ResourceBusy, SagaInProgress, TransactionClosed, TxError, UnknownStep, VersionConflict,
+    ConfigError, ExternalWriteFailed, InvalidChange, InvalidSaga, JournalError, JournalErrorKind,
+    PathProblem, ResourceBusy, SagaInProgress, TransactionClosed, TxError, UnknownStep,
+    VersionConflict,
 };
 pub use journal::{Durability, FileJournal, FileJournalBuilder, Journal, MemoryJournal};
 #[cfg(feature = "postgres")]

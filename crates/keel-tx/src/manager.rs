@@ -2,11 +2,13 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use chrono::Utc;
-use keel_core::{CancellationToken, every};
+use futures::FutureExt as _;
+use keel_core::{BoxError, CancellationToken, every};
 use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::OwnedMutexGuard;
@@ -14,7 +16,8 @@ use tokio::time::Instant;
 
 use crate::config::{BeginMode, TxConfig, TxManagerBuilder};
 use crate::error::{
-    JournalError, JournalErrorKind, ResourceBusy, TransactionClosed, TxError, VersionConflict,
+    ExternalWriteFailed, JournalError, JournalErrorKind, ResourceBusy, TransactionClosed, TxError,
+    VersionConflict,
 };
 use crate::journal::{Durability, Journal};
 use crate::metrics::Hooks;
@@ -44,9 +47,10 @@ use crate::state::JournalState;
 /// Cloning is cheap and shares the manager. Cost: `begin` clones the
 /// document (the snapshot); each change clones the value it writes (and the
 /// subtree, for a merge); `commit` moves the working copy into the journal
-/// record. Begin, commit, rollback and put run to completion on a spawned
-/// task even if the caller's future is dropped, so a cancelled caller never
-/// leaves the journal and the in-memory state disagreeing.
+/// record. Begin, commit, commit-through, rollback, put and sync run to
+/// completion on a spawned task even if the caller's future is dropped, so a
+/// cancelled caller never leaves the journal and the in-memory state
+/// disagreeing.
 #[derive(Clone)]
 pub struct TxManager {
     inner: Arc<Inner>,
@@ -252,6 +256,31 @@ impl TxManager {
                 .await
         })
         .await
+    }
+
+    /// Makes `document`, read from a store of record outside the journal,
+    /// the committed document of `resource`, whatever version the journal
+    /// has. Returns the version it is at afterwards.
+    ///
+    /// When the committed document already equals `document` nothing is
+    /// written and the current version is returned; otherwise (or when the
+    /// resource has no document yet) `document` is written as the next
+    /// version and audited like a [`put`](TxManager::put) (operation
+    /// `"put"`, one change at `""` with before and after). Use it after
+    /// [`Transaction::commit_through`] failed or the process restarted, so
+    /// that the working copy follows the store of record, which wins.
+    ///
+    /// Fails with [`TxError::ResourceBusy`] while a transaction holds the
+    /// resource. Durable when it returns. Cost: one comparison of the two
+    /// documents; a write only when they differ.
+    pub async fn sync(&self, resource: impl Into<String>, document: Value) -> Result<u64, TxError> {
+        let resource = resource.into();
+        let guard = self
+            .inner
+            .lock_resource(&resource, BeginMode::FailFast)
+            .await?;
+        let inner = self.inner.clone();
+        detached(async move { inner.sync_locked(guard, resource, document).await }).await
     }
 
     /// The audit trail of `resource`: finished transactions (and puts),
@@ -474,14 +503,83 @@ impl Inner {
     }
 
     async fn commit(self: Arc<Self>, tx: TxId, resource: String) -> Result<Committed, TxError> {
-        let (open, version) = {
-            let mut state = self.state.lock();
-            let Some(open) = state.open.remove(&tx) else {
-                return Err(closed(&state, tx, &resource));
-            };
-            let version = state.journal.version(&resource) + 1;
-            (open, version)
+        let (open, version) = self.take_open(tx, &resource)?;
+        self.write_commit(tx, resource, open, version).await
+    }
+
+    /// Takes `tx` out of the open set (so neither the reaper nor a drop rolls
+    /// it back) and returns it with the version its commit will produce.
+    fn take_open(&self, tx: TxId, resource: &str) -> Result<(OpenTx, u64), TxError> {
+        let mut state = self.state.lock();
+        let Some(open) = state.open.remove(&tx) else {
+            return Err(closed(&state, tx, resource));
         };
+        // The resource lock (in `open`) is held, so the version cannot move.
+        let version = state.journal.version(resource) + 1;
+        Ok((open, version))
+    }
+
+    /// Runs the external write of `commit_through`, then writes the commit
+    /// marker if it succeeded or rolls back if it failed.
+    async fn commit_through<Fut, E>(
+        self: Arc<Self>,
+        tx: TxId,
+        resource: String,
+        open: OpenTx,
+        version: u64,
+        write: Fut,
+    ) -> Result<Committed, TxError>
+    where
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        // Convert at once, so that `E` need not be `Send`.
+        let write = write.map(|result| result.map_err(Into::<BoxError>::into));
+        let (error, panic) = match AssertUnwindSafe(write).catch_unwind().await {
+            Ok(Ok(())) => {
+                let result = self.write_commit(tx, resource.clone(), open, version).await;
+                if let Err(error) = &result {
+                    tracing::warn!(
+                        tx = %tx,
+                        resource = %resource,
+                        version,
+                        error = %error,
+                        "the store of record took a document the journal did not commit; re-read it and sync"
+                    );
+                }
+                return result;
+            }
+            Ok(Err(error)) => (error, None),
+            Err(panic) => (BoxError::from("the external write panicked"), Some(panic)),
+        };
+        tracing::debug!(tx = %tx, resource = %resource, error = %error, "external write failed; rolling back");
+        // A journal error here was logged; the rollback holds in memory, and
+        // without a commit marker recovery rolls back as well.
+        self.finish_rollback(
+            tx,
+            &resource,
+            RollbackCause::ExternalWrite,
+            error.to_string(),
+            Durability::Durable,
+        )
+        .await
+        .ok();
+        drop(open);
+        if let Some(panic) = panic {
+            std::panic::resume_unwind(panic);
+        }
+        Err(ExternalWriteFailed::new(resource, tx, error).into())
+    }
+
+    /// Writes the commit marker of `tx` (taken out of the open set) and
+    /// publishes the new document, or rolls back if the journal fails.
+    async fn write_commit(
+        &self,
+        tx: TxId,
+        resource: String,
+        open: OpenTx,
+        version: u64,
+    ) -> Result<Committed, TxError> {
         let OpenTx {
             working,
             next_change,
@@ -631,6 +729,58 @@ impl Inner {
                 .refresh_conflict(&resource, expected_version, error)
                 .await),
             Err(error) => Err(self.map_journal_error(error, &resource, tx)),
+        }
+    }
+
+    async fn sync_locked(
+        self: Arc<Self>,
+        guard: OwnedMutexGuard<()>,
+        resource: String,
+        mut document: Value,
+    ) -> Result<u64, TxError> {
+        // Only a shared journal refuses a put because another process moved
+        // the version; catch up and try again a few times.
+        const ATTEMPTS: u32 = 3;
+        let mut attempt = 1;
+        loop {
+            let actual = {
+                let state = self.state.lock();
+                match state.journal.document(&resource) {
+                    Some(current) if current.value == document => return Ok(current.version),
+                    Some(current) => current.version,
+                    None => 0,
+                }
+            };
+            let version = actual + 1;
+            let tx = TxId::new();
+            let records = [Record::Put {
+                tx,
+                resource: resource.clone(),
+                version,
+                document,
+                at: Utc::now(),
+            }];
+            match self.journal.append(&records, Durability::Durable).await {
+                Ok(()) => {
+                    let [record] = records;
+                    self.state.lock().journal.apply(record);
+                    drop(guard);
+                    tracing::debug!(tx = %tx, resource = %resource, version, "document synced from the store of record");
+                    return Ok(version);
+                }
+                Err(error) if error.kind() == JournalErrorKind::VersionMismatch => {
+                    let conflict = self.refresh_conflict(&resource, actual, error).await;
+                    if attempt == ATTEMPTS || !matches!(conflict, TxError::VersionConflict(_)) {
+                        return Err(conflict);
+                    }
+                    attempt += 1;
+                    let [Record::Put { document: back, .. }] = records else {
+                        unreachable!("built as a put record above");
+                    };
+                    document = back;
+                }
+                Err(error) => return Err(self.map_journal_error(error, &resource, tx)),
+            }
         }
     }
 
@@ -824,6 +974,56 @@ impl Transaction {
         let inner = self.inner.clone();
         let (tx, resource) = (self.tx, std::mem::take(&mut self.resource));
         detached(inner.commit(tx, resource)).await
+    }
+
+    /// Commits only if `write` stores the new document in a store of record
+    /// outside the journal (an S3 object written with a conditional
+    /// `PutObject`, a database row): `write` gets the document and version
+    /// the commit would produce, and the commit marker is written only after
+    /// its future returns `Ok`.
+    ///
+    /// * `Ok`: as [`commit`](Transaction::commit) (the same [`Committed`],
+    ///   the same handling of a journal failure).
+    /// * `Err`: the transaction is rolled back (cause
+    ///   [`RollbackCause::ExternalWrite`], the error's message as the
+    ///   reason), the document keeps its snapshot, the resource is released,
+    ///   and [`TxError::ExternalWrite`] carries the error as its source.
+    ///
+    /// `write` is called once, before this method first awaits, so it may
+    /// borrow from the caller; its future must own what it uses. The future
+    /// runs on a spawned task like `commit`, so dropping this method's future
+    /// does not stop it half way. The transaction timeout does not apply
+    /// while it runs: bound it inside `write`. A panic in `write` or its
+    /// future rolls the transaction back and is resumed in the caller.
+    ///
+    /// The store of record wins; the journal is the write-ahead audit and
+    /// the working copy. If the journal fails to write the commit marker
+    /// after `write` succeeded, or the process stops between the two, the
+    /// transaction is rolled back (at once, or by recovery with
+    /// [`RollbackCause::Recovery`]) while the store of record holds the new
+    /// document: re-read the store of record and pass what it holds to
+    /// [`TxManager::sync`]. Use a conditional write (on an `ETag` or a
+    /// version) so that a write whose outcome is unknown can be detected.
+    pub async fn commit_through<W, Fut, E>(mut self, write: W) -> Result<Committed, TxError>
+    where
+        W: FnOnce(&Value, u64) -> Fut,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        let (open, version) = self.inner.take_open(self.tx, &self.resource)?;
+        let written = std::panic::catch_unwind(AssertUnwindSafe(|| write(&open.working, version)));
+        let write = match written {
+            Ok(write) => write,
+            Err(panic) => {
+                // Back in the open set, so dropping `self` rolls it back.
+                self.inner.state.lock().open.insert(self.tx, open);
+                std::panic::resume_unwind(panic);
+            }
+        };
+        self.finished = true;
+        let inner = self.inner.clone();
+        let (tx, resource) = (self.tx, std::mem::take(&mut self.resource));
+        detached(inner.commit_through(tx, resource, open, version, write)).await
     }
 
     /// Rolls back with `reason`: the document keeps its snapshot and the

@@ -89,7 +89,8 @@ mod enabled {
     /// Metric name: transactions committed.
     pub const TRANSACTIONS_COMMITTED: &str = "transactions_committed";
     /// Metric name: transactions rolled back, by `cause` (`requested`,
-    /// `timed_out`, `dropped`, `recovery`, `journal_failure`).
+    /// `timed_out`, `dropped`, `recovery`, `journal_failure`,
+    /// `external_write`).
     pub const TRANSACTIONS_ROLLED_BACK: &str = "transactions_rolled_back";
     /// Metric name: transactions rolled back by the timeout reaper.
     pub const TRANSACTIONS_TIMED_OUT: &str = "transactions_timed_out";

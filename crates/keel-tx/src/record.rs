@@ -109,6 +109,7 @@ fn some_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D
 }
 
 /// Why a transaction was rolled back.
+#[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RollbackCause {
@@ -123,6 +124,10 @@ pub enum RollbackCause {
     Recovery,
     /// The journal failed while committing.
     JournalFailure,
+    /// The write to the store of record in
+    /// [`Transaction::commit_through`](crate::Transaction::commit_through)
+    /// failed (the reason is its error message).
+    ExternalWrite,
 }
 
 impl RollbackCause {
@@ -134,6 +139,7 @@ impl RollbackCause {
             RollbackCause::Dropped => "dropped",
             RollbackCause::Recovery => "recovery",
             RollbackCause::JournalFailure => "journal_failure",
+            RollbackCause::ExternalWrite => "external_write",
         }
     }
 }

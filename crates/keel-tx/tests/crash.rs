@@ -143,27 +143,27 @@ fn wait_ready(child: &mut std::process::Child, dir: &Path) {
     panic!("child never became ready");
 }
 
-#[test]
-fn kill_mid_transaction_keeps_committed_and_rolls_back_uncommitted() {
+/// Runs the ignored test `child` in a child process with `dir`, waits until
+/// it is ready and kills it with SIGKILL.
+fn run_child_and_kill(child: &str, dir: &Path) {
     use std::os::unix::process::ExitStatusExt as _;
 
-    let dir = tempfile::tempdir().unwrap();
-    let log = std::fs::File::create(dir.path().join("child.log")).unwrap();
+    let log = std::fs::File::create(dir.join("child.log")).unwrap();
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
-            "crash_child_process",
+            child,
             "--exact",
             "--ignored",
             "--nocapture",
             "--test-threads=1",
         ])
-        .env(DIR_ENV, dir.path())
+        .env(DIR_ENV, dir)
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()
         .unwrap();
-    wait_ready(&mut child, dir.path());
+    wait_ready(&mut child, dir);
     // `Child::kill` sends SIGKILL on Unix: no destructor, no flush, no rollback.
     child.kill().unwrap();
     let status = child.wait().unwrap();
@@ -172,6 +172,12 @@ fn kill_mid_transaction_keeps_committed_and_rolls_back_uncommitted() {
         Some(libc_sigkill()),
         "child was killed, not exited: {status}"
     );
+}
+
+#[test]
+fn kill_mid_transaction_keeps_committed_and_rolls_back_uncommitted() {
+    let dir = tempfile::tempdir().unwrap();
+    run_child_and_kill("crash_child_process", dir.path());
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
@@ -240,6 +246,98 @@ fn kill_mid_transaction_keeps_committed_and_rolls_back_uncommitted() {
         let reports = executor.recover().await.unwrap();
         assert!(reports[0].is_completed());
         assert_eq!(*launches.lock(), [idempotency_key(SAGA_ID, "launch")]);
+    });
+}
+
+/// The child of the commit-through crash test: its external write (a file
+/// standing in for the store of record) succeeds, and the process is killed
+/// before the commit marker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "child process of kill_between_external_write_and_commit_marker_rolls_back"]
+async fn crash_child_commit_through() {
+    let dir = PathBuf::from(
+        std::env::var(DIR_ENV).expect("started by the crash test with KEEL_TX_CRASH_DIR"),
+    );
+    let journal = Arc::new(FileJournal::open(dir.join("journal")).unwrap());
+    let manager = TxManager::builder(journal).open().await.unwrap();
+    manager
+        .put("cluster-s", json!({"spec": {"masters": 1}}), 0)
+        .await
+        .unwrap();
+    let mut tx = manager
+        .begin(
+            "cluster-s",
+            "scaleUp",
+            "controller",
+            "trace-9",
+            BeginMode::FailFast,
+        )
+        .await
+        .unwrap();
+    tx.set("/spec/masters", 2).await.unwrap();
+    let store = dir.join("store.json");
+    let ready = dir.join("ready");
+    tx.commit_through(move |doc, version| {
+        let object = json!({"document": doc, "version": version});
+        async move {
+            std::fs::write(store, object.to_string()).unwrap();
+            std::fs::write(ready, b"ready").unwrap();
+            // Killed here: after the write, before the commit marker.
+            std::future::pending::<Result<(), &str>>().await
+        }
+    })
+    .await
+    .unwrap();
+    unreachable!("the write never returns");
+}
+
+#[test]
+fn kill_between_external_write_and_commit_marker_rolls_back() {
+    let dir = tempfile::tempdir().unwrap();
+    run_child_and_kill("crash_child_commit_through", dir.path());
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let journal = Arc::new(FileJournal::open(dir.path().join("journal")).unwrap());
+        let manager = TxManager::builder(journal).open().await.unwrap();
+
+        // The journal has no commit marker: recovery rolls the transaction back.
+        let recovered = manager.recovered();
+        assert_eq!(recovered.len(), 1);
+        assert_eq!(recovered[0].trace_id, "trace-9");
+        assert_eq!(recovered[0].changes.len(), 1);
+        assert!(matches!(
+            recovered[0].status,
+            TxStatus::RolledBack {
+                cause: RollbackCause::Recovery,
+                ..
+            }
+        ));
+        let doc = manager.get("cluster-s").unwrap();
+        assert_eq!(
+            (doc.version, doc.value),
+            (1, json!({"spec": {"masters": 1}}))
+        );
+
+        // The store of record took the write, and it wins: sync to it.
+        let stored: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("store.json")).unwrap()).unwrap();
+        assert_eq!(stored["version"], 2);
+        let object = stored["document"].clone();
+        assert_eq!(object, json!({"spec": {"masters": 2}}));
+        assert_eq!(manager.sync("cluster-s", object.clone()).await.unwrap(), 2);
+        assert_eq!(manager.get("cluster-s").unwrap().value, object);
+        let last = manager.audit("cluster-s").pop().unwrap();
+        assert_eq!(
+            (last.operation.as_str(), &last.status),
+            ("put", &TxStatus::Committed { version: 2 })
+        );
+
+        // The resource is usable again.
+        manager
+            .begin("cluster-s", "after", "me", "t", BeginMode::FailFast)
+            .await
+            .unwrap();
     });
 }
 
