@@ -1,6 +1,7 @@
 //! Fakes of the external HTTP APIs Keel programs talk to, each a small axum
 //! router wrapped by the fault layer ([`crate::FakeServer`]).
 
+pub mod aws;
 pub mod kube;
 mod limits;
 pub mod llm;
