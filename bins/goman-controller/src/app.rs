@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+};
 use keel::breaker::BreakerRegistry;
 use keel::tx::{FileJournal, Journal};
 
@@ -77,6 +79,8 @@ pub struct Parts {
     pub reconciler: Reconciler,
     /// The breakers (AWS presets).
     pub breakers: BreakerRegistry,
+    /// The clients.
+    pub aws: Aws,
 }
 
 /// The state store a configuration names (connecting to AWS if needed).
@@ -94,9 +98,23 @@ pub async fn store(config: &Config, aws: &Aws) -> Result<StateStore, AppError> {
 ///
 /// # Errors
 /// [`AppError`].
-pub async fn connect(config: &Config, metrics: Metrics) -> Result<(Aws, BreakerRegistry), AppError> {
+pub async fn connect(
+    config: &Config,
+    metrics: Metrics,
+) -> Result<(Aws, BreakerRegistry), AppError> {
+    connect_with(&aws_settings(config), metrics).await
+}
+
+/// Connects with explicit AWS settings (tests give static credentials).
+///
+/// # Errors
+/// [`AppError`].
+pub async fn connect_with(
+    settings: &AwsSettings,
+    metrics: Metrics,
+) -> Result<(Aws, BreakerRegistry), AppError> {
     let breakers = BreakerRegistry::with_aws_presets();
-    let aws = Aws::connect(&aws_settings(config), &breakers, metrics).await?;
+    let aws = Aws::connect(settings, &breakers, metrics).await?;
     Ok((aws, breakers))
 }
 
@@ -105,10 +123,27 @@ pub async fn connect(config: &Config, metrics: Metrics) -> Result<(Aws, BreakerR
 /// # Errors
 /// [`AppError`].
 pub async fn build(config: &Config, metrics: Metrics) -> Result<Parts, AppError> {
-    let (aws, breakers) = connect(config, metrics.clone()).await?;
+    build_with(config, &aws_settings(config), metrics).await
+}
+
+/// [`build`] with explicit AWS settings.
+///
+/// # Errors
+/// [`AppError`].
+pub async fn build_with(
+    config: &Config,
+    aws_settings: &AwsSettings,
+    metrics: Metrics,
+) -> Result<Parts, AppError> {
+    let (aws, breakers) = connect_with(aws_settings, metrics.clone()).await?;
     let store = store(config, &aws).await?;
     let locks = match &config.state_bucket {
-        Some(_) => Locks::dynamodb(aws.clone(), &config.lock_table, config.lock_ttl, metrics.clone()),
+        Some(_) => Locks::dynamodb(
+            aws.clone(),
+            &config.lock_table,
+            config.lock_ttl,
+            metrics.clone(),
+        ),
         None => Locks::local(&config.state_dir, config.lock_ttl, metrics.clone())?,
     };
     let journal: Arc<dyn Journal> = match config.journal_location() {
@@ -119,7 +154,7 @@ pub async fn build(config: &Config, metrics: Metrics) -> Result<Parts, AppError>
         JournalLocation::Postgres(url) => Arc::new(keel::tx::PostgresJournal::connect(url).await?),
     };
     let cloud = Cloud::new(
-        aws,
+        aws.clone(),
         CloudSettings {
             ssm_concurrency: config.ssm_concurrency,
             command_timeout: config.command_timeout,
@@ -128,8 +163,20 @@ pub async fn build(config: &Config, metrics: Metrics) -> Result<Parts, AppError>
             batch_size: 10,
         },
     );
-    let reconciler = Reconciler::new(store, locks, cloud, journal, reconcile_settings(config), metrics).await?;
-    Ok(Parts { reconciler, breakers })
+    let reconciler = Reconciler::new(
+        store,
+        locks,
+        cloud,
+        journal,
+        reconcile_settings(config),
+        metrics,
+    )
+    .await?;
+    Ok(Parts {
+        reconciler,
+        breakers,
+        aws,
+    })
 }
 
 /// `init`: creates the state bucket and the lock table if missing.
@@ -138,7 +185,9 @@ pub async fn build(config: &Config, metrics: Metrics) -> Result<Parts, AppError>
 /// AWS errors other than "already exists".
 pub async fn init(aws: &Aws, bucket: &str, table: &str) -> Result<(), AwsError> {
     let r = aws
-        .call(Service::S3, "CreateBucket", |_| aws.s3.create_bucket().bucket(bucket).send())
+        .call(Service::S3, "CreateBucket", |_| {
+            aws.s3.create_bucket().bucket(bucket).send()
+        })
         .await;
     match r {
         Ok(_) => tracing::info!(bucket, "state bucket created"),

@@ -14,7 +14,8 @@
 
 use std::fmt;
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use keel::breaker::{BreakerRegistry, presets};
@@ -126,7 +127,11 @@ impl AwsError {
 
     /// A local error shaped like a service's (for answers the controller
     /// cannot use).
-    pub fn invalid(service: Service, operation: &'static str, message: impl Into<String>) -> AwsError {
+    pub fn invalid(
+        service: Service,
+        operation: &'static str,
+        message: impl Into<String>,
+    ) -> AwsError {
         AwsError {
             service,
             operation,
@@ -199,7 +204,13 @@ impl ThrottleBackoff {
     }
 }
 
-fn classify_sdk<E>(service: Service, operation: &'static str, err: &SdkError<E>, attempt: u32, throttle: &ThrottleBackoff) -> AwsError
+fn classify_sdk<E>(
+    service: Service,
+    operation: &'static str,
+    err: &SdkError<E>,
+    attempt: u32,
+    throttle: &ThrottleBackoff,
+) -> AwsError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
@@ -218,7 +229,9 @@ where
     };
     let kind = match err {
         SdkError::ConstructionFailure(_) => ErrorKind::Permanent,
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => ErrorKind::Transient,
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            ErrorKind::Transient
+        }
         _ => match code.as_deref() {
             Some(c) if THROTTLING.contains(&c) => ErrorKind::Throttled,
             Some(c) if TRANSIENT.contains(&c) => ErrorKind::Transient,
@@ -313,7 +326,11 @@ impl Aws {
     ///
     /// # Errors
     /// An invalid pipeline setting (a zero deadline).
-    pub async fn connect(settings: &AwsSettings, breakers: &BreakerRegistry, metrics: Metrics) -> Result<Aws, keel::ConfigError> {
+    pub async fn connect(
+        settings: &AwsSettings,
+        breakers: &BreakerRegistry,
+        metrics: Metrics,
+    ) -> Result<Aws, keel::ConfigError> {
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new(settings.region.clone()))
             // Our pipeline retries; the SDK's retries would multiply attempts.
@@ -327,7 +344,9 @@ impl Aws {
             loader = loader.endpoint_url(endpoint);
         }
         if let Some((id, secret)) = &settings.static_credentials {
-            loader = loader.credentials_provider(aws_sdk_ec2::config::Credentials::new(id, secret, None, None, "static"));
+            loader = loader.credentials_provider(aws_sdk_ec2::config::Credentials::new(
+                id, secret, None, None, "static",
+            ));
         }
         let shared = loader.load().await;
         let s3_config = aws_sdk_s3::config::Builder::from(&shared)
@@ -337,21 +356,29 @@ impl Aws {
         for service in Service::ALL {
             let name = service.as_str();
             let metrics_retry = metrics.clone();
-            let retry = retry_builder(settings.retries, settings.retry_base, settings.retry_max_delay)
-                .on_retry(move |event| {
-                    let reason = if event.outcome.is_overloaded() { "throttled" } else { "transient" };
-                    metrics_retry.aws_retry(name, reason);
-                    tracing::info!(
-                        target: "goman::retry",
-                        service = name,
-                        attempt = event.attempt,
-                        delay_ms = event.delay.as_millis() as u64,
-                        reason,
-                        error = ?event.error,
-                        "[RETRY] AWS call failed, retrying"
-                    );
-                })
-                .build()?;
+            let retry = retry_builder(
+                settings.retries,
+                settings.retry_base,
+                settings.retry_max_delay,
+            )
+            .on_retry(move |event| {
+                let reason = if event.outcome.is_overloaded() {
+                    "throttled"
+                } else {
+                    "transient"
+                };
+                metrics_retry.aws_retry(name, reason);
+                tracing::info!(
+                    target: "goman::retry",
+                    service = name,
+                    attempt = event.attempt,
+                    delay_ms = event.delay.as_millis() as u64,
+                    reason,
+                    error = ?event.error,
+                    "[RETRY] AWS call failed, retrying"
+                );
+            })
+            .build()?;
             let mut builder = Pipeline::builder()
                 .deadline(settings.call_deadline)
                 .retry(retry)
@@ -391,7 +418,12 @@ impl Aws {
     /// # Errors
     /// The classified error of the last attempt, or `Rejected` when the
     /// breaker or bulkhead refused.
-    pub async fn call<T, E, F, Fut>(&self, service: Service, operation: &'static str, mut op: F) -> Result<T, AwsError>
+    pub async fn call<T, E, F, Fut>(
+        &self,
+        service: Service,
+        operation: &'static str,
+        mut op: F,
+    ) -> Result<T, AwsError>
     where
         F: FnMut(u32) -> Fut,
         Fut: Future<Output = Result<T, SdkError<E>>>,
@@ -399,7 +431,9 @@ impl Aws {
     {
         let throttle = self.throttle;
         self.call_op(service, operation, |attempt| {
-            let fut = op(attempt);
+            // Boxed: the SDK's request futures are tens of KiB, and every
+            // caller up the stack would carry them otherwise.
+            let fut = Box::pin(op(attempt));
             async move {
                 fut.await
                     .map_err(|e| classify_sdk(service, operation, &e, attempt, &throttle))
@@ -410,7 +444,13 @@ impl Aws {
 
     /// Classifies an SDK error of attempt `attempt` (for ops that make
     /// several requests per attempt, through [`call_op`](Self::call_op)).
-    pub fn classify<E>(&self, service: Service, operation: &'static str, attempt: u32, err: &SdkError<E>) -> AwsError
+    pub fn classify<E>(
+        &self,
+        service: Service,
+        operation: &'static str,
+        attempt: u32,
+        err: &SdkError<E>,
+    ) -> AwsError
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
@@ -422,7 +462,12 @@ impl Aws {
     ///
     /// # Errors
     /// As [`call`](Self::call).
-    pub async fn call_op<T, F, Fut>(&self, service: Service, operation: &'static str, mut op: F) -> Result<T, AwsError>
+    pub async fn call_op<T, F, Fut>(
+        &self,
+        service: Service,
+        operation: &'static str,
+        mut op: F,
+    ) -> Result<T, AwsError>
     where
         F: FnMut(u32) -> Fut,
         Fut: Future<Output = Result<T, AwsError>>,
@@ -436,7 +481,7 @@ impl Aws {
         let metrics = &self.metrics;
         let result = pipeline
             .call_with(&options, |attempt| {
-                let fut = op(attempt.number);
+                let fut = Box::pin(op(attempt.number));
                 async move {
                     let started = Instant::now();
                     let result = fut.await;
@@ -453,21 +498,33 @@ impl Aws {
         result.map_err(|e| self.unwrap_pipeline_error(service, operation, e))
     }
 
-    fn unwrap_pipeline_error(&self, service: Service, operation: &'static str, e: keel::PipelineError<AwsError>) -> AwsError {
+    fn unwrap_pipeline_error(
+        &self,
+        service: Service,
+        operation: &'static str,
+        e: keel::PipelineError<AwsError>,
+    ) -> AwsError {
         let (kind, message) = match e {
             keel::PipelineError::Inner(e) => return e,
-            keel::PipelineError::RetryBudgetExhausted { last } => match last.and_then(|l| l.into_inner()) {
-                Some(e) => return e,
-                None => (ErrorKind::Rejected, "retry budget exhausted".to_owned()),
-            },
-            keel::PipelineError::AttemptTimeout { timeout } => (ErrorKind::Transient, format!("attempt timed out after {timeout:?}")),
-            keel::PipelineError::DeadlineExceeded { deadline } => {
-                (ErrorKind::Transient, format!("call deadline of {deadline:?} passed"))
+            keel::PipelineError::RetryBudgetExhausted { last } => {
+                match last.and_then(|l| l.into_inner()) {
+                    Some(e) => return e,
+                    None => (ErrorKind::Rejected, "retry budget exhausted".to_owned()),
+                }
             }
+            keel::PipelineError::AttemptTimeout { timeout } => (
+                ErrorKind::Transient,
+                format!("attempt timed out after {timeout:?}"),
+            ),
+            keel::PipelineError::DeadlineExceeded { deadline } => (
+                ErrorKind::Transient,
+                format!("call deadline of {deadline:?} passed"),
+            ),
             other => (ErrorKind::Rejected, other.to_string()),
         };
         if kind == ErrorKind::Rejected {
-            self.metrics.aws_call(service.as_str(), operation, "rejected", Duration::ZERO);
+            self.metrics
+                .aws_call(service.as_str(), operation, "rejected", Duration::ZERO);
         }
         AwsError {
             service,
@@ -484,7 +541,11 @@ impl Aws {
 /// goman's AWS retry policy with `max_retries`, `base` and `max`: the
 /// transient backoff doubles from `base` to `max` (full jitter); an
 /// overload's retry-after (the throttle backoff) is honoured up to 60 s.
-pub fn retry_builder(max_retries: u32, base: Duration, max: Duration) -> keel::retry::RetryPolicyBuilder {
+pub fn retry_builder(
+    max_retries: u32,
+    base: Duration,
+    max: Duration,
+) -> keel::retry::RetryPolicyBuilder {
     RetryPolicy::builder()
         .max_retries(max_retries)
         .backoff(Backoff::exponential(base, 2.0))

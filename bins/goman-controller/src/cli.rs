@@ -36,7 +36,11 @@ const ATTEMPTS: u32 = 5;
 ///
 /// # Errors
 /// [`CliError`].
-pub async fn apply(store: &StateStore, profile: &str, text: &str) -> Result<ClusterResource, CliError> {
+pub async fn apply(
+    store: &StateStore,
+    profile: &str,
+    text: &str,
+) -> Result<ClusterResource, CliError> {
     let manifest = Manifest::parse(text)?;
     let name = manifest.metadata.name.clone();
     for _ in 0..ATTEMPTS {
@@ -74,7 +78,10 @@ pub async fn apply(store: &StateStore, profile: &str, text: &str) -> Result<Clus
                 }
                 doc.metadata.labels = manifest.metadata.labels.clone();
                 doc.metadata.resource_version += 1;
-                store.put(&doc, &Expect::Etag(stored.etag)).await.map(|_| doc)
+                store
+                    .put(&doc, &Expect::Etag(stored.etag))
+                    .await
+                    .map(|_| doc)
             }
         };
         match result {
@@ -88,9 +95,16 @@ pub async fn apply(store: &StateStore, profile: &str, text: &str) -> Result<Clus
 
 /// Changes a cluster with `change` (which returns whether it changed
 /// anything), retrying on conflicts.
-async fn modify(store: &StateStore, name: &str, change: impl Fn(&mut ClusterResource) -> bool) -> Result<ClusterResource, CliError> {
+async fn modify(
+    store: &StateStore,
+    name: &str,
+    change: impl Fn(&mut ClusterResource) -> bool,
+) -> Result<ClusterResource, CliError> {
     for _ in 0..ATTEMPTS {
-        let stored = store.get(name).await?.ok_or_else(|| CliError::NotFound(name.to_owned()))?;
+        let stored = store
+            .get(name)
+            .await?
+            .ok_or_else(|| CliError::NotFound(name.to_owned()))?;
         let mut doc = stored.doc;
         if !change(&mut doc) {
             return Ok(doc);
@@ -102,7 +116,10 @@ async fn modify(store: &StateStore, name: &str, change: impl Fn(&mut ClusterReso
             Err(e) => return Err(e.into()),
         }
     }
-    Err(StoreError::Conflict { name: name.to_owned() }.into())
+    Err(StoreError::Conflict {
+        name: name.to_owned(),
+    }
+    .into())
 }
 
 /// Asks for deletion.
@@ -124,7 +141,11 @@ pub async fn delete(store: &StateStore, name: &str) -> Result<ClusterResource, C
 ///
 /// # Errors
 /// [`CliError`].
-pub async fn set_stopped(store: &StateStore, name: &str, stopped: bool) -> Result<ClusterResource, CliError> {
+pub async fn set_stopped(
+    store: &StateStore,
+    name: &str,
+    stopped: bool,
+) -> Result<ClusterResource, CliError> {
     modify(store, name, |doc| {
         if doc.spec.stopped == stopped || doc.metadata.deletion_timestamp.is_some() {
             return false;
@@ -146,9 +167,13 @@ pub async fn set_stopped(store: &StateStore, name: &str, stopped: bool) -> Resul
 pub fn read_manifest(path: &Path) -> Result<String, CliError> {
     let mut text = String::new();
     if path.as_os_str() == "-" {
-        std::io::stdin().take(64 * 1024 + 1).read_to_string(&mut text)?;
+        std::io::stdin()
+            .take(64 * 1024 + 1)
+            .read_to_string(&mut text)?;
     } else {
-        std::fs::File::open(path)?.take(64 * 1024 + 1).read_to_string(&mut text)?;
+        std::fs::File::open(path)?
+            .take(64 * 1024 + 1)
+            .read_to_string(&mut text)?;
     }
     Ok(text)
 }
@@ -185,7 +210,11 @@ pub async fn list(store: &StateStore) -> Result<(), CliError> {
         }
     }
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{:<24} {:<13} {:>7} {:>7} {:>5}  ENDPOINT", "NAME", "PHASE", "GEN", "OBSERVED", "MASTERS")?;
+    writeln!(
+        out,
+        "{:<24} {:<13} {:>7} {:>7} {:>5}  ENDPOINT",
+        "NAME", "PHASE", "GEN", "OBSERVED", "MASTERS"
+    )?;
     for row in rows {
         writeln!(out, "{row}")?;
     }

@@ -13,11 +13,12 @@
 //!   polled with `GetCommandInvocation`.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use aws_sdk_ec2::types::{
-    AttributeBooleanValue, Filter, HttpTokensState, IamInstanceProfileSpecification, InstanceMetadataOptionsRequest,
-    InstanceType, ResourceType, Tag, TagSpecification,
+    AttributeBooleanValue, Filter, HttpTokensState, IamInstanceProfileSpecification,
+    InstanceMetadataOptionsRequest, InstanceType, ResourceType, Tag, TagSpecification,
 };
 use aws_sdk_ssm::types::{CommandInvocationStatus, ParameterType};
 use chrono::{DateTime, Utc};
@@ -222,7 +223,12 @@ impl Cloud {
                     self.aws
                         .ec2
                         .describe_instances()
-                        .filters(Filter::builder().name(format!("tag:{key}")).values(value).build())
+                        .filters(
+                            Filter::builder()
+                                .name(format!("tag:{key}"))
+                                .values(value)
+                                .build(),
+                        )
                         .filters(
                             Filter::builder()
                                 .name("instance-state-name")
@@ -248,12 +254,21 @@ impl Cloud {
         Ok(out)
     }
 
-    async fn find_by_token(&self, token: &str, attempt: u32) -> Result<Option<Ec2Instance>, AwsError> {
+    async fn find_by_token(
+        &self,
+        token: &str,
+        attempt: u32,
+    ) -> Result<Option<Ec2Instance>, AwsError> {
         let out = self
             .aws
             .ec2
             .describe_instances()
-            .filters(Filter::builder().name(format!("tag:{}", tags::CLIENT_TOKEN)).values(token).build())
+            .filters(
+                Filter::builder()
+                    .name(format!("tag:{}", tags::CLIENT_TOKEN))
+                    .values(token)
+                    .build(),
+            )
             .send()
             .await
             .map_err(|e| self.aws.classify(Service::Ec2, "RunInstances", attempt, &e))?;
@@ -271,7 +286,11 @@ impl Cloud {
     ///
     /// # Errors
     /// EC2's, classified.
-    pub async fn create_instance(&self, client_token: &str, launch: &Launch) -> Result<Ec2Instance, AwsError> {
+    pub async fn create_instance(
+        &self,
+        client_token: &str,
+        launch: &Launch,
+    ) -> Result<Ec2Instance, AwsError> {
         let created = self
             .aws
             .call_op(Service::Ec2, "RunInstances", |attempt| async move {
@@ -342,7 +361,11 @@ impl Cloud {
     ///
     /// # Errors
     /// EC2's.
-    pub async fn set_termination_protection(&self, instance_id: &str, on: bool) -> Result<(), AwsError> {
+    pub async fn set_termination_protection(
+        &self,
+        instance_id: &str,
+        on: bool,
+    ) -> Result<(), AwsError> {
         self.aws
             .call(Service::Ec2, "ModifyInstanceAttribute", |_| {
                 self.aws
@@ -372,7 +395,10 @@ impl Cloud {
                     .send()
             })
             .await?;
-        Ok(out.disable_api_termination().and_then(|a| a.value()).unwrap_or(false))
+        Ok(out
+            .disable_api_termination()
+            .and_then(|a| a.value())
+            .unwrap_or(false))
     }
 
     /// Runs `op` on `ids`, `batch_size` per call; one result per id, in
@@ -407,16 +433,23 @@ impl Cloud {
                     if op == BatchOp::Reboot || states.iter().any(|(i, _)| i == id) {
                         Ok(())
                     } else {
-                        Err(AwsError::invalid(Service::Ec2, op.operation(), format!("{id} missing from the answer")))
+                        Err(AwsError::invalid(
+                            Service::Ec2,
+                            op.operation(),
+                            format!("{id} missing from the answer"),
+                        ))
                     }
                 },
             )
             .await;
         let ok = report.errors().count() == 0;
         let took = report.wall_time();
-        self.aws
-            .metrics()
-            .operation(&format!("Batch.{}", op.operation()), took, ok, ids.len() as u64);
+        self.aws.metrics().operation(
+            &format!("Batch.{}", op.operation()),
+            took,
+            ok,
+            ids.len() as u64,
+        );
         tracing::info!(
             target: "goman::batch",
             operation = op.operation(),
@@ -432,21 +465,29 @@ impl Cloud {
             .collect()
     }
 
-    async fn batch_call(&self, op: BatchOp, ids: Vec<String>) -> Result<Vec<(String, String)>, AwsError> {
+    async fn batch_call(
+        &self,
+        op: BatchOp,
+        ids: Vec<String>,
+    ) -> Result<Vec<(String, String)>, AwsError> {
         let ec2 = &self.aws.ec2;
         let ids = Some(ids);
         match op {
             BatchOp::Start => {
                 let out = self
                     .aws
-                    .call(Service::Ec2, op.operation(), |_| ec2.start_instances().set_instance_ids(ids.clone()).send())
+                    .call(Service::Ec2, op.operation(), |_| {
+                        ec2.start_instances().set_instance_ids(ids.clone()).send()
+                    })
                     .await?;
                 Ok(state_changes(out.starting_instances()))
             }
             BatchOp::Stop => {
                 let out = self
                     .aws
-                    .call(Service::Ec2, op.operation(), |_| ec2.stop_instances().set_instance_ids(ids.clone()).send())
+                    .call(Service::Ec2, op.operation(), |_| {
+                        ec2.stop_instances().set_instance_ids(ids.clone()).send()
+                    })
                     .await?;
                 Ok(state_changes(out.stopping_instances()))
             }
@@ -454,14 +495,18 @@ impl Cloud {
                 let out = self
                     .aws
                     .call(Service::Ec2, op.operation(), |_| {
-                        ec2.terminate_instances().set_instance_ids(ids.clone()).send()
+                        ec2.terminate_instances()
+                            .set_instance_ids(ids.clone())
+                            .send()
                     })
                     .await?;
                 Ok(state_changes(out.terminating_instances()))
             }
             BatchOp::Reboot => {
                 self.aws
-                    .call(Service::Ec2, op.operation(), |_| ec2.reboot_instances().set_instance_ids(ids.clone()).send())
+                    .call(Service::Ec2, op.operation(), |_| {
+                        ec2.reboot_instances().set_instance_ids(ids.clone()).send()
+                    })
                     .await?;
                 Ok(Vec::new())
             }
@@ -474,7 +519,12 @@ impl Cloud {
     /// # Errors
     /// SSM's; a command that does not end in time is `TimedOut` output,
     /// not an error.
-    pub async fn run_command(&self, instance_id: &str, comment: &str, script: &[String]) -> Result<CommandOutput, AwsError> {
+    pub async fn run_command(
+        &self,
+        instance_id: &str,
+        comment: &str,
+        script: &[String],
+    ) -> Result<CommandOutput, AwsError> {
         let timeout_secs = self.settings.command_timeout.as_secs().clamp(30, 172_800) as i32;
         let sent = self
             .aws
@@ -493,7 +543,13 @@ impl Cloud {
         let command_id = sent
             .command()
             .and_then(|c| c.command_id())
-            .ok_or_else(|| AwsError::invalid(Service::Ssm, "SendCommand", "the answer holds no command id"))?
+            .ok_or_else(|| {
+                AwsError::invalid(
+                    Service::Ssm,
+                    "SendCommand",
+                    "the answer holds no command id",
+                )
+            })?
             .to_owned();
         let deadline = Instant::now() + self.settings.command_timeout;
         loop {
@@ -511,7 +567,10 @@ impl Cloud {
                 .await;
             match result {
                 Ok(inv) => {
-                    let status = inv.status().cloned().unwrap_or(CommandInvocationStatus::Pending);
+                    let status = inv
+                        .status()
+                        .cloned()
+                        .unwrap_or(CommandInvocationStatus::Pending);
                     let finished = !matches!(
                         status,
                         CommandInvocationStatus::Pending
@@ -546,7 +605,11 @@ impl Cloud {
     /// Runs a script per instance (`scripts`: instance id → lines), at most
     /// `ssm_concurrency` at once, each bounded by the command timeout and
     /// all by the fan-out timeout. One result per instance, in input order.
-    pub async fn fan_out(&self, kind: &'static str, scripts: Vec<(String, Vec<String>)>) -> Vec<(String, Result<CommandOutput, String>)> {
+    pub async fn fan_out(
+        &self,
+        kind: &'static str,
+        scripts: Vec<(String, Vec<String>)>,
+    ) -> Vec<(String, Result<CommandOutput, String>)> {
         let started = Instant::now();
         let executor = ParallelExecutor::builder()
             .concurrency(self.settings.ssm_concurrency)
@@ -575,7 +638,9 @@ impl Cloud {
                 (id, r)
             })
             .collect();
-        let ok = results.iter().all(|(_, r)| matches!(r, Ok(o) if o.status == "Success"));
+        let ok = results
+            .iter()
+            .all(|(_, r)| matches!(r, Ok(o) if o.status == "Success"));
         let took = started.elapsed();
         metrics.ssm_fanout(kind, took, results.len(), ok);
         tracing::info!(
@@ -621,7 +686,9 @@ impl Cloud {
     pub async fn has_parameter(&self, name: &str) -> Result<bool, AwsError> {
         let r = self
             .aws
-            .call(Service::Ssm, "GetParameter", |_| self.aws.ssm.get_parameter().name(name).send())
+            .call(Service::Ssm, "GetParameter", |_| {
+                self.aws.ssm.get_parameter().name(name).send()
+            })
             .await;
         match r {
             Ok(_) => Ok(true),
@@ -637,7 +704,9 @@ impl Cloud {
     pub async fn delete_parameter(&self, name: &str) -> Result<(), AwsError> {
         let r = self
             .aws
-            .call(Service::Ssm, "DeleteParameter", |_| self.aws.ssm.delete_parameter().name(name).send())
+            .call(Service::Ssm, "DeleteParameter", |_| {
+                self.aws.ssm.delete_parameter().name(name).send()
+            })
             .await;
         match r {
             Ok(_) => Ok(()),
@@ -688,7 +757,15 @@ mod tests {
 
     #[test]
     fn base64_matches_rfc_4648_vectors() {
-        let cases = [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE="), ("foobar", "Zm9vYmFy")];
+        let cases = [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ];
         for (input, want) in cases {
             assert_eq!(base64(input.as_bytes()), want);
         }

@@ -29,11 +29,21 @@ pub struct Config {
 
     /// The local state directory used when GOMAN_STATE_BUCKET is not set
     /// (also the lock files' and the default journal's home).
-    #[arg(long, env = "GOMAN_STATE_DIR", default_value = "./goman-state", global = true)]
+    #[arg(
+        long,
+        env = "GOMAN_STATE_DIR",
+        default_value = "./goman-state",
+        global = true
+    )]
     pub state_dir: PathBuf,
 
     /// The DynamoDB lock table (with GOMAN_STATE_BUCKET).
-    #[arg(long, env = "GOMAN_LOCK_TABLE", default_value = "goman-resource-locks", global = true)]
+    #[arg(
+        long,
+        env = "GOMAN_LOCK_TABLE",
+        default_value = "goman-resource-locks",
+        global = true
+    )]
     pub lock_table: String,
 
     /// The lock's time to live; it is renewed every 2/5 of it.
@@ -81,7 +91,12 @@ pub struct Config {
     pub poll_interval: Duration,
 
     /// SSM commands at once.
-    #[arg(long, env = "GOMAN_PARALLEL_MAX_CONCURRENCY", default_value_t = 5, global = true)]
+    #[arg(
+        long,
+        env = "GOMAN_PARALLEL_MAX_CONCURRENCY",
+        default_value_t = 5,
+        global = true
+    )]
     pub ssm_concurrency: usize,
 
     /// One SSM command's limit.
@@ -93,7 +108,12 @@ pub struct Config {
     pub parallel_timeout: Duration,
 
     /// Retries of an AWS call (transient errors and throttling).
-    #[arg(long, env = "GOMAN_RETRY_MAX_RETRIES", default_value_t = 5, global = true)]
+    #[arg(
+        long,
+        env = "GOMAN_RETRY_MAX_RETRIES",
+        default_value_t = 5,
+        global = true
+    )]
     pub retry_max_retries: u32,
 
     /// The first transient backoff, doubling.
@@ -119,16 +139,31 @@ pub struct Config {
     /// Scale every steady-state requeue (5 s Pending, 10 s Provisioning,
     /// 45 s Running, 15 s Deleting, 20 s Failed) by this factor (tests use
     /// 0.1).
-    #[arg(long, env = "GOMAN_REQUEUE_SCALE", default_value_t = 1.0, global = true)]
+    #[arg(
+        long,
+        env = "GOMAN_REQUEUE_SCALE",
+        default_value_t = 1.0,
+        global = true
+    )]
     pub requeue_scale: f64,
 
     /// Where `/healthz`, `/readyz`, `/metrics`, `/metrics.json`,
     /// `/clusters` and `/breakers` are served (daemon only).
-    #[arg(long, env = "ADMIN_ADDR", default_value = "127.0.0.1:9090", global = true)]
+    #[arg(
+        long,
+        env = "ADMIN_ADDR",
+        default_value = "127.0.0.1:9090",
+        global = true
+    )]
     pub admin_addr: SocketAddr,
 
     /// Serve `POST /breakers/{name}/open|close|reset` too.
-    #[arg(long, env = "ADMIN_BREAKER_CONTROL", default_value_t = false, global = true)]
+    #[arg(
+        long,
+        env = "ADMIN_BREAKER_CONTROL",
+        default_value_t = false,
+        global = true
+    )]
     pub admin_breaker_control: bool,
 
     #[command(flatten)]
@@ -200,8 +235,13 @@ pub enum ClusterCommand {
 /// A message for clap.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len()));
-    let value: f64 = number.parse().map_err(|_| format!("{s:?} is not a duration like 500ms, 30s, 5m"))?;
+    let (number, unit) = s.split_at(
+        s.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.len()),
+    );
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 500ms, 30s, 5m"))?;
     let seconds = match unit {
         "ms" => value / 1000.0,
         "" | "s" => value,
@@ -231,7 +271,9 @@ impl Config {
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
                 JournalLocation::Postgres(url.to_owned())
             }
-            Some(path) => JournalLocation::Dir(PathBuf::from(path.strip_prefix("file:").unwrap_or(path))),
+            Some(path) => {
+                JournalLocation::Dir(PathBuf::from(path.strip_prefix("file:").unwrap_or(path)))
+            }
             None => JournalLocation::Dir(self.state_dir.join("journal")),
         }
     }
@@ -251,18 +293,25 @@ impl Program for Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        crate::model::validate_name(&self.profile).map_err(|e| ConfigError::new("GOMAN_PROFILE", e.reason))?;
+        crate::model::validate_name(&self.profile)
+            .map_err(|e| ConfigError::new("GOMAN_PROFILE", e.reason))?;
         if let Some(bucket) = &self.state_bucket {
             let ok = (3..=63).contains(&bucket.len())
-                && bucket
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+                && bucket.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
+                });
             if !ok {
-                return Err(ConfigError::new("GOMAN_STATE_BUCKET", format!("{bucket:?} is not an S3 bucket name")));
+                return Err(ConfigError::new(
+                    "GOMAN_STATE_BUCKET",
+                    format!("{bucket:?} is not an S3 bucket name"),
+                ));
             }
         }
         if self.lock_table.is_empty() || self.lock_table.len() > 255 {
-            return Err(ConfigError::new("GOMAN_LOCK_TABLE", "must be 1 to 255 characters"));
+            return Err(ConfigError::new(
+                "GOMAN_LOCK_TABLE",
+                "must be 1 to 255 characters",
+            ));
         }
         if self.lock_ttl < Duration::from_secs(2) {
             return Err(ConfigError::new("GOMAN_LOCK_TTL", "must be at least 2s"));
@@ -276,10 +325,14 @@ impl Program for Config {
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         if !region_ok {
-            return Err(ConfigError::new("AWS_REGION", format!("{:?} is not a region name", self.region)));
+            return Err(ConfigError::new(
+                "AWS_REGION",
+                format!("{:?} is not a region name", self.region),
+            ));
         }
         if let JournalLocation::Postgres(url) = self.journal_location() {
-            url::Url::parse(&url).map_err(|e| ConfigError::new("GOMAN_JOURNAL", format!("not a URL: {e}")))?;
+            url::Url::parse(&url)
+                .map_err(|e| ConfigError::new("GOMAN_JOURNAL", format!("not a URL: {e}")))?;
         }
         Self::positive("GOMAN_NODE_STARTUP_TIMEOUT", self.node_startup_timeout)?;
         Self::positive("GOMAN_RECONCILE_TIMEOUT", self.reconcile_timeout)?;
@@ -291,22 +344,35 @@ impl Program for Config {
         Self::positive("GOMAN_RETRY_BASE_DELAY", self.retry_base_delay)?;
         Self::positive("GOMAN_THROTTLE_BASE_DELAY", self.throttle_base_delay)?;
         if !(1..=64).contains(&self.ssm_concurrency) {
-            return Err(ConfigError::new("GOMAN_PARALLEL_MAX_CONCURRENCY", "must be 1 to 64"));
+            return Err(ConfigError::new(
+                "GOMAN_PARALLEL_MAX_CONCURRENCY",
+                "must be 1 to 64",
+            ));
         }
         if !(1..=256).contains(&self.workers) {
             return Err(ConfigError::new("GOMAN_WORKERS", "must be 1 to 256"));
         }
         if self.retry_max_retries > 20 {
-            return Err(ConfigError::new("GOMAN_RETRY_MAX_RETRIES", "must be at most 20"));
+            return Err(ConfigError::new(
+                "GOMAN_RETRY_MAX_RETRIES",
+                "must be at most 20",
+            ));
         }
         if !(self.requeue_scale > 0.0 && self.requeue_scale <= 100.0) {
-            return Err(ConfigError::new("GOMAN_REQUEUE_SCALE", "must be above 0 and at most 100"));
+            return Err(ConfigError::new(
+                "GOMAN_REQUEUE_SCALE",
+                "must be above 0 and at most 100",
+            ));
         }
         if self.ami.is_empty() || !self.ami.starts_with("ami-") {
-            return Err(ConfigError::new("GOMAN_AMI", format!("{:?} is not an AMI id", self.ami)));
+            return Err(ConfigError::new(
+                "GOMAN_AMI",
+                format!("{:?} is not an AMI id", self.ami),
+            ));
         }
         if let Command::Reconcile { cluster, .. } = &self.command {
-            crate::model::validate_name(cluster).map_err(|e| ConfigError::new("--cluster", e.reason))?;
+            crate::model::validate_name(cluster)
+                .map_err(|e| ConfigError::new("--cluster", e.reason))?;
         }
         Ok(())
     }
@@ -371,12 +437,42 @@ mod tests {
             args.push("run");
             Config::try_parse_from(args).unwrap()
         };
-        assert_eq!(parse(&["--profile", "Bad_Profile"]).validate().unwrap_err().field(), "GOMAN_PROFILE");
-        assert_eq!(parse(&["--state-bucket", "A"]).validate().unwrap_err().field(), "GOMAN_STATE_BUCKET");
-        assert_eq!(parse(&["--endpoint", "ftp://x"]).validate().unwrap_err().field(), "AWS_ENDPOINT_URL");
-        assert_eq!(parse(&["--lock-ttl", "1s"]).validate().unwrap_err().field(), "GOMAN_LOCK_TTL");
-        assert_eq!(parse(&["--journal", "postgres://u:p@[bad/x"]).validate().unwrap_err().field(), "GOMAN_JOURNAL");
-        assert_eq!(parse(&["--ami", "x"]).validate().unwrap_err().field(), "GOMAN_AMI");
+        assert_eq!(
+            parse(&["--profile", "Bad_Profile"])
+                .validate()
+                .unwrap_err()
+                .field(),
+            "GOMAN_PROFILE"
+        );
+        assert_eq!(
+            parse(&["--state-bucket", "A"])
+                .validate()
+                .unwrap_err()
+                .field(),
+            "GOMAN_STATE_BUCKET"
+        );
+        assert_eq!(
+            parse(&["--endpoint", "ftp://x"])
+                .validate()
+                .unwrap_err()
+                .field(),
+            "AWS_ENDPOINT_URL"
+        );
+        assert_eq!(
+            parse(&["--lock-ttl", "1s"]).validate().unwrap_err().field(),
+            "GOMAN_LOCK_TTL"
+        );
+        assert_eq!(
+            parse(&["--journal", "postgres://u:p@[bad/x"])
+                .validate()
+                .unwrap_err()
+                .field(),
+            "GOMAN_JOURNAL"
+        );
+        assert_eq!(
+            parse(&["--ami", "x"]).validate().unwrap_err().field(),
+            "GOMAN_AMI"
+        );
         assert!(parse(&[]).validate().is_ok());
     }
 }

@@ -89,7 +89,9 @@ pub struct Daemon {
 
 impl std::fmt::Debug for Daemon {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Daemon").field("settings", &self.settings).finish_non_exhaustive()
+        f.debug_struct("Daemon")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
     }
 }
 
@@ -121,7 +123,10 @@ impl Daemon {
             .cloned()
             .map(|mut v| {
                 v.running = state.running.contains(&v.name);
-                v.next_pass_in_seconds = state.due.get(&v.name).map(|d| d.saturating_duration_since(now).as_secs_f64());
+                v.next_pass_in_seconds = state
+                    .due
+                    .get(&v.name)
+                    .map(|d| d.saturating_duration_since(now).as_secs_f64());
                 v
             })
             .collect();
@@ -158,7 +163,9 @@ impl Daemon {
                     self.state.lock().due.insert(name, now + wait);
                     continue;
                 }
-                let Ok(permit) = workers.clone().try_acquire_owned() else { break };
+                let Ok(permit) = workers.clone().try_acquire_owned() else {
+                    break;
+                };
                 self.state.lock().running.insert(name.clone());
                 let daemon = self.clone();
                 passes.spawn(async move {
@@ -166,7 +173,9 @@ impl Daemon {
                     drop(permit);
                 });
             }
-            let sleep_until = next.unwrap_or(now + self.settings.watch_interval).max(now + Duration::from_millis(1));
+            let sleep_until = next
+                .unwrap_or(now + self.settings.watch_interval)
+                .max(now + Duration::from_millis(1));
             tokio::select! {
                 () = tokio::time::sleep_until(sleep_until) => {}
                 () = self.wake.notified() => {}
@@ -185,10 +194,13 @@ impl Daemon {
         let now = Instant::now();
         let mut state = self.state.lock();
         state.running.remove(name);
-        let view = state.views.entry(name.to_owned()).or_insert_with(|| ClusterView {
-            name: name.to_owned(),
-            ..ClusterView::default()
-        });
+        let view = state
+            .views
+            .entry(name.to_owned())
+            .or_insert_with(|| ClusterView {
+                name: name.to_owned(),
+                ..ClusterView::default()
+            });
         match outcome {
             Ok(o) => {
                 view.failures = 0;
@@ -201,7 +213,10 @@ impl Daemon {
                 }
                 match o.requeue {
                     Requeue::After(d) => {
-                        state.due.insert(name.to_owned(), now + d.mul_f64(self.settings.requeue_scale));
+                        state.due.insert(
+                            name.to_owned(),
+                            now + d.mul_f64(self.settings.requeue_scale),
+                        );
                     }
                     Requeue::Done => {
                         state.due.remove(name);
@@ -209,7 +224,10 @@ impl Daemon {
                     }
                 }
                 if let Some(phase) = o.phase {
-                    let entry = state.phase_since.entry(name.to_owned()).or_insert((phase, now));
+                    let entry = state
+                        .phase_since
+                        .entry(name.to_owned())
+                        .or_insert((phase, now));
                     if entry.0 != phase {
                         *entry = (phase, now);
                     }
@@ -246,20 +264,30 @@ impl Daemon {
                         if state.seen.get(name) != Some(etag) {
                             state.seen.insert(name.clone(), etag.clone());
                             state.due.insert(name.clone(), now);
-                            state.views.entry(name.clone()).or_insert_with(|| ClusterView {
-                                name: name.clone(),
-                                ..ClusterView::default()
-                            });
+                            state
+                                .views
+                                .entry(name.clone())
+                                .or_insert_with(|| ClusterView {
+                                    name: name.clone(),
+                                    ..ClusterView::default()
+                                });
                         }
                     }
                     let gauges: Vec<(String, &'static str, f64)> = state
                         .phase_since
                         .iter()
-                        .map(|(n, (p, since))| (n.clone(), p.as_str(), now.saturating_duration_since(*since).as_secs_f64()))
+                        .map(|(n, (p, since))| {
+                            (
+                                n.clone(),
+                                p.as_str(),
+                                now.saturating_duration_since(*since).as_secs_f64(),
+                            )
+                        })
                         .collect();
                     drop(state);
                     self.reconciler.metrics().set_clusters(&gauges);
-                    self.listed.store(true, std::sync::atomic::Ordering::Relaxed);
+                    self.listed
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
                     self.wake.notify_one();
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot list the state store"),

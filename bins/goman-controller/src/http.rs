@@ -13,10 +13,24 @@ use crate::daemon::Daemon;
 use crate::metrics::Metrics;
 
 /// The routes.
-pub fn routes(daemon: Daemon, metrics: Metrics, breakers: BreakerRegistry, control: bool) -> Router {
+pub fn routes(
+    daemon: Daemon,
+    metrics: Metrics,
+    breakers: BreakerRegistry,
+    control: bool,
+) -> Router {
     let snapshot = metrics.clone();
     Router::new()
-        .route("/metrics.json", get(move || async move { Json(snapshot.snapshot()) }))
-        .route("/clusters", get(move || async move { Json(daemon.clusters()) }))
-        .merge(keel_telemetry::breaker_routes(Arc::new(move || breakers.breakers()), control))
+        .route(
+            "/metrics.json",
+            get(move || async move { Json(snapshot.snapshot()) }),
+        )
+        .route(
+            "/clusters",
+            get(move || async move { Json(daemon.clusters()) }),
+        )
+        .merge(keel_telemetry::breaker_routes(
+            Arc::new(move || breakers.breakers()),
+            control,
+        ))
 }

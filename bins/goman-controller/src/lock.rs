@@ -69,7 +69,10 @@ enum Backend {
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -83,7 +86,10 @@ impl Locks {
     /// Locks in DynamoDB `table`.
     pub fn dynamodb(aws: Aws, table: impl Into<String>, ttl: Duration, metrics: Metrics) -> Locks {
         Locks {
-            backend: Backend::Dynamo { aws, table: table.into() },
+            backend: Backend::Dynamo {
+                aws,
+                table: table.into(),
+            },
             ttl,
             metrics,
         }
@@ -113,7 +119,11 @@ impl Locks {
     ///
     /// # Errors
     /// DynamoDB or disk failures.
-    pub async fn acquire(&self, resource: &str, holder: &str) -> Result<Option<LockToken>, LockError> {
+    pub async fn acquire(
+        &self,
+        resource: &str,
+        holder: &str,
+    ) -> Result<Option<LockToken>, LockError> {
         let token = LockToken {
             resource: resource.to_owned(),
             owner: uuid::Uuid::new_v4().to_string(),
@@ -131,8 +141,13 @@ impl Locks {
                             .item("resource_id", AttributeValue::S(token.resource.clone()))
                             .item("owner", AttributeValue::S(token.owner.clone()))
                             .item("holder", AttributeValue::S(token.holder.clone()))
-                            .item("expires_at", AttributeValue::N(token.expires_at.to_string()))
-                            .condition_expression("attribute_not_exists(resource_id) OR expires_at < :now")
+                            .item(
+                                "expires_at",
+                                AttributeValue::N(token.expires_at.to_string()),
+                            )
+                            .condition_expression(
+                                "attribute_not_exists(resource_id) OR expires_at < :now",
+                            )
                             .expression_attribute_values(":now", AttributeValue::N(now.clone()))
                             .send()
                     })
@@ -184,16 +199,24 @@ impl Locks {
                             .update_expression("SET expires_at = :exp")
                             .condition_expression("#owner = :owner")
                             .expression_attribute_names("#owner", "owner")
-                            .expression_attribute_values(":exp", AttributeValue::N(renewed.expires_at.to_string()))
-                            .expression_attribute_values(":owner", AttributeValue::S(token.owner.clone()))
+                            .expression_attribute_values(
+                                ":exp",
+                                AttributeValue::N(renewed.expires_at.to_string()),
+                            )
+                            .expression_attribute_values(
+                                ":owner",
+                                AttributeValue::S(token.owner.clone()),
+                            )
                             .send()
                     })
                     .await;
                 match r {
                     Ok(_) => Ok(renewed),
-                    Err(e) if e.is_code("ConditionalCheckFailedException") => Err(LockError::Lost {
-                        resource: token.resource.clone(),
-                    }),
+                    Err(e) if e.is_code("ConditionalCheckFailedException") => {
+                        Err(LockError::Lost {
+                            resource: token.resource.clone(),
+                        })
+                    }
                     Err(e) => Err(e.into()),
                 }
             }
@@ -236,7 +259,10 @@ impl Locks {
                             .key("resource_id", AttributeValue::S(token.resource.clone()))
                             .condition_expression("#owner = :owner")
                             .expression_attribute_names("#owner", "owner")
-                            .expression_attribute_values(":owner", AttributeValue::S(token.owner.clone()))
+                            .expression_attribute_values(
+                                ":owner",
+                                AttributeValue::S(token.owner.clone()),
+                            )
                             .send()
                     })
                     .await;
@@ -297,7 +323,11 @@ fn write_lock(dir: &Path, path: &Path, token: &LockToken) -> io::Result<()> {
         holder: token.holder.clone(),
         expires_at: token.expires_at,
     };
-    write_atomically(dir, path, &serde_json::to_vec(&file).map_err(io::Error::other)?)
+    write_atomically(
+        dir,
+        path,
+        &serde_json::to_vec(&file).map_err(io::Error::other)?,
+    )
 }
 
 /// Who holds which lock in this process, for `/locks` and shutdown.
@@ -310,7 +340,12 @@ mod tests {
     #[tokio::test]
     async fn local_locks_follow_gomans_protocol() {
         let dir = tempfile::tempdir().unwrap();
-        let locks = Locks::local(dir.path(), Duration::from_secs(300), Metrics::unregistered()).unwrap();
+        let locks = Locks::local(
+            dir.path(),
+            Duration::from_secs(300),
+            Metrics::unregistered(),
+        )
+        .unwrap();
         let a = locks.acquire("cluster/p/a", "one").await.unwrap().unwrap();
         assert!(locks.acquire("cluster/p/a", "two").await.unwrap().is_none());
         let a = locks.renew(&a).await.unwrap();

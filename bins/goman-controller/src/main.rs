@@ -55,7 +55,10 @@ fn main() -> ExitCode {
                 daemon.run(kit.token()).await;
                 Ok::<(), BoxError>(())
             }
-            Command::Reconcile { cluster, max_passes } => {
+            Command::Reconcile {
+                cluster,
+                max_passes,
+            } => {
                 let parts = app::build(&config, Metrics::unregistered()).await?;
                 for pass in 1..=max_passes {
                     let outcome = tokio::select! {
@@ -86,22 +89,30 @@ fn main() -> ExitCode {
                         cli::print_json(&cli::apply(&store, &config.profile, &text).await?)?;
                     }
                     ClusterCommand::Get { name } => {
-                        let doc = store.get(&name).await?.ok_or(cli::CliError::NotFound(name))?;
+                        let doc = store
+                            .get(&name)
+                            .await?
+                            .ok_or(cli::CliError::NotFound(name))?;
                         cli::print_json(&doc.doc)?;
                     }
                     ClusterCommand::List => cli::list(&store).await?,
-                    ClusterCommand::Delete { name } => cli::print_json(&cli::delete(&store, &name).await?)?,
-                    ClusterCommand::Stop { name } => cli::print_json(&cli::set_stopped(&store, &name, true).await?)?,
-                    ClusterCommand::Start { name } => cli::print_json(&cli::set_stopped(&store, &name, false).await?)?,
+                    ClusterCommand::Delete { name } => {
+                        cli::print_json(&cli::delete(&store, &name).await?)?
+                    }
+                    ClusterCommand::Stop { name } => {
+                        cli::print_json(&cli::set_stopped(&store, &name, true).await?)?
+                    }
+                    ClusterCommand::Start { name } => {
+                        cli::print_json(&cli::set_stopped(&store, &name, false).await?)?
+                    }
                 }
                 Ok(())
             }
             Command::Init => {
                 let (aws, _) = app::connect(&config, Metrics::unregistered()).await?;
-                let bucket = config
-                    .state_bucket
-                    .clone()
-                    .ok_or_else(|| keel_telemetry::ConfigError::new("GOMAN_STATE_BUCKET", "init needs a bucket"))?;
+                let bucket = config.state_bucket.clone().ok_or_else(|| {
+                    keel_telemetry::ConfigError::new("GOMAN_STATE_BUCKET", "init needs a bucket")
+                })?;
                 app::init(&aws, &bucket, &config.lock_table).await?;
                 Ok(())
             }

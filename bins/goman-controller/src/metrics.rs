@@ -180,29 +180,77 @@ impl Metrics {
     pub fn register(registry: &mut Registry) -> Metrics {
         let m = Metrics::unregistered();
         let i = &m.inner;
-        registry.register("reconcile", "Reconcile passes by result", i.reconciles.clone());
+        registry.register(
+            "reconcile",
+            "Reconcile passes by result",
+            i.reconciles.clone(),
+        );
         registry.register(
             "reconcile_duration_seconds",
             "Reconcile pass duration by the phase it started in",
             i.reconcile_duration.clone(),
         );
-        registry.register("phase_transitions", "Phase transitions", i.transitions.clone());
+        registry.register(
+            "phase_transitions",
+            "Phase transitions",
+            i.transitions.clone(),
+        );
         registry.register("clusters", "Clusters by phase", i.clusters.clone());
         registry.register(
             "cluster_phase_seconds",
             "Seconds each cluster has been in its current phase",
             i.cluster_phase_seconds.clone(),
         );
-        registry.register("aws_calls", "AWS API calls (attempts) by outcome", i.aws_calls.clone());
-        registry.register("aws_call_duration_seconds", "AWS API attempt duration", i.aws_duration.clone());
-        registry.register("aws_retries", "AWS API retries by reason", i.aws_retries.clone());
-        registry.register("lock_operations", "DynamoDB lock operations", i.lock_ops.clone());
-        registry.register("state_writes", "Fenced state writes by result", i.state_writes.clone());
-        registry.register("ssm_commands", "SSM command invocations by kind and final status", i.ssm_commands.clone());
-        registry.register("ssm_fanout_seconds", "Wall time of an SSM fan-out", i.ssm_fanout.clone());
-        registry.register("batch_calls", "EC2 batch calls (10 instances per call at most)", i.batch_calls.clone());
-        registry.register("instances_created", "EC2 instances created", i.instances_created.clone());
-        registry.register("node_replacements", "Nodes replaced by reason", i.replacements.clone());
+        registry.register(
+            "aws_calls",
+            "AWS API calls (attempts) by outcome",
+            i.aws_calls.clone(),
+        );
+        registry.register(
+            "aws_call_duration_seconds",
+            "AWS API attempt duration",
+            i.aws_duration.clone(),
+        );
+        registry.register(
+            "aws_retries",
+            "AWS API retries by reason",
+            i.aws_retries.clone(),
+        );
+        registry.register(
+            "lock_operations",
+            "DynamoDB lock operations",
+            i.lock_ops.clone(),
+        );
+        registry.register(
+            "state_writes",
+            "Fenced state writes by result",
+            i.state_writes.clone(),
+        );
+        registry.register(
+            "ssm_commands",
+            "SSM command invocations by kind and final status",
+            i.ssm_commands.clone(),
+        );
+        registry.register(
+            "ssm_fanout_seconds",
+            "Wall time of an SSM fan-out",
+            i.ssm_fanout.clone(),
+        );
+        registry.register(
+            "batch_calls",
+            "EC2 batch calls (10 instances per call at most)",
+            i.batch_calls.clone(),
+        );
+        registry.register(
+            "instances_created",
+            "EC2 instances created",
+            i.instances_created.clone(),
+        );
+        registry.register(
+            "node_replacements",
+            "Nodes replaced by reason",
+            i.replacements.clone(),
+        );
         registry.register(
             "fleet_short_circuit",
             "Times node replacement was held back because too many nodes were unhealthy",
@@ -238,7 +286,13 @@ impl Metrics {
     }
 
     /// One AWS attempt.
-    pub fn aws_call(&self, service: &'static str, operation: &'static str, outcome: &'static str, took: Duration) {
+    pub fn aws_call(
+        &self,
+        service: &'static str,
+        operation: &'static str,
+        outcome: &'static str,
+        took: Duration,
+    ) {
         self.inner
             .aws_calls
             .get_or_create(&CallLabels {
@@ -274,7 +328,10 @@ impl Metrics {
 
     /// A retry of an AWS call.
     pub fn aws_retry(&self, service: &'static str, reason: &'static str) {
-        self.inner.aws_retries.get_or_create(&RetryLabels { service, reason }).inc();
+        self.inner
+            .aws_retries
+            .get_or_create(&RetryLabels { service, reason })
+            .inc();
     }
 
     /// A lock operation.
@@ -287,12 +344,18 @@ impl Metrics {
 
     /// A state write.
     pub fn state_write(&self, result: &'static str) {
-        self.inner.state_writes.get_or_create(&ResultLabel { result }).inc();
+        self.inner
+            .state_writes
+            .get_or_create(&ResultLabel { result })
+            .inc();
     }
 
     /// State writes counted with `result`.
     pub fn state_writes(&self, result: &'static str) -> u64 {
-        self.inner.state_writes.get_or_create(&ResultLabel { result }).get()
+        self.inner
+            .state_writes
+            .get_or_create(&ResultLabel { result })
+            .get()
     }
 
     /// One SSM invocation finished.
@@ -317,12 +380,18 @@ impl Metrics {
 
     /// One EC2 batch call.
     pub fn batch_call(&self, operation: &'static str) {
-        self.inner.batch_calls.get_or_create(&OperationLabel { operation }).inc();
+        self.inner
+            .batch_calls
+            .get_or_create(&OperationLabel { operation })
+            .inc();
     }
 
     /// Batch calls counted for `operation`.
     pub fn batch_calls(&self, operation: &'static str) -> u64 {
-        self.inner.batch_calls.get_or_create(&OperationLabel { operation }).get()
+        self.inner
+            .batch_calls
+            .get_or_create(&OperationLabel { operation })
+            .get()
     }
 
     /// An instance created.
@@ -332,7 +401,10 @@ impl Metrics {
 
     /// A node replaced.
     pub fn replacement(&self, reason: &'static str) {
-        self.inner.replacements.get_or_create(&ReasonLabel { reason }).inc();
+        self.inner
+            .replacements
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     /// The fleet short-circuit held replacements back.
@@ -342,7 +414,10 @@ impl Metrics {
 
     /// A phase transition.
     pub fn transition(&self, from: &'static str, to: &'static str) {
-        self.inner.transitions.get_or_create(&TransitionLabels { from, to }).inc();
+        self.inner
+            .transitions
+            .get_or_create(&TransitionLabels { from, to })
+            .inc();
     }
 
     /// goman's `RecordOperation`.
@@ -357,8 +432,18 @@ impl Metrics {
 
     /// A reconcile pass of `cluster` that started in `phase` and ended in
     /// `after`.
-    pub fn reconcile(&self, cluster: &str, phase: &'static str, after: &str, result: &'static str, took: Duration) {
-        self.inner.reconciles.get_or_create(&ResultLabel { result }).inc();
+    pub fn reconcile(
+        &self,
+        cluster: &str,
+        phase: &'static str,
+        after: &str,
+        result: &'static str,
+        took: Duration,
+    ) {
+        self.inner
+            .reconciles
+            .get_or_create(&ResultLabel { result })
+            .inc();
         self.inner
             .reconcile_duration
             .get_or_create(&PhaseLabel { phase })
@@ -374,7 +459,10 @@ impl Metrics {
 
     /// Passes counted with `result`.
     pub fn reconciles(&self, result: &'static str) -> u64 {
-        self.inner.reconciles.get_or_create(&ResultLabel { result }).get()
+        self.inner
+            .reconciles
+            .get_or_create(&ResultLabel { result })
+            .get()
     }
 
     /// Replaces the per-phase cluster gauges with `clusters` (name, phase,
@@ -383,10 +471,18 @@ impl Metrics {
         self.inner.clusters.clear();
         self.inner.cluster_phase_seconds.clear();
         for phase in crate::model::Phase::ALL {
-            self.inner.clusters.get_or_create(&PhaseLabel { phase: phase.as_str() }).set(0);
+            self.inner
+                .clusters
+                .get_or_create(&PhaseLabel {
+                    phase: phase.as_str(),
+                })
+                .set(0);
         }
         for (cluster, phase, seconds) in clusters {
-            self.inner.clusters.get_or_create(&PhaseLabel { phase }).inc();
+            self.inner
+                .clusters
+                .get_or_create(&PhaseLabel { phase })
+                .inc();
             self.inner
                 .cluster_phase_seconds
                 .get_or_create(&ClusterPhaseLabels {
@@ -395,7 +491,10 @@ impl Metrics {
                 })
                 .set(*seconds);
         }
-        self.inner.reconcile_stats.lock().retain(|name, _| clusters.iter().any(|(c, _, _)| c == name));
+        self.inner
+            .reconcile_stats
+            .lock()
+            .retain(|name, _| clusters.iter().any(|(c, _, _)| c == name));
     }
 
     /// The JSON snapshot (goman's `GetSnapshot`): per-cluster reconcile

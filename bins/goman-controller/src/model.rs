@@ -128,7 +128,9 @@ pub enum OnFailure {
 }
 
 /// The lifecycle phases of goman.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 pub enum Phase {
     /// Applied, nothing done yet.
     #[default]
@@ -338,7 +340,9 @@ pub fn validate_name(name: &str) -> Result<(), Invalid> {
     } else {
         Err(invalid(
             "metadata.name",
-            format!("{name:?} must be 1 to 40 of [a-z0-9-], start with a letter and not end with '-'"),
+            format!(
+                "{name:?} must be 1 to 40 of [a-z0-9-], start with a letter and not end with '-'"
+            ),
         ))
     }
 }
@@ -350,7 +354,10 @@ impl ClusterSpec {
     /// [`Invalid`] naming the field.
     pub fn validate(&self) -> Result<(), Invalid> {
         if self.provider != "aws" {
-            return Err(invalid("spec.provider", format!("{:?} is not supported (only \"aws\")", self.provider)));
+            return Err(invalid(
+                "spec.provider",
+                format!("{:?} is not supported (only \"aws\")", self.provider),
+            ));
         }
         let region_ok = !self.region.is_empty()
             && self.region.len() <= 32
@@ -359,7 +366,10 @@ impl ClusterSpec {
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         if !region_ok {
-            return Err(invalid("spec.region", format!("{:?} is not an AWS region name", self.region)));
+            return Err(invalid(
+                "spec.region",
+                format!("{:?} is not an AWS region name", self.region),
+            ));
         }
         let type_ok = !self.instance_type.is_empty()
             && self.instance_type.len() <= 32
@@ -369,14 +379,25 @@ impl ClusterSpec {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
         if !type_ok {
-            return Err(invalid("spec.instanceType", format!("{:?} is not an EC2 instance type", self.instance_type)));
+            return Err(invalid(
+                "spec.instanceType",
+                format!("{:?} is not an EC2 instance type", self.instance_type),
+            ));
         }
         match (self.mode, self.master_count) {
             (Mode::Developer, 1) | (Mode::Ha, 3) => {}
             (Mode::Developer, n) => {
-                return Err(invalid("spec.masterCount", format!("developer mode runs 1 master, not {n}")));
+                return Err(invalid(
+                    "spec.masterCount",
+                    format!("developer mode runs 1 master, not {n}"),
+                ));
             }
-            (Mode::Ha, n) => return Err(invalid("spec.masterCount", format!("ha mode runs 3 masters, not {n}"))),
+            (Mode::Ha, n) => {
+                return Err(invalid(
+                    "spec.masterCount",
+                    format!("ha mode runs 3 masters, not {n}"),
+                ));
+            }
         }
         let version_ok = self.k3s_version.starts_with('v')
             && self.k3s_version.len() <= 40
@@ -385,16 +406,32 @@ impl ClusterSpec {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"+.-".contains(&b));
         if !version_ok {
-            return Err(invalid("spec.k3sVersion", format!("{:?} is not a K3s version like v1.31.4+k3s1", self.k3s_version)));
+            return Err(invalid(
+                "spec.k3sVersion",
+                format!(
+                    "{:?} is not a K3s version like v1.31.4+k3s1",
+                    self.k3s_version
+                ),
+            ));
         }
         if self.tags.len() > 40 {
-            return Err(invalid("spec.tags", "at most 40 tags (EC2 allows 50, the controller uses 10)"));
+            return Err(invalid(
+                "spec.tags",
+                "at most 40 tags (EC2 allows 50, the controller uses 10)",
+            ));
         }
         for (k, v) in &self.tags {
-            if k.is_empty() || k.len() > 128 || v.len() > 256 || k.starts_with("aws:") || k.starts_with("goman:") {
+            if k.is_empty()
+                || k.len() > 128
+                || v.len() > 256
+                || k.starts_with("aws:")
+                || k.starts_with("goman:")
+            {
                 return Err(invalid(
                     "spec.tags",
-                    format!("tag {k:?}: keys are 1 to 128 characters, values at most 256, and aws: and goman: are reserved"),
+                    format!(
+                        "tag {k:?}: keys are 1 to 128 characters, values at most 256, and aws: and goman: are reserved"
+                    ),
                 ));
             }
             if k.contains('\0') || v.contains('\0') {
@@ -441,11 +478,15 @@ impl Manifest {
         if text.len() > 64 * 1024 {
             return Err(invalid("manifest", "larger than 64 KiB"));
         }
-        let manifest: Manifest = serde_yaml::from_str(text).map_err(|e| invalid("manifest", e.to_string()))?;
+        let manifest: Manifest =
+            serde_yaml::from_str(text).map_err(|e| invalid("manifest", e.to_string()))?;
         if let Some(v) = &manifest.api_version
             && v != API_VERSION
         {
-            return Err(invalid("apiVersion", format!("{v:?} (expected {API_VERSION:?})")));
+            return Err(invalid(
+                "apiVersion",
+                format!("{v:?} (expected {API_VERSION:?})"),
+            ));
         }
         if let Some(k) = &manifest.kind
             && k != KIND
@@ -482,7 +523,17 @@ mod tests {
 
     #[test]
     fn hostile_names_and_fields_are_refused() {
-        for name in ["", "Prod", "a\"b", "a\nb", "-a", "a-", &"a".repeat(41), "a/b", "a\0b"] {
+        for name in [
+            "",
+            "Prod",
+            "a\"b",
+            "a\nb",
+            "-a",
+            "a-",
+            &"a".repeat(41),
+            "a/b",
+            "a\0b",
+        ] {
             assert!(validate_name(name).is_err(), "{name:?}");
         }
         let e = Manifest::parse(&HA.replace("t3.medium", "\"t3.medium\\u0000\"")).unwrap_err();

@@ -14,7 +14,8 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use chrono::Utc;
 use keel::idempotency::{Fingerprint, Idempotency, IdempotencyKey, MemoryStore, StoredError};
@@ -62,7 +63,9 @@ pub enum ReconcileError {
 impl From<StoreError> for ReconcileError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Conflict { name } => ReconcileError::Fenced(format!("state of {name} changed under us")),
+            StoreError::Conflict { name } => {
+                ReconcileError::Fenced(format!("state of {name} changed under us"))
+            }
             other => ReconcileError::Store(other),
         }
     }
@@ -258,7 +261,8 @@ struct StepError {
 
 impl From<ReconcileError> for StepError {
     fn from(e: ReconcileError) -> Self {
-        let permanent = matches!(&e, ReconcileError::Aws(a) if a.kind == crate::aws::ErrorKind::Permanent);
+        let permanent =
+            matches!(&e, ReconcileError::Aws(a) if a.kind == crate::aws::ErrorKind::Permanent);
         StepError {
             message: e.to_string(),
             permanent,
@@ -276,7 +280,10 @@ where
     Step::new(name, move |ctx| {
         let slot = slot.clone();
         let action = action.clone();
-        let cluster = ctx.input()["cluster"].as_str().unwrap_or_default().to_owned();
+        let cluster = ctx.input()["cluster"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         async move {
             let reconciler = upgrade(&slot)?;
             action(reconciler, cluster).await.map_err(StepError::from)
@@ -306,19 +313,28 @@ fn registry(slot: &Slot, retry: &RetryPolicy) -> SagaRegistry {
     let cleanup_slot = slot.clone();
     SagaRegistry::new()
         .register(
-            step(slot, "instances", retry, |r, name| async move { r.ensure_instances(&name).await })
-                // Undo: terminate what was created, when the spec says so.
-                .compensate(move |ctx| {
-                    let slot = cleanup_slot.clone();
-                    let cluster = ctx.input()["cluster"].as_str().unwrap_or_default().to_owned();
-                    async move {
-                        let r = upgrade(&slot)?;
-                        r.cleanup_if_asked(&cluster).await.map_err(StepError::from)
-                    }
-                }),
+            step(slot, "instances", retry, |r, name| async move {
+                r.ensure_instances(&name).await
+            })
+            // Undo: terminate what was created, when the spec says so.
+            .compensate(move |ctx| {
+                let slot = cleanup_slot.clone();
+                let cluster = ctx.input()["cluster"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                async move {
+                    let r = upgrade(&slot)?;
+                    r.cleanup_if_asked(&cluster).await.map_err(StepError::from)
+                }
+            }),
         )
-        .register(step(slot, "install", retry, |r, name| async move { r.ensure_installed(&name).await }))
-        .register(step(slot, "ready", retry, |r, name| async move { r.ensure_ready(&name).await }))
+        .register(step(slot, "install", retry, |r, name| async move {
+            r.ensure_installed(&name).await
+        }))
+        .register(step(slot, "ready", retry, |r, name| async move {
+            r.ensure_ready(&name).await
+        }))
 }
 
 impl Reconciler {
@@ -397,7 +413,12 @@ impl Reconciler {
     pub async fn reconcile(&self, name: &str) -> Result<PassOutcome, ReconcileError> {
         let started = Instant::now();
         let resource = self.resource(name);
-        let Some(token) = self.inner.locks.acquire(&resource, &self.inner.settings.holder).await? else {
+        let Some(token) = self
+            .inner
+            .locks
+            .acquire(&resource, &self.inner.settings.holder)
+            .await?
+        else {
             self.inner
                 .metrics
                 .reconcile(name, "Unknown", "Unknown", "busy", started.elapsed());
@@ -416,10 +437,16 @@ impl Reconciler {
             first_phase: Mutex::new(None),
             read: Mutex::new(Value::Null),
         });
-        self.inner.sessions.lock().insert(name.to_owned(), session.clone());
+        self.inner
+            .sessions
+            .lock()
+            .insert(name.to_owned(), session.clone());
         // Aborted when the pass ends or is dropped (a cancelled pass leaves
         // its lock to expire).
-        let renewer = AbortOnDrop(tokio::spawn(renew_loop(self.inner.locks.clone(), session.clone())));
+        let renewer = AbortOnDrop(tokio::spawn(renew_loop(
+            self.inner.locks.clone(),
+            session.clone(),
+        )));
         let timeout = self.inner.settings.reconcile_timeout;
         let result = tokio::select! {
             r = tokio::time::timeout(timeout, self.pass(&session)) => r.unwrap_or(Err(ReconcileError::Timeout(timeout))),
@@ -445,7 +472,9 @@ impl Reconciler {
             Err(ReconcileError::Fenced(_)) => ("fenced", first),
             Err(_) => ("error", first),
         };
-        self.inner.metrics.reconcile(name, first, after, label, started.elapsed());
+        self.inner
+            .metrics
+            .reconcile(name, first, after, label, started.elapsed());
         if let Err(e) = &result {
             tracing::warn!(cluster = name, error = %e, "reconcile pass failed");
         }
@@ -462,7 +491,10 @@ impl Reconciler {
         Ok(Some(doc))
     }
 
-    async fn load_required(&self, name: &str) -> Result<(Arc<Session>, ClusterResource), ReconcileError> {
+    async fn load_required(
+        &self,
+        name: &str,
+    ) -> Result<(Arc<Session>, ClusterResource), ReconcileError> {
         let session = self
             .inner
             .sessions
@@ -480,7 +512,12 @@ impl Reconciler {
     /// Writes `doc` (status and metadata): renews the lock first (the fence
     /// check), then commits a keel-tx transaction through the conditional
     /// write of the state store.
-    async fn save(&self, s: &Session, doc: &mut ClusterResource, operation: &str) -> Result<(), ReconcileError> {
+    async fn save(
+        &self,
+        s: &Session,
+        doc: &mut ClusterResource,
+        operation: &str,
+    ) -> Result<(), ReconcileError> {
         let token = s.lock.lock().clone();
         let renewed = self.inner.locks.renew(&token).await?;
         *s.lock.lock() = renewed;
@@ -494,12 +531,25 @@ impl Reconciler {
         let mut tx = self
             .inner
             .tx
-            .begin(&resource, operation, &self.inner.settings.holder, expect_trace(&expect), BeginMode::Wait(Duration::from_secs(30)))
+            .begin(
+                &resource,
+                operation,
+                &self.inner.settings.holder,
+                expect_trace(&expect),
+                BeginMode::Wait(Duration::from_secs(30)),
+            )
             .await?;
-        tx.set("/metadata", serde_json::to_value(&doc.metadata).map_err(|e| ReconcileError::Other(e.to_string()))?)
-            .await?;
-        tx.set("/status", serde_json::to_value(&doc.status).map_err(|e| ReconcileError::Other(e.to_string()))?)
-            .await?;
+        tx.set(
+            "/metadata",
+            serde_json::to_value(&doc.metadata)
+                .map_err(|e| ReconcileError::Other(e.to_string()))?,
+        )
+        .await?;
+        tx.set(
+            "/status",
+            serde_json::to_value(&doc.status).map_err(|e| ReconcileError::Other(e.to_string()))?,
+        )
+        .await?;
         let store = self.inner.store.clone();
         let full = doc.clone();
         let written: Arc<Mutex<Option<String>>> = Arc::default();
@@ -528,12 +578,21 @@ impl Reconciler {
             Err(TxError::ExternalWrite(e)) => {
                 doc.metadata.resource_version -= 1;
                 let source = e.into_source();
-                let conflict = source.downcast_ref::<StoreError>().is_some_and(|e| matches!(e, StoreError::Conflict { .. }));
-                self.inner.metrics.state_write(if conflict { "conflict" } else { "error" });
+                let conflict = source
+                    .downcast_ref::<StoreError>()
+                    .is_some_and(|e| matches!(e, StoreError::Conflict { .. }));
+                self.inner
+                    .metrics
+                    .state_write(if conflict { "conflict" } else { "error" });
                 if conflict {
-                    Err(ReconcileError::Fenced(format!("state of {} changed under us", s.name)))
+                    Err(ReconcileError::Fenced(format!(
+                        "state of {} changed under us",
+                        s.name
+                    )))
                 } else {
-                    Err(ReconcileError::Other(format!("state write failed: {source}")))
+                    Err(ReconcileError::Other(format!(
+                        "state write failed: {source}"
+                    )))
                 }
             }
             Err(e) => {
@@ -550,7 +609,12 @@ impl Reconciler {
             return;
         }
         self.inner.metrics.transition(from.as_str(), phase.as_str());
-        tracing::info!(cluster = name, from = from.as_str(), to = phase.as_str(), "phase transition");
+        tracing::info!(
+            cluster = name,
+            from = from.as_str(),
+            to = phase.as_str(),
+            "phase transition"
+        );
         doc.status.phase = phase;
         doc.status.phase_since = Some(Utc::now());
     }
@@ -568,7 +632,9 @@ impl Reconciler {
             return self.delete(s, doc).await;
         }
         if let Err(invalid) = doc.spec.validate() {
-            if doc.status.phase != Phase::Failed || doc.status.observed_generation != doc.metadata.generation {
+            if doc.status.phase != Phase::Failed
+                || doc.status.observed_generation != doc.metadata.generation
+            {
                 self.set_phase(&s.name, &mut doc, Phase::Failed);
                 doc.status.message = Some(invalid.to_string());
                 doc.status.observed_generation = doc.metadata.generation;
@@ -609,7 +675,12 @@ impl Reconciler {
         }
     }
 
-    fn client_token(doc: &ClusterResource, role: &str, index: u32, incarnation: u32) -> (IdempotencyKey, Fingerprint) {
+    fn client_token(
+        doc: &ClusterResource,
+        role: &str,
+        index: u32,
+        incarnation: u32,
+    ) -> (IdempotencyKey, Fingerprint) {
         let params = json!({
             "cluster_uid": doc.metadata.uid,
             "role": role,
@@ -626,7 +697,12 @@ impl Reconciler {
     fn plan(&self, doc: &mut ClusterResource) -> bool {
         let mut added = false;
         for index in 0..doc.spec.master_count {
-            if doc.status.instances.iter().any(|i| i.role == "master" && i.index == index) {
+            if doc
+                .status
+                .instances
+                .iter()
+                .any(|i| i.role == "master" && i.index == index)
+            {
                 continue;
             }
             let (key, _) = Self::client_token(doc, "master", index, 0);
@@ -647,7 +723,9 @@ impl Reconciler {
             });
             added = true;
         }
-        doc.status.instances.sort_by_key(|i| (i.role.clone(), i.index));
+        doc.status
+            .instances
+            .sort_by_key(|i| (i.role.clone(), i.index));
         added
     }
 
@@ -672,12 +750,20 @@ impl Reconciler {
         e.launched_at = None;
     }
 
-    async fn provision(&self, s: &Arc<Session>, mut doc: ClusterResource) -> Result<PassOutcome, ReconcileError> {
+    async fn provision(
+        &self,
+        s: &Arc<Session>,
+        mut doc: ClusterResource,
+    ) -> Result<PassOutcome, ReconcileError> {
         if doc.status.phase == Phase::Pending {
             let parameter = self.token_parameter(&s.name);
             // A fresh random token; kept if one exists (PutParameter with
             // Overwrite=false).
-            let secret = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+            let secret = format!(
+                "{}{}",
+                uuid::Uuid::new_v4().simple(),
+                uuid::Uuid::new_v4().simple()
+            );
             self.inner.cloud.put_secret(&parameter, &secret).await?;
             self.plan(&mut doc);
             self.set_phase(&s.name, &mut doc, Phase::Provisioning);
@@ -706,7 +792,13 @@ impl Reconciler {
                 self.set_phase(&s.name, &mut doc, Phase::Running);
                 doc.status.observed_generation = doc.metadata.generation;
                 doc.status.message = None;
-                set_condition(&mut doc, "Ready", "True", "AllNodesReady", "every node reported Ready");
+                set_condition(
+                    &mut doc,
+                    "Ready",
+                    "True",
+                    "AllNodesReady",
+                    "every node reported Ready",
+                );
                 self.save(s, &mut doc, "provisioned").await?;
             }
             Some(_) => {
@@ -774,7 +866,8 @@ impl Reconciler {
                 continue;
             }
             let entry = doc.status.instances[i].clone();
-            let (key, fingerprint) = Self::client_token(&doc, &entry.role, entry.index, entry.incarnation);
+            let (key, fingerprint) =
+                Self::client_token(&doc, &entry.role, entry.index, entry.incarnation);
             let launch = self.launch(&doc, &entry);
             let cloud = &self.inner.cloud;
             let created = self
@@ -789,9 +882,19 @@ impl Reconciler {
                 .await;
             let instance = match created {
                 Ok(instance) => instance,
-                Err(keel::idempotency::ExecuteError::Operation(e)) => return Err(ReconcileError::Other(e.to_string())),
+                Err(keel::idempotency::ExecuteError::Operation(e)) => {
+                    return Err(ReconcileError::Other(e.to_string()));
+                }
                 Err(e) => return Err(ReconcileError::Other(format!("idempotency: {e:?}"))),
             };
+            // RunInstances asked for termination protection already; the
+            // explicit, idempotent call also covers an instance adopted by
+            // its token and emulators that ignore the launch parameter
+            // (moto does).
+            self.inner
+                .cloud
+                .set_termination_protection(&instance.id, true)
+                .await?;
             tracing::info!(cluster = name, node = %entry.node_name(name), instance = %instance.id, "instance created");
             let e = &mut doc.status.instances[i];
             e.instance_id = Some(instance.id.clone());
@@ -804,7 +907,11 @@ impl Reconciler {
         self.terminate_orphans(&doc).await?;
         // Wait until every instance runs (EC2 takes seconds to minutes).
         loop {
-            let live = self.inner.cloud.find_tagged(tags::CLUSTER_UID, &doc.metadata.uid).await?;
+            let live = self
+                .inner
+                .cloud
+                .find_tagged(tags::CLUSTER_UID, &doc.metadata.uid)
+                .await?;
             let mut changed = false;
             let mut all_running = true;
             for e in &mut doc.status.instances {
@@ -827,8 +934,15 @@ impl Reconciler {
             if all_running {
                 return Ok(());
             }
-            if doc.status.instances.iter().any(|e| e.state == "terminated" || e.state == "stopped") {
-                return Err(ReconcileError::Other("an instance stopped or vanished while provisioning".into()));
+            if doc
+                .status
+                .instances
+                .iter()
+                .any(|e| e.state == "terminated" || e.state == "stopped")
+            {
+                return Err(ReconcileError::Other(
+                    "an instance stopped or vanished while provisioning".into(),
+                ));
             }
             tokio::time::sleep(self.inner.cloud.settings().poll_interval).await;
         }
@@ -837,13 +951,18 @@ impl Reconciler {
     /// Terminates live instances of the cluster that no entry claims (an
     /// older incarnation of a replaced node, say).
     async fn terminate_orphans(&self, doc: &ClusterResource) -> Result<(), ReconcileError> {
-        let live = self.inner.cloud.find_tagged(tags::CLUSTER_UID, &doc.metadata.uid).await?;
+        let live = self
+            .inner
+            .cloud
+            .find_tagged(tags::CLUSTER_UID, &doc.metadata.uid)
+            .await?;
         let orphans: Vec<String> = live
             .into_iter()
             .filter(|l| l.is_live())
             .filter(|l| {
                 !doc.status.instances.iter().any(|e| {
-                    e.instance_id.as_deref() == Some(l.id.as_str()) || l.client_token.as_deref() == Some(e.client_token.as_str())
+                    e.instance_id.as_deref() == Some(l.id.as_str())
+                        || l.client_token.as_deref() == Some(e.client_token.as_str())
                 })
             })
             .map(|l| l.id)
@@ -858,7 +977,10 @@ impl Reconciler {
     /// Clears termination protection, then terminates in batches.
     async fn terminate(&self, ids: &[String]) -> Result<(), ReconcileError> {
         for id in ids {
-            self.inner.cloud.set_termination_protection(id, false).await?;
+            self.inner
+                .cloud
+                .set_termination_protection(id, false)
+                .await?;
         }
         let results = self.inner.cloud.batch(BatchOp::Terminate, ids).await;
         if let Some(e) = results.into_iter().find_map(Result::err) {
@@ -867,14 +989,23 @@ impl Reconciler {
         Ok(())
     }
 
-    fn install_script(&self, doc: &ClusterResource, entry: &InstanceStatus, server: Option<&str>) -> Vec<String> {
+    fn install_script(
+        &self,
+        doc: &ClusterResource,
+        entry: &InstanceStatus,
+        server: Option<&str>,
+    ) -> Vec<String> {
         let node = entry.node_name(&doc.metadata.name);
         let parameter = self.token_parameter(&doc.metadata.name);
         let role = match server {
             None => "server --cluster-init".to_owned(),
             Some(ip) => format!("server --server https://{ip}:6443"),
         };
-        let tls_san = entry.public_ip.as_deref().map(|ip| format!(" --tls-san {ip}")).unwrap_or_default();
+        let tls_san = entry
+            .public_ip
+            .as_deref()
+            .map(|ip| format!(" --tls-san {ip}"))
+            .unwrap_or_default();
         // Every interpolated value is validated ([a-z0-9.+-] and IPs), so
         // nothing here needs shell quoting; the join token never appears in
         // the command (SSM keeps command text in its history).
@@ -901,7 +1032,9 @@ impl Reconciler {
             self.save(&s, &mut doc, "installing").await?;
         }
         let version = doc.spec.k3s_version.clone();
-        let needs = |e: &InstanceStatus| !e.k3s_installed || e.k3s_version.as_deref() != Some(version.as_str());
+        let needs = |e: &InstanceStatus| {
+            !e.k3s_installed || e.k3s_version.as_deref() != Some(version.as_str())
+        };
         let first = doc
             .status
             .instances
@@ -912,8 +1045,13 @@ impl Reconciler {
             let entry = doc.status.instances[first].clone();
             let id = entry.instance_id.clone().unwrap_or_default();
             let script = self.install_script(&doc, &entry, None);
-            let results = self.inner.cloud.fan_out("install", vec![(id, script)]).await;
-            self.record_install(&s, &mut doc, &results, &version).await?;
+            let results = self
+                .inner
+                .cloud
+                .fan_out("install", vec![(id, script)])
+                .await;
+            self.record_install(&s, &mut doc, &results, &version)
+                .await?;
         }
         let server = doc.status.instances[first]
             .private_ip
@@ -924,14 +1062,23 @@ impl Reconciler {
             .instances
             .iter()
             .filter(|e| e.index != 0 && needs(e))
-            .map(|e| (e.instance_id.clone().unwrap_or_default(), self.install_script(&doc, e, Some(&server))))
+            .map(|e| {
+                (
+                    e.instance_id.clone().unwrap_or_default(),
+                    self.install_script(&doc, e, Some(&server)),
+                )
+            })
             .collect();
         if !scripts.is_empty() {
             let results = self.inner.cloud.fan_out("install", scripts).await;
-            self.record_install(&s, &mut doc, &results, &version).await?;
+            self.record_install(&s, &mut doc, &results, &version)
+                .await?;
         }
         match doc.status.instances.iter().find(|e| needs(e)) {
-            Some(e) => Err(ReconcileError::Other(format!("K3s install on {} did not succeed", e.node_name(name)))),
+            Some(e) => Err(ReconcileError::Other(format!(
+                "K3s install on {} did not succeed",
+                e.node_name(name)
+            ))),
             None => Ok(()),
         }
     }
@@ -945,7 +1092,12 @@ impl Reconciler {
     ) -> Result<(), ReconcileError> {
         let mut changed = false;
         for (id, result) in results {
-            let Some(e) = doc.status.instances.iter_mut().find(|e| e.instance_id.as_deref() == Some(id.as_str())) else {
+            let Some(e) = doc
+                .status
+                .instances
+                .iter_mut()
+                .find(|e| e.instance_id.as_deref() == Some(id.as_str()))
+            else {
                 continue;
             };
             match result {
@@ -955,7 +1107,12 @@ impl Reconciler {
                     changed = true;
                 }
                 Ok(out) => {
-                    doc.status.message = Some(format!("install on {id}: {} (exit {}): {}", out.status, out.exit_code, tail(&out.stderr)));
+                    doc.status.message = Some(format!(
+                        "install on {id}: {} (exit {}): {}",
+                        out.status,
+                        out.exit_code,
+                        tail(&out.stderr)
+                    ));
                     changed = true;
                 }
                 Err(err) => {
@@ -999,7 +1156,11 @@ impl Reconciler {
             let mut changed = false;
             for (id, result) in &results {
                 let ready = matches!(result, Ok(out) if out.status == "Success" && out.stdout.trim() == "True");
-                if let Some(e) = doc.status.instances.iter_mut().find(|e| e.instance_id.as_deref() == Some(id.as_str()))
+                if let Some(e) = doc
+                    .status
+                    .instances
+                    .iter_mut()
+                    .find(|e| e.instance_id.as_deref() == Some(id.as_str()))
                     && e.ready != ready
                 {
                     e.ready = ready;
@@ -1016,7 +1177,8 @@ impl Reconciler {
                 return Ok(());
             }
             let now = Utc::now();
-            let timeout = chrono::Duration::from_std(self.inner.settings.node_startup_timeout).unwrap_or(chrono::Duration::MAX);
+            let timeout = chrono::Duration::from_std(self.inner.settings.node_startup_timeout)
+                .unwrap_or(chrono::Duration::MAX);
             let overdue: Vec<usize> = doc
                 .status
                 .instances
@@ -1028,11 +1190,21 @@ impl Reconciler {
             let unhealthy = doc.status.instances.iter().filter(|e| !e.ready).count();
             let total = doc.status.instances.len();
             if !overdue.is_empty() {
-                if total > 1 && unhealthy as f64 > self.inner.settings.max_unhealthy_fraction * total as f64 {
+                if total > 1
+                    && unhealthy as f64 > self.inner.settings.max_unhealthy_fraction * total as f64
+                {
                     self.inner.metrics.short_circuit();
-                    let message = format!("{unhealthy} of {total} nodes not Ready: replacement held back (fleet short-circuit)");
+                    let message = format!(
+                        "{unhealthy} of {total} nodes not Ready: replacement held back (fleet short-circuit)"
+                    );
                     tracing::warn!(cluster = name, "{message}");
-                    if set_condition(&mut doc, "FleetHealthy", "False", "TooManyUnhealthy", &message) {
+                    if set_condition(
+                        &mut doc,
+                        "FleetHealthy",
+                        "False",
+                        "TooManyUnhealthy",
+                        &message,
+                    ) {
                         changed = true;
                     }
                 } else {
@@ -1085,7 +1257,11 @@ impl Reconciler {
     /// Running: spec changes go to Updating, a stop request to Stopping; a
     /// node that vanished is replaced (through provisioning again), one
     /// stopped behind our back is started.
-    async fn maintain(&self, s: &Arc<Session>, mut doc: ClusterResource) -> Result<PassOutcome, ReconcileError> {
+    async fn maintain(
+        &self,
+        s: &Arc<Session>,
+        mut doc: ClusterResource,
+    ) -> Result<PassOutcome, ReconcileError> {
         if doc.spec.stopped {
             return self.stop_start(s, doc).await;
         }
@@ -1094,7 +1270,11 @@ impl Reconciler {
             self.save(s, &mut doc, "specChanged").await?;
             return self.update(s, doc).await;
         }
-        let live = self.inner.cloud.find_tagged(tags::CLUSTER_UID, &doc.metadata.uid).await?;
+        let live = self
+            .inner
+            .cloud
+            .find_tagged(tags::CLUSTER_UID, &doc.metadata.uid)
+            .await?;
         let mut gone = Vec::new();
         let mut stopped = Vec::new();
         let mut changed = false;
@@ -1115,11 +1295,22 @@ impl Reconciler {
         }
         let total = doc.status.instances.len();
         if !gone.is_empty() {
-            if total > 1 && gone.len() as f64 > self.inner.settings.max_unhealthy_fraction * total as f64 {
+            if total > 1
+                && gone.len() as f64 > self.inner.settings.max_unhealthy_fraction * total as f64
+            {
                 self.inner.metrics.short_circuit();
-                let message = format!("{} of {total} instances gone: replacement held back (fleet short-circuit)", gone.len());
+                let message = format!(
+                    "{} of {total} instances gone: replacement held back (fleet short-circuit)",
+                    gone.len()
+                );
                 tracing::warn!(cluster = %s.name, "{message}");
-                set_condition(&mut doc, "FleetHealthy", "False", "TooManyUnhealthy", &message);
+                set_condition(
+                    &mut doc,
+                    "FleetHealthy",
+                    "False",
+                    "TooManyUnhealthy",
+                    &message,
+                );
                 doc.status.message = Some(message);
                 self.save(s, &mut doc, "fleetShortCircuit").await?;
                 return Ok(self.outcome(&doc));
@@ -1151,9 +1342,19 @@ impl Reconciler {
 
     /// Updating: scale down (drain, then terminate), scale up and upgrade
     /// (through provisioning again).
-    async fn update(&self, s: &Arc<Session>, mut doc: ClusterResource) -> Result<PassOutcome, ReconcileError> {
+    async fn update(
+        &self,
+        s: &Arc<Session>,
+        mut doc: ClusterResource,
+    ) -> Result<PassOutcome, ReconcileError> {
         let desired = doc.spec.master_count;
-        let extra: Vec<InstanceStatus> = doc.status.instances.iter().filter(|e| e.index >= desired).cloned().collect();
+        let extra: Vec<InstanceStatus> = doc
+            .status
+            .instances
+            .iter()
+            .filter(|e| e.index >= desired)
+            .cloned()
+            .collect();
         if !extra.is_empty() {
             self.drain(&doc, &extra).await;
             let ids: Vec<String> = extra.iter().filter_map(|e| e.instance_id.clone()).collect();
@@ -1196,28 +1397,55 @@ impl Reconciler {
         if script.len() == 1 {
             return;
         }
-        let results = self.inner.cloud.fan_out("drain", vec![(first, script)]).await;
+        let results = self
+            .inner
+            .cloud
+            .fan_out("drain", vec![(first, script)])
+            .await;
         for (_, r) in results {
             match r {
                 Ok(out) if out.status == "Success" => {}
-                other => tracing::warn!(cluster = %doc.metadata.name, result = ?other, "drain did not succeed; removing the nodes anyway"),
+                other => {
+                    tracing::warn!(cluster = %doc.metadata.name, result = ?other, "drain did not succeed; removing the nodes anyway")
+                }
             }
         }
     }
 
-    async fn stop_start(&self, s: &Arc<Session>, mut doc: ClusterResource) -> Result<PassOutcome, ReconcileError> {
-        let live = self.inner.cloud.find_tagged(tags::CLUSTER_UID, &doc.metadata.uid).await?;
+    async fn stop_start(
+        &self,
+        s: &Arc<Session>,
+        mut doc: ClusterResource,
+    ) -> Result<PassOutcome, ReconcileError> {
+        let live = self
+            .inner
+            .cloud
+            .find_tagged(tags::CLUSTER_UID, &doc.metadata.uid)
+            .await?;
         let ours: Vec<_> = live
             .iter()
-            .filter(|l| doc.status.instances.iter().any(|e| e.instance_id.as_deref() == Some(l.id.as_str())))
+            .filter(|l| {
+                doc.status
+                    .instances
+                    .iter()
+                    .any(|e| e.instance_id.as_deref() == Some(l.id.as_str()))
+            })
             .collect();
         if doc.spec.stopped {
             self.set_phase(&s.name, &mut doc, Phase::Stopping);
-            let to_stop: Vec<String> = ours.iter().filter(|l| l.state != "stopped" && l.state != "stopping").map(|l| l.id.clone()).collect();
+            let to_stop: Vec<String> = ours
+                .iter()
+                .filter(|l| l.state != "stopped" && l.state != "stopping")
+                .map(|l| l.id.clone())
+                .collect();
             if !to_stop.is_empty() {
                 self.inner.cloud.batch(BatchOp::Stop, &to_stop).await;
             }
-            let after = self.inner.cloud.find_tagged(tags::CLUSTER_UID, &doc.metadata.uid).await?;
+            let after = self
+                .inner
+                .cloud
+                .find_tagged(tags::CLUSTER_UID, &doc.metadata.uid)
+                .await?;
             let all_stopped = doc.status.instances.iter().all(|e| {
                 after
                     .iter()
@@ -1238,7 +1466,11 @@ impl Reconciler {
             return Ok(self.outcome(&doc));
         }
         self.set_phase(&s.name, &mut doc, Phase::Starting);
-        let to_start: Vec<String> = ours.iter().filter(|l| l.state == "stopped").map(|l| l.id.clone()).collect();
+        let to_start: Vec<String> = ours
+            .iter()
+            .filter(|l| l.state == "stopped")
+            .map(|l| l.id.clone())
+            .collect();
         if !to_start.is_empty() {
             self.inner.cloud.batch(BatchOp::Start, &to_start).await;
         }
@@ -1254,13 +1486,23 @@ impl Reconciler {
         })
     }
 
-    async fn delete(&self, s: &Arc<Session>, mut doc: ClusterResource) -> Result<PassOutcome, ReconcileError> {
+    async fn delete(
+        &self,
+        s: &Arc<Session>,
+        mut doc: ClusterResource,
+    ) -> Result<PassOutcome, ReconcileError> {
         if !matches!(doc.status.phase, Phase::Deleting | Phase::Terminating) {
             self.set_phase(&s.name, &mut doc, Phase::Deleting);
             self.save(s, &mut doc, "delete").await?;
         }
         if doc.status.phase == Phase::Deleting {
-            let others: Vec<InstanceStatus> = doc.status.instances.iter().filter(|e| e.index != 0).cloned().collect();
+            let others: Vec<InstanceStatus> = doc
+                .status
+                .instances
+                .iter()
+                .filter(|e| e.index != 0)
+                .cloned()
+                .collect();
             self.drain(&doc, &others).await;
             self.set_phase(&s.name, &mut doc, Phase::Terminating);
             self.save(s, &mut doc, "drained").await?;
@@ -1277,11 +1519,18 @@ impl Reconciler {
         if !live.is_empty() {
             self.terminate(&live).await?;
         }
-        let remaining = self.inner.cloud.find_tagged(tags::CLUSTER_UID, &doc.metadata.uid).await?;
+        let remaining = self
+            .inner
+            .cloud
+            .find_tagged(tags::CLUSTER_UID, &doc.metadata.uid)
+            .await?;
         if remaining.iter().any(|l| l.state != "shutting-down") {
             return Ok(self.outcome(&doc));
         }
-        self.inner.cloud.delete_parameter(&self.token_parameter(&s.name)).await?;
+        self.inner
+            .cloud
+            .delete_parameter(&self.token_parameter(&s.name))
+            .await?;
         let token = s.lock.lock().clone();
         self.inner.locks.renew(&token).await?;
         let etag = s.etag.lock().clone();
@@ -1310,7 +1559,13 @@ fn expect_trace(expect: &Expect) -> String {
 }
 
 /// Sets a condition; returns whether it changed.
-fn set_condition(doc: &mut ClusterResource, kind: &str, status: &str, reason: &str, message: &str) -> bool {
+fn set_condition(
+    doc: &mut ClusterResource,
+    kind: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+) -> bool {
     let now = Utc::now();
     match doc.status.conditions.iter_mut().find(|c| c.kind == kind) {
         Some(c) if c.status == status && c.reason == reason => false,
@@ -1365,7 +1620,9 @@ async fn renew_loop(locks: Locks, session: Arc<Session>) {
                 session.lost.cancel();
                 return;
             }
-            Err(e) => tracing::warn!(cluster = %session.name, error = %e, "lock renewal failed; retrying"),
+            Err(e) => {
+                tracing::warn!(cluster = %session.name, error = %e, "lock renewal failed; retrying")
+            }
         }
     }
 }

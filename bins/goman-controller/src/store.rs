@@ -132,10 +132,16 @@ impl StateStore {
     /// S3 or disk failures, a corrupt document.
     pub async fn get(&self, name: &str) -> Result<Option<Stored>, StoreError> {
         match self {
-            StateStore::S3 { aws, bucket, prefix } => {
+            StateStore::S3 {
+                aws,
+                bucket,
+                prefix,
+            } => {
                 let key = format!("{prefix}{name}.json");
                 let result = aws
-                    .call(Service::S3, "GetObject", |_| aws.s3.get_object().bucket(bucket).key(&key).send())
+                    .call(Service::S3, "GetObject", |_| {
+                        aws.s3.get_object().bucket(bucket).key(&key).send()
+                    })
                     .await;
                 let out = match result {
                     Ok(out) => out,
@@ -149,7 +155,11 @@ impl StateStore {
                     .await
                     .map_err(|e| AwsError {
                         kind: crate::aws::ErrorKind::Transient,
-                        ..AwsError::invalid(Service::S3, "GetObject", format!("reading the body: {e}"))
+                        ..AwsError::invalid(
+                            Service::S3,
+                            "GetObject",
+                            format!("reading the body: {e}"),
+                        )
                     })?
                     .into_bytes();
                 Ok(Some(Stored {
@@ -184,7 +194,11 @@ impl StateStore {
     /// S3 or disk failures.
     pub async fn list(&self) -> Result<Vec<(String, String)>, StoreError> {
         match self {
-            StateStore::S3 { aws, bucket, prefix } => {
+            StateStore::S3 {
+                aws,
+                bucket,
+                prefix,
+            } => {
                 let mut out = Vec::new();
                 let mut token: Option<String> = None;
                 loop {
@@ -200,15 +214,23 @@ impl StateStore {
                         .await?;
                     for object in page.contents() {
                         let Some(key) = object.key() else { continue };
-                        let Some(name) = key.strip_prefix(prefix.as_str()).and_then(|k| k.strip_suffix(".json")) else {
+                        let Some(name) = key
+                            .strip_prefix(prefix.as_str())
+                            .and_then(|k| k.strip_suffix(".json"))
+                        else {
                             continue;
                         };
                         if crate::model::validate_name(name).is_ok() {
-                            out.push((name.to_owned(), object.e_tag().unwrap_or_default().to_owned()));
+                            out.push((
+                                name.to_owned(),
+                                object.e_tag().unwrap_or_default().to_owned(),
+                            ));
                         }
                     }
                     match page.next_continuation_token() {
-                        Some(next) if page.is_truncated() == Some(true) => token = Some(next.to_owned()),
+                        Some(next) if page.is_truncated() == Some(true) => {
+                            token = Some(next.to_owned())
+                        }
                         _ => break,
                     }
                 }
@@ -223,7 +245,9 @@ impl StateStore {
                     for entry in fs::read_dir(&dir)? {
                         let entry = entry?;
                         let file = entry.file_name();
-                        let Some(name) = file.to_str().and_then(|f| f.strip_suffix(".json")) else { continue };
+                        let Some(name) = file.to_str().and_then(|f| f.strip_suffix(".json")) else {
+                            continue;
+                        };
                         if crate::model::validate_name(name).is_err() {
                             continue;
                         }
@@ -254,7 +278,11 @@ impl StateStore {
             reason: e.to_string(),
         })?;
         match self {
-            StateStore::S3 { aws, bucket, prefix } => {
+            StateStore::S3 {
+                aws,
+                bucket,
+                prefix,
+            } => {
                 let key = format!("{prefix}{name}.json");
                 let result = aws
                     .call(Service::S3, "PutObject", |_| {
@@ -311,7 +339,11 @@ impl StateStore {
     /// [`StoreError::Conflict`] when it changed; S3 or disk failures.
     pub async fn delete(&self, name: &str, etag: &str) -> Result<(), StoreError> {
         match self {
-            StateStore::S3 { aws, bucket, prefix } => {
+            StateStore::S3 {
+                aws,
+                bucket,
+                prefix,
+            } => {
                 // S3 general-purpose buckets and moto take no condition on
                 // DeleteObject everywhere: check the version first. The lock
                 // holder is the only deleter, so the window is only against
@@ -319,11 +351,17 @@ impl StateStore {
                 match self.get(name).await? {
                     Some(s) if s.etag == etag => {}
                     None => return Ok(()),
-                    Some(_) => return Err(StoreError::Conflict { name: name.to_owned() }),
+                    Some(_) => {
+                        return Err(StoreError::Conflict {
+                            name: name.to_owned(),
+                        });
+                    }
                 }
                 let key = format!("{prefix}{name}.json");
-                aws.call(Service::S3, "DeleteObject", |_| aws.s3.delete_object().bucket(bucket).key(&key).send())
-                    .await?;
+                aws.call(Service::S3, "DeleteObject", |_| {
+                    aws.s3.delete_object().bucket(bucket).key(&key).send()
+                })
+                .await?;
                 Ok(())
             }
             StateStore::Local { dir } => {
@@ -360,7 +398,9 @@ impl StateStore {
 }
 
 fn is_precondition(e: &AwsError) -> bool {
-    e.is_code("PreconditionFailed") || e.is_code("ConditionalRequestConflict") || matches!(e.status, Some(412 | 409))
+    e.is_code("PreconditionFailed")
+        || e.is_code("ConditionalRequestConflict")
+        || matches!(e.status, Some(412 | 409))
 }
 
 /// Writes `bytes` to `path` by a temporary file, fsync and rename, then
@@ -369,7 +409,11 @@ fn is_precondition(e: &AwsError) -> bool {
 pub(crate) fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     {
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
     }
@@ -430,15 +474,27 @@ mod tests {
         let store = StateStore::local(dir.path(), "default").unwrap();
         let mut d = doc("a");
         let v1 = store.put(&d, &Expect::Absent).await.unwrap();
-        assert!(matches!(store.put(&d, &Expect::Absent).await, Err(StoreError::Conflict { .. })));
+        assert!(matches!(
+            store.put(&d, &Expect::Absent).await,
+            Err(StoreError::Conflict { .. })
+        ));
         d.metadata.generation = 2;
         let v2 = store.put(&d, &Expect::Etag(v1.clone())).await.unwrap();
         // A writer that read v1 is refused.
-        assert!(matches!(store.put(&d, &Expect::Etag(v1.clone())).await, Err(StoreError::Conflict { .. })));
+        assert!(matches!(
+            store.put(&d, &Expect::Etag(v1.clone())).await,
+            Err(StoreError::Conflict { .. })
+        ));
         let got = store.get("a").await.unwrap().unwrap();
-        assert_eq!((got.doc.metadata.generation, got.etag.clone()), (2, v2.clone()));
+        assert_eq!(
+            (got.doc.metadata.generation, got.etag.clone()),
+            (2, v2.clone())
+        );
         assert_eq!(store.list().await.unwrap(), [("a".to_owned(), v2.clone())]);
-        assert!(matches!(store.delete("a", &v1).await, Err(StoreError::Conflict { .. })));
+        assert!(matches!(
+            store.delete("a", &v1).await,
+            Err(StoreError::Conflict { .. })
+        ));
         store.delete("a", &v2).await.unwrap();
         assert!(store.get("a").await.unwrap().is_none());
     }
@@ -447,7 +503,14 @@ mod tests {
     async fn a_corrupt_document_is_reported_not_guessed() {
         let dir = tempfile::tempdir().unwrap();
         let store = StateStore::local(dir.path(), "p").unwrap();
-        fs::write(dir.path().join("state/p/clusters/x.json"), b"{\"metadata\": ").unwrap();
-        assert!(matches!(store.get("x").await, Err(StoreError::Corrupt { .. })));
+        fs::write(
+            dir.path().join("state/p/clusters/x.json"),
+            b"{\"metadata\": ",
+        )
+        .unwrap();
+        assert!(matches!(
+            store.get("x").await,
+            Err(StoreError::Corrupt { .. })
+        ));
     }
 }
