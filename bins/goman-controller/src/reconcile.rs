@@ -449,7 +449,7 @@ impl Reconciler {
         )));
         let timeout = self.inner.settings.reconcile_timeout;
         let result = tokio::select! {
-            r = tokio::time::timeout(timeout, self.pass(&session)) => r.unwrap_or(Err(ReconcileError::Timeout(timeout))),
+            r = tokio::time::timeout(timeout, Box::pin(self.pass(&session))) => r.unwrap_or(Err(ReconcileError::Timeout(timeout))),
             () = session.lost.cancelled() => Err(ReconcileError::Fenced(format!("lock {resource} lost during the pass"))),
         };
         drop(renewer);
@@ -629,7 +629,7 @@ impl Reconciler {
             });
         };
         if doc.metadata.deletion_timestamp.is_some() {
-            return self.delete(s, doc).await;
+            return Box::pin(self.delete(s, doc)).await;
         }
         if let Err(invalid) = doc.spec.validate() {
             if doc.status.phase != Phase::Failed
@@ -638,31 +638,33 @@ impl Reconciler {
                 self.set_phase(&s.name, &mut doc, Phase::Failed);
                 doc.status.message = Some(invalid.to_string());
                 doc.status.observed_generation = doc.metadata.generation;
-                self.save(s, &mut doc, "invalidSpec").await?;
+                Box::pin(self.save(s, &mut doc, "invalidSpec")).await?;
             }
             return Ok(self.outcome(&doc));
         }
         match doc.status.phase {
             Phase::Pending | Phase::Provisioning | Phase::Installing | Phase::Configuring => {
                 if doc.spec.stopped && doc.status.phase != Phase::Pending {
-                    return self.stop_start(s, doc).await;
+                    return Box::pin(self.stop_start(s, doc)).await;
                 }
-                self.provision(s, doc).await
+                Box::pin(self.provision(s, doc)).await
             }
-            Phase::Running => self.maintain(s, doc).await,
-            Phase::Updating => self.update(s, doc).await,
-            Phase::Stopping | Phase::Stopped | Phase::Starting => self.stop_start(s, doc).await,
+            Phase::Running => Box::pin(self.maintain(s, doc)).await,
+            Phase::Updating => Box::pin(self.update(s, doc)).await,
+            Phase::Stopping | Phase::Stopped | Phase::Starting => {
+                Box::pin(self.stop_start(s, doc)).await
+            }
             Phase::Failed => {
                 if doc.metadata.generation != doc.status.observed_generation {
                     // The user changed the spec: try again from the start.
                     self.set_phase(&s.name, &mut doc, Phase::Pending);
                     doc.status.message = None;
-                    self.save(s, &mut doc, "retryAfterSpecChange").await?;
-                    return self.provision(s, doc).await;
+                    Box::pin(self.save(s, &mut doc, "retryAfterSpecChange")).await?;
+                    return Box::pin(self.provision(s, doc)).await;
                 }
                 Ok(self.outcome(&doc))
             }
-            Phase::Deleting | Phase::Terminating => self.delete(s, doc).await,
+            Phase::Deleting | Phase::Terminating => Box::pin(self.delete(s, doc)).await,
         }
     }
 
@@ -768,7 +770,7 @@ impl Reconciler {
             self.plan(&mut doc);
             self.set_phase(&s.name, &mut doc, Phase::Provisioning);
             doc.status.message = None;
-            self.save(s, &mut doc, "plan").await?;
+            Box::pin(self.save(s, &mut doc, "plan")).await?;
         }
         let saga_id = format!(
             "{}/provision/g{}/r{}",
@@ -778,7 +780,7 @@ impl Reconciler {
             .iter()
             .fold(Saga::new(saga_id.clone()), |saga, step| saga.step(*step))
             .input(json!({"cluster": s.name}));
-        let report = self.inner.sagas.run(saga).await?;
+        let report = Box::pin(self.inner.sagas.run(saga)).await?;
         let Some(mut doc) = self.load(s).await? else {
             return Ok(PassOutcome {
                 result: "ok",
@@ -799,7 +801,7 @@ impl Reconciler {
                     "AllNodesReady",
                     "every node reported Ready",
                 );
-                self.save(s, &mut doc, "provisioned").await?;
+                Box::pin(self.save(s, &mut doc, "provisioned")).await?;
             }
             Some(_) => {
                 let error = report
@@ -822,7 +824,7 @@ impl Reconciler {
                 self.set_phase(&s.name, &mut fresh, Phase::Failed);
                 fresh.status.message = Some(error);
                 fresh.status.observed_generation = fresh.metadata.generation;
-                self.save(s, &mut fresh, "provisioningFailed").await?;
+                Box::pin(self.save(s, &mut fresh, "provisioningFailed")).await?;
                 return Ok(self.outcome(&fresh));
             }
             None => {}
@@ -859,7 +861,7 @@ impl Reconciler {
         let (s, mut doc) = self.load_required(name).await?;
         if doc.status.phase != Phase::Provisioning {
             self.set_phase(name, &mut doc, Phase::Provisioning);
-            self.save(&s, &mut doc, "provisioning").await?;
+            Box::pin(self.save(&s, &mut doc, "provisioning")).await?;
         }
         for i in 0..doc.status.instances.len() {
             if doc.status.instances[i].instance_id.is_some() {
@@ -902,7 +904,7 @@ impl Reconciler {
             e.private_ip = instance.private_ip.clone();
             e.public_ip = instance.public_ip.clone();
             e.launched_at = instance.launched_at.or_else(|| Some(Utc::now()));
-            self.save(&s, &mut doc, "instanceCreated").await?;
+            Box::pin(self.save(&s, &mut doc, "instanceCreated")).await?;
         }
         self.terminate_orphans(&doc).await?;
         // Wait until every instance runs (EC2 takes seconds to minutes).
@@ -929,7 +931,7 @@ impl Reconciler {
                 }
             }
             if changed {
-                self.save(&s, &mut doc, "instanceStates").await?;
+                Box::pin(self.save(&s, &mut doc, "instanceStates")).await?;
             }
             if all_running {
                 return Ok(());
@@ -1025,11 +1027,11 @@ impl Reconciler {
     /// Saga step `install`: K3s on the first master (`--cluster-init`),
     /// then on the others in parallel (joining the first).
     async fn ensure_installed(&self, name: &str) -> Result<(), ReconcileError> {
-        self.ensure_instances(name).await?;
+        Box::pin(self.ensure_instances(name)).await?;
         let (s, mut doc) = self.load_required(name).await?;
         if doc.status.phase != Phase::Installing {
             self.set_phase(name, &mut doc, Phase::Installing);
-            self.save(&s, &mut doc, "installing").await?;
+            Box::pin(self.save(&s, &mut doc, "installing")).await?;
         }
         let version = doc.spec.k3s_version.clone();
         let needs = |e: &InstanceStatus| {
@@ -1122,7 +1124,7 @@ impl Reconciler {
             }
         }
         if changed {
-            self.save(s, doc, "k3sInstalled").await?;
+            Box::pin(self.save(s, doc, "k3sInstalled")).await?;
         }
         Ok(())
     }
@@ -1132,11 +1134,11 @@ impl Reconciler {
     /// unhealthy at once (the fleet short-circuit holds replacements back).
     async fn ensure_ready(&self, name: &str) -> Result<(), ReconcileError> {
         loop {
-            self.ensure_installed(name).await?;
+            Box::pin(self.ensure_installed(name)).await?;
             let (s, mut doc) = self.load_required(name).await?;
             if doc.status.phase != Phase::Configuring {
                 self.set_phase(name, &mut doc, Phase::Configuring);
-                self.save(&s, &mut doc, "configuring").await?;
+                Box::pin(self.save(&s, &mut doc, "configuring")).await?;
             }
             let scripts: Vec<(String, Vec<String>)> = doc
                 .status
@@ -1173,7 +1175,7 @@ impl Reconciler {
                     .and_then(|e| e.public_ip.clone().or_else(|| e.private_ip.clone()))
                     .map(|ip| format!("https://{ip}:6443"));
                 set_condition(&mut doc, "FleetHealthy", "True", "AllNodesReady", "");
-                self.save(&s, &mut doc, "ready").await?;
+                Box::pin(self.save(&s, &mut doc, "ready")).await?;
                 return Ok(());
             }
             let now = Utc::now();
@@ -1218,13 +1220,13 @@ impl Reconciler {
                     // The new tokens are in the state before the old
                     // instances go, so a crash here leaves orphans that the
                     // next `instances` step terminates.
-                    self.save(&s, &mut doc, "replaceNodes").await?;
+                    Box::pin(self.save(&s, &mut doc, "replaceNodes")).await?;
                     self.terminate(&old).await?;
                     continue;
                 }
             }
             if changed {
-                self.save(&s, &mut doc, "nodeStatus").await?;
+                Box::pin(self.save(&s, &mut doc, "nodeStatus")).await?;
             }
             tokio::time::sleep(self.inner.settings.ready_poll).await;
         }
@@ -1251,7 +1253,7 @@ impl Reconciler {
         self.terminate(&live).await?;
         doc.status.instances.clear();
         doc.status.api_endpoint = None;
-        self.save(&s, &mut doc, "cleanupAfterFailure").await
+        Box::pin(self.save(&s, &mut doc, "cleanupAfterFailure")).await
     }
 
     /// Running: spec changes go to Updating, a stop request to Stopping; a
@@ -1263,12 +1265,12 @@ impl Reconciler {
         mut doc: ClusterResource,
     ) -> Result<PassOutcome, ReconcileError> {
         if doc.spec.stopped {
-            return self.stop_start(s, doc).await;
+            return Box::pin(self.stop_start(s, doc)).await;
         }
         if doc.metadata.generation != doc.status.observed_generation {
             self.set_phase(&s.name, &mut doc, Phase::Updating);
-            self.save(s, &mut doc, "specChanged").await?;
-            return self.update(s, doc).await;
+            Box::pin(self.save(s, &mut doc, "specChanged")).await?;
+            return Box::pin(self.update(s, doc)).await;
         }
         let live = self
             .inner
@@ -1312,7 +1314,7 @@ impl Reconciler {
                     &message,
                 );
                 doc.status.message = Some(message);
-                self.save(s, &mut doc, "fleetShortCircuit").await?;
+                Box::pin(self.save(s, &mut doc, "fleetShortCircuit")).await?;
                 return Ok(self.outcome(&doc));
             }
             for i in gone {
@@ -1322,7 +1324,7 @@ impl Reconciler {
             }
             doc.status.provisioning_round += 1;
             self.set_phase(&s.name, &mut doc, Phase::Provisioning);
-            self.save(s, &mut doc, "replaceNodes").await?;
+            Box::pin(self.save(s, &mut doc, "replaceNodes")).await?;
             return Ok(PassOutcome {
                 result: "ok",
                 requeue: Requeue::After(Duration::ZERO),
@@ -1335,7 +1337,7 @@ impl Reconciler {
             self.inner.cloud.batch(BatchOp::Start, &stopped).await;
         }
         if changed {
-            self.save(s, &mut doc, "instanceStates").await?;
+            Box::pin(self.save(s, &mut doc, "instanceStates")).await?;
         }
         Ok(self.outcome(&doc))
     }
@@ -1364,7 +1366,7 @@ impl Reconciler {
         self.plan(&mut doc);
         doc.status.provisioning_round += 1;
         self.set_phase(&s.name, &mut doc, Phase::Provisioning);
-        self.save(s, &mut doc, "update").await?;
+        Box::pin(self.save(s, &mut doc, "update")).await?;
         Ok(PassOutcome {
             result: "ok",
             requeue: Requeue::After(Duration::ZERO),
@@ -1462,7 +1464,7 @@ impl Reconciler {
                 self.set_phase(&s.name, &mut doc, Phase::Stopped);
                 doc.status.observed_generation = doc.metadata.generation;
             }
-            self.save(s, &mut doc, "stop").await?;
+            Box::pin(self.save(s, &mut doc, "stop")).await?;
             return Ok(self.outcome(&doc));
         }
         self.set_phase(&s.name, &mut doc, Phase::Starting);
@@ -1477,7 +1479,7 @@ impl Reconciler {
         // Provisioning again checks every node (and replaces what is gone).
         doc.status.provisioning_round += 1;
         self.set_phase(&s.name, &mut doc, Phase::Provisioning);
-        self.save(s, &mut doc, "start").await?;
+        Box::pin(self.save(s, &mut doc, "start")).await?;
         Ok(PassOutcome {
             result: "ok",
             requeue: Requeue::After(Duration::ZERO),
@@ -1493,7 +1495,7 @@ impl Reconciler {
     ) -> Result<PassOutcome, ReconcileError> {
         if !matches!(doc.status.phase, Phase::Deleting | Phase::Terminating) {
             self.set_phase(&s.name, &mut doc, Phase::Deleting);
-            self.save(s, &mut doc, "delete").await?;
+            Box::pin(self.save(s, &mut doc, "delete")).await?;
         }
         if doc.status.phase == Phase::Deleting {
             let others: Vec<InstanceStatus> = doc
@@ -1505,7 +1507,7 @@ impl Reconciler {
                 .collect();
             self.drain(&doc, &others).await;
             self.set_phase(&s.name, &mut doc, Phase::Terminating);
-            self.save(s, &mut doc, "drained").await?;
+            Box::pin(self.save(s, &mut doc, "drained")).await?;
         }
         let live: Vec<String> = self
             .inner

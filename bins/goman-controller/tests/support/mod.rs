@@ -95,10 +95,22 @@ impl Env {
         .collect()
     }
 
+    /// The default arguments, overridden by `extra` (`--flag value` pairs).
+    pub fn args_with(&self, extra: &[&str]) -> Vec<String> {
+        let defaults = self.args();
+        let mut out = Vec::new();
+        for pair in defaults.chunks(2) {
+            if !extra.contains(&pair[0].as_str()) {
+                out.extend_from_slice(pair);
+            }
+        }
+        out.extend(extra.iter().map(|s| (*s).to_owned()));
+        out
+    }
+
     pub fn config(&self, extra: &[&str]) -> Config {
         let mut args = vec!["goman-controller".to_owned()];
-        args.extend(self.args());
-        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        args.extend(self.args_with(extra));
         args.push("run".to_owned());
         Config::try_parse_from(args).unwrap()
     }
