@@ -113,7 +113,19 @@ pub async fn connect_with(
     settings: &AwsSettings,
     metrics: Metrics,
 ) -> Result<(Aws, BreakerRegistry), AppError> {
-    let breakers = BreakerRegistry::with_aws_presets();
+    connect_with_breakers(settings, BreakerRegistry::with_aws_presets(), metrics).await
+}
+
+/// Connects with explicit AWS settings and breakers (tests shorten the
+/// presets' open times).
+///
+/// # Errors
+/// [`AppError`].
+pub async fn connect_with_breakers(
+    settings: &AwsSettings,
+    breakers: BreakerRegistry,
+    metrics: Metrics,
+) -> Result<(Aws, BreakerRegistry), AppError> {
     let aws = Aws::connect(settings, &breakers, metrics).await?;
     Ok((aws, breakers))
 }
@@ -135,7 +147,26 @@ pub async fn build_with(
     aws_settings: &AwsSettings,
     metrics: Metrics,
 ) -> Result<Parts, AppError> {
-    let (aws, breakers) = connect_with(aws_settings, metrics.clone()).await?;
+    build_with_breakers(
+        config,
+        aws_settings,
+        BreakerRegistry::with_aws_presets(),
+        metrics,
+    )
+    .await
+}
+
+/// [`build_with`] over `breakers`.
+///
+/// # Errors
+/// [`AppError`].
+pub async fn build_with_breakers(
+    config: &Config,
+    aws_settings: &AwsSettings,
+    breakers: BreakerRegistry,
+    metrics: Metrics,
+) -> Result<Parts, AppError> {
+    let (aws, breakers) = connect_with_breakers(aws_settings, breakers, metrics.clone()).await?;
     let store = store(config, &aws).await?;
     let locks = match &config.state_bucket {
         Some(_) => Locks::dynamodb(

@@ -176,8 +176,9 @@ pub struct Config {
 pub enum Command {
     /// The daemon: watches the state and reconciles every cluster.
     Run,
-    /// One pass over one cluster (goman's Lambda shape), repeated until it
-    /// settles or `--max-passes`.
+    /// One pass over one cluster (goman's Lambda shape), repeated (each
+    /// after its requeue, at most 60 s) until the cluster settles (Running,
+    /// Stopped, Failed or deleted) or `--max-passes` passes ran.
     Reconcile {
         /// The cluster.
         #[arg(long)]

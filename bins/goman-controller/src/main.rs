@@ -8,6 +8,7 @@ use std::time::Duration;
 use goman_controller::config::{ClusterCommand, Command, Config};
 use goman_controller::daemon::{Daemon, DaemonSettings};
 use goman_controller::metrics::Metrics;
+use goman_controller::model::Phase;
 use goman_controller::reconcile::Requeue;
 use goman_controller::{app, cli};
 
@@ -66,8 +67,13 @@ fn main() -> ExitCode {
                         () = kit.stopping() => return Ok(()),
                     };
                     tracing::info!(pass, result = outcome.result, phase = ?outcome.phase, requeue = ?outcome.requeue, "reconcile pass finished");
+                    let settled = matches!(
+                        outcome.phase,
+                        Some(Phase::Running | Phase::Stopped | Phase::Failed)
+                    );
                     let wait = match outcome.requeue {
                         Requeue::Done => break,
+                        Requeue::After(_) if settled => break,
                         Requeue::After(d) => d,
                     };
                     if pass == max_passes {

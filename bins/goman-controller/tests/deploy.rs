@@ -268,10 +268,7 @@ fn dockerfile_variables_are_read_by_the_program() {
     for line in text.lines() {
         let line = line.trim();
         let body = match line.strip_prefix("ENV ") {
-            Some(body) => {
-                in_env = true;
-                body
-            }
+            Some(body) => body,
             None if in_env => line,
             None => continue,
         };

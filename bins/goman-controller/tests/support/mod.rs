@@ -136,6 +136,41 @@ impl Env {
         .unwrap()
     }
 
+    /// A reconciler whose breakers open for `open_for` instead of the AWS
+    /// presets' 10 to 45 s (thresholds and bulkheads unchanged).
+    pub async fn parts_with_short_breakers(
+        &self,
+        journal: &str,
+        open_for: Duration,
+        extra: &[&str],
+    ) -> Parts {
+        use keel::breaker::{BreakerConfig, BreakerRegistry, presets};
+        let journal = self.dir.path().join(journal);
+        let mut all = vec!["--journal", journal.to_str().unwrap()];
+        all.extend_from_slice(extra);
+        let config = self.config(&all);
+        let breakers = BreakerRegistry::with_aws_presets();
+        for (name, preset) in [
+            (presets::EC2, BreakerConfig::aws_ec2()),
+            (presets::S3, BreakerConfig::aws_s3()),
+            (presets::SSM, BreakerConfig::aws_ssm()),
+            (presets::DYNAMODB, BreakerConfig::aws_dynamodb()),
+        ] {
+            breakers.configure(
+                name,
+                preset.to_builder().open_duration(open_for).build().unwrap(),
+            );
+        }
+        app::build_with_breakers(
+            &config,
+            &self.aws_settings(&config),
+            breakers,
+            Metrics::unregistered(),
+        )
+        .await
+        .unwrap()
+    }
+
     /// Runs passes until `phase` (or panics after `max` passes).
     pub async fn reconcile_until(
         &self,
