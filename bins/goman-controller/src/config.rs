@@ -382,7 +382,11 @@ impl Program for Config {
         if self.state_bucket.is_none() {
             check::writable_path("GOMAN_STATE_DIR", &self.state_dir)?;
         }
-        if let JournalLocation::Dir(dir) = self.journal_location() {
+        // The default journal lives inside GOMAN_STATE_DIR, created at
+        // start: only an explicit one is checked on its own.
+        if self.journal.is_some()
+            && let JournalLocation::Dir(dir) = self.journal_location()
+        {
             check::writable_path("GOMAN_JOURNAL", &dir)?;
         }
         if let Command::Cluster {

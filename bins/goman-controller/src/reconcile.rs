@@ -314,7 +314,7 @@ fn registry(slot: &Slot, retry: &RetryPolicy) -> SagaRegistry {
     SagaRegistry::new()
         .register(
             step(slot, "instances", retry, |r, name| async move {
-                r.ensure_instances(&name).await
+                r.ensure_instances(&name, true).await
             })
             // Undo: terminate what was created, when the spec says so.
             .compensate(move |ctx| {
@@ -330,7 +330,7 @@ fn registry(slot: &Slot, retry: &RetryPolicy) -> SagaRegistry {
             }),
         )
         .register(step(slot, "install", retry, |r, name| async move {
-            r.ensure_installed(&name).await
+            r.ensure_installed(&name, true).await
         }))
         .register(step(slot, "ready", retry, |r, name| async move {
             r.ensure_ready(&name).await
@@ -854,12 +854,14 @@ impl Reconciler {
         }
     }
 
-    /// Saga step `instances`: every planned entry gets its instance
+    /// Saga step `instances` (`enter`: move the phase to Provisioning; the
+    /// later steps call it again without moving the phase back): every
+    /// planned entry gets its instance
     /// (created with its recorded client token, or found by it), instances
     /// of no entry are terminated, and the step waits until every one runs.
-    async fn ensure_instances(&self, name: &str) -> Result<(), ReconcileError> {
+    async fn ensure_instances(&self, name: &str, enter: bool) -> Result<(), ReconcileError> {
         let (s, mut doc) = self.load_required(name).await?;
-        if doc.status.phase != Phase::Provisioning {
+        if enter && doc.status.phase != Phase::Provisioning {
             self.set_phase(name, &mut doc, Phase::Provisioning);
             Box::pin(self.save(&s, &mut doc, "provisioning")).await?;
         }
@@ -1026,10 +1028,10 @@ impl Reconciler {
 
     /// Saga step `install`: K3s on the first master (`--cluster-init`),
     /// then on the others in parallel (joining the first).
-    async fn ensure_installed(&self, name: &str) -> Result<(), ReconcileError> {
-        Box::pin(self.ensure_instances(name)).await?;
+    async fn ensure_installed(&self, name: &str, enter: bool) -> Result<(), ReconcileError> {
+        Box::pin(self.ensure_instances(name, false)).await?;
         let (s, mut doc) = self.load_required(name).await?;
-        if doc.status.phase != Phase::Installing {
+        if enter && doc.status.phase != Phase::Installing {
             self.set_phase(name, &mut doc, Phase::Installing);
             Box::pin(self.save(&s, &mut doc, "installing")).await?;
         }
@@ -1134,7 +1136,7 @@ impl Reconciler {
     /// unhealthy at once (the fleet short-circuit holds replacements back).
     async fn ensure_ready(&self, name: &str) -> Result<(), ReconcileError> {
         loop {
-            Box::pin(self.ensure_installed(name)).await?;
+            Box::pin(self.ensure_installed(name, false)).await?;
             let (s, mut doc) = self.load_required(name).await?;
             if doc.status.phase != Phase::Configuring {
                 self.set_phase(name, &mut doc, Phase::Configuring);
