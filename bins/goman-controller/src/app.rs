@@ -126,6 +126,27 @@ pub async fn connect_with_breakers(
     breakers: BreakerRegistry,
     metrics: Metrics,
 ) -> Result<(Aws, BreakerRegistry), AppError> {
+    // goman's `[CIRCUIT]` lines, as structured events.
+    breakers.add_listener(|event: &keel::breaker::BreakerEvent<'_>| {
+        if let keel::breaker::BreakerEvent::StateTransition {
+            breaker,
+            from,
+            to,
+            reason,
+            open_for,
+        } = event
+        {
+            tracing::warn!(
+                target: "goman::circuit",
+                breaker = *breaker,
+                from = ?from,
+                to = ?to,
+                reason = ?reason,
+                open_for_ms = open_for.map(|d| d.as_millis() as u64),
+                "[CIRCUIT] breaker changed state"
+            );
+        }
+    });
     let aws = Aws::connect(settings, &breakers, metrics).await?;
     Ok((aws, breakers))
 }

@@ -250,7 +250,24 @@ impl Daemon {
     }
 
     async fn watch(self, stop: CancellationToken) {
+        let mut last_summary = Instant::now();
         loop {
+            // goman's periodic `[METRICS]` line, every 5 minutes.
+            if last_summary.elapsed() >= Duration::from_secs(300) {
+                last_summary = Instant::now();
+                let m = self.reconciler.metrics();
+                let views = self.clusters();
+                tracing::info!(
+                    target: "goman::metrics",
+                    clusters = views.len(),
+                    running = views.iter().filter(|v| v.phase == Some(Phase::Running)).count(),
+                    failing = views.iter().filter(|v| v.failures > 0).count(),
+                    passes_ok = m.reconciles("ok"),
+                    passes_error = m.reconciles("error"),
+                    passes_fenced = m.reconciles("fenced"),
+                    "[METRICS] reconcile summary"
+                );
+            }
             match self.reconciler.store().list().await {
                 Ok(list) => {
                     let now = Instant::now();

@@ -82,3 +82,31 @@ async fn an_ha_cluster_reaches_running_with_three_protected_masters() {
     let audit = r.audit("prod");
     assert!(audit.len() >= 5, "{}", audit.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_journal_can_live_in_postgresql_shared_by_controllers() {
+    let env = Env::start().await;
+    let url = keel_testkit::services::postgres_url();
+    // A profile of its own: resources are `cluster/{profile}/{name}`.
+    let profile = format!("pg{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let a = env.parts_with_journal(&url, &["--profile", &profile]).await;
+    let b = env.parts_with_journal(&url, &["--profile", &profile]).await;
+    cli::apply(
+        a.reconciler.store(),
+        &profile,
+        &HA.replace("name: prod", "name: shared"),
+    )
+    .await
+    .unwrap();
+    env.reconcile_until(&a.reconciler, "shared", Phase::Running, 20)
+        .await;
+    // B works on the cluster A provisioned; a controller started now reads
+    // both's transactions from the shared journal.
+    let doc = env
+        .reconcile_until(&b.reconciler, "shared", Phase::Running, 5)
+        .await;
+    assert_eq!(env.live_instances(&doc.metadata.uid).await.len(), 3);
+    let c = env.parts_with_journal(&url, &["--profile", &profile]).await;
+    let audit = c.reconciler.audit("shared");
+    assert!(audit.len() >= 5, "{}", audit.len());
+}

@@ -136,6 +136,20 @@ impl Env {
         .unwrap()
     }
 
+    /// A reconciler over the journal at `journal` (a directory or URL).
+    pub async fn parts_with_journal(&self, journal: &str, extra: &[&str]) -> Parts {
+        let mut all = vec!["--journal", journal];
+        all.extend_from_slice(extra);
+        let config = self.config(&all);
+        app::build_with(
+            &config,
+            &self.aws_settings(&config),
+            Metrics::unregistered(),
+        )
+        .await
+        .unwrap()
+    }
+
     /// A reconciler whose breakers open for `open_for` instead of the AWS
     /// presets' 10 to 45 s (thresholds and bulkheads unchanged).
     pub async fn parts_with_short_breakers(
