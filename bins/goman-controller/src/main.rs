@@ -103,13 +103,13 @@ fn main() -> ExitCode {
                     }
                     ClusterCommand::List => cli::list(&store).await?,
                     ClusterCommand::Delete { name } => {
-                        cli::print_json(&cli::delete(&store, &name).await?)?
+                        cli::print_json(&cli::delete(&store, &name).await?)?;
                     }
                     ClusterCommand::Stop { name } => {
-                        cli::print_json(&cli::set_stopped(&store, &name, true).await?)?
+                        cli::print_json(&cli::set_stopped(&store, &name, true).await?)?;
                     }
                     ClusterCommand::Start { name } => {
-                        cli::print_json(&cli::set_stopped(&store, &name, false).await?)?
+                        cli::print_json(&cli::set_stopped(&store, &name, false).await?)?;
                     }
                 }
                 Ok(())

@@ -1410,7 +1410,7 @@ impl Reconciler {
             match r {
                 Ok(out) if out.status == "Success" => {}
                 other => {
-                    tracing::warn!(cluster = %doc.metadata.name, result = ?other, "drain did not succeed; removing the nodes anyway")
+                    tracing::warn!(cluster = %doc.metadata.name, result = ?other, "drain did not succeed; removing the nodes anyway");
                 }
             }
         }
@@ -1625,7 +1625,7 @@ async fn renew_loop(locks: Locks, session: Arc<Session>) {
                 return;
             }
             Err(e) => {
-                tracing::warn!(cluster = %session.name, error = %e, "lock renewal failed; retrying")
+                tracing::warn!(cluster = %session.name, error = %e, "lock renewal failed; retrying");
             }
         }
     }

@@ -229,7 +229,7 @@ impl StateStore {
                     }
                     match page.next_continuation_token() {
                         Some(next) if page.is_truncated() == Some(true) => {
-                            token = Some(next.to_owned())
+                            token = Some(next.to_owned());
                         }
                         _ => break,
                     }

@@ -45,7 +45,7 @@ impl Env {
     pub async fn start() -> Env {
         keel_testkit::init_test_tracing();
         let moto = Moto::start().await;
-        let front = AwsFront::start(&moto.url(), 7).await.unwrap();
+        let front = AwsFront::start(moto.url(), 7).await.unwrap();
         healthy_nodes(&front);
         let env = Env {
             moto,
