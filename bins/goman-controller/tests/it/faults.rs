@@ -3,17 +3,15 @@
 //! the instance was created, a failed provisioning cleaned up by the saga's
 //! compensation, and the binary killed with SIGKILL at random points.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{Env, HA, TABLE};
 use aws_sdk_dynamodb::types::AttributeValue;
 use goman_controller::cli;
 use goman_controller::model::Phase;
 use goman_controller::reconcile::ReconcileError;
 use goman_controller::store::{Expect, StoreError};
 use keel_testkit::fakes::aws::{AwsFault, AwsFaults, Lost};
-use support::{Env, HA, TABLE};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_controllers_one_acts_and_one_that_lost_its_lock_is_fenced() {

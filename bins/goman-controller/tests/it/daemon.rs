@@ -1,18 +1,19 @@
 //! The daemon: in-process (work queue, requeues, deletion) and as the
 //! binary (admin routes, SIGTERM).
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{DEV, Env};
 use goman_controller::cli;
 use goman_controller::daemon::{Daemon, DaemonSettings};
 use goman_controller::model::Phase;
-use support::{DEV, Env};
 use tokio_util::sync::CancellationToken;
 
+/// Waits up to two minutes: moto's server closes every connection, and
+/// under load a new connection to it now and then stalls for seconds (the
+/// pipeline's attempt timeout cuts it and retries).
 async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    for _ in 0..600 {
+    for _ in 0..2400 {
         if check().await {
             return;
         }

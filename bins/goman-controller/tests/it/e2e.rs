@@ -1,11 +1,9 @@
 //! End to end against moto (EC2, S3, DynamoDB, SSM Parameter Store) behind
 //! keel-testkit's AwsFront (SSM commands, faults, call counts).
 
-mod support;
-
+use crate::support::{Env, HA};
 use goman_controller::cli;
 use goman_controller::model::Phase;
-use support::{Env, HA};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_ha_cluster_reaches_running_with_three_protected_masters() {

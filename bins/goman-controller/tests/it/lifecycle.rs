@@ -1,15 +1,13 @@
 //! Scale, stop and start, delete (drain, protection cleared, nothing left),
 //! node replacement, the fleet short-circuit: against moto behind AwsFront.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{DEV, Env, HA};
 use goman_controller::cli;
 use goman_controller::model::Phase;
 use goman_controller::reconcile::Requeue;
 use keel_testkit::fakes::aws::CommandResult;
-use support::{DEV, Env, HA};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn scale_up_down_stop_start_and_delete() {
