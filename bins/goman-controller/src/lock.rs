@@ -10,7 +10,6 @@
 //! write itself is conditional on the document's version, so a controller
 //! that lost its lock cannot overwrite newer state (see `store`).
 
-use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -330,8 +329,6 @@ fn write_lock(dir: &Path, path: &Path, token: &LockToken) -> io::Result<()> {
     )
 }
 
-/// Who holds which lock in this process, for `/locks` and shutdown.
-pub type Held = HashMap<String, LockToken>;
 
 #[cfg(test)]
 mod tests {
