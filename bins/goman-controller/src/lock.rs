@@ -329,7 +329,6 @@ fn write_lock(dir: &Path, path: &Path, token: &LockToken) -> io::Result<()> {
     )
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
