@@ -15,6 +15,9 @@
 //!   [`Prometheus`], [`Alertmanager`] and [`Moto`] as child processes on
 //!   free ports. A missing service fails the test with the command that
 //!   installs or starts it; nothing is skipped silently.
+//! * **Fuzz targets as tests.** [`fuzz::replay`] runs a fuzz target's
+//!   property over its committed corpus and reproducers, then a seeded
+//!   mutation budget (docs/RELIABILITY.md).
 //! * **Time and logs.** [`ManualClock`] (from `keel-core`) and
 //!   [`init_test_tracing`].
 //!
@@ -59,6 +62,7 @@
 mod error;
 pub mod fakes;
 mod faults;
+pub mod fuzz;
 mod layer;
 mod logging;
 mod record;
