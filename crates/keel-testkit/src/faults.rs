@@ -1,5 +1,7 @@
-//! Fault injection: error rate, latency, 429 with `Retry-After`, connection
-//! drops; seeded and changeable at runtime.
+//! Fault injection: error rate, latency distributions, 429 with
+//! `Retry-After`, connection drops and resets, and a flap schedule (down/up
+//! on a clock); seeded and changeable at runtime. Every program's end-to-end
+//! tests inject faults through this one layer (docs/RELIABILITY.md).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -28,14 +30,123 @@ pub enum Fault {
     /// Close the connection without answering: the client sees a transport
     /// error ("connection closed before message completed").
     Drop,
+    /// Reset the connection (TCP RST, `SO_LINGER` 0) without answering: the
+    /// client sees "connection reset by peer". Outside [`crate::FakeServer`]
+    /// it falls back to [`Fault::Drop`]'s aborted body.
+    Reset,
     /// Wait this long, then answer normally. Only as a one-shot fault
     /// ([`Faults::push_next`]); recorded as [`RecordedRequest::delay`].
     Delay(Duration),
 }
 
+/// How long each request waits before it is answered (or faulted).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Latency {
+    /// Uniform in `[min, max]`.
+    Uniform {
+        /// The shortest delay.
+        min: Duration,
+        /// The longest delay.
+        max: Duration,
+    },
+    /// Exponential with this mean, capped at `max` (a queueing server).
+    Exponential {
+        /// The mean delay.
+        mean: Duration,
+        /// The cap.
+        max: Duration,
+    },
+    /// Mostly fast, sometimes slow: a fraction `slow_rate` of requests waits
+    /// uniformly in `slow`, the others in `fast` (a p99 far above the p50,
+    /// as a GC pause or a cold cache gives).
+    LongTail {
+        /// The usual range.
+        fast: (Duration, Duration),
+        /// The fraction of slow requests (0.0..=1.0).
+        slow_rate: f64,
+        /// The slow range.
+        slow: (Duration, Duration),
+    },
+}
+
+impl Latency {
+    fn draw(&self, rng: &Rng) -> Duration {
+        match *self {
+            Latency::Uniform { min, max } => rng.duration_between(min, max),
+            Latency::Exponential { mean, max } => {
+                // Inverse transform: -ln(1 - U) * mean, U in [0, 1).
+                let u = rng.next_f64();
+                let secs = -(1.0 - u).ln() * mean.as_secs_f64();
+                Duration::try_from_secs_f64(secs).unwrap_or(max).min(max)
+            }
+            Latency::LongTail {
+                fast,
+                slow_rate,
+                slow,
+            } => {
+                let (min, max) = if rng.next_f64() < slow_rate {
+                    slow
+                } else {
+                    fast
+                };
+                rng.duration_between(min, max)
+            }
+        }
+    }
+
+    fn validate(&self) -> Result<(), TestkitError> {
+        let range = |(min, max): (Duration, Duration)| {
+            if min > max {
+                Err(TestkitError::InvalidFault {
+                    field: "latency",
+                    reason: format!("minimum {min:?} exceeds maximum {max:?}"),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        match *self {
+            Latency::Uniform { min, max } => range((min, max)),
+            Latency::Exponential { mean, max } => range((mean, max)),
+            Latency::LongTail {
+                fast,
+                slow_rate,
+                slow,
+            } => {
+                range(fast)?;
+                range(slow)?;
+                if (0.0..=1.0).contains(&slow_rate) {
+                    Ok(())
+                } else {
+                    Err(TestkitError::InvalidFault {
+                        field: "latency",
+                        reason: format!("slow_rate must be within 0.0..=1.0, got {slow_rate}"),
+                    })
+                }
+            }
+        }
+    }
+}
+
+/// A dependency that goes down and comes back on a schedule: from the
+/// moment the configuration is set, every request in a `down` window gets
+/// `fault`, then every request for `up` is served, and so on. Time is
+/// tokio's, so a test with paused time flaps on virtual time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flap {
+    /// How long each outage lasts (the schedule starts with one).
+    pub down: Duration,
+    /// How long the dependency answers between outages.
+    pub up: Duration,
+    /// What a request gets while down: [`Fault::Error`], [`Fault::Drop`],
+    /// [`Fault::Reset`] or [`Fault::RateLimited`].
+    pub fault: Fault,
+}
+
 /// The probabilistic faults of a fake server. Each request draws, in this
 /// order and only for the faults that are enabled: latency, drop, rate limit,
-/// error; the first fault that fires wins. All draws come from the server's
+/// error; the first fault that fires wins. A [`Flap`] outage comes before
+/// all of them. All draws come from the server's
 /// seeded [`Rng`], so the same seed and the same request order give the same
 /// faults.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,7 +156,9 @@ pub struct FaultConfig {
     rate_limit_rate: f64,
     retry_after: Duration,
     drop_rate: f64,
-    latency: Option<(Duration, Duration)>,
+    reset_rate: f64,
+    latency: Option<Latency>,
+    flap: Option<Flap>,
 }
 
 impl Default for FaultConfig {
@@ -56,7 +169,9 @@ impl Default for FaultConfig {
             rate_limit_rate: 0.0,
             retry_after: Duration::from_secs(1),
             drop_rate: 0.0,
+            reset_rate: 0.0,
             latency: None,
+            flap: None,
         }
     }
 }
@@ -90,9 +205,29 @@ impl FaultConfig {
         self
     }
 
+    /// Reset the connection (TCP RST) without an answer for a fraction
+    /// `rate` of requests.
+    pub fn with_resets(mut self, rate: f64) -> Self {
+        self.reset_rate = rate;
+        self
+    }
+
     /// Delay every request by a uniform duration in `[min, max]`.
     pub fn with_latency(mut self, min: Duration, max: Duration) -> Self {
-        self.latency = Some((min, max));
+        self.latency = Some(Latency::Uniform { min, max });
+        self
+    }
+
+    /// Delay every request by a duration drawn from `latency`.
+    pub fn with_latency_distribution(mut self, latency: Latency) -> Self {
+        self.latency = Some(latency);
+        self
+    }
+
+    /// Go down and up on a schedule (see [`Flap`]), starting with an outage
+    /// when the configuration is set.
+    pub fn with_flap(mut self, down: Duration, up: Duration, fault: Fault) -> Self {
+        self.flap = Some(Flap { down, up, fault });
         self
     }
 
@@ -111,9 +246,19 @@ impl FaultConfig {
         self.drop_rate
     }
 
-    /// The latency range, if any.
-    pub fn latency(&self) -> Option<(Duration, Duration)> {
+    /// The reset fraction.
+    pub fn resets(&self) -> f64 {
+        self.reset_rate
+    }
+
+    /// The latency distribution, if any.
+    pub fn latency(&self) -> Option<Latency> {
         self.latency
+    }
+
+    /// The flap schedule, if any.
+    pub fn flap(&self) -> Option<Flap> {
+        self.flap
     }
 
     /// Checks every value.
@@ -127,6 +272,7 @@ impl FaultConfig {
             ("error_rate", self.error_rate),
             ("rate_limit_rate", self.rate_limit_rate),
             ("drop_rate", self.drop_rate),
+            ("reset_rate", self.reset_rate),
         ] {
             if !(0.0..=1.0).contains(&rate) {
                 return Err(TestkitError::InvalidFault {
@@ -144,13 +290,33 @@ impl FaultConfig {
                 ),
             });
         }
-        if let Some((min, max)) = self.latency
-            && min > max
-        {
-            return Err(TestkitError::InvalidFault {
-                field: "latency",
-                reason: format!("minimum {min:?} exceeds maximum {max:?}"),
-            });
+        if let Some(latency) = &self.latency {
+            latency.validate()?;
+        }
+        if let Some(flap) = &self.flap {
+            if flap.down.is_zero() || flap.up.is_zero() {
+                return Err(TestkitError::InvalidFault {
+                    field: "flap",
+                    reason: format!(
+                        "down and up must both be longer than zero, got {:?} and {:?}",
+                        flap.down, flap.up
+                    ),
+                });
+            }
+            if let Fault::Error(status) = flap.fault
+                && !status.is_server_error()
+            {
+                return Err(TestkitError::InvalidFault {
+                    field: "flap",
+                    reason: format!("an outage's error must be a 5xx, got {status}"),
+                });
+            }
+            if matches!(flap.fault, Fault::Delay(_)) {
+                return Err(TestkitError::InvalidFault {
+                    field: "flap",
+                    reason: "an outage is an error, a 429, a drop or a reset, not a delay".into(),
+                });
+            }
         }
         Ok(())
     }
@@ -223,6 +389,8 @@ pub struct Faults {
 
 struct FaultsInner {
     config: Mutex<FaultConfig>,
+    /// When the current configuration was set: a [`Flap`] counts from here.
+    since: Mutex<tokio::time::Instant>,
     next: Mutex<VecDeque<Fault>>,
     rng: Rng,
     renderer: RwLock<Arc<dyn FaultRenderer>>,
@@ -234,6 +402,7 @@ impl Faults {
         Faults {
             inner: Arc::new(FaultsInner {
                 config: Mutex::new(FaultConfig::none()),
+                since: Mutex::new(tokio::time::Instant::now()),
                 next: Mutex::new(VecDeque::new()),
                 rng: Rng::with_seed(seed),
                 renderer: RwLock::new(Arc::new(PlainRenderer)),
@@ -249,6 +418,7 @@ impl Faults {
     pub fn set(&self, config: FaultConfig) -> Result<(), TestkitError> {
         config.validate()?;
         *self.inner.config.lock() = config;
+        *self.inner.since.lock() = tokio::time::Instant::now();
         Ok(())
     }
 
@@ -263,6 +433,9 @@ impl Faults {
         let mut config = self.inner.config.lock();
         let edited = edit(config.clone());
         edited.validate()?;
+        if edited.flap != config.flap {
+            *self.inner.since.lock() = tokio::time::Instant::now();
+        }
         *config = edited;
         Ok(())
     }
@@ -319,14 +492,28 @@ impl Faults {
             };
         }
         let config = self.inner.config.lock().clone();
+        if let Some(flap) = config.flap {
+            let elapsed = self.inner.since.lock().elapsed();
+            let period = flap.down + flap.up;
+            let into = Duration::from_nanos(
+                u64::try_from(elapsed.as_nanos() % period.as_nanos()).unwrap_or(0),
+            );
+            if into < flap.down {
+                return Decision {
+                    delay: Duration::ZERO,
+                    fault: Some(flap.fault),
+                };
+            }
+        }
         let rng = &self.inner.rng;
-        let delay = match config.latency {
-            Some((min, max)) => rng.duration_between(min, max),
-            None => Duration::ZERO,
-        };
+        let delay = config
+            .latency
+            .map_or(Duration::ZERO, |latency| latency.draw(rng));
         let fires = |rate: f64| rate > 0.0 && rng.next_f64() < rate;
         let fault = if fires(config.drop_rate) {
             Some(Fault::Drop)
+        } else if fires(config.reset_rate) {
+            Some(Fault::Reset)
         } else if fires(config.rate_limit_rate) {
             Some(Fault::RateLimited {
                 retry_after: config.retry_after,
@@ -468,6 +655,119 @@ mod tests {
         assert!((20..=60).contains(&limited), "429s {limited}");
         assert!((25..=70).contains(&errors), "errors {errors}");
         assert!(a.iter().all(|d| (Duration::from_millis(10)..=Duration::from_millis(50)).contains(&d.delay)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flap_is_down_then_up_on_tokio_time() {
+        let faults = Faults::new(1);
+        let reset = Fault::Reset;
+        faults
+            .set(FaultConfig::none().with_flap(
+                Duration::from_secs(10),
+                Duration::from_secs(20),
+                reset,
+            ))
+            .unwrap();
+        let at = |secs: u64| {
+            let faults = faults.clone();
+            async move {
+                tokio::time::advance(Duration::from_secs(secs)).await;
+                faults.decide().fault
+            }
+        };
+        assert_eq!(faults.decide().fault, Some(reset), "down from the start");
+        assert_eq!(at(9).await, Some(reset), "9 s: still down");
+        assert_eq!(at(1).await, None, "10 s: up");
+        assert_eq!(at(19).await, None, "29 s: up");
+        assert_eq!(at(1).await, Some(reset), "30 s: down again");
+        assert_eq!(at(10).await, None, "40 s: up again");
+        // Setting the configuration again restarts the schedule.
+        faults
+            .update(|c| {
+                c.with_flap(
+                    Duration::from_secs(5),
+                    Duration::from_secs(5),
+                    Fault::Error(StatusCode::BAD_GATEWAY),
+                )
+            })
+            .unwrap();
+        assert_eq!(
+            faults.decide().fault,
+            Some(Fault::Error(StatusCode::BAD_GATEWAY))
+        );
+        for (config, field) in [
+            (
+                FaultConfig::none().with_flap(Duration::ZERO, Duration::from_secs(1), reset),
+                "flap",
+            ),
+            (
+                FaultConfig::none().with_flap(
+                    Duration::from_secs(1),
+                    Duration::from_secs(1),
+                    Fault::Error(StatusCode::NOT_FOUND),
+                ),
+                "flap",
+            ),
+            (
+                FaultConfig::none().with_flap(
+                    Duration::from_secs(1),
+                    Duration::from_secs(1),
+                    Fault::Delay(Duration::from_secs(1)),
+                ),
+                "flap",
+            ),
+            (FaultConfig::none().with_resets(1.1), "reset_rate"),
+        ] {
+            match config.validate() {
+                Err(TestkitError::InvalidFault { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn latency_distributions_have_their_shape() {
+        let faults = Faults::new(9);
+        let draw = |latency: Latency| {
+            faults
+                .set(FaultConfig::none().with_latency_distribution(latency))
+                .unwrap();
+            let mut d: Vec<Duration> = (0..4000).map(|_| faults.decide().delay).collect();
+            d.sort();
+            d
+        };
+        let ms = Duration::from_millis;
+        let exp = draw(Latency::Exponential {
+            mean: ms(20),
+            max: ms(500),
+        });
+        let mean = exp.iter().sum::<Duration>() / 4000;
+        assert!((ms(17)..=ms(23)).contains(&mean), "mean {mean:?}");
+        assert!(exp[3999] <= ms(500));
+        // Median of an exponential: mean * ln 2 = 13.9 ms.
+        assert!(
+            (ms(11)..=ms(17)).contains(&exp[2000]),
+            "p50 {:?}",
+            exp[2000]
+        );
+        let tail = draw(Latency::LongTail {
+            fast: (ms(1), ms(5)),
+            slow_rate: 0.02,
+            slow: (ms(900), ms(1000)),
+        });
+        let slow = tail.iter().filter(|d| **d >= ms(900)).count();
+        assert!((40..=130).contains(&slow), "{slow} slow of 4000");
+        assert!(tail[2000] <= ms(5), "p50 {:?}", tail[2000]);
+        assert!(tail[3990] >= ms(900), "p99.75 {:?}", tail[3990]);
+        assert!(
+            Latency::LongTail {
+                fast: (ms(1), ms(5)),
+                slow_rate: 2.0,
+                slow: (ms(1), ms(2)),
+            }
+            .validate()
+            .is_err()
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -140,10 +141,26 @@ impl fmt::Debug for FakeControl {
     }
 }
 
-/// Placed in each request's extensions by [`crate::FakeServer`]: cancelling
-/// it closes that request's connection without an answer.
+/// Placed in each request's extensions by [`crate::FakeServer`]: closes or
+/// resets that request's connection without an answer.
 #[derive(Clone, Debug)]
-pub(crate) struct ConnectionCloser(pub(crate) CancellationToken);
+pub(crate) struct ConnectionCloser {
+    pub(crate) token: CancellationToken,
+    pub(crate) reset: Arc<AtomicBool>,
+}
+
+impl ConnectionCloser {
+    /// Closes the connection (FIN) without an answer.
+    pub(crate) fn close(&self) {
+        self.token.cancel();
+    }
+
+    /// Resets the connection (RST) without an answer.
+    pub(crate) fn reset(&self) {
+        self.reset.store(true, Ordering::SeqCst);
+        self.token.cancel();
+    }
+}
 
 /// The tower [`Layer`] of a fake; see [`FakeControl::layer`].
 #[derive(Clone, Debug)]
@@ -233,10 +250,14 @@ where
                 tokio::time::sleep(decision.delay).await;
             }
             match decision.fault {
-                Some(Fault::Drop) => {
+                Some(fault @ (Fault::Drop | Fault::Reset)) => {
                     return match parts.extensions.get::<ConnectionCloser>() {
                         Some(closer) => {
-                            closer.0.cancel();
+                            if fault == Fault::Reset {
+                                closer.reset();
+                            } else {
+                                closer.close();
+                            }
                             // The connection task drops this future with the
                             // connection; nothing is ever written.
                             std::future::pending().await

@@ -4,8 +4,9 @@
 //! * **Fake HTTP servers.** [`FakeServer`] serves any axum [`Router`] on
 //!   `127.0.0.1:<random port>` through the fake layer ([`FakeLayer`]), which
 //!   records every request ([`RecordedRequest`]), injects faults
-//!   ([`Faults`]: error rate with a 5xx status, latency range, 429 with
-//!   `Retry-After`, connection drops; seeded with [`keel_core::Rng`] and
+//!   ([`Faults`]: error rate with a 5xx status, latency distributions
+//!   ([`Latency`]), 429 with `Retry-After`, connection drops and resets, a
+//!   down/up schedule ([`Flap`]); seeded with [`keel_core::Rng`] and
 //!   changeable mid-test; a [`FaultRenderer`] renders them in a fake's wire
 //!   format) and serves scripted answers ([`Script`]) before the router. The
 //!   fakes of real APIs in [`fakes`] are small routers on top of it.
@@ -73,8 +74,8 @@ pub mod services;
 pub use axum::Router;
 pub use error::{TestkitError, WaitTimeout};
 pub use faults::{
-    Fault, FaultConfig, FaultRenderer, Faults, PlainRenderer, default_error_response,
-    default_rate_limited_response, retry_after_secs,
+    Fault, FaultConfig, FaultRenderer, Faults, Flap, Latency, PlainRenderer,
+    default_error_response, default_rate_limited_response, retry_after_secs,
 };
 pub use keel_core::{Clock, ManualClock, Rng};
 pub use layer::{DEFAULT_SEED, FakeControl, FakeLayer, FakeService};

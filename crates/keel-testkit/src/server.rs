@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -126,7 +127,25 @@ async fn accept_loop(
             },
         };
         let connection = stop.child_token();
-        let closer = ConnectionCloser(connection.clone());
+        let reset = Arc::new(AtomicBool::new(false));
+        let closer = ConnectionCloser {
+            token: connection.clone(),
+            reset: reset.clone(),
+        };
+        // A second descriptor of the socket, kept to set `SO_LINGER` 0 before
+        // the connection is dropped, which makes the close an RST
+        // ([`crate::Fault::Reset`]); hyper owns the stream itself.
+        let (stream, linger) = match stream
+            .into_std()
+            .and_then(|s| Ok((s.try_clone()?, s)))
+            .and_then(|(dup, s)| Ok((tokio::net::TcpStream::from_std(s)?, dup)))
+        {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!(error = %e, "fake server could not keep the connection's descriptor");
+                continue;
+            }
+        };
         let per_connection = ServiceBuilder::new()
             .map_request(move |mut request: Request<Incoming>| {
                 request.extensions_mut().insert(closer.clone());
@@ -145,8 +164,15 @@ async fn accept_loop(
                     }
                 }
                 // Dropping the connection future closes the socket unanswered.
-                () = connection.cancelled() => {}
+                () = connection.cancelled() => {
+                    if reset.load(Ordering::SeqCst)
+                        && let Err(e) = socket2::SockRef::from(&linger).set_linger(Some(Duration::ZERO))
+                    {
+                        tracing::warn!(error = %e, "fake server could not set SO_LINGER 0");
+                    }
+                }
             }
+            drop(linger);
         });
     }
 }

@@ -238,6 +238,44 @@ async fn a_drop_closes_the_connection_without_an_answer() -> anyhow::Result<()> 
     Ok(())
 }
 
+/// Sends one raw HTTP/1.1 request and reads until the server closes: a FIN
+/// gives `Ok` with what was read, an RST gives the read error.
+async fn raw_get(server: &FakeServer, path: &str) -> std::io::Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = server.base_url().trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+    let mut out = Vec::new();
+    stream.read_to_end(&mut out).await?;
+    Ok(out)
+}
+
+#[tokio::test]
+async fn a_reset_is_an_rst_and_a_drop_is_a_fin() -> anyhow::Result<()> {
+    let server = FakeServer::start(app()).await;
+    server.faults().push_next(Fault::Reset);
+    let err = raw_get(&server, "/info").await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err:?}");
+    server.faults().push_next(Fault::Drop);
+    assert_eq!(
+        raw_get(&server, "/info").await?,
+        b"",
+        "closed, nothing written"
+    );
+    let answered = raw_get(&server, "/info").await?;
+    assert!(answered.starts_with(b"HTTP/1.1 200"), "{answered:?}");
+    // Probabilistic resets, as a client library sees them.
+    server.faults().set(FaultConfig::none().with_resets(1.0))?;
+    let err = client().get(server.url("/info")).send().await.unwrap_err();
+    assert!(err.status().is_none(), "{err:?}");
+    assert_eq!(server.requests()[3].fault, Some(Fault::Reset));
+    Ok(())
+}
+
 #[tokio::test]
 async fn probabilistic_drops_fail_some_requests_at_transport_level() -> anyhow::Result<()> {
     let server = FakeServer::builder()

@@ -951,7 +951,7 @@ async fn handle(State(front): State<Front>, request: Request<Body>) -> Response 
 async fn close(closer: Option<ConnectionCloser>) -> Response {
     match closer {
         Some(closer) => {
-            closer.0.cancel();
+            closer.close();
             std::future::pending().await
         }
         None => Response::new(aborting_body()),
