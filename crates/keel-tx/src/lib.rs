@@ -29,9 +29,23 @@
 //!   parallel, optionally continuing past a failed compensation).
 //! * [`Journal`]: both write ahead to it, so after a crash the manager rolls
 //!   back what was not committed and keeps what was, and the executor
-//!   resumes unfinished sagas. [`FileJournal`] (JSON lines, `fsync` at commit
-//!   points, atomic checkpoints) for one process; [`MemoryJournal`] for
-//!   tests; `PostgresJournal` (feature `postgres`) for replicas sharing state.
+//!   resumes unfinished sagas. [`FileJournal`] (checksummed JSON lines,
+//!   `fsync` at commit points, atomic checkpoints) for one process;
+//!   [`MemoryJournal`] for tests; `PostgresJournal` (feature `postgres`) for
+//!   replicas sharing state.
+//!
+//! # Durability of the file journal
+//!
+//! [`FileJournal`]'s [`SyncPolicy`] is a stated choice:
+//! [`SyncPolicy::Full`] (the default) waits for `fdatasync` before a commit
+//! is acknowledged, so acknowledged commits survive an OS crash or power
+//! loss; [`SyncPolicy::Normal`] only writes, so they survive the process
+//! being killed but an OS crash may lose the last few seconds of them.
+//! Under both, a record is read back whole or not at all: each line carries
+//! a CRC-32 chained from the line before, a torn tail is cut off at open and
+//! never replayed, and damage before the end refuses the open
+//! ([`JournalErrorKind::Corrupt`], naming the file and byte offset) rather
+//! than skip a record that may have been committed.
 //!
 //! # A transaction
 //!
@@ -201,9 +215,14 @@
 //!   state; tables are created when it connects.
 //! * `metrics`: `TxMetrics`, prometheus-client counters for transactions,
 //!   saga steps and compensations.
+//! * `fuzzing`: the properties the `journal` fuzz targets check (hidden;
+//!   `fuzz/` and `tests/fuzz_replay.rs`).
 
 mod config;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod journal;
 mod manager;
 mod metrics;
@@ -218,7 +237,9 @@ pub use error::{
     PathProblem, ResourceBusy, SagaInProgress, TransactionClosed, TxError, UnknownStep,
     VersionConflict,
 };
-pub use journal::{Durability, FileJournal, FileJournalBuilder, Journal, MemoryJournal};
+pub use journal::{
+    Durability, FileJournal, FileJournalBuilder, Journal, MemoryJournal, SyncPolicy,
+};
 #[cfg(feature = "postgres")]
 pub use journal::{PostgresJournal, PostgresJournalBuilder};
 pub use manager::{Committed, Transaction, TxManager};

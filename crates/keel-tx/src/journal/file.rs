@@ -9,6 +9,7 @@ use nix::fcntl::{Flock, FlockArg};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+use super::format::{self, Encoded, Format, HEADER, ParsedLog, parse_log};
 use super::{Durability, Journal};
 use crate::error::{ConfigError, JournalError, JournalErrorKind, TxError};
 use crate::record::Record;
@@ -18,32 +19,82 @@ const CHECKPOINT: &str = "checkpoint.json";
 const CHECKPOINT_TMP: &str = "checkpoint.json.tmp";
 const LOCK: &str = "LOCK";
 
-/// A journal in a directory: append-only JSON lines, `fsync`ed at commit
-/// points, folded into an atomically replaced checkpoint when the log grows.
+/// When a [`FileJournal`] waits for the disk: the journal's durability, as
+/// a stated choice (the names follow SQLite's `PRAGMA synchronous`).
 ///
-/// Layout: `journal-<generation>.jsonl` (one [`Record`] per line),
-/// `checkpoint.json` (the [`JournalState`] of every earlier generation,
-/// written to a temporary file, `fsync`ed and renamed over the old one) and
-/// `LOCK` (an exclusive `flock`, so two processes never write the same
-/// journal; the kernel releases it when the process dies).
+/// | policy | a commit acknowledged survives | a commit costs |
+/// |---|---|---|
+/// | [`Full`](Self::Full) (default) | the process being killed, an OS crash, a power loss | `write(2)` + `fdatasync` (shared by concurrent commits) |
+/// | [`Normal`](Self::Normal) | the process being killed; after an OS crash or power loss the last few seconds of commits may be gone | `write(2)` |
 ///
-/// Durability: [`Durability::Buffered`] appends are written to the file
-/// (the OS page cache) before returning, so they survive the process being
-/// killed; [`Durability::Durable`] appends also wait for `fdatasync`.
-/// Concurrent durable appends share one `fdatasync` (group commit), which
-/// runs on tokio's blocking pool.
+/// Under both, a record is either read back whole or not at all: every line
+/// carries a CRC, a torn tail is cut off when the journal opens and damage
+/// before the end refuses the open ([`JournalErrorKind::Corrupt`], naming the
+/// byte offset). Checkpoints and new log files are always `fsync`ed and
+/// their directory too, whatever the policy: losing a checkpoint would lose
+/// everything before it, and they are rare (one per
+/// [`compact_after_bytes`](FileJournalBuilder::compact_after_bytes)).
 ///
-/// Crash tolerance: a torn last line (the process or machine stopped in the
-/// middle of a write) is cut off when the journal is opened; damage anywhere
-/// else is reported as [`JournalErrorKind::Corrupt`] rather than guessed
-/// around. After a failed write or `fdatasync` the journal refuses further
+/// `Full` is the default because a commit is a promise the caller acts on
+/// (it tells a user, or writes to a store of record with
+/// [`commit_through`](crate::Transaction::commit_through)): after a power
+/// loss the journal must not disagree with what was done. Choose `Normal`
+/// where the state can be rebuilt (from the store of record, or by
+/// reconciling) and commit latency matters more; the measured cost of
+/// `Full` is in `docs/PERFORMANCE.md`.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum SyncPolicy {
+    /// [`Durability::Durable`] appends (commit points) wait for
+    /// `fdatasync`: acknowledged commits survive an OS crash or power loss.
+    #[default]
+    Full,
+    /// Every append is written (the OS page cache) and not synced:
+    /// acknowledged commits survive the process being killed, not an OS
+    /// crash or power loss.
+    Normal,
+}
+
+/// A journal in a directory: append-only, checksummed JSON lines, `fsync`ed
+/// at commit points, folded into an atomically replaced checkpoint when the
+/// log grows.
+///
+/// Layout: `journal-<generation>.jsonl` (a header line, then one [`Record`]
+/// per line behind a CRC-32 that chains from line to line: the format is
+/// described in `src/journal/format.rs`), `checkpoint.json` (the
+/// [`JournalState`] of every earlier generation with its CRC, written to a
+/// temporary file, `fsync`ed, renamed over the old one and the directory
+/// `fsync`ed) and `LOCK` (an exclusive `flock`, so two processes never
+/// write the same journal; the kernel releases it when the process dies).
+///
+/// Durability ([`SyncPolicy`], default [`SyncPolicy::Full`]):
+/// [`Durability::Buffered`] appends are written to the file (the OS page
+/// cache) before returning, so they survive the process being killed;
+/// [`Durability::Durable`] appends also wait for `fdatasync` under
+/// `SyncPolicy::Full`. Concurrent durable appends share one `fdatasync`
+/// (group commit), which runs on tokio's blocking pool. An append of several
+/// records is atomic per record, not as a group: after a crash a prefix of
+/// it may be read back.
+///
+/// Crash tolerance: a torn tail (the process or machine stopped in the
+/// middle of a write) is cut off when the journal is opened and never
+/// replayed; a line that fails its CRC with a record after it is reported
+/// as [`JournalErrorKind::Corrupt`] with the file and byte offset, and the
+/// journal does not open, rather than skip a record that may have been
+/// committed. After a failed write or `fdatasync` the journal refuses further
 /// writes ([`JournalErrorKind::Failed`]): what reached the disk is only known
 /// by reopening it.
 ///
-/// Cost: a buffered append is one `write(2)` under a mutex; a durable one
-/// adds a blocking-pool hop and an `fdatasync` (milliseconds on most disks,
-/// see `docs/PERFORMANCE.md`). [`Journal::load`] reads the checkpoint and the
-/// log from disk.
+/// Format 1 logs (bare JSON lines, written before the CRC) are still read:
+/// [`FileJournalBuilder::open`] folds one into a new checkpoint and starts a
+/// format-2 log, so nothing needs migrating by hand (and an older build
+/// cannot read the new format: it reports the header as damage).
+///
+/// Cost: a buffered append is one `write(2)` under a mutex (plus a CRC of the
+/// encoded record, about a microsecond per kilobyte); a durable one under
+/// `SyncPolicy::Full` adds a blocking-pool hop and an `fdatasync`
+/// (milliseconds on most disks, see `docs/PERFORMANCE.md`). [`Journal::load`]
+/// reads the checkpoint and the log from disk.
 #[derive(Debug, Clone)]
 pub struct FileJournal {
     inner: Arc<Inner>,
@@ -58,6 +109,7 @@ struct Inner {
     failed: AtomicBool,
     compact_after_bytes: u64,
     retention: Retention,
+    sync: SyncPolicy,
     _lock: Flock<File>,
 }
 
@@ -69,6 +121,8 @@ struct LogFile {
     written: u64,
     /// Length of the current generation's file.
     len: u64,
+    /// The CRC chain after the last line written (see `format`).
+    crc: u32,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -84,6 +138,7 @@ pub struct FileJournalBuilder {
     dir: PathBuf,
     compact_after_bytes: u64,
     retention: Retention,
+    sync: SyncPolicy,
 }
 
 impl FileJournalBuilder {
@@ -101,11 +156,29 @@ impl FileJournalBuilder {
         self
     }
 
+    /// When commits wait for the disk (default [`SyncPolicy::Full`]; see
+    /// [`SyncPolicy`] for what each guarantees).
+    pub fn sync(mut self, policy: SyncPolicy) -> Self {
+        self.sync = policy;
+        self
+    }
+
     /// Opens (creating if needed) the journal directory, takes its lock,
-    /// cuts a torn last line off the log and checks the rest.
+    /// cuts a torn tail off the log and checks the rest.
+    ///
+    /// A format-1 log (written before records carried a CRC) is migrated
+    /// here: its records are folded into a new checkpoint and a format-2
+    /// log starts, as a compaction does.
     ///
     /// This does blocking file I/O: call it at start-up, or from
     /// `spawn_blocking`.
+    ///
+    /// # Errors
+    ///
+    /// [`JournalErrorKind::Corrupt`] when the log or checkpoint is damaged
+    /// anywhere but a torn tail (the message names the file and byte
+    /// offset), [`JournalErrorKind::Locked`] when another process holds the
+    /// journal, [`JournalErrorKind::Io`], or a [`ConfigError`].
     pub fn open(self) -> Result<FileJournal, TxError> {
         if self.compact_after_bytes == 0 {
             return Err(
@@ -140,14 +213,11 @@ impl FileJournalBuilder {
                 )
             })?;
 
-        let (generation, mut state) = read_checkpoint(&dir, self.retention)?;
-        let log_path = log_path(&dir, generation);
-        let valid = match fs::read(&log_path) {
+        let (mut generation, mut state) = read_checkpoint(&dir, self.retention)?;
+        let mut log_path = log_path(&dir, generation);
+        let parsed = match fs::read(&log_path) {
             Ok(bytes) => {
                 let parsed = parse_log(&bytes, &log_path)?;
-                for record in parsed.records {
-                    state.apply(record);
-                }
                 if parsed.valid_len < bytes.len() {
                     tracing::warn!(
                         path = %log_path.display(),
@@ -156,20 +226,20 @@ impl FileJournalBuilder {
                         "cutting a torn record off the end of the journal"
                     );
                 }
-                Some(parsed.valid_len)
+                Some(parsed)
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(io_error("read journal", &log_path, e).into()),
         };
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .read(true)
-            .open(&log_path)
-            .map_err(|e| io_error("open journal", &log_path, e))?;
-        let len = match valid {
-            Some(valid) => {
-                let valid = valid as u64;
+        let (file, len, crc) = match parsed {
+            Some(ParsedLog {
+                format: Format::Framed,
+                valid_len,
+                crc,
+                ..
+            }) => {
+                let file = open_log(&log_path)?;
+                let valid = valid_len as u64;
                 let on_disk = file
                     .metadata()
                     .map_err(|e| io_error("stat journal", &log_path, e))?
@@ -179,11 +249,34 @@ impl FileJournalBuilder {
                         .and_then(|()| file.sync_all())
                         .map_err(|e| io_error("truncate torn journal tail", &log_path, e))?;
                 }
-                valid
+                (file, valid, crc)
             }
-            None => {
-                sync_dir(&dir)?;
-                0
+            Some(ParsedLog {
+                format: Format::Legacy,
+                records,
+                ..
+            }) => {
+                // Format 1: fold it into a checkpoint, continue in format 2.
+                for record in records {
+                    state.apply(record);
+                }
+                generation += 1;
+                write_checkpoint(&dir, generation, state)?;
+                log_path = self::log_path(&dir, generation);
+                tracing::info!(
+                    path = %log_path.display(),
+                    "journal migrated from format 1 (no checksums) to format 2"
+                );
+                let (file, len) = create_log(&dir, &log_path)?;
+                (file, len, format::header_crc())
+            }
+            Some(ParsedLog {
+                format: Format::Empty,
+                ..
+            })
+            | None => {
+                let (file, len) = create_log(&dir, &log_path)?;
+                (file, len, format::header_crc())
             }
         };
         remove_stale_logs(&dir, generation)?;
@@ -195,11 +288,13 @@ impl FileJournalBuilder {
                     generation,
                     written: 0,
                     len,
+                    crc,
                 }),
                 synced: Mutex::new(0),
                 failed: AtomicBool::new(false),
                 compact_after_bytes: self.compact_after_bytes,
                 retention: self.retention,
+                sync: self.sync,
                 _lock: lock,
             }),
         })
@@ -213,6 +308,7 @@ impl FileJournal {
             dir: dir.into(),
             compact_after_bytes: 16 * 1024 * 1024,
             retention: Retention::default(),
+            sync: SyncPolicy::default(),
         }
     }
 
@@ -225,6 +321,11 @@ impl FileJournal {
     /// The journal directory.
     pub fn dir(&self) -> &Path {
         &self.inner.dir
+    }
+
+    /// The sync policy it was opened with.
+    pub fn sync_policy(&self) -> SyncPolicy {
+        self.inner.sync
     }
 
     /// The log file records are appended to now.
@@ -250,18 +351,26 @@ impl Inner {
         error
     }
 
-    /// Writes `bytes` and returns the logical position after them.
-    fn write(&self, bytes: &[u8]) -> Result<u64, JournalError> {
+    /// Seals `encoded` onto the CRC chain, writes it and returns the
+    /// logical position after it.
+    fn write(&self, encoded: &mut Encoded) -> Result<u64, JournalError> {
         self.check_failed()?;
         let mut log = self.log.lock();
-        if let Err(e) = (&*log.file).write_all(bytes) {
+        let mut crc = log.crc;
+        encoded.seal(&mut crc);
+        if let Err(e) = (&*log.file).write_all(&encoded.bytes) {
             let path = log_path(&self.dir, log.generation);
             return Err(self.fail(io_error("append to journal", &path, e)));
         }
-        let n = bytes.len() as u64;
+        let n = encoded.bytes.len() as u64;
         log.written += n;
         log.len += n;
+        log.crc = crc;
         Ok(log.written)
+    }
+
+    fn needs_compaction(&self) -> bool {
+        self.log.lock().len >= self.compact_after_bytes
     }
 
     /// Makes everything up to logical position `target` durable, sharing the
@@ -284,11 +393,10 @@ impl Inner {
         Ok(())
     }
 
-    fn durable_append(&self, bytes: &[u8]) -> Result<(), JournalError> {
-        let end = self.write(bytes)?;
+    fn durable_append(&self, encoded: &mut Encoded) -> Result<(), JournalError> {
+        let end = self.write(encoded)?;
         self.sync_to(end)?;
-        let needs_compaction = self.log.lock().len >= self.compact_after_bytes;
-        if needs_compaction {
+        if self.needs_compaction() {
             self.compact()?;
         }
         Ok(())
@@ -322,43 +430,21 @@ impl Inner {
             // From here the checkpoint names generation `next`: a failure
             // below must stop appends to the old log, which is now ignored.
             let path = log_path(&self.dir, next);
-            // Truncates what a failed earlier compaction may have left.
-            File::create(&path).map_err(|e| io_error("create journal", &path, e))?;
-            let file = OpenOptions::new()
-                .append(true)
-                .read(true)
-                .open(&path)
-                .map_err(|e| io_error("open journal", &path, e))?;
-            sync_dir(&self.dir)?;
-            Ok(file)
+            create_log(&self.dir, &path)
         })();
-        let file = result.map_err(|e| self.fail(e))?;
+        let (file, len) = result.map_err(|e| self.fail(e))?;
         let old = log_path(&self.dir, log.generation);
         if let Err(e) = fs::remove_file(&old) {
             tracing::warn!(path = %old.display(), error = %e, "could not remove compacted journal");
         }
         log.file = Arc::new(file);
         log.generation = next;
-        log.len = 0;
+        log.len = len;
+        log.crc = format::header_crc();
         *synced = log.written;
         tracing::debug!(dir = %self.dir.display(), generation = next, "journal compacted");
         Ok(())
     }
-}
-
-fn encode(records: &[Record]) -> Result<Vec<u8>, JournalError> {
-    let mut bytes = Vec::with_capacity(256 * records.len());
-    for record in records {
-        serde_json::to_writer(&mut bytes, record).map_err(|e| {
-            JournalError::with_source(
-                JournalErrorKind::Encoding,
-                "could not encode journal record",
-                e,
-            )
-        })?;
-        bytes.push(b'\n');
-    }
-    Ok(bytes)
 }
 
 fn interrupted(e: tokio::task::JoinError) -> JournalError {
@@ -379,17 +465,27 @@ impl Journal for FileJournal {
         durability: Durability,
     ) -> BoxFuture<'a, Result<(), JournalError>> {
         Box::pin(async move {
-            let bytes = encode(records)?;
-            match durability {
-                // A page-cache write is short enough to do on the runtime.
-                Durability::Buffered => self.inner.write(&bytes).map(drop),
-                Durability::Durable => {
+            let mut encoded = Encoded::new(records)?;
+            match (durability, self.inner.sync) {
+                (Durability::Durable, SyncPolicy::Full) => {
                     // The blocking task finishes even if this future is dropped,
                     // so a commit marker is never half-decided by cancellation.
                     let inner = self.inner.clone();
-                    tokio::task::spawn_blocking(move || inner.durable_append(&bytes))
+                    tokio::task::spawn_blocking(move || inner.durable_append(&mut encoded))
                         .await
                         .map_err(interrupted)?
+                }
+                // A page-cache write is short enough to do on the runtime.
+                (Durability::Buffered, _) => self.inner.write(&mut encoded).map(drop),
+                (Durability::Durable, _) => {
+                    self.inner.write(&mut encoded)?;
+                    if self.inner.needs_compaction() {
+                        let inner = self.inner.clone();
+                        tokio::task::spawn_blocking(move || inner.compact())
+                            .await
+                            .map_err(interrupted)??;
+                    }
+                    Ok(())
                 }
             }
         })
@@ -430,6 +526,29 @@ fn io_error(what: &str, path: &Path, e: io::Error) -> JournalError {
     )
 }
 
+fn open_log(path: &Path) -> Result<File, JournalError> {
+    OpenOptions::new()
+        .append(true)
+        .read(true)
+        .open(path)
+        .map_err(|e| io_error("open journal", path, e))
+}
+
+/// Creates (or empties) the log at `path` with its header, durably: the
+/// header and the directory entry are synced whatever the policy, so a new
+/// log never comes back as a torn header after a crash. Returns the file
+/// and its length.
+fn create_log(dir: &Path, path: &Path) -> Result<(File, u64), JournalError> {
+    let mut file = File::create(path).map_err(|e| io_error("create journal", path, e))?;
+    file.write_all(HEADER)
+        .and_then(|()| file.sync_data())
+        .map_err(|e| io_error("write journal header", path, e))?;
+    drop(file);
+    let file = open_log(path)?;
+    sync_dir(dir)?;
+    Ok((file, HEADER.len() as u64))
+}
+
 fn sync_dir(dir: &Path) -> Result<(), JournalError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -440,13 +559,30 @@ fn read_checkpoint(dir: &Path, retention: Retention) -> Result<(u64, JournalStat
     let path = dir.join(CHECKPOINT);
     match fs::read(&path) {
         Ok(bytes) => {
-            let checkpoint: Checkpoint = serde_json::from_slice(&bytes).map_err(|e| {
+            let damaged = |why: String| {
+                JournalError::new(
+                    JournalErrorKind::Corrupt,
+                    format!("journal checkpoint {} is damaged: {why}", path.display()),
+                )
+            };
+            let (json, checked) = format::open_checkpoint(&bytes).map_err(damaged)?;
+            let checkpoint: Checkpoint = serde_json::from_slice(json).map_err(|e| {
                 JournalError::with_source(
                     JournalErrorKind::Corrupt,
                     format!("journal checkpoint {} is damaged", path.display()),
                     e,
                 )
             })?;
+            // Format 2 always carries its CRC; a CRC line lost to damage
+            // must not pass the rest off as format 1.
+            let expected = if checked { 2 } else { 1 };
+            if checkpoint.format != expected {
+                return Err(damaged(format!(
+                    "format {} {} a checksum",
+                    checkpoint.format,
+                    if checked { "with" } else { "without" }
+                )));
+            }
             let mut state = checkpoint.state;
             state.set_retention(retention);
             Ok((checkpoint.generation, state))
@@ -461,7 +597,7 @@ fn read_checkpoint(dir: &Path, retention: Retention) -> Result<(u64, JournalStat
 fn write_checkpoint(dir: &Path, generation: u64, state: JournalState) -> Result<(), JournalError> {
     let tmp = dir.join(CHECKPOINT_TMP);
     let checkpoint = Checkpoint {
-        format: 1,
+        format: 2,
         generation,
         state,
     };
@@ -472,6 +608,7 @@ fn write_checkpoint(dir: &Path, generation: u64, state: JournalState) -> Result<
             e,
         )
     })?;
+    let bytes = format::seal_checkpoint(bytes);
     let mut file = File::create(&tmp).map_err(|e| io_error("create checkpoint", &tmp, e))?;
     file.write_all(&bytes)
         .and_then(|()| file.sync_all())
@@ -497,58 +634,6 @@ fn remove_stale_logs(dir: &Path, generation: u64) -> Result<(), JournalError> {
         }
     }
     Ok(())
-}
-
-struct ParsedLog {
-    records: Vec<Record>,
-    /// Bytes up to and including the last good line.
-    valid_len: usize,
-}
-
-/// Parses JSON lines. A bad or unterminated final stretch (a torn write) is
-/// left out of `valid_len`; a bad line followed by a good one is corruption.
-fn parse_log(bytes: &[u8], path: &Path) -> Result<ParsedLog, JournalError> {
-    let mut records = Vec::new();
-    let mut valid_len = 0;
-    let mut offset = 0;
-    let mut first_bad: Option<(usize, serde_json::Error)> = None;
-    let mut line_no = 0;
-    while offset < bytes.len() {
-        line_no += 1;
-        let Some(newline) = bytes[offset..].iter().position(|&b| b == b'\n') else {
-            // Unterminated: the write was torn.
-            break;
-        };
-        let line = &bytes[offset..offset + newline];
-        let next = offset + newline + 1;
-        if line.iter().all(u8::is_ascii_whitespace) {
-            if first_bad.is_none() {
-                valid_len = next;
-            }
-            offset = next;
-            continue;
-        }
-        match serde_json::from_slice::<Record>(line) {
-            Ok(record) => {
-                if let Some((bad_line, error)) = first_bad.take() {
-                    return Err(JournalError::with_source(
-                        JournalErrorKind::Corrupt,
-                        format!("journal {} is damaged at line {bad_line}", path.display()),
-                        error,
-                    ));
-                }
-                records.push(record);
-                valid_len = next;
-            }
-            Err(error) => {
-                if first_bad.is_none() {
-                    first_bad = Some((line_no, error));
-                }
-            }
-        }
-        offset = next;
-    }
-    Ok(ParsedLog { records, valid_len })
 }
 
 #[cfg(test)]
@@ -712,26 +797,111 @@ mod tests {
         assert_eq!(journal.log_path(), log_path(dir.path(), 1));
     }
 
-    #[test]
-    fn parse_log_distinguishes_torn_tail_from_corruption() {
-        let line = serde_json::to_string(&put("a", 1)).unwrap();
-        let path = Path::new("x");
-        let ok = format!("{line}\n{line}\n");
-        assert_eq!(parse_log(ok.as_bytes(), path).unwrap().records.len(), 2);
-        let torn = format!("{line}\n{}", &line[..10]);
-        let parsed = parse_log(torn.as_bytes(), path).unwrap();
-        assert_eq!(
-            (parsed.records.len(), parsed.valid_len),
-            (1, line.len() + 1)
+    #[tokio::test]
+    async fn normal_sync_keeps_records_and_compacts() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = FileJournal::builder(dir.path())
+            .sync(SyncPolicy::Normal)
+            .compact_after_bytes(2_000)
+            .open()
+            .unwrap();
+        assert_eq!(journal.sync_policy(), SyncPolicy::Normal);
+        for version in 1..=50 {
+            journal
+                .append(&[put("a", version)], Durability::Durable)
+                .await
+                .unwrap();
+        }
+        assert!(fs::metadata(journal.log_path()).unwrap().len() < 2_000);
+        drop(journal);
+        let journal = FileJournal::open(dir.path()).unwrap();
+        assert_eq!(journal.sync_policy(), SyncPolicy::Full, "the default");
+        assert_eq!(journal.load().await.unwrap().version("a"), 50);
+    }
+
+    #[tokio::test]
+    async fn a_format_1_journal_is_migrated_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        // What the journal wrote before records carried a CRC.
+        let mut old = String::new();
+        for version in 1..=3 {
+            old.push_str(&serde_json::to_string(&put("a", version)).unwrap());
+            old.push('\n');
+        }
+        fs::write(log_path(dir.path(), 0), &old).unwrap();
+        let journal = FileJournal::open(dir.path()).unwrap();
+        assert_eq!(journal.log_path(), log_path(dir.path(), 1));
+        assert!(!log_path(dir.path(), 0).exists(), "the old log is folded in");
+        assert_eq!(fs::read(journal.log_path()).unwrap(), HEADER);
+        journal
+            .append(&[put("a", 4)], Durability::Durable)
+            .await
+            .unwrap();
+        drop(journal);
+        let journal = FileJournal::open(dir.path()).unwrap();
+        let state = journal.load().await.unwrap();
+        assert_eq!(state.version("a"), 4);
+        assert_eq!(state.history["a"].len(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_damaged_checkpoint_refuses_the_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = JournalState::default();
+        state.apply(put("a", 1));
+        write_checkpoint(dir.path(), 1, state).unwrap();
+        let path = dir.path().join(CHECKPOINT);
+        let good = fs::read(&path).unwrap();
+        // A digit of the version: still valid JSON, caught by the CRC.
+        let at = good.windows(11).position(|w| w == b"\"version\":1").unwrap() + 10;
+        let mut bad = good.clone();
+        bad[at] = b'7';
+        fs::write(&path, &bad).unwrap();
+        let Err(TxError::Journal(err)) = FileJournal::open(dir.path()) else {
+            panic!("a damaged checkpoint must be reported");
+        };
+        assert_eq!(err.kind(), JournalErrorKind::Corrupt);
+        // Its CRC line cut off: not mistaken for a format-1 checkpoint.
+        fs::write(&path, &good[..good.len() - 9]).unwrap();
+        assert!(FileJournal::open(dir.path()).is_err());
+        fs::write(&path, &good).unwrap();
+        let journal = FileJournal::open(dir.path()).unwrap();
+        assert_eq!(journal.load().await.unwrap().version("a"), 1);
+    }
+
+    #[tokio::test]
+    async fn a_bit_flip_in_a_committed_record_refuses_the_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = {
+            let journal = FileJournal::open(dir.path()).unwrap();
+            for version in 1..=3 {
+                journal
+                    .append(&[put("a", version)], Durability::Durable)
+                    .await
+                    .unwrap();
+            }
+            journal.log_path()
+        };
+        let mut bytes = fs::read(&path).unwrap();
+        let second = bytes
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'\n')
+            .nth(1)
+            .unwrap()
+            .0
+            + 1;
+        bytes[second + 40] ^= 0x01;
+        fs::write(&path, &bytes).unwrap();
+        let Err(TxError::Journal(err)) = FileJournal::open(dir.path()) else {
+            panic!("a flipped bit must be reported");
+        };
+        assert_eq!(err.kind(), JournalErrorKind::Corrupt);
+        let message = err.to_string();
+        assert!(
+            message.contains(&path.display().to_string())
+                && message.contains(&format!("at byte {second}")),
+            "{message}"
         );
-        let torn_with_newline = format!("{line}\n\0\0\0\n");
-        assert_eq!(
-            parse_log(torn_with_newline.as_bytes(), path)
-                .unwrap()
-                .valid_len,
-            line.len() + 1
-        );
-        let corrupt = format!("{line}\n{{bad\n{line}\n");
-        assert!(parse_log(corrupt.as_bytes(), path).is_err());
     }
 }

@@ -4,8 +4,9 @@
 //! [`JournalState`] they fold into. Three backends ship:
 //!
 //! * [`MemoryJournal`]: in process, for tests and for state that may be lost.
-//! * [`FileJournal`]: append-only JSON lines in a directory, `fsync`ed at
-//!   commit points, with atomic checkpoints; the default for one process.
+//! * [`FileJournal`]: append-only, checksummed JSON lines in a directory,
+//!   `fsync`ed at commit points ([`SyncPolicy`]), with atomic checkpoints;
+//!   the default for one process.
 //! * `PostgresJournal` (feature `postgres`): for several replicas sharing one
 //!   state, with the resource lock and the document version enforced by the
 //!   database.
@@ -17,11 +18,12 @@ use crate::record::{Document, Record};
 use crate::state::JournalState;
 
 mod file;
+pub(crate) mod format;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
 
-pub use file::{FileJournal, FileJournalBuilder};
+pub use file::{FileJournal, FileJournalBuilder, SyncPolicy};
 pub use memory::MemoryJournal;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresJournal, PostgresJournalBuilder};
@@ -35,6 +37,8 @@ pub enum Durability {
     Buffered,
     /// On stable storage (`fsync`, or a committed database transaction).
     /// Used for commit points: commits, rollbacks, puts and saga progress.
+    /// A [`FileJournal`] opened with [`SyncPolicy::Normal`] treats these as
+    /// [`Buffered`](Self::Buffered), by the operator's choice.
     Durable,
 }
 
