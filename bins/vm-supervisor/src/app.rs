@@ -32,9 +32,6 @@ pub enum Error {
     /// Telemetry.
     #[error("telemetry")]
     Telemetry(#[from] keel_telemetry::TelemetryError),
-    /// The SIGHUP handler could not be installed.
-    #[error("SIGHUP handler")]
-    Signal(#[source] std::io::Error),
 }
 
 /// The running program.

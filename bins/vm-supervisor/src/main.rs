@@ -11,9 +11,8 @@ use vm_supervisor::config::Config;
 fn main() -> ExitCode {
     keel_telemetry::run(|config: Config, kit| async move {
         let settings = config.settings()?;
-        // Installed first: SIGHUP's default action would end the program.
-        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            .map_err(Error::Signal)?;
+        // The kit has listened for SIGHUP since the start.
+        let mut hangup = kit.hangups().subscribe();
         let app = App::start(settings, &kit).await?;
         let supervisor = app.supervisor().clone();
         tokio::spawn(async move {

@@ -360,6 +360,7 @@ impl Watchdog {
         let watcher = watch::spawn(
             Reloader::new(engine.clone(), settings.vms_config.clone(), vms),
             options.debounce,
+            kit.hangups().subscribe(),
             kit.token().child_token(),
         )?;
         Ok(Watchdog {

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use keel_telemetry::HangupReceiver;
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -115,13 +116,15 @@ impl<R: RawApi> Reloader<R> {
 }
 
 /// Watches `reloader`'s file (through its directory, so editors that
-/// replace the file are seen) and reloads on SIGHUP, until `cancel` fires.
+/// replace the file are seen) and reloads on each of `hangups` (the kit's
+/// SIGHUPs, [`keel_telemetry::Kit::hangups`]), until `cancel` fires.
 ///
 /// # Errors
 /// [`Error::Io`] when the watcher cannot start.
 pub fn spawn<R: RawApi>(
     mut reloader: Reloader<R>,
     debounce: Duration,
+    mut hangups: HangupReceiver,
     cancel: CancellationToken,
 ) -> Result<JoinHandle<()>, Error> {
     let path = reloader.path.clone();
@@ -133,12 +136,8 @@ pub fn spawn<R: RawApi>(
     let (tx, mut rx) = mpsc::unbounded_channel();
     // SIGHUP reloads too (the usual daemon convention, and the way to
     // reload where file events do not arrive: some network and overlay
-    // file systems, a ConfigMap's symlink swap on an old kernel).
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(|e| Error::Io {
-            context: "cannot listen for SIGHUP".into(),
-            source: e,
-        })?;
+    // file systems, a ConfigMap's symlink swap on an old kernel). The kit
+    // listens for the signal itself, from the program's start.
     let hup_tx = tx.clone();
     let hup_cancel = cancel.clone();
     tokio::spawn(async move {
@@ -146,7 +145,7 @@ pub fn spawn<R: RawApi>(
             tokio::select! {
                 biased;
                 () = hup_cancel.cancelled() => return,
-                got = hangup.recv() => {
+                got = hangups.recv() => {
                     if got.is_none() {
                         return;
                     }

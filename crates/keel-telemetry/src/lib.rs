@@ -121,6 +121,7 @@ mod admin;
 mod breakers;
 pub mod check;
 mod error;
+mod hangup;
 mod http;
 mod labels;
 mod logging;
@@ -134,6 +135,7 @@ pub use admin::{
 };
 pub use breakers::{BreakerSource, breaker_routes};
 pub use error::TelemetryError;
+pub use hangup::{HangupReceiver, Hangups};
 pub use http::{
     BodyReadError, CLOSE_GRACE, DEFAULT_BODY_READ_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT,
     HttpMetrics, HttpServer, Latency, LatencyFuture, LatencyLayer, REQUEST_DURATION,

@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::{
-    AdminState, DEFAULT_DRAIN_TIMEOUT, HttpServer, LogArgs, LogConfig, LogTarget, MetricsRegistry,
-    ReadTimeouts, Readiness, Shutdown, TelemetryError, router,
+    AdminState, DEFAULT_DRAIN_TIMEOUT, Hangups, HttpServer, LogArgs, LogConfig, LogTarget,
+    MetricsRegistry, ReadTimeouts, Readiness, Shutdown, TelemetryError, router,
 };
 
 /// How a program started with [`run`] ends. These are the only exit codes
@@ -177,6 +177,7 @@ pub struct Kit {
     admin_addr: Option<SocketAddr>,
     admin_routes: Arc<RwLock<Router>>,
     drain_timeout: Duration,
+    hangups: Hangups,
 }
 
 impl fmt::Debug for Kit {
@@ -200,6 +201,7 @@ impl Kit {
             shutdown: None,
             timeouts: ReadTimeouts::default(),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            hangups: None,
         }
     }
 
@@ -242,6 +244,12 @@ impl Kit {
         self.drain_timeout
     }
 
+    /// The SIGHUPs [`run`] receives: a program that can reload subscribes
+    /// ([`Hangups::subscribe`]); otherwise a SIGHUP is logged and ignored.
+    pub fn hangups(&self) -> &Hangups {
+        &self.hangups
+    }
+
     /// `/healthz`, `/readyz` and `/metrics` over this kit's readiness checks,
     /// shutdown and registry, for a program that serves them on its own
     /// port (merge them into its router) instead of an admin port.
@@ -269,6 +277,7 @@ pub struct KitBuilder {
     shutdown: Option<Shutdown>,
     timeouts: ReadTimeouts,
     drain_timeout: Duration,
+    hangups: Option<Hangups>,
 }
 
 impl KitBuilder {
@@ -299,6 +308,13 @@ impl KitBuilder {
     /// See [`Program::drain_timeout`].
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
         self.drain_timeout = timeout;
+        self
+    }
+
+    /// Uses `hangups` (default: a new one, which only
+    /// [`Hangups::trigger`] moves).
+    pub fn hangups(mut self, hangups: Hangups) -> Self {
+        self.hangups = Some(hangups);
         self
     }
 
@@ -337,8 +353,41 @@ impl KitBuilder {
             admin_addr,
             admin_routes,
             drain_timeout: self.drain_timeout,
+            hangups: self.hangups.unwrap_or_default(),
         })
     }
+}
+
+/// SIGHUP's default action ends a process: listen from the start, and pass
+/// each one to the program's subscribers, or say it was ignored.
+fn listen_for_hangups(name: &str, hangups: &Hangups) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut listener = match signal(SignalKind::hangup()) {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP: a SIGHUP will end the program");
+                return;
+            }
+        };
+        let name = name.to_owned();
+        let hangups = hangups.clone();
+        tokio::spawn(async move {
+            while listener.recv().await.is_some() {
+                if hangups.trigger() {
+                    tracing::info!("SIGHUP: reloading");
+                } else {
+                    tracing::info!(
+                        program = %name,
+                        "SIGHUP ignored: this program reads its configuration only at start"
+                    );
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = (name, hangups);
 }
 
 fn admin_router(metrics: &MetricsRegistry, readiness: &Readiness, shutdown: &Shutdown) -> Router {
@@ -364,7 +413,9 @@ fn admin_router(metrics: &MetricsRegistry, readiness: &Readiness, shutdown: &Shu
 ///    stderr (`name: invalid `VAR`: reason`) and exits 64.
 /// 3. With `--check-config`: [`Program::check`], then exit 0 or 64.
 /// 4. Installs the logging subscriber, builds a multi-threaded tokio
-///    runtime, installs the SIGTERM/SIGINT handlers, starts the admin server
+///    runtime, installs the SIGTERM/SIGINT handlers and a SIGHUP one (passed
+///    to [`Kit::hangups`]' subscribers, else logged and ignored, never the
+///    default "end the process"), starts the admin server
 ///    on [`Program::admin_addr`] with the registry of
 ///    [`Program::metrics_prefix`].
 /// 5. Runs `main(config, kit)`. It should serve until
@@ -514,10 +565,13 @@ where
     // Handlers are installed now, before anything slow, so an early SIGTERM
     // is not the default "die at once".
     let signal = shutdown.signal();
+    let hangups = Hangups::new();
+    listen_for_hangups(&name, &hangups);
     let drain_timeout = config.drain_timeout();
     let mut builder = Kit::builder()
         .shutdown(shutdown.clone())
-        .drain_timeout(drain_timeout);
+        .drain_timeout(drain_timeout)
+        .hangups(hangups);
     if let Some(addr) = config.admin_addr() {
         builder = builder.admin_addr(addr);
     }

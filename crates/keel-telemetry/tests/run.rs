@@ -239,6 +239,37 @@ fn sigint_stops_a_program_without_an_admin_server() {
 }
 
 #[test]
+fn sighup_never_ends_a_program_and_is_logged_as_ignored() {
+    let (mut child, addr, mut lines) = start(
+        program()
+            .env("ADMIN_ADDR", "127.0.0.1:0")
+            .env("LOG_FORMAT", "json"),
+    );
+    for _ in 0..2 {
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGHUP).unwrap();
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGHUP's default action ended the program"
+    );
+    assert!(http_get(&addr, "/healthz").contains(r#"{"status":"ok"}"#));
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    assert_eq!(wait(&mut child, Duration::from_secs(5)), 0);
+    let rest: Vec<String> = lines.by_ref().map(Result::unwrap).collect();
+    let ignored = rest
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("SIGHUP ignored"))
+        })
+        .count();
+    assert_eq!(ignored, 2, "{rest:?}");
+}
+
+#[test]
 fn how_the_program_ends_decides_the_exit_code() {
     for (behaviour, expected, stderr_has) in [
         ("done", 0, None),
