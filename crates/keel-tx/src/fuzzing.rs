@@ -53,7 +53,9 @@ impl Input<'_> {
 }
 
 fn tx_id(uuid: uuid::Uuid) -> TxId {
-    uuid.to_string().parse().expect("a UUID is a transaction id")
+    uuid.to_string()
+        .parse()
+        .expect("a UUID is a transaction id")
 }
 
 /// A record of any kind the manager writes, from the input.
@@ -79,7 +81,7 @@ fn record(input: &mut Input<'_>) -> Record {
                 op: ChangeOp::Set,
                 path: input.string(),
                 patch: None,
-                before: (input.byte() % 2 == 0).then(|| json!(input.string())),
+                before: (input.byte() & 1 == 0).then(|| json!(input.string())),
                 after: Some(json!({"s": input.string(), "n": input.u64()})),
             },
         },
@@ -265,12 +267,26 @@ fn damaged(input: &mut Input<'_>) {
         Ok(parsed) => {
             let k = parsed.records.len();
             assert!(k <= n, "more records than were written");
-            assert_eq!(parsed.records, records[..k], "not a prefix of what was written");
-            assert!(k >= whole, "an intact record ({whole} of them) was dropped: kept {k}");
+            assert_eq!(
+                parsed.records,
+                records[..k],
+                "not a prefix of what was written"
+            );
+            assert!(
+                k >= whole,
+                "an intact record ({whole} of them) was dropped: kept {k}"
+            );
             if k > 0 || parsed.format == Format::Framed {
                 // Byte for byte what was written, up to the end of record k.
-                assert_eq!(parsed.valid_len, ends[k], "kept bytes end at a record's end");
-                assert_eq!(bytes[..ends[k]], original[..ends[k]], "kept bytes were written");
+                assert_eq!(
+                    parsed.valid_len, ends[k],
+                    "kept bytes end at a record's end"
+                );
+                assert_eq!(
+                    bytes[..ends[k]],
+                    original[..ends[k]],
+                    "kept bytes were written"
+                );
             }
             if let [Damage::Truncate(_)] = damages.as_slice() {
                 assert_eq!(k, whole, "a truncation keeps every whole record");
@@ -372,7 +388,11 @@ pub fn journal_roundtrip(data: &[u8]) {
             let reopened = std::fs::read(&log).expect("the log exists");
             let kept = parse_log(&reopened, &log).expect("the cut log reads back");
             let k = kept.records.len();
-            assert_eq!(kept.records, clean.records[..k], "a prefix of what was written");
+            assert_eq!(
+                kept.records,
+                clean.records[..k],
+                "a prefix of what was written"
+            );
             assert_eq!(kept.valid_len, reopened.len(), "the torn tail was cut off");
             let extra = record(&mut input);
             journal

@@ -831,7 +831,10 @@ mod tests {
         fs::write(log_path(dir.path(), 0), &old).unwrap();
         let journal = FileJournal::open(dir.path()).unwrap();
         assert_eq!(journal.log_path(), log_path(dir.path(), 1));
-        assert!(!log_path(dir.path(), 0).exists(), "the old log is folded in");
+        assert!(
+            !log_path(dir.path(), 0).exists(),
+            "the old log is folded in"
+        );
         assert_eq!(fs::read(journal.log_path()).unwrap(), HEADER);
         journal
             .append(&[put("a", 4)], Durability::Durable)
@@ -853,7 +856,11 @@ mod tests {
         let path = dir.path().join(CHECKPOINT);
         let good = fs::read(&path).unwrap();
         // A digit of the version: still valid JSON, caught by the CRC.
-        let at = good.windows(11).position(|w| w == b"\"version\":1").unwrap() + 10;
+        let at = good
+            .windows(11)
+            .position(|w| w == b"\"version\":1")
+            .unwrap()
+            + 10;
         let mut bad = good.clone();
         bad[at] = b'7';
         fs::write(&path, &bad).unwrap();

@@ -469,7 +469,10 @@ mod tests {
                         assert_eq!(e.kind(), JournalErrorKind::Corrupt);
                         assert!(e.to_string().contains("at byte"), "{e}");
                     }
-                    Ok(p) => panic!("flip at {at} bit {bit} read back {} records", p.records.len()),
+                    Ok(p) => panic!(
+                        "flip at {at} bit {bit} read back {} records",
+                        p.records.len()
+                    ),
                 }
             }
         }
