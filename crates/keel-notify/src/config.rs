@@ -12,6 +12,7 @@ use crate::metrics::DropReason;
 use crate::notification::Priority;
 use crate::notifier::Notifier;
 use crate::sink::{DynSink, Sink};
+use crate::spool::SpoolSync;
 
 /// Default queue capacity (deliveries).
 pub const DEFAULT_CAPACITY: usize = 1_000;
@@ -50,6 +51,7 @@ pub(crate) struct Settings {
     pub(crate) sink_breaker: BreakerConfig,
     pub(crate) breakers: Option<BreakerRegistry>,
     pub(crate) spool: Option<PathBuf>,
+    pub(crate) spool_sync: SpoolSync,
     pub(crate) spool_interval: Option<Duration>,
     pub(crate) on_accepted: Option<AcceptedHook>,
     pub(crate) on_dropped: Option<DroppedHook>,
@@ -141,6 +143,7 @@ impl std::fmt::Debug for Settings {
 /// | [`sink_breaker`](Self::sink_breaker) | opens after 1 failed round, 1 s open ×2 up to 5 min, 1 probe |
 /// | [`breakers`](Self::breakers) | none (each sink's breaker stands alone) |
 /// | [`spool`](Self::spool) | `{state_dir}/notify.spool` |
+/// | [`spool_sync`](Self::spool_sync) | [`SpoolSync::Full`]: `fsync` each snapshot and its directory |
 /// | [`state_dir`](Self::state_dir) | `$STATE_DIRECTORY` (systemd's `StateDirectory=`); unset: no spool, and what is left at shutdown is lost (logged at `error`) |
 #[must_use]
 pub struct NotifierBuilder {
@@ -155,6 +158,7 @@ pub struct NotifierBuilder {
     sink_breaker: Option<BreakerConfig>,
     breakers: Option<BreakerRegistry>,
     spool: Option<PathBuf>,
+    spool_sync: SpoolSync,
     state_dir: Option<PathBuf>,
     spool_interval: Option<Duration>,
     on_accepted: Option<AcceptedHook>,
@@ -175,6 +179,7 @@ impl std::fmt::Debug for NotifierBuilder {
             .field("debounce", &self.debounce)
             .field("max_retry_after", &self.max_retry_after)
             .field("spool", &self.spool)
+            .field("spool_sync", &self.spool_sync)
             .finish_non_exhaustive()
     }
 }
@@ -204,6 +209,7 @@ impl NotifierBuilder {
             sink_breaker: None,
             breakers: None,
             spool: None,
+            spool_sync: SpoolSync::Full,
             state_dir: None,
             on_accepted: None,
             on_dropped: None,
@@ -303,6 +309,15 @@ impl NotifierBuilder {
     /// `notify.spool` in the [`state_dir`](Self::state_dir).
     pub fn spool(mut self, path: impl Into<PathBuf>) -> Self {
         self.spool = Some(path.into());
+        self
+    }
+
+    /// When a spool snapshot waits for the disk: [`SpoolSync::Full`] (the
+    /// default) `fsync`s it, so a written spool survives an OS crash or
+    /// power loss; [`SpoolSync::Normal`] only writes and renames, so it
+    /// survives the process being killed. See [`SpoolSync`].
+    pub fn spool_sync(mut self, sync: SpoolSync) -> Self {
+        self.spool_sync = sync;
         self
     }
 
@@ -444,6 +459,7 @@ impl NotifierBuilder {
             sink_breaker: self.sink_breaker.unwrap_or_else(Self::default_sink_breaker),
             breakers: self.breakers,
             spool,
+            spool_sync: self.spool_sync,
             spool_interval: self.spool_interval,
             on_accepted: self.on_accepted,
             on_dropped: self.on_dropped,

@@ -44,10 +44,14 @@
 //!   attempts opens it, its messages wait in the queue, probes go one at a
 //!   time with growing open times; [`Notifier::breakers`] shows and forces
 //!   them like every other breaker.
-//! * **Spool**: queued messages survive a restart (JSON lines, temporary
-//!   file, fsync, rename); [`Notifier::shutdown`] sends what the rate limits
-//!   allow within its budget (as digests) and spools the rest, by default
-//!   under the state directory ([`NotifierBuilder::state_dir`]).
+//! * **Spool**: queued messages survive a restart (checksummed JSON lines,
+//!   temporary file, `fsync`, rename, `fsync` of the directory: the
+//!   durability is a stated choice, [`SpoolSync`]); [`Notifier::shutdown`]
+//!   sends what the rate limits allow within its budget (as digests) and
+//!   spools the rest, by default under the state directory
+//!   ([`NotifierBuilder::state_dir`]). A damaged or cut-short spool never
+//!   delivers a line that fails its CRC: such lines are logged at `error`
+//!   and counted as dropped, and the rest loads.
 //! * **Metrics** (feature `metrics`): queued, sent, deduplicated, debounced,
 //!   dropped, retried by sink and priority, queue depth, latencies; see
 //!   [`metrics`].
@@ -156,6 +160,7 @@ pub use pagerduty::{PagerDutySink, PagerDutySinkBuilder};
 #[cfg(feature = "rootly")]
 pub use rootly::{RootlySink, RootlySinkBuilder};
 pub use sink::{Pacer, RateLimit, Sink};
+pub use spool::SpoolSync;
 #[cfg(feature = "slack")]
 pub use slack::{SlackSink, SlackSinkBuilder};
 #[cfg(feature = "telegram")]

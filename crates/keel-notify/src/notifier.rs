@@ -261,6 +261,7 @@ impl Notifier {
             closed: false,
         };
         let settings_spool = settings.spool.clone();
+        let settings_sync = settings.spool_sync;
         let shared = Arc::new(Shared {
             settings,
             sinks: parking_lot::RwLock::new(Arc::new(sinks)),
@@ -272,7 +273,7 @@ impl Notifier {
             counters: Counters::default(),
             metrics: Metrics::default(),
             tasks: tokio::sync::Mutex::new(None),
-            spool: settings_spool.map(Spool::new),
+            spool: settings_spool.map(|path| Spool::new(path, settings_sync)),
         });
         if let Some(spool) = &shared.spool {
             shared.load_spool(spool)?;
