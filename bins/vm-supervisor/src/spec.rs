@@ -309,6 +309,22 @@ vms:
     }
 
     #[test]
+    fn float_bodies_survive_the_registrys_json() {
+        // Found by the `supervisor_admin` fuzz target: serde_json's default
+        // float parser may read a number one ulp off, so the spec read back
+        // from the registry differed from the file's (a spurious change at
+        // every reload, and another number sent to the VMM).
+        let yaml = "vms:\n  - {id: a, command: /bin/x, socket: /tmp/s, start_calls: [{method: PUT, path: /x, body: {i: 18446718446744073709551615, f: 0.1, g: 1e300}}]}\n";
+        let vm = &parse(yaml, Path::new("f")).unwrap().vms[0];
+        let json = serde_json::to_string(vm).unwrap();
+        assert_eq!(
+            &serde_json::from_str::<VmSpec>(&json).unwrap(),
+            vm,
+            "{json}"
+        );
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let bad_id = "vms:\n  - {id: 'a b', command: /bin/x, socket: /tmp/s}\n";
         assert_eq!(
