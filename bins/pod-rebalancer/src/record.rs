@@ -118,7 +118,13 @@ impl Record {
         let improved = after < before;
         self.verified = true;
         let failures = self.failures.entry(self.strategy.clone()).or_insert(0);
-        *failures = if improved { 0 } else { *failures + 1 };
+        // Saturating: the count comes from an annotation anyone with edit
+        // rights on the Deployment can write (u32::MAX overflowed).
+        *failures = if improved {
+            0
+        } else {
+            failures.saturating_add(1)
+        };
         Some(Verification {
             pods: self.pods.clone(),
             at: self.at,
@@ -184,5 +190,18 @@ mod tests {
             serde_json::from_str::<Record>(&json).expect("round trip"),
             r
         );
+    }
+
+    #[test]
+    fn a_failure_count_at_its_maximum_stays_there() {
+        // A count of u32::MAX in the annotation overflowed (a panic in
+        // debug builds); the `k8s_objects` fuzz target's reproducer is
+        // fuzz/regressions/k8s_objects/record-failures-overflow.json.
+        let mut r = record(State::Done, Utc::now());
+        r.failures.insert("composite".into(), u32::MAX);
+        assert!(!r.verify(Some(0.7)).expect("verifies").improved);
+        assert_eq!(r.failures["composite"], u32::MAX);
+        let base = Duration::from_secs(600);
+        assert_eq!(r.cooldown("composite", base), base * 8);
     }
 }
