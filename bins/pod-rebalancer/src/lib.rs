@@ -29,6 +29,9 @@
 
 pub mod config;
 pub mod decide;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod kube;
 pub mod prom;
 pub mod push;

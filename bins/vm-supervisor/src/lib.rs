@@ -30,6 +30,9 @@ pub(crate) mod api;
 pub mod app;
 pub mod config;
 pub mod duration;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod metrics;
 pub(crate) mod policy;

@@ -77,6 +77,9 @@ mod control;
 pub mod duration;
 pub mod engine;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod iam;
 pub mod metrics;

@@ -95,6 +95,9 @@ mod cleanup;
 mod config;
 mod error;
 mod executor;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod key;
 mod memory;
 #[cfg(feature = "metrics")]

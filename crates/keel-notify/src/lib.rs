@@ -123,6 +123,9 @@ mod admission;
 pub mod config;
 pub mod digest;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 #[cfg(any(
     feature = "slack",
     feature = "pagerduty",

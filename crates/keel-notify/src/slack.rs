@@ -344,7 +344,7 @@ impl SlackSink {
 }
 
 /// Reads a Web API reply: `{"ok": true}` or an error code.
-fn web_api_reply(body: &[u8]) -> Result<(), SinkError> {
+pub(crate) fn web_api_reply(body: &[u8]) -> Result<(), SinkError> {
     let reply: Value = serde_json::from_slice(body).map_err(|_| {
         SinkError::retryable(format!(
             "unexpected reply from Slack: {}",

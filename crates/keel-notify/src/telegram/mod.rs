@@ -21,7 +21,7 @@
 //! 1 message/s per chat, 20/min per group or channel, 30/s per bot.
 
 pub mod html;
-mod reply;
+pub(crate) mod reply;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -1,0 +1,2 @@
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| pod_rebalancer::fuzzing::k8s_objects(data));

@@ -1,0 +1,2 @@
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| vm_supervisor::fuzzing::supervisor_yaml(data));
