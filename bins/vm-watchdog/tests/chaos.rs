@@ -10,9 +10,9 @@ use std::time::Duration;
 use clap::Parser;
 use http::StatusCode;
 use keel::breaker::BreakerConfig;
-use keel_testkit::FaultConfig;
 use keel_testkit::fakes::telegram::FakeTelegram;
 use keel_testkit::fakes::yandex::{FakeYandex, SshPort, StepDelays};
+use keel_testkit::{Fault, FaultConfig, Latency};
 use vm_watchdog::{ApiSettings, Config, Options, Watchdog, vms_yaml};
 
 use support::eventually;
@@ -194,5 +194,133 @@ async fn half_the_api_failing_still_alerts_and_starts_every_stopped_vm() {
     let report = watchdog.stop(Duration::from_secs(10)).await;
     assert!(report.tasks_stopped);
     assert!(report.elapsed < Duration::from_secs(10));
+    assert_eq!(engine.live_tasks(), 0);
+}
+
+/// The Compute API flaps (down 3 s with connection resets, up 2 s, again
+/// and again) and Telegram answers with a long tail (2 % of calls take
+/// 1.5–2.5 s): every stopped VM is still alerted and started, and a VM that
+/// did not stop is never started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flapping_api_with_resets_still_alerts_and_starts_every_stopped_vm() {
+    let yc = FakeYandex::builder()
+        .seed(7)
+        .steps(StepDelays::uniform(Duration::from_millis(300)))
+        .start()
+        .await;
+    let tg = FakeTelegram::start().await;
+    tg.set_bot_api(true);
+    tg.server()
+        .faults()
+        .set(
+            FaultConfig::none().with_latency_distribution(Latency::LongTail {
+                fast: (Duration::from_millis(1), Duration::from_millis(20)),
+                slow_rate: 0.02,
+                slow: (Duration::from_millis(1_500), Duration::from_millis(2_500)),
+            }),
+        )
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vms.yaml");
+    let mut ports = Vec::new();
+    let mut text = String::from("vms:\n");
+    for i in 0..4 {
+        let id = format!("fhm-flap-{i}");
+        yc.add_instance(&id, &format!("vm-{i}"), "b1g", "RUNNING");
+        let port = SshPort::open_new().unwrap();
+        text.push_str(&format!(
+            "  - name: vm-{i}\n    instance_id: {id}\n    ssh_host: 127.0.0.1\n    ssh_port: {}\n",
+            port.port()
+        ));
+        ports.push(port);
+    }
+    std::fs::write(&path, &text).unwrap();
+    let token = tg.token();
+    let base = yc.base_url();
+    let tg_base = tg.base_url();
+    let config = Config::try_parse_from([
+        "vm-watchdog",
+        "--bot-token",
+        token.as_str(),
+        "--group-chat-id=-100777",
+        "--min-check-interval",
+        "1",
+        "--max-check-interval",
+        "3",
+        "--vms-config",
+        path.to_str().unwrap(),
+        "--health-addr",
+        "127.0.0.1:0",
+        "--yc-compute-url",
+        base.as_str(),
+        "--yc-operation-url",
+        base.as_str(),
+        "--yc-iam-token",
+        "t1.static",
+        "--telegram-api-url",
+        tg_base.as_str(),
+    ])
+    .unwrap();
+    let settings = config.validate().unwrap();
+    let vms = vms_yaml::load(&path).await.unwrap();
+    let options = Options {
+        api: Some(ApiSettings {
+            breaker: BreakerConfig::consecutive(5, Duration::from_secs(1))
+                .build()
+                .unwrap(),
+            read_deadline: Duration::from_secs(20),
+            ..ApiSettings::new(10)
+        }),
+        ..Options::default()
+    };
+    let watchdog = Watchdog::start(&settings, vms, options).await.unwrap();
+    let engine = watchdog.engine().clone();
+    eventually(Duration::from_secs(30), "every VM seen RUNNING", || {
+        (0..4)
+            .all(|i| engine.status_of(&format!("vm-{i}")) == Some(vm_watchdog::VmStatus::Running))
+            .then_some(())
+    })
+    .await;
+
+    // From now on the API flaps, and two VMs stop.
+    yc.server()
+        .faults()
+        .set(FaultConfig::none().with_flap(
+            Duration::from_secs(3),
+            Duration::from_secs(2),
+            Fault::Reset,
+        ))
+        .unwrap();
+    for i in [0, 2] {
+        ports[i].close().unwrap();
+        yc.stop_vm(&format!("fhm-flap-{i}"));
+    }
+    for i in [0, 2] {
+        let needle = format!("VM vm-{i} is STOPPED");
+        eventually(Duration::from_secs(90), &needle, || {
+            tg.messages()
+                .iter()
+                .any(|m| m.plain_text.contains(&needle))
+                .then_some(())
+        })
+        .await;
+        let id = format!("fhm-flap-{i}");
+        eventually(Duration::from_secs(90), "the VM started", || {
+            (yc.status(&id).as_deref() == Some("RUNNING")).then_some(())
+        })
+        .await;
+    }
+    let resets = yc
+        .server()
+        .requests()
+        .iter()
+        .filter(|r| r.fault == Some(Fault::Reset))
+        .count();
+    assert!(resets > 0, "the API never reset a connection");
+    for i in [1, 3] {
+        assert_eq!(yc.start_requests(&format!("fhm-flap-{i}")), 0);
+    }
+    let report = watchdog.stop(Duration::from_secs(10)).await;
+    assert!(report.tasks_stopped);
     assert_eq!(engine.live_tasks(), 0);
 }
