@@ -28,6 +28,9 @@ pub mod cli;
 pub mod cloud;
 pub mod config;
 pub mod daemon;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod lock;
 pub mod metrics;
