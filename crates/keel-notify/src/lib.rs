@@ -163,9 +163,9 @@ pub use pagerduty::{PagerDutySink, PagerDutySinkBuilder};
 #[cfg(feature = "rootly")]
 pub use rootly::{RootlySink, RootlySinkBuilder};
 pub use sink::{Pacer, RateLimit, Sink};
-pub use spool::SpoolSync;
 #[cfg(feature = "slack")]
 pub use slack::{SlackSink, SlackSinkBuilder};
+pub use spool::SpoolSync;
 #[cfg(feature = "telegram")]
 pub use telegram::{ChatId, TelegramSink, TelegramSinkBuilder, TooLong};
 #[cfg(feature = "webhook")]
