@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike, SecondsFormat, Utc};
 use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -143,7 +143,7 @@ impl NewEvent {
 
 /// Parses a webhook body.
 ///
-/// * Not JSON at all → [`PayloadError::Malformed`] (HTTP 400).
+/// * Not JSON at all (or not UTF-8) → [`PayloadError::Malformed`] (HTTP 400).
 /// * JSON of the wrong shape → [`PayloadError::Invalid`] naming the field
 ///   path, e.g. `alerts[2].startsAt` (HTTP 422).
 ///
@@ -155,6 +155,30 @@ impl NewEvent {
 /// # Errors
 /// As above.
 pub fn parse_webhook(body: &[u8]) -> Result<Vec<NewEvent>, PayloadError> {
+    // JSON is UTF-8 (RFC 8259), and serde_json does not check the values it
+    // skips: without this, a body with a stray byte in an ignored field was
+    // stored, or refused with 422 for another field, instead of 400.
+    if let Err(e) = std::str::from_utf8(body) {
+        return Err(PayloadError::Malformed {
+            reason: format!("not UTF-8: {e}"),
+        });
+    }
+    // serde also reads a struct from an array (`[[alerts...]]`), and calls
+    // an array with too many items a syntax error (400 for valid JSON): the
+    // payload is an object, anything else is refused here.
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                Err(e) => PayloadError::Malformed {
+                    reason: e.to_string(),
+                },
+                Ok(_) => PayloadError::Invalid {
+                    field: ".".to_owned(),
+                    reason: "expected a JSON object (the webhook payload)".to_owned(),
+                },
+            },
+        );
+    }
     // Plain serde first: tracking the path of every value costs about as
     // much as the parse itself, and is only needed to name the field of an
     // error, so a body or alert that fails is parsed again with tracking
@@ -249,8 +273,29 @@ fn scan_storable(text: &[u8]) -> bool {
                 i += 1;
                 while i < text.len() && text[i] != b'"' {
                     if text[i] == b'\\' {
-                        if text[i + 1..].starts_with(b"u0000") {
+                        let escape = &text[i + 1..];
+                        if escape.starts_with(b"u0000") {
                             return false;
+                        }
+                        // A UTF-16 surrogate escape must be a high one
+                        // followed by a low one: serde_json skips unknown
+                        // fields without checking, but no reader (nor
+                        // PostgreSQL's JSONB) takes a lone one.
+                        match hex_escape(escape) {
+                            Some(0xD800..=0xDBFF) => {
+                                let low = escape
+                                    .get(5..)
+                                    .and_then(|rest| rest.strip_prefix(b"\\"))
+                                    .and_then(hex_escape);
+                                if !matches!(low, Some(0xDC00..=0xDFFF)) {
+                                    return false;
+                                }
+                                // Past the first half and the second's
+                                // backslash (its `u` and digits are harmless).
+                                i += 6;
+                            }
+                            Some(0xDC00..=0xDFFF) => return false,
+                            _ => {}
                         }
                         i += 1;
                     }
@@ -287,6 +332,12 @@ fn scan_storable(text: &[u8]) -> bool {
         i += 1;
     }
     true
+}
+
+/// The code unit of a `uXXXX` escape (the text after its backslash).
+fn hex_escape(escape: &[u8]) -> Option<u16> {
+    let digits = escape.strip_prefix(b"u")?.get(..4)?;
+    u16::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
 }
 
 /// The first value of `value` (at nesting `depth`) that is not storable:
@@ -407,11 +458,14 @@ fn convert(i: usize, alert: AlertIn, raw: &str) -> Result<NewEvent, PayloadError
     })
 }
 
-/// Parses an RFC 3339 time into epoch milliseconds.
+/// Parses an RFC 3339 time into epoch milliseconds: only an instant whose
+/// UTC year has four digits (0000 to 9999), which [`format_time`] writes
+/// back as RFC 3339. An offset can carry a valid text out of that range
+/// (`9999-12-31T23:59:59-01:00` is in the year 10000): stored, it would be
+/// answered as `+10000-01-01T00:59:59Z`, which no RFC 3339 reader takes.
 pub fn parse_time(text: &str) -> Option<i64> {
-    DateTime::parse_from_rfc3339(text)
-        .ok()
-        .map(|t| t.with_timezone(&Utc).timestamp_millis())
+    let t = DateTime::parse_from_rfc3339(text).ok()?.with_timezone(&Utc);
+    (0..=9999).contains(&t.year()).then(|| t.timestamp_millis())
 }
 
 /// Formats epoch milliseconds as RFC 3339 UTC (`2026-11-22T12:51:10Z`,
@@ -526,6 +580,24 @@ mod tests {
             let err = parse_webhook(body).unwrap_err();
             assert!(matches!(err, PayloadError::Malformed { .. }), "{err:?}");
         }
+        // Not UTF-8 where serde skips it (fuzz/regressions/webhook/not-utf8-*).
+        for body in [
+            &b"{\"alerts\":3,\"x\":\"\xff\"}"[..],
+            b"{\"alerts\":[],\"x\":\"\xff\"}",
+        ] {
+            let err = parse_webhook(body).unwrap_err();
+            assert!(matches!(err, PayloadError::Malformed { .. }), "{err:?}");
+        }
+        // Only an object is a payload (fuzz/regressions/webhook/array-body*).
+        for body in [&b"[[]]"[..], b" [[],[],[],3]", b"3", b"null"] {
+            let err = parse_webhook(body).unwrap_err();
+            assert!(
+                matches!(&err, PayloadError::Invalid { field, .. } if field == "."),
+                "{err:?}"
+            );
+        }
+        let err = parse_webhook(b"[[],").unwrap_err();
+        assert!(matches!(err, PayloadError::Malformed { .. }), "{err:?}");
         let err = parse_webhook(br#"{"alerts":[1]}"#).unwrap_err();
         assert!(
             matches!(&err, PayloadError::Invalid { field, .. } if field == "alerts[0]"),
@@ -576,6 +648,18 @@ mod tests {
                 "NUL",
             ),
             (r#""extra":[1,2,1e400]"#, "alerts[1].extra[2]", "number"),
+            // fuzz/regressions/webhook/lone-surrogate
+            (
+                r#""extra":{"s":"a\udccc"}"#,
+                "alerts[1].extra.s",
+                "surrogate",
+            ),
+            (r#""extra":["\ud83d"]"#, "alerts[1].extra[0]", "escape"),
+            (
+                r#""extra":["\ud83d\u0041"]"#,
+                "alerts[1].extra[0]",
+                "surrogate",
+            ),
             (r#""extra":{"n":-1E+999}"#, "alerts[1].extra.n", "number"),
         ];
         for (extra, field, why) in cases {
@@ -604,6 +688,7 @@ mod tests {
         );
         assert_eq!(parse_webhook(&one_alert(&fine)).unwrap().len(), 2);
         assert!(check_storable(r#"{"a":"\\u0000"}"#).is_ok());
+        assert!(check_storable(r#"{"a":"\ud83d\ude00 \\udccc \u00e9"}"#).is_ok());
     }
 
     #[test]
@@ -645,6 +730,20 @@ mod tests {
         assert_eq!(format_time(ZERO_TIME_MS), ZERO_TIME);
         let ms = parse_time("2026-11-22T12:49:51.401Z").unwrap();
         assert_eq!(format_time(ms), "2026-11-22T12:49:51.401Z");
+        // Every time accepted is written back as RFC 3339 (fuzz target
+        // `webhook`, fuzz/regressions/webhook/year-*): an offset must not
+        // carry it out of the four-digit years.
+        for text in ["9999-12-31T23:59:59-01:00", "0000-01-01T00:00:00+00:01"] {
+            assert_eq!(parse_time(text), None, "{text}");
+        }
+        for text in [
+            "9999-12-31T23:59:59.999Z",
+            "0000-01-01T00:00:00Z",
+            "0000-01-01T00:30:00+00:30",
+        ] {
+            let ms = parse_time(text).unwrap();
+            assert_eq!(parse_time(&format_time(ms)), Some(ms), "{text}");
+        }
     }
 
     proptest::proptest! {
