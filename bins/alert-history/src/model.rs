@@ -725,6 +725,22 @@ mod tests {
     }
 
     #[test]
+    fn stored_numbers_read_back_equal() {
+        // What the annotations column holds is the parsed value serialized
+        // again: it must parse back to the same number (serde_json's
+        // float_roundtrip; found by the fuzz target `webhook`).
+        for text in [
+            "3333333333333333333333333333333333669333",
+            "-3000000332213.3333",
+            "1e300",
+        ] {
+            let parsed: Value = serde_json::from_str(text).unwrap();
+            let back: Value = serde_json::from_str(&parsed.to_string()).unwrap();
+            assert_eq!(back, parsed, "{text}");
+        }
+    }
+
+    #[test]
     fn time_round_trip() {
         assert_eq!(parse_time(ZERO_TIME), Some(ZERO_TIME_MS));
         assert_eq!(format_time(ZERO_TIME_MS), ZERO_TIME);
