@@ -68,6 +68,9 @@ pub mod config;
 pub mod dashboard;
 mod error;
 pub mod filters;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod metrics;
 pub mod model;
