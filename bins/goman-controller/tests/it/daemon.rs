@@ -130,22 +130,23 @@ async fn the_binary_serves_its_admin_routes_and_stops_on_sigterm() {
             .is_ok_and(|r| r.status().is_success())
     })
     .await;
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    for name in [
+    // The pass that wrote Running counts itself only after it returns: poll
+    // until its outcome (a labelled family, absent until first counted) is
+    // on the page.
+    let names = [
         "goman_reconcile_total",
         "goman_aws_calls_total",
         "goman_instances_created_total",
         "goman_breaker_state",
-    ] {
-        assert!(metrics.contains(name), "{name} missing from /metrics");
-    }
+    ];
+    wait_for("every metric on /metrics", async || {
+        let Ok(response) = http.get(format!("{base}/metrics")).send().await else {
+            return false;
+        };
+        let metrics = response.text().await.unwrap_or_default();
+        names.iter().all(|name| metrics.contains(name))
+    })
+    .await;
     let json: serde_json::Value = http
         .get(format!("{base}/metrics.json"))
         .send()
