@@ -314,7 +314,7 @@ vms:
         // float parser may read a number one ulp off, so the spec read back
         // from the registry differed from the file's (a spurious change at
         // every reload, and another number sent to the VMM).
-        let yaml = "vms:\n  - {id: a, command: /bin/x, socket: /tmp/s, start_calls: [{method: PUT, path: /x, body: {i: 18446718446744073709551615, f: 0.1, g: 1e300}}]}\n";
+        let yaml = "vms:\n  - {id: a, command: /bin/x, socket: /tmp/s, start_calls: [{method: PUT, path: /x, body: {i: 18446744073709551615, f: 0.1, g: 1e300}}]}\n";
         let vm = &parse(yaml, Path::new("f")).unwrap().vms[0];
         let json = serde_json::to_string(vm).unwrap();
         assert_eq!(
